@@ -1,0 +1,10 @@
+//! warden-core: the model every part of Warden shares, with no I/O.
+//!
+//! SPIFFE identities ([`spiffe`]), human durations ([`duration`]) and the contract between the
+//! proxy and the injector ([`contract`]): ports, UIDs, ALPN names and Kubernetes keys.
+
+pub mod contract;
+pub mod duration;
+pub mod spiffe;
+
+pub use spiffe::{InvalidSpiffeId, SpiffeId, SpiffeIdError, TrustDomain};

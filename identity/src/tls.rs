@@ -1,0 +1,127 @@
+//! rustls configuration for mesh connections: one crypto provider (aws-lc-rs), TLS 1.3 only,
+//! the post-quantum hybrid X25519MLKEM768 preferred, mutual authentication with SVIDs.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, CommonState, ServerConfig};
+use warden_core::SpiffeId;
+
+use crate::bundle::TrustStore;
+use crate::credential::Svid;
+use crate::svid;
+use crate::verify::{ExpectedPeer, SvidClientVerifier, SvidServerVerifier};
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rustls refused the configuration (e.g. a key that does not match the certificate).
+    #[error("TLS configuration for {id}: {source}")]
+    Config {
+        /// Whose credential.
+        id: SpiffeId,
+        /// rustls' complaint.
+        source: rustls::Error,
+    },
+}
+
+/// Warden's crypto provider: aws-lc-rs with TLS 1.3 cipher suites only, and key exchange
+/// groups in preference order X25519MLKEM768, X25519, P-256.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    let base = rustls::crypto::aws_lc_rs::default_provider();
+    let cipher_suites = base
+        .cipher_suites
+        .iter()
+        .copied()
+        .filter(|s| s.version() == &rustls::version::TLS13)
+        .collect();
+    use rustls::crypto::aws_lc_rs::kx_group;
+    Arc::new(CryptoProvider {
+        cipher_suites,
+        kx_groups: vec![
+            kx_group::X25519MLKEM768,
+            kx_group::X25519,
+            kx_group::SECP256R1,
+        ],
+        ..base
+    })
+}
+
+/// Installs [`crypto_provider`] as the process default, so any rustls user in the process
+/// (tokio-rustls, kube, hyper clients) gets the same one. Idempotent.
+pub fn install_crypto_provider() {
+    // An error means a provider is already installed; ours is the only one compiled in.
+    let _ = CryptoProvider::install_default(Arc::unwrap_or_clone(crypto_provider()));
+}
+
+/// The server side of a mesh connection: presents `svid`, requires and verifies a client SVID
+/// against `store`, and offers the given ALPN protocols.
+pub fn server_config(
+    svid: &Svid,
+    store: Arc<TrustStore>,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier = SvidClientVerifier::new(store, provider.signature_verification_algorithms);
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .and_then(|b| {
+            b.with_client_cert_verifier(Arc::new(verifier))
+                .with_single_cert(svid.chain().to_vec(), svid.key().clone_key())
+        })
+        .map_err(|source| TlsError::Config {
+            id: svid.id().clone(),
+            source,
+        })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The client side of a mesh connection: presents `svid` and accepts a server whose SVID
+/// chains to `store` and matches `expected`.
+pub fn client_config(
+    svid: &Svid,
+    store: Arc<TrustStore>,
+    expected: ExpectedPeer,
+    alpn: &[&[u8]],
+) -> Result<ClientConfig, TlsError> {
+    let provider = crypto_provider();
+    let verifier =
+        SvidServerVerifier::new(store, expected, provider.signature_verification_algorithms);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Config {
+            id: svid.id().clone(),
+            source,
+        })?
+        .dangerous() // a custom verifier: SPIFFE IDs instead of DNS names
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(svid.chain().to_vec(), svid.key().clone_key())
+        .map_err(|source| TlsError::Config {
+            id: svid.id().clone(),
+            source,
+        })?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// The server name a client passes to rustls. SVIDs have no DNS names and our verifier
+/// ignores it, so a fixed placeholder keeps SNI from leaking anything about the destination.
+pub fn mesh_server_name() -> ServerName<'static> {
+    ServerName::try_from("warden.mesh.invalid").expect("a valid DNS name")
+}
+
+/// The peer's SPIFFE ID on an established connection (the verifier already checked it).
+pub fn peer_identity(conn: &CommonState) -> Option<SpiffeId> {
+    conn.peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|leaf| svid::identity_of(leaf).ok())
+}
+
+/// A short name for the key exchange group of an established connection, e.g. `X25519MLKEM768`.
+pub fn key_exchange_name(conn: &CommonState) -> String {
+    conn.negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()))
+        .unwrap_or_else(|| "-".to_string())
+}

@@ -1,0 +1,280 @@
+//! Peer verification: a presented chain is an acceptable SVID when its SPIFFE ID names a
+//! trusted trust domain, it satisfies the SVID rules, and it chains to that trust domain's
+//! bundle (WebPKI path building, validity and EKU). The rustls verifiers here run exactly that,
+//! on both sides of a handshake; server certificates carry no DNS SAN, so the client side does
+//! not check a server name but the expected SPIFFE ID instead.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+use warden_core::SpiffeId;
+
+use crate::bundle::TrustStore;
+use crate::svid::{self, SvidError};
+
+/// Which end of a connection the certificate must be fit for (its extended key usage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    /// The peer is a TLS server (needs serverAuth when EKU is present).
+    Server,
+    /// The peer is a TLS client (needs clientAuth when EKU is present).
+    Client,
+}
+
+/// Which identities are acceptable for the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExpectedPeer {
+    /// Any identity of any trust domain in the trust store.
+    AnyTrusted,
+    /// Exactly this identity.
+    Exact(SpiffeId),
+}
+
+/// Why a peer's certificate chain was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The chain breaks an SVID rule.
+    #[error(transparent)]
+    Svid(#[from] SvidError),
+    /// The SPIFFE ID's trust domain has no bundle here.
+    #[error("trust domain {0:?} is not trusted here")]
+    UntrustedTrustDomain(String),
+    /// No path from the leaf to a root of its trust domain's bundle.
+    #[error("not signed by the trust bundle of {0} (unknown issuer)")]
+    UnknownIssuer(String),
+    /// The leaf (or a chain certificate) has expired.
+    #[error("certificate expired {0} seconds ago")]
+    Expired(u64),
+    /// The leaf (or a chain certificate) is not valid yet.
+    #[error("certificate is not valid for another {0} seconds")]
+    NotYetValid(u64),
+    /// Any other WebPKI path-validation failure.
+    #[error("certificate chain is invalid: {0}")]
+    Chain(String),
+    /// A valid SVID, but not the identity this connection expects.
+    #[error("peer is {got}, expected {want}")]
+    UnexpectedIdentity {
+        /// What the peer presented.
+        got: SpiffeId,
+        /// What was expected.
+        want: SpiffeId,
+    },
+}
+
+/// Verifies a presented chain and returns the peer's SPIFFE ID.
+pub fn verify_svid(
+    store: &TrustStore,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+    role: PeerRole,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<SpiffeId, VerifyError> {
+    let id = svid::check_chain(end_entity, intermediates)?;
+    let td = id.trust_domain_name();
+    let bundle = store
+        .get(td)
+        .ok_or_else(|| VerifyError::UntrustedTrustDomain(td.to_string()))?;
+    let cert = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(|e| VerifyError::Chain(format!("{e}")))?;
+    let usage = match role {
+        PeerRole::Server => webpki::KeyUsage::server_auth(),
+        PeerRole::Client => webpki::KeyUsage::client_auth(),
+    };
+    cert.verify_for_usage(
+        algorithms.all,
+        bundle.anchors(),
+        intermediates,
+        now,
+        usage,
+        None,
+        None,
+    )
+    .map_err(|e| chain_error(e, td))?;
+    Ok(id)
+}
+
+fn chain_error(e: webpki::Error, td: &str) -> VerifyError {
+    match e {
+        // A same-named issuer whose signature fails is, to an operator, just as unknown.
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            VerifyError::UnknownIssuer(td.to_string())
+        }
+        webpki::Error::CertExpired { time, not_after } => {
+            VerifyError::Expired(time.as_secs().saturating_sub(not_after.as_secs()))
+        }
+        webpki::Error::CertNotValidYet { time, not_before } => {
+            VerifyError::NotYetValid(not_before.as_secs().saturating_sub(time.as_secs()))
+        }
+        other => VerifyError::Chain(format!("{other}")),
+    }
+}
+
+impl VerifyError {
+    /// The rustls error for this failure (drives the TLS alert and rustls' own reporting).
+    pub fn to_rustls(&self) -> rustls::Error {
+        let cert_error = match self {
+            VerifyError::UnknownIssuer(_) => CertificateError::UnknownIssuer,
+            VerifyError::Expired(_) => CertificateError::Expired,
+            VerifyError::NotYetValid(_) => CertificateError::NotValidYet,
+            other => CertificateError::Other(OtherError(Arc::new(other.clone()))),
+        };
+        rustls::Error::InvalidCertificate(cert_error)
+    }
+}
+
+fn check_expected(id: SpiffeId, expected: &ExpectedPeer) -> Result<SpiffeId, VerifyError> {
+    match expected {
+        ExpectedPeer::Exact(want) if &id != want => Err(VerifyError::UnexpectedIdentity {
+            got: id,
+            want: want.clone(),
+        }),
+        _ => Ok(id),
+    }
+}
+
+/// Verifies the server's SVID on the client side of a mesh connection.
+#[derive(Debug)]
+pub struct SvidServerVerifier {
+    store: Arc<TrustStore>,
+    expected: ExpectedPeer,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl SvidServerVerifier {
+    /// A verifier accepting servers whose SVID chains to `store` and matches `expected`.
+    pub fn new(
+        store: Arc<TrustStore>,
+        expected: ExpectedPeer,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        Self {
+            store,
+            expected,
+            algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for SvidServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        verify_svid(
+            &self.store,
+            end_entity,
+            intermediates,
+            now,
+            PeerRole::Server,
+            &self.algorithms,
+        )
+        .and_then(|id| check_expected(id, &self.expected))
+        .map(|_| ServerCertVerified::assertion())
+        .map_err(|e| {
+            tracing::debug!(error = %e, "rejected server certificate");
+            e.to_rustls()
+        })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Verifies the client's SVID on the server side of a mesh connection; a client certificate
+/// is mandatory.
+#[derive(Debug)]
+pub struct SvidClientVerifier {
+    store: Arc<TrustStore>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl SvidClientVerifier {
+    /// A verifier accepting clients whose SVID chains to `store`.
+    pub fn new(store: Arc<TrustStore>, algorithms: WebPkiSupportedAlgorithms) -> Self {
+        Self { store, algorithms }
+    }
+}
+
+impl ClientCertVerifier for SvidClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: clients have exactly one SVID to offer.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        verify_svid(
+            &self.store,
+            end_entity,
+            intermediates,
+            now,
+            PeerRole::Client,
+            &self.algorithms,
+        )
+        .map(|_| ClientCertVerified::assertion())
+        .map_err(|e| {
+            tracing::debug!(error = %e, "rejected client certificate");
+            e.to_rustls()
+        })
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
