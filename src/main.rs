@@ -1,1 +1,71 @@
-fn main() {}
+//! `warden`: the one CLI of the Warden service mesh. Each subcommand lives in its own file and
+//! only parses arguments and calls the library crates.
+
+mod ca;
+mod cert;
+mod demo;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Warden: a zero-trust service-mesh sidecar for Kubernetes.
+#[derive(Parser)]
+#[command(name = "warden", version, about, propagate_version = true)]
+struct Cli {
+    /// Log filter, e.g. `info` or `warden_identity=debug`.
+    #[arg(long, global = true, env = "WARDEN_LOG", default_value = "warn")]
+    log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the local mesh demo: a CA, workloads with SVIDs, mutual TLS between them.
+    Demo(demo::Args),
+    /// Create a certificate authority or issue certificates from one.
+    #[command(subcommand)]
+    Ca(ca::Command),
+    /// Inspect or verify certificates.
+    #[command(subcommand)]
+    Cert(cert::Command),
+}
+
+fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .map_err(|e| anyhow::anyhow!("--log-level {filter:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    init_logging(&cli.log_level, cli.log_json)?;
+    warden_identity::tls::install_crypto_provider();
+    match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Cert(cmd) => cert::run(cmd),
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            // One line: the input and what is wrong with it, causes joined by ": ".
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

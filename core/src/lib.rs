@@ -3,6 +3,8 @@
 //! SPIFFE identities ([`spiffe`]), human durations ([`duration`]) and the contract between the
 //! proxy and the injector ([`contract`]): ports, UIDs, ALPN names and Kubernetes keys.
 
+#![warn(missing_docs)]
+
 pub mod contract;
 pub mod duration;
 pub mod spiffe;

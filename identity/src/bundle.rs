@@ -11,12 +11,12 @@ use warden_core::TrustDomain;
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
     /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         /// The file.
         path: String,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, not a separate cause).
+        error: std::io::Error,
     },
     /// The PEM text is malformed.
     #[error("{what}: malformed PEM: {reason}")]
@@ -72,9 +72,9 @@ pub fn der_to_pem(label: &str, der: &[u8]) -> String {
 }
 
 pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, BundleError> {
-    std::fs::read(path).map_err(|source| BundleError::Read {
+    std::fs::read(path).map_err(|error| BundleError::Read {
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 

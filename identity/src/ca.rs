@@ -39,12 +39,12 @@ pub enum CaError {
     #[error("{0} already exists; refusing to overwrite a CA (pass --force to replace it)")]
     Exists(PathBuf),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
+        /// The I/O error (part of the message, not a separate cause).
+        error: std::io::Error,
     },
     /// A certificate or bundle could not be read.
     #[error(transparent)]
@@ -197,9 +197,9 @@ impl GeneratedCa {
                 return Err(CaError::Exists(existing.clone()));
             }
         }
-        std::fs::create_dir_all(dir).map_err(|source| CaError::Io {
+        std::fs::create_dir_all(dir).map_err(|error| CaError::Io {
             path: dir.to_path_buf(),
-            source,
+            error,
         })?;
         write_file(
             &dir.join(ROOT_KEY),
@@ -243,10 +243,10 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<CertificateAuthority, CaEr
 
 /// Writes a file atomically (temp file, then rename) with the given mode from the start, so a
 /// key is never readable by others even for a moment.
-fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
-    let io = |source| CaError::Io {
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
+    let io = |error| CaError::Io {
         path: path.to_path_buf(),
-        source,
+        error,
     };
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
@@ -273,9 +273,9 @@ impl CertificateAuthority {
         let key_path = dir.join(ISSUER_KEY);
         let bundle_path = dir.join(BUNDLE);
         let read = |path: &Path| {
-            std::fs::read_to_string(path).map_err(|source| CaError::Io {
+            std::fs::read_to_string(path).map_err(|error| CaError::Io {
                 path: path.to_path_buf(),
-                source,
+                error,
             })
         };
         Self::from_pem(

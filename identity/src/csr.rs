@@ -198,7 +198,7 @@ mod tests {
             .position(|w| w == info_a)
             .unwrap();
         let mut forged = Vec::new();
-        let body = [&info_b[..], &der_a[pos + info_a.len()..]].concat();
+        let body = [info_b, &der_a[pos + info_a.len()..]].concat();
         // Re-wrap as SEQUENCE { info_b, alg, sig_a } with a long-form length.
         forged.push(0x30);
         forged.push(0x82);

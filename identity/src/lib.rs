@@ -8,6 +8,8 @@
 //! - [`tls`]: the crypto provider and mesh TLS configurations;
 //! - [`bundle`], [`credential`], [`inspect`]: trust bundles, SVID credentials, summaries.
 
+#![warn(missing_docs)]
+
 pub mod bundle;
 pub mod ca;
 pub mod credential;

@@ -17,12 +17,12 @@ use crate::verify::{ExpectedPeer, SvidClientVerifier, SvidServerVerifier};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// rustls refused the configuration (e.g. a key that does not match the certificate).
-    #[error("TLS configuration for {id}: {source}")]
+    #[error("TLS configuration for {id}: {error}")]
     Config {
         /// Whose credential.
         id: SpiffeId,
         /// rustls' complaint.
-        source: rustls::Error,
+        error: rustls::Error,
     },
 }
 
@@ -70,9 +70,9 @@ pub fn server_config(
             b.with_client_cert_verifier(Arc::new(verifier))
                 .with_single_cert(svid.chain().to_vec(), svid.key().clone_key())
         })
-        .map_err(|source| TlsError::Config {
+        .map_err(|error| TlsError::Config {
             id: svid.id().clone(),
-            source,
+            error,
         })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
@@ -91,16 +91,16 @@ pub fn client_config(
         SvidServerVerifier::new(store, expected, provider.signature_verification_algorithms);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|source| TlsError::Config {
+        .map_err(|error| TlsError::Config {
             id: svid.id().clone(),
-            source,
+            error,
         })?
         .dangerous() // a custom verifier: SPIFFE IDs instead of DNS names
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(svid.chain().to_vec(), svid.key().clone_key())
-        .map_err(|source| TlsError::Config {
+        .map_err(|error| TlsError::Config {
             id: svid.id().clone(),
-            source,
+            error,
         })?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)

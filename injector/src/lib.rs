@@ -1,1 +1,3 @@
 //! Warden injector.
+
+#![warn(missing_docs)]

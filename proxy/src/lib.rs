@@ -1,1 +1,3 @@
 //! Warden proxy.
+
+#![warn(missing_docs)]

@@ -1,0 +1,129 @@
+//! `warden ca init|issue`: create a CA on disk, issue an SVID from it for manual use.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use warden_core::duration::{format_duration, parse_duration};
+use warden_core::{SpiffeId, TrustDomain};
+use warden_identity::ca::{self, InitOptions};
+use warden_identity::{bundle, CertificateAuthority};
+
+/// `warden ca` subcommands.
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Create a trust anchor (root) and an issuer signed by it, ECDSA P-256.
+    Init {
+        /// Directory for root.crt, root.key, issuer.crt, issuer.key and bundle.crt.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The trust domain the CA issues identities for.
+        #[arg(long, default_value = warden_core::spiffe::DEFAULT_TRUST_DOMAIN, value_parser = TrustDomain::parse)]
+        trust_domain: TrustDomain,
+        /// Lifetime of the trust anchor.
+        #[arg(long, default_value = "3650d", value_parser = parse_duration)]
+        root_ttl: Duration,
+        /// Lifetime of the issuer (never past the root's).
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        issuer_ttl: Duration,
+        /// Replace an existing CA in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a key and X.509-SVID for manual use (writes PREFIX.key and PREFIX.crt).
+    Issue {
+        /// The CA directory made by `warden ca init`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The SPIFFE ID to issue, in the CA's trust domain.
+        #[arg(long, value_parser = SpiffeId::parse)]
+        id: SpiffeId,
+        /// Output prefix: PREFIX.key (mode 0600) and PREFIX.crt (leaf then issuer).
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime of the SVID (clamped to the issuer's).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Overwrite existing output files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a `warden ca` subcommand.
+pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Init {
+            dir,
+            trust_domain,
+            root_ttl,
+            issuer_ttl,
+            force,
+        } => {
+            let opts = InitOptions {
+                trust_domain,
+                root_ttl,
+                issuer_ttl,
+                force,
+            };
+            let ca = ca::init(&dir, &opts)?;
+            println!(
+                "created CA for trust domain {} in {} (root {}, issuer {}); \
+                 distribute {} to workloads, keep root.key offline",
+                ca.trust_domain(),
+                dir.display(),
+                format_duration(root_ttl),
+                format_duration(issuer_ttl),
+                dir.join(ca::BUNDLE).display(),
+            );
+        }
+        Command::Issue {
+            dir,
+            id,
+            out,
+            ttl,
+            force,
+        } => {
+            let ca = CertificateAuthority::load(&dir, None)?;
+            let svid = ca.issue(&id, ttl)?;
+            let key_path = out.with_extension("key");
+            let crt_path = out.with_extension("crt");
+            for path in [&key_path, &crt_path] {
+                if path.exists() && !force {
+                    anyhow::bail!(
+                        "{} already exists (pass --force to overwrite)",
+                        path.display()
+                    );
+                }
+            }
+            let key_pem = bundle::der_to_pem("PRIVATE KEY", svid.key().secret_der());
+            ca::write_file(&key_path, key_pem.as_bytes(), 0o600)
+                .with_context(|| format!("writing {}", key_path.display()))?;
+            ca::write_file(
+                &crt_path,
+                bundle::certs_to_pem(svid.chain()).as_bytes(),
+                0o644,
+            )?;
+            let lifetime = svid
+                .not_after()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            // A lifetime more than a second short of the request was clamped to the issuer's.
+            let clamped = lifetime + Duration::from_secs(1) < ttl;
+            println!(
+                "issued {} valid for {}{}: {} {}",
+                svid.id(),
+                format_duration(Duration::from_secs(lifetime.as_secs().div_ceil(60) * 60)),
+                if clamped {
+                    " (clamped to the issuer's expiry)"
+                } else {
+                    ""
+                },
+                crt_path.display(),
+                key_path.display()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
