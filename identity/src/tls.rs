@@ -70,12 +70,16 @@ pub fn server_config(
             b.with_client_cert_verifier(Arc::new(verifier))
                 .with_single_cert(svid.chain().to_vec(), svid.key().clone_key())
         })
-        .map_err(|error| TlsError::Config {
-            id: svid.id().clone(),
-            error,
-        })?;
+        .map_err(config_error(svid))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
+}
+
+fn config_error(svid: &Svid) -> impl Fn(rustls::Error) -> TlsError + '_ {
+    |error| TlsError::Config {
+        id: svid.id().clone(),
+        error,
+    }
 }
 
 /// The client side of a mesh connection: presents `svid` and accepts a server whose SVID
@@ -91,17 +95,12 @@ pub fn client_config(
         SvidServerVerifier::new(store, expected, provider.signature_verification_algorithms);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|error| TlsError::Config {
-            id: svid.id().clone(),
-            error,
-        })?
-        .dangerous() // a custom verifier: SPIFFE IDs instead of DNS names
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(svid.chain().to_vec(), svid.key().clone_key())
-        .map_err(|error| TlsError::Config {
-            id: svid.id().clone(),
-            error,
-        })?;
+        .and_then(|b| {
+            b.dangerous() // a custom verifier: SPIFFE IDs instead of DNS names
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_client_auth_cert(svid.chain().to_vec(), svid.key().clone_key())
+        })
+        .map_err(config_error(svid))?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
