@@ -49,6 +49,16 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Create a join token for a host outside Kubernetes: prints the token once and adds its
+    /// SHA-256 hash to the token file that `warden identity --auth join-tokens` reads.
+    JoinToken {
+        /// The join-token file (created with mode 0600 if missing).
+        #[arg(long)]
+        tokens: PathBuf,
+        /// The SPIFFE ID the token authenticates as.
+        #[arg(long, value_parser = SpiffeId::parse)]
+        id: SpiffeId,
+    },
 }
 
 /// Runs a `warden ca` subcommand.
@@ -123,6 +133,24 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 crt_path.display(),
                 key_path.display()
             );
+        }
+        Command::JoinToken { tokens, id } => {
+            let (token, line) = warden_identity::join_token::new_token(&id);
+            let mut existing = match std::fs::read_to_string(&tokens) {
+                Ok(text) => text,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => anyhow::bail!("cannot read {}: {e}", tokens.display()),
+            };
+            // Validate what is there, so a typo is caught now rather than at the service.
+            warden_identity::join_token::parse(&existing, &tokens.display().to_string())?;
+            if !existing.is_empty() && !existing.ends_with('\n') {
+                existing.push('\n');
+            }
+            existing.push_str(&line);
+            ca::write_file(&tokens, existing.as_bytes(), 0o600)?;
+            // The token goes to stdout only; the file holds its hash.
+            println!("{token}");
+            eprintln!("added a join token for {id} to {}", tokens.display());
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -125,7 +125,7 @@ async fn serve(
     store: Arc<TrustStore>,
     seen_tx: mpsc::UnboundedSender<String>,
 ) -> anyhow::Result<std::net::SocketAddr> {
-    let config = tls::server_config(svid, store, &[ALPN_TCP])?;
+    let config = tls::server_config(svid, store, &[ALPN_TCP], tls::ClientAuth::Required)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

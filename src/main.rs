@@ -4,6 +4,8 @@
 mod ca;
 mod cert;
 mod demo;
+mod identity;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -33,6 +35,8 @@ enum Command {
     /// Inspect or verify certificates.
     #[command(subcommand)]
     Cert(cert::Command),
+    /// Run the identity service: the CA issuing SVIDs over HTTPS (POST /v1/certify).
+    Identity(identity::Args),
 }
 
 fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
@@ -56,6 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
+        Command::Identity(args) => identity::run(args),
     }
 }
 

@@ -23,3 +23,15 @@ pub const IDENTITY_TOKEN_AUDIENCE: &str = "warden-identity";
 
 /// Namespace and pod label that turns injection on (`enabled`) or off (`disabled`).
 pub const INJECT_LABEL: &str = "warden.dev/inject";
+
+/// The namespace Warden's control plane (identity service, injector) runs in.
+pub const SYSTEM_NAMESPACE: &str = "warden-system";
+/// The identity service's ServiceAccount (and Service) name.
+pub const IDENTITY_SERVICE_ACCOUNT: &str = "warden-identity";
+/// The identity service's HTTPS port (`POST /v1/certify`).
+pub const IDENTITY_PORT: u16 = 7150;
+
+/// The DNS name of the identity service inside the cluster.
+pub fn identity_service_dns() -> String {
+    format!("{IDENTITY_SERVICE_ACCOUNT}.{SYSTEM_NAMESPACE}.svc")
+}

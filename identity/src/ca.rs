@@ -404,14 +404,21 @@ impl CertificateAuthority {
     /// Issues a new key and SVID for `id`; the key stays in memory (used by `warden ca issue`,
     /// the demo and tests).
     pub fn issue(&self, id: &SpiffeId, ttl: Duration) -> Result<Svid, CaError> {
+        self.issue_with_dns(id, &[], ttl)
+    }
+
+    /// Like [`issue`](Self::issue), adding DNS SANs (for the identity service's own
+    /// serving certificate).
+    pub fn issue_with_dns(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<Svid, CaError> {
         let key = csr::generate_key()?;
-        let issued = self.sign_public_key(&key, id, ttl, SystemTime::now())?;
-        Ok(Svid::new(
-            issued.id,
-            issued.chain,
-            csr::private_key_der(&key),
-            issued.not_after,
-        ))
+        let issued = self.sign(&key, id, dns_names, ttl, SystemTime::now())?;
+        let key_der = csr::private_key_der(&key);
+        Ok(Svid::new(issued.id, issued.chain, key_der, issued.not_after))
     }
 
     /// Builds an SVID with the X.509-SVID profile around `public_key`.
@@ -422,6 +429,17 @@ impl CertificateAuthority {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<IssuedCert, CaError> {
+        self.sign(public_key, id, &[], ttl, now)
+    }
+
+    fn sign(
+        &self,
+        public_key: &impl PublicKeyData,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<IssuedCert, CaError> {
         if id.trust_domain_name() != self.trust_domain.as_str() {
             return Err(CaError::WrongTrustDomain {
                 id: id.clone(),
@@ -429,7 +447,8 @@ impl CertificateAuthority {
             });
         }
         let validity = Validity::issued(now, ttl, Some(self.issuer_not_after))?;
-        let params = profile::svid_params(id, profile::random_serial(), validity)?;
+        let params =
+            profile::server_svid_params(id, dns_names, profile::random_serial(), validity)?;
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(sign_err)?;
@@ -438,6 +457,28 @@ impl CertificateAuthority {
             chain: vec![cert.der().clone(), self.issuer_cert.clone()],
             not_after: to_system_time(params.not_after.unix_timestamp()),
         })
+    }
+}
+
+/// A CA that can be swapped while in use (the identity service reloads its files when they
+/// change; requests in flight keep the one they started with).
+#[derive(Debug)]
+pub struct SharedCa(std::sync::RwLock<std::sync::Arc<CertificateAuthority>>);
+
+impl SharedCa {
+    /// Wraps a loaded CA.
+    pub fn new(ca: CertificateAuthority) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(ca)))
+    }
+
+    /// The current CA.
+    pub fn get(&self) -> std::sync::Arc<CertificateAuthority> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the CA for all later requests.
+    pub fn replace(&self, ca: CertificateAuthority) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = std::sync::Arc::new(ca);
     }
 }
 

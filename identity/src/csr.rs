@@ -101,15 +101,19 @@ pub fn private_key_der(key: &KeyPair) -> PrivateKeyDer<'static> {
     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
 }
 
-/// A PEM CSR for `key` naming the identity the workload expects; the CA ignores the name and
-/// uses the identity it authenticated, but it keeps CSRs self-describing in logs and tools.
-pub fn build_csr(key: &KeyPair, id: &SpiffeId) -> Result<String, CsrError> {
+/// A PEM CSR for `key` naming the identity the workload expects (if it knows it); the CA
+/// ignores the name and uses the identity it authenticated, but it keeps CSRs
+/// self-describing in logs and tools.
+pub fn build_csr(key: &KeyPair, id: Option<&SpiffeId>) -> Result<String, CsrError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.subject_alt_names =
-        vec![SanType::URI(id.as_str().try_into().map_err(|_| {
-            CsrError::Build(format!("{id} is not an IA5 string"))
-        })?)];
+    if let Some(id) = id {
+        let uri = id
+            .as_str()
+            .try_into()
+            .map_err(|_| CsrError::Build(format!("{id} is not an IA5 string")))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+    }
     params
         .serialize_request(key)
         .and_then(|csr| csr.pem())
@@ -127,7 +131,7 @@ mod tests {
     #[test]
     fn round_trip_keeps_only_the_key() {
         let key = generate_key().unwrap();
-        let pem = build_csr(&key, &id()).unwrap();
+        let pem = build_csr(&key, Some(&id())).unwrap();
         let got = public_key_from_pem(&pem).unwrap();
         use rcgen::PublicKeyData;
         assert_eq!(got.spki().der_bytes(), key.der_bytes());
@@ -136,7 +140,7 @@ mod tests {
     #[test]
     fn rejections() {
         let key = generate_key().unwrap();
-        let pem = build_csr(&key, &id()).unwrap();
+        let pem = build_csr(&key, Some(&id())).unwrap();
         let der = CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap();
 
         // A flipped bit in the signed part breaks the signature.
@@ -171,7 +175,7 @@ mod tests {
 
         for alg in [&rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
             let other = KeyPair::generate_for(alg).unwrap();
-            let pem = build_csr(&other, &id()).unwrap();
+            let pem = build_csr(&other, Some(&id())).unwrap();
             let err = public_key_from_pem(&pem).unwrap_err();
             assert!(matches!(err, CsrError::UnsupportedKey(_)), "{err:?}");
         }
@@ -183,10 +187,10 @@ mod tests {
         let a = generate_key().unwrap();
         let b = generate_key().unwrap();
         let der_a =
-            CertificateSigningRequestDer::from_pem_slice(build_csr(&a, &id()).unwrap().as_bytes())
+            CertificateSigningRequestDer::from_pem_slice(build_csr(&a, Some(&id())).unwrap().as_bytes())
                 .unwrap();
         let der_b =
-            CertificateSigningRequestDer::from_pem_slice(build_csr(&b, &id()).unwrap().as_bytes())
+            CertificateSigningRequestDer::from_pem_slice(build_csr(&b, Some(&id())).unwrap().as_bytes())
                 .unwrap();
         let (_, csr_a) = X509CertificationRequest::from_der(&der_a).unwrap();
         let (_, csr_b) = X509CertificationRequest::from_der(&der_b).unwrap();

@@ -1,4 +1,5 @@
-//! warden-identity: Warden's certificate authority and everything that checks what it issues.
+//! warden-identity: Warden's certificate authority, the issuance service, and everything
+//! that checks what it issues.
 //!
 //! - [`ca`]: the trust anchor and issuer on disk, and signing SVIDs from CSRs;
 //! - [`profile`]: the pure X.509 profiles of the root, the issuer and SVID leaves;
@@ -6,18 +7,34 @@
 //! - [`svid`]: the SPIFFE X.509-SVID rules that WebPKI does not check;
 //! - [`verify`]: full peer verification and the rustls verifiers built on it;
 //! - [`tls`]: the crypto provider and mesh TLS configurations;
-//! - [`bundle`], [`credential`], [`inspect`]: trust bundles, SVID credentials, summaries.
+//! - [`service`], [`authn`], [`token_review`], [`join_token`], [`rate_limit`]: the
+//!   issuance service and how it authenticates callers;
+//! - [`client`], [`rotation`]: the workload side, obtaining and renewing SVIDs;
+//! - [`admin`], [`telemetry`], [`http`]: health, metrics and HTTP plumbing;
+//! - [`bundle`], [`credential`], [`inspect`], [`certify`]: trust bundles, SVID credentials,
+//!   certificate summaries and the issuance wire format.
 
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod authn;
 pub mod bundle;
 pub mod ca;
+pub mod certify;
+pub mod client;
 pub mod credential;
 pub mod csr;
+pub mod http;
 pub mod inspect;
+pub mod join_token;
 pub mod profile;
+pub mod rate_limit;
+pub mod rotation;
+pub mod service;
 pub mod svid;
+pub mod telemetry;
 pub mod tls;
+pub mod token_review;
 pub mod verify;
 
 pub use bundle::{TrustBundle, TrustStore};

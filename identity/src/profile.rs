@@ -21,7 +21,7 @@ pub const DEFAULT_ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600)
 /// The default lifetime of the issuer (intermediate).
 pub const DEFAULT_ISSUER_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// The shortest lifetime the CA issues: shorter ones could expire before they are used.
-pub const MIN_TTL: Duration = Duration::from_secs(10);
+pub const MIN_TTL: Duration = Duration::from_secs(1);
 
 /// Why a validity window cannot be issued.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +129,25 @@ pub fn svid_params(
     Ok(params)
 }
 
+/// The SVID profile plus DNS SANs, for a server that standard HTTPS clients also reach by
+/// name (the identity service). Still exactly one URI SAN, as the SPIFFE standard requires.
+pub fn server_svid_params(
+    id: &SpiffeId,
+    dns_names: &[String],
+    serial: SerialNumber,
+    validity: Validity,
+) -> Result<CertificateParams, ProfileError> {
+    let mut params = svid_params(id, serial, validity)?;
+    for name in dns_names {
+        let dns = name
+            .as_str()
+            .try_into()
+            .map_err(|_| ProfileError::Unencodable(name.clone()))?;
+        params.subject_alt_names.push(SanType::DnsName(dns));
+    }
+    Ok(params)
+}
+
 /// The trust anchor (root): a CA limited to one intermediate below it, carrying the trust
 /// domain's own SPIFFE ID (`spiffe://<td>`) so the CA's files name their trust domain.
 pub fn root_params(
@@ -199,15 +218,15 @@ mod tests {
             (24 * HOUR, Some(now + 24 * HOUR), Ok(now + 24 * HOUR)),
             (MIN_TTL, None, Ok(now + MIN_TTL)),
             (
-                Duration::from_secs(1),
+                Duration::from_millis(500),
                 None,
-                Err(ProfileError::TtlTooShort(Duration::from_secs(1))),
+                Err(ProfileError::TtlTooShort(Duration::from_millis(500))),
             ),
             (HOUR, Some(now), Err(ProfileError::IssuerExpired)),
             (HOUR, Some(now - HOUR), Err(ProfileError::IssuerExpired)),
             (
                 HOUR,
-                Some(now + Duration::from_secs(5)),
+                Some(now + Duration::from_millis(500)),
                 Err(ProfileError::IssuerExpired),
             ),
         ];

@@ -55,19 +55,35 @@ pub fn install_crypto_provider() {
     let _ = CryptoProvider::install_default(Arc::unwrap_or_clone(crypto_provider()));
 }
 
-/// The server side of a mesh connection: presents `svid`, requires and verifies a client SVID
-/// against `store`, and offers the given ALPN protocols.
+/// Whether a server demands a client SVID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// Mesh connections: a client SVID is required and verified.
+    Required,
+    /// The identity service: callers have no certificate yet and authenticate with a token.
+    None,
+}
+
+/// The server side of a connection: presents `svid`, verifies client SVIDs against `store`
+/// when `client_auth` requires them, and offers the given ALPN protocols.
 pub fn server_config(
     svid: &Svid,
     store: Arc<TrustStore>,
     alpn: &[&[u8]],
+    client_auth: ClientAuth,
 ) -> Result<ServerConfig, TlsError> {
     let provider = crypto_provider();
-    let verifier = SvidClientVerifier::new(store, provider.signature_verification_algorithms);
+    let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match client_auth {
+        ClientAuth::Required => Arc::new(SvidClientVerifier::new(
+            store,
+            provider.signature_verification_algorithms,
+        )),
+        ClientAuth::None => Arc::new(rustls::server::NoClientAuth),
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .and_then(|b| {
-            b.with_client_cert_verifier(Arc::new(verifier))
+            b.with_client_cert_verifier(verifier)
                 .with_single_cert(svid.chain().to_vec(), svid.key().clone_key())
         })
         .map_err(config_error(svid))?;

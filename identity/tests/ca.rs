@@ -209,7 +209,7 @@ fn refuses_identities_of_other_trust_domains_and_bad_csrs() {
         .unwrap();
     let key = csr::generate_key().unwrap();
     let other = SpiffeId::parse("spiffe://other.org/ns/a/sa/b").unwrap();
-    let pem = csr::build_csr(&key, &frontend()).unwrap();
+    let pem = csr::build_csr(&key, Some(&frontend())).unwrap();
     let err = ca
         .sign_csr(&pem, &other, Duration::from_secs(3600))
         .unwrap_err();

@@ -262,7 +262,7 @@ async fn handshake(
     store: Arc<TrustStore>,
     expected: ExpectedPeer,
 ) -> Outcome {
-    let server_cfg = tls::server_config(server, store.clone(), &[ALPN_TCP]).unwrap();
+    let server_cfg = tls::server_config(server, store.clone(), &[ALPN_TCP], tls::ClientAuth::Required).unwrap();
     let client_cfg = tls::client_config(client, store, expected, &[ALPN_TCP]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -362,7 +362,7 @@ async fn each_malformed_svid_fails_a_real_handshake_in_both_directions() {
 async fn a_client_without_a_certificate_is_refused() {
     let pki = Pki::new("cluster.local");
     let server = pki.authority.issue(&id(BACKEND), HOUR).unwrap();
-    let server_cfg = tls::server_config(&server, pki.store(), &[ALPN_TCP]).unwrap();
+    let server_cfg = tls::server_config(&server, pki.store(), &[ALPN_TCP], tls::ClientAuth::Required).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accept = tokio::spawn(async move {

@@ -1,0 +1,362 @@
+//! `warden identity`: the issuance service. `POST /v1/certify` over HTTPS turns an
+//! authenticated caller's CSR into an X.509-SVID for the caller's own identity.
+//!
+//! Order of checks, cheapest and least trusting first: path and method, the caller's rate,
+//! the body size (declared, then read with a bound), the bearer token, the JSON, the CSR.
+//! Nothing is issued unless every check passed; every outcome is counted and logged, never
+//! with the token.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::authn::{bearer_token, AuthError, Authenticator};
+use crate::ca::{CaError, SharedCa};
+use crate::certify::{CertifyRequest, CertifyResponse, ErrorResponse, CERTIFY_PATH};
+use crate::http::{json, read_body, Body, BodyError};
+use crate::rate_limit::{Rate, RateLimiter};
+use crate::rotation::Credentials;
+
+/// Settings of the issuance endpoint, with defaults.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Lifetime of issued SVIDs (24h).
+    pub svid_ttl: Duration,
+    /// Largest request body accepted (64 KiB).
+    pub max_body_bytes: usize,
+    /// Requests allowed per caller address (60/min, burst 20).
+    pub rate: Rate,
+    /// Bound on a TLS handshake and on reading request headers (10s).
+    pub handshake_timeout: Duration,
+    /// How long in-flight requests may take to finish at shutdown (10s).
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            svid_ttl: crate::profile::DEFAULT_SVID_TTL,
+            max_body_bytes: 64 * 1024,
+            rate: Rate {
+                per_minute: 60,
+                burst: 20,
+            },
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a request was not answered with a certificate. [`CertifyError::status`] is the one
+/// place these map to HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum CertifyError {
+    /// Unknown path.
+    #[error("not found; POST {CERTIFY_PATH}")]
+    NotFound,
+    /// Not POST.
+    #[error("method not allowed; POST {CERTIFY_PATH}")]
+    MethodNotAllowed,
+    /// The caller exceeded its rate.
+    #[error("too many requests; retry later")]
+    RateLimited,
+    /// The body is over the limit.
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    /// Missing or invalid token, or the authenticator is down.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// Malformed JSON or CSR.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The CA failed to sign (e.g. its issuer expired).
+    #[error("cannot issue: {0}")]
+    Internal(String),
+}
+
+impl CertifyError {
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CertifyError::NotFound => StatusCode::NOT_FOUND,
+            CertifyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            CertifyError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            CertifyError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CertifyError::Auth(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            CertifyError::Auth(_) => StatusCode::UNAUTHORIZED,
+            CertifyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            CertifyError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `result` label of `warden_ca_certificates_issued_total`.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            CertifyError::NotFound | CertifyError::MethodNotAllowed => "not_found",
+            CertifyError::RateLimited => "rate_limited",
+            CertifyError::TooLarge(_) => "too_large",
+            CertifyError::Auth(AuthError::Unavailable(_)) => "unavailable",
+            CertifyError::Auth(_) => "unauthenticated",
+            CertifyError::BadRequest(_) => "bad_request",
+            CertifyError::Internal(_) => "error",
+        }
+    }
+}
+
+/// The issuance service's state.
+#[derive(Debug)]
+pub struct IdentityService {
+    ca: Arc<SharedCa>,
+    authenticator: Authenticator,
+    limiter: RateLimiter<IpAddr>,
+    config: ServiceConfig,
+}
+
+impl IdentityService {
+    /// A service signing with `ca` for callers `authenticator` admits.
+    pub fn new(ca: Arc<SharedCa>, authenticator: Authenticator, config: ServiceConfig) -> Self {
+        describe_metrics();
+        Self {
+            ca,
+            limiter: RateLimiter::new(config.rate),
+            authenticator,
+            config,
+        }
+    }
+
+    /// Answers one HTTP request, counting and logging the outcome.
+    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let (response, result) = match self.certify(peer, req).await {
+            Ok(reply) => {
+                tracing::info!(%peer, id = %reply.spiffe_id, expires_at = %reply.expires_at, "issued");
+                (json(StatusCode::OK, &reply), "issued")
+            }
+            Err(e) => {
+                let status = e.status();
+                if status.is_server_error() {
+                    tracing::error!(%peer, %status, error = %e, "certify failed");
+                } else {
+                    tracing::warn!(%peer, %status, error = %e, "certify refused");
+                }
+                let body = ErrorResponse {
+                    error: e.to_string(),
+                };
+                (json(status, &body), e.result_label())
+            }
+        };
+        metrics::counter!("warden_ca_certificates_issued_total", "result" => result).increment(1);
+        metrics::histogram!("warden_ca_request_duration_seconds", "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn certify(
+        &self,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<CertifyResponse, CertifyError> {
+        if req.uri().path() != CERTIFY_PATH {
+            return Err(CertifyError::NotFound);
+        }
+        if req.method() != Method::POST {
+            return Err(CertifyError::MethodNotAllowed);
+        }
+        if !self.limiter.check(&peer.ip()) {
+            return Err(CertifyError::RateLimited);
+        }
+        let (parts, body) = req.into_parts();
+        let declared_too_large = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+            .is_some_and(|n| n > self.config.max_body_bytes);
+        if declared_too_large {
+            return Err(CertifyError::TooLarge(self.config.max_body_bytes));
+        }
+        // Read the (bounded) body before answering anything else: replying while the client
+        // is still uploading makes some HTTP/2 clients lose the reply to the stream reset.
+        let body = read_body(&parts.headers, body, self.config.max_body_bytes)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge(n) => CertifyError::TooLarge(n),
+                BodyError::Read(r) => CertifyError::BadRequest(r),
+            })?;
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer_token)
+            .ok_or(AuthError::Missing)?;
+        let id = self.authenticator.authenticate(token).await?;
+        let request: CertifyRequest = serde_json::from_slice(&body)
+            .map_err(|e| CertifyError::BadRequest(format!("malformed JSON: {e}")))?;
+        let ca = self.ca.get();
+        let issued = ca
+            .sign_csr(&request.csr, &id, self.config.svid_ttl)
+            .map_err(|e| match e {
+                CaError::Csr(e) => CertifyError::BadRequest(e.to_string()),
+                other => CertifyError::Internal(other.to_string()),
+            })?;
+        let expires_at = time::OffsetDateTime::from(issued.not_after)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        Ok(CertifyResponse {
+            spiffe_id: issued.id.to_string(),
+            certificate_chain: crate::bundle::certs_to_pem(&issued.chain),
+            trust_bundle: ca.bundle().to_pem(),
+            expires_at,
+        })
+    }
+}
+
+/// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown`, then lets in-flight
+/// requests finish within the grace period. Each handshake uses the latest certificate.
+pub async fn serve(
+    listener: TcpListener,
+    credentials: watch::Receiver<Arc<Credentials>>,
+    service: Arc<IdentityService>,
+    shutdown: CancellationToken,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(credentials.borrow().server.clone());
+        let service = service.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = service.config.handshake_timeout;
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let handler = hyper::service::service_fn(move |req| {
+                let service = service.clone();
+                async move { Ok::<_, Infallible>(service.handle(peer, req).await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), handler);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let grace = service.config.shutdown_grace;
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("shutdown grace period over; dropping remaining connections");
+    }
+}
+
+/// Polls the CA directory every `interval` and swaps in the CA when its files change; a CA
+/// that fails to load is logged and the last good one kept. This is how an issuer is rotated,
+/// or a new root added to the bundle (with an overlap), without a restart.
+pub async fn reload_ca_on_change(
+    dir: std::path::PathBuf,
+    trust_domain: Option<warden_core::TrustDomain>,
+    ca: Arc<SharedCa>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let stamp = || {
+        [crate::ca::ISSUER_CERT, crate::ca::ISSUER_KEY, crate::ca::BUNDLE].map(|f| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified().map(|t| (t, m.len())))
+                .ok()
+        })
+    };
+    let mut last = stamp();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let now = stamp();
+        if now == last {
+            continue;
+        }
+        last = now;
+        match crate::CertificateAuthority::load(&dir, trust_domain.as_ref()) {
+            Ok(loaded) => {
+                tracing::info!(dir = %dir.display(), "CA files changed; reloaded");
+                metrics::counter!("warden_ca_reloads_total", "result" => "success").increment(1);
+                ca.replace(loaded);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "CA files changed but do not load; keeping the last good CA");
+                metrics::counter!("warden_ca_reloads_total", "result" => "failure").increment(1);
+            }
+        }
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "warden_ca_reloads_total",
+        "Reloads of the CA files after they changed, by result."
+    );
+    metrics::describe_counter!(
+        "warden_ca_certificates_issued_total",
+        "Certificate requests answered by the identity service, by result (issued or why not)."
+    );
+    metrics::describe_histogram!(
+        "warden_ca_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to answer a certificate request, by result."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_status_and_label() {
+        let cases: Vec<(CertifyError, u16, &str)> = vec![
+            (CertifyError::NotFound, 404, "not_found"),
+            (CertifyError::MethodNotAllowed, 405, "not_found"),
+            (CertifyError::RateLimited, 429, "rate_limited"),
+            (CertifyError::TooLarge(1), 413, "too_large"),
+            (AuthError::Missing.into(), 401, "unauthenticated"),
+            (AuthError::Invalid("x".into()).into(), 401, "unauthenticated"),
+            (AuthError::Unavailable("x".into()).into(), 503, "unavailable"),
+            (CertifyError::BadRequest("x".into()), 400, "bad_request"),
+            (CertifyError::Internal("x".into()), 500, "error"),
+        ];
+        for (err, status, label) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.result_label(), label, "{err}");
+        }
+    }
+}
