@@ -17,9 +17,7 @@ use warden_identity::authn::Authenticator;
 use warden_identity::ca::SharedCa;
 use warden_identity::join_token::JoinTokens;
 use warden_identity::rate_limit::Rate;
-use warden_identity::rotation::{self, CertSource, RotationOptions, TlsOptions};
-use warden_identity::service::{self, IdentityService, ServiceConfig};
-use warden_identity::tls::ClientAuth;
+use warden_identity::service::{self, IdentityService, ServiceConfig, ServingIdentity};
 use warden_identity::token_review::{TokenReviewConfig, TokenReviewer};
 use warden_identity::{telemetry, CertificateAuthority};
 
@@ -78,10 +76,16 @@ pub struct Args {
     #[arg(long, env = "KUBERNETES_SERVICE_PORT", default_value_t = 443)]
     kube_api_port: u16,
     /// The service's own ServiceAccount token, for TokenReview calls.
-    #[arg(long, default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token")]
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
     kube_token_file: PathBuf,
     /// The CA bundle of the API server.
-    #[arg(long, default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")]
+    #[arg(
+        long,
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
     kube_ca_file: PathBuf,
     /// The audience callers' tokens must be bound to.
     #[arg(long, default_value = contract::IDENTITY_TOKEN_AUDIENCE)]
@@ -110,7 +114,11 @@ fn authenticator(args: &Args, td: &TrustDomain) -> anyhow::Result<Authenticator>
             let host = args.kube_api_host.as_ref().context(
                 "--auth kubernetes needs the API server: --kube-api-host or KUBERNETES_SERVICE_HOST",
             )?;
-            let host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
+            let host = if host.contains(':') {
+                format!("[{host}]")
+            } else {
+                host.clone()
+            };
             let reviewer = TokenReviewer::new(TokenReviewConfig {
                 api_url: format!("https://{host}:{}", args.kube_api_port),
                 ca_file: args.kube_ca_file.clone(),
@@ -145,25 +153,18 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding the admin address {}", args.admin_listen))?;
-    tokio::spawn(admin::serve(admin_listener, ready_rx, metrics, shutdown.clone()));
+    let admin_addr = admin_listener.local_addr()?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        ready_rx,
+        metrics,
+        shutdown.clone(),
+    ));
 
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let source = CertSource::Local {
-        ca: shared.clone(),
-        id: id.clone(),
-        dns_names: args.dns_names.clone(),
-        ttl: args.svid_ttl,
-    };
-    let tls = TlsOptions {
-        server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-        client_alpn: vec![],
-        client_auth: ClientAuth::None,
-    };
-    let rotation = rotation::start(source, tls, RotationOptions::default(), shutdown.clone())
-        .await
-        .context("no serving certificate")?;
+    let addr = listener.local_addr()?;
     let config = ServiceConfig {
         svid_ttl: args.svid_ttl,
         max_body_bytes: args.max_body_bytes,
@@ -175,6 +176,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let kind = authn.kind();
     let service = Arc::new(IdentityService::new(shared.clone(), authn, config));
+    let serving = ServingIdentity {
+        id: id.clone(),
+        dns_names: args.dns_names.clone(),
+    };
+    let server = service::start(listener, service, serving, shutdown.clone())
+        .await
+        .context("no serving certificate")?;
     tokio::spawn(service::reload_ca_on_change(
         args.ca_dir.clone(),
         args.trust_domain.clone(),
@@ -186,14 +194,14 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ready: true,
         detail: format!("ready: issuing for {td} as {id} ({kind} authentication)"),
     });
-    tracing::info!(listen = %args.listen, admin = %args.admin_listen, %id, auth = kind, "identity service ready");
-    eprintln!("warden identity: serving https://{} (admin http://{})", args.listen, args.admin_listen);
+    tracing::info!(listen = %addr, admin = %admin_addr, %id, auth = kind, "identity service ready");
+    eprintln!("warden identity: serving https://{addr} (admin http://{admin_addr})");
 
     let stop = shutdown.clone();
     tokio::spawn(async move {
         crate::signals::terminated().await;
         stop.cancel();
     });
-    service::serve(listener, rotation.credentials, service, shutdown).await;
+    server.await?;
     Ok(())
 }

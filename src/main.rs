@@ -36,7 +36,7 @@ enum Command {
     #[command(subcommand)]
     Cert(cert::Command),
     /// Run the identity service: the CA issuing SVIDs over HTTPS (POST /v1/certify).
-    Identity(identity::Args),
+    Identity(Box<identity::Args>),
 }
 
 fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
@@ -60,7 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
-        Command::Identity(args) => identity::run(args),
+        Command::Identity(args) => identity::run(*args),
     }
 }
 

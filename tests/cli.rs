@@ -274,3 +274,110 @@ fn demo_shows_mutual_tls_and_refusals() {
         "{text}"
     );
 }
+
+/// Reads the child's stderr until the "serving" line and returns (https addr, admin addr).
+fn wait_for_serving(child: &mut std::process::Child) -> (String, String) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("warden identity: serving https://") {
+            let (https, admin) = rest.split_once(" (admin http://").unwrap();
+            return (https.to_string(), admin.trim_end_matches(')').to_string());
+        }
+    }
+    panic!("warden identity exited before serving");
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    tcp.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn identity_service_issues_reports_ready_and_stops_on_sigterm() {
+    use warden_identity::client::{CertifyClient, CertifyClientConfig};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    assert!(warden(&["ca", "init", "--dir", "ca"], dir).status.success());
+    let id = "spiffe://cluster.local/ns/shop/sa/web";
+    let o = warden(&["ca", "join-token", "--tokens", "tokens", "--id", id], dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim().to_string();
+    assert_eq!(token.len(), 64);
+    let file = std::fs::read_to_string(dir.join("tokens")).unwrap();
+    assert!(!file.contains(&token), "the token file holds only hashes");
+    std::fs::write(dir.join("token"), &token).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "identity",
+            "--ca-dir",
+            "ca",
+            "--auth",
+            "join-tokens",
+            "--join-tokens",
+            "tokens",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (https, admin) = wait_for_serving(&mut child);
+
+    let ready = http_get(&admin, "/ready");
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(ready.contains("issuing for cluster.local"), "{ready}");
+    assert!(http_get(&admin, "/live").starts_with("HTTP/1.1 200"));
+
+    let bundle = warden_identity::TrustBundle::from_pem_file(
+        warden_core::TrustDomain::default(),
+        &dir.join("ca/bundle.crt"),
+    )
+    .unwrap();
+    let client = CertifyClient::new(
+        CertifyClientConfig {
+            url: format!("https://{https}"),
+            server_id: warden_core::SpiffeId::parse(
+                "spiffe://cluster.local/ns/warden-system/sa/warden-identity",
+            )
+            .unwrap(),
+            token_file: dir.join("token"),
+            expected_id: Some(warden_core::SpiffeId::parse(id).unwrap()),
+            timeout: std::time::Duration::from_secs(10),
+        },
+        warden_identity::TrustStore::single(bundle),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let issued = runtime.block_on(client.certify()).unwrap();
+    assert_eq!(issued.svid.id().as_str(), id);
+    let metrics = http_get(&admin, "/metrics");
+    assert!(
+        metrics.contains("warden_ca_certificates_issued_total{result=\"issued\"} 1"),
+        "{metrics}"
+    );
+
+    let started = std::time::Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}

@@ -34,7 +34,11 @@ impl Readiness {
 }
 
 /// Answers one admin request.
-pub fn respond(req: &Request<Incoming>, readiness: &Readiness, metrics: &PrometheusHandle) -> Response<Body> {
+pub fn respond(
+    req: &Request<Incoming>,
+    readiness: &Readiness,
+    metrics: &PrometheusHandle,
+) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }

@@ -418,7 +418,12 @@ impl CertificateAuthority {
         let key = csr::generate_key()?;
         let issued = self.sign(&key, id, dns_names, ttl, SystemTime::now())?;
         let key_der = csr::private_key_der(&key);
-        Ok(Svid::new(issued.id, issued.chain, key_der, issued.not_after))
+        Ok(Svid::new(
+            issued.id,
+            issued.chain,
+            key_der,
+            issued.not_after,
+        ))
     }
 
     /// Builds an SVID with the X.509-SVID profile around `public_key`.

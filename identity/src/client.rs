@@ -14,7 +14,7 @@ use crate::bundle::{certs_from_pem, TrustBundle, TrustStore};
 use crate::certify::{CertifyRequest, CertifyResponse, ErrorResponse, CERTIFY_PATH};
 use crate::credential::Svid;
 use crate::http::{post_json, ClientError, HttpsTarget};
-use crate::verify::{verify_svid, ExpectedPeer, PeerRole, SvidServerVerifier, VerifyError};
+use crate::verify::{verify_svid, ExpectedPeer, PeerRole, VerifyError};
 use crate::{csr, svid, tls};
 
 /// The largest reply read from the identity service.
@@ -124,20 +124,11 @@ impl CertifyClient {
         })
         .map_err(|e| CertifyClientError::BadReply(e.to_string()))?;
 
-        let trust = self.trust();
-        let provider = tls::crypto_provider();
-        let verifier = SvidServerVerifier::new(
-            trust.clone(),
+        let tls_config = tls::anonymous_client_config(
+            self.trust(),
             ExpectedPeer::Exact(self.config.server_id.clone()),
-            provider.signature_verification_algorithms,
+            &[b"http/1.1"],
         );
-        let mut tls_config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| CertifyClientError::BadReply(e.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
-        tls_config.alpn_protocols = vec![b"http/1.1".to_vec()];
 
         let (status, reply) = post_json(
             Arc::new(tls_config),
@@ -166,7 +157,11 @@ impl CertifyClient {
     }
 
     /// Verifies the reply: our key, the expected identity, a valid SVID under the new bundle.
-    fn check(&self, reply: CertifyResponse, key: &rcgen::KeyPair) -> Result<Issued, CertifyClientError> {
+    fn check(
+        &self,
+        reply: CertifyResponse,
+        key: &rcgen::KeyPair,
+    ) -> Result<Issued, CertifyClientError> {
         let bad = |e: String| CertifyClientError::BadReply(e);
         let chain = certs_from_pem(reply.certificate_chain.as_bytes(), "certificate_chain")
             .map_err(|e| bad(e.to_string()))?;
@@ -184,14 +179,25 @@ impl CertifyClient {
             return Err(bad("the certificate is not for the key we sent".into()));
         }
         let not_after = crate::ca::to_system_time(leaf.validity().not_after.timestamp());
-        let bundle = TrustBundle::from_pem(id.trust_domain(), reply.trust_bundle.as_bytes(), "trust_bundle")
-            .map_err(|e| bad(e.to_string()))?;
+        let bundle = TrustBundle::from_pem(
+            id.trust_domain(),
+            reply.trust_bundle.as_bytes(),
+            "trust_bundle",
+        )
+        .map_err(|e| bad(e.to_string()))?;
         // Keep other trust domains' bundles (federation); replace this one's.
         let mut trust = (*self.trust()).clone();
         trust.insert(bundle);
         let algorithms = tls::crypto_provider().signature_verification_algorithms;
         for role in [PeerRole::Server, PeerRole::Client] {
-            verify_svid(&trust, &chain[0], &chain[1..], UnixTime::now(), role, &algorithms)?;
+            verify_svid(
+                &trust,
+                &chain[0],
+                &chain[1..],
+                UnixTime::now(),
+                role,
+                &algorithms,
+            )?;
         }
         Ok(Issued {
             svid: Svid::new(id, chain, csr::private_key_der(key), not_after),

@@ -186,12 +186,14 @@ mod tests {
         // Take a valid CSR and graft a signature made by a different key onto it.
         let a = generate_key().unwrap();
         let b = generate_key().unwrap();
-        let der_a =
-            CertificateSigningRequestDer::from_pem_slice(build_csr(&a, Some(&id())).unwrap().as_bytes())
-                .unwrap();
-        let der_b =
-            CertificateSigningRequestDer::from_pem_slice(build_csr(&b, Some(&id())).unwrap().as_bytes())
-                .unwrap();
+        let der_a = CertificateSigningRequestDer::from_pem_slice(
+            build_csr(&a, Some(&id())).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let der_b = CertificateSigningRequestDer::from_pem_slice(
+            build_csr(&b, Some(&id())).unwrap().as_bytes(),
+        )
+        .unwrap();
         let (_, csr_a) = X509CertificationRequest::from_der(&der_a).unwrap();
         let (_, csr_b) = X509CertificationRequest::from_der(&der_b).unwrap();
         let info_a = csr_a.certification_request_info.raw;

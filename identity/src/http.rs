@@ -133,7 +133,8 @@ impl HttpsTarget {
             }
         };
         let port: u16 = port.parse().map_err(|_| bad())?;
-        let server_name = rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| bad())?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|_| bad())?;
         let authority = if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
@@ -159,12 +160,13 @@ pub async fn post_json(
 ) -> Result<(StatusCode, Bytes), ClientError> {
     let addr = target.authority.clone();
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(&addr)
-            .await
-            .map_err(|e| ClientError::Connect {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+        let tcp =
+            tokio::net::TcpStream::connect(&addr)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         let _ = tcp.set_nodelay(true);
         let stream = tokio_rustls::TlsConnector::from(tls)
             .connect(target.server_name.clone(), tcp)
@@ -221,13 +223,20 @@ mod tests {
         let ok = [
             ("https://10.96.0.1:443", "10.96.0.1:443"),
             ("https://10.96.0.1", "10.96.0.1:443"),
-            ("https://kubernetes.default.svc/", "kubernetes.default.svc:443"),
+            (
+                "https://kubernetes.default.svc/",
+                "kubernetes.default.svc:443",
+            ),
             ("https://[fd00::1]:6443", "[fd00::1]:6443"),
             ("https://[fd00::1]", "[fd00::1]:443"),
             ("https://localhost:8443", "localhost:8443"),
         ];
         for (url, authority) in ok {
-            assert_eq!(HttpsTarget::parse(url).unwrap().authority, authority, "{url}");
+            assert_eq!(
+                HttpsTarget::parse(url).unwrap().authority,
+                authority,
+                "{url}"
+            );
         }
         for bad in [
             "http://x",

@@ -165,13 +165,31 @@ mod tests {
         let ok = format!("# comment\n\nsha256:{h} {id}   # trailing comment\n");
         assert_eq!(parse(&ok, "f").unwrap().len(), 1);
         let bad = [
-            (format!("{h} {id}"), "f:1: the hash must start with \"sha256:\""),
-            (format!("sha256:abc {id}"), "f:1: the hash must be 64 hex digits"),
-            (format!("sha256:{h}"), "f:1: expected \"sha256:<hex> <spiffe-id>\""),
+            (
+                format!("{h} {id}"),
+                "f:1: the hash must start with \"sha256:\"",
+            ),
+            (
+                format!("sha256:abc {id}"),
+                "f:1: the hash must be 64 hex digits",
+            ),
+            (
+                format!("sha256:{h}"),
+                "f:1: expected \"sha256:<hex> <spiffe-id>\"",
+            ),
             (format!("sha256:{h} {id} extra"), "f:1: expected"),
-            (format!("\nsha256:{h} spiffe://X/y"), "f:2: invalid SPIFFE ID"),
-            (format!("sha256:{h} {id}\nsha256:{h} {id}"), "f:2: the same token hash"),
-            (format!("sha256:{} {id}", "zz".repeat(32)), "f:1: the hash must be 64 hex"),
+            (
+                format!("\nsha256:{h} spiffe://X/y"),
+                "f:2: invalid SPIFFE ID",
+            ),
+            (
+                format!("sha256:{h} {id}\nsha256:{h} {id}"),
+                "f:2: the same token hash",
+            ),
+            (
+                format!("sha256:{} {id}", "zz".repeat(32)),
+                "f:1: the hash must be 64 hex",
+            ),
         ];
         for (text, want) in bad {
             let got = parse(&text, "f").unwrap_err().to_string();
@@ -188,7 +206,10 @@ mod tests {
         let (token_a, line_a) = new_token(&a);
         let (token_b, line_b) = new_token(&b);
         assert_eq!(token_a.len(), 64);
-        assert!(!line_a.contains(&token_a), "the file never holds the token itself");
+        assert!(
+            !line_a.contains(&token_a),
+            "the file never holds the token itself"
+        );
         std::fs::write(&path, &line_a).unwrap();
         let tokens = JoinTokens::load(&path, Duration::ZERO).unwrap();
         assert_eq!(tokens.lookup(&token_a), Some(a.clone()));

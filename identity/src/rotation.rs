@@ -52,7 +52,8 @@ impl Credentials {
         let server_alpn: Vec<&[u8]> = opts.server_alpn.iter().map(Vec::as_slice).collect();
         let client_alpn: Vec<&[u8]> = opts.client_alpn.iter().map(Vec::as_slice).collect();
         let server = tls::server_config(&svid, trust.clone(), &server_alpn, opts.client_auth)?;
-        let client = tls::client_config(&svid, trust.clone(), ExpectedPeer::AnyTrusted, &client_alpn)?;
+        let client =
+            tls::client_config(&svid, trust.clone(), ExpectedPeer::AnyTrusted, &client_alpn)?;
         Ok(Self {
             svid,
             obtained_at: SystemTime::now(),
@@ -96,7 +97,9 @@ impl CertSource {
                 ttl,
             } => {
                 let ca = ca.get();
-                let svid = ca.issue_with_dns(id, dns_names, *ttl).map_err(|e| e.to_string())?;
+                let svid = ca
+                    .issue_with_dns(id, dns_names, *ttl)
+                    .map_err(|e| e.to_string())?;
                 Ok((svid, Arc::new(TrustStore::single(ca.bundle().clone()))))
             }
         }
@@ -188,7 +191,13 @@ pub async fn start(
                 let current = tx.borrow();
                 (current.obtained_at, current.svid.not_after())
             };
-            let delay = renewal_delay(obtained_at, not_after, SystemTime::now(), &opts, random_unit());
+            let delay = renewal_delay(
+                obtained_at,
+                not_after,
+                SystemTime::now(),
+                &opts,
+                random_unit(),
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -230,17 +239,25 @@ async fn obtain_with_retry(
                     .unwrap_or_default();
                 metrics::gauge!("warden_identity_cert_expiry_timestamp_seconds")
                     .set(expiry.as_secs_f64());
-                metrics::counter!("warden_identity_renewals_total", "result" => "success").increment(1);
+                metrics::counter!("warden_identity_renewals_total", "result" => "success")
+                    .increment(1);
                 tracing::info!(id = %creds.svid.id(), expires_in_s = creds.svid.not_after().duration_since(SystemTime::now()).unwrap_or_default().as_secs(), "certificate obtained");
                 return Some(Arc::new(creds));
             }
             Err(error) => {
-                metrics::counter!("warden_identity_renewals_total", "result" => "failure").increment(1);
+                metrics::counter!("warden_identity_renewals_total", "result" => "failure")
+                    .increment(1);
                 let delay = backoff(attempt, opts, random_unit());
                 match current_expiry {
-                    Some(t) if t <= SystemTime::now() => tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "certificate expired and renewal failed; peers will refuse it until renewal succeeds"),
-                    Some(_) => tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "renewal failed; still serving with the current certificate"),
-                    None => tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "no certificate yet; retrying"),
+                    Some(t) if t <= SystemTime::now() => {
+                        tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "certificate expired and renewal failed; peers will refuse it until renewal succeeds")
+                    }
+                    Some(_) => {
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "renewal failed; still serving with the current certificate")
+                    }
+                    None => {
+                        tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "no certificate yet; retrying")
+                    }
                 }
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
@@ -270,23 +287,30 @@ mod tests {
 
     const S: Duration = Duration::from_secs(1);
 
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
     #[test]
     fn renewal_schedule_table() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let opts = RotationOptions::default();
         // (lifetime, now offset, unit, expected delay)
         let cases = [
-            (100 * S, 0 * S, 0.0, 70 * S),   // 70%
-            (100 * S, 0 * S, 1.0, 60 * S),   // earliest with full jitter
-            (100 * S, 0 * S, 0.5, 65 * S),
-            (100 * S, 30 * S, 0.0, 40 * S),  // part of the wait already passed
-            (100 * S, 80 * S, 0.0, 0 * S),   // overdue: renew now
-            (100 * S, 200 * S, 0.0, 0 * S),  // expired: renew now
-            (86_400 * S, 0 * S, 0.0, 60_480 * S),
+            (secs(100), secs(0), 0.0, secs(70)), // 70%
+            (secs(100), secs(0), 1.0, secs(60)), // earliest with full jitter
+            (secs(100), secs(0), 0.5, secs(65)),
+            (secs(100), secs(30), 0.0, secs(40)), // part of the wait already passed
+            (secs(100), secs(80), 0.0, secs(0)),  // overdue: renew now
+            (secs(100), secs(200), 0.0, secs(0)), // expired: renew now
+            (secs(86_400), secs(0), 0.0, secs(60_480)),
         ];
         for (lifetime, offset, unit, want) in cases {
             let got = renewal_delay(t0, t0 + lifetime, t0 + offset, &opts, unit);
-            assert_eq!(got, want, "lifetime {lifetime:?} now +{offset:?} unit {unit}");
+            assert_eq!(
+                got, want,
+                "lifetime {lifetime:?} now +{offset:?} unit {unit}"
+            );
         }
     }
 
@@ -300,7 +324,11 @@ mod tests {
         // With unit = 1.0 the delay is the full base.
         let want = [1, 2, 4, 8, 16, 32, 60, 60];
         for (attempt, secs) in want.iter().enumerate() {
-            assert_eq!(backoff(attempt as u32, &opts, 1.0), *secs * S, "attempt {attempt}");
+            assert_eq!(
+                backoff(attempt as u32, &opts, 1.0),
+                *secs * S,
+                "attempt {attempt}"
+            );
         }
         assert_eq!(backoff(3, &opts, 0.0), 4 * S, "never below half the base");
         assert_eq!(backoff(u32::MAX, &opts, 1.0), 60 * S, "no overflow");

@@ -218,6 +218,45 @@ impl IdentityService {
     }
 }
 
+/// Who the identity service is to its callers: the SPIFFE ID and DNS names of its serving
+/// certificate (issued by its own CA and renewed like any SVID).
+#[derive(Debug, Clone)]
+pub struct ServingIdentity {
+    /// The service's SPIFFE ID; clients expect exactly it.
+    pub id: warden_core::SpiffeId,
+    /// DNS SANs, for clients that verify by host name.
+    pub dns_names: Vec<String>,
+}
+
+/// Starts the whole service: issues its own serving certificate, keeps it renewed, and serves
+/// `listener` until `shutdown`. Returns the serving task, or `None` if `shutdown` came first.
+pub async fn start(
+    listener: TcpListener,
+    service: Arc<IdentityService>,
+    serving: ServingIdentity,
+    shutdown: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let source = crate::rotation::CertSource::Local {
+        ca: service.ca.clone(),
+        id: serving.id,
+        dns_names: serving.dns_names,
+        ttl: service.config.svid_ttl,
+    };
+    let tls = crate::rotation::TlsOptions {
+        server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        client_alpn: vec![],
+        client_auth: crate::tls::ClientAuth::None,
+    };
+    let rotation =
+        crate::rotation::start(source, tls, Default::default(), shutdown.clone()).await?;
+    Some(tokio::spawn(serve(
+        listener,
+        rotation.credentials,
+        service,
+        shutdown,
+    )))
+}
+
 /// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown`, then lets in-flight
 /// requests finish within the grace period. Each handshake uses the latest certificate.
 pub async fn serve(
@@ -274,7 +313,10 @@ pub async fn serve(
     }
     drop(listener);
     let grace = service.config.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("shutdown grace period over; dropping remaining connections");
     }
 }
@@ -290,7 +332,12 @@ pub async fn reload_ca_on_change(
     shutdown: CancellationToken,
 ) {
     let stamp = || {
-        [crate::ca::ISSUER_CERT, crate::ca::ISSUER_KEY, crate::ca::BUNDLE].map(|f| {
+        [
+            crate::ca::ISSUER_CERT,
+            crate::ca::ISSUER_KEY,
+            crate::ca::BUNDLE,
+        ]
+        .map(|f| {
             std::fs::metadata(dir.join(f))
                 .and_then(|m| m.modified().map(|t| (t, m.len())))
                 .ok()
@@ -349,8 +396,16 @@ mod tests {
             (CertifyError::RateLimited, 429, "rate_limited"),
             (CertifyError::TooLarge(1), 413, "too_large"),
             (AuthError::Missing.into(), 401, "unauthenticated"),
-            (AuthError::Invalid("x".into()).into(), 401, "unauthenticated"),
-            (AuthError::Unavailable("x".into()).into(), 503, "unavailable"),
+            (
+                AuthError::Invalid("x".into()).into(),
+                401,
+                "unauthenticated",
+            ),
+            (
+                AuthError::Unavailable("x".into()).into(),
+                503,
+                "unavailable",
+            ),
             (CertifyError::BadRequest("x".into()), 400, "bad_request"),
             (CertifyError::Internal("x".into()), 500, "error"),
         ];

@@ -121,6 +121,26 @@ pub fn client_config(
     Ok(config)
 }
 
+/// A client that verifies the server's SVID against `store` and `expected` but presents no
+/// certificate: how a workload without an SVID yet reaches the identity service.
+pub fn anonymous_client_config(
+    store: Arc<TrustStore>,
+    expected: ExpectedPeer,
+    alpn: &[&[u8]],
+) -> ClientConfig {
+    let provider = crypto_provider();
+    let verifier =
+        SvidServerVerifier::new(store, expected, provider.signature_verification_algorithms);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3 is supported by the provider")
+        .dangerous() // a custom verifier: SPIFFE IDs instead of DNS names
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    config
+}
+
 /// The server name a client passes to rustls. SVIDs have no DNS names and our verifier
 /// ignores it, so a fixed placeholder keeps SNI from leaking anything about the destination.
 pub fn mesh_server_name() -> ServerName<'static> {

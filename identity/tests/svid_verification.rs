@@ -262,7 +262,13 @@ async fn handshake(
     store: Arc<TrustStore>,
     expected: ExpectedPeer,
 ) -> Outcome {
-    let server_cfg = tls::server_config(server, store.clone(), &[ALPN_TCP], tls::ClientAuth::Required).unwrap();
+    let server_cfg = tls::server_config(
+        server,
+        store.clone(),
+        &[ALPN_TCP],
+        tls::ClientAuth::Required,
+    )
+    .unwrap();
     let client_cfg = tls::client_config(client, store, expected, &[ALPN_TCP]).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -362,7 +368,8 @@ async fn each_malformed_svid_fails_a_real_handshake_in_both_directions() {
 async fn a_client_without_a_certificate_is_refused() {
     let pki = Pki::new("cluster.local");
     let server = pki.authority.issue(&id(BACKEND), HOUR).unwrap();
-    let server_cfg = tls::server_config(&server, pki.store(), &[ALPN_TCP], tls::ClientAuth::Required).unwrap();
+    let server_cfg =
+        tls::server_config(&server, pki.store(), &[ALPN_TCP], tls::ClientAuth::Required).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accept = tokio::spawn(async move {
@@ -373,18 +380,7 @@ async fn a_client_without_a_certificate_is_refused() {
             .map(|_| ())
     });
     // A client that trusts the server but has no certificate of its own.
-    let provider = tls::crypto_provider();
-    let verifier = warden_identity::verify::SvidServerVerifier::new(
-        pki.store(),
-        ExpectedPeer::AnyTrusted,
-        provider.signature_verification_algorithms,
-    );
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
+    let cfg = tls::anonymous_client_config(pki.store(), ExpectedPeer::AnyTrusted, &[]);
     let tcp = TcpStream::connect(addr).await.unwrap();
     let _ = tokio_rustls::TlsConnector::from(Arc::new(cfg))
         .connect(tls::mesh_server_name(), tcp)
