@@ -35,3 +35,43 @@ pub const IDENTITY_PORT: u16 = 7150;
 pub fn identity_service_dns() -> String {
     format!("{IDENTITY_SERVICE_ACCOUNT}.{SYSTEM_NAMESPACE}.svc")
 }
+
+/// Environment variables the proxy reads (set by the injector from the downward API and the
+/// injector's configuration). Each overrides the config file field named in its doc.
+pub mod env {
+    /// `trust_domain`.
+    pub const TRUST_DOMAIN: &str = "WARDEN_TRUST_DOMAIN";
+    /// `identity.url`: the identity service, `https://host:port`.
+    pub const IDENTITY_URL: &str = "WARDEN_IDENTITY_URL";
+    /// `identity.server_id`: the identity service's SPIFFE ID.
+    pub const IDENTITY_SERVER_ID: &str = "WARDEN_IDENTITY_SERVER_ID";
+    /// `identity.token_file`: the projected ServiceAccount token (audience warden-identity).
+    pub const IDENTITY_TOKEN_FILE: &str = "WARDEN_IDENTITY_TOKEN_FILE";
+    /// `identity.trust_bundle`: the PEM trust bundle.
+    pub const TRUST_BUNDLE: &str = "WARDEN_TRUST_BUNDLE";
+    /// `identity.namespace`: the pod's namespace (downward API).
+    pub const POD_NAMESPACE: &str = "WARDEN_POD_NAMESPACE";
+    /// `identity.service_account`: the pod's ServiceAccount (downward API).
+    pub const POD_SERVICE_ACCOUNT: &str = "WARDEN_POD_SERVICE_ACCOUNT";
+    /// The pod's name (downward API), for logs.
+    pub const POD_NAME: &str = "WARDEN_POD_NAME";
+    /// The pod's IP (downward API).
+    pub const POD_IP: &str = "WARDEN_POD_IP";
+    /// `admin.listen`.
+    pub const ADMIN_LISTEN: &str = "WARDEN_ADMIN_LISTEN";
+    /// `opaque_ports`: comma-separated destination ports always proxied as opaque TCP.
+    pub const OPAQUE_PORTS: &str = "WARDEN_OPAQUE_PORTS";
+}
+
+/// Request headers the inbound proxy sets for the app (and strips when a client sends them).
+pub mod headers {
+    /// The verified SPIFFE ID of the calling workload.
+    pub const CLIENT_ID: &str = "x-warden-client-id";
+    /// The mesh hop's TLS version and key exchange, e.g. `TLSv1.3/X25519MLKEM768`.
+    pub const TLS: &str = "x-warden-tls";
+    /// Set between proxies: the protocol the app's client spoke (`HTTP/1.1`), so the inbound
+    /// proxy speaks the same to the app.
+    pub const ORIG_PROTO: &str = "x-warden-orig-proto";
+    /// The id of a request the proxy answered itself (denials, errors), for the logs.
+    pub const REQUEST_ID: &str = "x-warden-request-id";
+}

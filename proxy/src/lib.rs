@@ -1,3 +1,23 @@
-//! Warden proxy.
+//! warden-proxy: the per-pod data plane.
+//!
+//! - [`outbound`]: the app's connections to other workloads, originating mTLS;
+//! - [`inbound`]: mTLS from peer proxies, terminated and forwarded to the app;
+
+//! - [`proxy`]: wiring it all together, [`config`]: the one configuration module;
+//! - [`authz`]: the authorization hook; [`detect`], [`io`], [`http`], [`mesh`],
+//!   [`listener`], [`metrics`], [`shared`]: the parts both directions share.
 
 #![warn(missing_docs)]
+
+pub mod authz;
+pub mod config;
+pub mod detect;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod listener;
+pub mod mesh;
+pub mod metrics;
+pub mod outbound;
+pub mod proxy;
+pub mod shared;

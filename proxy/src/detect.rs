@@ -1,0 +1,141 @@
+//! Protocol detection from an app connection's first bytes: an HTTP/2 prior-knowledge
+//! preface, an HTTP/1.x request line, or anything else (opaque TCP). Pure, so it is tested
+//! without sockets; the caller reads until the answer is not [`Detection::NeedMore`] or its
+//! detect timeout passes (no bytes at all means a server-speaks-first protocol).
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4).
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The longest HTTP/1 request line considered; longer first lines are treated as opaque.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// What the app speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.0 or HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge (h2c), e.g. gRPC.
+    Http2,
+    /// Anything else: proxied as bytes.
+    Opaque,
+}
+
+/// The verdict on the bytes read so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detection {
+    /// Decided.
+    Known(Protocol),
+    /// Could still be HTTP: read more.
+    NeedMore,
+}
+
+/// Classifies the first bytes of a connection.
+pub fn detect(buf: &[u8]) -> Detection {
+    use Detection::*;
+    if buf.is_empty() {
+        return NeedMore;
+    }
+    if buf.len() < H2_PREFACE.len() && H2_PREFACE.starts_with(buf) {
+        return NeedMore;
+    }
+    if buf.starts_with(H2_PREFACE) {
+        return Known(Protocol::Http2);
+    }
+    let line_end = buf.iter().position(|&b| b == b'\n');
+    let line = match line_end {
+        Some(end) if end > MAX_REQUEST_LINE => return Known(Protocol::Opaque),
+        Some(end) => &buf[..end],
+        None if buf.len() >= MAX_REQUEST_LINE => return Known(Protocol::Opaque),
+        None => buf,
+    };
+    match request_line(line, line_end.is_some()) {
+        Some(true) => Known(Protocol::Http1),
+        Some(false) => NeedMore,
+        None => Known(Protocol::Opaque),
+    }
+}
+
+/// `Some(true)`: a complete HTTP/1 request line; `Some(false)`: a valid prefix of one;
+/// `None`: not one.
+fn request_line(line: &[u8], complete: bool) -> Option<bool> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let method = parts.next()?;
+    // A method is an RFC 9110 token; real ones are upper case, which keeps binary
+    // protocols that happen to start with a letter from being mistaken for HTTP.
+    if method.is_empty() || !method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_') {
+        return None;
+    }
+    let Some(target) = parts.next() else {
+        return (!complete && method.len() <= 32).then_some(false);
+    };
+    if target.iter().any(|b| b.is_ascii_control() || *b == b' ') {
+        return None;
+    }
+    let Some(version) = parts.next() else {
+        return (!complete).then_some(false);
+    };
+    const VERSIONS: [&[u8]; 2] = [b"HTTP/1.1", b"HTTP/1.0"];
+    if complete {
+        (!target.is_empty() && VERSIONS.contains(&version)).then_some(true)
+    } else if VERSIONS.iter().any(|v| v.starts_with(version)) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Detection::*;
+    use super::Protocol::*;
+    use super::*;
+
+    #[test]
+    fn detection_table() {
+        let long_target = format!("GET /{} HTTP/1.1\r\n", "a".repeat(MAX_REQUEST_LINE));
+        let cases: Vec<(&[u8], Detection)> = vec![
+            (b"", NeedMore),
+            (b"G", NeedMore),
+            (b"GET", NeedMore),
+            (b"GET ", NeedMore),
+            (b"GET /index.html", NeedMore),
+            (b"GET /index.html HTTP/1", NeedMore),
+            (b"GET / HTTP/1.1\r\n", Known(Http1)),
+            (b"GET / HTTP/1.1\n", Known(Http1)),
+            (b"GET / HTTP/1.0\r\nhost: x\r\n\r\n", Known(Http1)),
+            (b"POST /api/orders?id=1 HTTP/1.1\r\n", Known(Http1)),
+            (b"OPTIONS * HTTP/1.1\r\n", Known(Http1)),
+            (b"CONNECT example.org:443 HTTP/1.1\r\n", Known(Http1)),
+            (b"M-SEARCH * HTTP/1.1\r\n", Known(Http1)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Known(Http2)),
+            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", Known(Http2)),
+            (b"PRI * HTTP/2", NeedMore),
+            (b"PRI * HTTP/2.0\r\n\r\nXX", Known(Opaque)),
+            (b"GET / HTTP/2.0\r\n", Known(Opaque)),
+            (b"GET / HTTP/1.2\r\n", Known(Opaque)),
+            (b"GET /\r\n", Known(Opaque)),
+            (b"GET  HTTP/1.1\r\n", Known(Opaque)),
+            (b"get / HTTP/1.1\r\n", Known(Opaque)),
+            (b"\x16\x03\x01\x02\x00\x01", Known(Opaque)), // a TLS ClientHello
+            (b"*1\r\n$4\r\nPING\r\n", Known(Opaque)),      // Redis
+            (b"SSH-2.0-OpenSSH_9.2\r\n", Known(Opaque)),
+            (b"EHLO mail.example.org\r\n", Known(Opaque)),
+            (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Known(Opaque)), // PostgreSQL SSLRequest
+            (b"HELLO", NeedMore), // could still be a method
+            (b"HELLO world", NeedMore),
+            (b"HELLO world\r\n", Known(Opaque)),
+            (long_target.as_bytes(), Known(Opaque)),
+        ];
+        for (input, want) in cases {
+            assert_eq!(detect(input), want, "{:?}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn an_endless_line_is_opaque() {
+        assert_eq!(detect(&vec![b'A'; MAX_REQUEST_LINE]), Known(Opaque));
+        let mut tokenish = b"GET /".to_vec();
+        tokenish.extend(vec![b'a'; MAX_REQUEST_LINE]);
+        assert_eq!(detect(&tokenish), Known(Opaque));
+    }
+}

@@ -1,0 +1,280 @@
+//! HTTP plumbing shared by both directions: the body type, hop-by-hop headers, and the one
+//! place where proxy errors become HTTP (or gRPC) responses.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use warden_core::contract::headers;
+
+/// Errors inside bodies are boxed: they come from hyper, TLS or our own code.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every proxied request and response.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Boxes any body into a [`ProxyBody`].
+pub fn boxed<B>(body: B) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    body.map_err(Into::into).boxed_unsync()
+}
+
+/// An empty body.
+pub fn empty() -> ProxyBody {
+    boxed(http_body_util::Empty::<Bytes>::new())
+}
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The destination refused the connection or could not be reached.
+    #[error("{target} is unreachable: {reason}")]
+    Unreachable {
+        /// Where.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// Connecting took longer than the connect timeout.
+    #[error("connecting to {0} timed out")]
+    ConnectTimeout(String),
+    /// The mTLS handshake with the peer proxy failed (including its identity check).
+    #[error("mTLS with {target} failed: {reason}")]
+    Tls {
+        /// Where.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+    /// No response headers within the response timeout.
+    #[error("no response within {0:?}")]
+    ResponseTimeout(std::time::Duration),
+    /// The upstream connection failed mid-request.
+    #[error("upstream failed: {0}")]
+    Upstream(String),
+    /// The request is malformed for proxying.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// The authorization hook denied it.
+    #[error("denied")]
+    Denied {
+        /// The policy that decided (for the logs, never the client).
+        policy: String,
+    },
+}
+
+impl ProxyError {
+    /// The HTTP status for this error (DESIGN.md: unreachable 502, timeout 504, denied 403).
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::Unreachable { .. } | ProxyError::Tls { .. } | ProxyError::Upstream(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+        }
+    }
+
+    /// The gRPC status code for this error: UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL or
+    /// PERMISSION_DENIED.
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            ProxyError::Unreachable { .. } | ProxyError::Tls { .. } | ProxyError::Upstream(_) => 14,
+            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => 4,
+            ProxyError::BadRequest(_) => 13,
+            ProxyError::Denied { .. } => 7,
+        }
+    }
+
+    /// The response the app's client gets: a short body and the request id; gRPC clients get
+    /// HTTP 200 with `grpc-status` so their libraries report the right code. Denials say
+    /// nothing about which policy decided.
+    pub fn to_response(&self, grpc: bool, request_id: &str) -> Response<ProxyBody> {
+        let message = match self {
+            ProxyError::Denied { .. } => "forbidden by policy".to_string(),
+            other => other.to_string(),
+        };
+        let mut resp = if grpc {
+            let mut r = Response::new(empty());
+            let h = r.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+            if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
+                h.insert("grpc-message", v);
+            }
+            r
+        } else {
+            let mut r = Response::new(boxed(Full::new(Bytes::from(format!("{message}\n")))));
+            *r.status_mut() = self.status();
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r
+        };
+        if let Ok(v) = HeaderValue::from_str(request_id) {
+            resp.headers_mut().insert(headers::REQUEST_ID, v);
+        }
+        resp
+    }
+}
+
+/// gRPC's `grpc-message` is percent-encoded (RFC 3986 unreserved characters kept).
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b' '..=b'~' if b != b'%' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Whether a request is gRPC (its errors are reported as gRPC statuses).
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// A new random request id (16 hex digits).
+pub fn request_id() -> String {
+    let mut bytes = [0u8; 8];
+    // On the (theoretical) failure of the system RNG the id is all zeros: it only labels logs.
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Headers that describe one connection and must not be forwarded (RFC 9110 section 7.6.1;
+/// HTTP/2 forbids them).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+];
+
+/// Removes hop-by-hop headers, and those the `Connection` header names. `TE: trailers` is
+/// kept (gRPC needs it); other `TE` values are dropped.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    headers.remove(header::TE);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` plus
+/// `Upgrade: <proto>`), e.g. `websocket`.
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !asks {
+        return None;
+    }
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| !v.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip, trailers"),
+            ("content-type", "text/plain"),
+            ("x-request-id", "abc"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap())).collect();
+        left.sort();
+        assert_eq!(left, ["content-type: text/plain", "te: trailers", "x-request-id: abc"]);
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn upgrades_are_recognized() {
+        assert_eq!(
+            upgrade_protocol(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")])),
+            Some("websocket".into())
+        );
+        assert_eq!(upgrade_protocol(&map(&[("upgrade", "websocket")])), None);
+        assert_eq!(upgrade_protocol(&map(&[("connection", "upgrade")])), None);
+    }
+
+    #[test]
+    fn errors_map_to_status_in_one_place() {
+        let cases: Vec<(ProxyError, u16, u8)> = vec![
+            (ProxyError::Unreachable { target: "x".into(), reason: "refused".into() }, 502, 14),
+            (ProxyError::Tls { target: "x".into(), reason: "bad cert".into() }, 502, 14),
+            (ProxyError::Upstream("reset".into()), 502, 14),
+            (ProxyError::ConnectTimeout("x".into()), 504, 4),
+            (ProxyError::ResponseTimeout(std::time::Duration::from_secs(1)), 504, 4),
+            (ProxyError::BadRequest("x".into()), 400, 13),
+            (ProxyError::Denied { policy: "p".into() }, 403, 7),
+        ];
+        for (err, status, grpc) in cases {
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.grpc_status(), grpc, "{err}");
+            let http = err.to_response(false, "abc123");
+            assert_eq!(http.status().as_u16(), status);
+            assert_eq!(http.headers()[headers::REQUEST_ID], "abc123");
+            let grpc_resp = err.to_response(true, "abc123");
+            assert_eq!(grpc_resp.status(), 200);
+            assert_eq!(grpc_resp.headers()["grpc-status"], grpc.to_string().as_str());
+        }
+        let denied = ProxyError::Denied { policy: "secret-policy-name".into() }.to_response(false, "id");
+        assert_eq!(denied.status(), 403);
+        assert!(format!("{:?}", denied.headers()).find("secret-policy-name").is_none());
+    }
+
+    #[test]
+    fn request_ids_are_distinct_hex() {
+        let a = request_id();
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, request_id());
+    }
+}

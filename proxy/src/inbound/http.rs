@@ -1,0 +1,234 @@
+//! Inbound HTTP: serves proxy-to-proxy HTTP/2 and forwards each request to the app over
+//! HTTP/1.1 or h2c (pooled), after the authorization hook. The app sees
+//! `x-warden-client-id` (the verified caller) and `x-warden-tls`; any such header a client
+//! sent is removed first.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use warden_core::contract::headers;
+
+use super::InboundConn;
+use crate::authz::{AuthzRequest, Verdict};
+use crate::config::AppProtocol;
+use crate::http::{boxed, empty, is_grpc, request_id, strip_hop_by_hop, ProxyBody, ProxyError};
+use crate::metrics::{self, Direction};
+use crate::shared::{RunControl, Shared};
+
+/// Pooled HTTP clients towards the local app.
+#[derive(Debug, Clone)]
+pub struct AppClients {
+    http1: Client<HttpConnector, ProxyBody>,
+    h2c: Client<HttpConnector, ProxyBody>,
+}
+
+impl AppClients {
+    /// Clients that connect within `connect_timeout` and keep idle connections for `idle`.
+    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let http1 = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(idle)
+            .http2_only(true)
+            .build(connector);
+        Self { http1, h2c }
+    }
+}
+
+/// Serves one mesh HTTP/2 connection.
+pub async fn serve(stream: TlsStream<TcpStream>, conn: Arc<InboundConn>, shared: Arc<Shared>, run: RunControl) -> Result<(), ()> {
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = service_shared.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(req, &conn, &shared).await) }
+    });
+    let limits = &shared.config.limits;
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    run.serve_http(conn, |c| c.graceful_shutdown())
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "inbound HTTP/2 connection ended"))
+}
+
+async fn handle(req: Request<Incoming>, conn: &InboundConn, shared: &Shared) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let response = match forward(req, conn, shared).await {
+        Ok(response) => response,
+        Err(e) => {
+            let id = request_id();
+            match &e {
+                ProxyError::Denied { policy } => {
+                    tracing::info!(request_id = %id, client = %conn.client, %policy, "inbound request denied")
+                }
+                other => tracing::warn!(request_id = %id, client = %conn.client, app = %conn.target.app, error = %other, "inbound request failed"),
+            }
+            e.to_response(grpc, &id)
+        }
+    };
+    metrics::request(Direction::Inbound, conn.client.as_str(), &shared.own_id(), response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn forward(mut req: Request<Incoming>, conn: &InboundConn, shared: &Shared) -> Result<Response<ProxyBody>, ProxyError> {
+    let request = AuthzRequest {
+        client: Some(&conn.client),
+        port: conn.target.app.port(),
+        http: Some((req.method().as_str(), req.uri().path())),
+    };
+    if let Verdict::Deny { policy } = shared.authz.check(&request) {
+        return Err(ProxyError::Denied { policy });
+    }
+
+    let tunnel = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_string())
+        .filter(|_| req.method() == Method::CONNECT);
+    let peer_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let (mut parts, body) = req.into_parts();
+    // The caller's identity is the one we verified, whatever the request claims.
+    parts.headers.remove(headers::CLIENT_ID);
+    parts.headers.remove(headers::TLS);
+    if let Ok(v) = HeaderValue::from_str(conn.client.as_str()) {
+        parts.headers.insert(headers::CLIENT_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&conn.tls) {
+        parts.headers.insert(headers::TLS, v);
+    }
+    let orig_proto = parts.headers.remove(headers::ORIG_PROTO);
+    let authority = parts.uri.authority().map(|a| a.to_string());
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let app = conn.target.app;
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(app.to_string().as_str())
+        .path_and_query(path.as_str())
+        .build()
+        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let use_http1 = match conn.target.protocol {
+        AppProtocol::Http1 => true,
+        AppProtocol::H2c => false,
+        AppProtocol::Auto => orig_proto.is_some_and(|v| v == "HTTP/1.1"),
+    };
+    if use_http1 || tunnel.is_some() {
+        parts.version = Version::HTTP_11;
+        if let Some(host) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    } else {
+        parts.version = Version::HTTP_2;
+    }
+
+    if let (Some(protocol), Some(peer_upgrade)) = (tunnel, peer_upgrade) {
+        return upgrade_to_app(parts, &protocol, peer_upgrade, conn, shared).await;
+    }
+
+    let client = if use_http1 { &shared.apps.http1 } else { &shared.apps.h2c };
+    let timeout = shared.config.timeouts.response;
+    let response = match tokio::time::timeout(timeout, client.request(Request::from_parts(parts, boxed(body)))).await {
+        Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
+        Ok(Err(e)) if e.is_connect() => {
+            return Err(ProxyError::Unreachable {
+                target: app.to_string(),
+                reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+            })
+        }
+        Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
+        Ok(Ok(response)) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_2;
+    Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// An extended CONNECT from the peer becomes an HTTP/1.1 upgrade request to the app; on the
+/// app's 101, the peer gets 200 and the two streams are joined.
+async fn upgrade_to_app(
+    mut parts: http::request::Parts,
+    protocol: &str,
+    peer_upgrade: hyper::upgrade::OnUpgrade,
+    conn: &InboundConn,
+    shared: &Shared,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let app = conn.target.app;
+    parts.method = Method::GET;
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| Uri::from_static("/"), |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")));
+    parts.extensions = http::Extensions::new();
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(protocol) {
+        parts.headers.insert(header::UPGRADE, v);
+    }
+    let tcp = match tokio::time::timeout(shared.config.timeouts.connect, TcpStream::connect(app)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return Err(ProxyError::Unreachable {
+                target: app.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        Err(_) => return Err(ProxyError::ConnectTimeout(app.to_string())),
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = connection.with_upgrades().await;
+    });
+    let timeout = shared.config.timeouts.response;
+    let mut response = match tokio::time::timeout(timeout, sender.send_request(Request::from_parts(parts, empty()))).await {
+        Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
+        Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
+        Ok(Ok(response)) => response,
+    };
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.version = Version::HTTP_2;
+        return Ok(Response::from_parts(parts, boxed(body)));
+    }
+    let app_upgrade = hyper::upgrade::on(&mut response);
+    let mut ok = Response::new(empty());
+    *ok.headers_mut() = response.headers().clone();
+    strip_hop_by_hop(ok.headers_mut());
+    let idle = shared.config.timeouts.idle;
+    tokio::spawn(async move {
+        match tokio::try_join!(peer_upgrade, app_upgrade) {
+            Ok((peer, app)) => {
+                if let Err((e, _)) = crate::io::copy_bidirectional(TokioIo::new(peer), TokioIo::new(app), idle).await {
+                    tracing::debug!(error = %e, "inbound upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "inbound upgrade failed"),
+        }
+    });
+    Ok(ok)
+}

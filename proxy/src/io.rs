@@ -1,0 +1,217 @@
+//! Byte-level plumbing: replaying bytes read during detection, and copying both ways with
+//! half-close and an idle timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// A stream whose first bytes were already read (to detect the protocol): reads return them
+/// first, then continue from the stream.
+#[derive(Debug)]
+pub struct PrefixedIo<T> {
+    prefix: Bytes,
+    inner: T,
+}
+
+impl<T> PrefixedIo<T> {
+    /// Wraps `inner`, replaying `prefix` before its own bytes.
+    pub fn new(prefix: Bytes, inner: T) -> Self {
+        Self { prefix, inner }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Bytes moved by [`copy_bidirectional`], per direction.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Transferred {
+    /// From `a` to `b`.
+    pub a_to_b: u64,
+    /// From `b` to `a`.
+    pub b_to_a: u64,
+}
+
+/// Why a copy ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// Neither side sent anything for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    /// A read or write failed.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// The buffer each direction copies through: large enough for bulk throughput.
+const COPY_BUF: usize = 64 * 1024;
+
+/// Copies `a` <-> `b` until both directions reach end of stream, passing each half-close on
+/// (a side that finishes sending has its peer's write side shut down, while the other
+/// direction goes on). Ends with [`CopyError::Idle`] when no byte moved either way for
+/// `idle`.
+pub async fn copy_bidirectional<A, B>(a: A, b: B, idle: Duration) -> Result<Transferred, (CopyError, Transferred)>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let a_to_b = AtomicU64::new(0);
+    let b_to_a = AtomicU64::new(0);
+    let forward = copy_half(&mut a_read, &mut b_write, &last, start, &a_to_b);
+    let backward = copy_half(&mut b_read, &mut a_write, &last, start, &b_to_a);
+    let watchdog = async {
+        loop {
+            let since = Duration::from_millis(last.load(Ordering::Relaxed));
+            let deadline = start + since + idle;
+            if Instant::now() >= deadline {
+                return CopyError::Idle(idle);
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    };
+    let result = tokio::select! {
+        r = async { tokio::try_join!(forward, backward) } => r.map(|_| ()).map_err(CopyError::Io),
+        e = watchdog => Err(e),
+    };
+    let moved = Transferred {
+        a_to_b: a_to_b.load(Ordering::Relaxed),
+        b_to_a: b_to_a.load(Ordering::Relaxed),
+    };
+    match result {
+        Ok(()) => Ok(moved),
+        Err(e) => Err((e, moved)),
+    }
+}
+
+async fn copy_half<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    last: &AtomicU64,
+    start: Instant,
+    count: &AtomicU64,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; COPY_BUF];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            // The sender is done: pass the half-close on, keep the other direction open.
+            writer.shutdown().await?;
+            return Ok(());
+        }
+        writer.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn prefix_is_replayed_before_the_stream() {
+        let (client, mut server) = tokio::io::duplex(64);
+        let mut io = PrefixedIo::new(Bytes::from_static(b"GET "), client);
+        server.write_all(b"/ HTTP/1.1").await.unwrap();
+        drop(server);
+        let mut out = String::new();
+        io.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "GET / HTTP/1.1");
+    }
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        let (app, mut app_peer) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
+        let copy = tokio::spawn(copy_bidirectional(app, upstream, Duration::from_secs(5)));
+        app_peer.write_all(b"request").await.unwrap();
+        app_peer.shutdown().await.unwrap(); // the client half-closes
+        let mut got = Vec::new();
+        upstream_peer.read_to_end(&mut got).await.unwrap(); // sees EOF after the request
+        assert_eq!(got, b"request");
+        upstream_peer.write_all(b"late reply").await.unwrap(); // the other way still works
+        upstream_peer.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        app_peer.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"late reply");
+        let moved = copy.await.unwrap().unwrap();
+        assert_eq!(moved, Transferred { a_to_b: 7, b_to_a: 10 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_connections_are_closed() {
+        let (app, _app_peer) = tokio::io::duplex(1024);
+        let (upstream, _upstream_peer) = tokio::io::duplex(1024);
+        let err = copy_bidirectional(app, upstream, Duration::from_secs(30)).await.unwrap_err();
+        assert!(matches!(err.0, CopyError::Idle(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn traffic_in_either_direction_keeps_it_open() {
+        let (app, mut app_peer) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
+        let copy = tokio::spawn(copy_bidirectional(app, upstream, Duration::from_secs(30)));
+        // Only the server talks, every 20 s, for 100 s: never idle for 30 s.
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+            upstream_peer.write_all(b"tick").await.unwrap();
+            let mut buf = [0u8; 4];
+            app_peer.read_exact(&mut buf).await.unwrap();
+        }
+        assert!(!copy.is_finished());
+        drop(app_peer);
+        drop(upstream_peer);
+        let _ = copy.await.unwrap();
+    }
+}

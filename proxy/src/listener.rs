@@ -1,0 +1,56 @@
+//! The accept loop both directions share: a connection limit, TCP metrics, and tracked
+//! connection tasks that shutdown can wait for.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+use crate::metrics::{self, Direction};
+use crate::shared::RunControl;
+
+/// Accepts on `listener` until shutdown, running `handle` for each connection while fewer
+/// than `max_connections` are open (others are closed at once and counted). `handle`
+/// returns `Err(())` when the connection ended in an error (for the metrics).
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    direction: Direction,
+    max_connections: usize,
+    run: RunControl,
+    handle: F,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = Result<(), ()>> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(max_connections));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = run.shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(direction = direction.as_str(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics::refused(direction);
+            tracing::warn!(direction = direction.as_str(), %peer, max_connections, "connection limit reached; refusing");
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        metrics::tcp_opened(direction);
+        let connection = handle(tcp, peer);
+        run.tasks.spawn(async move {
+            let result = connection.await;
+            metrics::tcp_closed(direction, result.is_err());
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,135 @@
+//! Originating mTLS to peer proxies: TCP connect and TLS handshake, each bounded by its
+//! timeout, with the latest SVID and a verifier for the expected peer identity. Client
+//! configurations are cached per expected peer and ALPN until the SVID rotates (so TLS
+//! session resumption works between rotations).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+use warden_core::SpiffeId;
+use warden_identity::rotation::Credentials;
+use warden_identity::{tls, ExpectedPeer};
+
+use crate::http::ProxyError;
+use crate::metrics::{self, Direction};
+
+/// A connected, verified mesh connection and who is at the other end.
+#[derive(Debug)]
+pub struct MeshStream {
+    /// The TLS stream.
+    pub stream: TlsStream<TcpStream>,
+    /// The peer's verified SPIFFE ID.
+    pub peer: SpiffeId,
+}
+
+type CacheKey = (Option<SpiffeId>, &'static [u8]);
+
+/// Opens mTLS connections to peer proxies.
+#[derive(Debug)]
+pub struct MeshConnector {
+    credentials: watch::Receiver<Arc<Credentials>>,
+    cache: Mutex<(Option<Arc<Credentials>>, HashMap<CacheKey, Arc<ClientConfig>>)>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+impl MeshConnector {
+    /// A connector presenting the latest credentials from `credentials`.
+    pub fn new(
+        credentials: watch::Receiver<Arc<Credentials>>,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            credentials,
+            cache: Mutex::new((None, HashMap::new())),
+            connect_timeout,
+            handshake_timeout,
+        }
+    }
+
+    fn client_config(&self, expected: Option<&SpiffeId>, alpn: &'static [u8]) -> Result<Arc<ClientConfig>, ProxyError> {
+        let current = self.credentials.borrow().clone();
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if !cache.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, &current)) {
+            // The SVID rotated: configs built with the old one are stale.
+            *cache = (Some(current.clone()), HashMap::new());
+        }
+        let key = (expected.cloned(), alpn);
+        if let Some(config) = cache.1.get(&key) {
+            return Ok(config.clone());
+        }
+        let peer = match expected {
+            Some(id) => ExpectedPeer::Exact(id.clone()),
+            None => ExpectedPeer::AnyTrusted,
+        };
+        let config = tls::client_config(&current.svid, current.trust.clone(), peer, &[alpn])
+            .map_err(|e| ProxyError::Tls {
+                target: "-".into(),
+                reason: e.to_string(),
+            })?;
+        let config = Arc::new(config);
+        cache.1.insert(key, config.clone());
+        Ok(config)
+    }
+
+    /// Connects to `addr`, completes mTLS with ALPN `alpn`, and checks the peer's identity.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        expected: Option<&SpiffeId>,
+        alpn: &'static [u8],
+    ) -> Result<MeshStream, ProxyError> {
+        let target = addr.to_string();
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                return Err(ProxyError::Unreachable {
+                    target,
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => return Err(ProxyError::ConnectTimeout(target)),
+        };
+        let _ = tcp.set_nodelay(true);
+        let config = self.client_config(expected, alpn)?;
+        let started = Instant::now();
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(tls::mesh_server_name(), tcp);
+        let stream = match tokio::time::timeout(self.handshake_timeout, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                metrics::tls_handshake(Direction::Outbound, "failure", started.elapsed());
+                return Err(ProxyError::Tls {
+                    target,
+                    reason: e.to_string(),
+                });
+            }
+            Err(_) => {
+                metrics::tls_handshake(Direction::Outbound, "timeout", started.elapsed());
+                return Err(ProxyError::ConnectTimeout(target));
+            }
+        };
+        metrics::tls_handshake(Direction::Outbound, "success", started.elapsed());
+        let conn = stream.get_ref().1;
+        if conn.alpn_protocol() != Some(alpn) {
+            return Err(ProxyError::Tls {
+                target,
+                reason: format!(
+                    "peer did not agree to ALPN {:?}",
+                    String::from_utf8_lossy(alpn)
+                ),
+            });
+        }
+        let peer = tls::peer_identity(conn).ok_or_else(|| ProxyError::Tls {
+            target: addr.to_string(),
+            reason: "peer presented no SPIFFE ID".into(),
+        })?;
+        Ok(MeshStream { stream, peer })
+    }
+}

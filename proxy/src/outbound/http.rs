@@ -1,0 +1,170 @@
+//! Outbound HTTP: serves the app's HTTP/1.x or HTTP/2 and forwards each request as HTTP/2
+//! over the pooled mTLS connection to the destination's proxy. HTTP/1.1 upgrades (WebSocket)
+//! travel as HTTP/2 extended CONNECT tunnels (RFC 8441).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use warden_core::contract::headers;
+
+use super::pool::PoolKey;
+use super::OutboundTarget;
+use crate::detect::Protocol;
+use crate::http::{boxed, empty, is_grpc, request_id, strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError};
+use crate::metrics::{self, Direction};
+use crate::shared::{RunControl, Shared};
+
+/// Serves the app's HTTP connection (already detected as `protocol`).
+pub async fn serve<I>(io: I, protocol: Protocol, target: Arc<OutboundTarget>, shared: Arc<Shared>, run: RunControl) -> Result<(), ()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let key = Arc::new(PoolKey {
+        addr: target.addr,
+        expected: target.expected.clone(),
+    });
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let shared = service_shared.clone();
+        let key = key.clone();
+        async move { Ok::<_, Infallible>(forward(req, &key, &shared).await) }
+    });
+    let limits = &shared.config.limits;
+    let timeouts = &shared.config.timeouts;
+    let result = if protocol == Protocol::Http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        run.serve_http(conn, |c| c.graceful_shutdown()).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(timeouts.idle)
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+        run.serve_http(conn, |c| c.graceful_shutdown()).await
+    };
+    result.map_err(|e| tracing::debug!(error = %e, "outbound HTTP connection ended"))
+}
+
+/// Forwards one request; errors become the proxy's own response.
+async fn forward(req: Request<Incoming>, key: &PoolKey, shared: &Shared) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let grpc = is_grpc(req.headers());
+    let (response, peer) = match forward_inner(req, key, shared).await {
+        Ok(pair) => pair,
+        Err(e) => {
+            let id = request_id();
+            tracing::warn!(request_id = %id, destination = %key.addr, status = e.status().as_u16(), error = %e, "outbound request failed");
+            let peer: Arc<str> = key.expected.as_ref().map_or(Arc::from("-"), |id| Arc::from(id.as_str()));
+            (e.to_response(grpc, &id), peer)
+        }
+    };
+    metrics::request(Direction::Outbound, &shared.own_id(), &peer, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn forward_inner(
+    mut req: Request<Incoming>,
+    key: &PoolKey,
+    shared: &Shared,
+) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
+    let from_http1 = req.version() < Version::HTTP_2;
+    let upgrade = if from_http1 { upgrade_protocol(req.headers()) } else { None };
+    let app_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .unwrap_or_else(|| key.addr.to_string());
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let (mut parts, body) = req.into_parts();
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(authority.as_str())
+        .path_and_query(path.as_str())
+        .build()
+        .map_err(|e| ProxyError::BadRequest(format!("cannot forward {authority}{path}: {e}")))?;
+    parts.version = Version::HTTP_2;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(header::HOST);
+    if from_http1 {
+        parts.headers.insert(headers::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+    }
+    let body = match &upgrade {
+        Some(protocol) => {
+            parts.method = Method::CONNECT;
+            parts.extensions.insert(hyper::ext::Protocol::from(protocol.as_str()));
+            empty()
+        }
+        None => boxed(body),
+    };
+
+    let pooled = shared.pool.get(key, &shared.mesh).await?;
+    let mut sender = pooled.sender.clone();
+    let timeout = shared.config.timeouts.response;
+    let response = match tokio::time::timeout(timeout, sender.send_request(Request::from_parts(parts, body))).await {
+        Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
+        Ok(Err(e)) => {
+            if e.is_closed() || e.is_canceled() {
+                shared.pool.evict(key).await;
+            }
+            return Err(ProxyError::Upstream(e.to_string()));
+        }
+        Ok(Ok(response)) => response,
+    };
+
+    if let (Some(app_upgrade), Some(protocol)) = (app_upgrade, upgrade) {
+        return Ok((tunnel(response, app_upgrade, &protocol, shared), pooled.peer));
+    }
+    let (mut parts, body) = response.into_parts();
+    if from_http1 {
+        parts.version = Version::HTTP_11;
+    }
+    Ok((Response::from_parts(parts, boxed(body)), pooled.peer))
+}
+
+/// Completes an upgrade: on the peer's 200 to the extended CONNECT, answers the app 101 and
+/// joins the two upgraded streams; any other answer goes back to the app as it is.
+fn tunnel(
+    mut response: Response<Incoming>,
+    app_upgrade: hyper::upgrade::OnUpgrade,
+    protocol: &str,
+    shared: &Shared,
+) -> Response<ProxyBody> {
+    if response.status() != StatusCode::OK {
+        return response.map(boxed);
+    }
+    let peer_upgrade = hyper::upgrade::on(&mut response);
+    let mut switching = Response::new(empty());
+    *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *switching.headers_mut() = response.headers().clone();
+    let h = switching.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(protocol) {
+        h.insert(header::UPGRADE, v);
+    }
+    let idle = shared.config.timeouts.idle;
+    tokio::spawn(async move {
+        match tokio::try_join!(app_upgrade, peer_upgrade) {
+            Ok((app, peer)) => {
+                if let Err((e, _)) = crate::io::copy_bidirectional(TokioIo::new(app), TokioIo::new(peer), idle).await {
+                    tracing::debug!(error = %e, "outbound upgraded connection ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "outbound upgrade failed"),
+        }
+    });
+    switching
+}

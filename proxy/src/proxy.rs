@@ -1,0 +1,219 @@
+//! Running a proxy: bind its listeners, obtain its SVID (serving nothing before), serve both
+//! directions and the admin endpoint, and stop gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warden_core::contract::{ALPN_HTTP2, ALPN_TCP};
+use warden_identity::admin::{self, Readiness};
+use warden_identity::client::{CertifyClient, CertifyClientConfig};
+use warden_identity::rotation::{self, CertSource, RotationOptions, TlsOptions};
+use warden_identity::tls::ClientAuth;
+use warden_identity::{TrustBundle, TrustStore};
+
+use crate::authz::Authorizer;
+use crate::config::{ProxyConfig, RouteProtocol};
+use crate::inbound::{self, http::AppClients, InboundTarget};
+use crate::mesh::MeshConnector;
+use crate::outbound::{self, pool::Pool, OutboundTarget};
+use crate::shared::{RunControl, Shared};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({field}): {reason}")]
+    Bind {
+        /// The config field.
+        field: String,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The trust bundle could not be read.
+    #[error("trust bundle: {0}")]
+    Bundle(String),
+    /// The identity client could not be configured.
+    #[error("identity client: {0}")]
+    Identity(String),
+}
+
+/// The bound listeners of a proxy (bind them first so tests can use port 0).
+#[derive(Debug)]
+pub struct Listeners {
+    /// The admin endpoint.
+    pub admin: TcpListener,
+    /// Inbound listeners with their app.
+    pub inbound: Vec<(TcpListener, InboundTarget)>,
+    /// Outbound listeners with their destination.
+    pub outbound: Vec<(TcpListener, OutboundTarget)>,
+}
+
+/// The addresses actually bound (for port 0).
+#[derive(Debug, Clone)]
+pub struct BoundAddrs {
+    /// The admin endpoint.
+    pub admin: SocketAddr,
+    /// Each inbound listener, in config order.
+    pub inbound: Vec<SocketAddr>,
+    /// Each outbound listener, in config order.
+    pub outbound: Vec<SocketAddr>,
+}
+
+async fn bind(field: String, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Bind {
+        field,
+        addr,
+        reason: e.to_string(),
+    })
+}
+
+impl Listeners {
+    /// Binds every listener of `config`.
+    pub async fn bind(config: &ProxyConfig) -> Result<Self, StartError> {
+        let admin = bind("admin.listen".into(), config.admin.listen).await?;
+        let mut inbound = Vec::new();
+        for (i, l) in config.inbound.iter().enumerate() {
+            let listener = bind(format!("inbound[{i}].listen"), l.listen).await?;
+            inbound.push((
+                listener,
+                InboundTarget {
+                    app: l.app,
+                    protocol: l.protocol,
+                },
+            ));
+        }
+        let mut outbound = Vec::new();
+        for (i, r) in config.outbound.iter().enumerate() {
+            let listener = bind(format!("outbound[{i}].listen"), r.listen).await?;
+            outbound.push((
+                listener,
+                OutboundTarget {
+                    addr: r.destination,
+                    expected: r.identity.clone(),
+                    opaque: r.protocol == RouteProtocol::Opaque,
+                },
+            ));
+        }
+        Ok(Self {
+            admin,
+            inbound,
+            outbound,
+        })
+    }
+
+    /// The bound addresses.
+    pub fn addrs(&self) -> BoundAddrs {
+        let addr = |l: &TcpListener| l.local_addr().expect("a bound listener has an address");
+        BoundAddrs {
+            admin: addr(&self.admin),
+            inbound: self.inbound.iter().map(|(l, _)| addr(l)).collect(),
+            outbound: self.outbound.iter().map(|(l, _)| addr(l)).collect(),
+        }
+    }
+}
+
+/// Where this proxy's SVID comes from, per its configuration: the identity service.
+pub fn cert_source(config: &ProxyConfig) -> Result<CertSource, StartError> {
+    let bundle = TrustBundle::from_pem_file(config.trust_domain.clone(), &config.identity.trust_bundle)
+        .map_err(|e| StartError::Bundle(e.to_string()))?;
+    let client = CertifyClient::new(
+        CertifyClientConfig {
+            url: config.identity.url.clone(),
+            server_id: config.identity_server_id(),
+            token_file: config.identity.token_file.clone(),
+            expected_id: config.expected_id(),
+            timeout: config.timeouts.connect + config.timeouts.response.min(std::time::Duration::from_secs(10)),
+        },
+        TrustStore::single(bundle),
+    )
+    .map_err(|e| StartError::Identity(e.to_string()))?;
+    Ok(CertSource::Remote(client))
+}
+
+/// Runs the proxy until `shutdown`, then stops accepting, lets in-flight work finish within
+/// `timeouts.shutdown_grace`, and returns.
+pub async fn run(
+    config: ProxyConfig,
+    listeners: Listeners,
+    source: CertSource,
+    authz: Authorizer,
+    metrics_handle: PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    crate::metrics::describe();
+    let config = Arc::new(config);
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness::not_ready(
+        "not ready: waiting for a certificate from the identity service",
+    ));
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(admin::serve(listeners.admin, ready_rx, metrics_handle, admin_stop.clone()));
+
+    let tls = TlsOptions {
+        server_alpn: vec![ALPN_HTTP2.to_vec(), ALPN_TCP.to_vec()],
+        client_alpn: vec![],
+        client_auth: ClientAuth::Required,
+    };
+    let Some(rotation) = rotation::start(source, tls, RotationOptions::default(), shutdown.clone()).await else {
+        admin_stop.cancel();
+        return;
+    };
+    let credentials = rotation.credentials;
+    let shared = Arc::new(Shared {
+        mesh: MeshConnector::new(credentials.clone(), config.timeouts.connect, config.timeouts.handshake),
+        pool: Pool::new(config.limits.max_header_bytes),
+        apps: AppClients::new(config.timeouts.connect, config.timeouts.idle),
+        credentials: credentials.clone(),
+        config: config.clone(),
+        authz,
+    });
+    let run = RunControl::new(shutdown.clone());
+    let (inbound_count, outbound_count) = (listeners.inbound.len(), listeners.outbound.len());
+    for (listener, target) in listeners.inbound {
+        tokio::spawn(inbound::serve(listener, target, shared.clone(), run.clone()));
+    }
+    for (listener, target) in listeners.outbound {
+        tokio::spawn(outbound::serve(listener, target, shared.clone(), run.clone()));
+    }
+    let readiness = |creds: &warden_identity::rotation::Credentials| {
+        let left = creds.svid.not_after().duration_since(SystemTime::now()).unwrap_or_default();
+        Readiness {
+            ready: true,
+            detail: format!(
+                "ready: {} (certificate valid for {}s); {inbound_count} inbound, {outbound_count} outbound listeners",
+                creds.svid.id(),
+                left.as_secs()
+            ),
+        }
+    };
+    ready_tx.send_replace(readiness(&credentials.borrow()));
+    tracing::info!(id = %credentials.borrow().svid.id(), inbound = inbound_count, outbound = outbound_count, "proxy ready");
+
+    // Keep /ready's detail current as certificates rotate.
+    let mut watch = credentials.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = watch.changed() => {
+                if changed.is_err() { break; }
+                ready_tx.send_replace(readiness(&watch.borrow_and_update()));
+            }
+        }
+    }
+
+    ready_tx.send_replace(Readiness::not_ready("not ready: shutting down"));
+    run.tasks.close();
+    let grace = config.timeouts.shutdown_grace;
+    if tokio::time::timeout(grace, run.tasks.wait()).await.is_err() {
+        tracing::warn!(?grace, open = run.tasks.len(), "grace period over; closing what is still open");
+        run.hard_stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), run.tasks.wait()).await;
+    }
+    admin_stop.cancel();
+    tracing::info!("proxy stopped");
+}
