@@ -5,6 +5,7 @@ mod ca;
 mod cert;
 mod demo;
 mod identity;
+mod proxy;
 mod signals;
 
 use std::process::ExitCode;
@@ -37,6 +38,8 @@ enum Command {
     Cert(cert::Command),
     /// Run the identity service: the CA issuing SVIDs over HTTPS (POST /v1/certify).
     Identity(Box<identity::Args>),
+    /// Run the per-pod proxy (inbound, outbound, admin), or check its configuration.
+    Proxy(proxy::Args),
 }
 
 fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
@@ -61,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
         Command::Identity(args) => identity::run(*args),
+        Command::Proxy(args) => proxy::run(args),
     }
 }
 

@@ -305,6 +305,9 @@ impl ProxyConfig {
         };
         config.apply_env(vars)?;
         config.validate()?;
+        // Resolve what is derived, so what is printed and used is what is in force.
+        config.identity.server_id = Some(config.identity_server_id());
+        config.identity.expected_id = config.expected_id();
         Ok(config)
     }
 
@@ -324,10 +327,13 @@ impl ProxyConfig {
         for (name, value) in vars {
             let value = value.as_str();
             match name.as_str() {
-                env::TRUST_DOMAIN => self.trust_domain = parsed(env::TRUST_DOMAIN, value, TrustDomain::parse)?,
+                env::TRUST_DOMAIN => {
+                    self.trust_domain = parsed(env::TRUST_DOMAIN, value, TrustDomain::parse)?
+                }
                 env::IDENTITY_URL => self.identity.url = value.to_string(),
                 env::IDENTITY_SERVER_ID => {
-                    self.identity.server_id = Some(parsed(env::IDENTITY_SERVER_ID, value, SpiffeId::parse)?)
+                    self.identity.server_id =
+                        Some(parsed(env::IDENTITY_SERVER_ID, value, SpiffeId::parse)?)
                 }
                 env::IDENTITY_TOKEN_FILE => self.identity.token_file = PathBuf::from(value),
                 env::TRUST_BUNDLE => self.identity.trust_bundle = PathBuf::from(value),
@@ -372,21 +378,36 @@ impl ProxyConfig {
             }
         }
         if self.limits.max_connections == 0 {
-            return Err(invalid("limits.max_connections", "must be at least 1".into()));
+            return Err(invalid(
+                "limits.max_connections",
+                "must be at least 1".into(),
+            ));
         }
         if self.limits.max_header_bytes < 1024 {
-            return Err(invalid("limits.max_header_bytes", "must be at least 1024".into()));
+            return Err(invalid(
+                "limits.max_header_bytes",
+                "must be at least 1024".into(),
+            ));
         }
         if self.limits.max_concurrent_streams == 0 {
-            return Err(invalid("limits.max_concurrent_streams", "must be at least 1".into()));
+            return Err(invalid(
+                "limits.max_concurrent_streams",
+                "must be at least 1".into(),
+            ));
         }
         if let Some(i) = self.opaque_ports.iter().position(|p| *p == 0) {
-            return Err(invalid(&format!("opaque_ports[{i}]"), "port 0 is not a port".into()));
+            return Err(invalid(
+                &format!("opaque_ports[{i}]"),
+                "port 0 is not a port".into(),
+            ));
         }
         let mut seen = HashSet::new();
         let mut claim = |field: String, addr: SocketAddr| {
             if addr.port() != 0 && !seen.insert(addr) {
-                return Err(invalid(&field, format!("{addr} is already used by another listener")));
+                return Err(invalid(
+                    &field,
+                    format!("{addr} is already used by another listener"),
+                ));
             }
             Ok(())
         };
@@ -402,8 +423,9 @@ impl ProxyConfig {
             ("identity.service_account", &self.identity.service_account),
         ] {
             if let Some(v) = value {
-                SpiffeId::for_service_account(&self.trust_domain, v, "x")
-                    .map_err(|e| invalid(field, format!("{v:?} is not a usable name: {}", e.reason)))?;
+                SpiffeId::for_service_account(&self.trust_domain, v, "x").map_err(|e| {
+                    invalid(field, format!("{v:?} is not a usable name: {}", e.reason))
+                })?;
             }
         }
         if let (Some(expected), Some(derived)) = (&self.identity.expected_id, self.derived_id()) {
@@ -418,13 +440,19 @@ impl ProxyConfig {
     }
 
     fn derived_id(&self) -> Option<SpiffeId> {
-        let (ns, sa) = (self.identity.namespace.as_ref()?, self.identity.service_account.as_ref()?);
+        let (ns, sa) = (
+            self.identity.namespace.as_ref()?,
+            self.identity.service_account.as_ref()?,
+        );
         SpiffeId::for_service_account(&self.trust_domain, ns, sa).ok()
     }
 
     /// The identity this workload must be issued, if known.
     pub fn expected_id(&self) -> Option<SpiffeId> {
-        self.identity.expected_id.clone().or_else(|| self.derived_id())
+        self.identity
+            .expected_id
+            .clone()
+            .or_else(|| self.derived_id())
     }
 
     /// The identity service's SPIFFE ID.
@@ -450,7 +478,10 @@ mod tests {
     use super::*;
 
     fn vars(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     const FULL: &str = r#"
@@ -495,7 +526,10 @@ limits:
         assert_eq!(c.timeouts.detect, Duration::from_millis(500));
         assert_eq!(c.timeouts.connect, Duration::from_secs(3), "default kept");
         assert_eq!(c.limits.max_header_bytes, 64 * 1024, "default kept");
-        assert_eq!(c.expected_id().unwrap().as_str(), "spiffe://example.org/ns/shop/sa/web");
+        assert_eq!(
+            c.expected_id().unwrap().as_str(),
+            "spiffe://example.org/ns/shop/sa/web"
+        );
         assert_eq!(
             c.identity_server_id().as_str(),
             "spiffe://example.org/ns/warden-system/sa/warden-identity"
@@ -503,7 +537,10 @@ limits:
         // The printed config reads back to the same thing.
         let again = ProxyConfig::from_yaml(&c.to_yaml(), "printed").unwrap();
         assert_eq!(again, c);
-        assert_eq!(ProxyConfig::from_yaml("", "empty").unwrap(), ProxyConfig::default());
+        assert_eq!(
+            ProxyConfig::from_yaml("", "empty").unwrap(),
+            ProxyConfig::default()
+        );
     }
 
     #[test]
@@ -513,13 +550,21 @@ limits:
             ("bogus: 1", "bogus"),
             ("timeouts: {detect: 5 parsecs}", "invalid duration"),
             ("inbound: [{listen: nowhere, app: 127.0.0.1:1}]", "nowhere"),
-            ("outbound: [{listen: 127.0.0.1:1, destination: 127.0.0.1:2, identity: spiffe://x}]", "has no path"),
-            ("inbound: [{listen: 127.0.0.1:1, app: 127.0.0.1:2, protocol: gopher}]", "gopher"),
+            (
+                "outbound: [{listen: 127.0.0.1:1, destination: 127.0.0.1:2, identity: spiffe://x}]",
+                "has no path",
+            ),
+            (
+                "inbound: [{listen: 127.0.0.1:1, app: 127.0.0.1:2, protocol: gopher}]",
+                "gopher",
+            ),
             ("limits: {max_connections: -1}", "max_connections"),
             ("identity: [1, 2]", "identity"),
         ];
         for (yaml, needle) in cases {
-            let err = ProxyConfig::from_yaml(yaml, "proxy.yaml").unwrap_err().to_string();
+            let err = ProxyConfig::from_yaml(yaml, "proxy.yaml")
+                .unwrap_err()
+                .to_string();
             assert!(err.starts_with("proxy.yaml: "), "{yaml}: {err}");
             assert!(err.contains(needle), "{yaml}: {err}");
         }
@@ -567,13 +612,19 @@ limits:
         let c = ProxyConfig::load(Some(&path), &env).unwrap();
         assert_eq!(c.trust_domain.as_str(), "cluster.local");
         assert_eq!(c.identity.url, "https://id:7150");
-        assert_eq!(c.expected_id().unwrap().as_str(), "spiffe://cluster.local/ns/prod/sa/api");
+        assert_eq!(
+            c.expected_id().unwrap().as_str(),
+            "spiffe://cluster.local/ns/prod/sa/api"
+        );
         assert_eq!(c.opaque_ports, vec![25, 6379]);
         assert_eq!(c.admin.listen.port(), 17191);
 
         let bad = vars(&[(env::OPAQUE_PORTS, "25,smtp")]);
         let err = ProxyConfig::load(None, &bad).unwrap_err().to_string();
-        assert!(err.starts_with("environment variable WARDEN_OPAQUE_PORTS=\"25,smtp\""), "{err}");
+        assert!(
+            err.starts_with("environment variable WARDEN_OPAQUE_PORTS=\"25,smtp\""),
+            "{err}"
+        );
         let err = ProxyConfig::load(Some(&dir.path().join("nope.yaml")), &BTreeMap::new())
             .unwrap_err()
             .to_string();

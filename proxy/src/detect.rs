@@ -62,7 +62,11 @@ fn request_line(line: &[u8], complete: bool) -> Option<bool> {
     let method = parts.next()?;
     // A method is an RFC 9110 token; real ones are upper case, which keeps binary
     // protocols that happen to start with a letter from being mistaken for HTTP.
-    if method.is_empty() || !method.iter().all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_') {
+    if method.is_empty()
+        || !method
+            .iter()
+            .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
+    {
         return None;
     }
     let Some(target) = parts.next() else {
@@ -108,7 +112,10 @@ mod tests {
             (b"CONNECT example.org:443 HTTP/1.1\r\n", Known(Http1)),
             (b"M-SEARCH * HTTP/1.1\r\n", Known(Http1)),
             (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Known(Http2)),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04", Known(Http2)),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04",
+                Known(Http2),
+            ),
             (b"PRI * HTTP/2", NeedMore),
             (b"PRI * HTTP/2.0\r\n\r\nXX", Known(Opaque)),
             (b"GET / HTTP/2.0\r\n", Known(Opaque)),
@@ -117,11 +124,11 @@ mod tests {
             (b"GET  HTTP/1.1\r\n", Known(Opaque)),
             (b"get / HTTP/1.1\r\n", Known(Opaque)),
             (b"\x16\x03\x01\x02\x00\x01", Known(Opaque)), // a TLS ClientHello
-            (b"*1\r\n$4\r\nPING\r\n", Known(Opaque)),      // Redis
+            (b"*1\r\n$4\r\nPING\r\n", Known(Opaque)),     // Redis
             (b"SSH-2.0-OpenSSH_9.2\r\n", Known(Opaque)),
             (b"EHLO mail.example.org\r\n", Known(Opaque)),
             (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Known(Opaque)), // PostgreSQL SSLRequest
-            (b"HELLO", NeedMore), // could still be a method
+            (b"HELLO", NeedMore),                                 // could still be a method
             (b"HELLO world", NeedMore),
             (b"HELLO world\r\n", Known(Opaque)),
             (long_target.as_bytes(), Known(Opaque)),

@@ -73,7 +73,9 @@ impl ProxyError {
             ProxyError::Unreachable { .. } | ProxyError::Tls { .. } | ProxyError::Upstream(_) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
         }
@@ -101,8 +103,14 @@ impl ProxyError {
         let mut resp = if grpc {
             let mut r = Response::new(empty());
             let h = r.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            h.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/grpc"),
+            );
+            h.insert(
+                "grpc-status",
+                HeaderValue::from(u16::from(self.grpc_status())),
+            );
             if let Ok(v) = HeaderValue::from_str(&percent_encode(&message)) {
                 h.insert("grpc-message", v);
             }
@@ -110,8 +118,10 @@ impl ProxyError {
         } else {
             let mut r = Response::new(boxed(Full::new(Bytes::from(format!("{message}\n")))));
             *r.status_mut() = self.status();
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
             r
         };
         if let Ok(v) = HeaderValue::from_str(request_id) {
@@ -175,7 +185,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let te_trailers = headers
         .get(header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -208,7 +221,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -226,9 +242,19 @@ mod tests {
             ("x-request-id", "abc"),
         ]);
         strip_hop_by_hop(&mut h);
-        let mut left: Vec<_> = h.iter().map(|(k, v)| format!("{k}: {}", v.to_str().unwrap())).collect();
+        let mut left: Vec<_> = h
+            .iter()
+            .map(|(k, v)| format!("{k}: {}", v.to_str().unwrap()))
+            .collect();
         left.sort();
-        assert_eq!(left, ["content-type: text/plain", "te: trailers", "x-request-id: abc"]);
+        assert_eq!(
+            left,
+            [
+                "content-type: text/plain",
+                "te: trailers",
+                "x-request-id: abc"
+            ]
+        );
         let mut h = map(&[("te", "gzip")]);
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
@@ -237,7 +263,10 @@ mod tests {
     #[test]
     fn upgrades_are_recognized() {
         assert_eq!(
-            upgrade_protocol(&map(&[("connection", "keep-alive, Upgrade"), ("upgrade", "WebSocket")])),
+            upgrade_protocol(&map(&[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "WebSocket")
+            ])),
             Some("websocket".into())
         );
         assert_eq!(upgrade_protocol(&map(&[("upgrade", "websocket")])), None);
@@ -247,11 +276,29 @@ mod tests {
     #[test]
     fn errors_map_to_status_in_one_place() {
         let cases: Vec<(ProxyError, u16, u8)> = vec![
-            (ProxyError::Unreachable { target: "x".into(), reason: "refused".into() }, 502, 14),
-            (ProxyError::Tls { target: "x".into(), reason: "bad cert".into() }, 502, 14),
+            (
+                ProxyError::Unreachable {
+                    target: "x".into(),
+                    reason: "refused".into(),
+                },
+                502,
+                14,
+            ),
+            (
+                ProxyError::Tls {
+                    target: "x".into(),
+                    reason: "bad cert".into(),
+                },
+                502,
+                14,
+            ),
             (ProxyError::Upstream("reset".into()), 502, 14),
             (ProxyError::ConnectTimeout("x".into()), 504, 4),
-            (ProxyError::ResponseTimeout(std::time::Duration::from_secs(1)), 504, 4),
+            (
+                ProxyError::ResponseTimeout(std::time::Duration::from_secs(1)),
+                504,
+                4,
+            ),
             (ProxyError::BadRequest("x".into()), 400, 13),
             (ProxyError::Denied { policy: "p".into() }, 403, 7),
         ];
@@ -263,11 +310,19 @@ mod tests {
             assert_eq!(http.headers()[headers::REQUEST_ID], "abc123");
             let grpc_resp = err.to_response(true, "abc123");
             assert_eq!(grpc_resp.status(), 200);
-            assert_eq!(grpc_resp.headers()["grpc-status"], grpc.to_string().as_str());
+            assert_eq!(
+                grpc_resp.headers()["grpc-status"],
+                grpc.to_string().as_str()
+            );
         }
-        let denied = ProxyError::Denied { policy: "secret-policy-name".into() }.to_response(false, "id");
+        let denied = ProxyError::Denied {
+            policy: "secret-policy-name".into(),
+        }
+        .to_response(false, "id");
         assert_eq!(denied.status(), 403);
-        assert!(format!("{:?}", denied.headers()).find("secret-policy-name").is_none());
+        assert!(format!("{:?}", denied.headers())
+            .find("secret-policy-name")
+            .is_none());
     }
 
     #[test]

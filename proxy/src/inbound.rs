@@ -41,7 +41,12 @@ pub struct InboundConn {
 }
 
 /// Serves one inbound listener until shutdown.
-pub async fn serve(listener: TcpListener, target: InboundTarget, shared: Arc<Shared>, run: RunControl) {
+pub async fn serve(
+    listener: TcpListener,
+    target: InboundTarget,
+    shared: Arc<Shared>,
+    run: RunControl,
+) {
     let target = Arc::new(target);
     let max = shared.config.limits.max_connections;
     let control = run.clone();
@@ -51,29 +56,38 @@ pub async fn serve(listener: TcpListener, target: InboundTarget, shared: Arc<Sha
     .await;
 }
 
-async fn handle(tcp: TcpStream, peer: SocketAddr, target: Arc<InboundTarget>, shared: Arc<Shared>, run: RunControl) -> Result<(), ()> {
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    target: Arc<InboundTarget>,
+    shared: Arc<Shared>,
+    run: RunControl,
+) -> Result<(), ()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.credentials.borrow().server.clone());
     let started = Instant::now();
-    let stream = match tokio::time::timeout(shared.config.timeouts.handshake, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => {
-            // Plaintext, a bad certificate, no certificate: refused before any byte reaches the app.
-            metrics::tls_handshake(Direction::Inbound, "failure", started.elapsed());
-            tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
-            return Err(());
-        }
-        Err(_) => {
-            metrics::tls_handshake(Direction::Inbound, "timeout", started.elapsed());
-            tracing::info!(%peer, "inbound TLS handshake timed out");
-            return Err(());
-        }
-    };
+    let stream =
+        match tokio::time::timeout(shared.config.timeouts.handshake, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                // Plaintext, a bad certificate, no certificate: refused before any byte reaches the app.
+                metrics::tls_handshake(Direction::Inbound, "failure", started.elapsed());
+                tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
+                return Err(());
+            }
+            Err(_) => {
+                metrics::tls_handshake(Direction::Inbound, "timeout", started.elapsed());
+                tracing::info!(%peer, "inbound TLS handshake timed out");
+                return Err(());
+            }
+        };
     metrics::tls_handshake(Direction::Inbound, "success", started.elapsed());
     let (_, conn) = stream.get_ref();
     let Some(client) = tls::peer_identity(conn) else {
         return Err(()); // unreachable: the verifier requires an SVID
     };
-    let version = conn.protocol_version().map_or("-".into(), |v| format!("{v:?}").replace('_', "."));
+    let version = conn
+        .protocol_version()
+        .map_or("-".into(), |v| format!("{v:?}").replace('_', "."));
     let tls_desc = format!("{version}/{}", tls::key_exchange_name(conn));
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let inbound = Arc::new(InboundConn {
@@ -92,7 +106,12 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, target: Arc<InboundTarget>, sh
 }
 
 /// Opaque TCP to the app, if the hook allows the connection.
-async fn forward_tcp(stream: TlsStream<TcpStream>, conn: &InboundConn, shared: &Shared, run: &RunControl) -> Result<(), ()> {
+async fn forward_tcp(
+    stream: TlsStream<TcpStream>,
+    conn: &InboundConn,
+    shared: &Shared,
+    run: &RunControl,
+) -> Result<(), ()> {
     let request = AuthzRequest {
         client: Some(&conn.client),
         port: conn.target.app.port(),
@@ -102,7 +121,12 @@ async fn forward_tcp(stream: TlsStream<TcpStream>, conn: &InboundConn, shared: &
         tracing::info!(client = %conn.client, port = request.port, %policy, "inbound TCP denied");
         return Err(()); // closed before any byte reaches the app
     }
-    let app = match tokio::time::timeout(shared.config.timeouts.connect, TcpStream::connect(conn.target.app)).await {
+    let app = match tokio::time::timeout(
+        shared.config.timeouts.connect,
+        TcpStream::connect(conn.target.app),
+    )
+    .await
+    {
         Ok(Ok(app)) => app,
         Ok(Err(e)) => {
             tracing::warn!(app = %conn.target.app, error = %e, "inbound TCP: the app is unreachable");
@@ -125,7 +149,13 @@ async fn forward_tcp(stream: TlsStream<TcpStream>, conn: &InboundConn, shared: &
             (moved, true)
         }
     };
-    metrics::tcp_bytes(Direction::Inbound, conn.client.as_str(), &shared.own_id(), moved.a_to_b, moved.b_to_a);
+    metrics::tcp_bytes(
+        Direction::Inbound,
+        conn.client.as_str(),
+        &shared.own_id(),
+        moved.a_to_b,
+        moved.b_to_a,
+    );
     if failed {
         Err(())
     } else {

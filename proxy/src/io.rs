@@ -29,7 +29,11 @@ impl<T> PrefixedIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
@@ -41,7 +45,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -93,7 +101,11 @@ const COPY_BUF: usize = 64 * 1024;
 /// (a side that finishes sending has its peer's write side shut down, while the other
 /// direction goes on). Ends with [`CopyError::Idle`] when no byte moved either way for
 /// `idle`.
-pub async fn copy_bidirectional<A, B>(a: A, b: B, idle: Duration) -> Result<Transferred, (CopyError, Transferred)>
+pub async fn copy_bidirectional<A, B>(
+    a: A,
+    b: B,
+    idle: Duration,
+) -> Result<Transferred, (CopyError, Transferred)>
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
@@ -186,14 +198,22 @@ mod tests {
         app_peer.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"late reply");
         let moved = copy.await.unwrap().unwrap();
-        assert_eq!(moved, Transferred { a_to_b: 7, b_to_a: 10 });
+        assert_eq!(
+            moved,
+            Transferred {
+                a_to_b: 7,
+                b_to_a: 10
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn idle_connections_are_closed() {
         let (app, _app_peer) = tokio::io::duplex(1024);
         let (upstream, _upstream_peer) = tokio::io::duplex(1024);
-        let err = copy_bidirectional(app, upstream, Duration::from_secs(30)).await.unwrap_err();
+        let err = copy_bidirectional(app, upstream, Duration::from_secs(30))
+            .await
+            .unwrap_err();
         assert!(matches!(err.0, CopyError::Idle(_)));
     }
 

@@ -34,7 +34,10 @@ type CacheKey = (Option<SpiffeId>, &'static [u8]);
 #[derive(Debug)]
 pub struct MeshConnector {
     credentials: watch::Receiver<Arc<Credentials>>,
-    cache: Mutex<(Option<Arc<Credentials>>, HashMap<CacheKey, Arc<ClientConfig>>)>,
+    cache: Mutex<(
+        Option<Arc<Credentials>>,
+        HashMap<CacheKey, Arc<ClientConfig>>,
+    )>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
 }
@@ -54,7 +57,11 @@ impl MeshConnector {
         }
     }
 
-    fn client_config(&self, expected: Option<&SpiffeId>, alpn: &'static [u8]) -> Result<Arc<ClientConfig>, ProxyError> {
+    fn client_config(
+        &self,
+        expected: Option<&SpiffeId>,
+        alpn: &'static [u8],
+    ) -> Result<Arc<ClientConfig>, ProxyError> {
         let current = self.credentials.borrow().clone();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if !cache.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, &current)) {
@@ -100,7 +107,8 @@ impl MeshConnector {
         let _ = tcp.set_nodelay(true);
         let config = self.client_config(expected, alpn)?;
         let started = Instant::now();
-        let handshake = tokio_rustls::TlsConnector::from(config).connect(tls::mesh_server_name(), tcp);
+        let handshake =
+            tokio_rustls::TlsConnector::from(config).connect(tls::mesh_server_name(), tcp);
         let stream = match tokio::time::timeout(self.handshake_timeout, handshake).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(e)) => {

@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 
 /// Which way traffic flows through this proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,19 +28,55 @@ impl Direction {
 
 /// Registers help texts and units for every series.
 pub fn describe() {
-    describe_counter!("warden_requests_total", "HTTP requests proxied, by direction, client and server identity, and status code.");
-    describe_histogram!("warden_request_duration_seconds", Unit::Seconds, "Time from receiving a request to its response headers, by direction and identities.");
-    describe_counter!("warden_tcp_connections_opened_total", "TCP connections accepted or opened by the proxy, by direction.");
-    describe_counter!("warden_tcp_connections_closed_total", "TCP connections closed, by direction and whether they ended in an error.");
-    describe_gauge!("warden_tcp_connections_active", "TCP connections currently open, by direction.");
-    describe_counter!("warden_tcp_bytes_total", Unit::Bytes, "Bytes proxied for opaque TCP, by direction and flow (client_to_server, server_to_client).");
-    describe_counter!("warden_tls_handshakes_total", "TLS handshakes with peer proxies, by direction and result.");
-    describe_histogram!("warden_tls_handshake_duration_seconds", Unit::Seconds, "Time to complete a TLS handshake with a peer proxy, by direction.");
-    describe_counter!("warden_connections_refused_total", "Connections refused because a listener was at its connection limit, by direction.");
+    describe_counter!(
+        "warden_requests_total",
+        "HTTP requests proxied, by direction, client and server identity, and status code."
+    );
+    describe_histogram!(
+        "warden_request_duration_seconds",
+        Unit::Seconds,
+        "Time from receiving a request to its response headers, by direction and identities."
+    );
+    describe_counter!(
+        "warden_tcp_connections_opened_total",
+        "TCP connections accepted or opened by the proxy, by direction."
+    );
+    describe_counter!(
+        "warden_tcp_connections_closed_total",
+        "TCP connections closed, by direction and whether they ended in an error."
+    );
+    describe_gauge!(
+        "warden_tcp_connections_active",
+        "TCP connections currently open, by direction."
+    );
+    describe_counter!(
+        "warden_tcp_bytes_total",
+        Unit::Bytes,
+        "Bytes proxied for opaque TCP, by direction and flow (client_to_server, server_to_client)."
+    );
+    describe_counter!(
+        "warden_tls_handshakes_total",
+        "TLS handshakes with peer proxies, by direction and result."
+    );
+    describe_histogram!(
+        "warden_tls_handshake_duration_seconds",
+        Unit::Seconds,
+        "Time to complete a TLS handshake with a peer proxy, by direction."
+    );
+    describe_counter!(
+        "warden_connections_refused_total",
+        "Connections refused because a listener was at its connection limit, by direction."
+    );
 }
 
 /// An HTTP request's outcome.
-pub fn request(direction: Direction, client_id: &str, server_id: &str, status: u16, elapsed: Duration) {
+pub fn request(
+    direction: Direction,
+    client_id: &str,
+    server_id: &str,
+    status: u16,
+    elapsed: Duration,
+) {
     let labels = [
         ("direction", direction.as_str().to_string()),
         ("client_id", client_id.to_string()),
@@ -63,8 +101,17 @@ pub fn tcp_closed(direction: Direction, error: bool) {
 }
 
 /// Bytes moved through an opaque TCP connection.
-pub fn tcp_bytes(direction: Direction, client_id: &str, server_id: &str, client_to_server: u64, server_to_client: u64) {
-    for (flow, n) in [("client_to_server", client_to_server), ("server_to_client", server_to_client)] {
+pub fn tcp_bytes(
+    direction: Direction,
+    client_id: &str,
+    server_id: &str,
+    client_to_server: u64,
+    server_to_client: u64,
+) {
+    for (flow, n) in [
+        ("client_to_server", client_to_server),
+        ("server_to_client", server_to_client),
+    ] {
         counter!(
             "warden_tcp_bytes_total",
             "direction" => direction.as_str(),
@@ -78,8 +125,10 @@ pub fn tcp_bytes(direction: Direction, client_id: &str, server_id: &str, client_
 
 /// A TLS handshake's outcome (`result`: `success`, `failure` or `timeout`).
 pub fn tls_handshake(direction: Direction, result: &'static str, elapsed: Duration) {
-    counter!("warden_tls_handshakes_total", "direction" => direction.as_str(), "result" => result).increment(1);
-    histogram!("warden_tls_handshake_duration_seconds", "direction" => direction.as_str()).record(elapsed.as_secs_f64());
+    counter!("warden_tls_handshakes_total", "direction" => direction.as_str(), "result" => result)
+        .increment(1);
+    histogram!("warden_tls_handshake_duration_seconds", "direction" => direction.as_str())
+        .record(elapsed.as_secs_f64());
 }
 
 /// A connection refused at the connection limit.

@@ -32,17 +32,31 @@ pub struct OutboundTarget {
 }
 
 /// Serves one outbound listener until shutdown.
-pub async fn serve(listener: TcpListener, target: OutboundTarget, shared: Arc<Shared>, run: RunControl) {
+pub async fn serve(
+    listener: TcpListener,
+    target: OutboundTarget,
+    shared: Arc<Shared>,
+    run: RunControl,
+) {
     let target = Arc::new(target);
     let max = shared.config.limits.max_connections;
     let control = run.clone();
-    crate::listener::accept_loop(listener, Direction::Outbound, max, run, move |tcp, _peer| {
-        handle(tcp, target.clone(), shared.clone(), control.clone())
-    })
+    crate::listener::accept_loop(
+        listener,
+        Direction::Outbound,
+        max,
+        run,
+        move |tcp, _peer| handle(tcp, target.clone(), shared.clone(), control.clone()),
+    )
     .await;
 }
 
-async fn handle(mut tcp: TcpStream, target: Arc<OutboundTarget>, shared: Arc<Shared>, run: RunControl) -> Result<(), ()> {
+async fn handle(
+    mut tcp: TcpStream,
+    target: Arc<OutboundTarget>,
+    shared: Arc<Shared>,
+    run: RunControl,
+) -> Result<(), ()> {
     let opaque = target.opaque || shared.config.opaque_ports.contains(&target.addr.port());
     let (protocol, prefix) = if opaque {
         (Protocol::Opaque, Bytes::new())
@@ -82,8 +96,18 @@ async fn read_preface(tcp: &mut TcpStream, timeout: Duration) -> Result<(Protoco
 
 /// Opaque TCP: one mTLS connection (ALPN `warden/tcp`) per app connection. If the peer
 /// cannot be reached the app's connection is reset, as it would be by a dead server.
-async fn forward_tcp(tcp: TcpStream, prefix: Bytes, target: &OutboundTarget, shared: &Shared, run: &RunControl) -> Result<(), ()> {
-    let mesh = match shared.mesh.connect(target.addr, target.expected.as_ref(), ALPN_TCP).await {
+async fn forward_tcp(
+    tcp: TcpStream,
+    prefix: Bytes,
+    target: &OutboundTarget,
+    shared: &Shared,
+    run: &RunControl,
+) -> Result<(), ()> {
+    let mesh = match shared
+        .mesh
+        .connect(target.addr, target.expected.as_ref(), ALPN_TCP)
+        .await
+    {
         Ok(mesh) => mesh,
         Err(e) => {
             tracing::warn!(destination = %target.addr, error = %e, "outbound TCP: cannot reach the peer; resetting");
@@ -105,7 +129,13 @@ async fn forward_tcp(tcp: TcpStream, prefix: Bytes, target: &OutboundTarget, sha
             (moved, true)
         }
     };
-    metrics::tcp_bytes(Direction::Outbound, &own, mesh.peer.as_str(), moved.a_to_b, moved.b_to_a);
+    metrics::tcp_bytes(
+        Direction::Outbound,
+        &own,
+        mesh.peer.as_str(),
+        moved.a_to_b,
+        moved.b_to_a,
+    );
     if failed {
         Err(())
     } else {

@@ -120,15 +120,20 @@ impl Listeners {
 
 /// Where this proxy's SVID comes from, per its configuration: the identity service.
 pub fn cert_source(config: &ProxyConfig) -> Result<CertSource, StartError> {
-    let bundle = TrustBundle::from_pem_file(config.trust_domain.clone(), &config.identity.trust_bundle)
-        .map_err(|e| StartError::Bundle(e.to_string()))?;
+    let bundle =
+        TrustBundle::from_pem_file(config.trust_domain.clone(), &config.identity.trust_bundle)
+            .map_err(|e| StartError::Bundle(e.to_string()))?;
     let client = CertifyClient::new(
         CertifyClientConfig {
             url: config.identity.url.clone(),
             server_id: config.identity_server_id(),
             token_file: config.identity.token_file.clone(),
             expected_id: config.expected_id(),
-            timeout: config.timeouts.connect + config.timeouts.response.min(std::time::Duration::from_secs(10)),
+            timeout: config.timeouts.connect
+                + config
+                    .timeouts
+                    .response
+                    .min(std::time::Duration::from_secs(10)),
         },
         TrustStore::single(bundle),
     )
@@ -152,20 +157,31 @@ pub async fn run(
         "not ready: waiting for a certificate from the identity service",
     ));
     let admin_stop = CancellationToken::new();
-    tokio::spawn(admin::serve(listeners.admin, ready_rx, metrics_handle, admin_stop.clone()));
+    tokio::spawn(admin::serve(
+        listeners.admin,
+        ready_rx,
+        metrics_handle,
+        admin_stop.clone(),
+    ));
 
     let tls = TlsOptions {
         server_alpn: vec![ALPN_HTTP2.to_vec(), ALPN_TCP.to_vec()],
         client_alpn: vec![],
         client_auth: ClientAuth::Required,
     };
-    let Some(rotation) = rotation::start(source, tls, RotationOptions::default(), shutdown.clone()).await else {
+    let Some(rotation) =
+        rotation::start(source, tls, RotationOptions::default(), shutdown.clone()).await
+    else {
         admin_stop.cancel();
         return;
     };
     let credentials = rotation.credentials;
     let shared = Arc::new(Shared {
-        mesh: MeshConnector::new(credentials.clone(), config.timeouts.connect, config.timeouts.handshake),
+        mesh: MeshConnector::new(
+            credentials.clone(),
+            config.timeouts.connect,
+            config.timeouts.handshake,
+        ),
         pool: Pool::new(config.limits.max_header_bytes),
         apps: AppClients::new(config.timeouts.connect, config.timeouts.idle),
         credentials: credentials.clone(),
@@ -175,13 +191,27 @@ pub async fn run(
     let run = RunControl::new(shutdown.clone());
     let (inbound_count, outbound_count) = (listeners.inbound.len(), listeners.outbound.len());
     for (listener, target) in listeners.inbound {
-        tokio::spawn(inbound::serve(listener, target, shared.clone(), run.clone()));
+        tokio::spawn(inbound::serve(
+            listener,
+            target,
+            shared.clone(),
+            run.clone(),
+        ));
     }
     for (listener, target) in listeners.outbound {
-        tokio::spawn(outbound::serve(listener, target, shared.clone(), run.clone()));
+        tokio::spawn(outbound::serve(
+            listener,
+            target,
+            shared.clone(),
+            run.clone(),
+        ));
     }
     let readiness = |creds: &warden_identity::rotation::Credentials| {
-        let left = creds.svid.not_after().duration_since(SystemTime::now()).unwrap_or_default();
+        let left = creds
+            .svid
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         Readiness {
             ready: true,
             detail: format!(
@@ -210,7 +240,11 @@ pub async fn run(
     run.tasks.close();
     let grace = config.timeouts.shutdown_grace;
     if tokio::time::timeout(grace, run.tasks.wait()).await.is_err() {
-        tracing::warn!(?grace, open = run.tasks.len(), "grace period over; closing what is still open");
+        tracing::warn!(
+            ?grace,
+            open = run.tasks.len(),
+            "grace period over; closing what is still open"
+        );
         run.hard_stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), run.tasks.wait()).await;
     }

@@ -50,7 +50,12 @@ impl AppClients {
 }
 
 /// Serves one mesh HTTP/2 connection.
-pub async fn serve(stream: TlsStream<TcpStream>, conn: Arc<InboundConn>, shared: Arc<Shared>, run: RunControl) -> Result<(), ()> {
+pub async fn serve(
+    stream: TlsStream<TcpStream>,
+    conn: Arc<InboundConn>,
+    shared: Arc<Shared>,
+    run: RunControl,
+) -> Result<(), ()> {
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = service_shared.clone();
@@ -72,7 +77,11 @@ pub async fn serve(stream: TlsStream<TcpStream>, conn: Arc<InboundConn>, shared:
         .map_err(|e| tracing::debug!(error = %e, "inbound HTTP/2 connection ended"))
 }
 
-async fn handle(req: Request<Incoming>, conn: &InboundConn, shared: &Shared) -> Response<ProxyBody> {
+async fn handle(
+    req: Request<Incoming>,
+    conn: &InboundConn,
+    shared: &Shared,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let response = match forward(req, conn, shared).await {
@@ -83,16 +92,28 @@ async fn handle(req: Request<Incoming>, conn: &InboundConn, shared: &Shared) -> 
                 ProxyError::Denied { policy } => {
                     tracing::info!(request_id = %id, client = %conn.client, %policy, "inbound request denied")
                 }
-                other => tracing::warn!(request_id = %id, client = %conn.client, app = %conn.target.app, error = %other, "inbound request failed"),
+                other => {
+                    tracing::warn!(request_id = %id, client = %conn.client, app = %conn.target.app, error = %other, "inbound request failed")
+                }
             }
             e.to_response(grpc, &id)
         }
     };
-    metrics::request(Direction::Inbound, conn.client.as_str(), &shared.own_id(), response.status().as_u16(), started.elapsed());
+    metrics::request(
+        Direction::Inbound,
+        conn.client.as_str(),
+        &shared.own_id(),
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
-async fn forward(mut req: Request<Incoming>, conn: &InboundConn, shared: &Shared) -> Result<Response<ProxyBody>, ProxyError> {
+async fn forward(
+    mut req: Request<Incoming>,
+    conn: &InboundConn,
+    shared: &Shared,
+) -> Result<Response<ProxyBody>, ProxyError> {
     let request = AuthzRequest {
         client: Some(&conn.client),
         port: conn.target.app.port(),
@@ -121,7 +142,11 @@ async fn forward(mut req: Request<Incoming>, conn: &InboundConn, shared: &Shared
     }
     let orig_proto = parts.headers.remove(headers::ORIG_PROTO);
     let authority = parts.uri.authority().map(|a| a.to_string());
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     let app = conn.target.app;
     parts.uri = Uri::builder()
         .scheme("http")
@@ -136,7 +161,10 @@ async fn forward(mut req: Request<Incoming>, conn: &InboundConn, shared: &Shared
     };
     if use_http1 || tunnel.is_some() {
         parts.version = Version::HTTP_11;
-        if let Some(host) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        if let Some(host) = authority
+            .as_deref()
+            .and_then(|a| HeaderValue::from_str(a).ok())
+        {
             parts.headers.insert(header::HOST, host);
         }
     } else {
@@ -147,14 +175,24 @@ async fn forward(mut req: Request<Incoming>, conn: &InboundConn, shared: &Shared
         return upgrade_to_app(parts, &protocol, peer_upgrade, conn, shared).await;
     }
 
-    let client = if use_http1 { &shared.apps.http1 } else { &shared.apps.h2c };
+    let client = if use_http1 {
+        &shared.apps.http1
+    } else {
+        &shared.apps.h2c
+    };
     let timeout = shared.config.timeouts.response;
-    let response = match tokio::time::timeout(timeout, client.request(Request::from_parts(parts, boxed(body)))).await {
+    let response = match tokio::time::timeout(
+        timeout,
+        client.request(Request::from_parts(parts, boxed(body))),
+    )
+    .await
+    {
         Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
         Ok(Err(e)) if e.is_connect() => {
             return Err(ProxyError::Unreachable {
                 target: app.to_string(),
-                reason: std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()),
+                reason: std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), |s| s.to_string()),
             })
         }
         Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
@@ -177,25 +215,28 @@ async fn upgrade_to_app(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let app = conn.target.app;
     parts.method = Method::GET;
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| Uri::from_static("/"), |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")));
+    parts.uri = parts.uri.path_and_query().map_or_else(
+        || Uri::from_static("/"),
+        |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+    );
     parts.extensions = http::Extensions::new();
-    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     if let Ok(v) = HeaderValue::from_str(protocol) {
         parts.headers.insert(header::UPGRADE, v);
     }
-    let tcp = match tokio::time::timeout(shared.config.timeouts.connect, TcpStream::connect(app)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return Err(ProxyError::Unreachable {
-                target: app.to_string(),
-                reason: e.to_string(),
-            })
-        }
-        Err(_) => return Err(ProxyError::ConnectTimeout(app.to_string())),
-    };
+    let tcp =
+        match tokio::time::timeout(shared.config.timeouts.connect, TcpStream::connect(app)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                return Err(ProxyError::Unreachable {
+                    target: app.to_string(),
+                    reason: e.to_string(),
+                })
+            }
+            Err(_) => return Err(ProxyError::ConnectTimeout(app.to_string())),
+        };
     let _ = tcp.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
@@ -204,7 +245,12 @@ async fn upgrade_to_app(
         let _ = connection.with_upgrades().await;
     });
     let timeout = shared.config.timeouts.response;
-    let mut response = match tokio::time::timeout(timeout, sender.send_request(Request::from_parts(parts, empty()))).await {
+    let mut response = match tokio::time::timeout(
+        timeout,
+        sender.send_request(Request::from_parts(parts, empty())),
+    )
+    .await
+    {
         Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
         Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
         Ok(Ok(response)) => response,
@@ -223,7 +269,9 @@ async fn upgrade_to_app(
     tokio::spawn(async move {
         match tokio::try_join!(peer_upgrade, app_upgrade) {
             Ok((peer, app)) => {
-                if let Err((e, _)) = crate::io::copy_bidirectional(TokioIo::new(peer), TokioIo::new(app), idle).await {
+                if let Err((e, _)) =
+                    crate::io::copy_bidirectional(TokioIo::new(peer), TokioIo::new(app), idle).await
+                {
                     tracing::debug!(error = %e, "inbound upgraded connection ended");
                 }
             }

@@ -15,12 +15,20 @@ use warden_core::contract::headers;
 use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::detect::Protocol;
-use crate::http::{boxed, empty, is_grpc, request_id, strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError};
+use crate::http::{
+    boxed, empty, is_grpc, request_id, strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError,
+};
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
 
 /// Serves the app's HTTP connection (already detected as `protocol`).
-pub async fn serve<I>(io: I, protocol: Protocol, target: Arc<OutboundTarget>, shared: Arc<Shared>, run: RunControl) -> Result<(), ()>
+pub async fn serve<I>(
+    io: I,
+    protocol: Protocol,
+    target: Arc<OutboundTarget>,
+    shared: Arc<Shared>,
+    run: RunControl,
+) -> Result<(), ()>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -50,7 +58,9 @@ where
             .timer(TokioTimer::new())
             .header_read_timeout(timeouts.idle)
             .max_buf_size(limits.max_header_bytes.max(8192));
-        let conn = builder.serve_connection(TokioIo::new(io), service).with_upgrades();
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
         run.serve_http(conn, |c| c.graceful_shutdown()).await
     };
     result.map_err(|e| tracing::debug!(error = %e, "outbound HTTP connection ended"))
@@ -65,11 +75,20 @@ async fn forward(req: Request<Incoming>, key: &PoolKey, shared: &Shared) -> Resp
         Err(e) => {
             let id = request_id();
             tracing::warn!(request_id = %id, destination = %key.addr, status = e.status().as_u16(), error = %e, "outbound request failed");
-            let peer: Arc<str> = key.expected.as_ref().map_or(Arc::from("-"), |id| Arc::from(id.as_str()));
+            let peer: Arc<str> = key
+                .expected
+                .as_ref()
+                .map_or(Arc::from("-"), |id| Arc::from(id.as_str()));
             (e.to_response(grpc, &id), peer)
         }
     };
-    metrics::request(Direction::Outbound, &shared.own_id(), &peer, response.status().as_u16(), started.elapsed());
+    metrics::request(
+        Direction::Outbound,
+        &shared.own_id(),
+        &peer,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -79,16 +98,29 @@ async fn forward_inner(
     shared: &Shared,
 ) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
     let from_http1 = req.version() < Version::HTTP_2;
-    let upgrade = if from_http1 { upgrade_protocol(req.headers()) } else { None };
+    let upgrade = if from_http1 {
+        upgrade_protocol(req.headers())
+    } else {
+        None
+    };
     let app_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let authority = req
         .uri()
         .authority()
         .map(|a| a.to_string())
-        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| key.addr.to_string());
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::builder()
         .scheme("http")
@@ -100,12 +132,16 @@ async fn forward_inner(
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     if from_http1 {
-        parts.headers.insert(headers::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+        parts
+            .headers
+            .insert(headers::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
     }
     let body = match &upgrade {
         Some(protocol) => {
             parts.method = Method::CONNECT;
-            parts.extensions.insert(hyper::ext::Protocol::from(protocol.as_str()));
+            parts
+                .extensions
+                .insert(hyper::ext::Protocol::from(protocol.as_str()));
             empty()
         }
         None => boxed(body),
@@ -114,7 +150,12 @@ async fn forward_inner(
     let pooled = shared.pool.get(key, &shared.mesh).await?;
     let mut sender = pooled.sender.clone();
     let timeout = shared.config.timeouts.response;
-    let response = match tokio::time::timeout(timeout, sender.send_request(Request::from_parts(parts, body))).await {
+    let response = match tokio::time::timeout(
+        timeout,
+        sender.send_request(Request::from_parts(parts, body)),
+    )
+    .await
+    {
         Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
         Ok(Err(e)) => {
             if e.is_closed() || e.is_canceled() {
@@ -126,7 +167,10 @@ async fn forward_inner(
     };
 
     if let (Some(app_upgrade), Some(protocol)) = (app_upgrade, upgrade) {
-        return Ok((tunnel(response, app_upgrade, &protocol, shared), pooled.peer));
+        return Ok((
+            tunnel(response, app_upgrade, &protocol, shared),
+            pooled.peer,
+        ));
     }
     let (mut parts, body) = response.into_parts();
     if from_http1 {
@@ -159,7 +203,9 @@ fn tunnel(
     tokio::spawn(async move {
         match tokio::try_join!(app_upgrade, peer_upgrade) {
             Ok((app, peer)) => {
-                if let Err((e, _)) = crate::io::copy_bidirectional(TokioIo::new(app), TokioIo::new(peer), idle).await {
+                if let Err((e, _)) =
+                    crate::io::copy_bidirectional(TokioIo::new(app), TokioIo::new(peer), idle).await
+                {
                     tracing::debug!(error = %e, "outbound upgraded connection ended");
                 }
             }

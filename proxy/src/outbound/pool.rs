@@ -53,7 +53,11 @@ impl Pool {
 
     /// A live connection for `key`, connecting if there is none. Concurrent callers for the
     /// same key wait for one connection rather than each opening their own.
-    pub async fn get(&self, key: &PoolKey, connector: &MeshConnector) -> Result<Pooled, ProxyError> {
+    pub async fn get(
+        &self,
+        key: &PoolKey,
+        connector: &MeshConnector,
+    ) -> Result<Pooled, ProxyError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
             slots.entry(key.clone()).or_default().clone()
@@ -64,7 +68,9 @@ impl Pool {
                 return Ok(pooled.clone());
             }
         }
-        let mesh = connector.connect(key.addr, key.expected.as_ref(), ALPN_HTTP2).await?;
+        let mesh = connector
+            .connect(key.addr, key.expected.as_ref(), ALPN_HTTP2)
+            .await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .adaptive_window(true)
@@ -93,7 +99,12 @@ impl Pool {
 
     /// Forgets the connection for `key` (after it failed), so the next request reconnects.
     pub async fn evict(&self, key: &PoolKey) {
-        let slot = self.slots.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned();
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
         if let Some(slot) = slot {
             *slot.lock().await = None;
         }

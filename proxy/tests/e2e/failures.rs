@@ -1,0 +1,351 @@
+//! Failures, limits and refusals: every one bounded, answered, and counted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warden_core::TrustDomain;
+use warden_identity::ca::{self, InitOptions};
+use warden_identity::{tls, ExpectedPeer, TrustStore};
+use warden_proxy::authz::{Authorizer, Verdict};
+use warden_proxy::config::{AppProtocol, RouteProtocol};
+
+use crate::apps;
+use crate::fixture::{id, raw_get, Mesh};
+use crate::{empty, full, h1_client, h2c_client, text};
+
+/// An address where nothing listens.
+async fn closed_port() -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
+    let mut client = h1_client(addr).await;
+    let resp = client
+        .send_request(
+            Request::get(path)
+                .header("host", "s")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    (status, headers, text(resp).await)
+}
+
+#[tokio::test]
+async fn an_unreachable_destination_is_502_for_http_and_a_reset_for_tcp() {
+    let mesh = Mesh::start().await;
+    let nowhere = closed_port().await;
+    let client = mesh.client_to(nowhere, None, RouteProtocol::Detect).await;
+    let (status, headers, body) = get(client.addrs.outbound[0], "/").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(headers.contains_key("x-warden-request-id"));
+    assert!(body.contains("unreachable"), "{body}");
+
+    let opaque = mesh.client_to(nowhere, None, RouteProtocol::Opaque).await;
+    let mut tcp = TcpStream::connect(opaque.addrs.outbound[0]).await.unwrap();
+    let _ = tcp.write_all(b"hello").await;
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap();
+    match read {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    }
+}
+
+#[tokio::test]
+async fn an_app_that_is_down_is_502_and_a_slow_one_504() {
+    let mesh = Mesh::start().await;
+    let nowhere = closed_port().await;
+    let pair = mesh
+        .pair(
+            nowhere,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let (status, _, body) = get(pair.outbound, "/").await;
+    assert_eq!(status, 502, "{body}");
+
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair_with(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+            |c| {
+                c.timeouts.response = Duration::from_millis(300);
+            },
+        )
+        .await;
+    let started = Instant::now();
+    let (status, headers, body) = get(pair.outbound, "/slow/3000").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(headers.contains_key("x-warden-request-id"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "bounded by the response timeout"
+    );
+
+    // gRPC callers get a gRPC status instead.
+    let mut grpc = h2c_client(pair.outbound).await;
+    let req = Request::post("http://s/slow/3000")
+        .header("content-type", "application/grpc")
+        .body(empty())
+        .unwrap();
+    let resp = grpc.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["grpc-status"], "4", "DEADLINE_EXCEEDED");
+}
+
+#[tokio::test]
+async fn peers_failing_verification_are_refused_and_the_app_gets_nothing() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let inbound = pair.server.addrs.inbound[0];
+
+    // A workload with a certificate from another CA, claiming to be the client.
+    let rogue_ca = ca::generate(&InitOptions::new(TrustDomain::default()))
+        .unwrap()
+        .authority()
+        .unwrap();
+    let rogue = rogue_ca
+        .issue(&id("client"), Duration::from_secs(3600))
+        .unwrap();
+    let config = tls::client_config(
+        &rogue,
+        Arc::new(TrustStore::single(mesh.ca.get().bundle().clone())),
+        ExpectedPeer::AnyTrusted,
+        &[warden_core::contract::ALPN_HTTP2],
+    )
+    .unwrap();
+    let tcp = TcpStream::connect(inbound).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(tls::mesh_server_name(), tcp)
+        .await;
+    if let Ok(mut stream) = stream {
+        // TLS 1.3: the client finishes first; the server's refusal arrives on the next read.
+        let _ = stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(
+            !matches!(read, Ok(n) if n > 0),
+            "the server must not talk to a rogue peer"
+        );
+    }
+
+    // Plaintext straight to the inbound port.
+    let answer = raw_get(inbound, "/").await;
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+
+    // A client whose route expects another identity refuses the server.
+    let wrong = mesh
+        .client_to(inbound, Some(id("someone-else")), RouteProtocol::Detect)
+        .await;
+    let (status, _, body) = get(wrong.addrs.outbound[0], "/").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("mTLS"), "{body}");
+
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the app saw none of it");
+    let metrics = mesh.metrics.render();
+    assert!(
+        metrics.contains("warden_tls_handshakes_total{direction=\"inbound\",result=\"failure\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("warden_tls_handshakes_total{direction=\"outbound\",result=\"failure\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_authorization_hook_denies_requests_and_connections() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let authz = Authorizer::from_fn(|req| match req.http {
+        Some((_, path)) if path.starts_with("/secret") => Verdict::Deny {
+            policy: "deny-secret".into(),
+        },
+        Some(_) => Verdict::Allow,
+        None => Verdict::Deny {
+            policy: "no-tcp".into(),
+        },
+    });
+    let pair = mesh
+        .pair(app, AppProtocol::Auto, RouteProtocol::Detect, authz.clone())
+        .await;
+    let (status, headers, body) = get(pair.outbound, "/secret/plans").await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        body, "forbidden by policy\n",
+        "the client learns nothing more"
+    );
+    assert!(headers.contains_key("x-warden-request-id"));
+    let (status, _, _) = get(pair.outbound, "/open").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "only the allowed request reached the app"
+    );
+
+    let mut grpc = h2c_client(pair.outbound).await;
+    let req = Request::post("http://s/secret.Svc/Get")
+        .header("content-type", "application/grpc")
+        .body(full("x"))
+        .unwrap();
+    let resp = grpc.send_request(req).await.unwrap();
+    assert_eq!(resp.headers()["grpc-status"], "7", "PERMISSION_DENIED");
+
+    let (tcp_app, conns) = apps::tcp_app(None).await;
+    let tcp_pair = mesh
+        .pair(tcp_app, AppProtocol::Auto, RouteProtocol::Opaque, authz)
+        .await;
+    let mut tcp = TcpStream::connect(tcp_pair.outbound).await.unwrap();
+    let _ = tcp.write_all(b"let me in").await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(!matches!(read, Ok(n) if n > 0), "closed without an answer");
+    assert_eq!(conns.load(Ordering::SeqCst), 0, "no byte reached the app");
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let mut pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let outbound = pair.outbound;
+    let in_flight = tokio::spawn(async move { get(outbound, "/slow/800").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pair.server.shutdown.cancel();
+    pair.client.shutdown.cancel();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "slow done"),
+        "the in-flight request completed"
+    );
+    // Both proxies exit within their grace period...
+    for proxy in [&mut pair.server, &mut pair.client] {
+        let task = proxy.task.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("exits in time")
+            .unwrap();
+    }
+    // ...and accept nothing more.
+    assert!(
+        TcpStream::connect(outbound).await.is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn admin_reports_readiness_and_metrics() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let (status, _, _) = get(pair.outbound, "/").await;
+    assert_eq!(status, 200);
+    assert!(pair.server.admin("/live").await.starts_with("HTTP/1.1 200"));
+    let ready = pair.server.admin("/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+    assert!(
+        ready.contains(&format!("ready: {}", id("server"))),
+        "{ready}"
+    );
+    let metrics = pair.server.admin("/metrics").await;
+    for series in [
+        "warden_requests_total{direction=\"inbound\",client_id=\"spiffe://cluster.local/ns/test/sa/client\",server_id=\"spiffe://cluster.local/ns/test/sa/server\",status_code=\"200\"}",
+        "warden_request_duration_seconds_bucket{direction=\"inbound\"",
+        "warden_tls_handshakes_total{direction=\"inbound\",result=\"success\"}",
+        "warden_tls_handshake_duration_seconds_bucket{direction=\"outbound\"",
+        "warden_tcp_connections_opened_total{direction=\"inbound\"}",
+        "warden_tcp_connections_active{direction=\"outbound\"}",
+        "warden_identity_cert_expiry_timestamp_seconds",
+        "# HELP warden_requests_total",
+    ] {
+        assert!(metrics.contains(series), "{series} missing");
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_and_counted() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::tcp_app(None).await;
+    let pair = mesh
+        .pair_with(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Opaque,
+            Authorizer::allow_all(),
+            |_| {},
+        )
+        .await;
+    let mut limited = mesh.workload("limited");
+    limited.limits.max_connections = 1;
+    limited.outbound = vec![warden_proxy::config::OutboundRoute {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        destination: pair.server.addrs.inbound[0],
+        identity: None,
+        protocol: RouteProtocol::Opaque,
+    }];
+    let proxy = mesh.proxy(limited, Authorizer::allow_all()).await;
+    let addr = proxy.addrs.outbound[0];
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(b"one").await.unwrap();
+    let mut buf = [0u8; 3];
+    first.read_exact(&mut buf).await.unwrap();
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let _ = second.write_all(b"two").await;
+    let read = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        !matches!(read, Ok(n) if n > 0),
+        "the second connection is refused"
+    );
+    first.write_all(b"one").await.unwrap();
+    first.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"one", "the first is unaffected");
+    assert!(mesh
+        .metrics
+        .render()
+        .contains("warden_connections_refused_total{direction=\"outbound\"}"));
+}

@@ -1,0 +1,255 @@
+//! A small mesh on 127.0.0.1: an in-process identity service (join tokens) and proxies
+//! started exactly as `warden proxy` starts them, from a `ProxyConfig`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warden_core::{SpiffeId, TrustDomain};
+use warden_identity::authn::Authenticator;
+use warden_identity::ca::{self, InitOptions, SharedCa};
+use warden_identity::join_token::{self, JoinTokens};
+use warden_identity::service::{self, IdentityService, ServiceConfig, ServingIdentity};
+use warden_proxy::authz::Authorizer;
+use warden_proxy::config::{
+    AppProtocol, InboundListener, OutboundRoute, ProxyConfig, RouteProtocol,
+};
+use warden_proxy::proxy::{self, BoundAddrs, Listeners};
+
+/// The identity of workload `name`.
+pub fn id(name: &str) -> SpiffeId {
+    SpiffeId::parse(&format!("spiffe://cluster.local/ns/test/sa/{name}")).unwrap()
+}
+
+/// The CA and identity service shared by a test's proxies.
+pub struct Mesh {
+    pub dir: tempfile::TempDir,
+    pub ca: Arc<SharedCa>,
+    identity_url: String,
+    bundle: PathBuf,
+    tokens: PathBuf,
+    stop: CancellationToken,
+    pub metrics: PrometheusHandle,
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl Mesh {
+    pub async fn start() -> Self {
+        let metrics = warden_identity::telemetry::prometheus();
+        let dir = tempfile::tempdir().unwrap();
+        let authority = ca::generate(&InitOptions::new(TrustDomain::default()))
+            .unwrap()
+            .authority()
+            .unwrap();
+        let bundle = dir.path().join("bundle.crt");
+        std::fs::write(&bundle, authority.bundle().to_pem()).unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "").unwrap();
+        let ca = Arc::new(SharedCa::new(authority));
+        let authn = Authenticator::JoinTokens(JoinTokens::load(&tokens, Duration::ZERO).unwrap());
+        let config = ServiceConfig {
+            rate: warden_identity::rate_limit::Rate {
+                per_minute: 6000,
+                burst: 1000,
+            },
+            ..ServiceConfig::default()
+        };
+        let svc = Arc::new(IdentityService::new(ca.clone(), authn, config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let identity_url = format!("https://{}", listener.local_addr().unwrap());
+        let serving = ServingIdentity {
+            id: SpiffeId::parse("spiffe://cluster.local/ns/warden-system/sa/warden-identity")
+                .unwrap(),
+            dns_names: vec![],
+        };
+        let stop = CancellationToken::new();
+        service::start(listener, svc, serving, stop.clone())
+            .await
+            .unwrap();
+        Self {
+            dir,
+            ca,
+            identity_url,
+            bundle,
+            tokens,
+            stop,
+            metrics,
+        }
+    }
+
+    /// A proxy config for workload `name`, admitted by a fresh join token.
+    pub fn workload(&self, name: &str) -> ProxyConfig {
+        let (token, line) = join_token::new_token(&id(name));
+        let mut all = std::fs::read_to_string(&self.tokens).unwrap();
+        all.push_str(&line);
+        std::fs::write(&self.tokens, all).unwrap();
+        let token_file = self.dir.path().join(format!("{name}.token"));
+        std::fs::write(&token_file, token).unwrap();
+        let mut config = ProxyConfig::default();
+        config.identity.url = self.identity_url.clone();
+        config.identity.trust_bundle = self.bundle.clone();
+        config.identity.token_file = token_file;
+        config.identity.namespace = Some("test".into());
+        config.identity.service_account = Some(name.into());
+        config.admin.listen = "127.0.0.1:0".parse().unwrap();
+        config.timeouts.detect = Duration::from_millis(300);
+        config.timeouts.response = Duration::from_secs(5);
+        config.timeouts.shutdown_grace = Duration::from_secs(3);
+        config
+    }
+
+    /// Starts a proxy and waits until it is ready.
+    pub async fn proxy(&self, config: ProxyConfig, authz: Authorizer) -> Proxy {
+        config.validate().unwrap();
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addrs = listeners.addrs();
+        let source = proxy::cert_source(&config).unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(proxy::run(
+            config,
+            listeners,
+            source,
+            authz,
+            self.metrics.clone(),
+            shutdown.clone(),
+        ));
+        let proxy = Proxy {
+            addrs,
+            shutdown,
+            task: Some(task),
+        };
+        for _ in 0..200 {
+            if proxy.admin("/ready").await.starts_with("HTTP/1.1 200") {
+                return proxy;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("proxy not ready: {}", proxy.admin("/ready").await);
+    }
+
+    /// A server proxy in front of `app` and a client proxy with one route to it.
+    pub async fn pair(
+        &self,
+        app: SocketAddr,
+        app_protocol: AppProtocol,
+        route: RouteProtocol,
+        authz: Authorizer,
+    ) -> Pair {
+        self.pair_with(app, app_protocol, route, authz, |_| {})
+            .await
+    }
+
+    /// Like [`pair`](Self::pair), with the server's config adjusted by `tweak`.
+    pub async fn pair_with(
+        &self,
+        app: SocketAddr,
+        app_protocol: AppProtocol,
+        route: RouteProtocol,
+        authz: Authorizer,
+        tweak: impl FnOnce(&mut ProxyConfig),
+    ) -> Pair {
+        let mut server = self.workload("server");
+        tweak(&mut server);
+        server.inbound = vec![InboundListener {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            app,
+            protocol: app_protocol,
+        }];
+        let server = self.proxy(server, authz).await;
+        let client = self
+            .client_to(server.addrs.inbound[0], Some(id("server")), route)
+            .await;
+        Pair {
+            outbound: client.addrs.outbound[0],
+            client,
+            server,
+        }
+    }
+
+    /// A client proxy with one route to `destination`.
+    pub async fn client_to(
+        &self,
+        destination: SocketAddr,
+        identity: Option<SpiffeId>,
+        protocol: RouteProtocol,
+    ) -> Proxy {
+        let mut client = self.workload("client");
+        client.outbound = vec![OutboundRoute {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            destination,
+            identity,
+            protocol,
+        }];
+        self.proxy(client, Authorizer::allow_all()).await
+    }
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub addrs: BoundAddrs,
+    pub shutdown: CancellationToken,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Proxy {
+    /// GETs an admin path; returns the raw HTTP response.
+    pub async fn admin(&self, path: &str) -> String {
+        raw_get(self.addrs.admin, path).await
+    }
+}
+
+/// Two proxies: the client's outbound route leads to the server's inbound listener.
+pub struct Pair {
+    pub client: Proxy,
+    pub server: Proxy,
+    pub outbound: SocketAddr,
+}
+
+/// A one-shot HTTP/1.1 GET over plain TCP, returning the whole response.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return String::new();
+    };
+    let req = format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n");
+    if tcp.write_all(req.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TCP relay that counts the connections it carries (to prove connection pooling).
+pub async fn counting_relay(to: SocketAddr) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}

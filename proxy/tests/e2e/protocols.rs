@@ -1,0 +1,282 @@
+//! HTTP through a proxy pair: HTTP/1.1, HTTP/2, gRPC, WebSocket.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use warden_proxy::authz::Authorizer;
+use warden_proxy::config::{AppProtocol, RouteProtocol};
+
+use crate::apps::{self, checksum, grpc_frame, grpc_messages, pattern};
+use crate::fixture::{counting_relay, id, Mesh};
+use crate::{empty, full, h1_client, h2c_client, text};
+
+#[tokio::test]
+async fn http1_keep_alive_chunked_bodies_and_identity_headers() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let mut client = h1_client(pair.outbound).await;
+
+    // The app sees the verified caller, whatever the caller claimed.
+    let req = Request::get("/headers")
+        .header("host", "server.test")
+        .header(
+            "x-warden-client-id",
+            "spiffe://cluster.local/ns/kube-system/sa/admin",
+        )
+        .header("x-warden-tls", "TLSv1.0/none")
+        .body(empty())
+        .unwrap();
+    let resp = client.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = text(resp).await;
+    assert!(
+        seen.contains(&format!("x-warden-client-id: {}\n", id("client"))),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("sa/admin"),
+        "a spoofed identity never reaches the app: {seen}"
+    );
+    assert!(
+        seen.contains("x-warden-tls: TLSv1.3/X25519MLKEM768\n"),
+        "{seen}"
+    );
+    assert!(
+        seen.contains("version: HTTP/1.1\n"),
+        "an HTTP/1 caller's app gets HTTP/1.1: {seen}"
+    );
+    assert!(seen.contains("host: server.test\n"), "{seen}");
+    assert!(
+        !seen.contains("x-warden-orig-proto"),
+        "internal headers stay internal: {seen}"
+    );
+
+    // A chunked request body on the same keep-alive connection.
+    let chunks = ["alpha-", "beta-", "gamma"]
+        .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c))));
+    let body = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(chunks)));
+    client.ready().await.unwrap();
+    let resp = client
+        .send_request(
+            Request::post("/upload")
+                .header("host", "server.test")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        text(resp).await,
+        format!("16 {}", checksum(b"alpha-beta-gamma"))
+    );
+
+    // A chunked response.
+    client.ready().await.unwrap();
+    let resp = client
+        .send_request(
+            Request::get("/chunked")
+                .header("host", "server.test")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(resp.headers().get("content-length").is_none());
+    assert_eq!(text(resp).await, "first,second,third");
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn ten_mib_upload_and_download() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let mut client = h1_client(pair.outbound).await;
+    let size = 10 * 1024 * 1024;
+    let data = pattern(size);
+    let resp = client
+        .send_request(
+            Request::post("/upload")
+                .header("host", "s")
+                .body(full(data.clone()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(text(resp).await, format!("{size} {}", checksum(&data)));
+    client.ready().await.unwrap();
+    let resp = client
+        .send_request(
+            Request::get(format!("/download/{size}"))
+                .header("host", "s")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body.len(), size);
+    assert_eq!(checksum(&body), checksum(&data));
+}
+
+#[tokio::test]
+async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let mut server = mesh.workload("server");
+    server.inbound = vec![warden_proxy::config::InboundListener {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        app,
+        protocol: AppProtocol::Auto,
+    }];
+    let server = mesh.proxy(server, Authorizer::allow_all()).await;
+    let (relay, mesh_connections) = counting_relay(server.addrs.inbound[0]).await;
+    let client = mesh
+        .client_to(relay, Some(id("server")), RouteProtocol::Detect)
+        .await;
+    let outbound = client.addrs.outbound[0];
+
+    // 200 concurrent streams on one HTTP/2 app connection.
+    let h2 = h2c_client(outbound).await;
+    let requests = (0..200).map(|i| {
+        let mut h2 = h2.clone();
+        async move {
+            let req = Request::get(format!("http://server.test/headers?i={i}"))
+                .body(empty())
+                .unwrap();
+            let resp = h2.send_request(req).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            text(resp).await
+        }
+    });
+    let bodies = futures_util::future::join_all(requests).await;
+    assert!(
+        bodies.iter().all(|b| b.contains("version: HTTP/2.0\n")),
+        "an HTTP/2 caller's app gets HTTP/2"
+    );
+
+    // 20 separate HTTP/1.1 app connections.
+    for _ in 0..20 {
+        let mut h1 = h1_client(outbound).await;
+        let resp = h1
+            .send_request(Request::get("/").header("host", "s").body(empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(text(resp).await, "hello from app");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 220);
+    assert_eq!(
+        mesh_connections.load(Ordering::SeqCst),
+        1,
+        "all of it over one pooled mTLS connection"
+    );
+}
+
+#[tokio::test]
+async fn grpc_unary_and_server_streaming_keep_their_trailers() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let mut grpc = h2c_client(pair.outbound).await;
+    let call = |path: &str, payload: &[u8]| {
+        Request::post(format!("http://server.test{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(full(grpc_frame(payload)))
+            .unwrap()
+    };
+
+    let resp = grpc
+        .send_request(call("/grpc.test.Echo/Unary", b"hello"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/grpc");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers arrive");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(
+        grpc_messages(&collected.to_bytes()),
+        vec![b"echo: hello".to_vec()]
+    );
+
+    let resp = grpc
+        .send_request(call("/grpc.test.Echo/Stream", b""))
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut messages = Vec::new();
+    let mut status = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap();
+        if let Some(data) = frame.data_ref() {
+            messages.extend(grpc_messages(data));
+        } else if let Some(t) = frame.trailers_ref() {
+            status = t.get("grpc-status").cloned();
+        }
+    }
+    let expected: Vec<Vec<u8>> = (0..5)
+        .map(|i| format!("message {i}").into_bytes())
+        .collect();
+    assert_eq!(messages, expected);
+    assert_eq!(status.unwrap(), "0");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_exchanges_messages() {
+    let mesh = Mesh::start().await;
+    let app = apps::websocket_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let tcp = tokio::net::TcpStream::connect(pair.outbound).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://server.test/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    for word in ["one", "two", "three"] {
+        ws.send(word.into()).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            reply.to_text().unwrap(),
+            format!("{} said {word}", id("client"))
+        );
+    }
+    ws.close(None).await.unwrap();
+}
