@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the local mesh demo: a CA, workloads with SVIDs, mutual TLS between them.
+    /// Run the local mesh: an identity service and two workloads with sidecars, on 127.0.0.1.
     Demo(demo::Args),
     /// Create a certificate authority or issue certificates from one.
     #[command(subcommand)]

@@ -245,32 +245,33 @@ fn bad_input_gets_one_clear_line() {
 }
 
 #[test]
-fn demo_shows_mutual_tls_and_refusals() {
+fn demo_runs_the_mesh_and_shows_what_each_callee_saw() {
     let tmp = tempfile::tempdir().unwrap();
-    let o = warden(&["demo"], tmp.path());
+    let o = warden(&["demo", "--once"], tmp.path());
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
     let text = stdout(&o);
     let rows: Vec<&str> = text.lines().collect();
-    assert_eq!(rows.len(), 5, "header + 4 rows:\n{text}");
+    assert_eq!(rows.len(), 4, "header + 3 rows:\n{text}");
+    assert!(rows[0].contains("CLIENT IDENTITY THE CALLEE SAW"), "{text}");
+    let mtls = "200      TLSv1.3/X25519MLKEM768  ";
     assert!(
-        rows[1].starts_with("frontend") && rows[1].contains(" ok "),
+        rows[1].starts_with("frontend") && rows[1].contains(mtls),
         "{text}"
     );
     assert!(
-        rows[1].contains("TLS 1.3")
-            && rows[1].ends_with("spiffe://cluster.local/ns/demo/sa/frontend")
+        rows[1].ends_with("spiffe://cluster.local/ns/demo/sa/frontend"),
+        "{text}"
     );
     assert!(
-        rows[2].starts_with("backend")
-            && rows[2].ends_with("spiffe://cluster.local/ns/demo/sa/backend")
+        rows[2].starts_with("backend") && rows[2].contains(mtls),
+        "{text}"
     );
     assert!(
-        rows[3].starts_with("intruder")
-            && rows[3].contains("refused")
-            && rows[3].contains("UnknownIssuer")
+        rows[2].ends_with("spiffe://cluster.local/ns/demo/sa/backend"),
+        "{text}"
     );
     assert!(
-        rows[4].starts_with("plaintext") && rows[4].contains("refused"),
+        rows[3].starts_with("plaintext client") && rows[3].contains("refused"),
         "{text}"
     );
 }
@@ -380,4 +381,111 @@ fn identity_service_issues_reports_ready_and_stops_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
+}
+
+#[test]
+fn proxy_check_config_prints_the_resolved_config_or_one_error_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("proxy.yaml"),
+        "inbound:\n  - listen: 127.0.0.1:7143\n    app: 127.0.0.1:8080\ntimeouts: {detect: 1s}\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["proxy", "--config", "proxy.yaml", "--check-config"])
+        .env("WARDEN_POD_NAMESPACE", "shop")
+        .env("WARDEN_POD_SERVICE_ACCOUNT", "web")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let yaml = stdout(&o);
+    for needle in [
+        "expected_id: spiffe://cluster.local/ns/shop/sa/web",
+        "server_id: spiffe://cluster.local/ns/warden-system/sa/warden-identity",
+        "app: 127.0.0.1:8080",
+        "detect: 1s",
+        "connect: 3s",
+    ] {
+        assert!(yaml.contains(needle), "{needle:?} not in:\n{yaml}");
+    }
+    std::fs::write(dir.join("bad.yaml"), "timeouts: {detect: soon}\n").unwrap();
+    let o = warden(&["proxy", "--config", "bad.yaml", "--check-config"], dir);
+    assert_one_line_error(&o, 1, "bad.yaml");
+    assert!(
+        stderr(&o).contains("invalid duration \"soon\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn proxy_gets_its_identity_from_the_identity_service_and_stops_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    assert!(warden(&["ca", "init", "--dir", "ca"], dir).status.success());
+    let id = "spiffe://cluster.local/ns/shop/sa/web";
+    let o = warden(&["ca", "join-token", "--tokens", "tokens", "--id", id], dir);
+    std::fs::write(dir.join("token"), stdout(&o).trim()).unwrap();
+    let mut identity = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "identity",
+            "--ca-dir",
+            "ca",
+            "--auth",
+            "join-tokens",
+            "--join-tokens",
+            "tokens",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (https, _) = wait_for_serving(&mut identity);
+
+    let mut proxy = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("proxy")
+        .env("WARDEN_IDENTITY_URL", format!("https://{https}"))
+        .env("WARDEN_IDENTITY_TOKEN_FILE", dir.join("token"))
+        .env("WARDEN_TRUST_BUNDLE", dir.join("ca/bundle.crt"))
+        .env("WARDEN_POD_NAMESPACE", "shop")
+        .env("WARDEN_POD_SERVICE_ACCOUNT", "web")
+        .env("WARDEN_ADMIN_LISTEN", "127.0.0.1:0")
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let admin = {
+        use std::io::BufRead;
+        let stderr = proxy.stderr.take().unwrap();
+        let line = std::io::BufReader::new(stderr)
+            .lines()
+            .map(|l| l.unwrap())
+            .find(|l| l.starts_with("warden proxy: admin http://"))
+            .expect("the proxy prints its addresses");
+        line["warden proxy: admin http://".len()..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let mut ready = String::new();
+    for _ in 0..100 {
+        ready = http_get(&admin, "/ready");
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(ready.contains(&format!("ready: {id}")), "{ready}");
+    for child in [&mut proxy, &mut identity] {
+        let kill = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        assert!(child.wait().unwrap().success(), "clean exit on SIGTERM");
+    }
 }

@@ -51,7 +51,7 @@ pub enum ConfigError {
 }
 
 /// The proxy's whole configuration.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     /// The trust domain of this workload and of the peers it accepts.
@@ -198,21 +198,6 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
 }
 
-impl Default for ProxyConfig {
-    fn default() -> Self {
-        Self {
-            trust_domain: TrustDomain::default(),
-            identity: IdentityConfig::default(),
-            admin: AdminConfig::default(),
-            inbound: Vec::new(),
-            outbound: Vec::new(),
-            opaque_ports: Vec::new(),
-            timeouts: Timeouts::default(),
-            limits: Limits::default(),
-        }
-    }
-}
-
 impl Default for IdentityConfig {
     fn default() -> Self {
         Self {
@@ -262,6 +247,12 @@ impl Default for Limits {
     }
 }
 
+/// The first line of a parser message, without a leading "error: ".
+fn one_line(message: &str) -> String {
+    let first = message.lines().next().unwrap_or(message).trim();
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
 mod human_duration {
     use std::time::Duration;
 
@@ -281,9 +272,11 @@ impl ProxyConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut options = serde_saphyr::options::Options::default();
+        options.with_snippet = false; // errors are one line: file, line, column, problem
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| ConfigError::Parse {
             source_name: source_name.to_string(),
-            reason: e.to_string(),
+            reason: one_line(&e.to_string()),
         })
     }
 

@@ -30,14 +30,18 @@ pub struct MeshStream {
 
 type CacheKey = (Option<SpiffeId>, &'static [u8]);
 
+/// Client configurations built from one generation of credentials.
+#[derive(Debug, Default)]
+struct ConfigCache {
+    built_from: Option<Arc<Credentials>>,
+    configs: HashMap<CacheKey, Arc<ClientConfig>>,
+}
+
 /// Opens mTLS connections to peer proxies.
 #[derive(Debug)]
 pub struct MeshConnector {
     credentials: watch::Receiver<Arc<Credentials>>,
-    cache: Mutex<(
-        Option<Arc<Credentials>>,
-        HashMap<CacheKey, Arc<ClientConfig>>,
-    )>,
+    cache: Mutex<ConfigCache>,
     connect_timeout: Duration,
     handshake_timeout: Duration,
 }
@@ -51,7 +55,7 @@ impl MeshConnector {
     ) -> Self {
         Self {
             credentials,
-            cache: Mutex::new((None, HashMap::new())),
+            cache: Mutex::new(ConfigCache::default()),
             connect_timeout,
             handshake_timeout,
         }
@@ -64,12 +68,19 @@ impl MeshConnector {
     ) -> Result<Arc<ClientConfig>, ProxyError> {
         let current = self.credentials.borrow().clone();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if !cache.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, &current)) {
+        if !cache
+            .built_from
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, &current))
+        {
             // The SVID rotated: configs built with the old one are stale.
-            *cache = (Some(current.clone()), HashMap::new());
+            *cache = ConfigCache {
+                built_from: Some(current.clone()),
+                configs: HashMap::new(),
+            };
         }
         let key = (expected.cloned(), alpn);
-        if let Some(config) = cache.1.get(&key) {
+        if let Some(config) = cache.configs.get(&key) {
             return Ok(config.clone());
         }
         let peer = match expected {
@@ -82,7 +93,7 @@ impl MeshConnector {
                 reason: e.to_string(),
             })?;
         let config = Arc::new(config);
-        cache.1.insert(key, config.clone());
+        cache.configs.insert(key, config.clone());
         Ok(config)
     }
 

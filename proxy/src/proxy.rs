@@ -16,7 +16,7 @@ use warden_identity::tls::ClientAuth;
 use warden_identity::{TrustBundle, TrustStore};
 
 use crate::authz::Authorizer;
-use crate::config::{ProxyConfig, RouteProtocol};
+use crate::config::{OutboundRoute, ProxyConfig, RouteProtocol};
 use crate::inbound::{self, http::AppClients, InboundTarget};
 use crate::mesh::MeshConnector;
 use crate::outbound::{self, pool::Pool, OutboundTarget};
@@ -88,23 +88,38 @@ impl Listeners {
                 },
             ));
         }
-        let mut outbound = Vec::new();
-        for (i, r) in config.outbound.iter().enumerate() {
-            let listener = bind(format!("outbound[{i}].listen"), r.listen).await?;
-            outbound.push((
-                listener,
-                OutboundTarget {
-                    addr: r.destination,
-                    expected: r.identity.clone(),
-                    opaque: r.protocol == RouteProtocol::Opaque,
-                },
-            ));
-        }
-        Ok(Self {
+        let mut listeners = Self {
             admin,
             inbound,
-            outbound,
-        })
+            outbound: Vec::new(),
+        };
+        for (i, route) in config.outbound.iter().enumerate() {
+            listeners
+                .add_outbound(format!("outbound[{i}].listen"), route)
+                .await?;
+        }
+        Ok(listeners)
+    }
+
+    /// Binds one more outbound route (`field` names it in errors).
+    pub async fn add_outbound(
+        &mut self,
+        field: String,
+        route: &OutboundRoute,
+    ) -> Result<SocketAddr, StartError> {
+        let listener = bind(field, route.listen).await?;
+        let addr = listener.local_addr().map_err(|e| StartError::Bind {
+            field: "outbound".into(),
+            addr: route.listen,
+            reason: e.to_string(),
+        })?;
+        let target = OutboundTarget {
+            addr: route.destination,
+            expected: route.identity.clone(),
+            opaque: route.protocol == RouteProtocol::Opaque,
+        };
+        self.outbound.push((listener, target));
+        Ok(addr)
     }
 
     /// The bound addresses.

@@ -150,6 +150,8 @@ pub async fn http_app() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 /// A WebSocket app echoing every message, prefixed with what it saw of the caller.
+// The handshake callback's signature (with its large error type) is tungstenite's.
+#[allow(clippy::result_large_err)]
 pub async fn websocket_app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -349,3 +349,30 @@ async fn connections_over_the_limit_are_refused_and_counted() {
         .render()
         .contains("warden_connections_refused_total{direction=\"outbound\"}"));
 }
+
+#[tokio::test]
+async fn oversized_headers_are_refused_before_reaching_anyone() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    // 100 KiB of headers against the default 64 KiB limit.
+    let mut tcp = TcpStream::connect(pair.outbound).await.unwrap();
+    let big = "x".repeat(100 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nhost: s\r\nx-big: {big}\r\n\r\n");
+    let _ = tcp.write_all(req.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    // The proxy goes on serving others.
+    let (status, _, _) = get(pair.outbound, "/").await;
+    assert_eq!(status, 200);
+}
