@@ -23,13 +23,8 @@ pub enum ConfigError {
         reason: String,
     },
     /// The YAML is malformed or has unknown or mistyped fields.
-    #[error("{source_name}: {reason}")]
-    Parse {
-        /// The file (or "config").
-        source_name: String,
-        /// The parser's message, with the location.
-        reason: String,
-    },
+    #[error(transparent)]
+    Parse(#[from] warden_core::yaml::YamlError),
     /// An environment variable has a bad value.
     #[error("environment variable {name}={value:?}: {reason}")]
     Env {
@@ -247,12 +242,6 @@ impl Default for Limits {
     }
 }
 
-/// The first line of a parser message, without a leading "error: ".
-fn one_line(message: &str) -> String {
-    let first = message.lines().next().unwrap_or(message).trim();
-    first.strip_prefix("error: ").unwrap_or(first).to_string()
-}
-
 mod human_duration {
     use std::time::Duration;
 
@@ -272,12 +261,7 @@ impl ProxyConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let mut options = serde_saphyr::options::Options::default();
-        options.with_snippet = false; // errors are one line: file, line, column, problem
-        serde_saphyr::from_str_with_options(text, options).map_err(|e| ConfigError::Parse {
-            source_name: source_name.to_string(),
-            reason: one_line(&e.to_string()),
-        })
+        Ok(warden_core::yaml::from_str(text, source_name)?)
     }
 
     /// Loads the file (if any), applies environment overrides from `vars`, and validates.
@@ -542,7 +526,10 @@ limits:
             ("trust_domain: Example.org", "invalid SPIFFE ID"),
             ("bogus: 1", "bogus"),
             ("timeouts: {detect: 5 parsecs}", "invalid duration"),
-            ("inbound: [{listen: nowhere, app: 127.0.0.1:1}]", "nowhere"),
+            (
+                "inbound: [{listen: nowhere, app: 127.0.0.1:1}]",
+                "invalid socket address syntax at line 1, column 20",
+            ),
             (
                 "outbound: [{listen: 127.0.0.1:1, destination: 127.0.0.1:2, identity: spiffe://x}]",
                 "has no path",

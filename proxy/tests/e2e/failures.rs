@@ -376,3 +376,51 @@ async fn oversized_headers_are_refused_before_reaching_anyone() {
     let (status, _, _) = get(pair.outbound, "/").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn nothing_is_served_before_the_proxy_has_a_certificate() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let mut config = mesh.workload("early");
+    config.identity.url = format!("https://{}", closed_port().await); // the CA is down
+    config.inbound = vec![warden_proxy::config::InboundListener {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        app,
+        protocol: AppProtocol::Auto,
+    }];
+    config.outbound = vec![warden_proxy::config::OutboundRoute {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        destination: app,
+        identity: None,
+        protocol: RouteProtocol::Detect,
+    }];
+    let listeners = warden_proxy::proxy::Listeners::bind(&config).await.unwrap();
+    let addrs = listeners.addrs();
+    let source = warden_proxy::proxy::cert_source(&config).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(warden_proxy::proxy::run(
+        config,
+        listeners,
+        source,
+        Authorizer::allow_all(),
+        mesh.metrics.clone(),
+        shutdown.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ready = raw_get(addrs.admin, "/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("waiting for a certificate"), "{ready}");
+    for addr in [addrs.outbound[0], addrs.inbound[0]] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let _ = tcp.write_all(b"GET / HTTP/1.1\r\nhost: s\r\n\r\n").await;
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_millis(500), tcp.read(&mut buf)).await;
+        assert!(read.is_err(), "no answer before a certificate");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .unwrap()
+        .unwrap();
+}
