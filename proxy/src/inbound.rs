@@ -16,7 +16,6 @@ use warden_identity::tls;
 
 use crate::authz::{AuthzRequest, Verdict};
 use crate::config::AppProtocol;
-use crate::io::copy_bidirectional;
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
 
@@ -138,27 +137,14 @@ async fn forward_tcp(
         }
     };
     let _ = app.set_nodelay(true);
-    let result = tokio::select! {
-        r = copy_bidirectional(stream, app, shared.config.timeouts.idle) => r,
-        _ = run.hard_stop.cancelled() => return Err(()),
-    };
-    let (moved, failed) = match result {
-        Ok(moved) => (moved, false),
-        Err((e, moved)) => {
-            tracing::debug!(client = %conn.client, error = %e, "inbound TCP ended");
-            (moved, true)
-        }
-    };
-    metrics::tcp_bytes(
+    let idle = shared.config.timeouts.idle;
+    run.relay(
+        stream,
+        app,
+        idle,
         Direction::Inbound,
         conn.client.as_str(),
         &shared.own_id(),
-        moved.a_to_b,
-        moved.b_to_a,
-    );
-    if failed {
-        Err(())
-    } else {
-        Ok(())
-    }
+    )
+    .await
 }

@@ -16,8 +16,8 @@ use warden_core::contract::ALPN_TCP;
 use warden_core::SpiffeId;
 
 use crate::detect::{detect, Detection, Protocol, MAX_REQUEST_LINE};
-use crate::io::{copy_bidirectional, PrefixedIo};
-use crate::metrics::{self, Direction};
+use crate::io::PrefixedIo;
+use crate::metrics::Direction;
 use crate::shared::{RunControl, Shared};
 
 /// Where an app connection accepted on an outbound listener goes.
@@ -115,30 +115,15 @@ async fn forward_tcp(
             return Err(());
         }
     };
-    let own = shared.own_id();
     let app = PrefixedIo::new(prefix, tcp);
-    let copy = copy_bidirectional(app, mesh.stream, shared.config.timeouts.idle);
-    let result = tokio::select! {
-        r = copy => r,
-        _ = run.hard_stop.cancelled() => return Err(()),
-    };
-    let (moved, failed) = match result {
-        Ok(moved) => (moved, false),
-        Err((e, moved)) => {
-            tracing::debug!(destination = %target.addr, error = %e, "outbound TCP ended");
-            (moved, true)
-        }
-    };
-    metrics::tcp_bytes(
+    let idle = shared.config.timeouts.idle;
+    run.relay(
+        app,
+        mesh.stream,
+        idle,
         Direction::Outbound,
-        &own,
+        &shared.own_id(),
         mesh.peer.as_str(),
-        moved.a_to_b,
-        moved.b_to_a,
-    );
-    if failed {
-        Err(())
-    } else {
-        Ok(())
-    }
+    )
+    .await
 }

@@ -60,6 +60,36 @@ impl RunControl {
         }
     }
 
+    /// Relays bytes between `a` and `b` until both finish, the connection idles out, or the
+    /// hard stop; counts the bytes under `client_id`/`server_id`. `Err(())` if it ended badly.
+    pub async fn relay<A, B>(
+        &self,
+        a: A,
+        b: B,
+        idle: std::time::Duration,
+        direction: crate::metrics::Direction,
+        client_id: &str,
+        server_id: &str,
+    ) -> Result<(), ()>
+    where
+        A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let result = tokio::select! {
+            r = crate::io::copy_bidirectional(a, b, idle) => r,
+            _ = self.hard_stop.cancelled() => return Err(()),
+        };
+        let (moved, outcome) = match result {
+            Ok(moved) => (moved, Ok(())),
+            Err((e, moved)) => {
+                tracing::debug!(direction = direction.as_str(), client = client_id, server = server_id, error = %e, "TCP relay ended");
+                (moved, Err(()))
+            }
+        };
+        crate::metrics::tcp_bytes(direction, client_id, server_id, moved.a_to_b, moved.b_to_a);
+        outcome
+    }
+
     /// Drives an HTTP connection; at shutdown asks it to finish gracefully (`graceful`:
     /// HTTP/1 closes after the current response, HTTP/2 sends GOAWAY), and drops it at the
     /// hard stop.

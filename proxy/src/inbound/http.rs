@@ -266,17 +266,6 @@ async fn upgrade_to_app(
     *ok.headers_mut() = response.headers().clone();
     strip_hop_by_hop(ok.headers_mut());
     let idle = shared.config.timeouts.idle;
-    tokio::spawn(async move {
-        match tokio::try_join!(peer_upgrade, app_upgrade) {
-            Ok((peer, app)) => {
-                if let Err((e, _)) =
-                    crate::io::copy_bidirectional(TokioIo::new(peer), TokioIo::new(app), idle).await
-                {
-                    tracing::debug!(error = %e, "inbound upgraded connection ended");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "inbound upgrade failed"),
-        }
-    });
+    crate::http::bridge_upgrades(peer_upgrade, app_upgrade, idle, "inbound");
     Ok(ok)
 }

@@ -200,17 +200,6 @@ fn tunnel(
         h.insert(header::UPGRADE, v);
     }
     let idle = shared.config.timeouts.idle;
-    tokio::spawn(async move {
-        match tokio::try_join!(app_upgrade, peer_upgrade) {
-            Ok((app, peer)) => {
-                if let Err((e, _)) =
-                    crate::io::copy_bidirectional(TokioIo::new(app), TokioIo::new(peer), idle).await
-                {
-                    tracing::debug!(error = %e, "outbound upgraded connection ended");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "outbound upgrade failed"),
-        }
-    });
+    crate::http::bridge_upgrades(app_upgrade, peer_upgrade, idle, "outbound");
     switching
 }
