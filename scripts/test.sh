@@ -8,6 +8,11 @@ cd "$(dirname "$0")/.."
 # command -> Debian package that provides it
 declare -A tools=(
   [openssl]=openssl
+  [ip]=iproute2
+  [iptables-restore]=iptables
+  [ip6tables-restore]=iptables
+  [tcpdump]=tcpdump
+  [setpriv]=util-linux
 )
 missing=()
 for cmd in "${!tools[@]}"; do
@@ -18,7 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # shellcheck disable=SC2046 # de-duplicated package names, word splitting intended
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+    $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
 log=$(mktemp)

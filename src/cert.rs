@@ -37,10 +37,12 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             for (i, der) in certs.iter().enumerate() {
                 let summary = inspect::summarize(der)
                     .map_err(|e| anyhow::anyhow!("{}: certificate {i}: {e}", file.display()))?;
-                if certs.len() > 1 {
-                    println!("--- certificate {i} of {}", certs.len());
-                }
-                println!("{summary}");
+                let header = if certs.len() > 1 {
+                    format!("--- certificate {i} of {}\n", certs.len())
+                } else {
+                    String::new()
+                };
+                crate::output::print(&format!("{header}{summary}\n"));
             }
             Ok(ExitCode::SUCCESS)
         }

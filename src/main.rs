@@ -5,6 +5,8 @@ mod ca;
 mod cert;
 mod demo;
 mod identity;
+mod init;
+mod output;
 mod proxy;
 mod signals;
 
@@ -40,6 +42,8 @@ enum Command {
     Identity(Box<identity::Args>),
     /// Run the per-pod proxy (inbound, outbound, admin), or check its configuration.
     Proxy(proxy::Args),
+    /// Install (or --remove) the pod's traffic interception rules (iptables, IPv4 and IPv6).
+    Init(init::Args),
 }
 
 fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
@@ -65,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cert(cmd) => cert::run(cmd),
         Command::Identity(args) => identity::run(*args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Init(args) => init::run(args),
     }
 }
 

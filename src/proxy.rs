@@ -25,7 +25,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let vars = std::env::vars().collect();
     let config = ProxyConfig::load(args.config.as_deref(), &vars)?;
     if args.check_config {
-        print!("{}", config.to_yaml());
+        crate::output::print(&config.to_yaml());
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -61,6 +61,21 @@ pub mod env {
     pub const ADMIN_LISTEN: &str = "WARDEN_ADMIN_LISTEN";
     /// `opaque_ports`: comma-separated destination ports always proxied as opaque TCP.
     pub const OPAQUE_PORTS: &str = "WARDEN_OPAQUE_PORTS";
+    /// `transparent.enabled`: `true` in pods, where `warden init` redirects traffic.
+    pub const TRANSPARENT: &str = "WARDEN_TRANSPARENT";
+    /// `transparent.mesh_networks`: comma-separated CIDRs proxied with mTLS; other
+    /// destinations pass through as egress.
+    pub const MESH_NETWORKS: &str = "WARDEN_MESH_NETWORKS";
+    /// `inbound_mode`: `strict` or `permissive`.
+    pub const INBOUND_MODE: &str = "WARDEN_INBOUND_MODE";
+}
+
+/// Names of the iptables chains `warden init` owns (and `--remove` deletes).
+pub mod chains {
+    /// nat/PREROUTING jumps here: inbound TCP to the inbound port.
+    pub const INBOUND: &str = "WARDEN_INBOUND";
+    /// nat/OUTPUT jumps here: the app's outbound TCP to the outbound port.
+    pub const OUTPUT: &str = "WARDEN_OUTPUT";
 }
 
 /// Request headers the inbound proxy sets for the app (and strips when a client sends them).

@@ -6,9 +6,11 @@
 
 #![warn(missing_docs)]
 
+pub mod cidr;
 pub mod contract;
 pub mod duration;
 pub mod spiffe;
 pub mod yaml;
 
+pub use cidr::Cidr;
 pub use spiffe::{InvalidSpiffeId, SpiffeId, SpiffeIdError, TrustDomain};

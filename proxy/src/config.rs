@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warden_core::contract::{self, env};
-use warden_core::{SpiffeId, TrustDomain};
+use warden_core::{Cidr, SpiffeId, TrustDomain};
 
 /// Why the configuration is unusable. Each names the input and the field.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,59 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     /// Size and count limits.
     pub limits: Limits,
+    /// Transparent mode: serving connections redirected by `warden init`'s iptables rules.
+    pub transparent: TransparentConfig,
+    /// Whether inbound listeners accept plaintext from callers without a sidecar.
+    pub inbound_mode: InboundMode,
+}
+
+/// What the inbound listeners do with plaintext (non-TLS) connections.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InboundMode {
+    /// Refuse them: only mTLS from peer proxies (the default, zero trust).
+    #[default]
+    Strict,
+    /// Accept them as an unauthenticated caller, subject to policy (while adopting the mesh).
+    Permissive,
+}
+
+/// Transparent mode (pods): the iptables rules send inbound TCP to `inbound_port` and the
+/// app's outbound TCP to `outbound_port`; the original destination comes from conntrack.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransparentConfig {
+    /// Serve the redirected ports.
+    pub enabled: bool,
+    /// Where redirected inbound TCP arrives (all addresses, IPv4 and IPv6).
+    pub inbound_port: u16,
+    /// Where the app's redirected outbound TCP arrives (loopback only).
+    pub outbound_port: u16,
+    /// Destinations in these networks are meshed (mTLS to their proxy); others pass through
+    /// as plain TCP egress, counted separately.
+    pub mesh_networks: Vec<Cidr>,
+}
+
+impl Default for TransparentConfig {
+    fn default() -> Self {
+        let private = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"];
+        Self {
+            enabled: false,
+            inbound_port: contract::INBOUND_PORT,
+            outbound_port: contract::OUTBOUND_PORT,
+            mesh_networks: private
+                .iter()
+                .map(|c| Cidr::parse(c).expect("valid built-in networks"))
+                .collect(),
+        }
+    }
+}
+
+impl TransparentConfig {
+    /// Whether `ip` is a meshed destination.
+    pub fn is_mesh(&self, ip: std::net::IpAddr) -> bool {
+        self.mesh_networks.iter().any(|net| net.contains(ip))
+    }
 }
 
 /// Where and how to obtain this workload's SVID.
@@ -328,6 +381,20 @@ impl ProxyConfig {
                             .collect::<Result<Vec<_>, _>>()
                     })?
                 }
+                env::TRANSPARENT => {
+                    self.transparent.enabled = parsed(env::TRANSPARENT, value, str::parse::<bool>)?
+                }
+                env::MESH_NETWORKS => {
+                    self.transparent.mesh_networks =
+                        parsed(env::MESH_NETWORKS, value, warden_core::cidr::parse_list)?
+                }
+                env::INBOUND_MODE => {
+                    self.inbound_mode = parsed(env::INBOUND_MODE, value, |v| match v {
+                        "strict" => Ok(InboundMode::Strict),
+                        "permissive" => Ok(InboundMode::Permissive),
+                        _ => Err("expected strict or permissive"),
+                    })?
+                }
                 _ => {}
             }
         }
@@ -394,6 +461,23 @@ impl ProxyConfig {
         }
         for (i, r) in self.outbound.iter().enumerate() {
             claim(format!("outbound[{i}].listen"), r.listen)?;
+        }
+        if self.transparent.enabled {
+            let t = &self.transparent;
+            if t.inbound_port == t.outbound_port || t.inbound_port == 0 || t.outbound_port == 0 {
+                return Err(invalid(
+                    "transparent",
+                    "inbound_port and outbound_port must be distinct, non-zero ports".into(),
+                ));
+            }
+            claim(
+                "transparent.inbound_port".into(),
+                SocketAddr::from(([0, 0, 0, 0], t.inbound_port)),
+            )?;
+            claim(
+                "transparent.outbound_port".into(),
+                SocketAddr::from(([127, 0, 0, 1], t.outbound_port)),
+            )?;
         }
         for (field, value) in [
             ("identity.namespace", &self.identity.namespace),
@@ -587,6 +671,9 @@ limits:
             (env::POD_SERVICE_ACCOUNT, "api"),
             (env::OPAQUE_PORTS, "25, 6379"),
             (env::ADMIN_LISTEN, "0.0.0.0:17191"),
+            (env::TRANSPARENT, "true"),
+            (env::MESH_NETWORKS, "10.213.0.0/16,fd00:213::/64"),
+            (env::INBOUND_MODE, "permissive"),
             ("UNRELATED", "ignored"),
         ]);
         let c = ProxyConfig::load(Some(&path), &env).unwrap();
@@ -598,6 +685,15 @@ limits:
         );
         assert_eq!(c.opaque_ports, vec![25, 6379]);
         assert_eq!(c.admin.listen.port(), 17191);
+        assert!(c.transparent.enabled);
+        assert!(c.transparent.is_mesh("10.213.0.2".parse().unwrap()));
+        assert!(!c.transparent.is_mesh("10.214.0.2".parse().unwrap()));
+        assert_eq!(c.inbound_mode, InboundMode::Permissive);
+        let err = ProxyConfig::load(None, &vars(&[(env::INBOUND_MODE, "lax")])).unwrap_err();
+        assert!(
+            err.to_string().contains("expected strict or permissive"),
+            "{err}"
+        );
 
         let bad = vars(&[(env::OPAQUE_PORTS, "25,smtp")]);
         let err = ProxyConfig::load(None, &bad).unwrap_err().to_string();

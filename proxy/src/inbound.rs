@@ -1,6 +1,8 @@
 //! Inbound: mTLS from peer proxies, terminated here. The client must present a valid SVID;
 //! ALPN says what follows: `warden/h2` (HTTP, forwarded to the app as it speaks) or
 //! `warden/tcp` (bytes). Every request and connection passes the authorization hook first.
+//! In permissive mode, plaintext from callers without a sidecar is accepted as
+//! unauthenticated (still subject to the hook); in strict mode it is refused.
 
 pub mod http;
 
@@ -8,16 +10,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
 use warden_core::contract::{ALPN_HTTP2, ALPN_TCP};
 use warden_core::SpiffeId;
 use warden_identity::tls;
 
 use crate::authz::{AuthzRequest, Verdict};
-use crate::config::AppProtocol;
+use crate::config::{AppProtocol, InboundMode};
+use crate::detect::Protocol;
+use crate::io::{read_preface, PrefixedIo};
 use crate::metrics::{self, Direction};
-use crate::shared::{RunControl, Shared};
+use crate::original_dst::original_dst;
+use crate::shared::{Accounting, RunControl, Shared};
 
 /// Where traffic accepted on an inbound listener goes.
 #[derive(Debug, Clone)]
@@ -28,24 +33,37 @@ pub struct InboundTarget {
     pub protocol: AppProtocol,
 }
 
-/// One accepted, authenticated mesh connection.
+/// How an inbound listener finds the app for each connection.
+#[derive(Debug, Clone)]
+pub enum AppTarget {
+    /// A configured app (explicit mode).
+    Fixed(InboundTarget),
+    /// The original destination of a redirected connection (transparent mode).
+    OriginalDst,
+}
+
+/// One accepted inbound connection.
 #[derive(Debug)]
 pub struct InboundConn {
-    /// The peer's verified identity.
-    pub client: SpiffeId,
+    /// The peer's verified identity; `None` for a permissive-mode plaintext caller.
+    pub client: Option<SpiffeId>,
     /// `TLSv1.3/X25519MLKEM768`-style description of the hop, for the app.
-    pub tls: String,
+    pub tls: Option<String>,
     /// Where its traffic goes.
     pub target: InboundTarget,
 }
 
+impl InboundConn {
+    /// The caller for metrics and logs.
+    pub fn client_label(&self) -> &str {
+        self.client
+            .as_ref()
+            .map_or("unauthenticated", SpiffeId::as_str)
+    }
+}
+
 /// Serves one inbound listener until shutdown.
-pub async fn serve(
-    listener: TcpListener,
-    target: InboundTarget,
-    shared: Arc<Shared>,
-    run: RunControl,
-) {
+pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Shared>, run: RunControl) {
     let target = Arc::new(target);
     let max = shared.config.limits.max_connections;
     let control = run.clone();
@@ -58,10 +76,27 @@ pub async fn serve(
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
-    target: Arc<InboundTarget>,
+    target: Arc<AppTarget>,
     shared: Arc<Shared>,
     run: RunControl,
 ) -> Result<(), ()> {
+    let target = match &*target {
+        AppTarget::Fixed(target) => target.clone(),
+        AppTarget::OriginalDst => {
+            let app = original_dst(&tcp).map_err(|e| {
+                tracing::info!(%peer, error = %e, "inbound connection was not redirected; closing");
+            })?;
+            InboundTarget {
+                app,
+                protocol: AppProtocol::Auto,
+            }
+        }
+    };
+    if shared.config.inbound_mode == InboundMode::Permissive
+        && !starts_with_tls(&tcp, &shared).await?
+    {
+        return plaintext(tcp, target, &shared, &run).await;
+    }
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.credentials.borrow().server.clone());
     let started = Instant::now();
     let stream =
@@ -81,9 +116,10 @@ async fn handle(
         };
     metrics::tls_handshake(Direction::Inbound, "success", started.elapsed());
     let (_, conn) = stream.get_ref();
-    let Some(client) = tls::peer_identity(conn) else {
+    let client = tls::peer_identity(conn);
+    if client.is_none() {
         return Err(()); // unreachable: the verifier requires an SVID
-    };
+    }
     let version = conn
         .protocol_version()
         .map_or("-".into(), |v| format!("{v:?}").replace('_', "."));
@@ -91,11 +127,13 @@ async fn handle(
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let inbound = Arc::new(InboundConn {
         client,
-        tls: tls_desc,
-        target: (*target).clone(),
+        tls: Some(tls_desc),
+        target,
     });
     match alpn.as_deref() {
-        Some(p) if p == ALPN_HTTP2 => http::serve(stream, inbound, shared, run).await,
+        Some(p) if p == ALPN_HTTP2 => {
+            http::serve(stream, Protocol::Http2, inbound, shared, run).await
+        }
         Some(p) if p == ALPN_TCP => forward_tcp(stream, &inbound, &shared, &run).await,
         _ => {
             tracing::info!(%peer, "inbound connection without a Warden ALPN; closing");
@@ -104,20 +142,56 @@ async fn handle(
     }
 }
 
+/// Whether the connection opens with a TLS handshake record (peeked, not consumed).
+async fn starts_with_tls(tcp: &TcpStream, shared: &Shared) -> Result<bool, ()> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(shared.config.timeouts.detect, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => Ok(first[0] == 0x16),
+        Ok(_) => Err(()),
+        // Silent: a plaintext server-speaks-first client.
+        Err(_) => Ok(false),
+    }
+}
+
+/// Permissive mode: a caller without a sidecar, as an unauthenticated client.
+async fn plaintext(
+    mut tcp: TcpStream,
+    target: InboundTarget,
+    shared: &Arc<Shared>,
+    run: &RunControl,
+) -> Result<(), ()> {
+    let (protocol, prefix) = read_preface(&mut tcp, shared.config.timeouts.detect).await?;
+    let conn = Arc::new(InboundConn {
+        client: None,
+        tls: None,
+        target,
+    });
+    let io = PrefixedIo::new(prefix, tcp);
+    match protocol {
+        Protocol::Http1 | Protocol::Http2 => {
+            http::serve(io, protocol, conn, shared.clone(), run.clone()).await
+        }
+        Protocol::Opaque => forward_tcp(io, &conn, shared, run).await,
+    }
+}
+
 /// Opaque TCP to the app, if the hook allows the connection.
-async fn forward_tcp(
-    stream: TlsStream<TcpStream>,
+async fn forward_tcp<I>(
+    stream: I,
     conn: &InboundConn,
     shared: &Shared,
     run: &RunControl,
-) -> Result<(), ()> {
+) -> Result<(), ()>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
     let request = AuthzRequest {
-        client: Some(&conn.client),
+        client: conn.client.as_ref(),
         port: conn.target.app.port(),
         http: None,
     };
     if let Verdict::Deny { policy } = shared.authz.check(&request) {
-        tracing::info!(client = %conn.client, port = request.port, %policy, "inbound TCP denied");
+        tracing::info!(client = conn.client_label(), port = request.port, %policy, "inbound TCP denied");
         return Err(()); // closed before any byte reaches the app
     }
     let app = match tokio::time::timeout(
@@ -137,14 +211,12 @@ async fn forward_tcp(
         }
     };
     let _ = app.set_nodelay(true);
-    let idle = shared.config.timeouts.idle;
-    run.relay(
-        stream,
-        app,
-        idle,
-        Direction::Inbound,
-        conn.client.as_str(),
-        &shared.own_id(),
-    )
-    .await
+    let own = shared.own_id();
+    let accounting = Accounting::Mesh {
+        direction: Direction::Inbound,
+        client_id: conn.client_label(),
+        server_id: &own,
+    };
+    run.relay(stream, app, shared.config.timeouts.idle, accounting)
+        .await
 }

@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::detect::{detect, Detection, Protocol, MAX_REQUEST_LINE};
 
 /// A stream whose first bytes were already read (to detect the protocol): reads return them
 /// first, then continue from the stream.
@@ -71,6 +73,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// Reads a connection's first bytes until its protocol is known. No bytes within `timeout`
+/// (a server-speaks-first protocol) or a non-HTTP start means opaque. Returns the protocol
+/// and the bytes read, to be replayed with [`PrefixedIo`]; `Err` if the peer closed first.
+pub async fn read_preface<R: AsyncRead + Unpin>(
+    io: &mut R,
+    timeout: Duration,
+) -> Result<(Protocol, Bytes), ()> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        if let Detection::Known(protocol) = detect(&buf) {
+            return Ok((protocol, buf.freeze()));
+        }
+        if buf.len() >= MAX_REQUEST_LINE {
+            return Ok((Protocol::Opaque, buf.freeze()));
+        }
+        buf.reserve(1024);
+        match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
+            Err(_) => return Ok((Protocol::Opaque, buf.freeze())),
+            Ok(Ok(0)) if buf.is_empty() => return Err(()),
+            Ok(Ok(0)) => return Ok((Protocol::Opaque, buf.freeze())),
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return Err(()),
+        }
     }
 }
 

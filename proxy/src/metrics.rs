@@ -67,6 +67,15 @@ pub fn describe() {
         "warden_connections_refused_total",
         "Connections refused because a listener was at its connection limit, by direction."
     );
+    describe_counter!(
+        "warden_egress_connections_total",
+        "App connections to destinations outside the mesh networks, passed through as plain TCP."
+    );
+    describe_counter!(
+        "warden_egress_bytes_total",
+        Unit::Bytes,
+        "Bytes passed through to destinations outside the mesh, by flow (sent, received)."
+    );
 }
 
 /// An HTTP request's outcome.
@@ -134,4 +143,15 @@ pub fn tls_handshake(direction: Direction, result: &'static str, elapsed: Durati
 /// A connection refused at the connection limit.
 pub fn refused(direction: Direction) {
     counter!("warden_connections_refused_total", "direction" => direction.as_str()).increment(1);
+}
+
+/// A connection to a destination outside the mesh networks (egress).
+pub fn egress_opened() {
+    counter!("warden_egress_connections_total").increment(1);
+}
+
+/// Bytes of an egress connection.
+pub fn egress_bytes(sent: u64, received: u64) {
+    counter!("warden_egress_bytes_total", "flow" => "sent").increment(sent);
+    counter!("warden_egress_bytes_total", "flow" => "received").increment(received);
 }

@@ -1,24 +1,25 @@
 //! Outbound: the local app's connections to other workloads. The protocol is detected from
 //! the first bytes: HTTP travels as proxy-to-proxy HTTP/2 over pooled mTLS connections;
 //! anything else (and opaque ports) as bytes over one mTLS connection per app connection.
+//! In transparent mode the destination is the connection's original destination; those
+//! outside the mesh networks pass through as plain TCP (egress).
 
 pub mod http;
 pub mod pool;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use warden_core::contract::ALPN_TCP;
 use warden_core::SpiffeId;
 
-use crate::detect::{detect, Detection, Protocol, MAX_REQUEST_LINE};
-use crate::io::PrefixedIo;
-use crate::metrics::Direction;
-use crate::shared::{RunControl, Shared};
+use crate::detect::Protocol;
+use crate::io::{read_preface, PrefixedIo};
+use crate::metrics::{self, Direction};
+use crate::original_dst::original_dst;
+use crate::shared::{Accounting, RunControl, Shared};
 
 /// Where an app connection accepted on an outbound listener goes.
 #[derive(Debug, Clone)]
@@ -31,14 +32,23 @@ pub struct OutboundTarget {
     pub opaque: bool,
 }
 
+/// How an outbound listener finds the destination of each connection.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A configured route (explicit mode).
+    Route(OutboundTarget),
+    /// The original destination of a redirected connection (transparent mode).
+    OriginalDst,
+}
+
 /// Serves one outbound listener until shutdown.
 pub async fn serve(
     listener: TcpListener,
-    target: OutboundTarget,
+    destination: Destination,
     shared: Arc<Shared>,
     run: RunControl,
 ) {
-    let target = Arc::new(target);
+    let destination = Arc::new(destination);
     let max = shared.config.limits.max_connections;
     let control = run.clone();
     crate::listener::accept_loop(
@@ -46,14 +56,44 @@ pub async fn serve(
         Direction::Outbound,
         max,
         run,
-        move |tcp, _peer| handle(tcp, target.clone(), shared.clone(), control.clone()),
+        move |tcp, _peer| dispatch(tcp, destination.clone(), shared.clone(), control.clone()),
     )
     .await;
 }
 
+async fn dispatch(
+    tcp: TcpStream,
+    destination: Arc<Destination>,
+    shared: Arc<Shared>,
+    run: RunControl,
+) -> Result<(), ()> {
+    let target = match &*destination {
+        Destination::Route(target) => target.clone(),
+        Destination::OriginalDst => {
+            let orig = original_dst(&tcp).map_err(|e| {
+                tracing::info!(error = %e, "outbound connection was not redirected; closing");
+            })?;
+            let listener = tcp.local_addr().map_err(|_| ())?;
+            if orig == listener || (orig.ip().is_loopback() && orig.port() == listener.port()) {
+                tracing::warn!(%orig, "outbound connection to the proxy itself; closing");
+                return Err(());
+            }
+            if !shared.config.transparent.is_mesh(orig.ip()) {
+                return egress(tcp, orig, &shared, &run).await;
+            }
+            OutboundTarget {
+                addr: orig,
+                expected: None,
+                opaque: false,
+            }
+        }
+    };
+    handle(tcp, target, shared, run).await
+}
+
 async fn handle(
     mut tcp: TcpStream,
-    target: Arc<OutboundTarget>,
+    target: OutboundTarget,
     shared: Arc<Shared>,
     run: RunControl,
 ) -> Result<(), ()> {
@@ -65,32 +105,16 @@ async fn handle(
     };
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            http::serve(PrefixedIo::new(prefix, tcp), protocol, target, shared, run).await
+            http::serve(
+                PrefixedIo::new(prefix, tcp),
+                protocol,
+                Arc::new(target),
+                shared,
+                run,
+            )
+            .await
         }
         Protocol::Opaque => forward_tcp(tcp, prefix, &target, &shared, &run).await,
-    }
-}
-
-/// Reads until the protocol is known. No bytes within `timeout` (a server-speaks-first
-/// protocol) or a non-HTTP start means opaque.
-async fn read_preface(tcp: &mut TcpStream, timeout: Duration) -> Result<(Protocol, Bytes), ()> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut buf = BytesMut::with_capacity(1024);
-    loop {
-        if let Detection::Known(protocol) = detect(&buf) {
-            return Ok((protocol, buf.freeze()));
-        }
-        if buf.len() >= MAX_REQUEST_LINE {
-            return Ok((Protocol::Opaque, buf.freeze()));
-        }
-        buf.reserve(1024);
-        match tokio::time::timeout_at(deadline, tcp.read_buf(&mut buf)).await {
-            Err(_) => return Ok((Protocol::Opaque, buf.freeze())),
-            Ok(Ok(0)) if buf.is_empty() => return Err(()), // closed before saying anything
-            Ok(Ok(0)) => return Ok((Protocol::Opaque, buf.freeze())),
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => return Err(()),
-        }
     }
 }
 
@@ -116,14 +140,48 @@ async fn forward_tcp(
         }
     };
     let app = PrefixedIo::new(prefix, tcp);
-    let idle = shared.config.timeouts.idle;
+    let own = shared.own_id();
+    let accounting = Accounting::Mesh {
+        direction: Direction::Outbound,
+        client_id: &own,
+        server_id: mesh.peer.as_str(),
+    };
+    run.relay(app, mesh.stream, shared.config.timeouts.idle, accounting)
+        .await
+}
+
+/// A destination outside the mesh: plain TCP, as if there were no proxy (counted apart).
+async fn egress(
+    tcp: TcpStream,
+    orig: SocketAddr,
+    shared: &Shared,
+    run: &RunControl,
+) -> Result<(), ()> {
+    metrics::egress_opened();
+    let upstream = match tokio::time::timeout(
+        shared.config.timeouts.connect,
+        TcpStream::connect(orig),
+    )
+    .await
+    {
+        Ok(Ok(upstream)) => upstream,
+        Ok(Err(e)) => {
+            tracing::info!(destination = %orig, error = %e, "egress: destination unreachable; resetting");
+            let _ = tcp.set_zero_linger();
+            return Err(());
+        }
+        Err(_) => {
+            tracing::info!(destination = %orig, "egress: connect timed out; resetting");
+            let _ = tcp.set_zero_linger();
+            return Err(());
+        }
+    };
+    let _ = upstream.set_nodelay(true);
     run.relay(
-        app,
-        mesh.stream,
-        idle,
-        Direction::Outbound,
-        &shared.own_id(),
-        mesh.peer.as_str(),
+        tcp,
+        upstream,
+        shared.config.timeouts.idle,
+        Accounting::Egress,
     )
     .await
 }

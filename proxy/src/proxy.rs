@@ -17,9 +17,9 @@ use warden_identity::{TrustBundle, TrustStore};
 
 use crate::authz::Authorizer;
 use crate::config::{OutboundRoute, ProxyConfig, RouteProtocol};
-use crate::inbound::{self, http::AppClients, InboundTarget};
+use crate::inbound::{self, http::AppClients, AppTarget, InboundTarget};
 use crate::mesh::MeshConnector;
-use crate::outbound::{self, pool::Pool, OutboundTarget};
+use crate::outbound::{self, pool::Pool, Destination, OutboundTarget};
 use crate::shared::{RunControl, Shared};
 
 /// Why the proxy could not start.
@@ -49,9 +49,9 @@ pub struct Listeners {
     /// The admin endpoint.
     pub admin: TcpListener,
     /// Inbound listeners with their app.
-    pub inbound: Vec<(TcpListener, InboundTarget)>,
+    pub inbound: Vec<(TcpListener, AppTarget)>,
     /// Outbound listeners with their destination.
-    pub outbound: Vec<(TcpListener, OutboundTarget)>,
+    pub outbound: Vec<(TcpListener, Destination)>,
 }
 
 /// The addresses actually bound (for port 0).
@@ -82,10 +82,10 @@ impl Listeners {
             let listener = bind(format!("inbound[{i}].listen"), l.listen).await?;
             inbound.push((
                 listener,
-                InboundTarget {
+                AppTarget::Fixed(InboundTarget {
                     app: l.app,
                     protocol: l.protocol,
-                },
+                }),
             ));
         }
         let mut listeners = Self {
@@ -98,7 +98,40 @@ impl Listeners {
                 .add_outbound(format!("outbound[{i}].listen"), route)
                 .await?;
         }
+        if config.transparent.enabled {
+            let t = &config.transparent;
+            listeners
+                .bind_transparent(t.inbound_port, t.outbound_port)
+                .await?;
+        }
         Ok(listeners)
+    }
+
+    /// Transparent mode: redirected inbound TCP arrives on every address (dual-stack where
+    /// IPv6 exists), the app's redirected outbound TCP on loopback (127.0.0.1, and ::1 for
+    /// ip6tables' REDIRECT where IPv6 exists).
+    async fn bind_transparent(
+        &mut self,
+        inbound_port: u16,
+        outbound_port: u16,
+    ) -> Result<(), StartError> {
+        let any_v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, inbound_port));
+        let inbound = match TcpListener::bind(any_v6).await {
+            Ok(listener) => listener,
+            Err(_) => {
+                let any_v4 = SocketAddr::from(([0, 0, 0, 0], inbound_port));
+                bind("transparent.inbound_port".into(), any_v4).await?
+            }
+        };
+        self.inbound.push((inbound, AppTarget::OriginalDst));
+        let loopback_v4 = SocketAddr::from(([127, 0, 0, 1], outbound_port));
+        let v4 = bind("transparent.outbound_port".into(), loopback_v4).await?;
+        self.outbound.push((v4, Destination::OriginalDst));
+        let loopback_v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, outbound_port));
+        if let Ok(v6) = TcpListener::bind(loopback_v6).await {
+            self.outbound.push((v6, Destination::OriginalDst));
+        }
+        Ok(())
     }
 
     /// Binds one more outbound route (`field` names it in errors).
@@ -118,7 +151,7 @@ impl Listeners {
             expected: route.identity.clone(),
             opaque: route.protocol == RouteProtocol::Opaque,
         };
-        self.outbound.push((listener, target));
+        self.outbound.push((listener, Destination::Route(target)));
         Ok(addr)
     }
 

@@ -39,6 +39,22 @@ impl Shared {
     }
 }
 
+/// Which series a relayed connection's bytes are counted under.
+#[derive(Debug, Clone, Copy)]
+pub enum Accounting<'a> {
+    /// A mesh connection between two identities.
+    Mesh {
+        /// Inbound or outbound.
+        direction: crate::metrics::Direction,
+        /// The calling side's identity.
+        client_id: &'a str,
+        /// The called side's identity.
+        server_id: &'a str,
+    },
+    /// Plain TCP to a destination outside the mesh.
+    Egress,
+}
+
 /// How connection handlers learn that the proxy is stopping.
 #[derive(Debug, Clone)]
 pub struct RunControl {
@@ -60,16 +76,15 @@ impl RunControl {
         }
     }
 
-    /// Relays bytes between `a` and `b` until both finish, the connection idles out, or the
-    /// hard stop; counts the bytes under `client_id`/`server_id`. `Err(())` if it ended badly.
+    /// Relays bytes between `a` (the client side) and `b` until both finish, the connection
+    /// idles out, or the hard stop; counts the bytes as `accounting` says. `Err(())` if it
+    /// ended badly.
     pub async fn relay<A, B>(
         &self,
         a: A,
         b: B,
         idle: std::time::Duration,
-        direction: crate::metrics::Direction,
-        client_id: &str,
-        server_id: &str,
+        accounting: Accounting<'_>,
     ) -> Result<(), ()>
     where
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -82,11 +97,24 @@ impl RunControl {
         let (moved, outcome) = match result {
             Ok(moved) => (moved, Ok(())),
             Err((e, moved)) => {
-                tracing::debug!(direction = direction.as_str(), client = client_id, server = server_id, error = %e, "TCP relay ended");
+                tracing::debug!(?accounting, error = %e, "TCP relay ended");
                 (moved, Err(()))
             }
         };
-        crate::metrics::tcp_bytes(direction, client_id, server_id, moved.a_to_b, moved.b_to_a);
+        match accounting {
+            Accounting::Mesh {
+                direction,
+                client_id,
+                server_id,
+            } => crate::metrics::tcp_bytes(
+                direction,
+                client_id,
+                server_id,
+                moved.a_to_b,
+                moved.b_to_a,
+            ),
+            Accounting::Egress => crate::metrics::egress_bytes(moved.a_to_b, moved.b_to_a),
+        }
         outcome
     }
 

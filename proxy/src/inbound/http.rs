@@ -12,13 +12,14 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
 use warden_core::contract::headers;
 
 use super::InboundConn;
 use crate::authz::{AuthzRequest, Verdict};
 use crate::config::AppProtocol;
+use crate::detect::Protocol;
 use crate::http::{boxed, empty, is_grpc, request_id, strip_hop_by_hop, ProxyBody, ProxyError};
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -49,13 +50,18 @@ impl AppClients {
     }
 }
 
-/// Serves one mesh HTTP/2 connection.
-pub async fn serve(
-    stream: TlsStream<TcpStream>,
+/// Serves one inbound HTTP connection: proxy-to-proxy HTTP/2 over mTLS, or (permissive
+/// mode) a plaintext caller's HTTP/1.1 or HTTP/2.
+pub async fn serve<I>(
+    io: I,
+    protocol: Protocol,
     conn: Arc<InboundConn>,
     shared: Arc<Shared>,
     run: RunControl,
-) -> Result<(), ()> {
+) -> Result<(), ()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = service_shared.clone();
@@ -63,18 +69,29 @@ pub async fn serve(
         async move { Ok::<_, Infallible>(handle(req, &conn, &shared).await) }
     });
     let limits = &shared.config.limits;
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    let conn = builder.serve_connection(TokioIo::new(stream), service);
-    run.serve_http(conn, |c| c.graceful_shutdown())
-        .await
-        .map_err(|e| tracing::debug!(error = %e, "inbound HTTP/2 connection ended"))
+    let result = if protocol == Protocol::Http2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .enable_connect_protocol()
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10));
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        run.serve_http(conn, |c| c.graceful_shutdown()).await
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(shared.config.timeouts.idle)
+            .max_buf_size(limits.max_header_bytes.max(8192));
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        run.serve_http(conn, |c| c.graceful_shutdown()).await
+    };
+    result.map_err(|e| tracing::debug!(error = %e, "inbound HTTP/2 connection ended"))
 }
 
 async fn handle(
@@ -90,10 +107,10 @@ async fn handle(
             let id = request_id();
             match &e {
                 ProxyError::Denied { policy } => {
-                    tracing::info!(request_id = %id, client = %conn.client, %policy, "inbound request denied")
+                    tracing::info!(request_id = %id, client = conn.client_label(), %policy, "inbound request denied")
                 }
                 other => {
-                    tracing::warn!(request_id = %id, client = %conn.client, app = %conn.target.app, error = %other, "inbound request failed")
+                    tracing::warn!(request_id = %id, client = conn.client_label(), app = %conn.target.app, error = %other, "inbound request failed")
                 }
             }
             e.to_response(grpc, &id)
@@ -101,7 +118,7 @@ async fn handle(
     };
     metrics::request(
         Direction::Inbound,
-        conn.client.as_str(),
+        conn.client_label(),
         &shared.own_id(),
         response.status().as_u16(),
         started.elapsed(),
@@ -115,7 +132,7 @@ async fn forward(
     shared: &Shared,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let request = AuthzRequest {
-        client: Some(&conn.client),
+        client: conn.client.as_ref(),
         port: conn.target.app.port(),
         http: Some((req.method().as_str(), req.uri().path())),
     };
@@ -134,10 +151,18 @@ async fn forward(
     // The caller's identity is the one we verified, whatever the request claims.
     parts.headers.remove(headers::CLIENT_ID);
     parts.headers.remove(headers::TLS);
-    if let Ok(v) = HeaderValue::from_str(conn.client.as_str()) {
+    if let Some(v) = conn
+        .client
+        .as_ref()
+        .and_then(|c| HeaderValue::from_str(c.as_str()).ok())
+    {
         parts.headers.insert(headers::CLIENT_ID, v);
     }
-    if let Ok(v) = HeaderValue::from_str(&conn.tls) {
+    if let Some(v) = conn
+        .tls
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+    {
         parts.headers.insert(headers::TLS, v);
     }
     let orig_proto = parts.headers.remove(headers::ORIG_PROTO);

@@ -424,3 +424,60 @@ async fn nothing_is_served_before_the_proxy_has_a_certificate() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn permissive_mode_accepts_plaintext_as_unauthenticated_subject_to_the_hook() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    // Only authenticated callers may reach /private.
+    let authz = Authorizer::from_fn(|req| match (req.client, req.http) {
+        (None, Some((_, path))) if path.starts_with("/private") => Verdict::Deny {
+            policy: "authenticated-only".into(),
+        },
+        _ => Verdict::Allow,
+    });
+    let pair = mesh
+        .pair_with(app, AppProtocol::Auto, RouteProtocol::Detect, authz, |c| {
+            c.inbound_mode = warden_proxy::config::InboundMode::Permissive;
+        })
+        .await;
+    let inbound = pair.server.addrs.inbound[0];
+    // A caller without a sidecar, straight to the inbound port, claiming an identity.
+    let mut plain = h1_client(inbound).await;
+    let req = Request::get("/headers")
+        .header("host", "s")
+        .header(
+            "x-warden-client-id",
+            "spiffe://cluster.local/ns/test/sa/client",
+        )
+        .body(empty())
+        .unwrap();
+    let resp = plain.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = text(resp).await;
+    assert!(
+        !seen.contains("x-warden-client-id"),
+        "no identity for plaintext, and no spoofing: {seen}"
+    );
+    plain.ready().await.unwrap();
+    let resp = plain
+        .send_request(
+            Request::get("/private")
+                .header("host", "s")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 403, "the hook saw an unauthenticated caller");
+    // Meshed callers still arrive over mTLS with their identity.
+    let (status, _, body) = get(pair.outbound, "/headers").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains(&format!("x-warden-client-id: {}", id("client"))),
+        "{body}"
+    );
+    let (status, _, _) = get(pair.outbound, "/private").await;
+    assert_eq!(status, 200);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+}

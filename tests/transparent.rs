@@ -1,0 +1,593 @@
+//! Transparent interception with real root, real iptables and a real kernel: pods are
+//! network namespaces on a bridge; `warden init` installs the rules, the proxy runs as UID
+//! 2626, and unmodified apps talk to each other's addresses as if there were no mesh.
+//!
+//! Needs root, iproute2, iptables, tcpdump and setpriv (`scripts/test.sh` installs them).
+//! Under `CI=true` a missing piece fails the test with a clear message; elsewhere it is
+//! skipped with one.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Whether this machine can run the test; under CI it must.
+fn runnable() -> bool {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root".to_string());
+    }
+    for (tool, package) in [
+        ("ip", "iproute2"),
+        ("iptables-restore", "iptables"),
+        ("ip6tables-restore", "iptables"),
+        ("tcpdump", "tcpdump"),
+        ("setpriv", "util-linux"),
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !found {
+            missing.push(format!("{tool} (apt-get install -y {package})"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!(
+        "transparent interception tests need: {}",
+        missing.join(", ")
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{message}; scripts/test.sh installs the tools and CI runs as root");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
+fn run(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn output(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The lab: namespaces, processes and files, all removed on drop (also when a test fails).
+struct Lab {
+    tag: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+    warden: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+const SW: &str = "sw";
+const PODS: [(&str, u8); 3] = [("a", 1), ("b", 2), ("c", 3)];
+
+fn pod_v4(idx: u8) -> String {
+    format!("10.213.0.{idx}")
+}
+
+fn pod_v6(idx: u8) -> String {
+    format!("fd00:213::{idx}")
+}
+
+impl Lab {
+    fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.tag)
+    }
+
+    /// A switch namespace with a bridge, and pods a, b, c each on a veth to it.
+    fn new() -> Self {
+        let tag = format!("wd{}", std::process::id() % 100_000);
+        let dir = tempfile::tempdir().unwrap();
+        // The proxy runs as UID 2626: it must be able to read and execute what it needs.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let warden = dir.path().join("warden");
+        std::fs::copy(env!("CARGO_BIN_EXE_warden"), &warden).unwrap();
+        let mut lab = Lab {
+            tag,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir,
+            warden,
+        };
+        let sw = lab.ns(SW);
+        run(&["ip", "netns", "add", &sw]);
+        lab.namespaces.push(sw.clone());
+        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &sw,
+            "addr",
+            "add",
+            "10.213.0.254/24",
+            "dev",
+            "br0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &sw,
+            "addr",
+            "add",
+            "fd00:213::fe/64",
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        for (pod, idx) in PODS {
+            let ns = lab.ns(pod);
+            run(&["ip", "netns", "add", &ns]);
+            lab.namespaces.push(ns.clone());
+            let (inside, outside) = (format!("{}{pod}0", lab.tag), format!("{}{pod}1", lab.tag));
+            run(&[
+                "ip", "link", "add", &inside, "type", "veth", "peer", "name", &outside,
+            ]);
+            run(&["ip", "link", "set", &inside, "netns", &ns]);
+            run(&["ip", "link", "set", &outside, "netns", &sw]);
+            run(&["ip", "-n", &ns, "link", "set", &inside, "name", "eth0"]);
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", pod_v4(idx)),
+                "dev",
+                "eth0",
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/64", pod_v6(idx)),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            run(&[
+                "ip", "-n", &sw, "link", "set", &outside, "master", "br0", "up",
+            ]);
+        }
+        lab
+    }
+
+    fn warden(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.warden)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// `warden` inside namespace `ns`, as root.
+    fn warden_in(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns)])
+            .arg(&self.warden)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a long-running process in `ns` and waits for `ready` on its stderr.
+    fn spawn(
+        &mut self,
+        ns: &str,
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, String)],
+        ready: &str,
+    ) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(ns)])
+            .args(prefix)
+            .arg(&self.warden)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .current_dir(self.dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ready = ready.to_string();
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && line.contains(&ready) {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+                if line.contains("ERROR") || line.contains("error:") {
+                    eprintln!("[{ns}] {line}");
+                }
+            }
+        });
+        self.children.push(child);
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("process became ready");
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (sockets it opens live there).
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace file descriptor.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// An unmodified HTTP app: answers every request with the request's head. Counts requests.
+fn http_app(ns: &str, addr: String, hits: Arc<AtomicUsize>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let listener = std::net::TcpListener::bind(&addr).unwrap();
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let hits = hits.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                hits.fetch_add(1, Ordering::SeqCst);
+                let body = String::from_utf8_lossy(&head).to_lowercase();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// An unmodified TCP echo app.
+fn echo_app(ns: &str, addr: String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let listener = std::net::TcpListener::bind(&addr).unwrap();
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut conn);
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// An HTTP GET from inside `ns`, as an app does it: the whole response, or what arrived.
+fn http_get(ns: &str, addr: &str, path: &str) -> String {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    in_ns(ns, move || {
+        let Ok(mut tcp) =
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+        else {
+            return String::from("(connect failed)");
+        };
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+        let _ = tcp.write_all(req.as_bytes());
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends `payload` over TCP from inside `ns` and reads as many bytes back.
+fn tcp_echo(ns: &str, addr: &str, payload: &'static [u8]) -> Vec<u8> {
+    let addr = addr.to_string();
+    in_ns(ns, move || {
+        let mut tcp =
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(payload).unwrap();
+        let mut got = vec![0u8; payload.len()];
+        tcp.read_exact(&mut got).unwrap();
+        got
+    })
+    .join()
+    .unwrap()
+}
+
+/// Starts the identity service in the switch namespace and a sidecar in each meshed pod.
+fn mesh(lab: &mut Lab) {
+    assert!(lab.warden(&["ca", "init", "--dir", "ca"]).status.success());
+    for (pod, _) in &PODS[..2] {
+        let id = format!("spiffe://cluster.local/ns/test/sa/{pod}");
+        let out = lab.warden(&["ca", "join-token", "--tokens", "tokens", "--id", &id]);
+        assert!(out.status.success());
+        std::fs::write(
+            lab.path(&format!("{pod}.token")),
+            String::from_utf8_lossy(&out.stdout).trim(),
+        )
+        .unwrap();
+    }
+    let args = [
+        "identity",
+        "--ca-dir",
+        "ca",
+        "--auth",
+        "join-tokens",
+        "--join-tokens",
+        "tokens",
+        "--listen",
+        "10.213.0.254:7150",
+        "--admin-listen",
+        "10.213.0.254:7191",
+    ];
+    lab.spawn(SW, &[], &args, &[], "warden identity: serving");
+    for (pod, _) in &PODS[..2] {
+        let out = lab.warden_in(pod, &["init"]);
+        assert!(
+            out.status.success(),
+            "warden init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = [
+            (
+                "WARDEN_IDENTITY_URL",
+                "https://10.213.0.254:7150".to_string(),
+            ),
+            (
+                "WARDEN_IDENTITY_TOKEN_FILE",
+                lab.path(&format!("{pod}.token")).display().to_string(),
+            ),
+            (
+                "WARDEN_TRUST_BUNDLE",
+                lab.path("ca/bundle.crt").display().to_string(),
+            ),
+            ("WARDEN_POD_NAMESPACE", "test".to_string()),
+            ("WARDEN_POD_SERVICE_ACCOUNT", pod.to_string()),
+            ("WARDEN_TRANSPARENT", "true".to_string()),
+            // The pods are meshed; the switch (10.213.0.254) is outside: egress.
+            (
+                "WARDEN_MESH_NETWORKS",
+                "10.213.0.0/29,fd00:213::/120".to_string(),
+            ),
+            ("WARDEN_LOG", "info".to_string()),
+        ];
+        let uid = [
+            "setpriv",
+            "--reuid",
+            "2626",
+            "--regid",
+            "2626",
+            "--clear-groups",
+        ];
+        lab.spawn(pod, &uid, &["proxy"], &env, "proxy ready");
+    }
+}
+
+fn nat_rules(lab: &Lab, pod: &str, tool: &str) -> String {
+    output(&["ip", "netns", "exec", &lab.ns(pod), tool, "-t", "nat"])
+}
+
+#[test]
+fn pods_talk_through_their_sidecars_with_mtls_and_plaintext_is_refused() {
+    if !runnable() {
+        return;
+    }
+    let started = Instant::now();
+    let mut lab = Lab::new();
+    let hits = Arc::new(AtomicUsize::new(0));
+    http_app(&lab.ns("b"), format!("{}:8080", pod_v4(2)), hits.clone());
+    http_app(&lab.ns("b"), format!("[{}]:8080", pod_v6(2)), hits.clone());
+    echo_app(&lab.ns("b"), format!("{}:9000", pod_v4(2)));
+    echo_app(&lab.ns(SW), "10.213.0.254:9100".to_string());
+    mesh(&mut lab);
+
+    // Capture what crosses the wire to pod b.
+    let capture = lab.path("b.pcap");
+    let mut tcpdump = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.ns(SW),
+            "tcpdump",
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-i",
+            &format!("{}b1", lab.tag),
+        ])
+        .args(["-w", &capture.display().to_string(), "tcp port 8080"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tcpdump_err = BufReader::new(tcpdump.stderr.take().unwrap());
+    let mut line = String::new();
+    tcpdump_err.read_line(&mut line).unwrap();
+    assert!(line.contains("listening"), "tcpdump: {line}");
+
+    // 1. A calls B's address and port, as it would without a mesh, and gets B's answer.
+    let a = lab.ns("a");
+    let reply = http_get(&a, &format!("{}:8080", pod_v4(2)), "/hello");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("get /hello http/1.1"), "{reply}");
+    // 2. B's app sees A's verified identity.
+    assert!(
+        reply.contains("x-warden-client-id: spiffe://cluster.local/ns/test/sa/a"),
+        "{reply}"
+    );
+    assert!(reply.contains("x-warden-tls: tlsv1.3/"), "{reply}");
+    // The same over IPv6 (IP6T_SO_ORIGINAL_DST on both sides).
+    let reply6 = http_get(&a, &format!("[{}]:8080", pod_v6(2)), "/hello6");
+    assert!(
+        reply6.contains("x-warden-client-id: spiffe://cluster.local/ns/test/sa/a"),
+        "{reply6}"
+    );
+    // Opaque TCP to another port.
+    assert_eq!(
+        tcp_echo(&a, &format!("{}:9000", pod_v4(2)), b"\x00\x01opaque bytes"),
+        b"\x00\x01opaque bytes"
+    );
+    // Egress: outside the mesh networks, plain TCP as if there were no proxy, counted apart.
+    assert_eq!(tcp_echo(&a, "10.213.0.254:9100", b"egress"), b"egress");
+    let metrics = http_get(&a, "127.0.0.1:7191", "/metrics");
+    assert!(
+        metrics.contains("warden_egress_connections_total 1"),
+        "{metrics}"
+    );
+
+    // 3. On the wire: TLS records, never the HTTP request.
+    std::thread::sleep(Duration::from_millis(300));
+    run(&["kill", "-INT", &tcpdump.id().to_string()]);
+    tcpdump.wait().unwrap();
+    let mut summary = String::new();
+    let _ = tcpdump_err.read_to_string(&mut summary);
+    let pcap = std::fs::read(&capture).unwrap();
+    let has = |needle: &[u8]| pcap.windows(needle.len()).any(|w| w == needle);
+    assert!(
+        pcap.len() > 200,
+        "packets were captured: {} bytes; tcpdump: {summary}",
+        pcap.len()
+    );
+    assert!(
+        has(b"\x16\x03\x01") || has(b"\x16\x03\x03"),
+        "a TLS handshake crossed the wire"
+    );
+    assert!(
+        has(b"\x17\x03\x03"),
+        "TLS application data crossed the wire"
+    );
+    assert!(
+        !has(b"GET /hello"),
+        "the HTTP request line never crossed in the clear"
+    );
+    assert!(!has(b"x-warden-client-id"), "nor any header");
+
+    // 4. C has no sidecar: its plaintext to B is refused (strict mode); B's app sees nothing.
+    let before = hits.load(Ordering::SeqCst);
+    let refused = http_get(&lab.ns("c"), &format!("{}:8080", pod_v4(2)), "/from-c");
+    assert!(!refused.contains("200 OK"), "{refused}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        before,
+        "the app saw nothing from C"
+    );
+
+    // 5. init is idempotent: once more, still one set of rules, and traffic still flows.
+    let out = lab.warden_in("a", &["init"]);
+    assert!(out.status.success());
+    let rules = nat_rules(&lab, "a", "iptables-save");
+    assert_eq!(
+        rules
+            .matches("-A PREROUTING -p tcp -j WARDEN_INBOUND")
+            .count(),
+        1,
+        "{rules}"
+    );
+    assert_eq!(
+        rules.matches("-A OUTPUT -p tcp -j WARDEN_OUTPUT").count(),
+        1,
+        "{rules}"
+    );
+    assert!(http_get(&a, &format!("{}:8080", pod_v4(2)), "/again").contains("sa/a"));
+
+    // 6. --remove takes exactly our chains away, IPv4 and IPv6.
+    let out = lab.warden_in("b", &["init", "--remove"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let left = nat_rules(&lab, "b", tool);
+        assert!(!left.contains("WARDEN"), "{tool} still has: {left}");
+        assert!(left.contains("*nat"), "{tool} answered");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(90),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn dry_run_prints_both_families_without_privileges_or_changes() {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "init",
+            "--dry-run",
+            "--skip-outbound-cidrs",
+            "169.254.169.254/32,fd00:ec2::254/128",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("# iptables-restore --noflush"), "{text}");
+    assert!(text.contains("# ip6tables-restore --noflush"), "{text}");
+    assert!(text.contains("-A WARDEN_OUTPUT -m owner --uid-owner 2626 -j RETURN"));
+    assert!(text.contains("-A WARDEN_OUTPUT -d 169.254.169.254/32 -j RETURN"));
+    assert!(text.contains("-A WARDEN_OUTPUT -d fd00:ec2::254/128 -j RETURN"));
+}
