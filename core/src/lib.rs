@@ -9,6 +9,7 @@
 pub mod cidr;
 pub mod contract;
 pub mod duration;
+pub mod policy;
 pub mod spiffe;
 pub mod yaml;
 

@@ -1,0 +1,961 @@
+//! The authorization decision, as a pure function of the policies, the protected workload
+//! and the request:
+//!
+//! 1. any matching DENY policy denies;
+//! 2. if any ALLOW policy applies to the workload, one must match;
+//! 3. otherwise the mesh default decides: `deny`, or `all-authenticated` (any identity of the
+//!    workload's trust domain);
+//! 4. AUDIT policies are allow-lists in dry run: they never deny, but a request they would
+//!    have denied is flagged so the audit log records it.
+
+use std::collections::HashMap;
+
+use super::{Action, AuthorizationPolicy, Pattern, Rule};
+use crate::SpiffeId;
+
+/// The workload a policy protects: where its SPIFFE ID places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    /// Its trust domain.
+    pub trust_domain: String,
+    /// Its namespace and ServiceAccount, when its ID has the Kubernetes form.
+    pub service_account: Option<(String, String)>,
+}
+
+impl Workload {
+    /// The workload identified by `id`.
+    pub fn from_id(id: &SpiffeId) -> Self {
+        Self {
+            trust_domain: id.trust_domain_name().to_string(),
+            service_account: id
+                .service_account()
+                .map(|(ns, sa)| (ns.to_string(), sa.to_string())),
+        }
+    }
+}
+
+/// What is being authorized.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The verified caller; `None` for an unauthenticated (permissive-mode) caller.
+    pub client: Option<&'a SpiffeId>,
+    /// The app port.
+    pub port: u16,
+    /// `(method, normalized path)` for HTTP; `None` for opaque TCP.
+    pub http: Option<(&'a str, &'a str)>,
+}
+
+/// What decides when no policy applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultPolicy {
+    /// Zero trust: nothing without a policy.
+    #[default]
+    Deny,
+    /// Any identity of the workload's trust domain (while adopting the mesh).
+    AllAuthenticated,
+}
+
+/// A request an AUDIT policy would have denied (it was not denied).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFinding {
+    /// The AUDIT policies that apply and none of which matched.
+    pub policies: Vec<String>,
+}
+
+/// The decision, and what made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Let the request through.
+    pub allowed: bool,
+    /// The policy that decided (`namespace/name`), if one did.
+    pub policy: Option<String>,
+    /// The index of its rule that matched, if one did.
+    pub rule: Option<usize>,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// Set when an AUDIT policy would have denied an allowed request.
+    pub audit: Option<AuditFinding>,
+}
+
+impl Decision {
+    /// `allow`, `deny`, or `audit` (allowed, but an AUDIT policy would have denied it).
+    pub fn label(&self) -> &'static str {
+        match (self.allowed, &self.audit) {
+            (false, _) => "deny",
+            (true, Some(_)) => "audit",
+            (true, None) => "allow",
+        }
+    }
+
+    /// The `policy` label of metrics: the deciding policy, `no-match` or `default`.
+    pub fn policy_label(&self) -> &str {
+        match &self.policy {
+            Some(p) => p,
+            None if self.reason.starts_with("no ALLOW") => "no-match",
+            None => "default",
+        }
+    }
+}
+
+/// Policies indexed by the namespace they protect.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    policies: Vec<AuthorizationPolicy>,
+    by_namespace: HashMap<String, Vec<usize>>,
+}
+
+impl PolicySet {
+    /// Indexes `policies`.
+    pub fn new(policies: Vec<AuthorizationPolicy>) -> Self {
+        let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, p) in policies.iter().enumerate() {
+            by_namespace
+                .entry(p.metadata.namespace.clone())
+                .or_default()
+                .push(i);
+        }
+        Self {
+            policies,
+            by_namespace,
+        }
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> &[AuthorizationPolicy] {
+        &self.policies
+    }
+
+    /// The policies that protect `workload`.
+    pub fn applying<'a>(
+        &'a self,
+        workload: &'a Workload,
+    ) -> impl Iterator<Item = &'a AuthorizationPolicy> + 'a {
+        let indices = workload
+            .service_account
+            .as_ref()
+            .and_then(|(ns, _)| self.by_namespace.get(ns))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        indices
+            .iter()
+            .map(|&i| &self.policies[i])
+            .filter(move |p| selects(p, workload))
+    }
+
+    /// The decision for `request` to `workload`.
+    pub fn evaluate(
+        &self,
+        workload: &Workload,
+        request: &Request<'_>,
+        default: DefaultPolicy,
+    ) -> Decision {
+        let decide = |allowed,
+                      policy: Option<&AuthorizationPolicy>,
+                      rule: Option<usize>,
+                      reason: String| Decision {
+            allowed,
+            policy: policy.map(AuthorizationPolicy::id),
+            rule,
+            reason,
+            audit: None,
+        };
+        let applying: Vec<&AuthorizationPolicy> = self.applying(workload).collect();
+        let first_match = |action: Action| {
+            applying
+                .iter()
+                .filter(|p| p.spec.action == action)
+                .find_map(|p| matching_rule(p, workload, request).map(|r| (*p, r)))
+        };
+
+        let mut decision = if let Some((policy, rule)) = first_match(Action::Deny) {
+            let reason = format!("matched DENY policy {} rule {rule}", policy.id());
+            decide(false, Some(policy), Some(rule), reason)
+        } else if let Some((policy, rule)) = first_match(Action::Allow) {
+            let reason = format!("matched ALLOW policy {} rule {rule}", policy.id());
+            decide(true, Some(policy), Some(rule), reason)
+        } else if applying.iter().any(|p| p.spec.action == Action::Allow) {
+            let names = ids(&applying, Action::Allow);
+            decide(
+                false,
+                None,
+                None,
+                format!("no ALLOW policy for this workload matched ({names})"),
+            )
+        } else {
+            match default {
+                DefaultPolicy::Deny => decide(
+                    false,
+                    None,
+                    None,
+                    "no policy applies; the mesh default is deny".into(),
+                ),
+                DefaultPolicy::AllAuthenticated => match request.client {
+                    Some(id) if id.trust_domain_name() == workload.trust_domain => decide(
+                        true,
+                        None,
+                        None,
+                        "no policy applies; the mesh default allows all authenticated".into(),
+                    ),
+                    Some(_) => decide(
+                        false,
+                        None,
+                        None,
+                        "no policy applies; the caller is of another trust domain".into(),
+                    ),
+                    None => decide(
+                        false,
+                        None,
+                        None,
+                        "no policy applies; the caller is not authenticated".into(),
+                    ),
+                },
+            }
+        };
+        let audits: Vec<&&AuthorizationPolicy> = applying
+            .iter()
+            .filter(|p| p.spec.action == Action::Audit)
+            .collect();
+        if decision.allowed && !audits.is_empty() && first_match(Action::Audit).is_none() {
+            decision.audit = Some(AuditFinding {
+                policies: audits.iter().map(|p| p.id()).collect(),
+            });
+        }
+        decision
+    }
+}
+
+fn ids(policies: &[&AuthorizationPolicy], action: Action) -> String {
+    policies
+        .iter()
+        .filter(|p| p.spec.action == action)
+        .map(|p| p.id())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether `policy` protects `workload` (its namespace, and its selector if any).
+fn selects(policy: &AuthorizationPolicy, workload: &Workload) -> bool {
+    let Some((ns, sa)) = &workload.service_account else {
+        return false;
+    };
+    policy.metadata.namespace == *ns
+        && policy
+            .spec
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.service_accounts.iter().any(|x| x == sa))
+}
+
+/// The index of the first rule of `policy` that matches.
+pub fn matching_rule(
+    policy: &AuthorizationPolicy,
+    workload: &Workload,
+    request: &Request<'_>,
+) -> Option<usize> {
+    let deny = policy.spec.action == Action::Deny;
+    policy
+        .spec
+        .rules
+        .iter()
+        .position(|rule| rule_matches(rule, workload, request, deny))
+}
+
+fn any_pattern(patterns: &[String], value: &str) -> bool {
+    patterns
+        .iter()
+        .any(|p| Pattern::parse(p).is_ok_and(|p| p.matches(value)))
+}
+
+/// Whether every field `rule` gives matches the request. `deny` says the rule is a DENY
+/// rule: those fail closed, matching unauthenticated callers unless they name identities.
+pub fn rule_matches(rule: &Rule, workload: &Workload, request: &Request<'_>, deny: bool) -> bool {
+    let from = &rule.from;
+    match request.client {
+        None => {
+            // A caller without an identity can never satisfy an identity or namespace
+            // condition. ALLOW and AUDIT rules match it only when they say so; DENY rules
+            // without such conditions match it anyway, so a DENY can never be slipped past
+            // by dropping the client certificate.
+            if from.identities.is_some() || from.namespaces.is_some() {
+                return false;
+            }
+            if !from.unauthenticated && !deny {
+                return false;
+            }
+        }
+        Some(id) => {
+            if let Some(identities) = &from.identities {
+                if !any_pattern(identities, id.as_str()) {
+                    return false;
+                }
+            }
+            if let Some(namespaces) = &from.namespaces {
+                // A namespace is only meaningful inside the workload's own trust domain.
+                let ns = id
+                    .namespace()
+                    .filter(|_| id.trust_domain_name() == workload.trust_domain);
+                let ok = ns.is_some_and(|ns| namespaces.iter().any(|n| n == "*" || n == ns));
+                if !ok {
+                    return false;
+                }
+            }
+        }
+    }
+    let to = &rule.to;
+    if let Some(ports) = &to.ports {
+        if !ports.contains(&request.port) {
+            return false;
+        }
+    }
+    if to.is_http() {
+        // HTTP conditions fail closed for opaque TCP.
+        let Some((method, path)) = request.http else {
+            return false;
+        };
+        if let Some(methods) = &to.methods {
+            if !methods.iter().any(|m| m == method) {
+                return false;
+            }
+        }
+        if let Some(paths) = &to.paths {
+            if !any_pattern(paths, path) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    const POLICIES: &str = r#"
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: backend-allow, namespace: shop}
+spec:
+  selector: {serviceAccounts: [backend]}
+  action: ALLOW
+  rules:
+    - from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}
+      to: {ports: [8080], methods: [GET, POST], paths: ["/api/*"]}
+    - from: {namespaces: [ops]}
+      to: {methods: [GET]}
+    - from: {identities: ["spiffe://cluster.local/ns/batch/*"]}
+      to: {ports: [9000]}
+    - from: {unauthenticated: true}
+      to: {paths: ["/public/*", "/healthz"]}
+    - from: {identities: ["*/sa/reporter"]}
+      to: {paths: ["*.csv"]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: backend-deny-admin, namespace: shop}
+spec:
+  selector: {serviceAccounts: [backend]}
+  action: DENY
+  rules:
+    - to: {paths: ["/api/admin*"]}
+    - from: {identities: ["spiffe://cluster.local/ns/shop/sa/banned"]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: cart-audit, namespace: shop}
+spec:
+  selector: {serviceAccounts: [cart]}
+  action: AUDIT
+  rules:
+    - from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: db-deny-all, namespace: data}
+spec:
+  action: DENY
+  rules: [{}]
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: nothing, namespace: empty}
+spec:
+  action: ALLOW
+"#;
+
+    #[test]
+    fn decision_table() {
+        let set = PolicySet::new(parse(POLICIES, "t.yaml").unwrap());
+        let backend = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/backend"));
+        let cart = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/cart"));
+        let db = Workload::from_id(&id("spiffe://cluster.local/ns/data/sa/db"));
+        let lonely = Workload::from_id(&id("spiffe://cluster.local/ns/empty/sa/x"));
+        let other = Workload::from_id(&id("spiffe://cluster.local/ns/misc/sa/x"));
+        let plain = Workload::from_id(&id("spiffe://cluster.local/vm/legacy"));
+        use DefaultPolicy::{AllAuthenticated as AA, Deny as D};
+        // (workload, client, port, http, default, decision label, deciding policy, rule)
+        type Row<'a> = (
+            &'a Workload,
+            Option<&'a str>,
+            u16,
+            Option<(&'a str, &'a str)>,
+            DefaultPolicy,
+            &'a str,
+            Option<&'a str>,
+            Option<usize>,
+        );
+        let frontend = "spiffe://cluster.local/ns/shop/sa/frontend";
+        let cases: Vec<Row> = vec![
+            // ALLOW rule 0: identity + port + method + path all required
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("GET", "/api/orders")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(0),
+            ),
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("POST", "/api/orders")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(0),
+            ),
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("DELETE", "/api/orders")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            (
+                &backend,
+                Some(frontend),
+                8081,
+                Some(("GET", "/api/orders")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("GET", "/apix")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("GET", "/other")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            (&backend, Some(frontend), 8080, None, D, "deny", None, None), // HTTP rule never matches TCP
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/shop/sa/frontend2"),
+                8080,
+                Some(("GET", "/api/x")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            // ALLOW rule 1: namespaces from the caller's ID, any port
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/ops/sa/anyone"),
+                1234,
+                Some(("GET", "/x")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(1),
+            ),
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/ops/sa/anyone"),
+                1234,
+                Some(("PUT", "/x")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            (
+                &backend,
+                Some("spiffe://other.org/ns/ops/sa/anyone"),
+                1234,
+                Some(("GET", "/x")),
+                D,
+                "deny",
+                None,
+                None,
+            ), // other trust domain
+            (
+                &backend,
+                Some("spiffe://cluster.local/ops/sa/anyone"),
+                1234,
+                Some(("GET", "/x")),
+                D,
+                "deny",
+                None,
+                None,
+            ), // no /ns/ in the ID
+            // ALLOW rule 2: prefix identity, TCP allowed
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/batch/sa/job"),
+                9000,
+                None,
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(2),
+            ),
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/batch/sa/job"),
+                9000,
+                Some(("GET", "/")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(2),
+            ),
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/batch/sa/job"),
+                9001,
+                None,
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/batchx/sa/job"),
+                9000,
+                None,
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            // ALLOW rule 3: unauthenticated callers only where a rule says so
+            (
+                &backend,
+                None,
+                8080,
+                Some(("GET", "/public/index.html")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(3),
+            ),
+            (
+                &backend,
+                None,
+                8080,
+                Some(("GET", "/healthz")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(3),
+            ),
+            (
+                &backend,
+                None,
+                8080,
+                Some(("GET", "/api/orders")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            (&backend, None, 8080, None, D, "deny", None, None),
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("GET", "/public/x")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(3),
+            ),
+            // ALLOW rule 4: suffix identity and suffix path
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/fin/sa/reporter"),
+                80,
+                Some(("GET", "/r/q3.csv")),
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(4),
+            ),
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/fin/sa/reporter"),
+                80,
+                Some(("GET", "/r/q3.pdf")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            // DENY first, whatever ALLOW says
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("GET", "/api/admin/users")),
+                D,
+                "deny",
+                Some("shop/backend-deny-admin"),
+                Some(0),
+            ),
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                Some(("GET", "/api/admin")),
+                AA,
+                "deny",
+                Some("shop/backend-deny-admin"),
+                Some(0),
+            ),
+            (
+                &backend,
+                None,
+                8080,
+                Some(("GET", "/api/admin")),
+                D,
+                "deny",
+                Some("shop/backend-deny-admin"),
+                Some(0),
+            ),
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/shop/sa/banned"),
+                8080,
+                Some(("GET", "/public/x")),
+                D,
+                "deny",
+                Some("shop/backend-deny-admin"),
+                Some(1),
+            ),
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/shop/sa/banned"),
+                8080,
+                None,
+                D,
+                "deny",
+                Some("shop/backend-deny-admin"),
+                Some(1),
+            ),
+            // a DENY rule with HTTP fields does not match TCP (so the ALLOW decides)
+            (
+                &backend,
+                Some("spiffe://cluster.local/ns/batch/sa/job"),
+                9000,
+                None,
+                D,
+                "allow",
+                Some("shop/backend-allow"),
+                Some(2),
+            ),
+            // DENY with an empty rule: everything
+            (
+                &db,
+                Some(frontend),
+                5432,
+                None,
+                AA,
+                "deny",
+                Some("data/db-deny-all"),
+                Some(0),
+            ),
+            (
+                &db,
+                Some(frontend),
+                5432,
+                Some(("GET", "/")),
+                AA,
+                "deny",
+                Some("data/db-deny-all"),
+                Some(0),
+            ),
+            (
+                &db,
+                None,
+                5432,
+                None,
+                AA,
+                "deny",
+                Some("data/db-deny-all"),
+                Some(0),
+            ), // DENY rules fail closed for the unauthenticated
+            // AUDIT: never denies, flags what it would have denied
+            (
+                &cart,
+                Some(frontend),
+                80,
+                Some(("GET", "/")),
+                AA,
+                "allow",
+                None,
+                None,
+            ),
+            (
+                &cart,
+                Some("spiffe://cluster.local/ns/shop/sa/intruder"),
+                80,
+                Some(("GET", "/")),
+                AA,
+                "audit",
+                None,
+                None,
+            ),
+            (
+                &cart,
+                Some("spiffe://cluster.local/ns/shop/sa/intruder"),
+                80,
+                Some(("GET", "/")),
+                D,
+                "deny",
+                None,
+                None,
+            ),
+            // no policy applies: the mesh default
+            (&other, Some(frontend), 80, None, D, "deny", None, None),
+            (&other, Some(frontend), 80, None, AA, "allow", None, None),
+            (
+                &other,
+                Some("spiffe://other.org/ns/x/sa/y"),
+                80,
+                None,
+                AA,
+                "deny",
+                None,
+                None,
+            ),
+            (&other, None, 80, None, AA, "deny", None, None),
+            (&plain, Some(frontend), 80, None, AA, "allow", None, None), // not a Kubernetes ID: no policy selects it
+            // an ALLOW policy without rules allows nothing
+            (
+                &lonely,
+                Some(frontend),
+                80,
+                Some(("GET", "/")),
+                AA,
+                "deny",
+                None,
+                None,
+            ),
+            // the selector: backend's policies do not protect cart
+            (
+                &cart,
+                Some("spiffe://cluster.local/ns/shop/sa/banned"),
+                80,
+                Some(("GET", "/api/admin")),
+                AA,
+                "audit",
+                None,
+                None,
+            ),
+        ];
+        assert!(cases.len() >= 40, "{}", cases.len());
+        for (i, (workload, client, port, http, default, label, policy, rule)) in
+            cases.into_iter().enumerate()
+        {
+            let client = client.map(id);
+            let request = Request {
+                client: client.as_ref(),
+                port,
+                http,
+            };
+            let d = set.evaluate(workload, &request, default);
+            assert_eq!(d.label(), label, "case {i}: {d:?}");
+            assert_eq!(d.policy.as_deref(), policy, "case {i}: {d:?}");
+            assert_eq!(d.rule, rule, "case {i}: {d:?}");
+        }
+    }
+
+    #[test]
+    fn reasons_and_labels_explain_the_decision() {
+        let set = PolicySet::new(parse(POLICIES, "t.yaml").unwrap());
+        let backend = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/backend"));
+        let intruder = id("spiffe://cluster.local/ns/shop/sa/intruder");
+        let request = Request {
+            client: Some(&intruder),
+            port: 8080,
+            http: Some(("GET", "/api/x")),
+        };
+        let d = set.evaluate(&backend, &request, DefaultPolicy::Deny);
+        assert_eq!(
+            d.reason,
+            "no ALLOW policy for this workload matched (shop/backend-allow)"
+        );
+        assert_eq!(d.policy_label(), "no-match");
+        let other = Workload::from_id(&id("spiffe://cluster.local/ns/misc/sa/x"));
+        let d = set.evaluate(&other, &request, DefaultPolicy::Deny);
+        assert_eq!(d.policy_label(), "default");
+        let cart = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/cart"));
+        let d = set.evaluate(&cart, &request, DefaultPolicy::AllAuthenticated);
+        assert_eq!(
+            d.audit,
+            Some(AuditFinding {
+                policies: vec!["shop/cart-audit".into()]
+            })
+        );
+    }
+
+    /// A small deterministic generator (xorshift64*), so the property test is repeatable.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545F4914F6CDD1D)
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[(self.next() % items.len() as u64) as usize]
+        }
+        fn coin(&mut self) -> bool {
+            self.next() % 2 == 0
+        }
+    }
+
+    fn random_rule(rng: &mut Rng) -> String {
+        let mut from = Vec::new();
+        if rng.coin() {
+            from.push(format!(
+                "identities: [\"{}\"]",
+                rng.pick(&[
+                    "*",
+                    "spiffe://cluster.local/ns/shop/*",
+                    "*/sa/a",
+                    "spiffe://cluster.local/ns/shop/sa/a"
+                ])
+            ));
+        }
+        if rng.coin() {
+            from.push(format!(
+                "namespaces: [{}]",
+                rng.pick(&["shop", "ops", "\"*\""])
+            ));
+        }
+        if rng.coin() {
+            from.push("unauthenticated: true".into());
+        }
+        let mut to = Vec::new();
+        if rng.coin() {
+            to.push(format!("ports: [{}]", rng.pick(&["80", "8080", "9000"])));
+        }
+        if rng.coin() {
+            to.push(format!("methods: [{}]", rng.pick(&["GET", "POST"])));
+        }
+        if rng.coin() {
+            to.push(format!(
+                "paths: [\"{}\"]",
+                rng.pick(&["/*", "/api/*", "*.csv", "/x"])
+            ));
+        }
+        format!(
+            "{{from: {{{}}}, to: {{{}}}}}",
+            from.join(", "),
+            to.join(", ")
+        )
+    }
+
+    #[test]
+    fn property_a_matching_deny_always_wins() {
+        let mut rng = Rng(0x9E3779B97F4A7C15);
+        let workload = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/backend"));
+        let clients = [
+            Some(id("spiffe://cluster.local/ns/shop/sa/a")),
+            Some(id("spiffe://cluster.local/ns/ops/sa/b")),
+            Some(id("spiffe://other.org/ns/shop/sa/a")),
+            None,
+        ];
+        let mut denies_seen = 0;
+        for round in 0..2000 {
+            let mut docs = Vec::new();
+            for p in 0..(1 + rng.next() % 5) {
+                let action = rng.pick(&["ALLOW", "DENY", "AUDIT"]);
+                let selector = if rng.coin() {
+                    "selector: {serviceAccounts: [backend]}, "
+                } else {
+                    ""
+                };
+                let rules: Vec<String> = (0..(rng.next() % 3))
+                    .map(|_| random_rule(&mut rng))
+                    .collect();
+                docs.push(format!(
+                    "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p{p}, namespace: shop}}\nspec: {{{selector}action: {action}, rules: [{}]}}\n",
+                    rules.join(", ")
+                ));
+            }
+            let set = PolicySet::new(parse(&docs.join("---\n"), "random").unwrap());
+            let client = &clients[(rng.next() % clients.len() as u64) as usize];
+            let http = if rng.coin() {
+                Some((
+                    rng.pick(&["GET", "POST"]),
+                    rng.pick(&["/api/x", "/x", "/r.csv"]),
+                ))
+            } else {
+                None
+            };
+            let request = Request {
+                client: client.as_ref(),
+                port: rng.pick(&["80", "8080", "9000"]).parse().unwrap(),
+                http,
+            };
+            let matching_deny = set.applying(&workload).any(|p| {
+                p.spec.action == Action::Deny && matching_rule(p, &workload, &request).is_some()
+            });
+            for default in [DefaultPolicy::Deny, DefaultPolicy::AllAuthenticated] {
+                let d = set.evaluate(&workload, &request, default);
+                if matching_deny {
+                    denies_seen += 1;
+                    assert!(!d.allowed, "round {round}: a matching DENY must win: {d:?}");
+                    assert!(d.reason.starts_with("matched DENY"), "round {round}: {d:?}");
+                }
+                if d.allowed {
+                    assert!(!matching_deny);
+                }
+            }
+        }
+        assert!(
+            denies_seen > 200,
+            "the generator exercised DENY ({denies_seen})"
+        );
+    }
+}
