@@ -1,12 +1,14 @@
 //! `warden`: the one CLI of the Warden service mesh. Each subcommand lives in its own file and
 //! only parses arguments and calls the library crates.
 
+mod audit;
 mod ca;
 mod cert;
 mod demo;
 mod identity;
 mod init;
 mod output;
+mod policy;
 mod proxy;
 mod signals;
 
@@ -44,6 +46,12 @@ enum Command {
     Proxy(proxy::Args),
     /// Install (or --remove) the pod's traffic interception rules (iptables, IPv4 and IPv6).
     Init(init::Args),
+    /// Check policy files, or explain a decision.
+    #[command(subcommand)]
+    Policy(policy::Command),
+    /// Verify an audit log's hash chain.
+    #[command(subcommand)]
+    Audit(audit::Command),
 }
 
 fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
@@ -70,6 +78,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Identity(args) => identity::run(*args),
         Command::Proxy(args) => proxy::run(args),
         Command::Init(args) => init::run(args),
+        Command::Policy(cmd) => policy::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
     }
 }
 

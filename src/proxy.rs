@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
-use warden_proxy::authz::Authorizer;
 use warden_proxy::config::ProxyConfig;
 use warden_proxy::proxy::{self, Listeners};
 
@@ -46,15 +45,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             crate::signals::terminated().await;
             stop.cancel();
         });
-        proxy::run(
-            config,
-            listeners,
-            source,
-            Authorizer::allow_all(),
-            metrics,
-            shutdown,
-        )
-        .await;
+        let authz = proxy::authorizer(&config, shutdown.clone())?;
+        proxy::run(config, listeners, source, authz, metrics, shutdown).await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -68,7 +68,18 @@ pub mod env {
     pub const MESH_NETWORKS: &str = "WARDEN_MESH_NETWORKS";
     /// `inbound_mode`: `strict` or `permissive`.
     pub const INBOUND_MODE: &str = "WARDEN_INBOUND_MODE";
+    /// `authorization.policy_dir`: the mounted policy ConfigMap.
+    pub const POLICY_DIR: &str = "WARDEN_POLICY_DIR";
+    /// `authorization.default`: `deny` or `all-authenticated`.
+    pub const DEFAULT_POLICY: &str = "WARDEN_DEFAULT_POLICY";
+    /// `authorization.audit_log`: `stdout`, `off`, or a file path.
+    pub const AUDIT_LOG: &str = "WARDEN_AUDIT_LOG";
 }
+
+/// Where the injector mounts the namespace's `warden-policy` ConfigMap in the proxy.
+pub const POLICY_MOUNT: &str = "/var/run/warden/policy";
+/// The name of the per-namespace policy ConfigMap.
+pub const POLICY_CONFIGMAP: &str = "warden-policy";
 
 /// Names of the iptables chains `warden init` owns (and `--remove` deletes).
 pub mod chains {

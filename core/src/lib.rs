@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod cidr;
 pub mod contract;
 pub mod duration;

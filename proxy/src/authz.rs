@@ -1,10 +1,18 @@
 //! The authorization hook: every inbound HTTP request and TCP connection is checked here
-//! before anything reaches the app. The policy engine plugs in as an [`Authorizer`]; until
-//! one is configured, everything authenticated is allowed.
+//! before anything reaches the app. In production it evaluates the operators' policies
+//! (`warden_core::policy`), counts each decision and writes the audit log; tests may plug in
+//! a plain function.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::watch;
+use warden_core::audit::AuditRecord;
+use warden_core::policy::evaluate::{DefaultPolicy, PolicySet, Request, Workload};
 use warden_core::SpiffeId;
+
+use crate::audit::AuditLog;
+use crate::policy_dir::PolicyStatus;
 
 /// What is being authorized.
 #[derive(Debug, Clone, Copy)]
@@ -13,8 +21,19 @@ pub struct AuthzRequest<'a> {
     pub client: Option<&'a SpiffeId>,
     /// The app port the traffic is for.
     pub port: u16,
-    /// Method and path, for HTTP requests; `None` for opaque TCP.
+    /// Method and normalized path, for HTTP requests; `None` for opaque TCP.
     pub http: Option<(&'a str, &'a str)>,
+}
+
+/// Who asks, for the audit record.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthzContext<'a> {
+    /// The protected workload (this proxy's own identity).
+    pub workload: &'a SpiffeId,
+    /// The caller's address.
+    pub client_addr: Option<SocketAddr>,
+    /// The request id (returned to the client on denial).
+    pub request_id: &'a str,
 }
 
 /// The decision.
@@ -24,14 +43,34 @@ pub enum Verdict {
     Allow,
     /// Refuse it; `policy` names what decided, for the logs only.
     Deny {
-        /// The deciding policy.
+        /// The deciding policy (or `default`, `no-match`).
         policy: String,
     },
 }
 
-/// A shared, swappable decision function.
+/// The operators' policies and what goes with them.
+#[derive(Debug, Clone)]
+pub struct PolicyEngine {
+    /// The policies in force.
+    pub policies: watch::Receiver<Arc<PolicySet>>,
+    /// The loader's state, for `/ready`.
+    pub status: watch::Receiver<PolicyStatus>,
+    /// What decides when no policy applies.
+    pub default: DefaultPolicy,
+    /// Where decisions are recorded (none: not recorded).
+    pub audit: Option<Arc<AuditLog>>,
+}
+
+type DecideFn = dyn Fn(&AuthzRequest<'_>) -> Verdict + Send + Sync;
+
+enum Engine {
+    Function(Box<DecideFn>),
+    Policies(PolicyEngine),
+}
+
+/// A shared decision maker.
 #[derive(Clone)]
-pub struct Authorizer(Arc<dyn Fn(&AuthzRequest<'_>) -> Verdict + Send + Sync>);
+pub struct Authorizer(Arc<Engine>);
 
 impl std::fmt::Debug for Authorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,19 +78,148 @@ impl std::fmt::Debug for Authorizer {
     }
 }
 
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl PolicyEngine {
+    fn decide(&self, request: &AuthzRequest<'_>, ctx: &AuthzContext<'_>) -> Verdict {
+        let set = self.policies.borrow().clone();
+        let workload = Workload::from_id(ctx.workload);
+        let eval = Request {
+            client: request.client,
+            port: request.port,
+            http: request.http,
+        };
+        let decision = set.evaluate(&workload, &eval, self.default);
+        let label = decision.label();
+        metrics::counter!(
+            "warden_authz_decisions_total",
+            "decision" => label,
+            "policy" => decision.policy_label().to_string()
+        )
+        .increment(1);
+        if let Some(audit) = &self.audit {
+            if label != "allow" || audit.log_allowed {
+                audit.record(AuditRecord {
+                    seq: 0,
+                    time: now_rfc3339(),
+                    direction: "inbound".into(),
+                    client: request.client.map(|c| c.to_string()),
+                    client_addr: ctx.client_addr.map(|a| a.to_string()),
+                    workload: ctx.workload.to_string(),
+                    port: request.port,
+                    method: request.http.map(|(m, _)| m.to_string()),
+                    path: request.http.map(|(_, p)| p.to_string()),
+                    decision: label.into(),
+                    policy: decision.policy.clone(),
+                    rule: decision.rule,
+                    reason: decision.reason.clone(),
+                    audit_policies: decision.audit.as_ref().map(|a| a.policies.clone()),
+                    request_id: Some(ctx.request_id.to_string()),
+                    prev: String::new(),
+                });
+            }
+        }
+        if decision.allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Deny {
+                policy: decision.policy_label().to_string(),
+            }
+        }
+    }
+}
+
 impl Authorizer {
-    /// Allows everything that passed mTLS.
+    /// Allows everything that passed mTLS (tests and benchmarks).
     pub fn allow_all() -> Self {
         Self::from_fn(|_| Verdict::Allow)
     }
 
-    /// Decides with `f`.
+    /// Decides with `f` (tests).
     pub fn from_fn(f: impl Fn(&AuthzRequest<'_>) -> Verdict + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
+        Self(Arc::new(Engine::Function(Box::new(f))))
+    }
+
+    /// Decides with the operators' policies.
+    pub fn policies(engine: PolicyEngine) -> Self {
+        metrics::describe_counter!(
+            "warden_authz_decisions_total",
+            "Authorization decisions, by decision (allow, deny, audit) and deciding policy."
+        );
+        Self(Arc::new(Engine::Policies(engine)))
     }
 
     /// The decision for `request`.
-    pub fn check(&self, request: &AuthzRequest<'_>) -> Verdict {
-        (self.0)(request)
+    pub fn check(&self, request: &AuthzRequest<'_>, ctx: &AuthzContext<'_>) -> Verdict {
+        match &*self.0 {
+            Engine::Function(f) => f(request),
+            Engine::Policies(engine) => engine.decide(request, ctx),
+        }
+    }
+
+    /// For `/ready`: how many policies are in force, and the last reload error if any.
+    pub fn status_line(&self) -> Option<String> {
+        let Engine::Policies(engine) = &*self.0 else {
+            return None;
+        };
+        let status = engine.status.borrow();
+        Some(match &status.error {
+            None => format!(
+                "policies: {} in force (default {:?})",
+                status.policies, engine.default
+            ),
+            Some(e) => format!(
+                "policies: the last reload failed ({e}); keeping the last good {}",
+                status.policies
+            ),
+        })
+    }
+
+    /// Changes of the loader's state, to keep `/ready` current.
+    pub fn status_changes(&self) -> Option<watch::Receiver<PolicyStatus>> {
+        match &*self.0 {
+            Engine::Policies(engine) => Some(engine.status.clone()),
+            Engine::Function(_) => None,
+        }
+    }
+
+    /// Resolves when a policy change denies a connection that was allowed (then it must be
+    /// closed); never resolves without policies.
+    pub async fn until_revoked(
+        &self,
+        client: Option<SpiffeId>,
+        port: u16,
+        workload: SpiffeId,
+        client_addr: Option<SocketAddr>,
+    ) {
+        let Engine::Policies(engine) = &*self.0 else {
+            return std::future::pending().await;
+        };
+        let mut changes = engine.policies.clone();
+        changes.borrow_and_update();
+        loop {
+            if changes.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+            let request = AuthzRequest {
+                client: client.as_ref(),
+                port,
+                http: None,
+            };
+            let id = crate::http::request_id();
+            let ctx = AuthzContext {
+                workload: &workload,
+                client_addr,
+                request_id: &id,
+            };
+            if let Verdict::Deny { policy } = engine.decide(&request, &ctx) {
+                tracing::info!(client = ?client.as_ref().map(SpiffeId::as_str), port, %policy, "a policy change denies a live TCP connection; closing it");
+                return;
+            }
+        }
     }
 }

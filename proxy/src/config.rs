@@ -70,6 +70,38 @@ pub struct ProxyConfig {
     pub transparent: TransparentConfig,
     /// Whether inbound listeners accept plaintext from callers without a sidecar.
     pub inbound_mode: InboundMode,
+    /// Authorization policies and the audit log.
+    pub authorization: AuthorizationConfig,
+}
+
+/// Authorization: which policies protect this workload, what decides when none applies, and
+/// where decisions are recorded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthorizationConfig {
+    /// The directory of policy files (`*.yaml`), watched for changes; none: only the default.
+    pub policy_dir: Option<PathBuf>,
+    /// What decides when no policy applies: `deny` (zero trust) or `all-authenticated`.
+    pub default: warden_core::policy::evaluate::DefaultPolicy,
+    /// Where audit records go: `stdout`, `off`, or a file (appended, chain continued).
+    pub audit_log: String,
+    /// Record allowed decisions too (denials and audits always are).
+    pub log_allowed: bool,
+    /// How often the policy directory is checked for changes.
+    #[serde(with = "human_duration")]
+    pub reload_interval: Duration,
+}
+
+impl Default for AuthorizationConfig {
+    fn default() -> Self {
+        Self {
+            policy_dir: None,
+            default: Default::default(),
+            audit_log: "stdout".into(),
+            log_allowed: false,
+            reload_interval: Duration::from_secs(2),
+        }
+    }
 }
 
 /// What the inbound listeners do with plaintext (non-TLS) connections.
@@ -388,6 +420,17 @@ impl ProxyConfig {
                     self.transparent.mesh_networks =
                         parsed(env::MESH_NETWORKS, value, warden_core::cidr::parse_list)?
                 }
+                env::POLICY_DIR => self.authorization.policy_dir = Some(PathBuf::from(value)),
+                env::DEFAULT_POLICY => {
+                    self.authorization.default = parsed(env::DEFAULT_POLICY, value, |v| match v {
+                        "deny" => Ok(warden_core::policy::evaluate::DefaultPolicy::Deny),
+                        "all-authenticated" => {
+                            Ok(warden_core::policy::evaluate::DefaultPolicy::AllAuthenticated)
+                        }
+                        _ => Err("expected deny or all-authenticated"),
+                    })?
+                }
+                env::AUDIT_LOG => self.authorization.audit_log = value.to_string(),
                 env::INBOUND_MODE => {
                     self.inbound_mode = parsed(env::INBOUND_MODE, value, |v| match v {
                         "strict" => Ok(InboundMode::Strict),
@@ -420,6 +463,18 @@ impl ProxyConfig {
             if value.is_zero() {
                 return Err(invalid(field, "must be greater than zero".into()));
             }
+        }
+        if self.authorization.reload_interval.is_zero() {
+            return Err(invalid(
+                "authorization.reload_interval",
+                "must be greater than zero".into(),
+            ));
+        }
+        if self.authorization.audit_log.is_empty() {
+            return Err(invalid(
+                "authorization.audit_log",
+                "use stdout, off, or a file path".into(),
+            ));
         }
         if self.limits.max_connections == 0 {
             return Err(invalid(

@@ -16,7 +16,7 @@ use warden_core::contract::{ALPN_HTTP2, ALPN_TCP};
 use warden_core::SpiffeId;
 use warden_identity::tls;
 
-use crate::authz::{AuthzRequest, Verdict};
+use crate::authz::{AuthzContext, AuthzRequest, Verdict};
 use crate::config::{AppProtocol, InboundMode};
 use crate::detect::Protocol;
 use crate::io::{read_preface, PrefixedIo};
@@ -49,6 +49,8 @@ pub struct InboundConn {
     pub client: Option<SpiffeId>,
     /// `TLSv1.3/X25519MLKEM768`-style description of the hop, for the app.
     pub tls: Option<String>,
+    /// The caller's address.
+    pub peer: SocketAddr,
     /// Where its traffic goes.
     pub target: InboundTarget,
 }
@@ -95,7 +97,7 @@ async fn handle(
     if shared.config.inbound_mode == InboundMode::Permissive
         && !starts_with_tls(&tcp, &shared).await?
     {
-        return plaintext(tcp, target, &shared, &run).await;
+        return plaintext(tcp, peer, target, &shared, &run).await;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.credentials.borrow().server.clone());
     let started = Instant::now();
@@ -128,6 +130,7 @@ async fn handle(
     let inbound = Arc::new(InboundConn {
         client,
         tls: Some(tls_desc),
+        peer,
         target,
     });
     match alpn.as_deref() {
@@ -156,6 +159,7 @@ async fn starts_with_tls(tcp: &TcpStream, shared: &Shared) -> Result<bool, ()> {
 /// Permissive mode: a caller without a sidecar, as an unauthenticated client.
 async fn plaintext(
     mut tcp: TcpStream,
+    peer: SocketAddr,
     target: InboundTarget,
     shared: &Arc<Shared>,
     run: &RunControl,
@@ -164,6 +168,7 @@ async fn plaintext(
     let conn = Arc::new(InboundConn {
         client: None,
         tls: None,
+        peer,
         target,
     });
     let io = PrefixedIo::new(prefix, tcp);
@@ -190,10 +195,21 @@ where
         port: conn.target.app.port(),
         http: None,
     };
-    if let Verdict::Deny { policy } = shared.authz.check(&request) {
-        tracing::info!(client = conn.client_label(), port = request.port, %policy, "inbound TCP denied");
+    let workload = shared.credentials.borrow().svid.id().clone();
+    let request_id = crate::http::request_id();
+    let ctx = AuthzContext {
+        workload: &workload,
+        client_addr: Some(conn.peer),
+        request_id: &request_id,
+    };
+    if let Verdict::Deny { policy } = shared.authz.check(&request, &ctx) {
+        tracing::info!(client = conn.client_label(), port = request.port, %policy, %request_id, "inbound TCP denied");
         return Err(()); // closed before any byte reaches the app
     }
+    let revoked =
+        shared
+            .authz
+            .until_revoked(conn.client.clone(), request.port, workload, Some(conn.peer));
     let app = match tokio::time::timeout(
         shared.config.timeouts.connect,
         TcpStream::connect(conn.target.app),
@@ -217,6 +233,12 @@ where
         client_id: conn.client_label(),
         server_id: &own,
     };
-    run.relay(stream, app, shared.config.timeouts.idle, accounting)
-        .await
+    run.relay(
+        stream,
+        app,
+        shared.config.timeouts.idle,
+        accounting,
+        revoked,
+    )
+    .await
 }

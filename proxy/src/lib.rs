@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod authz;
 pub mod config;
 pub mod detect;
@@ -21,5 +22,6 @@ pub mod mesh;
 pub mod metrics;
 pub mod original_dst;
 pub mod outbound;
+pub mod policy_dir;
 pub mod proxy;
 pub mod shared;

@@ -146,8 +146,14 @@ async fn forward_tcp(
         client_id: &own,
         server_id: mesh.peer.as_str(),
     };
-    run.relay(app, mesh.stream, shared.config.timeouts.idle, accounting)
-        .await
+    run.relay(
+        app,
+        mesh.stream,
+        shared.config.timeouts.idle,
+        accounting,
+        std::future::pending(),
+    )
+    .await
 }
 
 /// A destination outside the mesh: plain TCP, as if there were no proxy (counted apart).
@@ -182,6 +188,7 @@ async fn egress(
         upstream,
         shared.config.timeouts.idle,
         Accounting::Egress,
+        std::future::pending(),
     )
     .await
 }

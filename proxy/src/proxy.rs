@@ -41,6 +41,9 @@ pub enum StartError {
     /// The identity client could not be configured.
     #[error("identity client: {0}")]
     Identity(String),
+    /// The audit log could not be opened.
+    #[error("audit log: {0}")]
+    Audit(String),
 }
 
 /// The bound listeners of a proxy (bind them first so tests can use port 0).
@@ -189,6 +192,36 @@ pub fn cert_source(config: &ProxyConfig) -> Result<CertSource, StartError> {
     Ok(CertSource::Remote(client))
 }
 
+/// The authorizer `config` asks for: the policy directory (watched), the mesh default, and
+/// the audit log. Call inside the runtime (the watcher is a task stopped by `shutdown`).
+pub fn authorizer(
+    config: &ProxyConfig,
+    shutdown: CancellationToken,
+) -> Result<Authorizer, StartError> {
+    let authz = &config.authorization;
+    let audit = match crate::audit::AuditTarget::parse(&authz.audit_log) {
+        None => None,
+        Some(target) => Some(Arc::new(
+            crate::audit::AuditLog::open(&target, authz.log_allowed)
+                .map_err(|e| StartError::Audit(format!("{}: {e}", authz.audit_log)))?,
+        )),
+    };
+    let watched = match &authz.policy_dir {
+        Some(dir) => crate::policy_dir::watch(dir.clone(), authz.reload_interval, shutdown),
+        None => {
+            let (_, policies) = tokio::sync::watch::channel(Arc::new(Default::default()));
+            let (_, status) = tokio::sync::watch::channel(Default::default());
+            crate::policy_dir::WatchedPolicies { policies, status }
+        }
+    };
+    Ok(Authorizer::policies(crate::authz::PolicyEngine {
+        policies: watched.policies,
+        status: watched.status,
+        default: authz.default,
+        audit,
+    }))
+}
+
 /// Runs the proxy until `shutdown`, then stops accepting, lets in-flight work finish within
 /// `timeouts.shutdown_grace`, and returns.
 pub async fn run(
@@ -254,16 +287,21 @@ pub async fn run(
             run.clone(),
         ));
     }
-    let readiness = |creds: &warden_identity::rotation::Credentials| {
+    let policy_status = shared.authz.clone();
+    let readiness = move |creds: &warden_identity::rotation::Credentials| {
         let left = creds
             .svid
             .not_after()
             .duration_since(SystemTime::now())
             .unwrap_or_default();
+        let policies = policy_status
+            .status_line()
+            .map(|l| format!("\n{l}"))
+            .unwrap_or_default();
         Readiness {
             ready: true,
             detail: format!(
-                "ready: {} (certificate valid for {}s); {inbound_count} inbound, {outbound_count} outbound listeners",
+                "ready: {} (certificate valid for {}s); {inbound_count} inbound, {outbound_count} outbound listeners{policies}",
                 creds.svid.id(),
                 left.as_secs()
             ),
@@ -272,16 +310,26 @@ pub async fn run(
     ready_tx.send_replace(readiness(&credentials.borrow()));
     tracing::info!(id = %credentials.borrow().svid.id(), inbound = inbound_count, outbound = outbound_count, "proxy ready");
 
-    // Keep /ready's detail current as certificates rotate.
+    // Keep /ready's detail current as certificates rotate and policies reload.
     let mut watch = credentials.clone();
+    let mut policy_changes = shared.authz.status_changes();
     loop {
+        let policy_changed = async {
+            match policy_changes.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = watch.changed() => {
                 if changed.is_err() { break; }
-                ready_tx.send_replace(readiness(&watch.borrow_and_update()));
+            }
+            ok = policy_changed => {
+                if !ok { policy_changes = None; }
             }
         }
+        ready_tx.send_replace(readiness(&watch.borrow_and_update()));
     }
 
     ready_tx.send_replace(Readiness::not_ready("not ready: shutting down"));

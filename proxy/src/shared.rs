@@ -77,7 +77,7 @@ impl RunControl {
     }
 
     /// Relays bytes between `a` (the client side) and `b` until both finish, the connection
-    /// idles out, or the hard stop; counts the bytes as `accounting` says. `Err(())` if it
+    /// idles out, `until` resolves (e.g. a policy change revoked it), or the hard stop; counts the bytes as `accounting` says. `Err(())` if it
     /// ended badly.
     pub async fn relay<A, B>(
         &self,
@@ -85,6 +85,7 @@ impl RunControl {
         b: B,
         idle: std::time::Duration,
         accounting: Accounting<'_>,
+        until: impl Future<Output = ()>,
     ) -> Result<(), ()>
     where
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -93,6 +94,7 @@ impl RunControl {
         let result = tokio::select! {
             r = crate::io::copy_bidirectional(a, b, idle) => r,
             _ = self.hard_stop.cancelled() => return Err(()),
+            () = until => return Err(()),
         };
         let (moved, outcome) = match result {
             Ok(moved) => (moved, Ok(())),

@@ -126,13 +126,30 @@ fn covers(a: &Rule, b: &Rule) -> bool {
             (Some(_), None) => false,
         }
     }
+    fn patterns(a: &Option<Vec<String>>, b: &Option<Vec<String>>) -> bool {
+        match (a, b) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(a), Some(b)) => b.iter().all(|x| a.iter().any(|y| pattern_covers(y, x))),
+        }
+    }
     let star = |s: &String| s == "*";
     (a.from.unauthenticated || !b.from.unauthenticated)
-        && list(&a.from.identities, &b.from.identities, star)
+        && patterns(&a.from.identities, &b.from.identities)
         && list(&a.from.namespaces, &b.from.namespaces, star)
         && list(&a.to.ports, &b.to.ports, |_: &u16| false)
         && list(&a.to.methods, &b.to.methods, |_: &String| false)
-        && list(&a.to.paths, &b.to.paths, star)
+        && patterns(&a.to.paths, &b.to.paths)
+}
+
+/// Whether pattern `a` matches every value pattern `b` matches.
+fn pattern_covers(a: &str, b: &str) -> bool {
+    match (Pattern::parse(a), Pattern::parse(b)) {
+        (Ok(Pattern::Any), _) => true,
+        (Ok(Pattern::Prefix(p)), Ok(Pattern::Exact(v) | Pattern::Prefix(v))) => v.starts_with(p),
+        (Ok(Pattern::Suffix(s)), Ok(Pattern::Exact(v) | Pattern::Suffix(v))) => v.ends_with(s),
+        _ => a == b,
+    }
 }
 
 #[cfg(test)]
@@ -156,6 +173,10 @@ spec:
     - from: {identities: ["spiffe://cluster.local/ns/ops/sa/x"], namespaces: [shop]}
     - to: {methods: []}
     - from: {identities: ["spiffe://cluster.local/ns/a/sa/x"]}
+    - from: {identities: ["spiffe://cluster.local/ns/a/*"]}
+      to: {paths: ["/api/*"]}
+    - from: {identities: ["spiffe://cluster.local/ns/a/sa/y"]}
+      to: {paths: ["/api/v1", "/api/v2/*"]}
 ---
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -177,6 +198,7 @@ spec: {action: DENY, rules: [{}]}
                 "shop/p rule 1: is shadowed by rule 0, which matches everything it does",
                 "shop/p rule 2: can never match: none of its identities is in its namespaces",
                 "shop/p rule 3: can never match: a condition lists no value",
+                "shop/p rule 6: is shadowed by rule 5, which matches everything it does",
                 "shop/empty: the selector lists no ServiceAccount, so the policy applies to nothing",
                 "shop/empty: no rules: this DENY policy matches nothing",
                 "shop/empty: defined more than once; every definition applies",

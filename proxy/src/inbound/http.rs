@@ -15,9 +15,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use warden_core::contract::headers;
+use warden_core::policy::path::normalize;
 
 use super::InboundConn;
-use crate::authz::{AuthzRequest, Verdict};
+use crate::authz::{AuthzContext, AuthzRequest, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::http::{boxed, empty, is_grpc, request_id, strip_hop_by_hop, ProxyBody, ProxyError};
@@ -101,10 +102,10 @@ async fn handle(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
-    let response = match forward(req, conn, shared).await {
+    let id = request_id();
+    let response = match forward(req, conn, shared, &id).await {
         Ok(response) => response,
         Err(e) => {
-            let id = request_id();
             match &e {
                 ProxyError::Denied { policy } => {
                     tracing::info!(request_id = %id, client = conn.client_label(), %policy, "inbound request denied")
@@ -130,15 +131,28 @@ async fn forward(
     mut req: Request<Incoming>,
     conn: &InboundConn,
     shared: &Shared,
+    request_id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // Policies see, and the app gets, the normalized path (no dot-segment tricks).
+    let path = normalize(req.uri().path()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let request = AuthzRequest {
         client: conn.client.as_ref(),
         port: conn.target.app.port(),
-        http: Some((req.method().as_str(), req.uri().path())),
+        http: Some((req.method().as_str(), &path)),
     };
-    if let Verdict::Deny { policy } = shared.authz.check(&request) {
+    let workload = shared.credentials.borrow().svid.id().clone();
+    let ctx = AuthzContext {
+        workload: &workload,
+        client_addr: Some(conn.peer),
+        request_id,
+    };
+    if let Verdict::Deny { policy } = shared.authz.check(&request, &ctx) {
         return Err(ProxyError::Denied { policy });
     }
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    };
 
     let tunnel = req
         .extensions()
@@ -167,16 +181,11 @@ async fn forward(
     }
     let orig_proto = parts.headers.remove(headers::ORIG_PROTO);
     let authority = parts.uri.authority().map(|a| a.to_string());
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
     let app = conn.target.app;
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(app.to_string().as_str())
-        .path_and_query(path.as_str())
+        .path_and_query(path_and_query.as_str())
         .build()
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let use_http1 = match conn.target.protocol {

@@ -136,6 +136,30 @@ impl Mesh {
         panic!("proxy not ready: {}", proxy.admin("/ready").await);
     }
 
+    /// Starts a proxy whose authorizer comes from its own config, as `warden proxy` does.
+    pub async fn proxy_from_config(&self, config: ProxyConfig) -> Proxy {
+        let authz = proxy::authorizer(&config, self.stop.clone()).unwrap();
+        self.proxy(config, authz).await
+    }
+
+    /// A client proxy (identity `client_name`) with one route to `server`'s first inbound
+    /// listener.
+    pub async fn client_named(
+        &self,
+        client_name: &str,
+        server: &Proxy,
+        route: RouteProtocol,
+    ) -> Proxy {
+        let mut client = self.workload(client_name);
+        client.outbound = vec![OutboundRoute {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            destination: server.addrs.inbound[0],
+            identity: Some(id("server")),
+            protocol: route,
+        }];
+        self.proxy(client, Authorizer::allow_all()).await
+    }
+
     /// A server proxy in front of `app` and a client proxy with one route to it.
     pub async fn pair(
         &self,

@@ -1,0 +1,287 @@
+//! Policies from a directory (the mounted `warden-policy` ConfigMap), re-read when it
+//! changes. A bad file never takes effect: the last good set stays, and the error is
+//! logged, counted (`warden_policy_reloads_total{result}`) and shown on `/ready`.
+//!
+//! Only `*.yaml` / `*.yml` files are read; names starting with `.` are skipped (a
+//! ConfigMap's `..data` machinery); a symlink is followed only if it stays inside the
+//! directory (ConfigMaps are symlinks into `..data`), and a file over 1 MiB is refused.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use warden_core::policy::evaluate::PolicySet;
+use warden_core::policy::{self, AuthorizationPolicy};
+
+/// The largest policy file read.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The policy loader's state, for `/ready`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyStatus {
+    /// Policies in force.
+    pub policies: usize,
+    /// The last reload's error, while the last good set stays in force.
+    pub error: Option<String>,
+}
+
+/// The files to read, in name order.
+fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
+    let root = dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let entries = std::fs::read_dir(&root).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            continue;
+        }
+        let path = entry.path();
+        let real = path
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if !real.starts_with(&root) {
+            return Err(format!(
+                "{}: a symlink out of the policy directory (to {}) is refused",
+                path.display(),
+                real.display()
+            ));
+        }
+        let meta = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() {
+            continue;
+        }
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(format!(
+                "{}: {} bytes, more than the {MAX_FILE_BYTES} allowed",
+                path.display(),
+                meta.len()
+            ));
+        }
+        files.push(path);
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Reads and validates every policy file of `dir`.
+pub fn load(dir: &Path) -> Result<Vec<AuthorizationPolicy>, String> {
+    let mut all = Vec::new();
+    for path in policy_files(dir)? {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        all.extend(policy::parse(&text, &name).map_err(|e| e.to_string())?);
+    }
+    Ok(all)
+}
+
+/// What identifies a version of the directory: each file's resolved path, size and mtime.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let real = e.path().canonicalize().ok()?;
+            let meta = std::fs::metadata(&real).ok()?;
+            Some((real, meta.len(), meta.modified().ok()))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Policies kept current from a directory.
+#[derive(Debug, Clone)]
+pub struct WatchedPolicies {
+    /// The policy set in force.
+    pub policies: watch::Receiver<Arc<PolicySet>>,
+    /// The loader's state.
+    pub status: watch::Receiver<PolicyStatus>,
+}
+
+fn record(result: &'static str) {
+    metrics::counter!("warden_policy_reloads_total", "result" => result).increment(1);
+}
+
+/// Loads `dir` now (an unusable directory at start means no policies, and says so) and
+/// re-reads it every `interval` when it changed, until `shutdown`.
+pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> WatchedPolicies {
+    metrics::describe_counter!(
+        "warden_policy_reloads_total",
+        "Loads of the policy directory, by result (success, failure: the last good set stays)."
+    );
+    // The fingerprint is taken with the initial load, so an edit made right after is seen.
+    let mut seen = fingerprint(&dir);
+    let (initial, status) = match load(&dir) {
+        Ok(policies) => {
+            record("success");
+            let status = PolicyStatus {
+                policies: policies.len(),
+                error: None,
+            };
+            (PolicySet::new(policies), status)
+        }
+        Err(error) => {
+            record("failure");
+            tracing::error!(%error, "policies did not load; the mesh default decides until they do");
+            (
+                PolicySet::default(),
+                PolicyStatus {
+                    policies: 0,
+                    error: Some(error),
+                },
+            )
+        }
+    };
+    let (set_tx, set_rx) = watch::channel(Arc::new(initial));
+    let (status_tx, status_rx) = watch::channel(status);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let now = fingerprint(&dir);
+            if now == seen {
+                continue;
+            }
+            seen = now;
+            match load(&dir) {
+                Ok(policies) => {
+                    record("success");
+                    tracing::info!(dir = %dir.display(), policies = policies.len(), "policies reloaded");
+                    status_tx.send_replace(PolicyStatus {
+                        policies: policies.len(),
+                        error: None,
+                    });
+                    set_tx.send_replace(Arc::new(PolicySet::new(policies)));
+                }
+                Err(error) => {
+                    record("failure");
+                    let kept = set_tx.borrow().policies().len();
+                    tracing::error!(%error, kept, "policy reload failed; keeping the last good policies");
+                    status_tx.send_replace(PolicyStatus {
+                        policies: kept,
+                        error: Some(error),
+                    });
+                }
+            }
+        }
+    });
+    WatchedPolicies {
+        policies: set_rx,
+        status: status_rx,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALLOW: &str = "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: shop}\nspec: {action: ALLOW, rules: [{}]}\n";
+
+    #[test]
+    fn loading_reads_policy_files_only_and_refuses_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), ALLOW).unwrap();
+        std::fs::write(
+            dir.path().join("b.yml"),
+            ALLOW.replace("name: a", "name: b"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("README.md"), "not a policy").unwrap();
+        std::fs::create_dir(dir.path().join("..data")).unwrap();
+        std::fs::write(dir.path().join("..data/c.yaml"), "garbage").unwrap();
+        assert_eq!(load(dir.path()).unwrap().len(), 2);
+
+        // A ConfigMap-style symlink inside the directory is followed.
+        std::os::unix::fs::symlink("..data/c.yaml", dir.path().join("c.yaml")).unwrap();
+        std::fs::write(
+            dir.path().join("..data/c.yaml"),
+            ALLOW.replace("name: a", "name: c"),
+        )
+        .unwrap();
+        assert_eq!(load(dir.path()).unwrap().len(), 3);
+
+        // A symlink out of the directory is refused, naming it.
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), ALLOW).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("evil.yaml")).unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(
+            err.contains("evil.yaml") && err.contains("out of the policy directory"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("evil.yaml")).unwrap();
+
+        // Huge files and bad policies name the file.
+        std::fs::write(
+            dir.path().join("huge.yaml"),
+            vec![b'#'; MAX_FILE_BYTES as usize + 1],
+        )
+        .unwrap();
+        assert!(load(dir.path()).unwrap_err().contains("huge.yaml"));
+        std::fs::remove_file(dir.path().join("huge.yaml")).unwrap();
+        std::fs::write(
+            dir.path().join("bad.yaml"),
+            ALLOW.replace("ALLOW", "PERMIT"),
+        )
+        .unwrap();
+        let err = load(dir.path()).unwrap_err();
+        assert!(
+            err.starts_with("bad.yaml: document 1: field spec.action"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_edit_keeps_the_last_good_set_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), ALLOW).unwrap();
+        let stop = CancellationToken::new();
+        let mut watched = watch(
+            dir.path().to_path_buf(),
+            Duration::from_millis(20),
+            stop.clone(),
+        );
+        assert_eq!(watched.policies.borrow().policies().len(), 1);
+
+        std::fs::write(dir.path().join("a.yaml"), "spec: [broken").unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watched.status.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        let status = watched.status.borrow().clone();
+        assert_eq!(status.policies, 1, "the last good set stays");
+        assert!(
+            status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("a.yaml")),
+            "{status:?}"
+        );
+        assert_eq!(watched.policies.borrow().policies().len(), 1);
+
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            format!("{ALLOW}---\n{}", ALLOW.replace("name: a", "name: z")),
+        )
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watched.policies.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(watched.policies.borrow().policies().len(), 2);
+        assert_eq!(watched.status.borrow().error, None);
+        stop.cancel();
+    }
+}
