@@ -1,10 +1,12 @@
 //! `warden demo`: the local mesh in one command, in-process on 127.0.0.1.
 //!
-//! It starts the identity service (a fresh CA, join tokens), then two workloads, each an
+//! It starts the identity service (a fresh CA, join tokens), then three workloads, each an
 //! unmodified HTTP app with a Warden sidecar that obtains its SVID from the identity
-//! service. Requests go app -> outbound proxy -> mutual TLS -> inbound proxy -> app; the
-//! table shows what each callee saw. A plaintext connection straight to a sidecar's inbound
-//! port is refused. Without `--once` it stays up and prints where to point curl.
+//! service. A policy lets the frontend call the backend; the intruder, a workload of the same
+//! mesh with a valid identity, is not allowed. Requests go app -> outbound proxy -> mutual
+//! TLS -> inbound proxy -> policy -> app; the table shows what each callee saw and which
+//! policy decided (from the backend sidecar's audit log). A plaintext connection straight to
+//! a sidecar's inbound port is refused. Without `--once` it stays up for curl.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,7 +26,6 @@ use warden_identity::authn::Authenticator;
 use warden_identity::ca::{self, InitOptions, SharedCa};
 use warden_identity::join_token::{self, JoinTokens};
 use warden_identity::service::{self, IdentityService, ServiceConfig, ServingIdentity};
-use warden_proxy::authz::Authorizer;
 use warden_proxy::config::{
     AppProtocol, InboundListener, OutboundRoute, ProxyConfig, RouteProtocol,
 };
@@ -44,6 +45,21 @@ pub struct Args {
 /// The demo's namespace.
 const NAMESPACE: &str = "demo";
 
+/// The policy the demo installs: the backend accepts GETs from the frontend only.
+const POLICY: &str = r#"apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: backend-allow-frontend, namespace: demo}
+spec:
+  selector: {serviceAccounts: [backend]}
+  action: ALLOW
+  rules:
+    - from: {identities: ["spiffe://TD/ns/demo/sa/frontend"]}
+      to: {methods: [GET]}
+"#;
+
+/// The workloads: the backend serves, the others call it.
+const WORKLOADS: [&str; 3] = ["backend", "frontend", "intruder"];
+
 /// One line of the table.
 struct Row {
     caller: String,
@@ -51,6 +67,7 @@ struct Row {
     status: String,
     seen: String,
     tls: String,
+    policy: String,
 }
 
 /// Runs the demo.
@@ -80,7 +97,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(&bundle, authority.bundle().to_pem())?;
     let tokens = dir.path().join("join-tokens");
     let mut lines = String::new();
-    for name in ["frontend", "backend"] {
+    for name in WORKLOADS {
         let (token, line) = join_token::new_token(&workload_id(&td, name)?);
         std::fs::write(dir.path().join(format!("{name}.token")), token)?;
         lines.push_str(&line);
@@ -102,14 +119,19 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         .await
         .ok_or_else(|| anyhow::anyhow!("the identity service did not start"))?;
 
-    // Two workloads; each sidecar has an inbound listener for its app and an outbound route
-    // to the other. Inbound listeners are bound first so the routes can name them.
-    let apps = [
-        ("frontend", app("frontend").await?),
-        ("backend", app("backend").await?),
-    ];
-    let mut configs = Vec::new();
-    for (name, app_addr) in &apps {
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies)?;
+    std::fs::write(
+        policies.join("demo.yaml"),
+        POLICY.replace("TD", td.as_str()),
+    )?;
+
+    // Each sidecar has an inbound listener for its app (default deny, the demo policy,
+    // every decision audited); the callers also get an outbound route to the backend.
+    let mut workloads = Vec::new();
+    let mut backend_inbound = None;
+    for name in WORKLOADS {
+        let app_addr = app(name).await?;
         let mut config = ProxyConfig {
             trust_domain: td.clone(),
             ..ProxyConfig::default()
@@ -118,42 +140,35 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         config.identity.trust_bundle = bundle.clone();
         config.identity.token_file = dir.path().join(format!("{name}.token"));
         config.identity.namespace = Some(NAMESPACE.into());
-        config.identity.service_account = Some((*name).into());
+        config.identity.service_account = Some(name.into());
         config.admin.listen = "127.0.0.1:0".parse()?;
+        config.authorization.policy_dir = Some(policies.clone());
+        config.authorization.audit_log = audit_log(dir.path(), name).display().to_string();
+        config.authorization.log_allowed = true;
         config.inbound = vec![InboundListener {
             listen: "127.0.0.1:0".parse()?,
-            app: *app_addr,
+            app: app_addr,
             protocol: AppProtocol::Auto,
         }];
-        configs.push(config);
-    }
-    let mut listeners = Vec::new();
-    for config in &configs {
-        listeners.push(Listeners::bind(config).await?);
-    }
-    let inbound: Vec<SocketAddr> = listeners.iter().map(|l| l.addrs().inbound[0]).collect();
-    let mut workloads = Vec::new();
-    for (i, ((name, app_addr), mut config)) in apps.into_iter().zip(configs).enumerate() {
-        let other = 1 - i;
-        let route = OutboundRoute {
-            listen: "127.0.0.1:0".parse()?,
-            destination: inbound[other],
-            identity: Some(workload_id(&td, ["frontend", "backend"][other])?),
-            protocol: RouteProtocol::Detect,
-        };
-        config.outbound = vec![route.clone()];
+        if let Some(destination) = backend_inbound {
+            config.outbound = vec![OutboundRoute {
+                listen: "127.0.0.1:0".parse()?,
+                destination,
+                identity: Some(workload_id(&td, "backend")?),
+                protocol: RouteProtocol::Detect,
+            }];
+        }
         config.validate()?;
-        let mut bound = listeners.remove(0);
-        bound
-            .add_outbound("outbound[0].listen".into(), &route)
-            .await?;
+        let bound = Listeners::bind(&config).await?;
         let sidecar = bound.addrs();
+        backend_inbound.get_or_insert(sidecar.inbound[0]);
         let source = proxy::cert_source(&config)?;
+        let authz = proxy::authorizer(&config, shutdown.clone())?;
         tokio::spawn(proxy::run(
             config,
             bound,
             source,
-            Authorizer::allow_all(),
+            authz,
             metrics.clone(),
             shutdown.clone(),
         ));
@@ -167,28 +182,35 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         wait_ready(w).await?;
     }
 
+    let backend_audit = audit_log(dir.path(), "backend");
     let mut rows = Vec::new();
-    for (caller, callee) in [
-        (&workloads[0], &workloads[1]),
-        (&workloads[1], &workloads[0]),
-    ] {
-        rows.push(call(caller, callee).await);
+    for caller in &workloads[1..] {
+        let mut row = call(caller, &workloads[0]).await;
+        row.policy = decided_by(&backend_audit, &workload_id(&td, caller.name)?);
+        rows.push(row);
     }
-    rows.push(plaintext(&workloads[1]).await);
+    rows.push(plaintext(&workloads[0]).await);
     print_table(&rows);
-    let ok = rows[..2].iter().all(|r| r.status == "200") && rows[2].status == "refused";
+    let ok = rows[0].status == "200" && rows[1].status == "403" && rows[2].status == "refused";
 
     if !args.once {
         println!();
         for w in &workloads {
+            let outbound = w
+                .sidecar
+                .outbound
+                .first()
+                .map_or("-".into(), |a| format!("http://{a} (to the backend)"));
             println!(
-                "{:<9} app http://{}  sidecar: outbound http://{} (to the other workload)  inbound {} (mTLS only)  admin http://{}/metrics",
-                w.name, w.app, w.sidecar.outbound[0], w.sidecar.inbound[0], w.sidecar.admin
+                "{:<9} app http://{}  sidecar: outbound {}  inbound {} (mTLS only)  admin http://{}/metrics",
+                w.name, w.app, outbound, w.sidecar.inbound[0], w.sidecar.admin
             );
         }
         println!(
-            "\ntry: curl http://{}/   (the frontend's app calling the backend through the mesh)\nCtrl-C to stop.",
-            workloads[0].sidecar.outbound[0]
+            "\ntry: curl http://{}/   (the frontend calling the backend: allowed)\n     curl http://{}/   (the intruder calling the backend: 403)\n     the backend's audit log: {}\nCtrl-C to stop.",
+            workloads[1].sidecar.outbound[0],
+            workloads[2].sidecar.outbound[0],
+            backend_audit.display()
         );
         crate::signals::terminated().await;
     }
@@ -198,6 +220,10 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn audit_log(dir: &std::path::Path, workload: &str) -> std::path::PathBuf {
+    dir.join(format!("{workload}-audit.log"))
 }
 
 fn workload_id(td: &TrustDomain, name: &str) -> anyhow::Result<SpiffeId> {
@@ -274,7 +300,20 @@ async fn call(caller: &Workload, callee: &Workload) -> Row {
                     .unwrap_or("-")
                     .to_string()
             };
-            (status.to_string(), field("caller: "), field("tls: "))
+            let seen = if status == 200 {
+                field("caller: ")
+            } else {
+                "- (denied before the app)".into()
+            };
+            (
+                status.to_string(),
+                seen,
+                if status == 200 {
+                    field("tls: ")
+                } else {
+                    "-".into()
+                },
+            )
         }
         Err(e) => ("error".to_string(), e.to_string(), "-".to_string()),
     };
@@ -284,7 +323,25 @@ async fn call(caller: &Workload, callee: &Workload) -> Row {
         status,
         seen,
         tls,
+        policy: "-".into(),
     }
+}
+
+/// The policy that decided the caller's last request, from the callee's audit log.
+fn decided_by(audit_log: &std::path::Path, caller: &SpiffeId) -> String {
+    let text = std::fs::read_to_string(audit_log).unwrap_or_default();
+    text.lines()
+        .rev()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|r| r["client"] == caller.as_str())
+        .map(|r| {
+            let decision = r["decision"].as_str().unwrap_or("?");
+            match r["policy"].as_str() {
+                Some(policy) => format!("{decision} by {policy}"),
+                None => format!("{decision}: {}", r["reason"].as_str().unwrap_or("")),
+            }
+        })
+        .unwrap_or_else(|| "-".into())
 }
 
 /// A plaintext HTTP request straight to a sidecar's inbound (mTLS-only) port.
@@ -299,8 +356,9 @@ async fn plaintext(callee: &Workload) -> Row {
         caller: "plaintext client".into(),
         callee: callee.name.into(),
         status: if answered { "ANSWERED" } else { "refused" }.into(),
-        seen: "- (the TLS handshake failed; the app saw nothing)".into(),
+        seen: "- (TLS handshake refused)".into(),
         tls: "-".into(),
+        policy: "- (strict mode: mTLS only)".into(),
     }
 }
 
@@ -311,19 +369,21 @@ fn print_table(rows: &[Row]) {
         status: "STATUS".into(),
         seen: "CLIENT IDENTITY THE CALLEE SAW".into(),
         tls: "TLS".into(),
+        policy: "DECISION".into(),
     };
     let all: Vec<&Row> = std::iter::once(&header).chain(rows).collect();
     let width = |f: fn(&Row) -> &str| all.iter().map(|r| f(r).len()).max().unwrap_or(0);
-    let (w1, w2, w3, w4) = (
+    let (w1, w2, w3, w4, w5) = (
         width(|r| &r.caller),
         width(|r| &r.callee),
         width(|r| &r.status),
         width(|r| &r.tls),
+        width(|r| &r.seen),
     );
     for r in all {
         println!(
-            "{:w1$}  {:w2$}  {:w3$}  {:w4$}  {}",
-            r.caller, r.callee, r.status, r.tls, r.seen
+            "{:w1$}  {:w2$}  {:w3$}  {:w4$}  {:w5$}  {}",
+            r.caller, r.callee, r.status, r.tls, r.seen, r.policy
         );
     }
 }

@@ -849,7 +849,7 @@ spec:
             items[(self.next() % items.len() as u64) as usize]
         }
         fn coin(&mut self) -> bool {
-            self.next() % 2 == 0
+            self.next().is_multiple_of(2)
         }
     }
 
