@@ -381,6 +381,13 @@ fn mesh(lab: &mut Lab) {
         "10.213.0.254:7191",
     ];
     lab.spawn(SW, &[], &args, &[], "warden identity: serving");
+    // Zero trust is the default: the pods' traffic is allowed by policy, as in a cluster.
+    std::fs::create_dir(lab.path("policies")).unwrap();
+    std::fs::write(
+        lab.path("policies/allow-test.yaml"),
+        "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: allow-test, namespace: test}\nspec: {action: ALLOW, rules: [{from: {namespaces: [test]}}]}\n",
+    )
+    .unwrap();
     for (pod, _) in &PODS[..2] {
         let out = lab.warden_in(pod, &["init"]);
         assert!(
@@ -409,6 +416,11 @@ fn mesh(lab: &mut Lab) {
                 "WARDEN_MESH_NETWORKS",
                 "10.213.0.0/29,fd00:213::/120".to_string(),
             ),
+            (
+                "WARDEN_POLICY_DIR",
+                lab.path("policies").display().to_string(),
+            ),
+            ("WARDEN_AUDIT_LOG", "off".to_string()),
             ("WARDEN_LOG", "info".to_string()),
         ];
         let uid = [
