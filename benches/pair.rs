@@ -74,7 +74,7 @@ async fn start_proxy(
         listeners,
         source,
         authz,
-        metrics,
+        warden_identity::admin::Telemetry::new(metrics),
         shutdown.clone(),
     ));
     for _ in 0..200 {

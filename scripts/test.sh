@@ -13,6 +13,8 @@ declare -A tools=(
   [ip6tables-restore]=iptables
   [tcpdump]=tcpdump
   [setpriv]=util-linux
+  [prometheus]=prometheus
+  [promtool]=prometheus
 )
 missing=()
 for cmd in "${!tools[@]}"; do

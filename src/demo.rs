@@ -86,7 +86,7 @@ struct Workload {
 }
 
 async fn demo(args: Args) -> anyhow::Result<ExitCode> {
-    let metrics = warden_identity::telemetry::prometheus();
+    warden_identity::telemetry::prometheus(); // installed before anything is counted
     let dir = tempfile::tempdir()?;
     let td = args.trust_domain;
     let shutdown = CancellationToken::new();
@@ -169,7 +169,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
             bound,
             source,
             authz,
-            metrics.clone(),
+            crate::logging::telemetry(),
             shutdown.clone(),
         ));
         workloads.push(Workload {

@@ -134,7 +134,7 @@ fn authenticator(args: &Args, td: &TrustDomain) -> anyhow::Result<Authenticator>
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let metrics = telemetry::prometheus();
+    telemetry::prometheus(); // installed before anything is counted
     let ca = CertificateAuthority::load(&args.ca_dir, args.trust_domain.as_ref())?;
     let td = ca.trust_domain().clone();
     let id = match &args.id {
@@ -157,7 +157,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     tokio::spawn(admin::serve(
         admin_listener,
         ready_rx,
-        metrics,
+        crate::logging::telemetry(),
         shutdown.clone(),
     ));
 

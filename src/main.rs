@@ -7,6 +7,7 @@ mod cert;
 mod demo;
 mod identity;
 mod init;
+mod logging;
 mod output;
 mod policy;
 mod proxy;
@@ -54,22 +55,8 @@ enum Command {
     Audit(audit::Command),
 }
 
-fn init_logging(filter: &str, json: bool) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .map_err(|e| anyhow::anyhow!("--log-level {filter:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    init_logging(&cli.log_level, cli.log_json)?;
+    logging::init(&cli.log_level, cli.log_json)?;
     warden_identity::tls::install_crypto_provider();
     match cli.command {
         Command::Demo(args) => demo::run(args),

@@ -31,7 +31,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let metrics = warden_identity::telemetry::prometheus();
+        warden_identity::telemetry::prometheus(); // installed before anything is counted
         let listeners = Listeners::bind(&config).await?;
         let addrs = listeners.addrs();
         let source = proxy::cert_source(&config)?;
@@ -46,7 +46,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             stop.cancel();
         });
         let authz = proxy::authorizer(&config, shutdown.clone())?;
-        proxy::run(config, listeners, source, authz, metrics, shutdown).await;
+        proxy::run(
+            config,
+            listeners,
+            source,
+            authz,
+            crate::logging::telemetry(),
+            shutdown,
+        )
+        .await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -284,6 +284,14 @@ fn demo_runs_the_mesh_and_shows_what_each_callee_saw() {
 
 /// Reads the child's stderr until the "serving" line and returns (https addr, admin addr).
 fn wait_for_serving(child: &mut std::process::Child) -> (String, String) {
+    let (https, admin, _rest) = wait_for_serving_logs(child);
+    (https, admin)
+}
+
+/// Like [`wait_for_serving`], and keeps collecting the child's later stderr.
+fn wait_for_serving_logs(
+    child: &mut std::process::Child,
+) -> (String, String, std::sync::Arc<std::sync::Mutex<String>>) {
     use std::io::BufRead;
     let stderr = child.stderr.take().unwrap();
     let mut lines = std::io::BufReader::new(stderr).lines();
@@ -291,7 +299,20 @@ fn wait_for_serving(child: &mut std::process::Child) -> (String, String) {
         let line = line.unwrap();
         if let Some(rest) = line.strip_prefix("warden identity: serving https://") {
             let (https, admin) = rest.split_once(" (admin http://").unwrap();
-            return (https.to_string(), admin.trim_end_matches(')').to_string());
+            let collected = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let sink = collected.clone();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    let mut all = sink.lock().unwrap();
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            });
+            return (
+                https.to_string(),
+                admin.trim_end_matches(')').to_string(),
+                collected,
+            );
         }
     }
     panic!("warden identity exited before serving");
@@ -631,4 +652,116 @@ fn audit_verify_finds_tampering() {
     .unwrap();
     let o = warden(&["audit", "verify", "audit.log"], tmp.path());
     assert_one_line_error(&o, 1, "audit.log: line 2: records 1 to 1 are missing");
+}
+
+#[test]
+fn json_access_logs_and_the_log_level_changes_at_runtime() {
+    // Access logs, as JSON lines, from the demo's proxies.
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "--log-json",
+            "--log-level",
+            "warn,warden::access=info",
+            "demo",
+            "--once",
+        ])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let access: Vec<serde_json::Value> = stderr(&o)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "warden::access")
+        .collect();
+    let denied = access
+        .iter()
+        .find(|v| v["fields"]["direction"] == "inbound" && v["fields"]["status"] == 403)
+        .unwrap_or_else(|| panic!("no inbound 403 access log in {access:?}"));
+    let fields = &denied["fields"];
+    assert_eq!(
+        fields["client_id"],
+        "spiffe://cluster.local/ns/demo/sa/intruder"
+    );
+    assert_eq!(
+        fields["server_id"],
+        "spiffe://cluster.local/ns/demo/sa/backend"
+    );
+    assert_eq!(fields["request_id"].as_str().unwrap().len(), 16);
+    assert!(fields["duration_ms"].as_f64().is_some() && fields["method"] == "GET");
+
+    // The identity service starts at `warn`; PUT /log-level from loopback makes it log `info`.
+    let dir = tmp.path();
+    assert!(warden(&["ca", "init", "--dir", "ca"], dir).status.success());
+    let id = "spiffe://cluster.local/ns/shop/sa/web";
+    let o = warden(&["ca", "join-token", "--tokens", "tokens", "--id", id], dir);
+    std::fs::write(dir.join("token"), stdout(&o).trim()).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "identity",
+            "--ca-dir",
+            "ca",
+            "--auth",
+            "join-tokens",
+            "--join-tokens",
+            "tokens",
+        ])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (https, admin, logs) = wait_for_serving_logs(&mut child);
+    assert!(
+        http_get(&admin, "/log-level").ends_with("\r\n\r\nwarn\n"),
+        "{}",
+        http_get(&admin, "/log-level")
+    );
+    let put = {
+        use std::io::{Read, Write};
+        let mut tcp = std::net::TcpStream::connect(&admin).unwrap();
+        write!(tcp, "PUT /log-level HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\nconnection: close\r\n\r\ninfo").unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(
+        put.starts_with("HTTP/1.1 200") && put.ends_with("info\n"),
+        "{put}"
+    );
+    let bundle = warden_identity::TrustBundle::from_pem_file(
+        warden_core::TrustDomain::default(),
+        &dir.join("ca/bundle.crt"),
+    )
+    .unwrap();
+    let client = warden_identity::client::CertifyClient::new(
+        warden_identity::client::CertifyClientConfig {
+            url: format!("https://{https}"),
+            server_id: warden_core::SpiffeId::parse(
+                "spiffe://cluster.local/ns/warden-system/sa/warden-identity",
+            )
+            .unwrap(),
+            token_file: dir.join("token"),
+            expected_id: None,
+            timeout: std::time::Duration::from_secs(10),
+        },
+        warden_identity::TrustStore::single(bundle),
+    )
+    .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(client.certify()).unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let rest = logs.lock().unwrap().clone();
+    assert!(
+        rest.contains("issued") && rest.contains(id),
+        "info logs after the change: {rest}"
+    );
 }

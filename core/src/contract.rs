@@ -24,6 +24,11 @@ pub const IDENTITY_TOKEN_AUDIENCE: &str = "warden-identity";
 /// Namespace and pod label that turns injection on (`enabled`) or off (`disabled`).
 pub const INJECT_LABEL: &str = "warden.dev/inject";
 
+/// The name of the proxy container's admin port (scraped by Prometheus).
+pub const ADMIN_PORT_NAME: &str = "warden-admin";
+/// The proxy container's name.
+pub const PROXY_CONTAINER: &str = "warden-proxy";
+
 /// The namespace Warden's control plane (identity service, injector) runs in.
 pub const SYSTEM_NAMESPACE: &str = "warden-system";
 /// The identity service's ServiceAccount (and Service) name.

@@ -1,7 +1,11 @@
-//! A plaintext admin endpoint: `/live`, `/ready` (with its reason in the body) and
-//! Prometheus `/metrics`. Kept off the serving port so probes and scrapes need no token.
+//! A plaintext admin endpoint: `/live`, `/ready` (with its reason in the body), Prometheus
+//! `/metrics` (with process metrics), and `/log-level` (GET to read; PUT, from loopback only,
+//! to change the log filter at runtime). Kept off the serving port so probes and scrapes need
+//! no token.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
@@ -12,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::http::{text, Body};
+use crate::http::{read_body, text, Body};
 
 /// Whether the process is ready to serve, and why (shown on `/ready`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,18 +37,47 @@ impl Readiness {
     }
 }
 
-/// Answers one admin request.
-pub fn respond(
-    req: &Request<Incoming>,
-    readiness: &Readiness,
-    metrics: &PrometheusHandle,
-) -> Response<Body> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+/// Reads (`None`) or replaces (`Some(filter)`) the log filter; returns the filter in force.
+pub type LogLevel = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
+
+/// What the admin endpoint exposes besides readiness.
+#[derive(Clone)]
+pub struct Telemetry {
+    /// The Prometheus recorder's handle.
+    pub metrics: PrometheusHandle,
+    /// The runtime log filter control, if the process has one.
+    pub log_level: Option<LogLevel>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("log_level", &self.log_level.is_some())
+            .finish()
     }
-    match req.uri().path() {
-        "/live" => text(StatusCode::OK, "live\n"),
-        "/ready" => {
+}
+
+impl Telemetry {
+    /// Metrics only (tests, benchmarks).
+    pub fn new(metrics: PrometheusHandle) -> Self {
+        Self {
+            metrics,
+            log_level: None,
+        }
+    }
+}
+
+/// Answers one admin request.
+pub async fn respond(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    readiness: &Readiness,
+    telemetry: &Telemetry,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    match (req.method().clone(), path.as_str()) {
+        (Method::GET | Method::HEAD, "/live") => text(StatusCode::OK, "live\n"),
+        (Method::GET | Method::HEAD, "/ready") => {
             let status = if readiness.ready {
                 StatusCode::OK
             } else {
@@ -52,15 +85,57 @@ pub fn respond(
             };
             text(status, format!("{}\n", readiness.detail))
         }
-        "/metrics" => {
-            let mut resp = text(StatusCode::OK, metrics.render());
+        (Method::GET | Method::HEAD, "/metrics") => {
+            let mut exposition = telemetry.metrics.render();
+            exposition.push_str(&crate::process_metrics::render());
+            let mut resp = text(StatusCode::OK, exposition);
             resp.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             resp
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: /live /ready /metrics\n"),
+        (method, "/log-level") => {
+            let Some(log_level) = &telemetry.log_level else {
+                return text(
+                    StatusCode::NOT_FOUND,
+                    "no runtime log control in this process\n",
+                );
+            };
+            match method {
+                Method::GET => match log_level(None) {
+                    Ok(filter) => text(StatusCode::OK, format!("{filter}\n")),
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+                },
+                // The admin port is reachable from other pods; only the pod itself may change
+                // what the proxy logs.
+                Method::PUT if !peer.ip().to_canonical().is_loopback() => text(
+                    StatusCode::FORBIDDEN,
+                    "the log level can only be changed from the pod itself (loopback)\n",
+                ),
+                Method::PUT => {
+                    let headers = req.headers().clone();
+                    let body = match read_body(&headers, req.into_body(), 1024).await {
+                        Ok(body) => body,
+                        Err(e) => return text(StatusCode::PAYLOAD_TOO_LARGE, format!("{e}\n")),
+                    };
+                    let filter = String::from_utf8_lossy(&body).trim().to_string();
+                    match log_level(Some(&filter)) {
+                        Ok(now) => text(StatusCode::OK, format!("{now}\n")),
+                        Err(e) => text(
+                            StatusCode::BAD_REQUEST,
+                            format!("log filter {filter:?}: {e}\n"),
+                        ),
+                    }
+                }
+                _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT\n"),
+            }
+        }
+        (Method::GET | Method::HEAD, _) => text(
+            StatusCode::NOT_FOUND,
+            "not found: /live /ready /metrics /log-level\n",
+        ),
+        _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
     }
 }
 
@@ -68,12 +143,12 @@ pub fn respond(
 pub async fn serve(
     listener: TcpListener,
     readiness: watch::Receiver<Readiness>,
-    metrics: PrometheusHandle,
+    telemetry: Telemetry,
     shutdown: CancellationToken,
 ) {
     // Histograms are drained into their buckets by upkeep; run it even between scrapes so
     // memory stays flat.
-    let upkeep = metrics.clone();
+    let upkeep = telemetry.metrics.clone();
     let upkeep_stop = shutdown.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -85,10 +160,10 @@ pub async fn serve(
         }
     });
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "admin accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -97,11 +172,12 @@ pub async fn serve(
             },
         };
         let readiness = readiness.clone();
-        let metrics = metrics.clone();
+        let telemetry = telemetry.clone();
         tokio::spawn(async move {
             let handler = hyper::service::service_fn(move |req| {
-                let resp = respond(&req, &readiness.borrow(), &metrics);
-                async move { Ok::<_, Infallible>(resp) }
+                let readiness = readiness.borrow().clone();
+                let telemetry = telemetry.clone();
+                async move { Ok::<_, Infallible>(respond(req, peer, &readiness, &telemetry).await) }
             });
             let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tcp), handler)

@@ -27,6 +27,7 @@ pub mod csr;
 pub mod http;
 pub mod inspect;
 pub mod join_token;
+pub mod process_metrics;
 pub mod profile;
 pub mod rate_limit;
 pub mod rotation;

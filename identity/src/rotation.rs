@@ -279,6 +279,9 @@ fn describe_metrics() {
         "warden_identity_renewals_total",
         "Attempts to obtain a certificate (the first one included), by result."
     );
+    for result in ["success", "failure"] {
+        metrics::counter!("warden_identity_renewals_total", "result" => result).increment(0);
+    }
 }
 
 #[cfg(test)]

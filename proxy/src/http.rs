@@ -157,6 +157,39 @@ pub fn request_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// One access-log line (target `warden::access`, at info level): who called whom, what,
+/// the outcome and how long it took. Callers check [`access_log_enabled`] first so that
+/// nothing is formatted when access logs are off.
+#[allow(clippy::too_many_arguments)]
+pub fn access_log(
+    direction: crate::metrics::Direction,
+    request_id: &str,
+    client_id: &str,
+    server_id: &str,
+    method: &str,
+    path: &str,
+    status: u16,
+    elapsed: std::time::Duration,
+) {
+    tracing::info!(
+        target: "warden::access",
+        request_id,
+        direction = direction.as_str(),
+        client_id,
+        server_id,
+        method,
+        path,
+        status,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
+}
+
+/// Whether access logs are on (`warden::access=info` in the log filter).
+pub fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "warden::access", tracing::Level::INFO)
+}
+
 /// Headers that describe one connection and must not be forwarded (RFC 9110 section 7.6.1;
 /// HTTP/2 forbids them).
 const HOP_BY_HOP: [HeaderName; 7] = [

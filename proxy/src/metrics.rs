@@ -78,6 +78,25 @@ pub fn describe() {
     );
 }
 
+/// Creates every series whose label values are known in advance at zero, so dashboards and
+/// alerts see 0 rather than "no data" before the first event.
+pub fn initialize() {
+    for direction in [Direction::Inbound, Direction::Outbound] {
+        let d = direction.as_str();
+        for result in ["success", "failure", "timeout"] {
+            counter!("warden_tls_handshakes_total", "direction" => d, "result" => result)
+                .increment(0);
+        }
+        counter!("warden_connections_refused_total", "direction" => d).increment(0);
+        counter!("warden_tcp_connections_opened_total", "direction" => d).increment(0);
+        gauge!("warden_tcp_connections_active", "direction" => d).increment(0.0);
+    }
+    counter!("warden_egress_connections_total").increment(0);
+    for flow in ["sent", "received"] {
+        counter!("warden_egress_bytes_total", "flow" => flow).increment(0);
+    }
+}
+
 /// An HTTP request's outcome.
 pub fn request(
     direction: Direction,

@@ -119,6 +119,9 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
         "warden_policy_reloads_total",
         "Loads of the policy directory, by result (success, failure: the last good set stays)."
     );
+    for result in ["success", "failure"] {
+        metrics::counter!("warden_policy_reloads_total", "result" => result).increment(0);
+    }
     // The fingerprint is taken with the initial load, so an edit made right after is seen.
     let mut seen = fingerprint(&dir);
     let (initial, status) = match load(&dir) {

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warden_core::contract::{ALPN_HTTP2, ALPN_TCP};
@@ -229,10 +228,11 @@ pub async fn run(
     listeners: Listeners,
     source: CertSource,
     authz: Authorizer,
-    metrics_handle: PrometheusHandle,
+    telemetry: warden_identity::admin::Telemetry,
     shutdown: CancellationToken,
 ) {
     crate::metrics::describe();
+    crate::metrics::initialize();
     let config = Arc::new(config);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness::not_ready(
         "not ready: waiting for a certificate from the identity service",
@@ -241,7 +241,7 @@ pub async fn run(
     tokio::spawn(admin::serve(
         listeners.admin,
         ready_rx,
-        metrics_handle,
+        telemetry,
         admin_stop.clone(),
     ));
 

@@ -21,7 +21,10 @@ use super::InboundConn;
 use crate::authz::{AuthzContext, AuthzRequest, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
-use crate::http::{boxed, empty, is_grpc, request_id, strip_hop_by_hop, ProxyBody, ProxyError};
+use crate::http::{
+    access_log, access_log_enabled, boxed, empty, is_grpc, request_id, strip_hop_by_hop, ProxyBody,
+    ProxyError,
+};
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
 
@@ -103,6 +106,8 @@ async fn handle(
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let id = request_id();
+    let access =
+        access_log_enabled().then(|| (req.method().to_string(), req.uri().path().to_string()));
     let response = match forward(req, conn, shared, &id).await {
         Ok(response) => response,
         Err(e) => {
@@ -117,13 +122,27 @@ async fn handle(
             e.to_response(grpc, &id)
         }
     };
+    let own = shared.own_id();
+    let status = response.status().as_u16();
     metrics::request(
         Direction::Inbound,
         conn.client_label(),
-        &shared.own_id(),
-        response.status().as_u16(),
+        &own,
+        status,
         started.elapsed(),
     );
+    if let Some((method, path)) = access {
+        access_log(
+            Direction::Inbound,
+            &id,
+            conn.client_label(),
+            &own,
+            &method,
+            &path,
+            status,
+            started.elapsed(),
+        );
+    }
     response
 }
 

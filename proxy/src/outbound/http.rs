@@ -16,7 +16,8 @@ use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::detect::Protocol;
 use crate::http::{
-    boxed, empty, is_grpc, request_id, strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError,
+    access_log, access_log_enabled, boxed, empty, is_grpc, request_id, strip_hop_by_hop,
+    upgrade_protocol, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -70,25 +71,37 @@ where
 async fn forward(req: Request<Incoming>, key: &PoolKey, shared: &Shared) -> Response<ProxyBody> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
+    let access =
+        access_log_enabled().then(|| (req.method().to_string(), req.uri().path().to_string()));
+    let mut id = None;
     let (response, peer) = match forward_inner(req, key, shared).await {
         Ok(pair) => pair,
         Err(e) => {
-            let id = request_id();
+            let id = id.insert(request_id());
             tracing::warn!(request_id = %id, destination = %key.addr, status = e.status().as_u16(), error = %e, "outbound request failed");
             let peer: Arc<str> = key
                 .expected
                 .as_ref()
                 .map_or(Arc::from("-"), |id| Arc::from(id.as_str()));
-            (e.to_response(grpc, &id), peer)
+            (e.to_response(grpc, id), peer)
         }
     };
-    metrics::request(
-        Direction::Outbound,
-        &shared.own_id(),
-        &peer,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
+    let own = shared.own_id();
+    let status = response.status().as_u16();
+    metrics::request(Direction::Outbound, &own, &peer, status, started.elapsed());
+    if let Some((method, path)) = access {
+        let id = id.as_deref().unwrap_or("-");
+        access_log(
+            Direction::Outbound,
+            id,
+            &own,
+            &peer,
+            &method,
+            &path,
+            status,
+            started.elapsed(),
+        );
+    }
     response
 }
 

@@ -403,7 +403,7 @@ async fn nothing_is_served_before_the_proxy_has_a_certificate() {
         listeners,
         source,
         Authorizer::allow_all(),
-        mesh.metrics.clone(),
+        warden_identity::admin::Telemetry::new(mesh.metrics.clone()),
         shutdown.clone(),
     ));
     tokio::time::sleep(Duration::from_millis(300)).await;

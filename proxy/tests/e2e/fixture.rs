@@ -119,7 +119,7 @@ impl Mesh {
             listeners,
             source,
             authz,
-            self.metrics.clone(),
+            warden_identity::admin::Telemetry::new(self.metrics.clone()),
             shutdown.clone(),
         ));
         let proxy = Proxy {

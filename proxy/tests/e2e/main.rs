@@ -4,6 +4,7 @@
 mod apps;
 mod failures;
 mod fixture;
+mod observability;
 mod policy;
 mod protocols;
 mod tcp;

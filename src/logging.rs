@@ -1,0 +1,50 @@
+//! The process's logs: a `tracing` subscriber writing text or JSON lines to stderr, whose
+//! filter can be changed at runtime (the admin endpoint's `PUT /log-level`).
+
+use std::sync::{Arc, OnceLock};
+
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry};
+use warden_identity::admin::LogLevel;
+
+static CONTROL: OnceLock<LogLevel> = OnceLock::new();
+
+/// Installs the subscriber with `filter` (e.g. `info`, `warn,warden::access=info`).
+pub fn init(filter: &str, json: bool) -> anyhow::Result<()> {
+    let initial =
+        EnvFilter::try_new(filter).map_err(|e| anyhow::anyhow!("--log-level {filter:?}: {e}"))?;
+    let (filter_layer, handle) = reload::Layer::<EnvFilter, Registry>::new(initial);
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter_layer)
+        .with(text)
+        .with(json)
+        .init();
+    let control: LogLevel = Arc::new(move |new: Option<&str>| match new {
+        None => handle
+            .with_current(|f| f.to_string())
+            .map_err(|e| e.to_string()),
+        Some(filter) => {
+            let parsed = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+            handle.reload(parsed).map_err(|e| e.to_string())?;
+            tracing::warn!(filter, "log filter changed at runtime");
+            Ok(filter.to_string())
+        }
+    });
+    let _ = CONTROL.set(control);
+    Ok(())
+}
+
+/// The admin endpoint's view of logs and metrics for this process.
+pub fn telemetry() -> warden_identity::admin::Telemetry {
+    warden_identity::admin::Telemetry {
+        metrics: warden_identity::telemetry::prometheus(),
+        log_level: CONTROL.get().cloned(),
+    }
+}
