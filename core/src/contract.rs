@@ -79,7 +79,51 @@ pub mod env {
     pub const DEFAULT_POLICY: &str = "WARDEN_DEFAULT_POLICY";
     /// `authorization.audit_log`: `stdout`, `off`, or a file path.
     pub const AUDIT_LOG: &str = "WARDEN_AUDIT_LOG";
+    /// `identity.trust_anchors`: the trust bundle as PEM text (instead of a file).
+    pub const TRUST_ANCHORS: &str = "WARDEN_TRUST_ANCHORS";
+    /// `log`: the log filter, e.g. `warn`.
+    pub const LOG: &str = "WARDEN_LOG";
 }
+
+/// Pod annotations the injector reads (`warden.dev/*`) and writes.
+pub mod annotations {
+    /// `disabled` opts a pod out (also accepted as a label).
+    pub const INJECT: &str = "warden.dev/inject";
+    /// Written by the injector: the Warden version injected (marks a pod as injected).
+    pub const INJECTED_VERSION: &str = "warden.dev/injected-version";
+    /// `native` (default: an init container with restartPolicy Always) or `regular` (a
+    /// first container, the app held until the proxy is ready; for clusters before 1.29).
+    pub const SIDECAR_MODE: &str = "warden.dev/sidecar-mode";
+    /// The proxy's CPU request, e.g. `50m`.
+    pub const PROXY_CPU_REQUEST: &str = "warden.dev/proxy-cpu-request";
+    /// The proxy's CPU limit (none by default).
+    pub const PROXY_CPU_LIMIT: &str = "warden.dev/proxy-cpu-limit";
+    /// The proxy's memory request, e.g. `32Mi`.
+    pub const PROXY_MEMORY_REQUEST: &str = "warden.dev/proxy-memory-request";
+    /// The proxy's memory limit, e.g. `256Mi`.
+    pub const PROXY_MEMORY_LIMIT: &str = "warden.dev/proxy-memory-limit";
+    /// The proxy's log filter, e.g. `info`.
+    pub const LOG_LEVEL: &str = "warden.dev/log-level";
+    /// Inbound ports not intercepted, comma-separated.
+    pub const SKIP_INBOUND_PORTS: &str = "warden.dev/skip-inbound-ports";
+    /// Outbound ports not intercepted, comma-separated.
+    pub const SKIP_OUTBOUND_PORTS: &str = "warden.dev/skip-outbound-ports";
+    /// Outbound networks not intercepted, comma-separated CIDRs.
+    pub const SKIP_OUTBOUND_CIDRS: &str = "warden.dev/skip-outbound-cidrs";
+    /// Destination ports proxied as opaque TCP, comma-separated.
+    pub const OPAQUE_PORTS: &str = "warden.dev/opaque-ports";
+    /// `strict` (default) or `permissive`.
+    pub const INBOUND_MODE: &str = "warden.dev/inbound-mode";
+    /// kubectl's default container for `logs` and `exec` (set to the app's).
+    pub const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
+}
+
+/// The init container that installs the interception rules.
+pub const INIT_CONTAINER: &str = "warden-init";
+/// Where the proxy's projected ServiceAccount token is mounted.
+pub const TOKEN_MOUNT: &str = "/var/run/secrets/warden";
+/// The projected token's file name.
+pub const TOKEN_FILE: &str = "token";
 
 /// Where the injector mounts the namespace's `warden-policy` ConfigMap in the proxy.
 pub const POLICY_MOUNT: &str = "/var/run/warden/policy";

@@ -11,6 +11,7 @@ pub mod cidr;
 pub mod contract;
 pub mod duration;
 pub mod policy;
+pub mod probe;
 pub mod spiffe;
 pub mod yaml;
 

@@ -214,6 +214,85 @@ pub async fn post_json(
         .map_err(|_| ClientError::Timeout(target.authority.clone()))?
 }
 
+/// Bounds of an HTTPS server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// A TLS handshake, and reading request headers.
+    pub handshake_timeout: std::time::Duration,
+    /// How long in-flight requests may take to finish at shutdown.
+    pub shutdown_grace: std::time::Duration,
+}
+
+/// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown`, then lets in-flight
+/// requests finish within the grace period. `tls` gives the configuration for each new
+/// handshake (so rotated certificates are picked up); `handler` answers each request.
+pub async fn serve_tls<T, H, F>(
+    listener: tokio::net::TcpListener,
+    tls: T,
+    handler: H,
+    limits: ServeLimits,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    T: Fn() -> std::sync::Arc<rustls::ServerConfig>,
+    H: Fn(std::net::SocketAddr, http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Response<Body>> + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls());
+        let handler = handler.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let service = hyper::service::service_fn(move |req| {
+                let response = handler(peer, req);
+                async move { Ok::<_, std::convert::Infallible>(response.await) }
+            });
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.handshake_timeout);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; dropping remaining connections");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,14 +6,12 @@
 //! Nothing is issued unless every check passed; every outcome is counted and logged, never
 //! with the token.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -265,60 +263,16 @@ pub async fn serve(
     service: Arc<IdentityService>,
     shutdown: CancellationToken,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = tokio_rustls::TlsAcceptor::from(credentials.borrow().server.clone());
+    let limits = crate::http::ServeLimits {
+        handshake_timeout: service.config.handshake_timeout,
+        shutdown_grace: service.config.shutdown_grace,
+    };
+    let tls = move || credentials.borrow().server.clone();
+    let handler = move |peer, req| {
         let service = service.clone();
-        let watcher = graceful.watcher();
-        let handshake_timeout = service.config.handshake_timeout;
-        tokio::spawn(async move {
-            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let handler = hyper::service::service_fn(move |req| {
-                let service = service.clone();
-                async move { Ok::<_, Infallible>(service.handle(peer, req).await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(handshake_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), handler);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    let grace = service.config.shutdown_grace;
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over; dropping remaining connections");
-    }
+        async move { service.handle(peer, req).await }
+    };
+    crate::http::serve_tls(listener, tls, handler, limits, shutdown).await;
 }
 
 /// Polls the CA directory every `interval` and swaps in the CA when its files change; a CA

@@ -1,3 +1,11 @@
-//! Warden injector.
+//! warden-injector: the mutating admission webhook that adds Warden to pods.
+//!
+//! - [`patch`]: the pure pod patch (pod + settings -> JSON patch, or why not);
+//! - [`webhook`]: AdmissionReview handling and the HTTPS handler;
+//! - [`config`]: what gets injected, with defaults.
 
 #![warn(missing_docs)]
+
+pub mod config;
+pub mod patch;
+pub mod webhook;

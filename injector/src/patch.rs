@@ -1,0 +1,617 @@
+//! The pod patch, as a pure function: a pod and the injector's settings in, an RFC 6902
+//! JSON patch (or the reason not to inject) out. Every port, UID, env name, annotation and
+//! path comes from `warden_core::contract`.
+//!
+//! What an injected pod gets:
+//! - `warden-init` first among the init containers: `warden init` with NET_ADMIN and NET_RAW
+//!   only (everything else dropped);
+//! - `warden-proxy`: a native sidecar (an init container with `restartPolicy: Always` and a
+//!   startup probe on `/ready`, placed right after `warden-init` so the app's own init
+//!   containers already run meshed), or on request a regular first container whose
+//!   postStart hook holds the app until the proxy is ready; UID 2626, read-only root
+//!   filesystem, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault;
+//!   downward-API env, the trust anchors, the identity service; a projected token with
+//!   audience `warden-identity`; the namespace's `warden-policy` ConfigMap (optional);
+//! - the app's HTTP, TCP and gRPC probes rewritten to pass through the proxy's admin port;
+//! - annotations: the injected version and kubectl's default container.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
+    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{json, Value};
+use warden_core::contract::{self, annotations, env};
+use warden_core::probe::{self, AppProbe, AppProbes};
+use warden_core::Cidr;
+
+use crate::config::{InjectorConfig, Resources, SidecarMode};
+
+/// Why a pod is left unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skip(pub String);
+
+/// A patch to apply, and warnings for the pod's author.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Injection {
+    /// The RFC 6902 operations.
+    pub patch: Value,
+    /// Problems with the pod's annotations (their defaults were used instead).
+    pub warnings: Vec<String>,
+}
+
+const TOKEN_VOLUME: &str = "warden-token";
+const POLICY_VOLUME: &str = "warden-policy";
+const RUN_VOLUME: &str = "warden-run";
+const TOKEN_SECONDS: i64 = 3600;
+
+/// JSON Pointer escaping (RFC 6901).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
+fn add(path: String, value: Value) -> Value {
+    json!({"op": "add", "path": path, "value": value})
+}
+
+fn to_value<T: serde::Serialize>(t: &T) -> Value {
+    serde_json::to_value(t).unwrap_or(Value::Null)
+}
+
+/// The settings a pod may override through `warden.dev/*` annotations.
+#[derive(Debug, Clone)]
+struct Overrides {
+    mode: SidecarMode,
+    log_level: String,
+    resources: Resources,
+    skip_inbound_ports: Vec<u16>,
+    skip_outbound_ports: Vec<u16>,
+    skip_outbound_cidrs: Vec<Cidr>,
+    opaque_ports: Vec<u16>,
+    inbound_mode: Option<String>,
+}
+
+fn ports(value: &str) -> Result<Vec<u16>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("{p:?} is not a port")),
+            Ok(port) => Ok(port),
+        })
+        .collect()
+}
+
+fn quantity(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 20
+        && value.chars().next().is_some_and(|c| c.is_ascii_digit())
+        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(format!("{value:?} is not a Kubernetes quantity"))
+    }
+}
+
+impl Overrides {
+    fn read(
+        pod_annotations: &BTreeMap<String, String>,
+        config: &InjectorConfig,
+        warnings: &mut Vec<String>,
+    ) -> Self {
+        let mut o = Overrides {
+            mode: config.default_mode,
+            log_level: config.log_level.clone(),
+            resources: config.proxy_resources.clone(),
+            skip_inbound_ports: Vec::new(),
+            skip_outbound_ports: Vec::new(),
+            skip_outbound_cidrs: Vec::new(),
+            opaque_ports: Vec::new(),
+            inbound_mode: None,
+        };
+        let mut apply = |key: &str, f: &mut dyn FnMut(&str) -> Result<(), String>| {
+            if let Some(value) = pod_annotations.get(key) {
+                if let Err(e) = f(value) {
+                    warnings.push(format!("warden: annotation {key}: {e}; using the default"));
+                }
+            }
+        };
+        apply(annotations::SIDECAR_MODE, &mut |v| {
+            o.mode =
+                SidecarMode::parse(v).ok_or_else(|| format!("{v:?} is not native or regular"))?;
+            Ok(())
+        });
+        apply(annotations::LOG_LEVEL, &mut |v| {
+            let ok = !v.is_empty()
+                && v.len() <= 200
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_:=,.-".contains(c));
+            if !ok {
+                return Err(format!("{v:?} is not a log filter"));
+            }
+            o.log_level = v.to_string();
+            Ok(())
+        });
+        apply(annotations::PROXY_CPU_REQUEST, &mut |v| {
+            quantity(v).map(|q| o.resources.cpu_request = q)
+        });
+        apply(annotations::PROXY_MEMORY_REQUEST, &mut |v| {
+            quantity(v).map(|q| o.resources.memory_request = q)
+        });
+        apply(annotations::PROXY_CPU_LIMIT, &mut |v| {
+            quantity(v).map(|q| o.resources.cpu_limit = Some(q))
+        });
+        apply(annotations::PROXY_MEMORY_LIMIT, &mut |v| {
+            quantity(v).map(|q| o.resources.memory_limit = Some(q))
+        });
+        apply(annotations::SKIP_INBOUND_PORTS, &mut |v| {
+            ports(v).map(|p| o.skip_inbound_ports = p)
+        });
+        apply(annotations::SKIP_OUTBOUND_PORTS, &mut |v| {
+            ports(v).map(|p| o.skip_outbound_ports = p)
+        });
+        apply(annotations::OPAQUE_PORTS, &mut |v| {
+            ports(v).map(|p| o.opaque_ports = p)
+        });
+        apply(annotations::SKIP_OUTBOUND_CIDRS, &mut |v| {
+            o.skip_outbound_cidrs = warden_core::cidr::parse_list(v).map_err(|e| e.to_string())?;
+            Ok(())
+        });
+        apply(annotations::INBOUND_MODE, &mut |v| match v {
+            "strict" | "permissive" => {
+                o.inbound_mode = Some(v.to_string());
+                Ok(())
+            }
+            _ => Err(format!("{v:?} is not strict or permissive")),
+        });
+        o
+    }
+}
+
+fn resources(r: &Resources) -> ResourceRequirements {
+    let mut requests = BTreeMap::new();
+    requests.insert("cpu".to_string(), Quantity(r.cpu_request.clone()));
+    requests.insert("memory".to_string(), Quantity(r.memory_request.clone()));
+    let mut limits = BTreeMap::new();
+    if let Some(cpu) = &r.cpu_limit {
+        limits.insert("cpu".to_string(), Quantity(cpu.clone()));
+    }
+    if let Some(memory) = &r.memory_limit {
+        limits.insert("memory".to_string(), Quantity(memory.clone()));
+    }
+    ResourceRequirements {
+        requests: Some(requests),
+        limits: (!limits.is_empty()).then_some(limits),
+        ..Default::default()
+    }
+}
+
+fn join<T: ToString>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn init_container(config: &InjectorConfig, o: &Overrides) -> Container {
+    let mut args = vec!["init".to_string()];
+    for (flag, value) in [
+        ("--skip-inbound-ports", join(&o.skip_inbound_ports)),
+        ("--skip-outbound-ports", join(&o.skip_outbound_ports)),
+        ("--skip-outbound-cidrs", join(&o.skip_outbound_cidrs)),
+    ] {
+        if !value.is_empty() {
+            args.push(flag.into());
+            args.push(value);
+        }
+    }
+    Container {
+        name: contract::INIT_CONTAINER.into(),
+        image: Some(config.image.clone()),
+        args: Some(args),
+        resources: Some(resources(&config.init_resources)),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                add: Some(vec!["NET_ADMIN".into(), "NET_RAW".into()]),
+                drop: Some(vec!["ALL".into()]),
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        // iptables takes its lock under /run; the root filesystem stays read-only.
+        volume_mounts: Some(vec![VolumeMount {
+            name: RUN_VOLUME.into(),
+            mount_path: "/run".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(contract::ADMIN_PORT)),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -> Container {
+    let mut env = vec![
+        field_env(env::POD_NAME, "metadata.name"),
+        field_env(env::POD_NAMESPACE, "metadata.namespace"),
+        field_env(env::POD_IP, "status.podIP"),
+        field_env(env::POD_SERVICE_ACCOUNT, "spec.serviceAccountName"),
+        value_env(env::TRUST_DOMAIN, config.trust_domain.as_str()),
+        value_env(env::IDENTITY_URL, config.identity_url.clone()),
+        value_env(
+            env::IDENTITY_TOKEN_FILE,
+            format!("{}/{}", contract::TOKEN_MOUNT, contract::TOKEN_FILE),
+        ),
+        value_env(env::TRUST_ANCHORS, config.trust_anchors_pem.clone()),
+        value_env(env::TRANSPARENT, "true"),
+        value_env(env::POLICY_DIR, contract::POLICY_MOUNT),
+        value_env(env::LOG, o.log_level.clone()),
+    ];
+    if !o.opaque_ports.is_empty() {
+        env.push(value_env(env::OPAQUE_PORTS, join(&o.opaque_ports)));
+    }
+    if let Some(mode) = &o.inbound_mode {
+        env.push(value_env(env::INBOUND_MODE, mode.clone()));
+    }
+    if !probes.is_empty() {
+        env.push(value_env(
+            probe::ENV,
+            serde_json::to_string(probes).unwrap_or_default(),
+        ));
+    }
+    let native = o.mode == SidecarMode::Native;
+    Container {
+        name: contract::PROXY_CONTAINER.into(),
+        image: Some(config.image.clone()),
+        args: Some(vec!["proxy".into()]),
+        env: Some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some(contract::ADMIN_PORT_NAME.into()),
+                container_port: i32::from(contract::ADMIN_PORT),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("warden-inbound".into()),
+                container_port: i32::from(contract::INBOUND_PORT),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            },
+        ]),
+        resources: Some(resources(&o.resources)),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(i64::from(contract::PROXY_UID)),
+            run_as_group: Some(i64::from(contract::PROXY_GID)),
+            run_as_non_root: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: TOKEN_VOLUME.into(),
+                mount_path: contract::TOKEN_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: POLICY_VOLUME.into(),
+                mount_path: contract::POLICY_MOUNT.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
+        restart_policy: native.then(|| "Always".to_string()),
+        startup_probe: native.then(|| admin_probe("/ready", 1, 120)),
+        liveness_probe: Some(admin_probe("/live", 10, 3)),
+        readiness_probe: Some(admin_probe("/ready", 5, 3)),
+        lifecycle: (!native).then(|| Lifecycle {
+            post_start: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["warden".into(), "proxy".into(), "--wait-ready".into()]),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn volumes() -> Vec<Volume> {
+    vec![
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(contract::IDENTITY_TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: contract::TOKEN_FILE.into(),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: POLICY_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: contract::POLICY_CONFIGMAP.into(),
+                optional: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        Volume {
+            name: RUN_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
+}
+
+/// Resolves a probe port (a number, or the name of one of the container's ports).
+fn resolve_port(port: &IntOrString, container: &Container) -> Option<u16> {
+    match port {
+        IntOrString::Int(n) => u16::try_from(*n).ok().filter(|p| *p != 0),
+        IntOrString::String(name) => container
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some(name.as_str()))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+/// The original probe as the proxy runs it, if it is one the proxy runs (exec is not).
+fn app_probe(probe: &Probe, container: &Container) -> Option<AppProbe> {
+    if let Some(http) = &probe.http_get {
+        return Some(AppProbe::Http {
+            scheme: http.scheme.clone().unwrap_or_else(|| "HTTP".into()),
+            host: http.host.clone(),
+            port: resolve_port(&http.port, container)?,
+            path: http.path.clone().unwrap_or_else(|| "/".into()),
+            headers: http
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        });
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        return Some(AppProbe::Tcp {
+            port: resolve_port(&tcp.port, container)?,
+        });
+    }
+    if let Some(grpc) = &probe.grpc {
+        return Some(AppProbe::Grpc {
+            port: u16::try_from(grpc.port).ok()?,
+            service: grpc.service.clone().unwrap_or_default(),
+        });
+    }
+    None
+}
+
+/// The probe kubelet runs instead: the same timing, an HTTP GET on the admin port.
+fn rewritten(probe: &Probe, container: &str, kind: &str) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(probe::admin_path(container, kind)),
+            port: IntOrString::Int(i32::from(contract::ADMIN_PORT)),
+            scheme: Some("HTTP".into()),
+            ..Default::default()
+        }),
+        exec: None,
+        grpc: None,
+        tcp_socket: None,
+        ..probe.clone()
+    }
+}
+
+/// The patch for `pod`, or why it is left alone.
+pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, Skip> {
+    let meta = &pod.metadata;
+    let opted_out = |m: &Option<BTreeMap<String, String>>| {
+        m.as_ref()
+            .and_then(|m| m.get(annotations::INJECT))
+            .is_some_and(|v| v == "disabled")
+    };
+    if opted_out(&meta.labels) || opted_out(&meta.annotations) {
+        return Err(Skip(
+            "the pod opted out (warden.dev/inject: disabled)".into(),
+        ));
+    }
+    let Some(spec) = &pod.spec else {
+        return Err(Skip("the pod has no spec".into()));
+    };
+    if spec.host_network == Some(true) {
+        return Err(Skip(
+            "hostNetwork pods share the node's network and are not meshed".into(),
+        ));
+    }
+    let ours =
+        |c: &Container| c.name == contract::PROXY_CONTAINER || c.name == contract::INIT_CONTAINER;
+    let injected = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(annotations::INJECTED_VERSION))
+        || spec.containers.iter().any(ours)
+        || spec.init_containers.iter().flatten().any(ours);
+    if injected {
+        return Err(Skip("the pod is already injected".into()));
+    }
+    if spec.containers.is_empty() {
+        return Err(Skip("the pod has no containers".into()));
+    }
+
+    let mut warnings = Vec::new();
+    let no_annotations = BTreeMap::new();
+    let overrides = Overrides::read(
+        meta.annotations.as_ref().unwrap_or(&no_annotations),
+        config,
+        &mut warnings,
+    );
+    let mut ops = Vec::new();
+
+    // Probes: rewrite HTTP, TCP and gRPC probes of the app's containers to the admin port.
+    let mut probes = AppProbes::new();
+    for (i, container) in spec.containers.iter().enumerate() {
+        for (kind, field, probe) in [
+            ("liveness", "livenessProbe", &container.liveness_probe),
+            ("readiness", "readinessProbe", &container.readiness_probe),
+            ("startup", "startupProbe", &container.startup_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            match app_probe(probe, container) {
+                Some(original) => {
+                    probes.insert(format!("{}/{kind}", container.name), original);
+                    let index = match overrides.mode {
+                        SidecarMode::Native => i,
+                        SidecarMode::Regular => i + 1, // the proxy is inserted first
+                    };
+                    ops.push(json!({
+                        "op": "replace",
+                        "path": format!("/spec/containers/{index}/{field}"),
+                        "value": to_value(&rewritten(probe, &container.name, kind)),
+                    }));
+                }
+                None if probe.exec.is_none() => warnings.push(format!(
+                    "warden: the {kind} probe of container {} names a port it does not declare; left unchanged",
+                    container.name
+                )),
+                None => {}
+            }
+        }
+    }
+
+    let init = to_value(&init_container(config, &overrides));
+    let proxy = to_value(&proxy_container(config, &overrides, &probes));
+    let mut head = Vec::new();
+    match overrides.mode {
+        SidecarMode::Native => {
+            head.push(init);
+            head.push(proxy);
+        }
+        SidecarMode::Regular => {
+            head.push(init);
+            // Containers go first (their probes were indexed for this).
+            ops.insert(0, add("/spec/containers/0".into(), proxy));
+        }
+    }
+    let mut front = Vec::new();
+    match &spec.init_containers {
+        None => front.push(add("/spec/initContainers".into(), Value::Array(head))),
+        Some(_) => {
+            for (i, container) in head.into_iter().enumerate() {
+                front.push(add(format!("/spec/initContainers/{i}"), container));
+            }
+        }
+    }
+    match &spec.volumes {
+        None => front.push(add("/spec/volumes".into(), to_value(&volumes()))),
+        Some(_) => front.extend(
+            volumes()
+                .iter()
+                .map(|v| add("/spec/volumes/-".into(), to_value(v))),
+        ),
+    }
+    ops.splice(0..0, front);
+
+    let mut new_annotations = BTreeMap::new();
+    new_annotations.insert(
+        annotations::INJECTED_VERSION.to_string(),
+        config.version.clone(),
+    );
+    let has_default = meta
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(annotations::DEFAULT_CONTAINER));
+    if !has_default {
+        new_annotations.insert(
+            annotations::DEFAULT_CONTAINER.to_string(),
+            spec.containers[0].name.clone(),
+        );
+    }
+    match &meta.annotations {
+        None => ops.push(add(
+            "/metadata/annotations".into(),
+            to_value(&new_annotations),
+        )),
+        Some(_) => ops.extend(new_annotations.into_iter().map(|(k, v)| {
+            add(
+                format!("/metadata/annotations/{}", escape(&k)),
+                Value::String(v),
+            )
+        })),
+    }
+    Ok(Injection {
+        patch: Value::Array(ops),
+        warnings,
+    })
+}

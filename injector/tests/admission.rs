@@ -1,0 +1,544 @@
+//! The webhook with AdmissionReviews as the API server sends them. For each: the response's
+//! shape, a golden patch, the patch applying cleanly (json-patch), and the patched pod
+//! passing a strict schema check for Kubernetes 1.30 and 1.34 (`kubernetes-validate`).
+//!
+//! Regenerate the golden patches with `UPDATE_GOLDEN=1 cargo test -p warden-injector`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use base64::Engine;
+use serde_json::{json, Value};
+use warden_injector::config::InjectorConfig;
+use warden_injector::webhook::{review, ReviewError};
+
+fn config() -> InjectorConfig {
+    let mut config = InjectorConfig::new(
+        "registry.example/warden:0.1.0",
+        "-----BEGIN CERTIFICATE-----\nMIIB...test-anchor...\n-----END CERTIFICATE-----\n",
+    );
+    config.version = "0.1.0-test".into();
+    config
+}
+
+/// The pod a Deployment's ReplicaSet creates, after the API server's defaulting.
+fn deployment_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": "web-7d4b9c8f6-",
+            "namespace": "shop",
+            "labels": {"app": "web", "pod-template-hash": "7d4b9c8f6"},
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9c8f6",
+                "uid": "3c0e1b2a-5d6f-4a7b-8c9d-0e1f2a3b4c5d", "controller": true, "blockOwnerDeletion": true
+            }]
+        },
+        "spec": {
+            "containers": [{
+                "name": "web",
+                "image": "registry.example/web:1.4.2",
+                "imagePullPolicy": "IfNotPresent",
+                "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}, {"name": "grpc", "containerPort": 9090, "protocol": "TCP"}],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http", "scheme": "HTTP", "httpHeaders": [{"name": "X-Probe", "value": "liveness"}]},
+                                   "initialDelaySeconds": 5, "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3},
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "timeoutSeconds": 1, "periodSeconds": 5, "successThreshold": 1, "failureThreshold": 3},
+                "startupProbe": {"grpc": {"port": 9090, "service": "web"}, "timeoutSeconds": 1, "periodSeconds": 2, "successThreshold": 1, "failureThreshold": 30},
+                "terminationMessagePath": "/dev/termination-log",
+                "terminationMessagePolicy": "File",
+                "volumeMounts": [{"name": "kube-api-access-x7k2p", "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]
+            }],
+            "restartPolicy": "Always",
+            "terminationGracePeriodSeconds": 30,
+            "dnsPolicy": "ClusterFirst",
+            "serviceAccountName": "web",
+            "serviceAccount": "web",
+            "securityContext": {},
+            "schedulerName": "default-scheduler",
+            "tolerations": [
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+            ],
+            "priority": 0,
+            "enableServiceLinks": true,
+            "preemptionPolicy": "PreemptLowerPriority",
+            "volumes": [{
+                "name": "kube-api-access-x7k2p",
+                "projected": {"defaultMode": 420, "sources": [
+                    {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                    {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+                ]}
+            }]
+        },
+        "status": {}
+    })
+}
+
+/// A pod with its own init containers, two containers (one with an exec probe), a pod
+/// securityContext and annotations.
+fn busy_pod() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "worker-0",
+            "namespace": "batch",
+            "annotations": {"prometheus.io/scrape": "true", "warden.dev/skip-outbound-ports": "5432", "warden.dev/opaque-ports": "6379"}
+        },
+        "spec": {
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "fsGroup": 2000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "initContainers": [{"name": "migrate", "image": "registry.example/migrate:3", "command": ["migrate", "up"]}],
+            "containers": [
+                {"name": "worker", "image": "registry.example/worker:7",
+                 "readinessProbe": {"exec": {"command": ["cat", "/tmp/ready"]}, "periodSeconds": 5}},
+                {"name": "metrics", "image": "registry.example/exporter:1", "ports": [{"containerPort": 9100}],
+                 "livenessProbe": {"httpGet": {"path": "/", "port": 9100}}}
+            ],
+            "serviceAccountName": "worker"
+        }
+    })
+}
+
+fn admission_review(pod: Value, operation: &str, dry_run: bool) -> Value {
+    let kind = pod["kind"].as_str().unwrap_or("Pod").to_string();
+    let (group, version, resource) = if kind == "Pod" {
+        ("", "v1", "pods")
+    } else {
+        ("apps", "v1", "deployments")
+    };
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": group, "version": version, "kind": kind},
+            "resource": {"group": group, "version": version, "resource": resource},
+            "requestKind": {"group": group, "version": version, "kind": kind},
+            "requestResource": {"group": group, "version": version, "resource": resource},
+            "namespace": pod["metadata"]["namespace"],
+            "operation": operation,
+            "userInfo": {
+                "username": "system:serviceaccount:kube-system:replicaset-controller",
+                "uid": "8f2d4c1e-0b3a-4d5e-9f6a-7b8c9d0e1f2a",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:kube-system", "system:authenticated"]
+            },
+            "object": pod,
+            "oldObject": null,
+            "dryRun": dry_run,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    })
+}
+
+fn answer(review_doc: &Value) -> (Value, &'static str) {
+    let answer = review(&serde_json::to_vec(review_doc).unwrap(), &config()).unwrap();
+    (answer.review, answer.outcome)
+}
+
+fn decoded_patch(response: &Value) -> Option<Value> {
+    response["response"]["patch"].as_str().map(|b64| {
+        assert_eq!(response["response"]["patchType"], "JSONPatch");
+        serde_json::from_slice(
+            &base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    })
+}
+
+fn apply(pod: &Value, patch: &Value) -> Value {
+    let mut doc = pod.clone();
+    let patch: json_patch::Patch = serde_json::from_value(patch.clone()).unwrap();
+    json_patch::patch(&mut doc, &patch).expect("the patch applies cleanly");
+    doc
+}
+
+fn golden(name: &str, patch: &Value) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.json"));
+    let rendered = serde_json::to_string_pretty(patch).unwrap() + "\n";
+    if std::env::var("UPDATE_GOLDEN").is_ok() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(
+        rendered, want,
+        "the patch for {name} changed; review it and run with UPDATE_GOLDEN=1"
+    );
+}
+
+/// Fails under CI=true when the validator is missing; elsewhere says so and skips.
+fn validator() -> bool {
+    if Command::new("kubernetes-validate")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("kubernetes-validate is required under CI=true: pip install kubernetes-validate (scripts/test.sh does)");
+    }
+    eprintln!("SKIPPED: kubernetes-validate not installed (pip install kubernetes-validate)");
+    false
+}
+
+/// The strict schema check, for each Kubernetes version the injector supports.
+fn assert_valid_for_kubernetes(name: &str, object: &Value) {
+    if !validator() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{name}.json"));
+    let mut object = object.clone();
+    if object["metadata"]["name"].is_null() {
+        object["metadata"]["name"] = json!("web-7d4b9c8f6-abcde"); // the API server generates it
+    }
+    std::fs::write(&file, serde_json::to_vec_pretty(&object).unwrap()).unwrap();
+    for version in ["1.30.0", "1.34.0"] {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "-k", version])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name} fails the strict schema of Kubernetes {version}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+fn container<'a>(list: &'a Value, name: &str) -> &'a Value {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+#[test]
+fn a_deployment_pod_gets_a_native_sidecar_and_its_probes_rewritten() {
+    let pod = deployment_pod();
+    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    assert_eq!(outcome, "injected");
+    assert_eq!(response["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(
+        response["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_eq!(response["response"]["allowed"], true);
+    let patch = decoded_patch(&response).expect("a patch");
+    golden("deployment-pod", &patch);
+    let patched = apply(&pod, &patch);
+    assert_valid_for_kubernetes("deployment-pod", &patched);
+
+    let init = &patched["spec"]["initContainers"];
+    assert_eq!(init[0]["name"], "warden-init");
+    assert_eq!(
+        init[0]["securityContext"]["capabilities"],
+        json!({"add": ["NET_ADMIN", "NET_RAW"], "drop": ["ALL"]})
+    );
+    let proxy = &init[1];
+    assert_eq!(proxy["name"], "warden-proxy");
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert_eq!(
+        proxy["startupProbe"]["httpGet"],
+        json!({"path": "/ready", "port": 7191, "scheme": "HTTP"})
+    );
+    let sc = &proxy["securityContext"];
+    assert_eq!(
+        (sc["runAsUser"].clone(), sc["runAsNonRoot"].clone()),
+        (json!(2626), json!(true))
+    );
+    assert_eq!(
+        (
+            sc["readOnlyRootFilesystem"].clone(),
+            sc["allowPrivilegeEscalation"].clone()
+        ),
+        (json!(true), json!(false))
+    );
+    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"]}));
+    assert_eq!(sc["seccompProfile"], json!({"type": "RuntimeDefault"}));
+    let env: Vec<&str> = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "WARDEN_POD_NAME",
+        "WARDEN_POD_NAMESPACE",
+        "WARDEN_POD_IP",
+        "WARDEN_POD_SERVICE_ACCOUNT",
+        "WARDEN_TRUST_ANCHORS",
+        "WARDEN_IDENTITY_URL",
+        "WARDEN_APP_PROBES",
+    ] {
+        assert!(env.contains(&name), "{name} missing: {env:?}");
+    }
+    let token = patched["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "warden-token")
+        .unwrap();
+    assert_eq!(
+        token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
+        "warden-identity"
+    );
+    let policy = patched["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "warden-policy")
+        .unwrap();
+    assert_eq!(
+        policy["configMap"],
+        json!({"name": "warden-policy", "optional": true})
+    );
+
+    // Every probe of the app goes through the admin port; the originals travel to the proxy.
+    let web = container(&patched["spec"]["containers"], "web");
+    for (probe, kind) in [
+        ("livenessProbe", "liveness"),
+        ("readinessProbe", "readiness"),
+        ("startupProbe", "startup"),
+    ] {
+        assert_eq!(web[probe]["httpGet"]["port"], 7191, "{probe}");
+        assert_eq!(
+            web[probe]["httpGet"]["path"],
+            format!("/app-probe/web/{kind}")
+        );
+        assert_eq!(web[probe]["timeoutSeconds"], 1, "timing kept");
+    }
+    let probes_env = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "WARDEN_APP_PROBES")
+        .unwrap();
+    let probes: Value = serde_json::from_str(probes_env["value"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        probes["web/liveness"],
+        json!({"kind": "http", "scheme": "HTTP", "port": 8080, "path": "/healthz", "headers": [["X-Probe", "liveness"]]})
+    );
+    assert_eq!(
+        probes["web/readiness"],
+        json!({"kind": "tcp", "port": 8080})
+    );
+    assert_eq!(
+        probes["web/startup"],
+        json!({"kind": "grpc", "port": 9090, "service": "web"})
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
+        "web"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["warden.dev/injected-version"],
+        "0.1.0-test"
+    );
+
+    // Injecting twice changes nothing.
+    let (again, outcome) = answer(&admission_review(patched, "CREATE", false));
+    assert_eq!(outcome, "skipped");
+    assert!(again["response"].get("patch").is_none());
+    assert_eq!(
+        again["response"]["warnings"][0],
+        "warden: not injected: the pod is already injected"
+    );
+}
+
+#[test]
+fn existing_init_containers_several_containers_and_annotations() {
+    let pod = busy_pod();
+    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    assert_eq!(outcome, "injected");
+    let patch = decoded_patch(&response).unwrap();
+    golden("busy-pod", &patch);
+    let patched = apply(&pod, &patch);
+    assert_valid_for_kubernetes("busy-pod", &patched);
+    let names: Vec<&str> = patched["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["warden-init", "warden-proxy", "migrate"],
+        "before the pod's own init containers"
+    );
+    let init = &patched["spec"]["initContainers"][0];
+    assert_eq!(
+        init["args"],
+        json!(["init", "--skip-outbound-ports", "5432"])
+    );
+    let worker = container(&patched["spec"]["containers"], "worker");
+    assert_eq!(
+        worker["readinessProbe"]["exec"]["command"][0], "cat",
+        "exec probes are untouched"
+    );
+    let metrics = container(&patched["spec"]["containers"], "metrics");
+    assert_eq!(
+        metrics["livenessProbe"]["httpGet"]["path"],
+        "/app-probe/metrics/liveness"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["prometheus.io/scrape"], "true",
+        "existing annotations kept"
+    );
+    let env = patched["spec"]["initContainers"][1]["env"]
+        .as_array()
+        .unwrap();
+    assert!(env
+        .iter()
+        .any(|e| e["name"] == "WARDEN_OPAQUE_PORTS" && e["value"] == "6379"));
+    assert_eq!(
+        patched["spec"]["securityContext"]["runAsUser"], 1000,
+        "the pod's securityContext is untouched"
+    );
+}
+
+#[test]
+fn regular_mode_puts_the_proxy_first_and_holds_the_app() {
+    let mut pod = deployment_pod();
+    pod["metadata"]["annotations"] =
+        json!({"warden.dev/sidecar-mode": "regular", "warden.dev/proxy-memory-limit": "64Mi"});
+    let (response, _) = answer(&admission_review(pod.clone(), "CREATE", false));
+    let patch = decoded_patch(&response).unwrap();
+    golden("regular-mode", &patch);
+    let patched = apply(&pod, &patch);
+    assert_valid_for_kubernetes("regular-mode", &patched);
+    let proxy = &patched["spec"]["containers"][0];
+    assert_eq!(proxy["name"], "warden-proxy");
+    assert!(proxy.get("restartPolicy").is_none());
+    assert_eq!(
+        proxy["lifecycle"]["postStart"]["exec"]["command"],
+        json!(["warden", "proxy", "--wait-ready"])
+    );
+    assert_eq!(proxy["resources"]["limits"]["memory"], "64Mi");
+    assert_eq!(
+        patched["spec"]["containers"][1]["livenessProbe"]["httpGet"]["path"],
+        "/app-probe/web/liveness"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["kubectl.kubernetes.io/default-container"],
+        "web"
+    );
+}
+
+#[test]
+fn skipped_pods_are_allowed_unchanged_with_a_warning() {
+    let mut host_network = deployment_pod();
+    host_network["spec"]["hostNetwork"] = json!(true);
+    let mut opted_out_label = deployment_pod();
+    opted_out_label["metadata"]["labels"]["warden.dev/inject"] = json!("disabled");
+    let mut opted_out_annotation = deployment_pod();
+    opted_out_annotation["metadata"]["annotations"] = json!({"warden.dev/inject": "disabled"});
+    let cases = [
+        (host_network, "hostNetwork"),
+        (opted_out_label, "opted out"),
+        (opted_out_annotation, "opted out"),
+    ];
+    for (pod, why) in cases {
+        let (response, outcome) = answer(&admission_review(pod, "CREATE", false));
+        assert_eq!(outcome, "skipped");
+        assert_eq!(response["response"]["allowed"], true);
+        assert!(
+            response["response"].get("patch").is_none()
+                && response["response"].get("patchType").is_none()
+        );
+        assert!(
+            response["response"]["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains(why),
+            "{response}"
+        );
+    }
+}
+
+#[test]
+fn dry_runs_other_operations_and_other_kinds_are_allowed_unchanged() {
+    let (response, outcome) = answer(&admission_review(deployment_pod(), "CREATE", true));
+    assert_eq!(
+        (outcome, response["response"]["allowed"].clone()),
+        ("dry_run", json!(true))
+    );
+    assert!(response["response"].get("patch").is_none());
+    let (_, outcome) = answer(&admission_review(deployment_pod(), "UPDATE", false));
+    assert_eq!(outcome, "ignored");
+    let deployment = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}, "spec": {}});
+    let (response, outcome) = answer(&admission_review(deployment, "CREATE", false));
+    assert_eq!(
+        (outcome, response["response"]["allowed"].clone()),
+        ("ignored", json!(true))
+    );
+    // A "Pod" whose object does not fit a Pod: allowed unchanged, and said why.
+    let mut weird = deployment_pod();
+    weird["spec"]["containers"] = json!("not a list");
+    let (response, outcome) = answer(&admission_review(weird, "CREATE", false));
+    assert_eq!(outcome, "invalid_pod");
+    assert!(response["response"]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("not a valid Pod"));
+}
+
+#[test]
+fn bad_annotations_warn_and_fall_back_to_defaults() {
+    let mut pod = deployment_pod();
+    pod["metadata"]["annotations"] = json!({
+        "warden.dev/sidecar-mode": "sideways",
+        "warden.dev/skip-inbound-ports": "22,ssh",
+        "warden.dev/proxy-cpu-limit": "lots",
+        "warden.dev/skip-outbound-cidrs": "10.0.0.1/8"
+    });
+    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    assert_eq!(outcome, "injected");
+    let warnings: Vec<&str> = response["response"]["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(warnings.len(), 4, "{warnings:?}");
+    assert!(warnings
+        .iter()
+        .any(|w| w.contains("warden.dev/sidecar-mode") && w.contains("sideways")));
+    let patched = apply(&pod, &decoded_patch(&response).unwrap());
+    assert_eq!(
+        patched["spec"]["initContainers"][1]["restartPolicy"], "Always",
+        "default mode"
+    );
+    assert_eq!(
+        patched["spec"]["initContainers"][0]["args"],
+        json!(["init"])
+    );
+}
+
+#[test]
+fn malformed_reviews_are_refused_with_the_reason() {
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionRev".to_vec(), "malformed AdmissionReview"),
+        (serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"})).unwrap(), "expected apiVersion admission.k8s.io/v1"),
+        (serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})).unwrap(), "has no request"),
+        (serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 7}})).unwrap(), "malformed AdmissionReview"),
+        (b"[]".to_vec(), "expected apiVersion"),
+    ];
+    for (body, want) in cases {
+        let err: ReviewError = review(&body, &config()).unwrap_err();
+        assert_eq!(err.status(), 400);
+        assert!(err.to_string().contains(want), "{err}");
+    }
+}
