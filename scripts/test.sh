@@ -30,6 +30,26 @@ if [ ${#missing[@]} -gt 0 ]; then
     $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
+# The strict Kubernetes schema check of injected pods and install manifests: the
+# kubernetes-validate PyPI package, in a virtualenv under target/ when not installed.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  venv="$PWD/target/tools/kubernetes-validate"
+  if [ ! -x "$venv/bin/kubernetes-validate" ]; then
+    if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+      echo "scripts/test.sh: installing python3-venv for kubernetes-validate"
+      sudo=""
+      [ "$(id -u)" -eq 0 ] || sudo="sudo"
+      $sudo apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends python3 python3-venv
+    fi
+    echo "scripts/test.sh: installing kubernetes-validate into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q kubernetes-validate
+  fi
+  export PATH="$venv/bin:$PATH"
+fi
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -46,5 +46,6 @@ pub fn telemetry() -> warden_identity::admin::Telemetry {
     warden_identity::admin::Telemetry {
         metrics: warden_identity::telemetry::prometheus(),
         log_level: CONTROL.get().cloned(),
+        extra_routes: None,
     }
 }

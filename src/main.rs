@@ -7,6 +7,8 @@ mod cert;
 mod demo;
 mod identity;
 mod init;
+mod injector;
+mod install;
 mod logging;
 mod output;
 mod policy;
@@ -47,6 +49,10 @@ enum Command {
     Proxy(proxy::Args),
     /// Install (or --remove) the pod's traffic interception rules (iptables, IPv4 and IPv6).
     Init(init::Args),
+    /// Run the mutating admission webhook that adds Warden to pods.
+    Injector(Box<injector::Args>),
+    /// Print the control-plane manifests with fresh certificates: `warden install | kubectl apply -f -`.
+    Install(install::Args),
     /// Check policy files, or explain a decision.
     #[command(subcommand)]
     Policy(policy::Command),
@@ -65,6 +71,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Identity(args) => identity::run(*args),
         Command::Proxy(args) => proxy::run(args),
         Command::Init(args) => init::run(args),
+        Command::Injector(args) => injector::run(*args),
+        Command::Install(args) => install::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
     }

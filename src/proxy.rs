@@ -1,7 +1,10 @@
 //! `warden proxy`: run the per-pod proxy, or check its configuration.
 
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use warden_proxy::config::ProxyConfig;
@@ -16,6 +19,13 @@ pub struct Args {
     /// Validate the configuration, print it resolved, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Wait until the proxy in this pod is ready (its admin `/ready` on loopback), then exit:
+    /// the app container's postStart hook in `regular` sidecar mode.
+    #[arg(long)]
+    wait_ready: bool,
+    /// How long --wait-ready waits before failing.
+    #[arg(long, default_value = "120s", value_parser = warden_core::duration::parse_duration)]
+    wait_timeout: Duration,
 }
 
 /// Runs the proxy until SIGTERM or Ctrl-C.
@@ -26,6 +36,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.check_config {
         crate::output::print(&config.to_yaml());
         return Ok(ExitCode::SUCCESS);
+    }
+    if args.wait_ready {
+        let admin = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config.admin.listen.port());
+        return wait_ready(admin, args.wait_timeout);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -58,4 +72,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Polls `GET /ready` on the admin port until it answers 200 or `timeout` passes.
+fn wait_ready(admin: SocketAddr, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer yet");
+    while Instant::now() < deadline {
+        match ready_status(admin) {
+            Ok(line) if line.starts_with("HTTP/1.1 200") => return Ok(ExitCode::SUCCESS),
+            Ok(line) => last = line,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("the proxy at http://{admin}/ready was not ready within {timeout:?}: {last}")
+}
+
+/// The status line of one `GET /ready`.
+fn ready_status(admin: SocketAddr) -> std::io::Result<String> {
+    let mut tcp = TcpStream::connect_timeout(&admin, Duration::from_secs(1))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
+    tcp.write_all(b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    tcp.take(4096).read_to_string(&mut response)?;
+    Ok(response.lines().next().unwrap_or_default().to_string())
 }

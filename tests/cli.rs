@@ -765,3 +765,52 @@ fn json_access_logs_and_the_log_level_changes_at_runtime() {
         "info logs after the change: {rest}"
     );
 }
+
+#[test]
+fn proxy_wait_ready_polls_the_admin_port_until_ready() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // An admin endpoint that is not ready twice, then ready.
+    let server = std::thread::spawn(move || {
+        for status in [
+            "503 Service Unavailable",
+            "503 Service Unavailable",
+            "200 OK",
+        ] {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut request = [0u8; 512];
+            let n = tcp.read(&mut request).unwrap();
+            assert!(request[..n].starts_with(b"GET /ready HTTP/1.1\r\n"));
+            let body = "ready\n";
+            let _ = write!(
+                tcp,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let o = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["proxy", "--wait-ready", "--wait-timeout", "20s"])
+        .env("WARDEN_ADMIN_LISTEN", format!("0.0.0.0:{}", addr.port()))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    server.join().unwrap();
+
+    // Nothing listening: a clear failure once the timeout passes.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let o = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["proxy", "--wait-ready", "--wait-timeout", "1s"])
+        .env("WARDEN_ADMIN_LISTEN", format!("0.0.0.0:{closed}"))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_one_line_error(&o, 1, "was not ready within 1s");
+}

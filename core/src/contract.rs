@@ -36,6 +36,16 @@ pub const IDENTITY_SERVICE_ACCOUNT: &str = "warden-identity";
 /// The identity service's HTTPS port (`POST /v1/certify`).
 pub const IDENTITY_PORT: u16 = 7150;
 
+/// The injector's ServiceAccount, Service and webhook-serving name.
+pub const INJECTOR_SERVICE: &str = "warden-injector";
+/// The injector's HTTPS port (`POST /mutate`); its Service maps 443 to it.
+pub const INJECTOR_PORT: u16 = 7443;
+
+/// The DNS name the API server calls the injector by (in its serving certificate).
+pub fn injector_service_dns() -> String {
+    format!("{INJECTOR_SERVICE}.{SYSTEM_NAMESPACE}.svc")
+}
+
 /// The DNS name of the identity service inside the cluster.
 pub fn identity_service_dns() -> String {
     format!("{IDENTITY_SERVICE_ACCOUNT}.{SYSTEM_NAMESPACE}.svc")

@@ -4,7 +4,9 @@
 //! no token.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +42,13 @@ impl Readiness {
 /// Reads (`None`) or replaces (`Some(filter)`) the log filter; returns the filter in force.
 pub type LogLevel = Arc<dyn Fn(Option<&str>) -> Result<String, String> + Send + Sync>;
 
+/// A response being computed by an extra route.
+pub type RouteFuture = Pin<Box<dyn Future<Output = Response<Body>> + Send>>;
+
+/// Extra GET routes of the owning process (the proxy's app probes): given the path, the
+/// response, or `None` when the path is not one of them.
+pub type ExtraRoutes = Arc<dyn Fn(&str) -> Option<RouteFuture> + Send + Sync>;
+
 /// What the admin endpoint exposes besides readiness.
 #[derive(Clone)]
 pub struct Telemetry {
@@ -47,12 +56,15 @@ pub struct Telemetry {
     pub metrics: PrometheusHandle,
     /// The runtime log filter control, if the process has one.
     pub log_level: Option<LogLevel>,
+    /// Extra GET routes, tried before answering 404.
+    pub extra_routes: Option<ExtraRoutes>,
 }
 
 impl std::fmt::Debug for Telemetry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Telemetry")
             .field("log_level", &self.log_level.is_some())
+            .field("extra_routes", &self.extra_routes.is_some())
             .finish()
     }
 }
@@ -63,6 +75,7 @@ impl Telemetry {
         Self {
             metrics,
             log_level: None,
+            extra_routes: None,
         }
     }
 }
@@ -131,10 +144,19 @@ pub async fn respond(
                 _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET or PUT\n"),
             }
         }
-        (Method::GET | Method::HEAD, _) => text(
-            StatusCode::NOT_FOUND,
-            "not found: /live /ready /metrics /log-level\n",
-        ),
+        (Method::GET | Method::HEAD, path) => {
+            match telemetry
+                .extra_routes
+                .as_ref()
+                .and_then(|routes| routes(path))
+            {
+                Some(response) => response.await,
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "not found: /live /ready /metrics /log-level\n",
+                ),
+            }
+        }
         _ => text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n"),
     }
 }

@@ -2,10 +2,12 @@
 //!
 //! - [`patch`]: the pure pod patch (pod + settings -> JSON patch, or why not);
 //! - [`webhook`]: AdmissionReview handling and the HTTPS handler;
+//! - [`server`]: the HTTPS server and its serving certificate;
 //! - [`config`]: what gets injected, with defaults.
 
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod patch;
+pub mod server;
 pub mod webhook;

@@ -3,12 +3,13 @@
 //! field has a default and a doc line; `warden proxy --check-config` prints the result.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use warden_core::contract::{self, env};
+use warden_core::probe::{self, AppProbes};
 use warden_core::{Cidr, SpiffeId, TrustDomain};
 
 /// Why the configuration is unusable. Each names the input and the field.
@@ -165,6 +166,10 @@ pub struct IdentityConfig {
     pub token_file: PathBuf,
     /// The PEM trust bundle (roots) of the trust domain.
     pub trust_bundle: PathBuf,
+    /// The trust bundle as PEM text; when set, used instead of `trust_bundle` (the injector
+    /// passes it in the environment so pods need no extra volume).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust_anchors: Option<String>,
     /// The identity this workload must be issued; default from `namespace` and
     /// `service_account` when both are set, else whatever the CA issues.
     pub expected_id: Option<SpiffeId>,
@@ -180,6 +185,12 @@ pub struct IdentityConfig {
 pub struct AdminConfig {
     /// Where it listens.
     pub listen: SocketAddr,
+    /// The app's original probes, run on `GET /app-probe/<container>/<kind>` (set by the
+    /// injector, which rewrites the pod's probes to call the admin port).
+    #[serde(skip_serializing_if = "AppProbes::is_empty")]
+    pub app_probes: AppProbes,
+    /// Where app probes connect: the pod's IP (kubelet's target); default 127.0.0.1.
+    pub app_probe_host: Option<IpAddr>,
 }
 
 /// How the inbound proxy speaks HTTP to the app.
@@ -289,6 +300,7 @@ impl Default for IdentityConfig {
             server_id: None,
             token_file: PathBuf::from("/var/run/secrets/warden/token"),
             trust_bundle: PathBuf::from("/var/run/warden/bundle.crt"),
+            trust_anchors: None,
             expected_id: None,
             namespace: None,
             service_account: None,
@@ -300,6 +312,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], contract::ADMIN_PORT)),
+            app_probes: AppProbes::new(),
+            app_probe_host: None,
         }
     }
 }
@@ -399,6 +413,15 @@ impl ProxyConfig {
                 }
                 env::IDENTITY_TOKEN_FILE => self.identity.token_file = PathBuf::from(value),
                 env::TRUST_BUNDLE => self.identity.trust_bundle = PathBuf::from(value),
+                env::TRUST_ANCHORS => self.identity.trust_anchors = Some(value.to_string()),
+                env::POD_IP => {
+                    self.admin.app_probe_host =
+                        Some(parsed(env::POD_IP, value, str::parse::<IpAddr>)?)
+                }
+                probe::ENV => {
+                    self.admin.app_probes =
+                        parsed(probe::ENV, value, |v| serde_json::from_str::<AppProbes>(v))?
+                }
                 env::POD_NAMESPACE => self.identity.namespace = Some(value.to_string()),
                 env::POD_SERVICE_ACCOUNT => self.identity.service_account = Some(value.to_string()),
                 env::ADMIN_LISTEN => {
@@ -760,5 +783,38 @@ limits:
             .unwrap_err()
             .to_string();
         assert!(err.contains("nope.yaml"), "{err}");
+    }
+
+    #[test]
+    fn the_injectors_environment_is_understood() {
+        let env = vars(&[
+            (env::TRUST_ANCHORS, "-----BEGIN CERTIFICATE-----\n..."),
+            (env::POD_IP, "10.0.3.7"),
+            (probe::ENV, r#"{"web/liveness":{"kind":"tcp","port":8080}}"#),
+        ]);
+        let c = ProxyConfig::load(None, &env).unwrap();
+        assert!(c.identity.trust_anchors.unwrap().starts_with("-----BEGIN"));
+        assert_eq!(c.admin.app_probe_host, Some("10.0.3.7".parse().unwrap()));
+        assert_eq!(
+            c.admin.app_probes.get("web/liveness"),
+            Some(&warden_core::probe::AppProbe::Tcp { port: 8080 })
+        );
+        for (name, value, reason) in [
+            (env::POD_IP, "10.0.3", "invalid IP address"),
+            (
+                probe::ENV,
+                r#"{"web/liveness":{"kind":"exec"}}"#,
+                "unknown variant",
+            ),
+        ] {
+            let err = ProxyConfig::load(None, &vars(&[(name, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("environment variable {name}=")),
+                "{err}"
+            );
+            assert!(err.contains(reason), "{err}");
+        }
     }
 }

@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod app_probe;
 pub mod audit;
 pub mod authz;
 pub mod config;

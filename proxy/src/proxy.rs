@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use warden_core::contract::{ALPN_HTTP2, ALPN_TCP};
+use warden_core::contract::{self, ALPN_HTTP2, ALPN_TCP};
 use warden_identity::admin::{self, Readiness};
 use warden_identity::client::{CertifyClient, CertifyClientConfig};
 use warden_identity::rotation::{self, CertSource, RotationOptions, TlsOptions};
@@ -170,9 +170,12 @@ impl Listeners {
 
 /// Where this proxy's SVID comes from, per its configuration: the identity service.
 pub fn cert_source(config: &ProxyConfig) -> Result<CertSource, StartError> {
-    let bundle =
-        TrustBundle::from_pem_file(config.trust_domain.clone(), &config.identity.trust_bundle)
-            .map_err(|e| StartError::Bundle(e.to_string()))?;
+    let td = config.trust_domain.clone();
+    let bundle = match &config.identity.trust_anchors {
+        Some(pem) => TrustBundle::from_pem(td, pem.as_bytes(), contract::env::TRUST_ANCHORS),
+        None => TrustBundle::from_pem_file(td, &config.identity.trust_bundle),
+    }
+    .map_err(|e| StartError::Bundle(e.to_string()))?;
     let client = CertifyClient::new(
         CertifyClientConfig {
             url: config.identity.url.clone(),
@@ -238,6 +241,15 @@ pub async fn run(
         "not ready: waiting for a certificate from the identity service",
     ));
     let admin_stop = CancellationToken::new();
+    let mut telemetry = telemetry;
+    let probe_host = config
+        .admin
+        .app_probe_host
+        .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    telemetry.extra_routes = Some(crate::app_probe::routes(
+        config.admin.app_probes.clone(),
+        probe_host,
+    ));
     tokio::spawn(admin::serve(
         listeners.admin,
         ready_rx,

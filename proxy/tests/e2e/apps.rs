@@ -102,6 +102,22 @@ async fn route(req: Request<Incoming>) -> Response<AppBody> {
             ];
             grpc_response(frames)
         }
+        p if p.starts_with("/status/") => {
+            let mut r = Response::new(full(head));
+            *r.status_mut() = StatusCode::from_u16(p["/status/".len()..].parse().unwrap()).unwrap();
+            r
+        }
+        "/grpc.health.v1.Health/Check" => {
+            // SERVING (1) for the server and any service but "down" (NOT_SERVING, 2).
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let request = grpc_messages(&body).concat();
+            let status = if request.ends_with(b"down") { 2 } else { 1 };
+            let frames = vec![
+                Ok::<_, Infallible>(Frame::data(grpc_frame(&[0x08, status]))),
+                Ok(Frame::trailers(grpc_trailers("0"))),
+            ];
+            grpc_response(frames)
+        }
         "/grpc.test.Echo/Stream" => {
             let mut frames: Vec<Result<Frame<Bytes>, Infallible>> = (0..5)
                 .map(|i| Ok(Frame::data(grpc_frame(format!("message {i}").as_bytes()))))

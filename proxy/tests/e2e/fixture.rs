@@ -29,7 +29,7 @@ pub fn id(name: &str) -> SpiffeId {
 pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub ca: Arc<SharedCa>,
-    identity_url: String,
+    pub identity_url: String,
     bundle: PathBuf,
     tokens: PathBuf,
     stop: CancellationToken,

@@ -6,6 +6,7 @@ mod failures;
 mod fixture;
 mod observability;
 mod policy;
+mod probes;
 mod protocols;
 mod tcp;
 

@@ -1,0 +1,48 @@
+# syntax=docker/dockerfile:1
+
+# The Warden image: one binary for every role (`warden proxy`, `warden init`, `warden identity`,
+# `warden injector`, ...). Build from the repository root:
+#   docker build -t ghcr.io/warden-mesh/warden:0.1.0 .
+
+# --- build -------------------------------------------------------------------------------
+# The workspace's rust-version is 1.88; any newer stable toolchain builds it.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+# aws-lc-rs (the only crypto provider) builds with the image's C compiler; no cmake needed.
+# The caches speed up rebuilds; the binary is copied out of the cached target/ in the same step.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin warden \
+ && install -D -m 0755 target/release/warden /out/warden
+
+# --- runtime -----------------------------------------------------------------------------
+# Same Debian release as the build stage, so the binary's glibc matches.
+FROM debian:bookworm-slim
+
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="warden" \
+      org.opencontainers.image.description="Warden: a zero-trust service-mesh sidecar for Kubernetes" \
+      org.opencontainers.image.source="https://github.com/warden-mesh/warden" \
+      org.opencontainers.image.url="https://github.com/warden-mesh/warden" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}"
+
+# iptables: `warden init` runs iptables-save/-restore and ip6tables-save/-restore; the package
+# ships both the nft and the legacy variants. ca-certificates: public roots for anything that
+# verifies a WebPKI server. Nothing else: no shell tools beyond the base image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 2626 warden \
+ && useradd --system --uid 2626 --gid 2626 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin warden
+
+COPY --from=build /out/warden /usr/local/bin/warden
+
+# The proxy's UID/GID (warden_core::contract::PROXY_UID/PROXY_GID): interception skips this UID.
+# warden-init overrides it (runAsUser 0) to install the rules.
+USER 2626:2626
+ENTRYPOINT ["/usr/local/bin/warden"]

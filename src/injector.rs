@@ -1,0 +1,202 @@
+//! `warden injector`: the mutating admission webhook (HTTPS `POST /mutate`) and its admin
+//! endpoint.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use warden_core::contract;
+use warden_core::duration::parse_duration;
+use warden_core::{SpiffeId, TrustDomain};
+use warden_identity::admin::{self, Readiness};
+use warden_identity::ca::SharedCa;
+use warden_identity::rotation::{self, CertSource, TlsOptions};
+use warden_identity::tls::ClientAuth;
+use warden_identity::{CertificateAuthority, TrustBundle};
+use warden_injector::config::{InjectorConfig, SidecarMode};
+use warden_injector::{server, webhook};
+
+/// `warden injector` options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Address of the HTTPS webhook.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], contract::INJECTOR_PORT)))]
+    listen: SocketAddr,
+    /// Address of the admin endpoint (/live, /ready, /metrics).
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], contract::ADMIN_PORT)))]
+    admin_listen: SocketAddr,
+    /// The serving certificate chain (PEM), reloaded when it changes; with --tls-key.
+    #[arg(long, requires = "tls_key", conflicts_with = "ca_dir")]
+    tls_cert: Option<PathBuf>,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Issue (and renew) the serving certificate from this CA directory instead.
+    #[arg(long, required_unless_present = "tls_cert")]
+    ca_dir: Option<PathBuf>,
+    /// DNS names of the issued serving certificate (repeatable): what the API server calls.
+    #[arg(long = "dns-name", default_values_t = [contract::injector_service_dns()])]
+    dns_names: Vec<String>,
+    /// Lifetime of the issued serving certificate.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    cert_ttl: Duration,
+    /// The Warden image injected into pods.
+    #[arg(long)]
+    image: String,
+    /// The trust bundle (PEM) handed to every proxy (default with --ca-dir: the CA's bundle).
+    #[arg(long, required_unless_present = "ca_dir")]
+    trust_anchors: Option<PathBuf>,
+    /// The trust domain of the mesh (default with --ca-dir: the CA's).
+    #[arg(long, value_parser = TrustDomain::parse)]
+    trust_domain: Option<TrustDomain>,
+    /// The identity service proxies get their certificates from.
+    #[arg(long)]
+    identity_url: Option<String>,
+    /// How the proxy runs unless a pod's `warden.dev/sidecar-mode` says otherwise.
+    #[arg(long, value_parser = ["native", "regular"], default_value = "native")]
+    sidecar_mode: String,
+    /// The proxy's log filter unless a pod's `warden.dev/log-level` says otherwise.
+    #[arg(long, default_value = "warn")]
+    proxy_log_level: String,
+}
+
+/// Runs the webhook until SIGTERM or Ctrl-C.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(args))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the injector puts into pods, from the options (and the CA, when given).
+fn injector_config(
+    args: &Args,
+    ca: Option<&CertificateAuthority>,
+) -> anyhow::Result<InjectorConfig> {
+    let anchors = match (&args.trust_anchors, ca) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?
+        }
+        (None, Some(ca)) => warden_identity::bundle::certs_to_pem(ca.bundle().roots()),
+        (None, None) => anyhow::bail!("--trust-anchors FILE is needed without --ca-dir"),
+    };
+    let trust_domain = match (&args.trust_domain, ca) {
+        (Some(td), _) => td.clone(),
+        (None, Some(ca)) => ca.trust_domain().clone(),
+        (None, None) => TrustDomain::default(),
+    };
+    // The proxies will refuse a bundle that is not PEM certificates; say so now, not in
+    // every pod.
+    TrustBundle::from_pem(trust_domain.clone(), anchors.as_bytes(), "--trust-anchors")?;
+    let mut config = InjectorConfig::new(args.image.clone(), anchors);
+    config.trust_domain = trust_domain;
+    if let Some(url) = &args.identity_url {
+        warden_identity::http::HttpsTarget::parse(url)
+            .with_context(|| format!("--identity-url {url:?}"))?;
+        config.identity_url = url.clone();
+    }
+    config.default_mode = SidecarMode::parse(&args.sidecar_mode).unwrap_or(SidecarMode::Native);
+    config.log_level = args.proxy_log_level.clone();
+    Ok(config)
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    warden_identity::telemetry::prometheus(); // installed before anything is counted
+    webhook::describe();
+    let shutdown = CancellationToken::new();
+    let ca = match &args.ca_dir {
+        Some(dir) => Some(CertificateAuthority::load(dir, args.trust_domain.as_ref())?),
+        None => None,
+    };
+    let config = Arc::new(injector_config(&args, ca.as_ref())?);
+
+    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness::not_ready("starting"));
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding the admin address {}", args.admin_listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    tokio::spawn(admin::serve(
+        admin_listener,
+        ready_rx,
+        crate::logging::telemetry(),
+        shutdown.clone(),
+    ));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    let server = match (ca, &args.tls_cert, &args.tls_key) {
+        (_, Some(cert), Some(key)) => {
+            let tls = server::watch_files(
+                cert.clone(),
+                key.clone(),
+                Duration::from_secs(10),
+                shutdown.clone(),
+            )?;
+            let serving = move || tls.borrow().clone();
+            tokio::spawn(server::run(
+                listener,
+                serving,
+                config.clone(),
+                shutdown.clone(),
+            ))
+        }
+        (Some(ca), _, _) => {
+            let id = SpiffeId::for_service_account(
+                ca.trust_domain(),
+                contract::SYSTEM_NAMESPACE,
+                contract::INJECTOR_SERVICE,
+            )?;
+            let source = CertSource::Local {
+                ca: Arc::new(SharedCa::new(ca)),
+                id,
+                dns_names: args.dns_names.clone(),
+                ttl: args.cert_ttl,
+            };
+            let tls = TlsOptions {
+                server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                client_alpn: vec![],
+                client_auth: ClientAuth::None,
+            };
+            let rotation = rotation::start(source, tls, Default::default(), shutdown.clone())
+                .await
+                .context("no serving certificate")?;
+            let credentials = rotation.credentials;
+            let serving = move || credentials.borrow().server.clone();
+            tokio::spawn(server::run(
+                listener,
+                serving,
+                config.clone(),
+                shutdown.clone(),
+            ))
+        }
+        _ => anyhow::bail!("give --tls-cert and --tls-key, or --ca-dir"),
+    };
+    ready_tx.send_replace(Readiness {
+        ready: true,
+        detail: format!(
+            "ready: injecting {} for trust domain {}",
+            config.image, config.trust_domain
+        ),
+    });
+    tracing::info!(listen = %addr, admin = %admin_addr, "injector ready");
+    eprintln!(
+        "warden injector: serving https://{addr}{} (admin http://{admin_addr})",
+        webhook::PATH
+    );
+
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        crate::signals::terminated().await;
+        stop.cancel();
+    });
+    server.await?;
+    Ok(())
+}

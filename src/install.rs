@@ -1,0 +1,252 @@
+//! `warden install`: prints the complete control-plane manifests (the kustomize base in
+//! `deploy/kubernetes/base`, plus the CA Secret, the injector's serving certificate, the trust
+//! anchors and the webhook's caBundle), so `warden install | kubectl apply -f -` installs.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use base64::Engine;
+use serde_json::{json, Value};
+use warden_core::{contract, SpiffeId, TrustDomain};
+use warden_identity::bundle::{certs_to_pem, der_to_pem};
+use warden_identity::ca::{self, CertificateAuthority, InitOptions};
+
+/// The base's files, in the order of its kustomization.yaml.
+pub const BASE: [(&str, &str); 5] = [
+    (
+        "namespace.yaml",
+        include_str!("../deploy/kubernetes/base/namespace.yaml"),
+    ),
+    (
+        "identity.yaml",
+        include_str!("../deploy/kubernetes/base/identity.yaml"),
+    ),
+    (
+        "injector.yaml",
+        include_str!("../deploy/kubernetes/base/injector.yaml"),
+    ),
+    (
+        "webhook.yaml",
+        include_str!("../deploy/kubernetes/base/webhook.yaml"),
+    ),
+    (
+        "network-policies.yaml",
+        include_str!("../deploy/kubernetes/base/network-policies.yaml"),
+    ),
+];
+
+/// The injector's serving certificate lifetime (clamped to the issuer's).
+const INJECTOR_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `warden install` options.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The trust domain of the mesh (with --ca-dir: must match the CA's).
+    #[arg(long, value_parser = TrustDomain::parse)]
+    trust_domain: Option<TrustDomain>,
+    /// The Warden image for the control plane and the injected containers.
+    #[arg(long, default_value = concat!("ghcr.io/warden-mesh/warden:", env!("CARGO_PKG_VERSION")))]
+    image: String,
+    /// Use this CA (made by `warden ca init`: issuer.crt, issuer.key, bundle.crt) instead of
+    /// a fresh one. The root key never leaves the directory.
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+}
+
+/// The issuer and trust bundle as PEM texts: what goes into the cluster.
+struct CaFiles {
+    issuer_pem: String,
+    issuer_key_pem: String,
+    bundle_pem: String,
+}
+
+impl CaFiles {
+    /// Reads a CA directory.
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))
+        };
+        Ok(Self {
+            issuer_pem: read(ca::ISSUER_CERT)?,
+            issuer_key_pem: read(ca::ISSUER_KEY)?,
+            bundle_pem: read(ca::BUNDLE)?,
+        })
+    }
+
+    /// A fresh root and issuer; the root key is dropped (it is not needed in the cluster).
+    fn generate(trust_domain: &TrustDomain) -> anyhow::Result<Self> {
+        let generated = ca::generate(&InitOptions::new(trust_domain.clone()))?;
+        Ok(Self {
+            issuer_pem: generated.issuer_cert.pem(),
+            issuer_key_pem: generated.issuer_key.serialize_pem(),
+            bundle_pem: generated.root_cert.pem(),
+        })
+    }
+
+    fn authority(
+        &self,
+        trust_domain: Option<&TrustDomain>,
+    ) -> anyhow::Result<CertificateAuthority> {
+        Ok(CertificateAuthority::from_pem(
+            &self.issuer_pem,
+            Path::new(ca::ISSUER_CERT),
+            &self.issuer_key_pem,
+            Path::new(ca::ISSUER_KEY),
+            &self.bundle_pem,
+            Path::new(ca::BUNDLE),
+            trust_domain,
+        )?)
+    }
+}
+
+/// Prints the manifests.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let manifests = render(&args)?;
+    crate::output::print(&manifests);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The whole install as multi-document YAML.
+fn render(args: &Args) -> anyhow::Result<String> {
+    let files = match &args.ca_dir {
+        Some(dir) => CaFiles::read(dir)?,
+        None => CaFiles::generate(
+            args.trust_domain
+                .as_ref()
+                .unwrap_or(&TrustDomain::default()),
+        )?,
+    };
+    let authority = files.authority(args.trust_domain.as_ref())?;
+    let td = authority.trust_domain().clone();
+    if let Some(wanted) = &args.trust_domain {
+        anyhow::ensure!(
+            wanted == &td,
+            "--trust-domain {wanted} does not match the CA's trust domain {td}"
+        );
+    }
+    let injector_id =
+        SpiffeId::for_service_account(&td, contract::SYSTEM_NAMESPACE, contract::INJECTOR_SERVICE)?;
+    let serving = authority.issue_with_dns(
+        &injector_id,
+        &[contract::injector_service_dns()],
+        INJECTOR_CERT_TTL,
+    )?;
+    let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+
+    let mut docs = Vec::new();
+    for (name, text) in BASE {
+        for doc in documents(text).with_context(|| format!("deploy/kubernetes/base/{name}"))? {
+            docs.push(customize(doc, &td, &args.image, &b64(&files.bundle_pem)));
+        }
+    }
+    let generated = [
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata("warden-identity-ca"),
+            "type": "Opaque",
+            "data": {
+                ca::ISSUER_CERT: b64(&files.issuer_pem),
+                ca::ISSUER_KEY: b64(&files.issuer_key_pem),
+                ca::BUNDLE: b64(&files.bundle_pem),
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": metadata("warden-injector-tls"),
+            "type": "kubernetes.io/tls",
+            "data": {
+                "tls.crt": b64(&certs_to_pem(serving.chain())),
+                "tls.key": b64(&der_to_pem("PRIVATE KEY", serving.key().secret_der())),
+            },
+        }),
+        json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata("warden-trust-anchors"),
+            "data": { "bundle.crt": files.bundle_pem },
+        }),
+    ];
+    // After the Namespace, before the Deployments that mount them.
+    let at = docs
+        .iter()
+        .position(|d| d["kind"] == "Namespace")
+        .map_or(0, |i| i + 1);
+    docs.splice(at..at, generated);
+
+    let mut out = format!(
+        "# Warden {} control plane for trust domain {td}, generated by `warden install`.\n\
+         # It holds the mesh issuer's private key: apply it, do not commit it.\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    for doc in &docs {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(doc)?);
+    }
+    Ok(out)
+}
+
+fn metadata(name: &str) -> Value {
+    json!({
+        "name": name,
+        "namespace": contract::SYSTEM_NAMESPACE,
+        "labels": { "app.kubernetes.io/part-of": "warden" },
+    })
+}
+
+/// The YAML documents of a file (comment-only documents dropped).
+fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
+    let mut docs = Vec::new();
+    for chunk in text.split("\n---") {
+        let chunk = chunk.strip_prefix("---").unwrap_or(chunk);
+        let doc: Value = warden_core::yaml::from_str(chunk, "manifest")?;
+        if !doc.is_null() {
+            docs.push(doc);
+        }
+    }
+    Ok(docs)
+}
+
+/// Applies what kustomize's `labels` would, and the install's choices: image, trust domain,
+/// and the webhook's caBundle.
+fn customize(mut doc: Value, td: &TrustDomain, image: &str, ca_bundle_b64: &str) -> Value {
+    let label = |meta: &mut Value| {
+        if let Some(meta) = meta.as_object_mut() {
+            let labels = meta.entry("labels").or_insert_with(|| json!({}));
+            labels["app.kubernetes.io/part-of"] = json!("warden");
+        }
+    };
+    label(&mut doc["metadata"]);
+    if let Some(template) = doc.pointer_mut("/spec/template/metadata") {
+        label(template);
+    }
+    if let Some(containers) = doc
+        .pointer_mut("/spec/template/spec/containers")
+        .and_then(Value::as_array_mut)
+    {
+        for container in containers {
+            container["image"] = json!(image);
+            if let Some(args) = container.get_mut("args").and_then(Value::as_array_mut) {
+                for i in 1..args.len() {
+                    match args[i - 1].as_str() {
+                        Some("--image") => args[i] = json!(image),
+                        Some("--trust-domain") => args[i] = json!(td.as_str()),
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    if doc["kind"] == "MutatingWebhookConfiguration" {
+        if let Some(webhooks) = doc["webhooks"].as_array_mut() {
+            for webhook in webhooks {
+                webhook["clientConfig"]["caBundle"] = json!(ca_bundle_b64);
+            }
+        }
+    }
+    doc
+}

@@ -1,0 +1,424 @@
+//! `warden install` and `warden injector` together, as a cluster would use them: the printed
+//! manifests pass a strict Kubernetes schema check (1.30 and 1.34), the kustomize base renders
+//! and passes it too, and the injector serving the installed certificate answers an
+//! AdmissionReview over HTTPS to a client that verifies it as the API server does (caBundle
+//! and the Service's DNS name).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{json, Value};
+
+fn warden(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Fails under CI=true when `tool` is missing; elsewhere says so and skips.
+fn tool_available(tool: &str, install: &str) -> bool {
+    if Command::new(tool).arg("--help").output().is_ok() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{tool} is required under CI=true: {install} (scripts/test.sh does)");
+    }
+    eprintln!("SKIPPED: {tool} not installed ({install})");
+    false
+}
+
+fn validate_strict(name: &str, yaml: &str) {
+    if !tool_available("kubernetes-validate", "pip install kubernetes-validate") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, yaml).unwrap();
+    for version in ["1.30.0", "1.34.0"] {
+        let out = Command::new("kubernetes-validate")
+            .args(["--strict", "--kubernetes-version", version])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name} fails the {version} schemas:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The YAML documents of a multi-document stream.
+fn documents(yaml: &str) -> Vec<Value> {
+    yaml.split("\n---")
+        .filter_map(|chunk| {
+            let doc: Value = serde_saphyr::from_str(chunk.trim_start_matches("---")).unwrap();
+            (!doc.is_null()).then_some(doc)
+        })
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+fn b64(value: &Value) -> String {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.as_str().unwrap())
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[test]
+fn install_prints_complete_valid_manifests() {
+    let out = warden(&[
+        "install",
+        "--trust-domain",
+        "prod.example",
+        "--image",
+        "reg.example/warden:9.9",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    validate_strict("install.yaml", &yaml);
+    let docs = documents(&yaml);
+
+    // Every object of the kustomize base is there, plus the generated Secrets and ConfigMap.
+    let kustomization =
+        std::fs::read_to_string("deploy/kubernetes/base/kustomization.yaml").unwrap();
+    let resources = serde_saphyr::from_str::<Value>(&kustomization).unwrap()["resources"].clone();
+    let mut base_objects = 0;
+    for file in resources.as_array().unwrap() {
+        let text =
+            std::fs::read_to_string(format!("deploy/kubernetes/base/{}", file.as_str().unwrap()))
+                .unwrap();
+        for object in documents(&text) {
+            base_objects += 1;
+            find(
+                &docs,
+                object["kind"].as_str().unwrap(),
+                object["metadata"]["name"].as_str().unwrap(),
+            );
+        }
+    }
+    assert_eq!(docs.len(), base_objects + 3);
+    assert_eq!(docs[0]["kind"], "Namespace");
+    for doc in &docs {
+        assert_eq!(
+            doc["metadata"]["labels"]["app.kubernetes.io/part-of"], "warden",
+            "{doc}"
+        );
+    }
+    for name in ["warden-identity", "warden-injector"] {
+        let deployment = find(&docs, "Deployment", name);
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["image"], "reg.example/warden:9.9");
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        let td = args.iter().position(|a| *a == "--trust-domain").unwrap();
+        assert_eq!(args[td + 1], "prod.example", "{args:?}");
+    }
+    let injector = find(&docs, "Deployment", "warden-injector");
+    let args = injector["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains(r#""--image","reg.example/warden:9.9""#),
+        "{args}"
+    );
+
+    // The three pieces of PKI agree: the caBundle is the trust anchors, the CA Secret's bundle
+    // too, and the injector's certificate chains to it for the Service's DNS name.
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "warden-injector");
+    let ca_bundle = b64(&webhook["webhooks"][0]["clientConfig"]["caBundle"]);
+    let anchors = find(&docs, "ConfigMap", "warden-trust-anchors")["data"]["bundle.crt"]
+        .as_str()
+        .unwrap();
+    assert_eq!(ca_bundle, anchors);
+    let ca = find(&docs, "Secret", "warden-identity-ca");
+    assert_eq!(b64(&ca["data"]["bundle.crt"]), anchors);
+    assert!(b64(&ca["data"]["issuer.key"]).starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert_eq!(
+        ca["data"].as_object().unwrap().len(),
+        3,
+        "no root key in the cluster"
+    );
+    let tls = find(&docs, "Secret", "warden-injector-tls");
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+
+    // Two installs never share keys.
+    let again = String::from_utf8(warden(&["install"]).stdout).unwrap();
+    let again = documents(&again);
+    assert_ne!(
+        find(&again, "Secret", "warden-identity-ca")["data"]["issuer.key"],
+        ca["data"]["issuer.key"]
+    );
+    assert!(
+        find(&again, "Deployment", "warden-identity")["spec"]["template"]["spec"]["containers"][0]
+            ["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("ghcr.io/warden-mesh/warden:")
+    );
+}
+
+#[test]
+fn install_uses_a_given_ca_and_keeps_its_root_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca = ca_dir.to_str().unwrap();
+    let out = warden(&["ca", "init", "--dir", ca, "--trust-domain", "corp.example"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = warden(&["install", "--ca-dir", ca]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    let docs = documents(&yaml);
+    let bundle = std::fs::read_to_string(ca_dir.join("bundle.crt")).unwrap();
+    assert_eq!(
+        find(&docs, "ConfigMap", "warden-trust-anchors")["data"]["bundle.crt"],
+        bundle.as_str()
+    );
+    let issuer_key = std::fs::read_to_string(ca_dir.join("issuer.key")).unwrap();
+    assert_eq!(
+        b64(&find(&docs, "Secret", "warden-identity-ca")["data"]["issuer.key"]),
+        issuer_key
+    );
+    let root_key = std::fs::read_to_string(ca_dir.join("root.key")).unwrap();
+    let root_material = root_key.lines().nth(1).unwrap();
+    assert!(!yaml.contains(root_material));
+    for secret in docs.iter().filter(|d| d["kind"] == "Secret") {
+        for value in secret["data"].as_object().unwrap().values() {
+            assert!(!b64(value).contains(root_material), "the root key leaked");
+        }
+    }
+    assert!(
+        yaml.contains("- corp.example"),
+        "the CA's trust domain is used"
+    );
+
+    // A trust domain that contradicts the CA is refused, naming both.
+    let out = warden(&["install", "--ca-dir", ca, "--trust-domain", "other.example"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("other.example") && err.contains("corp.example"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_kustomize_base_renders_valid_manifests() {
+    // kubectl is not a Debian package; the issue asks for this check where it is present.
+    if Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: kubectl not installed; `warden install` output is still validated");
+        return;
+    }
+    let out = Command::new("kubectl")
+        .args(["kustomize", "deploy/kubernetes/base"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    validate_strict("kustomize.yaml", &yaml);
+    let docs = documents(&yaml);
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "warden-injector");
+    let hook = &webhook["webhooks"][0];
+    assert_eq!(hook["sideEffects"], "None");
+    assert_eq!(hook["clientConfig"]["service"]["path"], "/mutate");
+    let selector = hook["namespaceSelector"].to_string();
+    assert!(
+        selector.contains("warden.dev/inject")
+            && selector.contains("kube-system")
+            && selector.contains("warden-system"),
+        "{selector}"
+    );
+    let role = find(&docs, "ClusterRole", "warden-identity");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}])
+    );
+}
+
+/// Kills its process on drop, also when a test fails.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
+    let out = warden(&["install", "--image", "reg.example/warden:9.9"]);
+    let docs = documents(&String::from_utf8(out.stdout).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let tls = &find(&docs, "Secret", "warden-injector-tls")["data"];
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let cert = write("tls.crt", b64(&tls["tls.crt"]));
+    let key = write("tls.key", b64(&tls["tls.key"]));
+    let anchors = find(&docs, "ConfigMap", "warden-trust-anchors")["data"]["bundle.crt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let anchors_file = write("bundle.crt", anchors);
+    let webhook = find(&docs, "MutatingWebhookConfiguration", "warden-injector");
+    let ca_bundle = b64(&webhook["webhooks"][0]["clientConfig"]["caBundle"]);
+
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args([
+                "injector",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args([
+                "--tls-cert",
+                &cert,
+                "--tls-key",
+                &key,
+                "--trust-anchors",
+                &anchors_file,
+            ])
+            .args(["--image", "reg.example/warden:9.9"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut banner = String::new();
+    BufReader::new(child.0.stderr.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    // "warden injector: serving https://127.0.0.1:PORT/mutate (admin http://...)"
+    let addr: std::net::SocketAddr = banner
+        .split("https://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .parse()
+        .unwrap();
+
+    // The API server's view: trust only the caBundle, and call the Service's DNS name.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connect = |name: &'static str| {
+        let connector = connector.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+            connector.connect(server_name, tcp).await
+        }
+    };
+    // A name the certificate does not carry is refused, as the API server would.
+    let wrong = connect("warden-injector.default.svc").await;
+    assert!(
+        wrong.is_err(),
+        "the certificate must not be valid for another name"
+    );
+
+    let tls = connect("warden-injector.warden-system.svc").await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "shop",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"generateName": "web-", "namespace": "shop"},
+                "spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]}
+            },
+            "oldObject": null,
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
+        }
+    });
+    let req = http::Request::post("/mutate?timeout=10s")
+        .header("host", "warden-injector.warden-system.svc:443")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(review.to_string())))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        answer["response"]["uid"],
+        "705ab4f5-6393-11e8-b7cc-42010a800002"
+    );
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch");
+    let patch = b64(&answer["response"]["patch"]);
+    assert!(patch.contains("reg.example/warden:9.9"), "{patch}");
+    assert!(
+        patch.contains("BEGIN CERTIFICATE"),
+        "the trust anchors are injected: {patch}"
+    );
+
+    // Malformed JSON: 400 with the reason.
+    let req = http::Request::post("/mutate")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(b"{not json")))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+}
