@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use warden_core::contract;
 use warden_core::duration::parse_duration;
 use warden_core::{SpiffeId, TrustDomain};
-use warden_identity::admin::{self, Readiness};
+use warden_identity::admin::Readiness;
 use warden_identity::ca::SharedCa;
 use warden_identity::rotation::{self, CertSource, TlsOptions};
 use warden_identity::tls::ClientAuth;
@@ -116,17 +116,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let config = Arc::new(injector_config(&args, ca.as_ref())?);
 
-    let (ready_tx, ready_rx) = tokio::sync::watch::channel(Readiness::not_ready("starting"));
-    let admin_listener = TcpListener::bind(args.admin_listen)
-        .await
-        .with_context(|| format!("binding the admin address {}", args.admin_listen))?;
-    let admin_addr = admin_listener.local_addr()?;
-    tokio::spawn(admin::serve(
-        admin_listener,
-        ready_rx,
-        crate::logging::telemetry(),
-        shutdown.clone(),
-    ));
+    let (ready_tx, admin_addr) = crate::admin::start(args.admin_listen, shutdown.clone()).await?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;

@@ -1,6 +1,7 @@
 //! `warden`: the one CLI of the Warden service mesh. Each subcommand lives in its own file and
 //! only parses arguments and calls the library crates.
 
+mod admin;
 mod audit;
 mod ca;
 mod cert;

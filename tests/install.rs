@@ -5,6 +5,7 @@
 //! and the Service's DNS name).
 
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
@@ -303,61 +304,17 @@ async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
     let webhook = find(&docs, "MutatingWebhookConfiguration", "warden-injector");
     let ca_bundle = b64(&webhook["webhooks"][0]["clientConfig"]["caBundle"]);
 
-    let mut child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args([
-                "injector",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ])
-            .args([
-                "--tls-cert",
-                &cert,
-                "--tls-key",
-                &key,
-                "--trust-anchors",
-                &anchors_file,
-            ])
-            .args(["--image", "reg.example/warden:9.9"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut banner = String::new();
-    BufReader::new(child.0.stderr.take().unwrap())
-        .read_line(&mut banner)
-        .unwrap();
-    // "warden injector: serving https://127.0.0.1:PORT/mutate (admin http://...)"
-    let addr: std::net::SocketAddr = banner
-        .split("https://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address in {banner:?}"))
-        .parse()
-        .unwrap();
-
-    // The API server's view: trust only the caBundle, and call the Service's DNS name.
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_bundle.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let connect = |name: &'static str| {
-        let connector = connector.clone();
-        async move {
-            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-            let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
-            connector.connect(server_name, tcp).await
-        }
-    };
+    let (_child, addr) = start_injector(&[
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--trust-anchors",
+        &anchors_file,
+        "--image",
+        "reg.example/warden:9.9",
+    ]);
+    let connect = |name: &'static str| api_server_connect(addr, ca_bundle.clone(), name);
     // A name the certificate does not carry is refused, as the API server would.
     let wrong = connect("warden-injector.default.svc").await;
     assert!(
@@ -421,4 +378,104 @@ async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 400);
+}
+
+/// Starts `warden injector` on loopback ports; returns it and its webhook address.
+fn start_injector(args: &[&str]) -> (Killed, SocketAddr) {
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args([
+                "injector",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut banner = String::new();
+    BufReader::new(child.0.stderr.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    // "warden injector: serving https://127.0.0.1:PORT/mutate (admin http://...)"
+    let addr = banner
+        .split("https://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {banner:?}"))
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// Connects as the API server does: trusting only `ca_bundle`, calling the host `name`.
+async fn api_server_connect(
+    addr: SocketAddr,
+    ca_bundle: String,
+    name: &'static str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_bundle.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+}
+
+#[tokio::test]
+async fn an_injector_issuing_from_the_ca_serves_a_certificate_for_its_service_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca = ca_dir.to_str().unwrap();
+    let out = warden(&["ca", "init", "--dir", ca, "--trust-domain", "corp.example"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (_child, addr) = start_injector(&["--ca-dir", ca, "--image", "reg.example/warden:9.9"]);
+    let bundle = std::fs::read_to_string(ca_dir.join("bundle.crt")).unwrap();
+    assert!(
+        api_server_connect(addr, bundle.clone(), "warden-injector.default.svc")
+            .await
+            .is_err()
+    );
+    let bundle_again = bundle.clone();
+    let tls = api_server_connect(addr, bundle, "warden-injector.warden-system.svc")
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/live")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // A body announced over the limit is refused before it is read: 413.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = api_server_connect(addr, bundle_again, "warden-injector.warden-system.svc")
+        .await
+        .unwrap();
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nhost: warden-injector.warden-system.svc\r\ncontent-type: application/json\r\ncontent-length: 4194304\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 64];
+    let n = tls.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
 }
