@@ -98,22 +98,49 @@ impl Decision {
     }
 }
 
-/// Policies indexed by the namespace they protect.
+/// Policies indexed by the workloads they protect, so evaluation only looks at those.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     policies: Vec<AuthorizationPolicy>,
-    by_namespace: HashMap<String, Vec<usize>>,
+    by_namespace: HashMap<String, NamespaceIndex>,
+}
+
+/// The policies of one namespace, in file order.
+#[derive(Debug, Clone, Default)]
+struct NamespaceIndex {
+    /// Policies without a selector: they protect every workload of the namespace.
+    everyone: Vec<usize>,
+    /// For each ServiceAccount a selector names: its policies plus `everyone`, merged.
+    by_service_account: HashMap<String, Vec<usize>>,
 }
 
 impl PolicySet {
     /// Indexes `policies`.
     pub fn new(policies: Vec<AuthorizationPolicy>) -> Self {
-        let mut by_namespace: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut by_namespace: HashMap<String, NamespaceIndex> = HashMap::new();
         for (i, p) in policies.iter().enumerate() {
-            by_namespace
+            let index = by_namespace
                 .entry(p.metadata.namespace.clone())
-                .or_default()
-                .push(i);
+                .or_default();
+            match &p.spec.selector {
+                None => index.everyone.push(i),
+                Some(selector) => {
+                    for sa in &selector.service_accounts {
+                        let list = index.by_service_account.entry(sa.clone()).or_default();
+                        if list.last() != Some(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+            }
+        }
+        // Each ServiceAccount's list also holds the namespace-wide policies, in file order,
+        // so the first match is the same as a scan of all policies would find.
+        for index in by_namespace.values_mut() {
+            for list in index.by_service_account.values_mut() {
+                list.extend_from_slice(&index.everyone);
+                list.sort_unstable();
+            }
         }
         Self {
             policies,
@@ -134,13 +161,13 @@ impl PolicySet {
         let indices = workload
             .service_account
             .as_ref()
-            .and_then(|(ns, _)| self.by_namespace.get(ns))
+            .and_then(|(ns, sa)| {
+                let index = self.by_namespace.get(ns)?;
+                Some(index.by_service_account.get(sa).unwrap_or(&index.everyone))
+            })
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        indices
-            .iter()
-            .map(|&i| &self.policies[i])
-            .filter(move |p| selects(p, workload))
+        indices.iter().map(|&i| &self.policies[i])
     }
 
     /// The decision for `request` to `workload`.
@@ -235,18 +262,6 @@ fn ids(policies: &[&AuthorizationPolicy], action: Action) -> String {
 }
 
 /// Whether `policy` protects `workload` (its namespace, and its selector if any).
-fn selects(policy: &AuthorizationPolicy, workload: &Workload) -> bool {
-    let Some((ns, sa)) = &workload.service_account else {
-        return false;
-    };
-    policy.metadata.namespace == *ns
-        && policy
-            .spec
-            .selector
-            .as_ref()
-            .is_none_or(|s| s.service_accounts.iter().any(|x| x == sa))
-}
-
 /// The index of the first rule of `policy` that matches.
 pub fn matching_rule(
     policy: &AuthorizationPolicy,
@@ -957,5 +972,65 @@ spec:
             denies_seen > 200,
             "the generator exercised DENY ({denies_seen})"
         );
+    }
+
+    #[test]
+    fn only_the_policies_protecting_a_workload_apply_in_file_order() {
+        let text = r#"
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p0-everyone, namespace: shop}
+spec: {action: DENY, rules: [{to: {paths: ["/admin"]}}]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p1-backend, namespace: shop}
+spec: {selector: {serviceAccounts: [backend, backend]}, action: ALLOW, rules: [{}]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p2-everyone, namespace: shop}
+spec: {action: AUDIT, rules: [{}]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p3-both, namespace: shop}
+spec: {selector: {serviceAccounts: [web, backend]}, action: ALLOW, rules: [{}]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: p4-other-namespace, namespace: ops}
+spec: {action: ALLOW, rules: [{}]}
+"#;
+        let set = PolicySet::new(parse(text, "t").unwrap());
+        let names = |id_text: &str| -> Vec<String> {
+            let workload = Workload::from_id(&id(id_text));
+            set.applying(&workload)
+                .map(|p| p.metadata.name.clone())
+                .collect()
+        };
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "spiffe://cluster.local/ns/shop/sa/backend",
+                &["p0-everyone", "p1-backend", "p2-everyone", "p3-both"],
+            ),
+            (
+                "spiffe://cluster.local/ns/shop/sa/web",
+                &["p0-everyone", "p2-everyone", "p3-both"],
+            ),
+            (
+                "spiffe://cluster.local/ns/shop/sa/unnamed",
+                &["p0-everyone", "p2-everyone"],
+            ),
+            (
+                "spiffe://cluster.local/ns/ops/sa/web",
+                &["p4-other-namespace"],
+            ),
+            ("spiffe://cluster.local/ns/empty/sa/web", &[]),
+            ("spiffe://cluster.local/not-kubernetes", &[]),
+        ];
+        for (workload, want) in cases {
+            assert_eq!(names(workload), *want, "{workload}");
+        }
     }
 }
