@@ -41,9 +41,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let admin = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config.admin.listen.port());
         return wait_ready(admin, args.wait_timeout);
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async move {
         warden_identity::telemetry::prometheus(); // installed before anything is counted
         let listeners = Listeners::bind(&config).await?;

@@ -93,6 +93,8 @@ pub mod env {
     pub const TRUST_ANCHORS: &str = "WARDEN_TRUST_ANCHORS";
     /// `log`: the log filter, e.g. `warn`.
     pub const LOG: &str = "WARDEN_LOG";
+    /// `worker_threads`: the proxy's runtime threads.
+    pub const WORKER_THREADS: &str = "WARDEN_WORKER_THREADS";
 }
 
 /// Pod annotations the injector reads (`warden.dev/*`) and writes.

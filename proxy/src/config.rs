@@ -71,6 +71,10 @@ pub struct ProxyConfig {
     pub transparent: TransparentConfig,
     /// Whether inbound listeners accept plaintext from callers without a sidecar.
     pub inbound_mode: InboundMode,
+    /// Runtime worker threads (default: one per CPU the process may use). A sidecar sharing
+    /// a pod's CPU limit, or a benchmark, sets 1 or 2.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
     /// Authorization policies and the audit log.
     pub authorization: AuthorizationConfig,
 }
@@ -454,6 +458,10 @@ impl ProxyConfig {
                     })?
                 }
                 env::AUDIT_LOG => self.authorization.audit_log = value.to_string(),
+                env::WORKER_THREADS => {
+                    self.worker_threads =
+                        Some(parsed(env::WORKER_THREADS, value, str::parse::<usize>)?)
+                }
                 env::INBOUND_MODE => {
                     self.inbound_mode = parsed(env::INBOUND_MODE, value, |v| match v {
                         "strict" => Ok(InboundMode::Strict),
@@ -486,6 +494,9 @@ impl ProxyConfig {
             if value.is_zero() {
                 return Err(invalid(field, "must be greater than zero".into()));
             }
+        }
+        if self.worker_threads == Some(0) {
+            return Err(invalid("worker_threads", "must be at least 1".into()));
         }
         if self.authorization.reload_interval.is_zero() {
             return Err(invalid(
@@ -719,6 +730,7 @@ limits:
             ("limits: {max_connections: 0}", "config field limits.max_connections"),
             ("limits: {max_header_bytes: 10}", "config field limits.max_header_bytes"),
             ("opaque_ports: [0]", "config field opaque_ports[0]"),
+            ("worker_threads: 0", "config field worker_threads: must be at least 1"),
             ("identity: {url: 'http://x'}", "config field identity.url"),
             (
                 "admin: {listen: '127.0.0.1:9000'}\noutbound: [{listen: '127.0.0.1:9000', destination: '127.0.0.1:1'}]",
