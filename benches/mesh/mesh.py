@@ -1,15 +1,25 @@
 #!/usr/bin/env python3
 """Side-by-side mTLS sidecar pairs: Warden, nginx, HAProxy and stunnel, plus a direct baseline.
 
-Shape: wrk -> outbound sidecar (plaintext in, originates mTLS) -> inbound sidecar (terminates
-mTLS, requires and verifies the client certificate) -> app (nginx, 64-byte body).
-Every contestant uses the same P-256 certificates from Warden's CA, TLS 1.3 and one worker;
-wrk runs on CPU 0, the app and every sidecar on CPU 1 (see ../../../shared/BENCHMARKING.md).
-Warden runs with its policy engine on (one matching ALLOW policy) and metrics on.
+Shape: load generator -> outbound sidecar (plaintext in, originates mTLS) -> inbound sidecar
+(terminates mTLS, requires and verifies the client certificate) -> app (nginx, 64-byte body;
+for bulk TCP, a byte sink). Every contestant uses the same P-256 certificates from Warden's
+CA, TLS 1.3 and one worker; the load generator runs on CPU 0, the app and every sidecar on
+CPU 1 (see ../../../shared/BENCHMARKING.md). Warden runs with its policy engine on (one
+matching ALLOW policy) and metrics on.
 
-Run through benches/mesh/run.sh, which installs the peers and builds Warden first.
-Scenario implemented so far: keep-alive HTTP/1.1, 16 connections, closed loop (req/s,
-p50/p99, sidecar CPU microseconds per request), and idle memory (RSS and PSS).
+Scenarios, each run for every contestant in turn, repeated --runs times:
+  keepalive  HTTP/1.1, 16 kept-alive connections, closed loop (wrk): req/s, p50/p99, sidecar
+             CPU per request, and the sidecars' memory under that load;
+  rate2000, rate5000
+             open loop at a fixed rate with coordinated-omission correction (loadgen rate):
+             p50/p99/p99.9, and what each pair adds over direct;
+  close      a new app connection per request (wrk, `Connection: close`): req/s, CPU/request;
+  bulk       1 GiB as opaque TCP through the pair (loadgen bulk): throughput;
+  memory     fresh sidecars: idle RSS/PSS, then per-connection memory with 512 idle
+             kept-alive connections.
+
+Run through benches/mesh/run.sh, which installs the peers and builds Warden and loadgen first.
 """
 
 import argparse
@@ -17,8 +27,8 @@ import json
 import os
 import platform
 import re
-import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -32,10 +42,14 @@ TD = "cluster.local"
 CLIENT_ID = f"spiffe://{TD}/ns/bench/sa/client"
 SERVER_ID = f"spiffe://{TD}/ns/bench/sa/server"
 APP_PORT = 18080
+LOADGEN = os.path.join(ROOT, "target", "release", "loadgen")
+SINK_PORT = 18090
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = "x" * 64
+BULK_BYTES = 1 << 30
+IDLE_CONNECTIONS = 512
 
-# contestant -> (outbound port the load generator calls, inbound port)
+# contestant -> (outbound port the load generator calls, inbound port), for HTTP to the app
 PORTS = {
     "direct": (APP_PORT, None),
     "warden": (18101, 18201),
@@ -43,6 +57,8 @@ PORTS = {
     "haproxy": (18103, 18203),
     "stunnel": (18104, 18204),
 }
+# the same for opaque TCP to the byte sink (outbound and inbound ports 10 higher)
+TCP_PORTS = {c: (SINK_PORT, None) if c == "direct" else (o + 10, i + 10) for c, (o, i) in PORTS.items()}
 
 
 def run(cmd, **kw):
@@ -57,6 +73,7 @@ class Bench:
     def __init__(self, work):
         self.work = work
         self.procs = {}  # name -> list of Popen (sidecar processes, for CPU and memory)
+        self.commands = {}  # name -> [(cmd, log, env)], to start fresh sidecars again
         self.others = []
 
     def path(self, *parts):
@@ -103,10 +120,23 @@ http {{
 }}
 """)
         self.others.append(self.spawn(["nginx", "-c", conf, "-p", self.work], "app.log"))
+        self.others.append(self.spawn([LOADGEN, "sink", f"127.0.0.1:{SINK_PORT}"], "sink.log"))
+
+    def sidecars(self, name, commands):
+        """Starts a contestant's two sidecars, remembering how for restart()."""
+        self.commands[name] = commands
+        self.procs[name] = [self.spawn(cmd, log, env=env) for cmd, log, env in commands]
+
+    def restart(self, name):
+        """Fresh sidecar processes (for memory figures untouched by earlier load)."""
+        self.kill(self.procs.pop(name))
+        self.sidecars(name, self.commands[name])
+        self.wait_ready(name, PORTS[name][0])
 
     # --- contestants ------------------------------------------------------------------------
     def warden(self):
         out_port, in_port = PORTS["warden"]
+        tcp_out, tcp_in = TCP_PORTS["warden"]
         tokens = self.path("tokens")
         for name, spiffe in (("client", CLIENT_ID), ("server", SERVER_ID)):
             token = run([WARDEN, "ca", "join-token", "--tokens", tokens, "--id", spiffe]).stdout.strip()
@@ -138,6 +168,10 @@ outbound:
   - listen: 127.0.0.1:{out_port}
     destination: 127.0.0.1:{in_port}
     identity: {SERVER_ID}
+  - listen: 127.0.0.1:{tcp_out}
+    destination: 127.0.0.1:{tcp_in}
+    identity: {SERVER_ID}
+    protocol: opaque
 """)
         server = self.write("warden-server.yaml", common + f"""  service_account: server
   token_file: {self.path('server.token')}
@@ -146,23 +180,39 @@ inbound:
   - listen: 127.0.0.1:{in_port}
     app: 127.0.0.1:{APP_PORT}
     protocol: http1
+  - listen: 127.0.0.1:{tcp_in}
+    app: 127.0.0.1:{SINK_PORT}
 authorization:
   policy_dir: {self.path('policies')}
 """)
         time.sleep(1)  # the identity service binds
         env = dict(os.environ, WARDEN_LOG="warn")
-        self.procs["warden"] = [
-            self.spawn([WARDEN, "proxy", "--config", client], "warden-client.log", env=env),
-            self.spawn([WARDEN, "proxy", "--config", server], "warden-server.log", env=env),
-        ]
+        self.sidecars("warden", [
+            ([WARDEN, "proxy", "--config", client], "warden-client.log", env),
+            ([WARDEN, "proxy", "--config", server], "warden-server.log", env),
+        ])
 
     def nginx(self):
-        out_port, in_port = PORTS["nginx"]
         module = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
         head = f"{module}\nworker_processes 1;\ndaemon off;\nevents {{ worker_connections 4096; }}\n"
+        out_servers = "".join(self.nginx_out_server(o, i) for o, i in (PORTS["nginx"], TCP_PORTS["nginx"]))
+        in_servers = "".join(self.nginx_in_server(i, app) for i, app in
+                             ((PORTS["nginx"][1], APP_PORT), (TCP_PORTS["nginx"][1], SINK_PORT)))
         out = self.write("nginx-out.conf", head + f"""pid {self.path('nginx-out.pid')};
 error_log {self.path('nginx-out.err')};
-stream {{
+stream {{{out_servers}}}
+""")
+        inn = self.write("nginx-in.conf", head + f"""pid {self.path('nginx-in.pid')};
+error_log {self.path('nginx-in.err')};
+stream {{{in_servers}}}
+""")
+        self.sidecars("nginx", [
+            (["nginx", "-c", out, "-p", self.work], "nginx-out.log", None),
+            (["nginx", "-c", inn, "-p", self.work], "nginx-in.log", None),
+        ])
+
+    def nginx_out_server(self, out_port, in_port):
+        return f"""
   server {{
     listen 127.0.0.1:{out_port};
     proxy_pass 127.0.0.1:{in_port};
@@ -175,11 +225,10 @@ stream {{
     proxy_ssl_verify off;
     proxy_ssl_session_reuse on;
   }}
-}}
-""")
-        inn = self.write("nginx-in.conf", head + f"""pid {self.path('nginx-in.pid')};
-error_log {self.path('nginx-in.err')};
-stream {{
+"""
+
+    def nginx_in_server(self, in_port, app_port):
+        return f"""
   server {{
     listen 127.0.0.1:{in_port} ssl;
     ssl_protocols TLSv1.3;
@@ -188,40 +237,38 @@ stream {{
     ssl_verify_client on;
     ssl_verify_depth 2;
     ssl_client_certificate {self.path('ca', 'bundle.crt')};
-    proxy_pass 127.0.0.1:{APP_PORT};
+    proxy_pass 127.0.0.1:{app_port};
   }}
-}}
-""")
-        self.procs["nginx"] = [
-            self.spawn(["nginx", "-c", out, "-p", self.work], "nginx-out.log"),
-            self.spawn(["nginx", "-c", inn, "-p", self.work], "nginx-in.log"),
-        ]
+"""
 
     def haproxy(self):
-        out_port, in_port = PORTS["haproxy"]
         head = "global\n  nbthread 1\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n"
-        out = self.write("haproxy-out.cfg", head + f"""frontend f
+        out, inn = head, head
+        for tag, (out_port, in_port), app_port in (("http", PORTS["haproxy"], APP_PORT),
+                                                   ("tcp", TCP_PORTS["haproxy"], SINK_PORT)):
+            out += f"""frontend f_{tag}
   bind 127.0.0.1:{out_port}
-  default_backend b
-backend b
+  default_backend b_{tag}
+backend b_{tag}
   server s 127.0.0.1:{in_port} ssl crt {self.path('client.pem')} ca-file {self.path('ca', 'bundle.crt')} verify required ssl-min-ver TLSv1.3
-""")
-        inn = self.write("haproxy-in.cfg", head + f"""frontend f
+"""
+            inn += f"""frontend f_{tag}
   bind 127.0.0.1:{in_port} ssl crt {self.path('server.pem')} ca-file {self.path('ca', 'bundle.crt')} verify required ssl-min-ver TLSv1.3
-  default_backend b
-backend b
-  server app 127.0.0.1:{APP_PORT}
-""")
-        self.procs["haproxy"] = [
-            self.spawn(["haproxy", "-db", "-f", out], "haproxy-out.log"),
-            self.spawn(["haproxy", "-db", "-f", inn], "haproxy-in.log"),
-        ]
+  default_backend b_{tag}
+backend b_{tag}
+  server app 127.0.0.1:{app_port}
+"""
+        out, inn = self.write("haproxy-out.cfg", out), self.write("haproxy-in.cfg", inn)
+        self.sidecars("haproxy", [
+            (["haproxy", "-db", "-f", out], "haproxy-out.log", None),
+            (["haproxy", "-db", "-f", inn], "haproxy-in.log", None),
+        ])
 
     def stunnel(self):
-        out_port, in_port = PORTS["stunnel"]
-        out = self.write("stunnel-out.conf", f"""foreground = yes
-pid =
-[out]
+        out, inn = "foreground = yes\npid =\n", "foreground = yes\npid =\n"
+        for tag, (out_port, in_port), app_port in (("http", PORTS["stunnel"], APP_PORT),
+                                                   ("tcp", TCP_PORTS["stunnel"], SINK_PORT)):
+            out += f"""[out_{tag}]
 client = yes
 accept = 127.0.0.1:{out_port}
 connect = 127.0.0.1:{in_port}
@@ -230,54 +277,55 @@ key = {self.path('client.key')}
 CAfile = {self.path('ca', 'bundle.crt')}
 verifyChain = yes
 sslVersionMin = TLSv1.3
-""")
-        inn = self.write("stunnel-in.conf", f"""foreground = yes
-pid =
-[in]
+"""
+            inn += f"""[in_{tag}]
 accept = 127.0.0.1:{in_port}
-connect = 127.0.0.1:{APP_PORT}
+connect = 127.0.0.1:{app_port}
 cert = {self.path('server.crt')}
 key = {self.path('server.key')}
 CAfile = {self.path('ca', 'bundle.crt')}
 verifyChain = yes
 requireCert = yes
 sslVersionMin = TLSv1.3
-""")
-        self.procs["stunnel"] = [
-            self.spawn(["stunnel4", out], "stunnel-out.log"),
-            self.spawn(["stunnel4", inn], "stunnel-in.log"),
-        ]
+"""
+        out, inn = self.write("stunnel-out.conf", out), self.write("stunnel-in.conf", inn)
+        self.sidecars("stunnel", [
+            (["stunnel4", out], "stunnel-out.log", None),
+            (["stunnel4", inn], "stunnel-in.log", None),
+        ])
 
     # --- measuring ----------------------------------------------------------------------------
-    def pids(self, name):
-        """Every process of a contestant's sidecars (nginx: master and worker)."""
-        pids = []
-        for p in self.procs.get(name, []):
-            pids.append(p.pid)
-            # taskset execs in place; nginx forks its worker as a child
-            children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-            pids += [int(c) for c in children]
-        return pids
+    def pids(self, proc):
+        """A sidecar's processes (nginx: master and worker)."""
+        # taskset execs in place; nginx forks its worker as a child
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        return [proc.pid] + [int(c) for c in children]
 
     def cpu_seconds(self, name):
-        total = 0
-        for pid in self.pids(name):
-            try:
-                fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])  # utime, stime
-            except FileNotFoundError:
-                pass
-        return total / CLK_TCK
+        """User and system CPU seconds of both sidecars so far."""
+        user = system = 0
+        for proc in self.procs.get(name, []):
+            for pid in self.pids(proc):
+                try:
+                    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                    user, system = user + int(fields[11]), system + int(fields[12])
+                except FileNotFoundError:
+                    pass
+        return user / CLK_TCK, system / CLK_TCK
 
     def memory_kb(self, name):
-        rss = pss = 0
-        for pid in self.pids(name):
-            for line in open(f"/proc/{pid}/smaps_rollup"):
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-        return rss, pss
+        """[(RSS, PSS)] in KiB, one pair per sidecar."""
+        sidecars = []
+        for proc in self.procs.get(name, []):
+            rss = pss = 0
+            for pid in self.pids(proc):
+                for line in open(f"/proc/{pid}/smaps_rollup"):
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+            sidecars.append((rss, pss))
+        return sidecars
 
     def wait_ready(self, name, port, deadline=30):
         end = time.time() + deadline
@@ -289,39 +337,124 @@ sslVersionMin = TLSv1.3
             time.sleep(0.2)
         sys.exit(f"{name}: no 200 through 127.0.0.1:{port} within {deadline}s; see {self.work}/*.log")
 
-    def keepalive(self, name, seconds):
-        port = PORTS[name][0]
-        url = f"http://127.0.0.1:{port}/"
-        run(pinned(0, ["wrk", "-t1", "-c16", "-d2s", url]))  # warm-up
+    def cpu_per_request(self, name, before, requests):
+        if name == "direct":
+            return {}
+        user, system = (after - b for after, b in zip(self.cpu_seconds(name), before))
+        return {"cpu_us_per_req": (user + system) * 1e6 / requests,
+                "user_us_per_req": user * 1e6 / requests, "sys_us_per_req": system * 1e6 / requests}
+
+    def wrk(self, name, seconds, extra=()):
+        """A closed-loop wrk run on 16 connections, with CPU and mid-run memory of the sidecars."""
+        url = f"http://127.0.0.1:{PORTS[name][0]}/"
+        run(pinned(0, ["wrk", "-t1", "-c16", "-d2s", *extra, url]))  # warm-up
         before = self.cpu_seconds(name)
-        out = run(pinned(0, ["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", url])).stdout
-        cpu = self.cpu_seconds(name) - before
+        wrk = subprocess.Popen(pinned(0, ["wrk", "-t1", "-c16", f"-d{seconds}s", "--latency", *extra, url]),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(seconds / 2)
+        under_load = self.memory_kb(name)
+        out = wrk.communicate()[0]
         requests = int(re.search(r"(\d+) requests in", out).group(1))
-        errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-        if errors or "Socket errors" in out:
+        result = self.cpu_per_request(name, before, requests)
+        if wrk.returncode or re.search(r"Non-2xx or 3xx responses: (\d+)", out) or "Socket errors" in out:
             sys.exit(f"{name}: wrk saw errors:\n{out}")
+
         def latency(pct):
             m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
             value, unit = float(m.group(1)), m.group(2)
             return value * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-        return {
+        result.update({
             "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": latency(50),
-            "p99_ms": latency(99),
-            "cpu_us_per_req": (cpu * 1e6 / requests) if name != "direct" else None,
+            "p50_ms": latency(50), "p99_ms": latency(99),
+            "load_rss_kb": sum(r for r, _ in under_load) or None,
+            "load_pss_kb": sum(p for _, p in under_load) or None,
+        })
+        return result
+
+    def keepalive(self, name, seconds):
+        return self.wrk(name, seconds)
+
+    def close(self, name, seconds):
+        r = self.wrk(name, seconds, ["-H", "Connection: close"])
+        return {k: v for k, v in r.items() if not k.startswith("load_")}
+
+    def rate(self, name, rps, seconds):
+        """Open loop at rps; latencies from each request's scheduled time, first second excluded."""
+        cmd = [LOADGEN, "rate", f"127.0.0.1:{PORTS[name][0]}", str(rps), str(seconds + 1), "32"]
+        r = json.loads(run(pinned(0, cmd)).stdout)
+        if r["errors"] or r["unfinished"]:
+            sys.exit(f"{name}: {r['errors']} failed and {r['unfinished']} unfinished requests at {rps} req/s")
+        return r
+
+    def bulk(self, name):
+        before = self.cpu_seconds(name)
+        cmd = [LOADGEN, "bulk", f"127.0.0.1:{TCP_PORTS[name][0]}", str(BULK_BYTES)]
+        r = json.loads(run(pinned(0, cmd)).stdout)
+        if name != "direct":
+            r["cpu_s"] = sum(after - b for after, b in zip(self.cpu_seconds(name), before))
+        return r
+
+    def memory(self, name):
+        """Fresh sidecars: idle memory, then what 512 idle kept-alive connections add."""
+        if name == "direct":
+            return {}
+        self.restart(name)
+        time.sleep(1)
+        idle = self.memory_kb(name)
+        close_all(open_idle(PORTS[name][0], 1))  # first-request set-up is not per connection
+        time.sleep(0.5)
+        base = self.memory_kb(name)
+        conns = open_idle(PORTS[name][0], IDLE_CONNECTIONS)
+        time.sleep(1)
+        loaded = self.memory_kb(name)
+        close_all(conns)
+        return {
+            "idle_rss_kb": [r for r, _ in idle], "idle_pss_kb": [p for _, p in idle],
+            "rss_per_conn_kb": (sum(r for r, _ in loaded) - sum(r for r, _ in base)) / IDLE_CONNECTIONS,
+            "pss_per_conn_kb": (sum(p for _, p in loaded) - sum(p for _, p in base)) / IDLE_CONNECTIONS,
         }
 
-    def stop(self):
-        for p in [p for ps in self.procs.values() for p in ps] + self.others:
+    def kill(self, procs):
+        for p in procs:
             try:
                 os.killpg(p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        for p in [p for ps in self.procs.values() for p in ps] + self.others:
+        for p in procs:
             try:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def stop(self):
+        self.kill([p for ps in self.procs.values() for p in ps] + self.others)
+
+
+def open_idle(port, n):
+    """n connections that each carried one request and stay open."""
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        data = b""
+        while not data.endswith(BODY.encode()):
+            chunk = s.recv(4096)
+            if not chunk:
+                sys.exit(f"connection {len(conns)} to port {port} closed before its response: {data!r}")
+            data += chunk
+        conns.append(s)
+    return conns
+
+
+def close_all(conns):
+    for s in conns:
+        s.close()
+
+
+# --- summarising ----------------------------------------------------------------------------------
+SCENARIOS = ["keepalive", "rate2000", "rate5000", "close", "bulk", "memory"]
+PEERS = ["nginx", "haproxy", "stunnel"]
 
 
 def med(values):
@@ -336,7 +469,151 @@ def fmt(m, digits=0):
     if value is None:
         return "-"
     f = f"{{:,.{digits}f}}"
+    if lo == hi:
+        return f.format(value)
     return f"{f.format(value)} [{f.format(lo)}-{f.format(hi)}]"
+
+
+def ratio(a, b, digits=2):
+    return f"{a / b:.{digits}f}" if a is not None and b else "-"
+
+
+class Summary:
+    """Medians per contestant and scenario, the ratios, and the markdown tables."""
+
+    def __init__(self, results, contestants):
+        self.results, self.contestants = results, contestants
+        self.peers = [c for c in contestants if c in PEERS]
+
+    def m(self, scenario, c, key, pick=None):
+        values = [r.get(key) for r in self.results[scenario].get(c, [])]
+        if pick:
+            values = [pick(v) for v in values if v is not None]
+        return med(values)
+
+    def v(self, scenario, c, key, pick=None):
+        return self.m(scenario, c, key, pick)[0]
+
+    def best_peer(self, scenario, key, lowest=True, pick=None):
+        values = [(self.v(scenario, c, key, pick), c) for c in self.peers]
+        values = [x for x in values if x[0] is not None]
+        if not values:
+            return None, None
+        return (min if lowest else max)(values)
+
+    def keepalive(self):
+        s, out = "keepalive", []
+        direct = self.v(s, "direct", "rps")
+        best_cpu, best = self.best_peer(s, "cpu_us_per_req")
+        out.append("| contestant | req/s | p50 ms | p99 ms | sidecar CPU µs/req (user + sys) | RSS / PSS at 16 conns, both sidecars | req/s vs direct | CPU vs best peer |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for c in self.contestants:
+            cpu = self.m(s, c, "cpu_us_per_req")
+            user, system = self.v(s, c, "user_us_per_req"), self.v(s, c, "sys_us_per_req")
+            split = f" ({user:.1f} + {system:.1f})" if user is not None else ""
+            rss, pss = self.v(s, c, "load_rss_kb"), self.v(s, c, "load_pss_kb")
+            mem = f"{rss / 1024:.1f} / {pss / 1024:.1f} MB" if rss else "-"
+            out.append(f"| {c} | {fmt(self.m(s, c, 'rps'))} | {fmt(self.m(s, c, 'p50_ms'), 2)} | "
+                       f"{fmt(self.m(s, c, 'p99_ms'), 2)} | {fmt(cpu, 1)}{split} | {mem} | "
+                       f"{ratio(self.v(s, c, 'rps'), direct)} | {ratio(cpu[0], best_cpu)} |")
+        return out, {"best_peer": best, "best_peer_cpu_us_per_req": best_cpu}
+
+    def rate(self, s):
+        out = ["| contestant | p50 ms | p99 ms | p99.9 ms | added p50 / p99 / p99.9 ms over direct | added p99 vs best peer |",
+               "|---|---|---|---|---|---|"]
+        direct = {k: self.v(s, "direct", k) for k in ("p50_ms", "p99_ms", "p999_ms")}
+        added = {c: {k: (self.v(s, c, k) - direct[k]) if direct[k] is not None and self.v(s, c, k) is not None else None
+                     for k in direct} for c in self.contestants}
+        peers = [(added[c]["p99_ms"], c) for c in self.peers if added[c]["p99_ms"] is not None]
+        best_added, best = min(peers) if peers else (None, None)
+        for c in self.contestants:
+            a = added[c]
+            adds = "-" if c == "direct" or a["p99_ms"] is None else f"{a['p50_ms']:+.3f} / {a['p99_ms']:+.3f} / {a['p999_ms']:+.3f}"
+            out.append(f"| {c} | {fmt(self.m(s, c, 'p50_ms'), 3)} | {fmt(self.m(s, c, 'p99_ms'), 3)} | "
+                       f"{fmt(self.m(s, c, 'p999_ms'), 3)} | {adds} | "
+                       f"{ratio(a['p99_ms'], best_added) if c != 'direct' else '-'} |")
+        return out, {"added": added, "best_peer": best, "best_peer_added_p99_ms": best_added}
+
+    def close(self):
+        s = "close"
+        direct = self.v(s, "direct", "rps")
+        best_rps, best = self.best_peer(s, "rps", lowest=False)
+        best_cpu, _ = self.best_peer(s, "cpu_us_per_req")
+        out = ["| contestant | req/s | sidecar CPU µs/req (user + sys) | req/s vs direct | req/s vs best peer | CPU vs best peer |",
+               "|---|---|---|---|---|---|"]
+        for c in self.contestants:
+            cpu = self.m(s, c, "cpu_us_per_req")
+            user, system = self.v(s, c, "user_us_per_req"), self.v(s, c, "sys_us_per_req")
+            split = f" ({user:.1f} + {system:.1f})" if user is not None else ""
+            out.append(f"| {c} | {fmt(self.m(s, c, 'rps'))} | {fmt(cpu, 1)}{split} | {ratio(self.v(s, c, 'rps'), direct)} | "
+                       f"{ratio(self.v(s, c, 'rps'), best_rps) if c != 'direct' else '-'} | {ratio(cpu[0], best_cpu)} |")
+        return out, {"best_peer": best, "best_peer_rps": best_rps}
+
+    def bulk(self):
+        s = "bulk"
+        direct = self.v(s, "direct", "gbit_per_s")
+        best_rate, best = self.best_peer(s, "gbit_per_s", lowest=False)
+        out = ["| contestant | Gbit/s | sidecar CPU s per GiB | vs direct | vs best peer |", "|---|---|---|---|---|"]
+        for c in self.contestants:
+            out.append(f"| {c} | {fmt(self.m(s, c, 'gbit_per_s'), 2)} | {fmt(self.m(s, c, 'cpu_s'), 2)} | "
+                       f"{ratio(self.v(s, c, 'gbit_per_s'), direct)} | "
+                       f"{ratio(self.v(s, c, 'gbit_per_s'), best_rate) if c != 'direct' else '-'} |")
+        return out, {"best_peer": best, "best_peer_gbit_per_s": best_rate}
+
+    def memory(self):
+        s = "memory"
+        best_conn, best = self.best_peer(s, "rss_per_conn_kb")
+        out = ["| contestant | idle RSS per sidecar, out / in | idle PSS per sidecar, out / in | per idle connection, both sidecars: RSS / PSS KiB | per-connection RSS vs best peer |",
+               "|---|---|---|---|---|"]
+        for c in self.contestants:
+            if c == "direct":
+                continue
+            rss = [self.v(s, c, "idle_rss_kb", pick=lambda v, i=i: v[i]) for i in (0, 1)]
+            pss = [self.v(s, c, "idle_pss_kb", pick=lambda v, i=i: v[i]) for i in (0, 1)]
+            conn = self.m(s, c, "rss_per_conn_kb")
+            out.append(f"| {c} | {rss[0] / 1024:.1f} / {rss[1] / 1024:.1f} MB | {pss[0] / 1024:.1f} / {pss[1] / 1024:.1f} MB | "
+                       f"{fmt(conn, 1)} / {fmt(self.m(s, c, 'pss_per_conn_kb'), 1)} | {ratio(conn[0], best_conn)} |")
+        return out, {"best_peer": best, "best_peer_rss_per_conn_kb": best_conn}
+
+    def targets(self, facts):
+        """The issue's targets for Warden against the best peer of the same run."""
+        w = "warden"
+        checks = []
+
+        def check(what, value, limit, ok):
+            checks.append({"target": what, "warden": value, "limit": limit,
+                           "met": None if value is None or limit is None else ok(value, limit)})
+        ka = facts["keepalive"]
+        check("sidecar CPU per request (keep-alive) at most half the best peer's, µs",
+              self.v("keepalive", w, "cpu_us_per_req"),
+              ka["best_peer_cpu_us_per_req"] and ka["best_peer_cpu_us_per_req"] / 2, lambda v, l: v <= l)
+        r2 = facts.get("rate2000")
+        if r2:
+            check("added p99 at 2,000 req/s at most half the best peer's, ms", r2["added"][w]["p99_ms"],
+                  r2["best_peer_added_p99_ms"] and r2["best_peer_added_p99_ms"] / 2, lambda v, l: v <= l)
+        cl = facts.get("close")
+        if cl:
+            check("connection-per-request req/s at least 10x the best peer's", self.v("close", w, "rps"),
+                  cl["best_peer_rps"] and cl["best_peer_rps"] * 10, lambda v, l: v >= l)
+        mem = facts.get("memory")
+        if mem:
+            idle = self.v("memory", w, "idle_rss_kb", pick=max)
+            check("idle RSS per proxy at most 10 MB (the larger of the two), MiB",
+                  idle and idle / 1024, 10.0, lambda v, l: v <= l)
+            check("per-connection memory at most half the best peer's (RSS, both sidecars), KiB",
+                  self.v("memory", w, "rss_per_conn_kb"),
+                  mem["best_peer_rss_per_conn_kb"] and mem["best_peer_rss_per_conn_kb"] / 2, lambda v, l: v <= l)
+        bk = facts.get("bulk")
+        if bk:
+            check("bulk throughput at least the best peer's, Gbit/s", self.v("bulk", w, "gbit_per_s"),
+                  bk["best_peer_gbit_per_s"], lambda v, l: v >= l)
+        out = ["| target | warden | limit | met |", "|---|---|---|---|"]
+        for t in checks:
+            value = "-" if t["warden"] is None else f"{t['warden']:,.2f}"
+            limit = "-" if t["limit"] is None else f"{t['limit']:,.2f}"
+            met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+            out.append(f"| {t['target']} | {value} | {limit} | {met} |")
+        return out, checks
 
 
 def versions():
@@ -354,16 +631,29 @@ def versions():
     }
 
 
+TITLES = {
+    "keepalive": "Keep-alive HTTP/1.1, 16 connections, closed loop (wrk -t1 -c16)",
+    "rate2000": "Fixed rate 2,000 req/s, open loop, 32 connections, latency from the scheduled send (loadgen rate), first second excluded",
+    "rate5000": "Fixed rate 5,000 req/s, open loop, 32 connections, latency from the scheduled send (loadgen rate), first second excluded",
+    "close": "A new app connection per request (wrk -t1 -c16 -H 'Connection: close')",
+    "bulk": "Bulk: 1 GiB as opaque TCP through the pair to a byte sink (loadgen bulk)",
+    "memory": f"Memory: fresh sidecars idle, then {IDLE_CONNECTIONS} idle kept-alive connections (one request each)",
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="interleaved repetitions (default 3)")
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per run (default 10)")
     parser.add_argument("--only", nargs="*", default=list(PORTS), help="contestants to run")
+    parser.add_argument("--scenarios", nargs="*", default=SCENARIOS, choices=SCENARIOS, help="scenarios to run")
     args = parser.parse_args()
     contestants = [c for c in PORTS if c in args.only]
+    scenarios = [s for s in SCENARIOS if s in args.scenarios]
 
     work = tempfile.mkdtemp(prefix="warden-mesh-bench-")
     bench = Bench(work)
+    results = {s: {c: [] for c in contestants} for s in scenarios}
     try:
         bench.certificates()
         bench.app()
@@ -372,55 +662,45 @@ def main():
                 getattr(bench, c)()
         for c in contestants:
             bench.wait_ready(c, PORTS[c][0])
-        idle = {c: bench.memory_kb(c) for c in contestants if c != "direct"}
-
-        results = {c: [] for c in contestants}
         for run_index in range(args.runs):
-            for c in contestants:
-                r = bench.keepalive(c, args.seconds)
-                results[c].append(r)
-                print(f"run {run_index + 1}/{args.runs} {c}: {r}", file=sys.stderr)
+            for s in scenarios:
+                for c in contestants:
+                    if s.startswith("rate"):
+                        r = bench.rate(c, int(s[4:]), args.seconds)
+                    elif s in ("keepalive", "close"):
+                        r = getattr(bench, s)(c, args.seconds)
+                    else:
+                        r = getattr(bench, s)(c)
+                    results[s][c].append(r)
+                    print(f"run {run_index + 1}/{args.runs} {s} {c}: {r}", file=sys.stderr)
     finally:
         bench.stop()
 
-    direct_rps = med([r["rps"] for r in results.get("direct", [])])[0]
-    peers = [c for c in contestants if c not in ("direct", "warden")]
-    best_peer_cpu = min((med([r["cpu_us_per_req"] for r in results[c]])[0] for c in peers), default=None)
-    rows = []
-    for c in contestants:
-        rps = med([r["rps"] for r in results[c]])
-        cpu = med([r["cpu_us_per_req"] for r in results[c]])
-        rows.append({
-            "contestant": c,
-            "rps": rps, "p50_ms": med([r["p50_ms"] for r in results[c]]),
-            "p99_ms": med([r["p99_ms"] for r in results[c]]),
-            "cpu_us_per_req": cpu,
-            "rps_vs_direct": rps[0] / direct_rps if direct_rps else None,
-            "cpu_vs_best_peer": cpu[0] / best_peer_cpu if cpu[0] and best_peer_cpu else None,
-            "idle_rss_kb": idle.get(c, (None, None))[0], "idle_pss_kb": idle.get(c, (None, None))[1],
-        })
+    summary = Summary(results, contestants)
+    tables, facts = {}, {}
+    for s in scenarios:
+        tables[s], facts[s] = summary.rate(s) if s.startswith("rate") else getattr(summary, s)()
+    target_table, checks = summary.targets(facts) if "warden" in contestants else ([], [])
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ")
     machine = f"{os.cpu_count()} vCPU {platform.machine()}, {platform.platform()}"
     record = {"date": stamp, "machine": machine, "command": " ".join(sys.argv),
               "runs": args.runs, "seconds": args.seconds, "versions": versions(),
-              "scenario": "keep-alive HTTP/1.1, 16 connections, closed loop (wrk -t1 -c16)",
-              "raw": results, "summary": rows}
+              "scenarios": {s: TITLES[s] for s in scenarios},
+              "raw": results, "facts": facts, "targets": checks}
     os.makedirs(os.path.join(ROOT, "benches", "results"), exist_ok=True)
     out = os.path.join(ROOT, "benches", "results", f"mesh-{stamp}.json")
     with open(out, "w") as f:
         json.dump(record, f, indent=2)
 
-    print(f"keep-alive HTTP/1.1, 16 connections; medians of {args.runs} interleaved runs of {args.seconds}s [min-max]")
-    print("| contestant | req/s | p50 ms | p99 ms | sidecar CPU µs/req | req/s vs direct | CPU vs best peer | idle RSS / PSS (both sidecars) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        mem = f"{r['idle_rss_kb'] / 1024:.1f} / {r['idle_pss_kb'] / 1024:.1f} MB" if r["idle_rss_kb"] else "-"
-        ratio = f"{r['rps_vs_direct']:.2f}" if r["rps_vs_direct"] else "-"
-        vs = f"{r['cpu_vs_best_peer']:.2f}" if r["cpu_vs_best_peer"] else "-"
-        print(f"| {r['contestant']} | {fmt(r['rps'])} | {fmt(r['p50_ms'], 2)} | {fmt(r['p99_ms'], 2)} | "
-              f"{fmt(r['cpu_us_per_req'], 1)} | {ratio} | {vs} | {mem} |")
-    print(f"\nraw results: {os.path.relpath(out, ROOT)}; logs: {work}")
+    print(f"Medians of {args.runs} interleaved runs of {args.seconds}s [min-max]; {machine}\n")
+    for s in scenarios:
+        print(f"### {TITLES[s]}\n")
+        print("\n".join(tables[s]) + "\n")
+    if target_table:
+        print("### Targets (Warden against the best peer of this run)\n")
+        print("\n".join(target_table) + "\n")
+    print(f"raw results: {os.path.relpath(out, ROOT)}; logs: {work}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The side-by-side benchmark in one command: installs the peers from Debian when missing,
-# builds Warden in release mode, then runs benches/mesh/mesh.py (pass its options through,
-# e.g. --runs 5 --seconds 10).
+# builds Warden and benches/mesh/loadgen.rs in release mode, then runs benches/mesh/mesh.py
+# (pass its options through, e.g. --runs 5 --seconds 10 or --scenarios keepalive close).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -30,4 +30,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --release --locked --bin warden
+# The open-loop generator and byte sink: std only, so plain rustc.
+rustc --edition 2021 -C opt-level=3 benches/mesh/loadgen.rs -o target/release/loadgen
 exec python3 benches/mesh/mesh.py "$@"

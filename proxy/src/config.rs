@@ -72,7 +72,7 @@ pub struct ProxyConfig {
     /// Whether inbound listeners accept plaintext from callers without a sidecar.
     pub inbound_mode: InboundMode,
     /// Runtime worker threads (default: one per CPU the process may use). A sidecar sharing
-    /// a pod's CPU limit, or a benchmark, sets 1 or 2.
+    /// a pod's CPU limit, or a benchmark, sets 1 or 2; 1 runs a single-threaded runtime.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
     /// Authorization policies and the audit log.

@@ -1,0 +1,238 @@
+//! The mesh benchmark's own load tools, std only (benches/mesh/run.sh builds it with `rustc -O`):
+//!
+//! - `loadgen rate ADDR RATE SECONDS CONNECTIONS`: open-loop HTTP/1.1 GETs at a fixed rate with
+//!   coordinated-omission correction (each latency runs from the request's scheduled time, so a
+//!   stall counts against every request it delays, as wrk2 does). One busy-polling thread with
+//!   non-blocking sockets keeps the schedule to microseconds, which tokio's millisecond timer
+//!   cannot. Requests scheduled in the first second are sent but not counted.
+//! - `loadgen sink ADDR`: a TCP app that reads an 8-byte big-endian length, then that many
+//!   bytes, and answers with the count it read (no half-close, so every proxy can carry it).
+//! - `loadgen bulk ADDR BYTES`: sends BYTES through to a sink and reports the throughput.
+//!
+//! Each mode prints one JSON object on stdout.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::exit;
+use std::time::{Duration, Instant};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, what: &str| -> String {
+        args.get(i).cloned().unwrap_or_else(|| {
+            eprintln!("loadgen: missing {what}; usage: rate ADDR RATE SECONDS CONNECTIONS | sink ADDR | bulk ADDR BYTES");
+            exit(2)
+        })
+    };
+    let number = |i: usize, what: &str| -> u64 {
+        let text = arg(i, what);
+        text.parse().unwrap_or_else(|_| {
+            eprintln!("loadgen: {what} {text:?} is not a whole number");
+            exit(2)
+        })
+    };
+    match arg(0, "mode").as_str() {
+        "rate" => rate(&arg(1, "ADDR"), number(2, "RATE"), number(3, "SECONDS"), number(4, "CONNECTIONS") as usize),
+        "sink" => sink(&arg(1, "ADDR")),
+        "bulk" => bulk(&arg(1, "ADDR"), number(2, "BYTES")),
+        other => {
+            eprintln!("loadgen: unknown mode {other:?}");
+            exit(2)
+        }
+    }
+}
+
+/// Requests scheduled before this offset are sent but not measured.
+const WARM_UP: Duration = Duration::from_secs(1);
+
+/// One keep-alive connection of the open-loop generator.
+struct Conn {
+    stream: TcpStream,
+    /// The scheduled time of the request in flight, if any.
+    in_flight: Option<Instant>,
+    response: Vec<u8>,
+}
+
+fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| {
+        eprintln!("loadgen: connect {addr}: {e}");
+        exit(1)
+    });
+    stream.set_nodelay(true).ok();
+    stream.set_nonblocking(true).expect("non-blocking socket");
+    stream
+}
+
+fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes();
+    let mut conns: Vec<Conn> = (0..connections)
+        .map(|_| Conn { stream: connect(addr), in_flight: None, response: Vec::with_capacity(1024) })
+        .collect();
+    let mut idle: Vec<usize> = (0..connections).rev().collect();
+    let mut due: VecDeque<Instant> = VecDeque::new();
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let total = rate * seconds;
+    let start = Instant::now() + Duration::from_millis(10);
+    let measured_from = start + WARM_UP;
+    let deadline = start + Duration::from_secs(seconds + 10);
+    let (mut scheduled, mut errors, mut late_at_end) = (0u64, 0u64, 0u64);
+    let mut latencies: Vec<u64> = Vec::with_capacity(total as usize);
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let now = Instant::now();
+        while scheduled < total && start + interval * scheduled as u32 <= now {
+            due.push_back(start + interval * scheduled as u32);
+            scheduled += 1;
+        }
+        while !due.is_empty() && !idle.is_empty() {
+            let i = idle.pop().expect("an idle connection");
+            let conn = &mut conns[i];
+            if conn.stream.write_all(&request).is_err() {
+                // A broken connection: count the request as failed and reconnect.
+                errors += 1;
+                due.pop_front();
+                conn.stream = connect(addr);
+                idle.push(i);
+                continue;
+            }
+            conn.in_flight = due.pop_front();
+            conn.response.clear();
+        }
+        for (i, conn) in conns.iter_mut().enumerate() {
+            let Some(scheduled_at) = conn.in_flight else { continue };
+            match conn.stream.read(&mut buf) {
+                Ok(0) => {
+                    errors += 1;
+                    conn.in_flight = None;
+                    conn.stream = connect(addr);
+                    idle.push(i);
+                }
+                Ok(n) => {
+                    conn.response.extend_from_slice(&buf[..n]);
+                    if let Some(ok) = complete(&conn.response) {
+                        let done = Instant::now();
+                        if !ok {
+                            errors += 1;
+                        } else if scheduled_at >= measured_from {
+                            latencies.push((done - scheduled_at).as_nanos() as u64);
+                        }
+                        conn.in_flight = None;
+                        idle.push(i);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    errors += 1;
+                    conn.in_flight = None;
+                    conn.stream = connect(addr);
+                    idle.push(i);
+                }
+            }
+        }
+        if scheduled == total && due.is_empty() && conns.iter().all(|c| c.in_flight.is_none()) {
+            break;
+        }
+        if now > deadline {
+            late_at_end = due.len() as u64 + conns.iter().filter(|c| c.in_flight.is_some()).count() as u64;
+            break;
+        }
+    }
+    latencies.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if latencies.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1] as f64 / 1e6
+    };
+    println!(
+        "{{\"rate\": {rate}, \"seconds\": {seconds}, \"connections\": {connections}, \"measured\": {}, \"errors\": {errors}, \"unfinished\": {late_at_end}, \"p50_ms\": {:.4}, \"p99_ms\": {:.4}, \"p999_ms\": {:.4}, \"max_ms\": {:.4}}}",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        pct(1.0)
+    );
+}
+
+/// Whether `response` holds a whole HTTP/1.1 response yet, and if so whether it was a 200.
+fn complete(response: &[u8]) -> Option<bool> {
+    let end = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&response[..end]).to_ascii_lowercase();
+    let ok = head.starts_with("http/1.1 200");
+    let body = &response[end..];
+    if let Some(line) = head.lines().find(|l| l.starts_with("content-length:")) {
+        let length: usize = line["content-length:".len()..].trim().parse().ok()?;
+        return (body.len() >= length).then_some(ok);
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n").then_some(ok);
+    }
+    Some(ok)
+}
+
+fn sink(addr: &str) {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| {
+        eprintln!("loadgen: bind {addr}: {e}");
+        exit(1)
+    });
+    println!("{{\"listening\": \"{}\"}}", listener.local_addr().expect("bound address"));
+    for stream in listener.incoming().flatten() {
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut header = [0u8; 8];
+            if stream.read_exact(&mut header).is_err() {
+                return;
+            }
+            let mut left = u64::from_be_bytes(header);
+            let mut read = 0u64;
+            let mut buf = vec![0u8; 256 * 1024];
+            while left > 0 {
+                let want = left.min(buf.len() as u64) as usize;
+                match stream.read(&mut buf[..want]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        left -= n as u64;
+                        read += n as u64;
+                    }
+                }
+            }
+            let _ = stream.write_all(&read.to_be_bytes());
+        });
+    }
+}
+
+fn bulk(addr: &str, bytes: u64) {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| {
+        eprintln!("loadgen: connect {addr}: {e}");
+        exit(1)
+    });
+    let chunk = vec![0xa5u8; 256 * 1024];
+    let start = Instant::now();
+    stream.write_all(&bytes.to_be_bytes()).expect("send length");
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        if let Err(e) = stream.write_all(&chunk[..n]) {
+            eprintln!("loadgen: bulk send to {addr} failed after {} bytes: {e}", bytes - left);
+            exit(1)
+        }
+        left -= n as u64;
+    }
+    let mut answer = [0u8; 8];
+    if let Err(e) = stream.read_exact(&mut answer) {
+        eprintln!("loadgen: no byte count back from the sink via {addr}: {e}");
+        exit(1)
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let received = u64::from_be_bytes(answer);
+    if received != bytes {
+        eprintln!("loadgen: the sink got {received} of {bytes} bytes via {addr}");
+        exit(1)
+    }
+    println!(
+        "{{\"bytes\": {bytes}, \"seconds\": {seconds:.4}, \"gbit_per_s\": {:.3}}}",
+        bytes as f64 * 8.0 / seconds / 1e9
+    );
+}
