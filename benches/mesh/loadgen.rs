@@ -69,7 +69,10 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
     let mut conns: Vec<Conn> = (0..connections)
         .map(|_| Conn { stream: connect(addr), in_flight: None, response: Vec::with_capacity(1024) })
         .collect();
-    let mut idle: Vec<usize> = (0..connections).rev().collect();
+    // Round-robin over the connections (first idle, first used), as wrk2 spreads its load:
+    // every connection carries requests, and none sits silent long enough to be taken for a
+    // server-speaks-first protocol by a proxy that detects protocols.
+    let mut idle: VecDeque<usize> = (0..connections).collect();
     let mut due: VecDeque<Instant> = VecDeque::new();
     let interval = Duration::from_secs_f64(1.0 / rate as f64);
     let total = rate * seconds;
@@ -78,6 +81,9 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
     let deadline = start + Duration::from_secs(seconds + 10);
     let (mut scheduled, mut errors, mut late_at_end) = (0u64, 0u64, 0u64);
     let mut latencies: Vec<u64> = Vec::with_capacity(total as usize);
+    // The slowest requests and when they were scheduled (seconds from the start), to tell a
+    // periodic stall from noise.
+    let mut worst: Vec<(u64, f64)> = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
         let now = Instant::now();
@@ -86,14 +92,14 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
             scheduled += 1;
         }
         while !due.is_empty() && !idle.is_empty() {
-            let i = idle.pop().expect("an idle connection");
+            let i = idle.pop_front().expect("an idle connection");
             let conn = &mut conns[i];
             if conn.stream.write_all(&request).is_err() {
                 // A broken connection: count the request as failed and reconnect.
                 errors += 1;
                 due.pop_front();
                 conn.stream = connect(addr);
-                idle.push(i);
+                idle.push_back(i);
                 continue;
             }
             conn.in_flight = due.pop_front();
@@ -106,7 +112,7 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
                     errors += 1;
                     conn.in_flight = None;
                     conn.stream = connect(addr);
-                    idle.push(i);
+                    idle.push_back(i);
                 }
                 Ok(n) => {
                     conn.response.extend_from_slice(&buf[..n]);
@@ -115,10 +121,16 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
                         if !ok {
                             errors += 1;
                         } else if scheduled_at >= measured_from {
-                            latencies.push((done - scheduled_at).as_nanos() as u64);
+                            let latency = (done - scheduled_at).as_nanos() as u64;
+                            latencies.push(latency);
+                            worst.push((latency, (scheduled_at - start).as_secs_f64()));
+                            if worst.len() > 64 {
+                                worst.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                                worst.truncate(5);
+                            }
                         }
                         conn.in_flight = None;
-                        idle.push(i);
+                        idle.push_back(i);
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {}
@@ -126,7 +138,7 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
                     errors += 1;
                     conn.in_flight = None;
                     conn.stream = connect(addr);
-                    idle.push(i);
+                    idle.push_back(i);
                 }
             }
         }
@@ -139,6 +151,12 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
         }
     }
     latencies.sort_unstable();
+    worst.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    worst.truncate(5);
+    let worst: Vec<String> = worst
+        .iter()
+        .map(|(ns, at)| format!("[{at:.3}, {:.3}]", *ns as f64 / 1e6))
+        .collect();
     let pct = |q: f64| -> f64 {
         if latencies.is_empty() {
             return 0.0;
@@ -147,12 +165,13 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
         latencies[rank - 1] as f64 / 1e6
     };
     println!(
-        "{{\"rate\": {rate}, \"seconds\": {seconds}, \"connections\": {connections}, \"measured\": {}, \"errors\": {errors}, \"unfinished\": {late_at_end}, \"p50_ms\": {:.4}, \"p99_ms\": {:.4}, \"p999_ms\": {:.4}, \"max_ms\": {:.4}}}",
+        "{{\"rate\": {rate}, \"seconds\": {seconds}, \"connections\": {connections}, \"measured\": {}, \"errors\": {errors}, \"unfinished\": {late_at_end}, \"p50_ms\": {:.4}, \"p99_ms\": {:.4}, \"p999_ms\": {:.4}, \"max_ms\": {:.4}, \"worst_at_s_ms\": [{}]}}",
         latencies.len(),
         pct(0.50),
         pct(0.99),
         pct(0.999),
-        pct(1.0)
+        pct(1.0),
+        worst.join(", ")
     );
 }
 

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use warden_core::contract::headers;
@@ -25,6 +25,18 @@ where
 /// An empty body.
 pub fn empty() -> ProxyBody {
     boxed(http_body_util::Empty::<Bytes>::new())
+}
+
+/// Refuses an authority-form request target (`GET example.org HTTP/1.1`) on anything but
+/// CONNECT (RFC 9112 section 3.2.3), instead of guessing a path for it.
+pub fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let uri = req.uri();
+    if uri.scheme().is_none() && uri.authority().is_some() && req.method() != Method::CONNECT {
+        return Err(ProxyError::BadRequest(format!(
+            "request target {uri:?} is not a path"
+        )));
+    }
+    Ok(())
 }
 
 /// Why the proxy answered a request itself.

@@ -22,8 +22,8 @@ use crate::authz::{AuthzContext, AuthzRequest, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::http::{
-    access_log, access_log_enabled, boxed, empty, is_grpc, request_id, strip_hop_by_hop, ProxyBody,
-    ProxyError,
+    access_log, access_log_enabled, boxed, check_target, empty, is_grpc, request_id,
+    strip_hop_by_hop, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -152,6 +152,7 @@ async fn forward(
     shared: &Shared,
     request_id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    check_target(&req)?;
     // Policies see, and the app gets, the normalized path (no dot-segment tricks).
     let path = normalize(req.uri().path()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let request = AuthzRequest {

@@ -16,8 +16,8 @@ use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::detect::Protocol;
 use crate::http::{
-    access_log, access_log_enabled, boxed, empty, is_grpc, request_id, strip_hop_by_hop,
-    upgrade_protocol, ProxyBody, ProxyError,
+    access_log, access_log_enabled, boxed, check_target, empty, is_grpc, request_id,
+    strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -111,6 +111,7 @@ async fn forward_inner(
     shared: &Shared,
 ) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
     let from_http1 = req.version() < Version::HTTP_2;
+    check_target(&req)?;
     let upgrade = if from_http1 {
         upgrade_protocol(req.headers())
     } else {

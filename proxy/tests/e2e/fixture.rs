@@ -29,6 +29,8 @@ pub fn id(name: &str) -> SpiffeId {
 pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub ca: Arc<SharedCa>,
+    /// The CA's certificates and keys, so tests can sign what the CA never would.
+    pub generated: ca::GeneratedCa,
     pub identity_url: String,
     bundle: PathBuf,
     tokens: PathBuf,
@@ -46,10 +48,8 @@ impl Mesh {
     pub async fn start() -> Self {
         let metrics = warden_identity::telemetry::prometheus();
         let dir = tempfile::tempdir().unwrap();
-        let authority = ca::generate(&InitOptions::new(TrustDomain::default()))
-            .unwrap()
-            .authority()
-            .unwrap();
+        let generated = ca::generate(&InitOptions::new(TrustDomain::default())).unwrap();
+        let authority = generated.authority().unwrap();
         let bundle = dir.path().join("bundle.crt");
         std::fs::write(&bundle, authority.bundle().to_pem()).unwrap();
         let tokens = dir.path().join("tokens");
@@ -78,6 +78,7 @@ impl Mesh {
         Self {
             dir,
             ca,
+            generated,
             identity_url,
             bundle,
             tokens,

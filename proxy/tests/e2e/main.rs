@@ -4,6 +4,7 @@
 mod apps;
 mod failures;
 mod fixture;
+mod hostile;
 mod observability;
 mod policy;
 mod probes;
