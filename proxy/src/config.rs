@@ -273,7 +273,8 @@ pub struct Timeouts {
     /// Response headers after a request was sent (then 504). Bodies may stream longer.
     #[serde(with = "human_duration")]
     pub response: Duration,
-    /// A connection with no bytes either way is closed after this.
+    /// A connection with no bytes either way is closed after this, and an HTTP/2 stream with
+    /// no activity either way (a peer that never opens its flow-control window) is reset.
     #[serde(with = "human_duration")]
     pub idle: Duration,
     /// After SIGTERM, how long in-flight requests and connections may take to finish.

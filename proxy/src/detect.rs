@@ -5,6 +5,9 @@
 
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The longest method considered (standard ones have at most 17 characters); the limit
+/// holds whether or not the rest of the line has arrived, so more bytes never change a verdict.
+const MAX_METHOD: usize = 32;
 /// The longest HTTP/1 request line considered; longer first lines are treated as opaque.
 pub const MAX_REQUEST_LINE: usize = 8 * 1024;
 
@@ -66,11 +69,12 @@ fn request_line(line: &[u8], complete: bool) -> Option<bool> {
         || !method
             .iter()
             .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
+        || method.len() > MAX_METHOD
     {
         return None;
     }
     let Some(target) = parts.next() else {
-        return (!complete && method.len() <= 32).then_some(false);
+        return (!complete).then_some(false);
     };
     if target.iter().any(|b| b.is_ascii_control() || *b == b' ') {
         return None;
@@ -132,6 +136,13 @@ mod tests {
             (b"HELLO world", NeedMore),
             (b"HELLO world\r\n", Known(Opaque)),
             (long_target.as_bytes(), Known(Opaque)),
+            // Found by the `detect` fuzz target: a too-long method was opaque only until a
+            // space arrived.
+            (&[b'G'; 33], Known(Opaque)),
+            (
+                b"GGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGGG / HTTP/1.1\r\n",
+                Known(Opaque),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(detect(input), want, "{:?}", String::from_utf8_lossy(input));

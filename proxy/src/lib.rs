@@ -26,3 +26,4 @@ pub mod outbound;
 pub mod policy_dir;
 pub mod proxy;
 pub mod shared;
+pub mod stall;

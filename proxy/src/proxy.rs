@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -183,10 +183,7 @@ pub fn cert_source(config: &ProxyConfig) -> Result<CertSource, StartError> {
             token_file: config.identity.token_file.clone(),
             expected_id: config.expected_id(),
             timeout: config.timeouts.connect
-                + config
-                    .timeouts
-                    .response
-                    .min(std::time::Duration::from_secs(10)),
+                + config.timeouts.response.min(Duration::from_secs(10)),
         },
         TrustStore::single(bundle),
     )
@@ -310,6 +307,13 @@ pub async fn run(
             .status_line()
             .map(|l| format!("\n{l}"))
             .unwrap_or_default();
+        if left.is_zero() {
+            // Fail closed: peers refuse an expired certificate, so stop taking traffic too.
+            return Readiness::not_ready(format!(
+                "not ready: the certificate of {} has expired; renewing",
+                creds.svid.id()
+            ));
+        }
         Readiness {
             ready: true,
             detail: format!(
@@ -332,6 +336,19 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        // Wake when the current certificate expires (if renewal has not replaced it by then).
+        let expiry = watch
+            .borrow()
+            .svid
+            .not_after()
+            .duration_since(SystemTime::now())
+            .ok();
+        let expired = async {
+            match expiry {
+                Some(left) => tokio::time::sleep(left + Duration::from_millis(10)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = watch.changed() => {
@@ -340,6 +357,7 @@ pub async fn run(
             ok = policy_changed => {
                 if !ok { policy_changes = None; }
             }
+            _ = expired => {}
         }
         ready_tx.send_replace(readiness(&watch.borrow_and_update()));
     }

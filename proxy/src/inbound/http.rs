@@ -27,6 +27,7 @@ use crate::http::{
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
+use crate::stall::StreamExecutor;
 
 /// Pooled HTTP clients towards the local app.
 #[derive(Debug, Clone)]
@@ -74,7 +75,9 @@ where
     });
     let limits = &shared.config.limits;
     let result = if protocol == Protocol::Http2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor::new(
+            shared.config.timeouts.idle,
+        ));
         builder
             .timer(TokioTimer::new())
             .enable_connect_protocol()

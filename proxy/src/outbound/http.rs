@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use warden_core::contract::headers;
 
@@ -21,6 +21,7 @@ use crate::http::{
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
+use crate::stall::StreamExecutor;
 
 /// Serves the app's HTTP connection (already detected as `protocol`).
 pub async fn serve<I>(
@@ -46,7 +47,9 @@ where
     let limits = &shared.config.limits;
     let timeouts = &shared.config.timeouts;
     let result = if protocol == Protocol::Http2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor::new(
+            shared.config.timeouts.idle,
+        ));
         builder
             .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))

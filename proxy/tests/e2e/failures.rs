@@ -481,3 +481,83 @@ async fn permissive_mode_accepts_plaintext_as_unauthenticated_subject_to_the_hoo
     assert_eq!(status, 200);
     assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
+    // SVIDs of 4 s: renewal is due at ~2.5-2.8 s, expiry at 4 s.
+    let mesh = Mesh::start_with_ttl(Duration::from_secs(4)).await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let inbound = pair.server.addrs.inbound[0];
+    let store = Arc::new(TrustStore::single(mesh.ca.get().bundle().clone()));
+    // A fresh mTLS handshake with the server proxy, as a new peer would make.
+    let handshake = || {
+        let config = tls::client_config(
+            &mesh
+                .ca
+                .get()
+                .issue(&id("client"), Duration::from_secs(60))
+                .unwrap(),
+            store.clone(),
+            ExpectedPeer::AnyTrusted,
+            &[warden_core::contract::ALPN_HTTP2],
+        )
+        .unwrap();
+        async move {
+            let tcp = TcpStream::connect(inbound).await.unwrap();
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect(tls::mesh_server_name(), tcp)
+                .await
+                .map(|_| ())
+        }
+    };
+    assert!(raw_get(pair.outbound, "/")
+        .await
+        .starts_with("HTTP/1.1 200"));
+    assert!(pair
+        .server
+        .admin("/ready")
+        .await
+        .starts_with("HTTP/1.1 200"));
+
+    // The CA goes away for longer than the certificates live.
+    mesh.identity_down().await;
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert!(
+        pair.server
+            .admin("/ready")
+            .await
+            .starts_with("HTTP/1.1 200"),
+        "still serving on the current certificate before it expires"
+    );
+    handshake().await.expect("handshakes work until expiry");
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let ready = pair.server.admin("/ready").await;
+    assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+    assert!(ready.contains("expired"), "{ready}");
+    let err = handshake().await.unwrap_err();
+    assert!(
+        err.to_string().contains("xpired"),
+        "new peers refuse it: {err}"
+    );
+
+    // The CA comes back: the proxy renews by itself and serves again.
+    mesh.identity_up().await;
+    let mut ready = String::new();
+    for _ in 0..150 {
+        ready = pair.server.admin("/ready").await;
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready.starts_with("HTTP/1.1 200"), "recovered: {ready}");
+    handshake().await.expect("new handshakes work again");
+}

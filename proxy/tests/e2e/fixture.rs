@@ -35,17 +35,26 @@ pub struct Mesh {
     bundle: PathBuf,
     tokens: PathBuf,
     stop: CancellationToken,
+    /// The identity service, its address and the task serving it (to take it down and up).
+    identity: (Arc<IdentityService>, ServingIdentity, SocketAddr),
+    serving: std::sync::Mutex<(CancellationToken, Option<tokio::task::JoinHandle<()>>)>,
     pub metrics: PrometheusHandle,
 }
 
 impl Drop for Mesh {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.serving.lock().unwrap().0.cancel();
     }
 }
 
 impl Mesh {
     pub async fn start() -> Self {
+        Self::start_with_ttl(ServiceConfig::default().svid_ttl).await
+    }
+
+    /// A mesh whose identity service issues SVIDs valid for `svid_ttl`.
+    pub async fn start_with_ttl(svid_ttl: Duration) -> Self {
         let metrics = warden_identity::telemetry::prometheus();
         let dir = tempfile::tempdir().unwrap();
         let generated = ca::generate(&InitOptions::new(TrustDomain::default())).unwrap();
@@ -61,20 +70,28 @@ impl Mesh {
                 per_minute: 6000,
                 burst: 1000,
             },
+            svid_ttl,
             ..ServiceConfig::default()
         };
         let svc = Arc::new(IdentityService::new(ca.clone(), authn, config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let identity_url = format!("https://{}", listener.local_addr().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let identity_url = format!("https://{addr}");
         let serving = ServingIdentity {
             id: SpiffeId::parse("spiffe://cluster.local/ns/warden-system/sa/warden-identity")
                 .unwrap(),
             dns_names: vec![],
         };
         let stop = CancellationToken::new();
-        service::start(listener, svc, serving, stop.clone())
-            .await
-            .unwrap();
+        let identity_stop = CancellationToken::new();
+        let task = service::start(
+            listener,
+            svc.clone(),
+            serving.clone(),
+            identity_stop.clone(),
+        )
+        .await
+        .unwrap();
         Self {
             dir,
             ca,
@@ -83,8 +100,33 @@ impl Mesh {
             bundle,
             tokens,
             stop,
+            identity: (svc, serving, addr),
+            serving: std::sync::Mutex::new((identity_stop, Some(task))),
             metrics,
         }
+    }
+
+    /// Stops the identity service (an outage); proxies keep what they have.
+    pub async fn identity_down(&self) {
+        let task = {
+            let mut serving = self.serving.lock().unwrap();
+            serving.0.cancel();
+            serving.1.take()
+        };
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// Starts the identity service again on the same address.
+    pub async fn identity_up(&self) {
+        let (svc, serving, addr) = &self.identity;
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let stop = CancellationToken::new();
+        let task = service::start(listener, svc.clone(), serving.clone(), stop.clone())
+            .await
+            .unwrap();
+        *self.serving.lock().unwrap() = (stop, Some(task));
     }
 
     /// A proxy config for workload `name`, admitted by a fresh join token.

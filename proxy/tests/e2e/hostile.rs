@@ -17,23 +17,28 @@ use warden_identity::ca::{self, InitOptions};
 use warden_identity::profile::{self, Validity};
 use warden_identity::{csr, tls, ExpectedPeer, Svid, TrustStore};
 use warden_proxy::authz::Authorizer;
-use warden_proxy::config::{AppProtocol, RouteProtocol};
+use warden_proxy::config::{AppProtocol, ProxyConfig, RouteProtocol};
 
 use crate::apps;
 use crate::fixture::{id, Mesh, Pair};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-/// A pair in front of the test app, with a short handshake timeout.
-async fn pair(mesh: &Mesh, app: SocketAddr) -> Pair {
+/// A pair in front of the test app; `tweak` adjusts the server proxy's configuration.
+async fn pair(mesh: &Mesh, app: SocketAddr, tweak: impl FnOnce(&mut ProxyConfig)) -> Pair {
     mesh.pair_with(
         app,
         AppProtocol::Auto,
         RouteProtocol::Detect,
         Authorizer::allow_all(),
-        |server| server.timeouts.handshake = Duration::from_millis(500),
+        tweak,
     )
     .await
+}
+
+/// A short handshake timeout, so stalled handshakes end within the test.
+fn short_handshake(server: &mut ProxyConfig) {
+    server.timeouts.handshake = Duration::from_millis(500);
 }
 
 /// Keeps a good client busy through the pair until stopped; returns (ok, failed) counts.
@@ -158,7 +163,7 @@ fn tls12_client_hello() -> Vec<u8> {
 async fn hostile_tls_peers_are_refused_while_good_clients_are_served() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let pair = pair(&mesh, app).await;
+    let pair = pair(&mesh, app, short_handshake).await;
     let inbound = pair.server.addrs.inbound[0];
     let store = Arc::new(TrustStore::single(mesh.ca.get().bundle().clone()));
     let good = GoodTraffic::start(pair.outbound);
@@ -252,7 +257,7 @@ fn raise_fd_limit(want: u64) -> u64 {
 async fn stalled_handshakes_are_cut_off_and_starve_no_one() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
-    let pair = pair(&mesh, app).await;
+    let pair = pair(&mesh, app, short_handshake).await;
     let inbound = pair.server.addrs.inbound[0];
 
     // Thousands of connections that start a TLS record and never finish it (slowloris),
@@ -315,7 +320,7 @@ async fn raw_http(addr: SocketAddr, request: &str) -> String {
 async fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let pair = pair(&mesh, app).await;
+    let pair = pair(&mesh, app, short_handshake).await;
     let good = GoodTraffic::start(pair.outbound);
 
     // Content-Length with Transfer-Encoding: the Content-Length is dropped, the body read as
@@ -381,6 +386,19 @@ async fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
         );
     }
 
+    // Too many header fields, each tiny (the byte limit is far away): 431, never forwarded.
+    let many: String = (0..200).map(|i| format!("x-{i}: 1\r\n")).collect();
+    let answer = raw_http(
+        pair.outbound,
+        &format!("GET / HTTP/1.1\r\nhost: s\r\n{many}\r\n"),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "200 header fields: {:?}",
+        answer.lines().next()
+    );
+
     // A spoofed caller identity is replaced by the verified one before the app sees it.
     let answer = raw_http(
         pair.outbound,
@@ -424,9 +442,13 @@ const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
-/// An HPACK block for `GET https://s/` (static-table indices, a literal authority).
-fn get_block() -> Vec<u8> {
-    vec![0x82, 0x87, 0x84, 0x01, 0x01, b's']
+/// An HPACK block for `GET https://s{path}`: static-table method and scheme, literal path
+/// and authority (paths under 127 bytes).
+fn get_block(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x87, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 0x01, b's']);
+    block
 }
 
 /// An mTLS connection to the inbound listener as a legitimate client workload.
@@ -460,7 +482,7 @@ async fn closed_by_server(stream: &mut (impl AsyncRead + Unpin), within: Duratio
 async fn http2_rapid_reset_and_continuation_floods_end_only_their_connection() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let pair = pair(&mesh, app).await;
+    let pair = pair(&mesh, app, short_handshake).await;
     let inbound = pair.server.addrs.inbound[0];
     let good = GoodTraffic::start(pair.outbound);
 
@@ -474,7 +496,7 @@ async fn http2_rapid_reset_and_continuation_floods_end_only_their_connection() {
             HEADERS,
             END_HEADERS | END_STREAM,
             stream,
-            &get_block(),
+            &get_block("/"),
         ));
         burst.extend(frame(RST_STREAM, 0, stream, &0x8u32.to_be_bytes())); // CANCEL
     }
@@ -488,7 +510,7 @@ async fn http2_rapid_reset_and_continuation_floods_end_only_their_connection() {
     // CONTINUATION flood (CVE-2024-27316 and kin): a header block that never ends.
     let mut peer = h2_peer(&mesh, inbound).await;
     let _ = peer
-        .write_all(&frame(HEADERS, END_STREAM, 1, &get_block()))
+        .write_all(&frame(HEADERS, END_STREAM, 1, &get_block("/")))
         .await;
     let filler = [0x00u8, 0x01, b'x', 0x7f, 0x00]
         .into_iter()
@@ -559,23 +581,16 @@ async fn count_resets(
 async fn a_flood_of_streams_past_the_limit_is_refused_stream_by_stream() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let pair = mesh
-        .pair_with(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-            |server| server.limits.max_concurrent_streams = 50,
-        )
-        .await;
+    let pair = pair(&mesh, app, |server| {
+        server.limits.max_concurrent_streams = 50
+    })
+    .await;
     let inbound = pair.server.addrs.inbound[0];
     let good = GoodTraffic::start(pair.outbound);
 
     // 200 requests the app answers slowly, all at once on one connection.
     let mut peer = h2_peer(&mesh, inbound).await;
-    let mut block = vec![0x82, 0x87, 0x04, 0x0a];
-    block.extend_from_slice(b"/slow/1500");
-    block.extend_from_slice(&[0x01, 0x01, b's']);
+    let block = get_block("/slow/1500");
     let mut burst = Vec::new();
     for i in 0..200u32 {
         burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, 2 * i + 1, &block));
@@ -592,4 +607,35 @@ async fn a_flood_of_streams_past_the_limit_is_refused_stream_by_stream() {
         hits.load(Ordering::SeqCst) <= served + 50,
         "at most 50 of the flood reached the app"
     );
+}
+
+#[tokio::test]
+async fn a_stream_whose_window_never_opens_is_reset_after_the_idle_timeout() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = pair(&mesh, app, |server| {
+        server.timeouts.idle = Duration::from_secs(1)
+    })
+    .await;
+    let inbound = pair.server.addrs.inbound[0];
+    let good = GoodTraffic::start(pair.outbound);
+
+    // A peer that announces a zero stream window, then asks for 10 MB it will never accept.
+    let mut peer = h2_peer(&mesh, inbound).await;
+    const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    let mut settings = INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    settings.extend_from_slice(&0u32.to_be_bytes());
+    let block = get_block("/download/10000000");
+    let mut out = frame(0x4, 0, 0, &settings);
+    out.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &block));
+    peer.write_all(&out).await.unwrap();
+    const CANCEL: u32 = 0x8;
+    let started = std::time::Instant::now();
+    let resets = count_resets(&mut peer, CANCEL, Duration::from_secs(4)).await;
+    assert_eq!(resets, 1, "the stalled stream is reset");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the idle timeout"
+    );
+    good.finish().await;
 }
