@@ -13,7 +13,10 @@ an app, a server proxy ("api") with a policy directory, and two client proxies (
   intruder GET /api/items -> 403 (no policy allows it; zero trust)
 Every 15 s the policy directory gets a rewritten file of unrelated policies (other
 ServiceAccounts), and once a minute a broken file that must be refused while the last good
-set stays in force. Every 10 s each proxy's RSS and open file descriptors are sampled.
+set stays in force. Meanwhile a hostile peer keeps hitting the server proxy's mTLS port with
+garbage, plaintext HTTP, handshakes that never finish, a certificate from another CA, and
+HTTP/2 rapid resets on a valid connection; each must be refused or closed, never served. Every
+10 s each proxy's RSS and open file descriptors are sampled.
 
 Exits non-zero on any unexpected answer, a missed renewal, or growth in memory or file
 descriptors; writes benches/results/soak-<date>.json.
@@ -26,6 +29,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -140,6 +144,100 @@ class Caller(threading.Thread):
             time.sleep(0.002)
 
 
+def h2_frame(kind, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+class Hostile(threading.Thread):
+    """Attacks the server proxy's mTLS port in a loop; counts what each attack got."""
+
+    def __init__(self, work, port, stop):
+        super().__init__(daemon=True)
+        self.work, self.port, self.stop = work, port, stop
+        self.refused = {}
+        self.served = []  # attacks that got an answer they must not get
+
+    def tls(self, cert, alpn):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE  # the attacker does not care who answers
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(os.path.join(self.work, cert + ".crt"), os.path.join(self.work, cert + ".key"))
+        ctx.set_alpn_protocols([alpn])
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        return ctx.wrap_socket(raw, server_hostname="warden")
+
+    def attempt(self, name, attack):
+        try:
+            answer = attack()
+        except (OSError, ssl.SSLError):
+            answer = b""
+        if answer:
+            self.served.append((name, answer[:80]))
+        else:
+            self.refused[name] = self.refused.get(name, 0) + 1
+
+    def read_all(self, sock):
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (OSError, ssl.SSLError):
+            pass
+        return data
+
+    def garbage(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"\x00\x01 not TLS at all\r\n\r\n")
+            data = self.read_all(s)
+            return b"" if not data or data[0] == 0x15 else data  # an alert is a refusal
+
+    def plaintext(self):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(b"GET /api/items HTTP/1.1\r\nhost: api\r\n\r\n")
+            data = self.read_all(s)
+            return data if b"200" in data else b""
+
+    def rogue(self):
+        with self.tls("rogue", "warden/h2") as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0))
+            return self.read_all(s)
+
+    def rapid_reset(self):
+        # A valid workload certificate, then 500 streams opened and cancelled at once.
+        with self.tls("valid", "warden/h2") as s:
+            burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0)
+            block = bytes([0x82, 0x87, 0x84, 0x01, 0x01]) + b"s"
+            for i in range(500):
+                burst += h2_frame(1, 0x5, 2 * i + 1, block) + h2_frame(3, 0, 2 * i + 1, (8).to_bytes(4, "big"))
+            s.sendall(burst)
+            started = time.time()
+            self.read_all(s)  # the server ends the connection (GOAWAY) long before the timeout
+            return b"kept open" if time.time() - started > 9 else b""
+
+    def run(self):
+        stalled = []
+        while not self.stop.is_set():
+            self.attempt("garbage", self.garbage)
+            self.attempt("plaintext HTTP", self.plaintext)
+            self.attempt("certificate from another CA", self.rogue)
+            self.attempt("HTTP/2 rapid reset", self.rapid_reset)
+            # Handshakes that never finish, 20 at a time, closed by the proxy's timeout.
+            for _ in range(20):
+                try:
+                    s = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                    s.sendall(b"\x16\x03\x01")
+                    stalled.append(s)
+                except OSError:
+                    pass
+            while len(stalled) > 200:
+                stalled.pop(0).close()
+            self.refused["stalled handshake"] = self.refused.get("stalled handshake", 0) + 20
+            time.sleep(0.5)
+        for s in stalled:
+            s.close()
+
+
 def proc_sample(pid):
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
@@ -169,6 +267,10 @@ def main():
     procs = []
     try:
         run("ca", "init", "--dir", "ca", cwd=work)
+        # The attacker's material: a certificate from another CA, and a valid one.
+        run("ca", "init", "--dir", "rogue-ca", cwd=work)
+        run("ca", "issue", "--dir", "rogue-ca", "--id", spiffe("web"), "--out", "rogue", "--ttl", "24h", cwd=work)
+        run("ca", "issue", "--dir", "ca", "--id", spiffe("web"), "--out", "valid", "--ttl", "24h", cwd=work)
         for sa in ("api", "web", "intruder"):
             token = run("ca", "join-token", "--tokens", "tokens", "--id", spiffe(sa), cwd=work).strip()
             write_atomically(os.path.join(work, f"{sa}.token"), token + "\n")
@@ -217,6 +319,8 @@ def main():
         ]
         for c in callers:
             c.start()
+        hostile = Hostile(work, inbound, stop)
+        hostile.start()
 
         samples = []  # (seconds, {sa: (rss_kb, fds)})
         policy_changes = broken_pushes = 0
@@ -247,6 +351,7 @@ def main():
         stop.set()
         for c in callers:
             c.join()
+        hostile.join()
         renewed = {sa: renewals(admin[sa]) for sa in proxies}
     finally:
         for p in procs:
@@ -266,6 +371,7 @@ def main():
     report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H-%M-%SZ"), "minutes": args.minutes,
               "command": " ".join(sys.argv), "svid_ttl_s": 90, "policy_changes": policy_changes,
               "broken_policy_pushes": broken_pushes, "renewals": renewed, "callers": [], "proxies": {},
+              "hostile_refused": hostile.refused, "hostile_served": hostile.served,
               "samples": samples}
     failures = []
     for c in callers:
@@ -278,6 +384,8 @@ def main():
                                   "first_unexpected": c.unexpected[:10]})
         if wrong:
             failures.append(f"{c.name}: {wrong} of {total} answers were not {c.expected}: {c.unexpected[:5]}")
+    if hostile.served:
+        failures.append(f"hostile attempts were served: {hostile.served[:5]}")
     minimum = int(args.minutes * 60 / 63) - 1
     for sa in proxies:
         rss, fds = flat(sa, 0), flat(sa, 1)
@@ -299,6 +407,10 @@ def main():
     print("|---|---|---|---|---|")
     for c in report["callers"]:
         print(f"| {c['caller']} | {c['expected']} | {c['requests']:,} | {c['unexpected']} | {c['denied_but_allowed']} |")
+    print("\n| hostile attempt | refused or closed | served |")
+    print("|---|---|---|")
+    for name, n in hostile.refused.items():
+        print(f"| {name} | {n:,} | {sum(1 for s in hostile.served if s[0] == name)} |")
     print("\n| proxy | renewals | RSS KiB, after the first minute -> end | open files -> end |")
     print("|---|---|---|---|")
     for sa, p in report["proxies"].items():

@@ -29,7 +29,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An app answering every request with 200 and closing.
+/// An app answering every request with 200 and closing; `GET /slow` takes a second.
 fn app() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -44,6 +44,9 @@ fn app() -> SocketAddr {
                         Ok(n) => seen.extend_from_slice(&buf[..n]),
                     }
                 }
+                if seen.starts_with(b"GET /slow ") {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
                 let _ = tcp.write_all(
                     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
                 );
@@ -53,14 +56,21 @@ fn app() -> SocketAddr {
     addr
 }
 
-/// One GET through `addr`: the status, or 0 when the connection failed.
+/// One GET / through `addr`: the status, or 0 when the connection failed.
 fn get(addr: SocketAddr) -> u16 {
+    get_path(addr, "/")
+}
+
+/// One GET of `path` through `addr`: the status, or 0 when the connection failed.
+fn get_path(addr: SocketAddr, path: &str) -> u16 {
     let Ok(mut tcp) = TcpStream::connect(addr) else {
         return 0;
     };
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     if tcp
-        .write_all(b"GET / HTTP/1.1\r\nhost: server\r\nconnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: server\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
         .is_err()
     {
         return 0;
@@ -111,72 +121,102 @@ impl Drop for Reaped {
     }
 }
 
+/// A running mesh of real processes: the identity service, a server proxy ("api") in front
+/// of [`app`] with a policy allowing "web", and a client proxy ("web") routing to it.
+struct Mesh {
+    _tmp: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    _identity: Reaped,
+    server: Reaped,
+    _client: Reaped,
+    /// The client proxy's outbound listener.
+    outbound: SocketAddr,
+}
+
+impl Mesh {
+    fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        warden(&["ca", "init", "--dir", "ca"], &dir);
+        for (name, id) in [
+            ("client", "spiffe://cluster.local/ns/shop/sa/web"),
+            ("server", "spiffe://cluster.local/ns/shop/sa/api"),
+        ] {
+            let token = warden(
+                &["ca", "join-token", "--tokens", "tokens", "--id", id],
+                &dir,
+            );
+            std::fs::write(dir.join(format!("{name}.token")), token.trim()).unwrap();
+        }
+        let identity_port = free_port();
+        let identity = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_warden"))
+                .args(["identity", "--ca-dir", "ca", "--auth", "join-tokens"])
+                .args(["--join-tokens", "tokens", "--admin-listen", "127.0.0.1:0"])
+                .args(["--listen", &format!("127.0.0.1:{identity_port}")])
+                .current_dir(&dir)
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let app = app();
+        let (inbound, outbound) = (free_port(), free_port());
+        let common = |name: &str, sa: &str| {
+            format!(
+                "identity:\n  url: https://127.0.0.1:{identity_port}\n  trust_bundle: ca/bundle.crt\n  \
+                 namespace: shop\n  service_account: {sa}\n  token_file: {name}.token\n\
+                 admin: {{listen: 127.0.0.1:{}}}\nworker_threads: 1\n\
+                 timeouts: {{shutdown_grace: 5s}}\n",
+                free_port()
+            )
+        };
+        std::fs::write(
+            dir.join("server.yaml"),
+            common("server", "api")
+                + &format!("inbound:\n  - {{listen: 127.0.0.1:{inbound}, app: {app}}}\n")
+                + "authorization: {policy_dir: policies}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("client.yaml"),
+            common("client", "web")
+                + &format!(
+                    "outbound:\n  - {{listen: 127.0.0.1:{outbound}, destination: 127.0.0.1:{inbound}, \
+                     identity: spiffe://cluster.local/ns/shop/sa/api}}\n"
+                ),
+        )
+        .unwrap();
+        std::fs::create_dir(dir.join("policies")).unwrap();
+        std::fs::write(
+            dir.join("policies/allow.yaml"),
+            "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+             metadata: {name: api-allow-web, namespace: shop}\n\
+             spec:\n  selector: {serviceAccounts: [api]}\n  action: ALLOW\n  \
+             rules: [{from: {identities: [\"spiffe://cluster.local/ns/shop/sa/web\"]}}]\n",
+        )
+        .unwrap();
+        // The identity service binds first; the proxies retry until it answers.
+        let server = Reaped(spawn_proxy(&dir, "server.yaml"));
+        let client = Reaped(spawn_proxy(&dir, "client.yaml"));
+        wait_ready(&dir, "server.yaml");
+        wait_ready(&dir, "client.yaml");
+        Self {
+            _tmp: tmp,
+            dir,
+            _identity: identity,
+            server,
+            _client: client,
+            outbound: format!("127.0.0.1:{outbound}").parse().unwrap(),
+        }
+    }
+}
+
 #[test]
 fn a_server_proxy_killed_under_load_fails_only_while_down_and_recovers_by_itself() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
-    warden(&["ca", "init", "--dir", "ca"], dir);
-    for (name, id) in [
-        ("client", "spiffe://cluster.local/ns/shop/sa/web"),
-        ("server", "spiffe://cluster.local/ns/shop/sa/api"),
-    ] {
-        let token = warden(&["ca", "join-token", "--tokens", "tokens", "--id", id], dir);
-        std::fs::write(dir.join(format!("{name}.token")), token.trim()).unwrap();
-    }
-    let identity_port = free_port();
-    let _identity = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["identity", "--ca-dir", "ca", "--auth", "join-tokens"])
-            .args(["--join-tokens", "tokens", "--admin-listen", "127.0.0.1:0"])
-            .args(["--listen", &format!("127.0.0.1:{identity_port}")])
-            .current_dir(dir)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let app = app();
-    let (inbound, outbound) = (free_port(), free_port());
-    let common = |name: &str, sa: &str| {
-        format!(
-            "identity:\n  url: https://127.0.0.1:{identity_port}\n  trust_bundle: ca/bundle.crt\n  \
-             namespace: shop\n  service_account: {sa}\n  token_file: {name}.token\n\
-             admin: {{listen: 127.0.0.1:{}}}\nworker_threads: 1\n",
-            free_port()
-        )
-    };
-    std::fs::write(
-        dir.join("server.yaml"),
-        common("server", "api")
-            + &format!("inbound:\n  - {{listen: 127.0.0.1:{inbound}, app: {app}}}\n")
-            + "authorization: {policy_dir: policies}\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("client.yaml"),
-        common("client", "web")
-            + &format!(
-                "outbound:\n  - {{listen: 127.0.0.1:{outbound}, destination: 127.0.0.1:{inbound}, \
-                 identity: spiffe://cluster.local/ns/shop/sa/api}}\n"
-            ),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.join("policies")).unwrap();
-    std::fs::write(
-        dir.join("policies/allow.yaml"),
-        "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\n\
-         metadata: {name: api-allow-web, namespace: shop}\n\
-         spec:\n  selector: {serviceAccounts: [api]}\n  action: ALLOW\n  \
-         rules: [{from: {identities: [\"spiffe://cluster.local/ns/shop/sa/web\"]}}]\n",
-    )
-    .unwrap();
-    // The identity service binds first; the proxies retry until it answers.
-    let mut server = Reaped(spawn_proxy(dir, "server.yaml"));
-    let _client = Reaped(spawn_proxy(dir, "client.yaml"));
-    wait_ready(dir, "server.yaml");
-    wait_ready(dir, "client.yaml");
+    let mut mesh = Mesh::start();
+    let (dir, outbound) = (mesh.dir.clone(), mesh.outbound);
 
     // Steady load: one request after another, each recorded with when it started.
-    let outbound: SocketAddr = format!("127.0.0.1:{outbound}").parse().unwrap();
     let log: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
@@ -192,16 +232,16 @@ fn a_server_proxy_killed_under_load_fails_only_while_down_and_recovers_by_itself
     };
     std::thread::sleep(Duration::from_secs(1));
     let killed = Instant::now();
-    server.0.kill().unwrap(); // SIGKILL: no goodbye to anyone
-    server.0.wait().unwrap();
+    mesh.server.0.kill().unwrap(); // SIGKILL: no goodbye to anyone
+    mesh.server.0.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    server = Reaped(spawn_proxy(dir, "server.yaml"));
-    wait_ready(dir, "server.yaml");
+    mesh.server = Reaped(spawn_proxy(&dir, "server.yaml"));
+    wait_ready(&dir, "server.yaml");
     let back = Instant::now();
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::SeqCst);
     load.join().unwrap();
-    drop(server);
+    drop(mesh);
 
     let log = log.lock().unwrap();
     let statuses = |keep: &dyn Fn(Instant) -> bool| -> Vec<u16> {
@@ -233,4 +273,32 @@ fn a_server_proxy_killed_under_load_fails_only_while_down_and_recovers_by_itself
         after.iter().all(|s| *s == 200),
         "once the server proxy is back every request succeeds: {after:?}"
     );
+}
+
+#[test]
+fn sigterm_under_load_lets_in_flight_requests_finish_then_exits() {
+    let mut mesh = Mesh::start();
+    let outbound = mesh.outbound;
+    // Eight requests the app takes a second to answer, in flight through both proxies.
+    let in_flight: Vec<_> = (0..8)
+        .map(|_| std::thread::spawn(move || get_path(outbound, "/slow")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let term = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &mesh.server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let statuses: Vec<u16> = in_flight.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(statuses, vec![200; 8], "every in-flight request completes");
+    let exit = mesh.server.0.wait().unwrap();
+    assert!(exit.success(), "a clean exit after SIGTERM: {exit:?}");
+    assert!(
+        term.elapsed() < Duration::from_secs(5),
+        "within the 5 s grace period ({:?})",
+        term.elapsed()
+    );
+    // Gone: new requests are answered by the client proxy, not left hanging.
+    assert!([502, 503].contains(&get(outbound)));
 }

@@ -97,6 +97,25 @@ async fn an_app_that_is_down_is_502_and_a_slow_one_504() {
         "bounded by the response timeout"
     );
 
+    // A burst of 300 at once against the slow app: each is answered 504 within the response
+    // timeout (nothing queues behind them), and a fast request is served right after.
+    let started = Instant::now();
+    let burst: Vec<_> = (0..300)
+        .map(|_| {
+            let addr = pair.outbound;
+            tokio::spawn(async move { get(addr, "/slow/3000").await.0 })
+        })
+        .collect();
+    for request in burst {
+        assert_eq!(request.await.unwrap(), 504);
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the burst is bounded by the response timeout ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(get(pair.outbound, "/").await.0, 200);
+
     // gRPC callers get a gRPC status instead.
     let mut grpc = h2c_client(pair.outbound).await;
     let req = Request::post("http://s/slow/3000")
