@@ -60,7 +60,10 @@ fn connect(addr: &str) -> TcpStream {
         exit(1)
     });
     stream.set_nodelay(true).ok();
-    stream.set_nonblocking(true).expect("non-blocking socket");
+    if let Err(e) = stream.set_nonblocking(true) {
+        eprintln!("loadgen: cannot make the socket to {addr} non-blocking: {e}");
+        exit(1)
+    }
     stream
 }
 
@@ -125,7 +128,7 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
                             latencies.push(latency);
                             worst.push((latency, (scheduled_at - start).as_secs_f64()));
                             if worst.len() > 64 {
-                                worst.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+                                worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
                                 worst.truncate(5);
                             }
                         }
@@ -151,7 +154,7 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
         }
     }
     latencies.sort_unstable();
-    worst.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
     worst.truncate(5);
     let worst: Vec<String> = worst
         .iter()
@@ -229,7 +232,10 @@ fn bulk(addr: &str, bytes: u64) {
     });
     let chunk = vec![0xa5u8; 256 * 1024];
     let start = Instant::now();
-    stream.write_all(&bytes.to_be_bytes()).expect("send length");
+    if let Err(e) = stream.write_all(&bytes.to_be_bytes()) {
+        eprintln!("loadgen: sending the length to {addr} failed: {e}");
+        exit(1)
+    }
     let mut left = bytes;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;

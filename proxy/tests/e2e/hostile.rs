@@ -540,12 +540,10 @@ async fn http2_rapid_reset_and_continuation_floods_end_only_their_connection() {
     );
 
     let served = good.finish().await;
-    let total = hits.load(Ordering::SeqCst);
     assert!(
         after_reset < served + (streams as usize) / 2,
         "most reset streams never reached the app ({after_reset} requests)"
     );
-    assert!(total >= served, "the good requests all arrived");
 }
 
 /// Reads HTTP/2 frames for `within` and counts `RST_STREAM`s with `reason`.
