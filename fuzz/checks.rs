@@ -76,15 +76,21 @@ pub fn path(data: &[u8]) {
     }
 }
 
-/// Any body gets an answer or an error, and an answer is a v1 AdmissionReview response.
+/// Any body gets an answer or an error, and an answer is a v1 AdmissionReview response that
+/// allows the pod or refuses it with a reason.
 pub fn admission_review(data: &[u8]) {
     let config = InjectorConfig::new("warden:fuzz", "");
     if let Ok(answer) = warden_injector::webhook::review(data, &config) {
         assert_eq!(answer.review["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(answer.review["kind"], "AdmissionReview");
-        assert_eq!(
-            answer.review["response"]["allowed"], true,
-            "never blocks a pod"
+        let refused = answer.outcome == "refused"
+            && answer.review["response"]["status"]["code"] == 403
+            && answer.review["response"]["status"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty());
+        assert!(
+            answer.review["response"]["allowed"] == true || refused,
+            "allows the pod, or refuses it with a 403 and a reason"
         );
     }
 }

@@ -8,6 +8,7 @@ use anyhow::Context;
 use warden_core::duration::{format_duration, parse_duration};
 use warden_core::{SpiffeId, TrustDomain};
 use warden_identity::ca::{self, InitOptions};
+use warden_identity::join_token;
 use warden_identity::{bundle, CertificateAuthority};
 
 /// `warden ca` subcommands.
@@ -50,7 +51,8 @@ pub enum Command {
         force: bool,
     },
     /// Create a join token for a host outside Kubernetes: prints the token once and adds its
-    /// SHA-256 hash to the token file that `warden identity --auth join-tokens` reads.
+    /// SHA-256 hash, expiry and use limit to the token file that `warden identity --auth
+    /// join-tokens` reads. A token admits a workload; its renewals then use its certificate.
     JoinToken {
         /// The join-token file (created with mode 0600 if missing).
         #[arg(long)]
@@ -58,6 +60,12 @@ pub enum Command {
         /// The SPIFFE ID the token authenticates as.
         #[arg(long, value_parser = SpiffeId::parse)]
         id: SpiffeId,
+        /// How long the token is accepted (every token expires).
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Accept the token for one issuance only.
+        #[arg(long)]
+        single_use: bool,
     },
 }
 
@@ -134,15 +142,21 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 key_path.display()
             );
         }
-        Command::JoinToken { tokens, id } => {
-            let (token, line) = warden_identity::join_token::new_token(&id);
+        Command::JoinToken {
+            tokens,
+            id,
+            ttl,
+            single_use,
+        } => {
+            let options = join_token::TokenOptions { ttl, single_use };
+            let (token, line) = join_token::new_token_with(&id, &options)?;
             let mut existing = match std::fs::read_to_string(&tokens) {
                 Ok(text) => text,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
                 Err(e) => anyhow::bail!("cannot read {}: {e}", tokens.display()),
             };
             // Validate what is there, so a typo is caught now rather than at the service.
-            warden_identity::join_token::parse(&existing, &tokens.display().to_string())?;
+            join_token::parse(&existing, &tokens.display().to_string())?;
             if !existing.is_empty() && !existing.ends_with('\n') {
                 existing.push('\n');
             }
@@ -150,7 +164,12 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             ca::write_file(&tokens, existing.as_bytes(), 0o600)?;
             // The token goes to stdout only; the file holds its hash.
             println!("{token}");
-            eprintln!("added a join token for {id} to {}", tokens.display());
+            eprintln!(
+                "added a {}join token for {id} to {}, valid for {}",
+                if single_use { "single-use " } else { "" },
+                tokens.display(),
+                format_duration(ttl)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

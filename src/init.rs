@@ -2,6 +2,7 @@
 //! IPv6. Runs as the `warden-init` init container with NET_ADMIN and NET_RAW.
 
 use std::io::Write;
+use std::net::Ipv6Addr;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
@@ -102,6 +103,57 @@ fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The kernel's list of IPv6 addresses (absent when IPv6 is disabled).
+const IF_INET6: &str = "/proc/net/if_inet6";
+
+/// The global-scope addresses in `/proc/net/if_inet6` text (ULA included: they are routed).
+fn global_ipv6(if_inet6: &str) -> Vec<Ipv6Addr> {
+    if_inet6
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (hex, scope) = (fields.first()?, fields.get(3)?);
+            let bits = u128::from_str_radix(hex, 16)
+                .ok()
+                .filter(|_| hex.len() == 32)?;
+            (*scope == "00").then_some(Ipv6Addr::from(bits))
+        })
+        .collect()
+}
+
+/// Whether to install IPv6 rules, given the mode, whether ip6tables' nat table answered,
+/// and the pod's global IPv6 addresses. Interception never fails open: a pod reachable over
+/// IPv6 whose IPv6 rules cannot be installed is an error, whatever the mode.
+fn install_ipv6(mode: Ipv6, nat: Result<(), String>, global: &[Ipv6Addr]) -> anyhow::Result<bool> {
+    let reachable = !global.is_empty();
+    let addresses = || {
+        global
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match (mode, nat) {
+        (Ipv6::On, Ok(())) => Ok(true),
+        (Ipv6::Auto, Ok(())) => Ok(true),
+        (Ipv6::On, Err(e)) => {
+            anyhow::bail!("--ipv6 on, but the IPv6 rules cannot be installed: {e}")
+        }
+        (Ipv6::Auto, Err(e)) if reachable => anyhow::bail!(
+            "the pod has global IPv6 addresses ({}) but the IPv6 rules cannot be installed ({e}); \
+             refusing to leave IPv6 unintercepted: load the ip6table_nat kernel module on the node \
+             or disable IPv6 for the pod",
+            addresses()
+        ),
+        (Ipv6::Off, _) if reachable => anyhow::bail!(
+            "--ipv6 off, but the pod has global IPv6 addresses ({}): its IPv6 traffic would \
+             bypass the proxy; use --ipv6 auto",
+            addresses()
+        ),
+        (Ipv6::Auto | Ipv6::Off, _) => Ok(false),
+    }
+}
+
 /// Installs or removes the rules.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = InterceptionSettings {
@@ -117,12 +169,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--inbound-port and --outbound-port must differ");
     }
     let mut families = vec![Family::V4];
-    match args.ipv6 {
-        Ipv6::On => families.push(Family::V6),
-        Ipv6::Auto if args.dry_run || current_rules(Family::V6).is_ok() => {
-            families.push(Family::V6)
+    // Decided before anything is installed, so a refusal leaves the pod's tables untouched.
+    let with_v6 = if args.dry_run {
+        !matches!(args.ipv6, Ipv6::Off)
+    } else if args.remove {
+        // Removing leaves nothing open: take away whatever of ours each table has.
+        current_rules(Family::V6).is_ok()
+    } else {
+        let nat = current_rules(Family::V6)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let global = std::fs::read_to_string(IF_INET6)
+            .map(|text| global_ipv6(&text))
+            .unwrap_or_default();
+        let install = install_ipv6(args.ipv6, nat, &global)?;
+        if !install {
+            eprintln!("warden init: no IPv6 rules: the pod has no global IPv6 address");
         }
-        _ => {}
+        install
+    };
+    if with_v6 {
+        families.push(Family::V6);
     }
     for family in families {
         // A dry run works without privileges: it plans against an empty table if need be.
@@ -146,4 +213,66 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("warden init: {what} the {restore} rules");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IF_INET6: &str = "\
+00000000000000000000000000000001 01 80 10 80       lo
+fe800000000000000000000000000001 02 40 20 80     eth0
+20010db8000000000000000000000005 02 40 00 00     eth0
+fd000213000000000000000000000002 02 40 00 00     eth0
+";
+
+    #[test]
+    fn only_global_addresses_count() {
+        let global = global_ipv6(IF_INET6);
+        assert_eq!(
+            global,
+            vec![
+                "2001:db8::5".parse::<Ipv6Addr>().unwrap(),
+                "fd00:213::2".parse().unwrap()
+            ]
+        );
+        assert!(global_ipv6("garbage\n\nxyz 01 80 00 80 lo").is_empty());
+    }
+
+    #[test]
+    fn ipv6_never_fails_open() {
+        let global = ["2001:db8::5".parse::<Ipv6Addr>().unwrap()];
+        let none: [Ipv6Addr; 0] = [];
+        let broken = || Err("ip6tables-save -t nat failed: table does not exist".to_string());
+        // (mode, nat available, global addresses) -> install, or an error containing
+        type Row<'a> = (
+            Ipv6,
+            Result<(), String>,
+            &'a [Ipv6Addr],
+            Result<bool, &'a str>,
+        );
+        let cases: Vec<Row> = vec![
+            (Ipv6::Auto, Ok(()), &global, Ok(true)),
+            (Ipv6::Auto, Ok(()), &none, Ok(true)),
+            (Ipv6::Auto, broken(), &none, Ok(false)),
+            (
+                Ipv6::Auto,
+                broken(),
+                &global,
+                Err("global IPv6 addresses (2001:db8::5)"),
+            ),
+            (Ipv6::On, Ok(()), &none, Ok(true)),
+            (Ipv6::On, broken(), &none, Err("--ipv6 on")),
+            (Ipv6::Off, Ok(()), &none, Ok(false)),
+            (Ipv6::Off, Ok(()), &global, Err("--ipv6 off")),
+        ];
+        for (mode, nat, addrs, want) in cases {
+            let got = install_ipv6(mode, nat, addrs).map_err(|e| e.to_string());
+            match (got, want) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{mode:?} {addrs:?}"),
+                (Err(got), Err(want)) => assert!(got.contains(want), "{got}"),
+                (got, want) => panic!("{mode:?} {addrs:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
 }

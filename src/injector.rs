@@ -18,7 +18,9 @@ use warden_identity::ca::SharedCa;
 use warden_identity::rotation::{self, CertSource, TlsOptions};
 use warden_identity::tls::ClientAuth;
 use warden_identity::{CertificateAuthority, TrustBundle};
-use warden_injector::config::{InjectorConfig, SidecarMode};
+use warden_injector::config::{
+    InjectorConfig, SecurityAnnotation, SidecarMode, ALLOW_ANNOTATION_FLAG,
+};
 use warden_injector::{server, webhook};
 
 /// `warden injector` options.
@@ -63,6 +65,16 @@ pub struct Args {
     /// The proxy's log filter unless a pod's `warden.dev/log-level` says otherwise.
     #[arg(long, default_value = "warn")]
     proxy_log_level: String,
+    /// A security-relevant pod annotation pods may use (repeatable or comma-separated):
+    /// warden.dev/skip-inbound-ports, skip-outbound-ports, skip-outbound-cidrs, inbound-mode.
+    /// Default: none (the annotation is ignored with a warning).
+    #[arg(
+        long = ALLOW_ANNOTATION_FLAG,
+        value_name = "ANNOTATION",
+        value_delimiter = ',',
+        value_parser = SecurityAnnotation::parse
+    )]
+    allow_pod_annotations: Vec<SecurityAnnotation>,
 }
 
 /// Runs the webhook until SIGTERM or Ctrl-C.
@@ -103,6 +115,7 @@ fn injector_config(
     }
     config.default_mode = SidecarMode::parse(&args.sidecar_mode).unwrap_or(SidecarMode::Native);
     config.log_level = args.proxy_log_level.clone();
+    config.allowed_annotations = args.allow_pod_annotations.iter().copied().collect();
     Ok(config)
 }
 

@@ -411,6 +411,57 @@ fn identity_service_issues_reports_ready_and_stops_on_sigterm() {
 }
 
 #[test]
+fn ca_join_token_writes_an_expiry_and_the_single_use_flag() {
+    use std::time::{Duration, SystemTime};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let id = "spiffe://cluster.local/ns/shop/sa/web";
+    let args = ["ca", "join-token", "--tokens", "tokens", "--id", id];
+    let once = warden(&[&args[..], &["--ttl", "1h", "--single-use"]].concat(), dir);
+    assert!(once.status.success(), "{}", stderr(&once));
+    assert_eq!(stdout(&once).trim().len(), 64, "the token, alone on stdout");
+    assert!(
+        stderr(&once).contains("single-use join token") && stderr(&once).contains("valid for 1h"),
+        "{}",
+        stderr(&once)
+    );
+    let reusable = warden(&args, dir);
+    assert!(reusable.status.success(), "{}", stderr(&reusable));
+    assert!(
+        stderr(&reusable).contains("valid for 1d"),
+        "{}",
+        stderr(&reusable)
+    );
+
+    let file = std::fs::read_to_string(dir.join("tokens")).unwrap();
+    assert!(!file.contains(stdout(&once).trim()), "hashes only");
+    let lines: Vec<&str> = file.lines().collect();
+    assert_eq!(lines.len(), 2, "{file}");
+    assert!(lines[0].ends_with(" single-use") && lines[0].contains(" expires="));
+    assert!(!lines[1].contains("single-use") && lines[1].contains(" expires="));
+    let entries = warden_identity::join_token::parse(&file, "tokens").unwrap();
+    let left = |single_use: bool| {
+        let entry = entries
+            .values()
+            .find(|e| e.single_use == single_use)
+            .unwrap();
+        entry.expires.duration_since(SystemTime::now()).unwrap()
+    };
+    let hour = Duration::from_secs(3600);
+    assert!(left(true) <= hour && left(true) > hour - Duration::from_secs(120));
+    assert!(left(false) <= 24 * hour && left(false) > 24 * hour - Duration::from_secs(120));
+
+    let zero = warden(&[&args[..], &["--ttl", "0s"]].concat(), dir);
+    assert_one_line_error(&zero, 1, "invalid join-token TTL");
+    // A file from before tokens expired fails closed and says how to get out.
+    let old = format!("sha256:{} {id}\n", "ab".repeat(32));
+    std::fs::write(dir.join("tokens"), old).unwrap();
+    let o = warden(&args, dir);
+    assert_one_line_error(&o, 1, "has no \"expires=\"");
+    assert!(stderr(&o).contains("warden ca join-token --tokens tokens --id"));
+}
+
+#[test]
 fn proxy_check_config_prints_the_resolved_config_or_one_error_line() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -216,8 +216,8 @@ fn a_server_proxy_killed_under_load_fails_only_while_down_and_recovers_by_itself
     let mut mesh = Mesh::start();
     let (dir, outbound) = (mesh.dir.clone(), mesh.outbound);
 
-    // Steady load: one request after another, each recorded with when it started.
-    let log: Arc<Mutex<Vec<(Instant, u16)>>> = Arc::default();
+    // Steady load: one request after another, each recorded with when it started and ended.
+    let log: Arc<Mutex<Vec<(Instant, Instant, u16)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let (log, stop) = (log.clone(), stop.clone());
@@ -225,7 +225,7 @@ fn a_server_proxy_killed_under_load_fails_only_while_down_and_recovers_by_itself
             while !stop.load(Ordering::SeqCst) {
                 let started = Instant::now();
                 let status = get(outbound);
-                log.lock().unwrap().push((started, status));
+                log.lock().unwrap().push((started, Instant::now(), status));
                 std::thread::sleep(Duration::from_millis(5));
             }
         })
@@ -243,16 +243,18 @@ fn a_server_proxy_killed_under_load_fails_only_while_down_and_recovers_by_itself
     load.join().unwrap();
     drop(mesh);
 
+    // Classified by overlap with the outage: a request in flight when the proxy was killed
+    // or while it came back belongs to the outage, whatever its start time.
     let log = log.lock().unwrap();
-    let statuses = |keep: &dyn Fn(Instant) -> bool| -> Vec<u16> {
+    let statuses = |keep: &dyn Fn(Instant, Instant) -> bool| -> Vec<u16> {
         log.iter()
-            .filter(|(t, _)| keep(*t))
-            .map(|(_, s)| *s)
+            .filter(|(start, end, _)| keep(*start, *end))
+            .map(|(_, _, s)| *s)
             .collect()
     };
-    let before = statuses(&|t| t < killed);
-    let down = statuses(&|t| t >= killed && t < back);
-    let after = statuses(&|t| t >= back);
+    let before = statuses(&|_, end| end < killed);
+    let after = statuses(&|start, _| start >= back);
+    let down = statuses(&|start, end| end >= killed && start < back);
     assert!(
         before.len() > 10 && after.len() > 10,
         "load ran: {before:?} {after:?}"

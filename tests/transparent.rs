@@ -422,6 +422,11 @@ fn mesh(lab: &mut Lab) {
             ),
             ("WARDEN_AUDIT_LOG", "off".to_string()),
             ("WARDEN_LOG", "info".to_string()),
+            // A takes plaintext callers too (permissive); B is strict, the default.
+            (
+                "WARDEN_INBOUND_MODE",
+                if *pod == "a" { "permissive" } else { "strict" }.to_string(),
+            ),
         ];
         let uid = [
             "setpriv",
@@ -543,6 +548,33 @@ fn pods_talk_through_their_sidecars_with_mtls_and_plaintext_is_refused() {
         "the app saw nothing from C"
     );
 
+    // 4b. A plaintext request to A's own inbound port (A is permissive) is closed, not
+    //     forwarded to the proxy itself again and again until the connection limit.
+    let inbound_opened = |metrics: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with("warden_tcp_connections_opened_total{direction=\"inbound\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no inbound connection count in {metrics}"))
+    };
+    let opened = inbound_opened(&http_get(&a, "127.0.0.1:7191", "/metrics"));
+    let looped = http_get(&lab.ns("c"), &format!("{}:7143", pod_v4(1)), "/loop");
+    assert!(
+        !looped.starts_with("HTTP/"),
+        "closed without an answer: {looped}"
+    );
+    let after = inbound_opened(&http_get(&a, "127.0.0.1:7191", "/metrics"));
+    assert_eq!(after, opened + 1, "one connection, no loop");
+
+    // 4c. A meshed pod scrapes another pod's proxy admin port: plaintext by design (B's
+    //     inbound rules skip it), so A's outbound passes it through instead of trying mTLS.
+    let scraped = http_get(&a, &format!("{}:7191", pod_v4(2)), "/metrics");
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(
+        scraped.contains("warden_tcp_connections_opened_total"),
+        "{scraped}"
+    );
+
     // 5. init is idempotent: once more, still one set of rules, and traffic still flows.
     let out = lab.warden_in("a", &["init"]);
     assert!(out.status.success());
@@ -602,4 +634,83 @@ fn dry_run_prints_both_families_without_privileges_or_changes() {
     assert!(text.contains("-A WARDEN_OUTPUT -m owner --uid-owner 2626 -j RETURN"));
     assert!(text.contains("-A WARDEN_OUTPUT -d 169.254.169.254/32 -j RETURN"));
     assert!(text.contains("-A WARDEN_OUTPUT -d fd00:ec2::254/128 -j RETURN"));
+}
+
+/// A pod with a global IPv6 address whose IPv6 nat table is missing (a node without the
+/// `ip6table_nat` module, stood in for by an `ip6tables-save` that fails as it does there):
+/// `warden init` fails before touching anything, instead of leaving IPv6 unintercepted.
+#[test]
+fn init_fails_closed_when_a_pod_with_global_ipv6_cannot_get_ipv6_rules() {
+    if !runnable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stub = dir.path().join("ip6tables-save");
+    std::fs::write(
+        &stub,
+        "#!/bin/sh\necho \"ip6tables-save v1.8.9 (nf_tables): table 'nat' does not exist\" >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&stub, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ns = format!("wdv6{}", std::process::id() % 100_000);
+    run(&["ip", "netns", "add", &ns]);
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _gone = Gone(ns.clone());
+    run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        "2001:db8::5/128",
+        "dev",
+        "lo",
+    ]);
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let init = || {
+        Command::new("ip")
+            .args(["netns", "exec", &ns, "env", &format!("PATH={path}")])
+            .arg(env!("CARGO_BIN_EXE_warden"))
+            .arg("init")
+            .output()
+            .unwrap()
+    };
+    let out = init();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "init must fail: {stderr}");
+    assert!(
+        stderr.contains("global IPv6 addresses (2001:db8::5)") && stderr.contains("ip6table_nat"),
+        "the error says what and what to do: {stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    let v4 = output(&["ip", "netns", "exec", &ns, "iptables-save", "-t", "nat"]);
+    assert!(!v4.contains("WARDEN"), "nothing installed on refusal: {v4}");
+
+    // Without a global IPv6 address there is nothing to leave open: IPv4 only, said so.
+    run(&[
+        "ip",
+        "-n",
+        &ns,
+        "addr",
+        "del",
+        "2001:db8::5/128",
+        "dev",
+        "lo",
+    ]);
+    let out = init();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no IPv6 rules"), "{stderr}");
+    let v4 = output(&["ip", "netns", "exec", &ns, "iptables-save", "-t", "nat"]);
+    assert!(v4.contains("WARDEN_INBOUND"), "{v4}");
 }

@@ -3,7 +3,6 @@
 //! to change the log filter at runtime). Kept off the serving port so probes and scrapes need
 //! no token.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -12,13 +11,13 @@ use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::http::{read_body, text, Body};
+use crate::server::{serve_connection, ConnectionCap, ServerLimits};
 
 /// Whether the process is ready to serve, and why (shown on `/ready`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,11 +160,31 @@ pub async fn respond(
     }
 }
 
-/// Serves the admin endpoint on `listener` until `shutdown`.
+/// Serves the admin endpoint on `listener` until `shutdown`, within the default
+/// [`ServerLimits`].
 pub async fn serve(
     listener: TcpListener,
     readiness: watch::Receiver<Readiness>,
     telemetry: Telemetry,
+    shutdown: CancellationToken,
+) {
+    serve_with_limits(
+        listener,
+        readiness,
+        telemetry,
+        ServerLimits::default(),
+        shutdown,
+    )
+    .await;
+}
+
+/// Serves the admin endpoint on `listener` until `shutdown`, within `limits` (its connection
+/// cap, header, idle and request timeouts; it has no TLS handshake).
+pub async fn serve_with_limits(
+    listener: TcpListener,
+    readiness: watch::Receiver<Readiness>,
+    telemetry: Telemetry,
+    limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
     // Histograms are drained into their buckets by upkeep; run it even between scrapes so
@@ -181,29 +200,20 @@ pub async fn serve(
             }
         }
     });
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    let cap = ConnectionCap::new(limits.max_connections, "admin");
+    while let Some((tcp, peer, permit)) = cap.accept(&listener, &shutdown).await {
         let readiness = readiness.clone();
         let telemetry = telemetry.clone();
         tokio::spawn(async move {
-            let handler = hyper::service::service_fn(move |req| {
+            let _permit = permit;
+            let handler = move |req| {
                 let readiness = readiness.borrow().clone();
                 let telemetry = telemetry.clone();
-                async move { Ok::<_, Infallible>(respond(req, peer, &readiness, &telemetry).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), handler)
-                .await;
+                async move { respond(req, peer, &readiness, &telemetry).await }
+            };
+            if let Err(e) = serve_connection(tcp, handler, &limits, None).await {
+                tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+            }
         });
     }
 }

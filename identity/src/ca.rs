@@ -241,14 +241,17 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<CertificateAuthority, CaEr
     CertificateAuthority::load(dir, Some(&opts.trust_domain))
 }
 
-/// Writes a file atomically (temp file, then rename) with the given mode from the start, so a
-/// key is never readable by others even for a moment.
+/// Writes a file atomically and durably (temp file synced, renamed, directory synced) with the
+/// given mode from the start, so a key is never readable by others even for a moment.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
     let io = |error| CaError::Io {
         path: path.to_path_buf(),
         error,
     };
-    let tmp = path.with_extension("tmp");
+    // `<name>.tmp` next to `<name>`: two files of one directory never share a temporary name.
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -258,7 +261,15 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError
         .map_err(io)?;
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // Make the rename itself durable: a crash right after must not bring the old file back.
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
 }
 
 fn sign_err(e: rcgen::Error) -> CaError {

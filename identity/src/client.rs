@@ -64,6 +64,9 @@ pub enum CertifyClientError {
     /// The reply is not what the protocol promises.
     #[error("unusable reply from the identity service: {0}")]
     BadReply(String),
+    /// The current certificate cannot be presented (its key does not match it).
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     /// The issued chain does not verify against the returned bundle.
     #[error("issued certificate does not verify: {0}")]
     Verify(#[from] VerifyError),
@@ -110,25 +113,57 @@ impl CertifyClient {
         self.trust.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Obtains a new SVID for a new in-memory key.
+    /// Obtains a new SVID for a new in-memory key, authenticated by the token.
     pub async fn certify(&self) -> Result<Issued, CertifyClientError> {
-        let token = std::fs::read_to_string(&self.config.token_file).map_err(|e| {
-            CertifyClientError::Token {
-                path: self.config.token_file.display().to_string(),
-                reason: e.to_string(),
+        self.request(None).await
+    }
+
+    /// Obtains the SVID that replaces `current`, presenting `current` as the TLS client
+    /// certificate while it is valid: a workload admitted by a join token renews that way
+    /// after the token expired or was used up (the token is still sent when its file can be
+    /// read; a service authenticating by Kubernetes tokens asks for no certificate). If the
+    /// exchange fails at the TLS or HTTP level with the certificate (say the service no
+    /// longer trusts its issuer), it is tried once more with the token alone.
+    pub async fn renew(&self, current: &Svid) -> Result<Issued, CertifyClientError> {
+        if current.not_after() <= std::time::SystemTime::now() {
+            return self.certify().await;
+        }
+        match self.request(Some(current)).await {
+            Err(CertifyClientError::Request(
+                e @ (ClientError::Tls { .. } | ClientError::Http { .. }),
+            )) => {
+                tracing::debug!(error = %e, "renewal with the current certificate failed; trying the token alone");
+                self.certify().await
             }
-        })?;
+            other => other,
+        }
+    }
+
+    /// One request, presenting `svid` as the client certificate if given.
+    async fn request(&self, svid: Option<&Svid>) -> Result<Issued, CertifyClientError> {
+        let token = match std::fs::read_to_string(&self.config.token_file) {
+            Ok(token) => token,
+            // The certificate authenticates a renewal; the token may be gone by now.
+            Err(_) if svid.is_some() => String::new(),
+            Err(e) => {
+                return Err(CertifyClientError::Token {
+                    path: self.config.token_file.display().to_string(),
+                    reason: e.to_string(),
+                })
+            }
+        };
         let key = csr::generate_key()?;
         let body = serde_json::to_vec(&CertifyRequest {
             csr: csr::build_csr(&key, self.config.expected_id.as_ref())?,
         })
         .map_err(|e| CertifyClientError::BadReply(e.to_string()))?;
 
-        let tls_config = tls::anonymous_client_config(
-            self.trust(),
-            ExpectedPeer::Exact(self.config.server_id.clone()),
-            &[b"http/1.1"],
-        );
+        let expected = ExpectedPeer::Exact(self.config.server_id.clone());
+        let alpn: &[&[u8]] = &[b"http/1.1"];
+        let tls_config = match svid {
+            Some(svid) => tls::client_config(svid, self.trust(), expected, alpn)?,
+            None => tls::anonymous_client_config(self.trust(), expected, alpn),
+        };
 
         let (status, reply) = post_json(
             Arc::new(tls_config),

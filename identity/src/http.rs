@@ -5,6 +5,8 @@ use http::{header, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
+use crate::server::{serve_connection, ConnectionCap, ServerLimits};
+
 /// The body type of every response Warden's own HTTP endpoints send.
 pub type Body = Full<Bytes>;
 
@@ -147,8 +149,9 @@ impl HttpsTarget {
     }
 }
 
-/// POSTs a JSON body over HTTPS (HTTP/1.1, one connection) and returns the status and body,
-/// reading at most `limit` bytes, all within `timeout`.
+/// POSTs a JSON body over HTTPS (HTTP/1.1, one connection) with `Authorization: Bearer
+/// <bearer>` (none when `bearer` is empty) and returns the status and body, reading at most
+/// `limit` bytes, all within `timeout`.
 pub async fn post_json(
     tls: std::sync::Arc<rustls::ClientConfig>,
     target: &HttpsTarget,
@@ -186,16 +189,20 @@ pub async fn post_json(
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        let request = http::Request::post(path)
+        let mut request = http::Request::post(path)
             .header(header::HOST, &target.authority)
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::ACCEPT, "application/json")
-            .header(header::AUTHORIZATION, format!("Bearer {bearer}"))
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Http {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
+            .header(header::ACCEPT, "application/json");
+        if !bearer.is_empty() {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+        }
+        let request =
+            request
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| ClientError::Http {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
         let response = sender.send_request(request).await.map_err(http_err)?;
         let status = response.status();
         let body = match Limited::new(response.into_body(), limit).collect().await {
@@ -214,7 +221,8 @@ pub async fn post_json(
         .map_err(|_| ClientError::Timeout(target.authority.clone()))?
 }
 
-/// Bounds of an HTTPS server.
+/// The two bounds of an HTTPS server that [`serve_tls`] took before [`ServerLimits`]; the
+/// others get their defaults.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
     /// A TLS handshake, and reading request headers.
@@ -223,40 +231,46 @@ pub struct ServeLimits {
     pub shutdown_grace: std::time::Duration,
 }
 
-/// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown`, then lets in-flight
+impl From<ServeLimits> for ServerLimits {
+    fn from(limits: ServeLimits) -> Self {
+        Self {
+            handshake_timeout: limits.handshake_timeout,
+            header_read_timeout: limits.handshake_timeout,
+            shutdown_grace: limits.shutdown_grace,
+            ..Self::default()
+        }
+    }
+}
+
+/// The SPIFFE ID of the client certificate a TLS handshake verified. [`serve_tls`] puts it in
+/// the extensions of every request of that connection; absent when the client presented none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer(pub warden_core::SpiffeId);
+
+/// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown`, within `limits`
+/// (connection cap, handshake, header, idle and request timeouts), then lets in-flight
 /// requests finish within the grace period. `tls` gives the configuration for each new
 /// handshake (so rotated certificates are picked up); `handler` answers each request.
 pub async fn serve_tls<T, H, F>(
     listener: tokio::net::TcpListener,
     tls: T,
     handler: H,
-    limits: ServeLimits,
+    limits: impl Into<ServerLimits>,
     shutdown: tokio_util::sync::CancellationToken,
 ) where
     T: Fn() -> std::sync::Arc<rustls::ServerConfig>,
     H: Fn(std::net::SocketAddr, http::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let limits = limits.into();
+    let cap = ConnectionCap::new(limits.max_connections, "https");
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and the like: pause instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, peer, permit)) = cap.accept(&listener, &shutdown).await {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls());
         let handler = handler.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
             let stream =
                 match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => stream,
@@ -269,17 +283,14 @@ pub async fn serve_tls<T, H, F>(
                         return;
                     }
                 };
-            let service = hyper::service::service_fn(move |req| {
-                let response = handler(peer, req);
-                async move { Ok::<_, std::convert::Infallible>(response.await) }
-            });
-            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.handshake_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            let verified = crate::tls::peer_identity(stream.get_ref().1).map(VerifiedPeer);
+            let handler = move |mut req: http::Request<Incoming>| {
+                if let Some(verified) = &verified {
+                    req.extensions_mut().insert(verified.clone());
+                }
+                handler(peer, req)
+            };
+            if let Err(e) = serve_connection(stream, handler, &limits, Some(watcher)).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

@@ -10,7 +10,8 @@
 //! - [`service`], [`authn`], [`token_review`], [`join_token`], [`rate_limit`]: the
 //!   issuance service and how it authenticates callers;
 //! - [`client`], [`rotation`]: the workload side, obtaining and renewing SVIDs;
-//! - [`admin`], [`telemetry`], [`http`]: health, metrics and HTTP plumbing;
+//! - [`admin`], [`telemetry`], [`http`], [`server`]: health, metrics, HTTP plumbing and
+//!   the bounds every server here keeps;
 //! - [`bundle`], [`credential`], [`inspect`], [`certify`]: trust bundles, SVID credentials,
 //!   certificate summaries and the issuance wire format.
 
@@ -31,6 +32,7 @@ pub mod process_metrics;
 pub mod profile;
 pub mod rate_limit;
 pub mod rotation;
+pub mod server;
 pub mod service;
 pub mod svid;
 pub mod telemetry;

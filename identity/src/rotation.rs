@@ -83,13 +83,15 @@ pub enum CertSource {
 }
 
 impl CertSource {
-    async fn obtain(&self) -> Result<(Svid, Arc<TrustStore>), String> {
+    /// A certificate: the first one, or the one that replaces `current`.
+    async fn obtain(&self, current: Option<&Svid>) -> Result<(Svid, Arc<TrustStore>), String> {
         match self {
-            CertSource::Remote(client) => client
-                .certify()
-                .await
-                .map(|issued| (issued.svid, issued.trust))
-                .map_err(|e| e.to_string()),
+            CertSource::Remote(client) => match current {
+                Some(current) => client.renew(current).await,
+                None => client.certify().await,
+            }
+            .map(|issued| (issued.svid, issued.trust))
+            .map_err(|e| e.to_string()),
             CertSource::Local {
                 ca,
                 id,
@@ -187,13 +189,10 @@ pub async fn start(
     let (tx, rx) = watch::channel(first);
     let task = tokio::spawn(async move {
         loop {
-            let (obtained_at, not_after) = {
-                let current = tx.borrow();
-                (current.obtained_at, current.svid.not_after())
-            };
+            let current = tx.borrow().clone();
             let delay = renewal_delay(
-                obtained_at,
-                not_after,
+                current.obtained_at,
+                current.svid.not_after(),
                 SystemTime::now(),
                 &opts,
                 random_unit(),
@@ -202,7 +201,7 @@ pub async fn start(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
             }
-            match obtain_with_retry(&source, &tls, &opts, &shutdown, Some(not_after)).await {
+            match obtain_with_retry(&source, &tls, &opts, &shutdown, Some(&current.svid)).await {
                 Some(next) => {
                     tx.send_replace(next);
                 }
@@ -216,18 +215,20 @@ pub async fn start(
     })
 }
 
-/// Tries until a certificate is obtained and its configs built, or shutdown. `current_expiry`
-/// is the certificate still in use, for logging what failing means.
+/// Tries until a certificate is obtained and its configs built, or shutdown. `current` is
+/// the certificate still in use: it authenticates renewals where the service accepts that,
+/// and its expiry says what failing means in the logs.
 async fn obtain_with_retry(
     source: &CertSource,
     tls: &TlsOptions,
     opts: &RotationOptions,
     shutdown: &CancellationToken,
-    current_expiry: Option<SystemTime>,
+    current: Option<&Svid>,
 ) -> Option<Arc<Credentials>> {
+    let current_expiry = current.map(Svid::not_after);
     let mut attempt = 0u32;
     loop {
-        let result = source.obtain().await.and_then(|(svid, trust)| {
+        let result = source.obtain(current).await.and_then(|(svid, trust)| {
             Credentials::build(svid, trust, tls).map_err(|e| e.to_string())
         });
         match result {

@@ -2,12 +2,14 @@
 //! authenticated caller's CSR into an X.509-SVID for the caller's own identity.
 //!
 //! Order of checks, cheapest and least trusting first: path and method, the caller's rate,
-//! the body size (declared, then read with a bound), the bearer token, the JSON, the CSR.
-//! Nothing is issued unless every check passed; every outcome is counted and logged, never
-//! with the token.
+//! the body size (declared, then read with a bound), the caller's identity (its current SVID
+//! for a renewal, else the bearer token), the JSON, the CSR; last, a single-use join token is
+//! redeemed. Nothing is issued unless every check passed; every outcome is counted and
+//! logged, never with the token. Connections are capped and bounded in time by
+//! [`crate::server::ServerLimits`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{header, Method, Request, Response, StatusCode};
@@ -16,12 +18,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::authn::{bearer_token, AuthError, Authenticator};
-use crate::ca::{CaError, SharedCa};
+use crate::authn::{bearer_token, AuthError, AuthMethod, Authenticator};
+use crate::ca::{CaError, CertificateAuthority, SharedCa};
 use crate::certify::{CertifyRequest, CertifyResponse, ErrorResponse, CERTIFY_PATH};
-use crate::http::{json, read_body, Body, BodyError};
+use crate::http::{json, read_body, Body, BodyError, VerifiedPeer};
+use crate::join_token::Refusal;
 use crate::rate_limit::{Rate, RateLimiter};
 use crate::rotation::Credentials;
+use crate::server::ServerLimits;
+use crate::tls::ClientAuth;
+use crate::TrustStore;
+
+/// The ALPN protocols the service offers.
+const SERVER_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Settings of the issuance endpoint, with defaults.
 #[derive(Debug, Clone)]
@@ -32,14 +41,38 @@ pub struct ServiceConfig {
     pub max_body_bytes: usize,
     /// Requests allowed per caller address (60/min, burst 20).
     pub rate: Rate,
-    /// Bound on a TLS handshake and on reading request headers (10s).
+    /// Bound on a TLS handshake (10s).
     pub handshake_timeout: Duration,
+    /// Bound on reading an HTTP/1 request's headers, and on waiting for the next request on
+    /// a kept-alive HTTP/1 connection (10s).
+    pub header_read_timeout: Duration,
     /// How long in-flight requests may take to finish at shutdown (10s).
     pub shutdown_grace: Duration,
+    /// Connections open at once; more are closed at once and counted (1024).
+    pub max_connections: usize,
+    /// A connection with no request in flight for this long is closed (60s).
+    pub idle_timeout: Duration,
+    /// A request not answered within this gets 408 (30s).
+    pub request_timeout: Duration,
+}
+
+impl ServiceConfig {
+    /// The bounds of the HTTPS server.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            max_connections: self.max_connections,
+            handshake_timeout: self.handshake_timeout,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
+        let defaults = ServerLimits::default();
         Self {
             svid_ttl: crate::profile::DEFAULT_SVID_TTL,
             max_body_bytes: 64 * 1024,
@@ -47,8 +80,12 @@ impl Default for ServiceConfig {
                 per_minute: 60,
                 burst: 20,
             },
-            handshake_timeout: Duration::from_secs(10),
-            shutdown_grace: Duration::from_secs(10),
+            handshake_timeout: defaults.handshake_timeout,
+            header_read_timeout: defaults.header_read_timeout,
+            shutdown_grace: defaults.shutdown_grace,
+            max_connections: defaults.max_connections,
+            idle_timeout: defaults.idle_timeout,
+            request_timeout: defaults.request_timeout,
         }
     }
 }
@@ -102,6 +139,8 @@ impl CertifyError {
             CertifyError::RateLimited => "rate_limited",
             CertifyError::TooLarge(_) => "too_large",
             CertifyError::Auth(AuthError::Unavailable(_)) => "unavailable",
+            CertifyError::Auth(AuthError::JoinToken(Refusal::Expired)) => "expired_token",
+            CertifyError::Auth(AuthError::JoinToken(Refusal::Used)) => "used_token",
             CertifyError::Auth(_) => "unauthenticated",
             CertifyError::BadRequest(_) => "bad_request",
             CertifyError::Internal(_) => "error",
@@ -116,6 +155,15 @@ pub struct IdentityService {
     authenticator: Authenticator,
     limiter: RateLimiter<IpAddr>,
     config: ServiceConfig,
+    tls: Mutex<Option<ServingTls>>,
+}
+
+/// The serving TLS configuration last built, and what it was built from.
+#[derive(Debug)]
+struct ServingTls {
+    credentials: Arc<Credentials>,
+    ca: Arc<CertificateAuthority>,
+    config: Arc<rustls::ServerConfig>,
 }
 
 impl IdentityService {
@@ -127,6 +175,44 @@ impl IdentityService {
             limiter: RateLimiter::new(config.rate),
             authenticator,
             config,
+            tls: Mutex::new(None),
+        }
+    }
+
+    /// The TLS configuration for the next handshake. When callers may renew with their SVID,
+    /// it verifies client certificates against the CA's bundle as it is now (not as it was
+    /// when the serving certificate was issued), so a root added to the bundle is trusted
+    /// for renewals at once; it is rebuilt only when the certificate or the CA changed.
+    fn server_config(&self, credentials: &Arc<Credentials>) -> Arc<rustls::ServerConfig> {
+        let client_auth = self.authenticator.client_auth();
+        if client_auth == ClientAuth::None {
+            return credentials.server.clone();
+        }
+        let ca = self.ca.get();
+        let mut cached = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tls) = cached.as_ref() {
+            if Arc::ptr_eq(&tls.credentials, credentials) && Arc::ptr_eq(&tls.ca, &ca) {
+                return tls.config.clone();
+            }
+        }
+        let trust = Arc::new(TrustStore::single(ca.bundle().clone()));
+        match crate::tls::server_config(&credentials.svid, trust, SERVER_ALPN, client_auth) {
+            Ok(config) => {
+                let config = Arc::new(config);
+                *cached = Some(ServingTls {
+                    credentials: credentials.clone(),
+                    ca,
+                    config: config.clone(),
+                });
+                config
+            }
+            Err(e) => {
+                // Rotation built a configuration from this certificate already, so this is
+                // not expected; if it happens, serve without renewals by certificate rather
+                // than not at all.
+                tracing::error!(error = %e, "cannot build the TLS configuration for renewals");
+                credentials.server.clone()
+            }
         }
     }
 
@@ -134,8 +220,8 @@ impl IdentityService {
     pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let (response, result) = match self.certify(peer, req).await {
-            Ok(reply) => {
-                tracing::info!(%peer, id = %reply.spiffe_id, expires_at = %reply.expires_at, "issued");
+            Ok((reply, method)) => {
+                tracing::info!(%peer, id = %reply.spiffe_id, auth = method.as_str(), expires_at = %reply.expires_at, "issued");
                 (json(StatusCode::OK, &reply), "issued")
             }
             Err(e) => {
@@ -161,7 +247,7 @@ impl IdentityService {
         &self,
         peer: SocketAddr,
         req: Request<Incoming>,
-    ) -> Result<CertifyResponse, CertifyError> {
+    ) -> Result<(CertifyResponse, AuthMethod), CertifyError> {
         if req.uri().path() != CERTIFY_PATH {
             return Err(CertifyError::NotFound);
         }
@@ -188,18 +274,25 @@ impl IdentityService {
                 BodyError::TooLarge(n) => CertifyError::TooLarge(n),
                 BodyError::Read(r) => CertifyError::BadRequest(r),
             })?;
-        let token = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .ok_or(AuthError::Missing)?;
-        let id = self.authenticator.authenticate(token).await?;
+        // A renewal presents the current SVID, which the handshake verified; the bearer token
+        // (maybe expired or used by now) is then not looked at.
+        let caller = match parts.extensions.get::<VerifiedPeer>() {
+            Some(VerifiedPeer(id)) => self.authenticator.renewal(id)?,
+            None => {
+                let token = parts
+                    .headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(bearer_token)
+                    .ok_or(AuthError::Missing)?;
+                self.authenticator.authenticate(token).await?
+            }
+        };
         let request: CertifyRequest = serde_json::from_slice(&body)
             .map_err(|e| CertifyError::BadRequest(format!("malformed JSON: {e}")))?;
         let ca = self.ca.get();
         let issued = ca
-            .sign_csr(&request.csr, &id, self.config.svid_ttl)
+            .sign_csr(&request.csr, &caller.id, self.config.svid_ttl)
             .map_err(|e| match e {
                 CaError::Csr(e) => CertifyError::BadRequest(e.to_string()),
                 other => CertifyError::Internal(other.to_string()),
@@ -207,12 +300,16 @@ impl IdentityService {
         let expires_at = time::OffsetDateTime::from(issued.not_after)
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        Ok(CertifyResponse {
+        let reply = CertifyResponse {
             spiffe_id: issued.id.to_string(),
             certificate_chain: crate::bundle::certs_to_pem(&issued.chain),
             trust_bundle: ca.bundle().to_pem(),
             expires_at,
-        })
+        };
+        // Last: a single-use token is redeemed (durably) only for a certificate that is ready,
+        // and of concurrent requests with it only the one that redeems it gets its certificate.
+        self.authenticator.commit(&caller)?;
+        Ok((reply, caller.method))
     }
 }
 
@@ -241,7 +338,7 @@ pub async fn start(
         ttl: service.config.svid_ttl,
     };
     let tls = crate::rotation::TlsOptions {
-        server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        server_alpn: SERVER_ALPN.iter().map(|p| p.to_vec()).collect(),
         client_alpn: vec![],
         client_auth: crate::tls::ClientAuth::None,
     };
@@ -263,11 +360,9 @@ pub async fn serve(
     service: Arc<IdentityService>,
     shutdown: CancellationToken,
 ) {
-    let limits = crate::http::ServeLimits {
-        handshake_timeout: service.config.handshake_timeout,
-        shutdown_grace: service.config.shutdown_grace,
-    };
-    let tls = move || credentials.borrow().server.clone();
+    let limits = service.config.server_limits();
+    let tls_service = service.clone();
+    let tls = move || tls_service.server_config(&credentials.borrow());
     let handler = move |peer, req| {
         let service = service.clone();
         async move { service.handle(peer, req).await }
@@ -354,6 +449,21 @@ mod tests {
                 AuthError::Invalid("x".into()).into(),
                 401,
                 "unauthenticated",
+            ),
+            (
+                AuthError::JoinToken(Refusal::Unknown).into(),
+                401,
+                "unauthenticated",
+            ),
+            (
+                AuthError::JoinToken(Refusal::Expired).into(),
+                401,
+                "expired_token",
+            ),
+            (
+                AuthError::JoinToken(Refusal::Used).into(),
+                401,
+                "used_token",
             ),
             (
                 AuthError::Unavailable("x".into()).into(),

@@ -60,8 +60,11 @@ pub fn install_crypto_provider() {
 pub enum ClientAuth {
     /// Mesh connections: a client SVID is required and verified.
     Required,
-    /// The identity service: callers have no certificate yet and authenticate with a token.
+    /// The identity service with Kubernetes tokens: callers authenticate with a token.
     None,
+    /// The identity service with join tokens: a caller may present its current SVID, which
+    /// is then verified like a required one, to renew without a token.
+    Optional,
 }
 
 /// The server side of a connection: presents `svid`, verifies client SVIDs against `store`
@@ -75,6 +78,10 @@ pub fn server_config(
     let provider = crypto_provider();
     let verifier: Arc<dyn rustls::server::danger::ClientCertVerifier> = match client_auth {
         ClientAuth::Required => Arc::new(SvidClientVerifier::new(
+            store,
+            provider.signature_verification_algorithms,
+        )),
+        ClientAuth::Optional => Arc::new(SvidClientVerifier::optional(
             store,
             provider.signature_verification_algorithms,
         )),

@@ -129,6 +129,64 @@ impl VerifyError {
     }
 }
 
+/// A TLS handshake failure in words an operator can act on: what was refused and what to
+/// check, instead of rustls' debug names (`Other(OtherError(Svid(NoUriSan)))`).
+pub fn describe_handshake_error(error: &std::io::Error) -> String {
+    match error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => describe_tls_error(tls),
+        None => error.to_string(),
+    }
+}
+
+/// See [`describe_handshake_error`].
+pub fn describe_tls_error(error: &rustls::Error) -> String {
+    use rustls::{AlertDescription, Error, InvalidMessage};
+    let refused = "the peer's certificate was refused";
+    match error {
+        Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
+            match inner.downcast_ref::<VerifyError>() {
+                Some(e @ VerifyError::UnexpectedIdentity { .. }) => {
+                    format!("{refused}: {e} (another workload answered at that address)")
+                }
+                Some(e) => format!("{refused}: {e} (is the peer's SVID issued by Warden's CA?)"),
+                None => format!("{refused}: {inner}"),
+            }
+        }
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
+            "{refused}: not signed by a trusted issuer (do both sides use the same trust bundle?)"
+        ),
+        Error::InvalidCertificate(CertificateError::Expired) => {
+            format!(
+                "{refused}: it has expired (is the peer renewing its SVID? are the clocks right?)"
+            )
+        }
+        Error::InvalidCertificate(CertificateError::NotValidYet) => {
+            format!("{refused}: it is not valid yet (are the clocks right?)")
+        }
+        Error::NoCertificatesPresented => {
+            "the peer presented no certificate (is it a Warden proxy?)".to_string()
+        }
+        Error::AlertReceived(AlertDescription::CertificateRequired) => {
+            "the peer requires a client certificate this side did not send".to_string()
+        }
+        Error::AlertReceived(alert) => format!(
+            "the peer ended the handshake with the TLS alert {alert:?} (its log says why: often \
+             our certificate or identity is not accepted there)"
+        ),
+        Error::InvalidMessage(InvalidMessage::InvalidContentType) => {
+            "the peer does not speak TLS (a plaintext server, or no sidecar at that address?)"
+                .to_string()
+        }
+        Error::PeerIncompatible(why) => {
+            format!("the peer cannot speak TLS 1.3 as Warden requires ({why:?})")
+        }
+        other => other.to_string(),
+    }
+}
+
 fn check_expected(id: SpiffeId, expected: &ExpectedPeer) -> Result<SpiffeId, VerifyError> {
     match expected {
         ExpectedPeer::Exact(want) if &id != want => Err(VerifyError::UnexpectedIdentity {
@@ -210,18 +268,32 @@ impl ServerCertVerifier for SvidServerVerifier {
     }
 }
 
-/// Verifies the client's SVID on the server side of a mesh connection; a client certificate
-/// is mandatory.
+/// Verifies the client's SVID on the server side of a connection; a client certificate is
+/// mandatory unless made with [`SvidClientVerifier::optional`].
 #[derive(Debug)]
 pub struct SvidClientVerifier {
     store: Arc<TrustStore>,
     algorithms: WebPkiSupportedAlgorithms,
+    mandatory: bool,
 }
 
 impl SvidClientVerifier {
-    /// A verifier accepting clients whose SVID chains to `store`.
+    /// A verifier requiring clients to present an SVID chaining to `store`.
     pub fn new(store: Arc<TrustStore>, algorithms: WebPkiSupportedAlgorithms) -> Self {
-        Self { store, algorithms }
+        Self {
+            store,
+            algorithms,
+            mandatory: true,
+        }
+    }
+
+    /// A verifier letting clients present no certificate, and verifying the SVID of those
+    /// that present one exactly as [`SvidClientVerifier::new`] does.
+    pub fn optional(store: Arc<TrustStore>, algorithms: WebPkiSupportedAlgorithms) -> Self {
+        Self {
+            mandatory: false,
+            ..Self::new(store, algorithms)
+        }
     }
 }
 
@@ -253,7 +325,7 @@ impl ClientCertVerifier for SvidClientVerifier {
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn verify_tls12_signature(
@@ -276,5 +348,47 @@ impl ClientCertVerifier for SvidClientVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::svid::SvidError;
+
+    #[test]
+    fn handshake_errors_say_what_happened_and_what_to_check() {
+        let other = |e: VerifyError| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        };
+        let wrong = VerifyError::UnexpectedIdentity {
+            got: SpiffeId::parse("spiffe://cluster.local/ns/a/sa/x").unwrap(),
+            want: SpiffeId::parse("spiffe://cluster.local/ns/a/sa/y").unwrap(),
+        };
+        let cases = [
+            (
+                other(VerifyError::Svid(SvidError::NoUriSan)),
+                "refused: leaf has no URI SAN",
+            ),
+            (other(wrong), "another workload answered"),
+            (
+                rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+                "same trust bundle",
+            ),
+            (
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+                "does not speak TLS",
+            ),
+            (
+                rustls::Error::AlertReceived(rustls::AlertDescription::BadCertificate),
+                "TLS alert BadCertificate",
+            ),
+        ];
+        for (error, want) in cases {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, error);
+            let text = describe_handshake_error(&io);
+            assert!(text.contains(want), "{text}");
+            assert!(!text.contains("OtherError"), "{text}");
+        }
     }
 }

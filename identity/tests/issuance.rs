@@ -16,13 +16,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warden_core::{SpiffeId, TrustDomain};
+use warden_identity::admin::{self, Readiness, Telemetry};
 use warden_identity::authn::Authenticator;
 use warden_identity::ca::{self, InitOptions, SharedCa};
 use warden_identity::certify::{CertifyResponse, ErrorResponse, CERTIFY_PATH};
 use warden_identity::client::{CertifyClient, CertifyClientConfig, CertifyClientError};
 use warden_identity::http::{post_json, HttpsTarget};
-use warden_identity::join_token::{self, JoinTokens};
+use warden_identity::join_token::{self, JoinTokens, TokenOptions};
 use warden_identity::rate_limit::Rate;
+use warden_identity::server::ServerLimits;
 use warden_identity::service::{self, IdentityService, ServiceConfig, ServingIdentity};
 use warden_identity::token_review::{TokenReview, TokenReviewConfig, TokenReviewer};
 use warden_identity::verify::ExpectedPeer;
@@ -76,11 +78,21 @@ async fn start(authenticator: Authenticator, config: ServiceConfig) -> Running {
 
 /// A join-token file admitting one token as `who`.
 fn join_tokens(dir: &Path, who: &str) -> (String, JoinTokens) {
-    let (token, line) = join_token::new_token(&id(who));
+    join_tokens_with(dir, who, &TokenOptions::default())
+}
+
+/// A join-token file admitting one token as `who`, made with `options`.
+fn join_tokens_with(dir: &Path, who: &str, options: &TokenOptions) -> (String, JoinTokens) {
+    let (token, line) = join_token::new_token_with(&id(who), options).unwrap();
     let path = dir.join("tokens");
     std::fs::write(&path, line).unwrap();
     (token, JoinTokens::load(&path, Duration::ZERO).unwrap())
 }
+
+const SINGLE_USE: TokenOptions = TokenOptions {
+    ttl: join_token::DEFAULT_TTL,
+    single_use: true,
+};
 
 fn write_token(dir: &Path, token: &str) -> PathBuf {
     let path = dir.join("token");
@@ -698,6 +710,27 @@ async fn tokens_never_appear_in_logs() {
     let unknown = "unknown-secret-join-token-0123456789";
     post(&svc, CERTIFY_PATH, unknown, csr_json(&good_csr())).await;
     post(&svc, CERTIFY_PATH, &join, b"{broken".to_vec()).await;
+    // Expired and used tokens are refused without being logged either.
+    let expired = "expired-secret-join-token-0123456789";
+    let once_dir = tempfile::tempdir().unwrap();
+    let (once, once_tokens) = join_tokens_with(once_dir.path(), WEB, &SINGLE_USE);
+    std::fs::write(
+        once_dir.path().join("tokens"),
+        format!(
+            "{}sha256:{} {WEB} expires=2001-01-01T00:00:00Z\n",
+            std::fs::read_to_string(once_dir.path().join("tokens")).unwrap(),
+            join_token::token_hash(expired)
+        ),
+    )
+    .unwrap();
+    let once_svc = start(
+        Authenticator::JoinTokens(once_tokens),
+        ServiceConfig::default(),
+    )
+    .await;
+    for token in [once.as_str(), once.as_str(), expired] {
+        post(&once_svc, CERTIFY_PATH, token, csr_json(&good_csr())).await;
+    }
 
     let (api, ca_file, _stop) = api_server(dir.path(), false).await;
     let k8s = start(reviewer(dir.path(), api, ca_file), ServiceConfig::default()).await;
@@ -713,9 +746,12 @@ async fn tokens_never_appear_in_logs() {
     let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
     assert!(text.contains("issued"), "the capture works: {text}");
     assert!(text.contains("certify refused"), "refusals are logged");
+    assert!(text.contains("join token already used") && text.contains("join token expired"));
     for secret in [
         join.as_str(),
         unknown,
+        expired,
+        once.as_str(),
         "web-token",
         "garbage-secret-sa-token",
         SERVICE_TOKEN,
@@ -844,5 +880,397 @@ async fn trust_anchors_rotate_with_an_overlap_and_a_bad_edit_keeps_the_last_good
         &algs,
     )
     .unwrap();
+
+    // 4. That SVID renews with itself at once (its token gone), although the service's own
+    //    certificate, from the old issuer, was issued before the new root was in the bundle.
+    std::fs::remove_file(dir.path().join("token")).unwrap();
+    let renewed = client.renew(&issued.svid).await.unwrap();
+    assert_eq!(&renewed.svid.chain()[1], new.issuer_cert.der());
     stop.cancel();
+}
+
+// --- Join tokens: expiry, single use, renewal by SVID -------------------------------------
+
+/// The value of a counter series (`name{labels}`), 0 when absent.
+fn counter(series: &str) -> f64 {
+    let exposition = telemetry::prometheus().render();
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+/// The value of `warden_ca_certificates_issued_total{result="<result>"}`.
+fn issued_total(result: &str) -> f64 {
+    counter(&format!(
+        "warden_ca_certificates_issued_total{{result=\"{result}\"}}"
+    ))
+}
+
+#[tokio::test]
+async fn expired_join_tokens_are_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokens");
+    let token = "a-token-that-expired-long-ago";
+    std::fs::write(
+        &path,
+        format!(
+            "sha256:{} {WEB} expires=2001-01-01T00:00:00Z\n",
+            join_token::token_hash(token)
+        ),
+    )
+    .unwrap();
+    let tokens = JoinTokens::load(&path, Duration::ZERO).unwrap();
+    let svc = start(Authenticator::JoinTokens(tokens), ServiceConfig::default()).await;
+    let before = issued_total("expired_token");
+    let (status, body) = post(&svc, CERTIFY_PATH, token, csr_json(&good_csr())).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("join token expired"), "{body}");
+    assert!(!body.contains(token));
+    assert!(
+        issued_total("expired_token") > before,
+        "counted as expired_token"
+    );
+}
+
+#[tokio::test]
+async fn a_single_use_token_issues_once_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, tokens) = join_tokens_with(dir.path(), WEB, &SINGLE_USE);
+    let svc = start(Authenticator::JoinTokens(tokens), ServiceConfig::default()).await;
+    let before = issued_total("used_token");
+    let (status, body) = post(&svc, CERTIFY_PATH, &token, csr_json(&good_csr())).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post(&svc, CERTIFY_PATH, &token, csr_json(&good_csr())).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("join token already used"), "{body}");
+    assert!(issued_total("used_token") > before, "counted as used_token");
+    drop(svc);
+
+    // A new service on the same files remembers the use.
+    let path = dir.path().join("tokens");
+    let record = std::fs::read_to_string(join_token::used_path(&path)).unwrap();
+    assert!(
+        !record.contains(&token),
+        "the record holds the hash, not the token"
+    );
+    let tokens = JoinTokens::load(&path, Duration::ZERO).unwrap();
+    let svc = start(Authenticator::JoinTokens(tokens), ServiceConfig::default()).await;
+    let (status, body) = post(&svc, CERTIFY_PATH, &token, csr_json(&good_csr())).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("join token already used"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn of_concurrent_requests_with_a_single_use_token_exactly_one_is_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, tokens) = join_tokens_with(dir.path(), WEB, &SINGLE_USE);
+    let svc = Arc::new(start(Authenticator::JoinTokens(tokens), ServiceConfig::default()).await);
+    let mut requests = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (svc, token) = (svc.clone(), token.clone());
+        requests
+            .spawn(async move { post(&svc, CERTIFY_PATH, &token, csr_json(&good_csr())).await });
+    }
+    let replies = requests.join_all().await;
+    let issued = replies.iter().filter(|(status, _)| *status == 200).count();
+    assert_eq!(issued, 1, "{replies:?}");
+    for (status, body) in replies.iter().filter(|(status, _)| *status != 200) {
+        assert_eq!(*status, 401, "{body}");
+        assert!(body.contains("join token already used"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_workload_admitted_once_renews_with_its_svid_until_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, tokens) = join_tokens_with(dir.path(), WEB, &SINGLE_USE);
+    let svc = start(Authenticator::JoinTokens(tokens), ServiceConfig::default()).await;
+    let client = client(&svc, write_token(dir.path(), &token), Some(WEB));
+    let first = client.certify().await.unwrap();
+    // The token is used up: it no longer works alone...
+    let err = client.certify().await.unwrap_err().to_string();
+    assert!(err.contains("join token already used"), "{err}");
+    // ...but the SVID it got renews, again and again, with or without the token file.
+    let second = client.renew(&first.svid).await.unwrap();
+    assert_eq!(second.svid.id(), &id(WEB));
+    std::fs::remove_file(dir.path().join("token")).unwrap();
+    let third = client.renew(&second.svid).await.unwrap();
+    assert_ne!(
+        third.svid.chain()[0],
+        second.svid.chain()[0],
+        "a new certificate"
+    );
+
+    // Removing every line for the identity evicts it: renewals are refused.
+    std::fs::write(dir.path().join("tokens"), "").unwrap();
+    let err = client.renew(&third.svid).await.unwrap_err().to_string();
+    assert!(err.contains("is no longer in the join-token file"), "{err}");
+}
+
+// --- Connection limits: cap, header, idle and request timeouts -----------------------------
+
+/// What both servers' connections are: TLS to the issuance endpoint, plain TCP to admin.
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Bound on every wait of these tests; none is a timing assertion.
+const BOUND: Duration = Duration::from_secs(30);
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// A server under test: the issuance endpoint or an admin endpoint, with given limits.
+enum Server {
+    Identity(Running),
+    Admin(SocketAddr, CancellationToken),
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Server::Admin(_, stop) = self {
+            stop.cancel();
+        }
+    }
+}
+
+impl Server {
+    /// Both kinds, with the same limits.
+    async fn both(limits: ServerLimits) -> [Server; 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, tokens) = join_tokens(dir.path(), WEB);
+        let config = ServiceConfig {
+            max_connections: limits.max_connections,
+            handshake_timeout: limits.handshake_timeout,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            request_timeout: limits.request_timeout,
+            ..ServiceConfig::default()
+        };
+        assert_eq!(config.server_limits(), limits);
+        let identity = Server::Identity(start(Authenticator::JoinTokens(tokens), config).await);
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_ready, readiness) = tokio::sync::watch::channel(Readiness::not_ready("test"));
+        let mut telemetry = Telemetry::new(telemetry::prometheus());
+        // A /log-level that reads a request body, for the slow-body case.
+        telemetry.log_level = Some(Arc::new(|_| Ok("info".to_string())));
+        let stop = CancellationToken::new();
+        tokio::spawn(admin::serve_with_limits(
+            listener,
+            readiness,
+            telemetry,
+            limits,
+            stop.clone(),
+        ));
+        [identity, Server::Admin(addr, stop)]
+    }
+
+    /// The `server` label of its refusal counter.
+    fn label(&self) -> &'static str {
+        match self {
+            Server::Identity(_) => "https",
+            Server::Admin(..) => "admin",
+        }
+    }
+
+    /// A request whose body the server reads: it stays in flight until the body comes.
+    fn body_request(&self) -> &'static str {
+        match self {
+            Server::Identity(_) => {
+                "POST /v1/certify HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"
+            }
+            Server::Admin(..) => {
+                "PUT /log-level HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"
+            }
+        }
+    }
+
+    /// A new connection, TLS established for the issuance endpoint (timing out after BOUND).
+    async fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        let connect = async {
+            match self {
+                Server::Identity(svc) => {
+                    let config = tls::anonymous_client_config(
+                        Arc::new(svc.trust.clone()),
+                        ExpectedPeer::Exact(svc.server_id.clone()),
+                        &[b"http/1.1"],
+                    );
+                    let target = HttpsTarget::parse(&svc.url).unwrap();
+                    let tcp = tokio::net::TcpStream::connect(&target.authority).await?;
+                    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                        .connect(target.server_name.clone(), tcp)
+                        .await?;
+                    Ok(Box::new(tls) as Box<dyn Stream>)
+                }
+                Server::Admin(addr, _) => {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    Ok(Box::new(tcp) as Box<dyn Stream>)
+                }
+            }
+        };
+        tokio::time::timeout(BOUND, connect)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+
+    /// Whether a request on a new connection gets an HTTP answer.
+    async fn serves(&self) -> bool {
+        let Ok(mut stream) = self.connect().await else {
+            return false;
+        };
+        let request = b"GET /live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n";
+        if stream.write_all(request).await.is_err() {
+            return false;
+        }
+        reply(&mut stream).await.starts_with("HTTP/1.1 ")
+    }
+
+    /// Waits until a request on a new connection is answered.
+    async fn until_served(&self) {
+        let deadline = tokio::time::Instant::now() + BOUND;
+        while !self.serves().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{}: never served again",
+                self.label()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether a new connection is closed by the server before any request.
+    async fn refuses(&self) -> bool {
+        match self.connect().await {
+            Err(e) => e.kind() != std::io::ErrorKind::TimedOut,
+            Ok(mut stream) => closed_by_server(&mut stream).await,
+        }
+    }
+}
+
+/// What the server sends until it closes (or BOUND passes), as text.
+async fn reply(stream: &mut Box<dyn Stream>) -> String {
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(BOUND, stream.read_to_end(&mut bytes)).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Whether the server closes the connection within BOUND (whatever it says first).
+async fn closed_by_server(stream: &mut Box<dyn Stream>) -> bool {
+    let mut sink = Vec::new();
+    tokio::time::timeout(BOUND, stream.read_to_end(&mut sink))
+        .await
+        .is_ok()
+}
+
+/// Sends request headers one byte every 50 ms and never finishes them; whether the server
+/// cuts the connection within BOUND.
+async fn slowloris(mut stream: Box<dyn Stream>) -> bool {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    if stream
+        .write_all(b"GET /live HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .is_err()
+    {
+        return true;
+    }
+    while tokio::time::Instant::now() < deadline {
+        if stream.write_all(b"a").await.is_err() || stream.flush().await.is_err() {
+            return true;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(50), stream.read(&mut buf)).await {
+            Err(_) => {} // nothing yet: keep trickling
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => return true, // answered (an error) rather than waiting
+        }
+    }
+    false
+}
+
+#[tokio::test]
+async fn slow_headers_and_slow_bodies_are_cut_off_and_others_are_served() {
+    // Only the header and request timeouts are short: nothing else can end these connections.
+    let limits = ServerLimits {
+        header_read_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(1),
+        handshake_timeout: HOUR,
+        idle_timeout: HOUR,
+        ..ServerLimits::default()
+    };
+    for server in Server::both(limits).await {
+        let name = server.label();
+        assert!(
+            slowloris(server.connect().await.unwrap()).await,
+            "{name}: a slowloris client is cut at the header timeout"
+        );
+        let mut slow_body = server.connect().await.unwrap();
+        slow_body
+            .write_all(server.body_request().as_bytes())
+            .await
+            .unwrap();
+        let answer = reply(&mut slow_body).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "{name}: a body that never comes gets 408: {answer:?}"
+        );
+        assert!(server.serves().await, "{name}: others are served");
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once_and_counted() {
+    // Nothing times out: only the cap decides.
+    let limits = ServerLimits {
+        max_connections: 8,
+        handshake_timeout: HOUR,
+        header_read_timeout: HOUR,
+        idle_timeout: HOUR,
+        request_timeout: HOUR,
+        ..ServerLimits::default()
+    };
+    for server in Server::both(limits).await {
+        let name = server.label();
+        let series = format!("warden_server_connections_refused_total{{server=\"{name}\"}}");
+        let before = counter(&series);
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(server.connect().await.unwrap());
+        }
+        assert!(
+            server.refuses().await,
+            "{name}: the 9th connection is closed"
+        );
+        assert!(counter(&series) > before, "{name}: and counted");
+        // Clients that leave free their slots.
+        drop(held);
+        server.until_served().await;
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_at_the_idle_timeout_and_free_their_slots() {
+    // Only the idle timeout is short: nothing else can end these connections.
+    let limits = ServerLimits {
+        max_connections: 8,
+        idle_timeout: Duration::from_secs(1),
+        handshake_timeout: HOUR,
+        header_read_timeout: HOUR,
+        request_timeout: HOUR,
+        ..ServerLimits::default()
+    };
+    for server in Server::both(limits).await {
+        let name = server.label();
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(server.connect().await.unwrap());
+        }
+        for (i, stream) in held.iter_mut().enumerate() {
+            assert!(
+                closed_by_server(stream).await,
+                "{name}: idle connection {i} is closed by the server"
+            );
+        }
+        // The slots are free again while the clients still hold their ends.
+        server.until_served().await;
+    }
 }

@@ -1,7 +1,77 @@
 //! What the injector puts into pods, with defaults.
 
-use warden_core::contract;
+use std::collections::BTreeSet;
+
+use warden_core::contract::{self, annotations};
 use warden_core::TrustDomain;
+
+/// The `warden injector` flag (without its dashes) that allows a [`SecurityAnnotation`].
+pub const ALLOW_ANNOTATION_FLAG: &str = "allow-pod-annotation";
+
+/// A bad injector setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not one of the annotations that [`SecurityAnnotation`] names.
+    #[error(
+        "{0:?} is not a security-relevant pod annotation (one of: {known})",
+        known = SecurityAnnotation::known()
+    )]
+    UnknownAnnotation(String),
+}
+
+/// A pod annotation that weakens enforcement: honoured only when the operator allows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SecurityAnnotation {
+    /// `warden.dev/skip-inbound-ports`: those ports get neither mTLS nor authorization.
+    SkipInboundPorts,
+    /// `warden.dev/skip-outbound-ports`: the app's traffic to those ports leaves unmeshed.
+    SkipOutboundPorts,
+    /// `warden.dev/skip-outbound-cidrs`: the app's traffic to those networks leaves unmeshed.
+    SkipOutboundCidrs,
+    /// `warden.dev/inbound-mode: permissive`: plaintext callers are accepted.
+    PermissiveInbound,
+}
+
+impl SecurityAnnotation {
+    /// Every security-relevant annotation.
+    pub const ALL: [Self; 4] = [
+        Self::SkipInboundPorts,
+        Self::SkipOutboundPorts,
+        Self::SkipOutboundCidrs,
+        Self::PermissiveInbound,
+    ];
+
+    /// The annotation's key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::SkipInboundPorts => annotations::SKIP_INBOUND_PORTS,
+            Self::SkipOutboundPorts => annotations::SKIP_OUTBOUND_PORTS,
+            Self::SkipOutboundCidrs => annotations::SKIP_OUTBOUND_CIDRS,
+            Self::PermissiveInbound => annotations::INBOUND_MODE,
+        }
+    }
+
+    /// Whether `value` weakens enforcement (`inbound-mode: strict`, the default, does not).
+    pub fn weakens(self, value: &str) -> bool {
+        match self {
+            Self::PermissiveInbound => value != "strict",
+            _ => true,
+        }
+    }
+
+    /// The keys of [`Self::ALL`], comma-separated.
+    fn known() -> String {
+        Self::ALL.map(Self::key).join(", ")
+    }
+
+    /// Reads an annotation key, e.g. `warden.dev/skip-inbound-ports`.
+    pub fn parse(key: &str) -> Result<Self, ConfigError> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.key() == key.trim())
+            .ok_or_else(|| ConfigError::UnknownAnnotation(key.to_string()))
+    }
+}
 
 /// How the proxy runs beside the app.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +129,9 @@ pub struct InjectorConfig {
     pub init_resources: Resources,
     /// Recorded in the `warden.dev/injected-version` annotation.
     pub version: String,
+    /// The security-relevant annotations pods may use (default: none; others are ignored
+    /// with a warning).
+    pub allowed_annotations: BTreeSet<SecurityAnnotation>,
 }
 
 impl InjectorConfig {
@@ -88,6 +161,38 @@ impl InjectorConfig {
                 memory_limit: Some("50Mi".into()),
             },
             version: env!("CARGO_PKG_VERSION").into(),
+            allowed_annotations: BTreeSet::new(),
         }
+    }
+
+    /// Whether pods may use `annotation`.
+    pub fn allows(&self, annotation: SecurityAnnotation) -> bool {
+        self.allowed_annotations.contains(&annotation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn security_annotations_parse_by_key_and_nothing_else() {
+        for annotation in SecurityAnnotation::ALL {
+            assert_eq!(SecurityAnnotation::parse(annotation.key()), Ok(annotation));
+        }
+        for bad in [
+            "",
+            "skip-inbound-ports",
+            "warden.dev/opaque-ports",
+            "warden.dev/log-level",
+        ] {
+            let err = SecurityAnnotation::parse(bad).unwrap_err();
+            assert!(err.to_string().contains("not a security-relevant"), "{err}");
+        }
+        let config = InjectorConfig::new("img", "");
+        assert!(
+            SecurityAnnotation::ALL.iter().all(|a| !config.allows(*a)),
+            "none by default"
+        );
     }
 }

@@ -14,13 +14,23 @@
 //!   audience `warden-identity`; the namespace's `warden-policy` ConfigMap (optional);
 //! - the app's HTTP, TCP and gRPC probes rewritten to pass through the proxy's admin port;
 //! - annotations: the injected version and kubectl's default container.
+//!
+//! What it refuses (the API server denies the pod, with the reason):
+//! - containers under Warden's names (`warden-init`, `warden-proxy`) that are not exactly
+//!   what it adds: only a pod whose Warden containers and volumes are its own (a
+//!   reinvocation, or a copy of an injected pod) counts as already injected, never one that
+//!   merely carries the `warden.dev/injected-version` annotation (that one is injected);
+//! - an app container running as the proxy's UID 2626, whose traffic is never intercepted.
+//!
+//! Security-relevant annotations (skipped ports and networks, permissive inbound) are ignored,
+//! with a warning, unless the operator allows them (`InjectorConfig::allowed_annotations`).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
-    Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -30,11 +40,20 @@ use warden_core::contract::{self, annotations, env};
 use warden_core::probe::{self, AppProbe, AppProbes};
 use warden_core::Cidr;
 
-use crate::config::{InjectorConfig, Resources, SidecarMode};
+use crate::config::{
+    InjectorConfig, Resources, SecurityAnnotation, SidecarMode, ALLOW_ANNOTATION_FLAG,
+};
 
-/// Why a pod is left unchanged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Skip(pub String);
+/// Why a pod gets no patch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotInjected {
+    /// The pod is allowed unchanged (opted out, already injected, `hostNetwork`, ...).
+    #[error("not injected: {0}")]
+    Skipped(String),
+    /// The pod is refused: admitted as it is, it would get around the mesh.
+    #[error("refused: {0}")]
+    Refused(String),
+}
 
 /// A patch to apply, and warnings for the pod's author.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,9 +119,36 @@ fn quantity(value: &str) -> Result<String, String> {
     }
 }
 
+/// The pod's annotations without the security-relevant ones the operator does not allow; each
+/// of those is ignored and reported in `warnings`.
+fn permitted<'a>(
+    pod_annotations: Option<&'a BTreeMap<String, String>>,
+    config: &InjectorConfig,
+    warnings: &mut Vec<String>,
+) -> BTreeMap<&'a str, &'a str> {
+    let mut permitted: BTreeMap<&str, &str> = pod_annotations
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    for annotation in SecurityAnnotation::ALL {
+        let key = annotation.key();
+        let weakens = permitted.get(key).is_some_and(|v| annotation.weakens(v));
+        if weakens && !config.allows(annotation) {
+            permitted.remove(key);
+            warnings.push(format!(
+                "warden: annotation {key} ignored: it weakens enforcement and the injector's \
+                 configuration does not allow it (an operator can, with the injector's \
+                 --{ALLOW_ANNOTATION_FLAG} {key})"
+            ));
+        }
+    }
+    permitted
+}
+
 impl Overrides {
     fn read(
-        pod_annotations: &BTreeMap<String, String>,
+        pod_annotations: &BTreeMap<&str, &str>,
         config: &InjectorConfig,
         warnings: &mut Vec<String>,
     ) -> Self {
@@ -474,8 +520,163 @@ fn rewritten(probe: &Probe, container: &str, kind: &str) -> Probe {
     }
 }
 
-/// The patch for `pod`, or why it is left alone.
-pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, Skip> {
+/// Whether a container name is one of Warden's.
+fn reserved(name: &str) -> bool {
+    name == contract::PROXY_CONTAINER || name == contract::INIT_CONTAINER
+}
+
+/// Every container of the pod (init, app and ephemeral): its name and securityContext.
+fn all_containers(spec: &PodSpec) -> impl Iterator<Item = (&str, Option<&SecurityContext>)> {
+    let regular = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .map(|c| (c.name.as_str(), c.security_context.as_ref()));
+    let ephemeral = spec
+        .ephemeral_containers
+        .iter()
+        .flatten()
+        .map(|c| (c.name.as_str(), c.security_context.as_ref()));
+    regular.chain(ephemeral)
+}
+
+/// Fields the API server fills in with defaults, found in a reinvoked or copied pod although
+/// the injector never sets them; none changes what a container may do.
+fn defaulted(key: &str, value: &Value) -> bool {
+    match key {
+        "imagePullPolicy"
+        | "terminationMessagePath"
+        | "terminationMessagePolicy"
+        | "timeoutSeconds"
+        | "successThreshold"
+        | "defaultMode" => true,
+        "apiVersion" => value == "v1",
+        "procMount" => value == "Default",
+        _ => false,
+    }
+}
+
+/// Whether `actual` is `expected` plus, at most, fields the API server defaults.
+fn covers(expected: &Value, actual: &Value) -> bool {
+    match (expected, actual) {
+        (Value::Object(e), Value::Object(a)) => {
+            e.iter()
+                .all(|(k, v)| a.get(k).is_some_and(|w| covers(v, w)))
+                && a.iter().all(|(k, v)| e.contains_key(k) || defaulted(k, v))
+        }
+        (Value::Array(e), Value::Array(a)) => {
+            e.len() == a.len() && e.iter().zip(a).all(|(e, a)| covers(e, a))
+        }
+        _ => expected == actual,
+    }
+}
+
+/// A Warden container as compared with what the injector adds: without its resources (the
+/// API server canonicalizes quantities, and they weaken nothing) and its app-probe table
+/// (derived from the app's own probes, which the pod controls anyway).
+fn comparable(container: &Container) -> Value {
+    let mut value = to_value(container);
+    if let Some(fields) = value.as_object_mut() {
+        fields.remove("resources");
+    }
+    if let Some(env) = value.get_mut("env").and_then(Value::as_array_mut) {
+        env.retain(|e| e["name"] != probe::ENV);
+    }
+    value
+}
+
+/// The refusal of a pod that uses one of Warden's names for its own `kind` (container, volume).
+fn reserved_name(kind: &str, name: &str) -> NotInjected {
+    NotInjected::Refused(format!(
+        "{kind} name {name} is reserved for Warden's sidecar, and this pod's {name} is not \
+         what the injector adds: remove it (the injector adds its own)"
+    ))
+}
+
+/// Whether the pod already has exactly the containers and volumes the injector adds (a
+/// reinvocation, or a copy of an injected pod): `Ok(false)` when it has none of them, refused
+/// when anything under Warden's names is not the injector's.
+fn already_injected(
+    spec: &PodSpec,
+    config: &InjectorConfig,
+    o: &Overrides,
+) -> Result<bool, NotInjected> {
+    let init = init_container(config, o);
+    let proxy = proxy_container(config, o, &AppProbes::new());
+    let init_list = spec.init_containers.as_deref().unwrap_or_default();
+    let (proxy_list, proxy_at) = match o.mode {
+        SidecarMode::Native => (init_list, 1),
+        SidecarMode::Regular => (spec.containers.as_slice(), 0),
+    };
+    let expected = [(init_list, 0, &init), (proxy_list, proxy_at, &proxy)];
+    let in_place = |name: &str| {
+        expected.iter().any(|(list, at, want)| {
+            want.name == name
+                && list
+                    .get(*at)
+                    .is_some_and(|c| covers(&comparable(want), &comparable(c)))
+        })
+    };
+    let found: Vec<&str> = all_containers(spec)
+        .map(|(name, _)| name)
+        .filter(|name| reserved(name))
+        .collect();
+    let wanted = volumes();
+    let pod_volumes = spec.volumes.as_deref().unwrap_or_default();
+    let Some(&first) = found.first() else {
+        return match pod_volumes
+            .iter()
+            .find(|v| wanted.iter().any(|w| w.name == v.name))
+        {
+            Some(volume) => Err(reserved_name("volume", &volume.name)),
+            None => Ok(false),
+        };
+    };
+    // Both in place and nothing else under their names (e.g. an ephemeral container).
+    let complete =
+        found.len() == expected.len() && expected.iter().all(|(_, _, want)| in_place(&want.name));
+    if !complete {
+        let culprit = found
+            .iter()
+            .copied()
+            .find(|name| !in_place(name))
+            .unwrap_or(first);
+        return Err(reserved_name("container", culprit));
+    }
+    for want in &wanted {
+        let ours = pod_volumes
+            .iter()
+            .any(|v| v.name == want.name && covers(&to_value(want), &to_value(v)));
+        if !ours {
+            return Err(reserved_name("volume", &want.name));
+        }
+    }
+    Ok(true)
+}
+
+/// Why the pod is refused if one of its own containers runs as the proxy's UID (its own
+/// `runAsUser`, or the pod's): that container's traffic would never be intercepted.
+fn runs_as_proxy_uid(spec: &PodSpec) -> Option<NotInjected> {
+    let proxy_uid = i64::from(contract::PROXY_UID);
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    all_containers(spec)
+        .filter(|(name, _)| !reserved(name))
+        .find_map(|(name, sc)| {
+            let source = match sc.and_then(|s| s.run_as_user) {
+                Some(uid) if uid == proxy_uid => "its securityContext.runAsUser",
+                None if pod_uid == Some(proxy_uid) => "the pod's securityContext.runAsUser",
+                _ => return None,
+            };
+            Some(NotInjected::Refused(format!(
+                "container {name} runs as UID {proxy_uid} ({source}), the proxy's UID, whose \
+                 traffic is never intercepted: it would bypass the mesh; run it as another UID"
+            )))
+        })
+}
+
+/// The patch for `pod`, or why it gets none.
+pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInjected> {
     let meta = &pod.metadata;
     let opted_out = |m: &Option<BTreeMap<String, String>>| {
         m.as_ref()
@@ -483,40 +684,34 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, Skip> {
             .is_some_and(|v| v == "disabled")
     };
     if opted_out(&meta.labels) || opted_out(&meta.annotations) {
-        return Err(Skip(
+        return Err(NotInjected::Skipped(
             "the pod opted out (warden.dev/inject: disabled)".into(),
         ));
     }
     let Some(spec) = &pod.spec else {
-        return Err(Skip("the pod has no spec".into()));
+        return Err(NotInjected::Skipped("the pod has no spec".into()));
     };
     if spec.host_network == Some(true) {
-        return Err(Skip(
+        return Err(NotInjected::Skipped(
             "hostNetwork pods share the node's network and are not meshed".into(),
         ));
     }
-    let ours =
-        |c: &Container| c.name == contract::PROXY_CONTAINER || c.name == contract::INIT_CONTAINER;
-    let injected = meta
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(annotations::INJECTED_VERSION))
-        || spec.containers.iter().any(ours)
-        || spec.init_containers.iter().flatten().any(ours);
-    if injected {
-        return Err(Skip("the pod is already injected".into()));
-    }
-    if spec.containers.is_empty() {
-        return Err(Skip("the pod has no containers".into()));
-    }
 
     let mut warnings = Vec::new();
-    let no_annotations = BTreeMap::new();
-    let overrides = Overrides::read(
-        meta.annotations.as_ref().unwrap_or(&no_annotations),
-        config,
-        &mut warnings,
-    );
+    let permitted = permitted(meta.annotations.as_ref(), config, &mut warnings);
+    let overrides = Overrides::read(&permitted, config, &mut warnings);
+    // Only the containers are trusted, never the injected-version annotation alone (it is
+    // overwritten below).
+    let injected = already_injected(spec, config, &overrides)?;
+    if let Some(refusal) = runs_as_proxy_uid(spec) {
+        return Err(refusal);
+    }
+    if injected {
+        return Err(NotInjected::Skipped("the pod is already injected".into()));
+    }
+    if spec.containers.is_empty() {
+        return Err(NotInjected::Skipped("the pod has no containers".into()));
+    }
     let mut ops = Vec::new();
 
     // Probes: rewrite HTTP, TCP and gRPC probes of the app's containers to the admin port.
@@ -614,4 +809,73 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, Skip> {
         patch: Value::Array(ops),
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn covers_tolerates_only_api_server_defaults() {
+        let want = json!({"name": "warden-proxy", "args": ["proxy"], "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]});
+        let cases = [
+            (want.clone(), true),
+            (
+                json!({"name": "warden-proxy", "args": ["proxy"], "imagePullPolicy": "Always", "terminationMessagePolicy": "File",
+                    "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x", "apiVersion": "v1"}}}]}),
+                true,
+            ),
+            (
+                json!({"name": "warden-proxy", "args": ["proxy"], "command": ["sh"],
+                    "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}),
+                false,
+            ),
+            (
+                json!({"name": "warden-proxy", "args": ["proxy", "--x"],
+                    "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}]}),
+                false,
+            ),
+            (
+                json!({"name": "warden-proxy", "args": ["proxy"],
+                    "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x", "apiVersion": "v2"}}}]}),
+                false,
+            ),
+            (
+                json!({"name": "warden-proxy", "args": ["proxy"],
+                    "env": [{"name": "A", "valueFrom": {"fieldRef": {"fieldPath": "x"}}}, {"name": "B", "value": "1"}]}),
+                false,
+            ),
+            (json!({"name": "warden-proxy", "args": ["proxy"]}), false),
+        ];
+        for (i, (actual, ok)) in cases.into_iter().enumerate() {
+            assert_eq!(covers(&want, &actual), ok, "case {i}: {actual}");
+        }
+    }
+
+    #[test]
+    fn only_allowed_security_annotations_are_permitted() {
+        let pod: BTreeMap<String, String> = [
+            ("warden.dev/skip-inbound-ports", "22"),
+            ("warden.dev/inbound-mode", "strict"),
+            ("warden.dev/log-level", "debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut config = InjectorConfig::new("img", "");
+        let mut warnings = Vec::new();
+        let kept = permitted(Some(&pod), &config, &mut warnings);
+        assert_eq!(
+            kept.keys().copied().collect::<Vec<_>>(),
+            ["warden.dev/inbound-mode", "warden.dev/log-level"],
+            "strict weakens nothing"
+        );
+        assert_eq!(warnings.len(), 1);
+        config
+            .allowed_annotations
+            .insert(SecurityAnnotation::SkipInboundPorts);
+        let mut warnings = Vec::new();
+        assert_eq!(permitted(Some(&pod), &config, &mut warnings).len(), 3);
+        assert!(warnings.is_empty());
+    }
 }

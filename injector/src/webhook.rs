@@ -1,9 +1,11 @@
 //! The admission webhook: `POST /mutate` with an `admission.k8s.io/v1` AdmissionReview.
 //!
-//! It answers with the request's `uid`, `allowed: true` (the injector never blocks a pod),
-//! and a base64 JSON patch with `patchType: JSONPatch` only when there is one; skipped pods
-//! get a warning saying why. A malformed body or the wrong apiVersion is 400, an oversized
-//! body 413; a non-Pod object, another operation or a dry run is allowed unchanged.
+//! It answers with the request's `uid`, `allowed: true`, and a base64 JSON patch with
+//! `patchType: JSONPatch` only when there is one; skipped pods get a warning saying why. A pod
+//! that would get around the mesh (a fake Warden container, an app running as the proxy's
+//! UID) is refused: `allowed: false` with a 403 status saying why. A malformed body or the
+//! wrong apiVersion is 400, an oversized body 413; a non-Pod object, another operation or a
+//! dry run is allowed unchanged.
 
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use serde_json::{json, Value};
 use warden_identity::http::{json as json_response, read_body, text, Body, BodyError};
 
 use crate::config::InjectorConfig;
-use crate::patch::{inject, Skip};
+use crate::patch::{inject, NotInjected};
 
 /// The admission API version served.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -53,8 +55,14 @@ impl ReviewError {
 pub struct Answer {
     /// The AdmissionReview to return.
     pub review: Value,
-    /// `injected`, `skipped`, `ignored` (not a pod creation), `dry_run` or `invalid_pod`.
+    /// `injected`, `skipped`, `refused`, `ignored` (not a pod creation), `dry_run` or
+    /// `invalid_pod`.
     pub outcome: &'static str,
+}
+
+/// An AdmissionReview carrying `response`.
+fn envelope(response: Value) -> Value {
+    json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response})
 }
 
 fn response(uid: &str, patch: Option<&Value>, warnings: Vec<String>) -> Value {
@@ -67,7 +75,16 @@ fn response(uid: &str, patch: Option<&Value>, warnings: Vec<String>) -> Value {
     if !warnings.is_empty() {
         response["warnings"] = json!(warnings);
     }
-    json!({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response})
+    envelope(response)
+}
+
+/// A refusal: the API server denies the request and shows `message`.
+fn denial(uid: &str, message: String) -> Value {
+    envelope(json!({
+        "uid": uid,
+        "allowed": false,
+        "status": {"status": "Failure", "code": 403, "reason": "Forbidden", "message": message},
+    }))
 }
 
 /// Answers one AdmissionReview body.
@@ -117,11 +134,13 @@ pub fn review(body: &[u8], config: &InjectorConfig) -> Result<Answer, ReviewErro
     };
     Ok(match inject(&pod, config) {
         Ok(injection) => answer(Some(&injection.patch), injection.warnings, "injected"),
-        Err(Skip(reason)) => answer(
-            None,
-            vec![format!("warden: not injected: {reason}")],
-            "skipped",
-        ),
+        Err(skip @ NotInjected::Skipped(_)) => {
+            answer(None, vec![format!("warden: {skip}")], "skipped")
+        }
+        Err(NotInjected::Refused(reason)) => Answer {
+            review: denial(&request.uid, format!("warden: {reason}")),
+            outcome: "refused",
+        },
     })
 }
 
@@ -151,7 +170,7 @@ pub async fn handle(req: Request<Incoming>, config: Arc<InjectorConfig>) -> Resp
     match review(&body, &config) {
         Ok(answer) => {
             count(answer.outcome);
-            if answer.outcome == "injected" || answer.outcome == "skipped" {
+            if matches!(answer.outcome, "injected" | "skipped" | "refused") {
                 tracing::info!(outcome = answer.outcome, "admission review");
             }
             json_response(StatusCode::OK, &answer.review)
@@ -172,11 +191,12 @@ fn count(result: &'static str) {
 pub fn describe() {
     metrics::describe_counter!(
         "warden_injector_reviews_total",
-        "AdmissionReviews answered, by result (injected, skipped, ignored, dry_run, invalid_pod, malformed, too_large)."
+        "AdmissionReviews answered, by result (injected, skipped, refused, ignored, dry_run, invalid_pod, malformed, too_large)."
     );
     for result in [
         "injected",
         "skipped",
+        "refused",
         "ignored",
         "dry_run",
         "invalid_pod",

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use base64::Engine;
 use serde_json::{json, Value};
-use warden_injector::config::InjectorConfig;
+use warden_injector::config::{InjectorConfig, SecurityAnnotation};
 use warden_injector::webhook::{review, ReviewError};
 
 fn config() -> InjectorConfig {
@@ -18,6 +18,13 @@ fn config() -> InjectorConfig {
         "-----BEGIN CERTIFICATE-----\nMIIB...test-anchor...\n-----END CERTIFICATE-----\n",
     );
     config.version = "0.1.0-test".into();
+    config
+}
+
+/// The test configuration with `allowed` security-relevant annotations allowed.
+fn allowing(allowed: &[SecurityAnnotation]) -> InjectorConfig {
+    let mut config = config();
+    config.allowed_annotations = allowed.iter().copied().collect();
     config
 }
 
@@ -134,7 +141,11 @@ fn admission_review(pod: Value, operation: &str, dry_run: bool) -> Value {
 }
 
 fn answer(review_doc: &Value) -> (Value, &'static str) {
-    let answer = review(&serde_json::to_vec(review_doc).unwrap(), &config()).unwrap();
+    answer_with(review_doc, &config())
+}
+
+fn answer_with(review_doc: &Value, config: &InjectorConfig) -> (Value, &'static str) {
+    let answer = review(&serde_json::to_vec(review_doc).unwrap(), config).unwrap();
     (answer.review, answer.outcome)
 }
 
@@ -361,7 +372,9 @@ fn a_deployment_pod_gets_a_native_sidecar_and_its_probes_rewritten() {
 #[test]
 fn existing_init_containers_several_containers_and_annotations() {
     let pod = busy_pod();
-    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    // The operator allows skipped outbound ports (busy_pod skips 5432).
+    let config = allowing(&[SecurityAnnotation::SkipOutboundPorts]);
+    let (response, outcome) = answer_with(&admission_review(pod.clone(), "CREATE", false), &config);
     assert_eq!(outcome, "injected");
     let patch = decoded_patch(&response).unwrap();
     golden("busy-pod", &patch);
@@ -504,7 +517,9 @@ fn bad_annotations_warn_and_fall_back_to_defaults() {
         "warden.dev/proxy-cpu-limit": "lots",
         "warden.dev/skip-outbound-cidrs": "10.0.0.1/8"
     });
-    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    // Allowed, so that the values themselves are checked.
+    let config = allowing(&SecurityAnnotation::ALL);
+    let (response, outcome) = answer_with(&admission_review(pod.clone(), "CREATE", false), &config);
     assert_eq!(outcome, "injected");
     let warnings: Vec<&str> = response["response"]["warnings"]
         .as_array()
@@ -541,4 +556,426 @@ fn malformed_reviews_are_refused_with_the_reason() {
         assert_eq!(err.status(), 400);
         assert!(err.to_string().contains(want), "{err}");
     }
+}
+
+fn warnings_of(response: &Value) -> Vec<String> {
+    response["response"]["warnings"]
+        .as_array()
+        .map(|w| w.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// What the API server fills in after the patch (the injector never sets these), as a
+/// reinvocation or `kubectl get pod -o json` shows it.
+fn with_api_server_defaults(pod: &mut Value) {
+    for list in ["initContainers", "containers"] {
+        let Some(containers) = pod
+            .pointer_mut(&format!("/spec/{list}"))
+            .and_then(Value::as_array_mut)
+        else {
+            continue;
+        };
+        for c in containers {
+            let fields = c.as_object_mut().unwrap();
+            fields
+                .entry("imagePullPolicy")
+                .or_insert(json!("IfNotPresent"));
+            fields
+                .entry("terminationMessagePath")
+                .or_insert(json!("/dev/termination-log"));
+            fields
+                .entry("terminationMessagePolicy")
+                .or_insert(json!("File"));
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                if let Some(p) = fields.get_mut(probe).and_then(Value::as_object_mut) {
+                    p.entry("timeoutSeconds").or_insert(json!(1));
+                    p.entry("successThreshold").or_insert(json!(1));
+                }
+            }
+            for e in fields
+                .get_mut("env")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(f) = e
+                    .pointer_mut("/valueFrom/fieldRef")
+                    .and_then(Value::as_object_mut)
+                {
+                    f.entry("apiVersion").or_insert(json!("v1"));
+                }
+            }
+        }
+    }
+    for v in pod["spec"]["volumes"].as_array_mut().unwrap() {
+        for source in ["projected", "configMap"] {
+            if let Some(s) = v.get_mut(source).and_then(Value::as_object_mut) {
+                s.entry("defaultMode").or_insert(json!(420));
+            }
+        }
+    }
+}
+
+/// `pod` injected under `config`, as the API server stores it.
+fn stored(pod: Value, config: &InjectorConfig) -> Value {
+    let (response, outcome) = answer_with(&admission_review(pod.clone(), "CREATE", false), config);
+    assert_eq!(outcome, "injected", "{response}");
+    let mut pod = apply(&pod, &decoded_patch(&response).unwrap());
+    with_api_server_defaults(&mut pod);
+    pod
+}
+
+fn init_list(pod: &mut Value) -> &mut Vec<Value> {
+    pod["spec"]["initContainers"].as_array_mut().unwrap()
+}
+
+/// The injected proxy (native mode: the second init container).
+fn proxy_of(pod: &mut Value) -> &mut Value {
+    &mut init_list(pod)[1]
+}
+
+fn proxy_env(pod: &Value, name: &str) -> Option<Value> {
+    pod["spec"]["initContainers"][1]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].clone())
+}
+
+/// A change made to a pod in a test case.
+type Edit = fn(&mut Value);
+
+fn with_annotations(mut pod: Value, annotations: Value) -> Value {
+    pod["metadata"]["annotations"] = annotations;
+    pod
+}
+
+#[test]
+fn a_genuinely_injected_pod_reviewed_again_is_skipped() {
+    let regular = with_annotations(
+        deployment_pod(),
+        json!({"warden.dev/sidecar-mode": "regular"}),
+    );
+    let canonicalized = with_annotations(
+        deployment_pod(),
+        json!({"warden.dev/proxy-cpu-request": "0.1"}),
+    );
+    let skip_outbound = allowing(&[SecurityAnnotation::SkipOutboundPorts]);
+    let cases: Vec<(&str, Value, InjectorConfig, Edit)> = vec![
+        ("native sidecar", deployment_pod(), config(), |_| {}),
+        ("regular container", regular, config(), |_| {}),
+        (
+            "allowed annotations, init containers",
+            busy_pod(),
+            skip_outbound,
+            |_| {},
+        ),
+        (
+            "quantities canonicalized by the API server",
+            canonicalized,
+            config(),
+            |pod| proxy_of(pod)["resources"]["requests"]["cpu"] = json!("100m"),
+        ),
+    ];
+    for (name, pod, config, change) in cases {
+        let mut pod = stored(pod, &config);
+        change(&mut pod);
+        let (response, outcome) = answer_with(&admission_review(pod, "CREATE", false), &config);
+        assert_eq!(outcome, "skipped", "{name}: {response}");
+        assert!(response["response"].get("patch").is_none(), "{name}");
+        assert_eq!(
+            warnings_of(&response),
+            ["warden: not injected: the pod is already injected"],
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_forged_injected_version_annotation_is_overwritten_and_the_pod_injected() {
+    let pod = with_annotations(
+        deployment_pod(),
+        json!({"warden.dev/injected-version": "9.9.9"}),
+    );
+    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    assert_eq!(outcome, "injected", "{response}");
+    let patched = apply(&pod, &decoded_patch(&response).unwrap());
+    assert_eq!(
+        patched["metadata"]["annotations"]["warden.dev/injected-version"],
+        "0.1.0-test"
+    );
+    assert_eq!(patched["spec"]["initContainers"][0]["name"], "warden-init");
+    assert_eq!(patched["spec"]["initContainers"][1]["name"], "warden-proxy");
+}
+
+/// A refused review: not allowed, no patch, a 403 whose message contains `want`.
+fn assert_refused(name: &str, response: &Value, outcome: &str, want: &str) {
+    assert_eq!(outcome, "refused", "{name}: {response}");
+    let r = &response["response"];
+    assert_eq!(r["allowed"], false, "{name}");
+    assert!(
+        r.get("patch").is_none() && r.get("patchType").is_none(),
+        "{name}"
+    );
+    assert_eq!(r["status"]["code"], 403, "{name}");
+    let message = r["status"]["message"].as_str().unwrap();
+    assert!(message.starts_with("warden: "), "{name}: {message}");
+    assert!(message.contains(want), "{name}: {message:?} lacks {want:?}");
+}
+
+#[test]
+fn containers_under_wardens_names_that_are_not_the_injectors_are_refused() {
+    let fake = json!({"name": "warden-proxy", "image": "busybox", "command": ["sleep", "inf"]});
+    let mut fake_proxy = deployment_pod();
+    fake_proxy["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(fake.clone());
+    let fake_proxy_annotated = with_annotations(
+        fake_proxy.clone(),
+        json!({"warden.dev/injected-version": "0.1.0-test"}),
+    );
+    let mut fake_init = busy_pod();
+    init_list(&mut fake_init).insert(
+        0,
+        json!({"name": "warden-init", "image": "busybox", "command": ["true"]}),
+    );
+    let mut own_volume = deployment_pod();
+    own_volume["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "warden-token", "emptyDir": {}}));
+    let proxy = "container name warden-proxy is reserved for Warden's sidecar";
+    let init = "container name warden-init is reserved for Warden's sidecar";
+    let mut cases: Vec<(&str, Value, &str)> = vec![
+        ("an app container named warden-proxy", fake_proxy, proxy),
+        (
+            "the same with the injected-version annotation",
+            fake_proxy_annotated,
+            proxy,
+        ),
+        ("an init container named warden-init", fake_init, init),
+        (
+            "the pod's own volume named warden-token",
+            own_volume,
+            "volume name warden-token is reserved",
+        ),
+    ];
+    // Copies of an injected pod, edited.
+    let edits: [(&str, Edit, &str); 8] = [
+        (
+            "a permissive proxy",
+            |pod| {
+                proxy_of(pod)["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "WARDEN_INBOUND_MODE", "value": "permissive"}))
+            },
+            proxy,
+        ),
+        (
+            "skipped ports added to warden-init",
+            |pod| {
+                init_list(pod)[0]["args"] = json!(["init", "--skip-inbound-ports", "22"]);
+            },
+            init,
+        ),
+        (
+            "another image",
+            |pod| proxy_of(pod)["image"] = json!("evil.example/warden:0.1.0"),
+            proxy,
+        ),
+        (
+            "a command replacing the proxy",
+            |pod| proxy_of(pod)["command"] = json!(["sleep", "inf"]),
+            proxy,
+        ),
+        (
+            "the proxy running as root",
+            |pod| proxy_of(pod)["securityContext"]["runAsUser"] = json!(0),
+            proxy,
+        ),
+        (
+            "no warden-init",
+            |pod| {
+                init_list(pod).remove(0);
+            },
+            proxy,
+        ),
+        (
+            "the proxy ahead of warden-init",
+            |pod| init_list(pod).swap(0, 1),
+            "is reserved for Warden's sidecar",
+        ),
+        (
+            "another policy ConfigMap",
+            |pod| {
+                let volumes = pod["spec"]["volumes"].as_array_mut().unwrap();
+                let policy = volumes
+                    .iter_mut()
+                    .find(|v| v["name"] == "warden-policy")
+                    .unwrap();
+                policy["configMap"]["name"] = json!("anything-goes");
+            },
+            "volume name warden-policy is reserved",
+        ),
+    ];
+    for (name, edit, want) in edits {
+        let mut pod = stored(deployment_pod(), &config());
+        edit(&mut pod);
+        cases.push((name, pod, want));
+    }
+    for (name, pod, want) in cases {
+        let (response, outcome) = answer(&admission_review(pod, "CREATE", false));
+        assert_refused(name, &response, outcome, want);
+    }
+}
+
+#[test]
+fn app_containers_running_as_the_proxy_uid_are_refused() {
+    let mut own = deployment_pod();
+    own["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 2626});
+    let mut pod_level = deployment_pod();
+    pod_level["spec"]["securityContext"] = json!({"runAsUser": 2626, "runAsNonRoot": true});
+    let mut init = busy_pod();
+    init_list(&mut init)[0]["securityContext"] = json!({"runAsUser": 2626});
+    let mut copy = stored(deployment_pod(), &config());
+    copy["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 2626});
+    let mut overridden = pod_level.clone();
+    overridden["spec"]["containers"][0]["securityContext"] = json!({"runAsUser": 1000});
+    let mut group = deployment_pod();
+    group["spec"]["containers"][0]["securityContext"] =
+        json!({"runAsUser": 1000, "runAsGroup": 2626});
+    let refused = [
+        (
+            "its own runAsUser",
+            own,
+            "container web runs as UID 2626 (its securityContext.runAsUser)",
+        ),
+        (
+            "the pod's runAsUser",
+            pod_level,
+            "container web runs as UID 2626 (the pod's securityContext.runAsUser)",
+        ),
+        (
+            "an app init container",
+            init,
+            "container migrate runs as UID 2626",
+        ),
+        (
+            "a copy of an injected pod",
+            copy,
+            "container web runs as UID 2626",
+        ),
+    ];
+    for (name, pod, want) in refused {
+        let (response, outcome) = answer(&admission_review(pod, "CREATE", false));
+        assert_refused(name, &response, outcome, want);
+        assert!(
+            response["response"]["status"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("never intercepted"),
+            "{name}: says why"
+        );
+    }
+    // The container's own UID wins over the pod's; interception matches the UID, not the GID.
+    for (name, pod) in [("overridden", overridden), ("GID only", group)] {
+        let (response, outcome) = answer(&admission_review(pod, "CREATE", false));
+        assert_eq!(outcome, "injected", "{name}: {response}");
+    }
+}
+
+#[test]
+fn security_annotations_are_ignored_with_a_warning_unless_the_operator_allows_them() {
+    fn init_args(pod: &Value) -> Value {
+        pod["spec"]["initContainers"][0]["args"].clone()
+    }
+    let skipped = |flag: &'static str, value: &'static str| {
+        move |pod: &Value| init_args(pod) == json!(["init", flag, value])
+    };
+    type Honoured = Box<dyn Fn(&Value) -> bool>;
+    let cases: Vec<(SecurityAnnotation, &str, Honoured)> = vec![
+        (
+            SecurityAnnotation::SkipInboundPorts,
+            "22",
+            Box::new(skipped("--skip-inbound-ports", "22")),
+        ),
+        (
+            SecurityAnnotation::SkipOutboundPorts,
+            "5432",
+            Box::new(skipped("--skip-outbound-ports", "5432")),
+        ),
+        (
+            SecurityAnnotation::SkipOutboundCidrs,
+            "10.0.0.0/8",
+            Box::new(skipped("--skip-outbound-cidrs", "10.0.0.0/8")),
+        ),
+        (
+            SecurityAnnotation::PermissiveInbound,
+            "permissive",
+            Box::new(|pod: &Value| {
+                proxy_env(pod, "WARDEN_INBOUND_MODE") == Some(json!("permissive"))
+            }),
+        ),
+    ];
+    for (annotation, value, honoured) in cases {
+        let key = annotation.key();
+        let pod = with_annotations(deployment_pod(), json!({ key: value }));
+        let others: Vec<SecurityAnnotation> = SecurityAnnotation::ALL
+            .into_iter()
+            .filter(|a| *a != annotation)
+            .collect();
+        for (config, allowed) in [
+            (config(), false),
+            (allowing(&others), false),
+            (allowing(&[annotation]), true),
+        ] {
+            let (response, outcome) =
+                answer_with(&admission_review(pod.clone(), "CREATE", false), &config);
+            assert_eq!(outcome, "injected", "{key}: {response}");
+            let patched = apply(&pod, &decoded_patch(&response).unwrap());
+            assert_eq!(honoured(&patched), allowed, "{key} allowed: {allowed}");
+            let warnings = warnings_of(&response);
+            if allowed {
+                assert!(warnings.is_empty(), "{key}: {warnings:?}");
+            } else {
+                assert_eq!(warnings.len(), 1, "{key}: {warnings:?}");
+                assert!(
+                    warnings[0].starts_with(&format!("warden: annotation {key} ignored"))
+                        && warnings[0].contains(&format!("--allow-pod-annotation {key}")),
+                    "{key}: {warnings:?}"
+                );
+                assert_eq!(init_args(&patched), json!(["init"]), "{key}");
+                assert_eq!(proxy_env(&patched, "WARDEN_INBOUND_MODE"), None, "{key}");
+            }
+        }
+    }
+
+    // What weakens nothing keeps working under the default configuration.
+    let pod = with_annotations(
+        deployment_pod(),
+        json!({
+            "warden.dev/inbound-mode": "strict",
+            "warden.dev/opaque-ports": "6379",
+            "warden.dev/log-level": "info",
+            "warden.dev/proxy-memory-limit": "64Mi",
+        }),
+    );
+    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    assert_eq!(outcome, "injected");
+    assert!(warnings_of(&response).is_empty(), "{response}");
+    let patched = apply(&pod, &decoded_patch(&response).unwrap());
+    for (env, want) in [
+        ("WARDEN_INBOUND_MODE", "strict"),
+        ("WARDEN_OPAQUE_PORTS", "6379"),
+        ("WARDEN_LOG", "info"),
+    ] {
+        assert_eq!(proxy_env(&patched, env), Some(json!(want)), "{env}");
+    }
+    assert_eq!(
+        patched["spec"]["initContainers"][1]["resources"]["limits"]["memory"],
+        "64Mi"
+    );
 }

@@ -179,6 +179,22 @@ impl Authorizer {
         })
     }
 
+    /// Why the proxy cannot authorize yet (it has never had a good policy set), if so: a
+    /// proxy in that state denies everything and is not ready.
+    pub fn not_loaded(&self) -> Option<String> {
+        let Engine::Policies(engine) = &*self.0 else {
+            return None;
+        };
+        if engine.policies.borrow().is_loaded() {
+            return None;
+        }
+        let status = engine.status.borrow();
+        Some(match &status.error {
+            Some(e) => format!("no good policy set has been loaded ({e})"),
+            None => "no policy set has been loaded yet".to_string(),
+        })
+    }
+
     /// Changes of the loader's state, to keep `/ready` current.
     pub fn status_changes(&self) -> Option<watch::Receiver<PolicyStatus>> {
         match &*self.0 {

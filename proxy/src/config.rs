@@ -292,6 +292,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Connections to the admin port at once (probes and scrapes); more are closed at once,
+    /// so exhausting it never touches the mesh listeners.
+    pub max_admin_connections: usize,
 }
 
 impl Default for IdentityConfig {
@@ -342,6 +345,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_header_bytes: 64 * 1024,
             max_concurrent_streams: 1000,
+            max_admin_connections: 64,
         }
     }
 }
@@ -360,6 +364,16 @@ mod human_duration {
 }
 
 impl ProxyConfig {
+    /// The ports the proxy itself serves in transparent mode (inbound, outbound, admin):
+    /// never an app's original destination.
+    pub fn own_ports(&self) -> [u16; 3] {
+        [
+            self.transparent.inbound_port,
+            self.transparent.outbound_port,
+            self.admin.listen.port(),
+        ]
+    }
+
     /// Parses YAML text; `source_name` names it in errors. Unknown fields are errors.
     pub fn from_yaml(text: &str, source_name: &str) -> Result<Self, ConfigError> {
         if text.trim().is_empty() {
@@ -526,6 +540,12 @@ impl ProxyConfig {
         if self.limits.max_concurrent_streams == 0 {
             return Err(invalid(
                 "limits.max_concurrent_streams",
+                "must be at least 1".into(),
+            ));
+        }
+        if self.limits.max_admin_connections == 0 {
+            return Err(invalid(
+                "limits.max_admin_connections",
                 "must be at least 1".into(),
             ));
         }

@@ -43,17 +43,45 @@ pub fn detect(buf: &[u8]) -> Detection {
     if buf.starts_with(H2_PREFACE) {
         return Known(Protocol::Http2);
     }
-    let line_end = buf.iter().position(|&b| b == b'\n');
+    // HTTP/1 servers skip empty lines before the request line (RFC 9112 section 2.2; hyper
+    // and Go do), so a request behind a leading CRLF is still HTTP, not opaque bytes.
+    let skip = match empty_lines(buf) {
+        Some(skip) => skip,
+        None => return Known(Protocol::Opaque),
+    };
+    if skip >= MAX_REQUEST_LINE {
+        return Known(Protocol::Opaque);
+    }
+    let rest = &buf[skip..];
+    if rest.is_empty() || rest == b"\r" {
+        return NeedMore;
+    }
+    let line_end = rest.iter().position(|&b| b == b'\n');
     let line = match line_end {
-        Some(end) if end > MAX_REQUEST_LINE => return Known(Protocol::Opaque),
-        Some(end) => &buf[..end],
+        Some(end) if skip + end > MAX_REQUEST_LINE => return Known(Protocol::Opaque),
+        Some(end) => &rest[..end],
         None if buf.len() >= MAX_REQUEST_LINE => return Known(Protocol::Opaque),
-        None => buf,
+        None => rest,
     };
     match request_line(line, line_end.is_some()) {
         Some(true) => Known(Protocol::Http1),
         Some(false) => NeedMore,
         None => Known(Protocol::Opaque),
+    }
+}
+
+/// The length of the leading empty lines (`\r\n` or `\n`), or `None` for a `\r` that does
+/// not end a line (not HTTP). A trailing lone `\r` counts as not yet skipped.
+fn empty_lines(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    loop {
+        match buf.get(i..) {
+            Some([b'\r', b'\n', ..]) => i += 2,
+            Some([b'\n', ..]) => i += 1,
+            Some([b'\r']) => return Some(i),
+            Some([b'\r', ..]) => return None,
+            _ => return Some(i),
+        }
     }
 }
 
@@ -63,14 +91,9 @@ fn request_line(line: &[u8], complete: bool) -> Option<bool> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     let mut parts = line.splitn(3, |&b| b == b' ');
     let method = parts.next()?;
-    // A method is an RFC 9110 token; real ones are upper case, which keeps binary
-    // protocols that happen to start with a letter from being mistaken for HTTP.
-    if method.is_empty()
-        || !method
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_')
-        || method.len() > MAX_METHOD
-    {
+    // A method is any RFC 9110 token, as HTTP servers parse it (`get` too: policies compare
+    // methods upper-case); the rest of the line must still be a request line.
+    if method.is_empty() || !method.iter().all(|b| is_tchar(*b)) || method.len() > MAX_METHOD {
         return None;
     }
     let Some(target) = parts.next() else {
@@ -90,6 +113,11 @@ fn request_line(line: &[u8], complete: bool) -> Option<bool> {
     } else {
         None
     }
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]
@@ -126,7 +154,19 @@ mod tests {
             (b"GET / HTTP/1.2\r\n", Known(Opaque)),
             (b"GET /\r\n", Known(Opaque)),
             (b"GET  HTTP/1.1\r\n", Known(Opaque)),
-            (b"get / HTTP/1.1\r\n", Known(Opaque)),
+            // methods are tokens, as servers parse them; policies compare them upper-case
+            (b"get / HTTP/1.1\r\n", Known(Http1)),
+            (b"Delete /x HTTP/1.1\r\n", Known(Http1)),
+            (b"get key\r\n", Known(Opaque)), // a Redis inline command
+            // empty lines before the request line are skipped by servers, so here too
+            (b"\r", NeedMore),
+            (b"\r\n", NeedMore),
+            (b"\r\n\r", NeedMore),
+            (b"\r\n\nGE", NeedMore),
+            (b"\r\nGET /admin HTTP/1.1\r\n", Known(Http1)),
+            (b"\n\n\nGET /admin HTTP/1.1\r\n", Known(Http1)),
+            (b"\rGET / HTTP/1.1\r\n", Known(Opaque)),
+            (b"\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", Known(Opaque)),
             (b"\x16\x03\x01\x02\x00\x01", Known(Opaque)), // a TLS ClientHello
             (b"*1\r\n$4\r\nPING\r\n", Known(Opaque)),     // Redis
             (b"SSH-2.0-OpenSSH_9.2\r\n", Known(Opaque)),
@@ -151,6 +191,10 @@ mod tests {
 
     #[test]
     fn an_endless_line_is_opaque() {
+        assert_eq!(detect(&vec![b'\n'; MAX_REQUEST_LINE]), Known(Opaque));
+        let mut late = b"\r\n".repeat(MAX_REQUEST_LINE / 2 - 4);
+        late.extend_from_slice(b"GET /admin HTTP/1.1\r\n");
+        assert_eq!(detect(&late), Known(Opaque));
         assert_eq!(detect(&vec![b'A'; MAX_REQUEST_LINE]), Known(Opaque));
         let mut tokenish = b"GET /".to_vec();
         tokenish.extend(vec![b'a'; MAX_REQUEST_LINE]);

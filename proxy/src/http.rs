@@ -64,8 +64,8 @@ pub enum ProxyError {
     /// No response headers within the response timeout.
     #[error("no response within {0:?}")]
     ResponseTimeout(std::time::Duration),
-    /// The upstream connection failed mid-request.
-    #[error("upstream failed: {0}")]
+    /// The upstream connection failed mid-request; says which upstream and why.
+    #[error("{0}")]
     Upstream(String),
     /// The request is malformed for proxying.
     #[error("bad request: {0}")]
@@ -76,6 +76,19 @@ pub enum ProxyError {
         /// The policy that decided (for the logs, never the client).
         policy: String,
     },
+}
+
+/// `error` and its sources, joined by `: ` (hyper's own text is only the outermost layer,
+/// e.g. `client error (SendRequest)`).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 impl ProxyError {

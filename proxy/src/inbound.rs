@@ -88,6 +88,11 @@ async fn handle(
             let app = original_dst(&tcp).map_err(|e| {
                 tracing::info!(%peer, error = %e, "inbound connection was not redirected; closing");
             })?;
+            if shared.config.own_ports().contains(&app.port()) {
+                // The proxy's own ports are never an app: forwarding there would loop.
+                tracing::warn!(%peer, destination = %app, "inbound connection to the proxy's own port; closing");
+                return Err(());
+            }
             InboundTarget {
                 app,
                 protocol: AppProtocol::Auto,
@@ -107,7 +112,8 @@ async fn handle(
             Ok(Err(e)) => {
                 // Plaintext, a bad certificate, no certificate: refused before any byte reaches the app.
                 metrics::tls_handshake(Direction::Inbound, "failure", started.elapsed());
-                tracing::info!(%peer, error = %e, "inbound TLS handshake refused");
+                let error = warden_identity::verify::describe_handshake_error(&e);
+                tracing::info!(%peer, %error, "inbound TLS handshake refused");
                 return Err(());
             }
             Err(_) => {

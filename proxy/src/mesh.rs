@@ -126,7 +126,7 @@ impl MeshConnector {
                 metrics::tls_handshake(Direction::Outbound, "failure", started.elapsed());
                 return Err(ProxyError::Tls {
                     target,
-                    reason: e.to_string(),
+                    reason: warden_identity::verify::describe_handshake_error(&e),
                 });
             }
             Err(_) => {

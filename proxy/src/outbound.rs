@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
-use warden_core::contract::ALPN_TCP;
+use warden_core::contract::{self, ALPN_TCP};
 use warden_core::SpiffeId;
 
 use crate::detect::Protocol;
@@ -78,7 +78,10 @@ async fn dispatch(
                 tracing::warn!(%orig, "outbound connection to the proxy itself; closing");
                 return Err(());
             }
-            if !shared.config.transparent.is_mesh(orig.ip()) {
+            // Another pod's proxy admin port is plaintext by design (its inbound rules skip
+            // it, so Prometheus can scrape it): it passes through, as outside the mesh.
+            if !shared.config.transparent.is_mesh(orig.ip()) || orig.port() == contract::ADMIN_PORT
+            {
                 return egress(tcp, orig, &shared, &run).await;
             }
             OutboundTarget {

@@ -83,11 +83,11 @@ pub fn load(dir: &Path) -> Result<Vec<AuthorizationPolicy>, String> {
     Ok(all)
 }
 
-/// What identifies a version of the directory: each file's resolved path, size and mtime.
-fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
+/// What identifies a version of the directory: each file's resolved path, size and mtime;
+/// `None` while the directory cannot be read (so its appearing, even empty, is a change).
+fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, Option<SystemTime>)>> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut files: Vec<_> = entries
         .flatten()
         .filter_map(|e| {
             let real = e.path().canonicalize().ok()?;
@@ -96,7 +96,7 @@ fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
         })
         .collect();
     files.sort();
-    files
+    Some(files)
 }
 
 /// Policies kept current from a directory.
@@ -112,8 +112,9 @@ fn record(result: &'static str) {
     metrics::counter!("warden_policy_reloads_total", "result" => result).increment(1);
 }
 
-/// Loads `dir` now (an unusable directory at start means no policies, and says so) and
-/// re-reads it every `interval` when it changed, until `shutdown`.
+/// Loads `dir` now (an unusable directory at start means no good set yet: everything is
+/// denied and the proxy is not ready until it loads) and re-reads it every `interval` when it
+/// changed, until `shutdown`.
 pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> WatchedPolicies {
     metrics::describe_counter!(
         "warden_policy_reloads_total",
@@ -135,9 +136,9 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
         }
         Err(error) => {
             record("failure");
-            tracing::error!(%error, "policies did not load; the mesh default decides until they do");
+            tracing::error!(%error, "policies did not load; denying everything and not ready until they do");
             (
-                PolicySet::default(),
+                PolicySet::not_loaded(),
                 PolicyStatus {
                     policies: 0,
                     error: Some(error),
@@ -162,11 +163,13 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
                 Ok(policies) => {
                     record("success");
                     tracing::info!(dir = %dir.display(), policies = policies.len(), "policies reloaded");
+                    let count = policies.len();
+                    // The set first: a status change makes /ready look at the set.
+                    set_tx.send_replace(Arc::new(PolicySet::new(policies)));
                     status_tx.send_replace(PolicyStatus {
-                        policies: policies.len(),
+                        policies: count,
                         error: None,
                     });
-                    set_tx.send_replace(Arc::new(PolicySet::new(policies)));
                 }
                 Err(error) => {
                     record("failure");
@@ -285,6 +288,25 @@ mod tests {
             .unwrap();
         assert_eq!(watched.policies.borrow().policies().len(), 2);
         assert_eq!(watched.status.borrow().error, None);
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_directory_that_appears_later_even_empty_is_loaded() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("policies");
+        let stop = CancellationToken::new();
+        let mut watched = watch(dir.clone(), Duration::from_millis(20), stop.clone());
+        assert!(!watched.policies.borrow().is_loaded(), "nothing loaded yet");
+        assert!(watched.status.borrow().error.is_some());
+
+        std::fs::create_dir(&dir).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), watched.policies.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(watched.policies.borrow().is_loaded());
+        assert_eq!(watched.policies.borrow().policies().len(), 0);
         stop.cancel();
     }
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warden_core::contract::{self, ALPN_HTTP2, ALPN_TCP};
+use warden_core::policy::evaluate::PolicySet;
 use warden_identity::admin::{self, Readiness};
 use warden_identity::client::{CertifyClient, CertifyClientConfig};
 use warden_identity::rotation::{self, CertSource, RotationOptions, TlsOptions};
@@ -208,7 +209,8 @@ pub fn authorizer(
     let watched = match &authz.policy_dir {
         Some(dir) => crate::policy_dir::watch(dir.clone(), authz.reload_interval, shutdown),
         None => {
-            let (_, policies) = tokio::sync::watch::channel(Arc::new(Default::default()));
+            // No policy source: an empty set, and the mesh default decides.
+            let (_, policies) = tokio::sync::watch::channel(Arc::new(PolicySet::new(Vec::new())));
             let (_, status) = tokio::sync::watch::channel(Default::default());
             crate::policy_dir::WatchedPolicies { policies, status }
         }
@@ -247,10 +249,15 @@ pub async fn run(
         config.admin.app_probes.clone(),
         probe_host,
     ));
-    tokio::spawn(admin::serve(
+    let admin_limits = warden_identity::server::ServerLimits {
+        max_connections: config.limits.max_admin_connections,
+        ..Default::default()
+    };
+    tokio::spawn(admin::serve_with_limits(
         listeners.admin,
         ready_rx,
         telemetry,
+        admin_limits,
         admin_stop.clone(),
     ));
 
@@ -279,6 +286,15 @@ pub async fn run(
         authz,
     });
     let run = RunControl::new(shutdown.clone());
+    {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shared
+                .pool
+                .sweep_until(shared.config.timeouts.idle, shutdown)
+                .await
+        });
+    }
     let (inbound_count, outbound_count) = (listeners.inbound.len(), listeners.outbound.len());
     for (listener, target) in listeners.inbound {
         tokio::spawn(inbound::serve(
@@ -307,6 +323,10 @@ pub async fn run(
             .status_line()
             .map(|l| format!("\n{l}"))
             .unwrap_or_default();
+        if let Some(why) = policy_status.not_loaded() {
+            // Fail closed: such a proxy denies everything, so it takes no traffic.
+            return Readiness::not_ready(format!("not ready: {why}"));
+        }
         if left.is_zero() {
             // Fail closed: peers refuse an expired certificate, so stop taking traffic too.
             return Readiness::not_ready(format!(

@@ -93,16 +93,20 @@ impl Decision {
         match &self.policy {
             Some(p) => p,
             None if self.reason.starts_with("no ALLOW") => "no-match",
+            None if self.reason.starts_with("no good policy set") => "not-loaded",
             None => "default",
         }
     }
 }
 
 /// Policies indexed by the workloads they protect, so evaluation only looks at those.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct PolicySet {
     policies: Vec<AuthorizationPolicy>,
     by_namespace: HashMap<String, NamespaceIndex>,
+    /// False for the placeholder of a proxy that has never had a good policy set: it denies
+    /// everything (fail closed), whatever the mesh default says.
+    loaded: bool,
 }
 
 /// The policies of one namespace, in file order.
@@ -145,7 +149,22 @@ impl PolicySet {
         Self {
             policies,
             by_namespace,
+            loaded: true,
         }
+    }
+
+    /// The set of a proxy that has never loaded a good policy set: it denies everything.
+    pub fn not_loaded() -> Self {
+        Self {
+            policies: Vec::new(),
+            by_namespace: HashMap::new(),
+            loaded: false,
+        }
+    }
+
+    /// Whether this is a loaded set (and not [`PolicySet::not_loaded`]).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
     }
 
     /// Every policy.
@@ -187,6 +206,14 @@ impl PolicySet {
             reason,
             audit: None,
         };
+        if !self.loaded {
+            return decide(
+                false,
+                None,
+                None,
+                "no good policy set has been loaded yet; denying everything".into(),
+            );
+        }
         let applying: Vec<&AuthorizationPolicy> = self.applying(workload).collect();
         let first_match = |action: Action| {
             applying
@@ -195,8 +222,22 @@ impl PolicySet {
                 .find_map(|p| matching_rule(p, workload, request).map(|r| (*p, r)))
         };
 
+        let http_only = || {
+            request
+                .http
+                .is_none()
+                .then(|| http_constraint(&applying, request.port))
+                .flatten()
+        };
         let mut decision = if let Some((policy, rule)) = first_match(Action::Deny) {
             let reason = format!("matched DENY policy {} rule {rule}", policy.id());
+            decide(false, Some(policy), Some(rule), reason)
+        } else if let Some((policy, rule)) = http_only() {
+            let reason = format!(
+                "port {} is constrained by HTTP fields (policy {} rule {rule}); opaque TCP is refused there",
+                request.port,
+                policy.id()
+            );
             decide(false, Some(policy), Some(rule), reason)
         } else if let Some((policy, rule)) = first_match(Action::Allow) {
             let reason = format!("matched ALLOW policy {} rule {rule}", policy.id());
@@ -250,6 +291,28 @@ impl PolicySet {
         }
         decision
     }
+}
+
+/// The first ALLOW or DENY rule of `applying` that constrains `port` by HTTP fields: such a
+/// port accepts only HTTP, since opaque TCP could not be held to the rule (AUDIT rules never
+/// constrain: they never deny).
+fn http_constraint<'a>(
+    applying: &[&'a AuthorizationPolicy],
+    port: u16,
+) -> Option<(&'a AuthorizationPolicy, usize)> {
+    applying
+        .iter()
+        .filter(|p| p.spec.action != Action::Audit)
+        .find_map(|p| {
+            let rule = p.spec.rules.iter().position(|r| {
+                r.to.is_http()
+                    && r.to
+                        .ports
+                        .as_ref()
+                        .is_none_or(|ports| ports.contains(&port))
+            })?;
+            Some((*p, rule))
+        })
 }
 
 fn ids(policies: &[&AuthorizationPolicy], action: Action) -> String {
@@ -324,12 +387,15 @@ pub fn rule_matches(rule: &Rule, workload: &Workload, request: &Request<'_>, den
         }
     }
     if to.is_http() {
-        // HTTP conditions fail closed for opaque TCP.
         let Some((method, path)) = request.http else {
-            return false;
+            // Opaque TCP: an ALLOW or AUDIT rule with HTTP conditions fails closed; a DENY
+            // rule applies on what remains once they are dropped (Istio's semantics), so
+            // making a connection look non-HTTP never slips past a DENY.
+            return deny;
         };
         if let Some(methods) = &to.methods {
-            if !methods.iter().any(|m| m == method) {
+            // Methods compare upper-case: `delete` is DELETE.
+            if !methods.iter().any(|m| m.eq_ignore_ascii_case(method)) {
                 return false;
             }
         }
@@ -362,13 +428,13 @@ spec:
     - from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}
       to: {ports: [8080], methods: [GET, POST], paths: ["/api/*"]}
     - from: {namespaces: [ops]}
-      to: {methods: [GET]}
+      to: {ports: [1234, 8080], methods: [GET]}
     - from: {identities: ["spiffe://cluster.local/ns/batch/*"]}
       to: {ports: [9000]}
     - from: {unauthenticated: true}
-      to: {paths: ["/public/*", "/healthz"]}
+      to: {ports: [8080], paths: ["/public/*", "/healthz"]}
     - from: {identities: ["*/sa/reporter"]}
-      to: {paths: ["*.csv"]}
+      to: {ports: [80], paths: ["*.csv"]}
 ---
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -377,7 +443,7 @@ spec:
   selector: {serviceAccounts: [backend]}
   action: DENY
   rules:
-    - to: {paths: ["/api/admin*"]}
+    - to: {ports: [8080], paths: ["/api/admin*"]}
     - from: {identities: ["spiffe://cluster.local/ns/shop/sa/banned"]}
 ---
 apiVersion: warden.dev/v1alpha1
@@ -487,7 +553,17 @@ spec:
                 None,
                 None,
             ),
-            (&backend, Some(frontend), 8080, None, D, "deny", None, None), // HTTP rule never matches TCP
+            // opaque TCP to a port with DENY path rules: the DENY applies without them
+            (
+                &backend,
+                Some(frontend),
+                8080,
+                None,
+                D,
+                "deny",
+                Some("shop/backend-deny-admin"),
+                Some(0),
+            ),
             (
                 &backend,
                 Some("spiffe://cluster.local/ns/shop/sa/frontend2"),
@@ -611,7 +687,16 @@ spec:
                 None,
                 None,
             ),
-            (&backend, None, 8080, None, D, "deny", None, None),
+            (
+                &backend,
+                None,
+                8080,
+                None,
+                D,
+                "deny",
+                Some("shop/backend-deny-admin"),
+                Some(0),
+            ),
             (
                 &backend,
                 Some(frontend),
@@ -687,14 +772,14 @@ spec:
             (
                 &backend,
                 Some("spiffe://cluster.local/ns/shop/sa/banned"),
-                8080,
+                9000,
                 None,
                 D,
                 "deny",
                 Some("shop/backend-deny-admin"),
                 Some(1),
             ),
-            // a DENY rule with HTTP fields does not match TCP (so the ALLOW decides)
+            // a DENY rule with HTTP fields applies to TCP on its own ports only
             (
                 &backend,
                 Some("spiffe://cluster.local/ns/batch/sa/job"),
@@ -806,6 +891,7 @@ spec:
             ),
         ];
         assert!(cases.len() >= 40, "{}", cases.len());
+        let mut failures = Vec::new();
         for (i, (workload, client, port, http, default, label, policy, rule)) in
             cases.into_iter().enumerate()
         {
@@ -816,10 +902,164 @@ spec:
                 http,
             };
             let d = set.evaluate(workload, &request, default);
-            assert_eq!(d.label(), label, "case {i}: {d:?}");
-            assert_eq!(d.policy.as_deref(), policy, "case {i}: {d:?}");
-            assert_eq!(d.rule, rule, "case {i}: {d:?}");
+            if (d.label(), d.policy.as_deref(), d.rule) != (label, policy, rule) {
+                failures.push(format!("case {i}: {d:?}"));
+            }
         }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// The review's bypasses: a caller allowed to a port, and a DENY on some of its paths or
+    /// methods. Whatever the caller makes the connection look like, the DENY holds.
+    #[test]
+    fn a_deny_with_http_fields_cannot_be_slipped_past() {
+        let policies = r#"
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: allow-frontend, namespace: shop}
+spec:
+  selector: {serviceAccounts: [backend]}
+  action: ALLOW
+  rules: [{from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}, to: {ports: [8080]}}]
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: shop}
+spec:
+  selector: {serviceAccounts: [backend]}
+  action: DENY
+  rules:
+    - to: {ports: [8080], paths: ["/admin*"]}
+    - from: {identities: ["spiffe://cluster.local/ns/shop/sa/intern"]}
+      to: {ports: [8080, 9090], methods: [DELETE]}
+"#;
+        let set = PolicySet::new(parse(policies, "t.yaml").unwrap());
+        let backend = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/backend"));
+        let frontend = id("spiffe://cluster.local/ns/shop/sa/frontend");
+        let intern = id("spiffe://cluster.local/ns/shop/sa/intern");
+        // (caller, port, HTTP method and path, decision, deciding policy label)
+        type Row<'a> = (
+            &'a SpiffeId,
+            u16,
+            Option<(&'a str, &'a str)>,
+            &'a str,
+            &'a str,
+        );
+        let cases: Vec<Row> = vec![
+            (
+                &frontend,
+                8080,
+                Some(("GET", "/api")),
+                "allow",
+                "shop/allow-frontend",
+            ),
+            (
+                &frontend,
+                8080,
+                Some(("GET", "/admin/x")),
+                "deny",
+                "shop/deny-admin",
+            ),
+            // opaque TCP to a port a DENY constrains by path: the DENY applies without its
+            // HTTP fields (Istio), and the port accepts only HTTP anyway
+            (&frontend, 8080, None, "deny", "shop/deny-admin"),
+            // methods compare upper-case
+            (
+                &intern,
+                8080,
+                Some(("delete", "/api")),
+                "deny",
+                "shop/deny-admin",
+            ),
+            (
+                &intern,
+                8080,
+                Some(("Delete", "/api")),
+                "deny",
+                "shop/deny-admin",
+            ),
+            (
+                &intern,
+                9090,
+                Some(("delete", "/x")),
+                "deny",
+                "shop/deny-admin",
+            ),
+            // the intern's DENY names a method: on opaque TCP it still denies its ports
+            (&intern, 9090, None, "deny", "shop/deny-admin"),
+            // 9090 is HTTP-only for everyone (rule 1 constrains it by method)
+            (&frontend, 9090, None, "deny", "shop/deny-admin"),
+            (&frontend, 7000, None, "deny", "no-match"),
+        ];
+        for (client, port, http, want, policy) in cases {
+            let request = Request {
+                client: Some(client),
+                port,
+                http,
+            };
+            let d = set.evaluate(&backend, &request, DefaultPolicy::Deny);
+            assert_eq!(d.label(), want, "{client} {port} {http:?}: {}", d.reason);
+            assert_eq!(
+                d.policy_label(),
+                policy,
+                "{client} {port} {http:?}: {}",
+                d.reason
+            );
+        }
+    }
+
+    #[test]
+    fn a_port_constrained_by_http_fields_refuses_opaque_tcp() {
+        let policies = r#"
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: api, namespace: shop}
+spec:
+  action: ALLOW
+  rules:
+    - from: {namespaces: [shop]}
+      to: {ports: [8080], paths: ["/api/*"]}
+    - from: {namespaces: [shop]}
+      to: {ports: [8080, 6379]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: shop}
+spec:
+  action: AUDIT
+  rules: [{to: {methods: [GET]}}]
+"#;
+        let set = PolicySet::new(parse(policies, "t.yaml").unwrap());
+        let web = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/web"));
+        let caller = id("spiffe://cluster.local/ns/shop/sa/caller");
+        let tcp = |port| Request {
+            client: Some(&caller),
+            port,
+            http: None,
+        };
+        let d = set.evaluate(&web, &tcp(8080), DefaultPolicy::Deny);
+        assert!(
+            !d.allowed,
+            "rule 1 would allow opaque TCP to 8080, but 8080 is HTTP-only"
+        );
+        assert_eq!(d.policy.as_deref(), Some("shop/api"));
+        assert_eq!(d.rule, Some(0));
+        assert!(
+            d.reason.contains("port 8080 is constrained by HTTP fields"),
+            "{}",
+            d.reason
+        );
+        let d = set.evaluate(&web, &tcp(6379), DefaultPolicy::Deny);
+        assert!(
+            d.allowed,
+            "6379 is not constrained by HTTP fields: {}",
+            d.reason
+        );
+        assert_eq!(
+            d.label(),
+            "audit",
+            "the AUDIT rule with HTTP fields flags it"
+        );
     }
 
     #[test]

@@ -55,7 +55,21 @@ pub fn lint(policies: &[AuthorizationPolicy]) -> Vec<Warning> {
         for (i, rule) in policy.spec.rules.iter().enumerate() {
             if let Some(why) = never_matches(rule) {
                 warnings.push(warn(Some(i), format!("can never match: {why}")));
-            } else if let Some(j) = (0..i).find(|&j| covers(&policy.spec.rules[j], rule)) {
+                continue;
+            }
+            if policy.spec.action != super::Action::Audit
+                && rule.to.is_http()
+                && rule.to.ports.is_none()
+            {
+                warnings.push(warn(
+                    Some(i),
+                    "HTTP fields without ports make every port of the selected workloads \
+                     HTTP-only (opaque TCP to them is refused); name the ports to keep others \
+                     open to TCP"
+                        .into(),
+                ));
+            }
+            if let Some(j) = (0..i).find(|&j| covers(&policy.spec.rules[j], rule)) {
                 warnings.push(warn(
                     Some(i),
                     format!("is shadowed by rule {j}, which matches everything it does"),
@@ -198,6 +212,8 @@ spec: {action: DENY, rules: [{}]}
                 "shop/p rule 1: is shadowed by rule 0, which matches everything it does",
                 "shop/p rule 2: can never match: none of its identities is in its namespaces",
                 "shop/p rule 3: can never match: a condition lists no value",
+                "shop/p rule 5: HTTP fields without ports make every port of the selected workloads HTTP-only (opaque TCP to them is refused); name the ports to keep others open to TCP",
+                "shop/p rule 6: HTTP fields without ports make every port of the selected workloads HTTP-only (opaque TCP to them is refused); name the ports to keep others open to TCP",
                 "shop/p rule 6: is shadowed by rule 5, which matches everything it does",
                 "shop/empty: the selector lists no ServiceAccount, so the policy applies to nothing",
                 "shop/empty: no rules: this DENY policy matches nothing",

@@ -1,7 +1,17 @@
 //! Request paths as policies see them. A path is normalized before it is matched, and the
-//! normalized path is what the app receives, so `/api/../admin` cannot pass a `/api/*` rule
-//! and reach `/admin`: dot segments are removed (RFC 3986 section 5.2.4, also when written
-//! `%2e`), and paths that hide a separator (`%2f`, `%5c`, `\`) or a NUL are refused.
+//! normalized path is what the app receives, so no spelling of a path can pass a rule as one
+//! path and reach the app as another:
+//!
+//! - percent-encoded unreserved characters are decoded (RFC 3986 section 6.2.2.2: `%61` is
+//!   `a`, `%2e` is `.`), and the remaining percent-encodings are written with upper-case hex
+//!   (section 6.2.2.1), so `/%61dmin` is `/admin`, as Go, Spring, Django and Werkzeug read it;
+//! - dot segments are removed (section 5.2.4), so `/api/../admin` is `/admin`;
+//! - runs of `/` are merged, so `//admin` is `/admin`, as nginx `merge_slashes` serves it;
+//! - paths that an app could read differently from the policy are refused: an encoded
+//!   separator (`%2f`, `%5c`), a backslash, `;` path parameters (Tomcat and Spring drop them:
+//!   `/admin;x` is `/admin` there), NUL and control characters, broken percent-encodings.
+//!
+//! The query string is not part of the path and is left as it is.
 
 /// Why a path is refused (the request gets 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,9 +22,15 @@ pub enum PathError {
     /// An encoded or backslash separator, which apps and policies could read differently.
     #[error("the path contains an encoded or backslash separator")]
     HiddenSeparator,
-    /// A NUL or control character.
+    /// A NUL or control character, raw or percent-encoded.
     #[error("the path contains a control character")]
     Control,
+    /// `;` path parameters, which some servers strip before routing and others do not.
+    #[error("the path contains ';' parameters")]
+    Parameters,
+    /// A `%` not followed by two hex digits.
+    #[error("the path contains a malformed percent-encoding")]
+    BadEncoding,
 }
 
 /// Normalizes the path part of a request target (no query). See the module docs.
@@ -22,25 +38,14 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if path.bytes().any(|b| b.is_ascii_control()) {
-        return Err(PathError::Control);
-    }
-    let lower = path.to_ascii_lowercase();
-    if path.contains('\\')
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || lower.contains("%00")
-    {
-        return Err(PathError::HiddenSeparator);
-    }
-    // Dots written as %2e are dots for the app: decode them before removing dot segments.
-    let decoded = replace_ignore_case(path, "%2e", ".");
+    let decoded = decode_unreserved(path)?;
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = decoded[1..].split('/').collect();
     let last = segments.len() - 1;
     for (i, segment) in segments.iter().enumerate() {
         match *segment {
-            "." => {
+            // An empty segment comes from `//` (merged) or a trailing `/` (kept).
+            "" | "." => {
                 if i == last {
                     out.push("");
                 }
@@ -57,40 +62,101 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(format!("/{}", out.join("/")))
 }
 
-fn replace_ignore_case(haystack: &str, needle: &str, with: &str) -> String {
-    let lower = haystack.to_ascii_lowercase();
-    let mut out = String::with_capacity(haystack.len());
+/// Decodes percent-encoded unreserved characters, upper-cases the hex of the others, and
+/// refuses what must not reach an app (see [`PathError`]).
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
     let mut i = 0;
-    while let Some(found) = lower[i..].find(needle) {
-        out.push_str(&haystack[i..i + found]);
-        out.push_str(with);
-        i += found + needle.len();
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'%' => {
+                let hex = |at: usize| bytes.get(at).and_then(|h| (*h as char).to_digit(16));
+                let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+                    return Err(PathError::BadEncoding);
+                };
+                let value = (hi * 16 + lo) as u8;
+                match value {
+                    b'/' | b'\\' => return Err(PathError::HiddenSeparator),
+                    v if v.is_ascii_control() => return Err(PathError::Control),
+                    v if is_unreserved(v) => out.push(v as char),
+                    v => {
+                        out.push('%');
+                        out.push_str(&format!("{v:02X}"));
+                    }
+                }
+                i += 3;
+                continue;
+            }
+            b'\\' => return Err(PathError::HiddenSeparator),
+            b';' => return Err(PathError::Parameters),
+            b if b.is_ascii_control() => return Err(PathError::Control),
+            _ => {}
+        }
+        // Copy the run up to the next byte that needs a look (keeps UTF-8 sequences whole).
+        let end = bytes[i..]
+            .iter()
+            .position(|c| matches!(c, b'%' | b'\\' | b';') || c.is_ascii_control())
+            .map_or(bytes.len(), |p| i + p);
+        out.push_str(&path[i..end]);
+        i = end;
     }
-    out.push_str(&haystack[i..]);
-    out
+    Ok(out)
+}
+
+/// RFC 3986 section 2.3: `ALPHA / DIGIT / "-" / "." / "_" / "~"`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Envoy's and Istio's path normalization cases (RFC 3986 normalization, `merge_slashes`,
+    /// escaped-slash rejection), and the spellings a security review used to slip past rules.
     #[test]
     fn normalization_table() {
         let ok = [
             ("/", "/"),
             ("/api/v1", "/api/v1"),
             ("/api/v1/", "/api/v1/"),
+            // dot segments (RFC 3986 5.2.4; Envoy normalize_path)
             ("/api/../admin", "/admin"),
             ("/api/./v1", "/api/v1"),
-            ("/api/%2e%2e/admin", "/admin"),
-            ("/api/%2E%2E/admin", "/admin"),
-            ("/api/.%2e/admin", "/admin"),
             ("/../../etc/passwd", "/etc/passwd"),
             ("/a/b/..", "/a/"),
             ("/a/b/.", "/a/b/"),
-            ("/a//b", "/a//b"),
             ("/a/..b/c", "/a/..b/c"),
-            ("/%41pi", "/%41pi"),
+            ("/a/b../c", "/a/b../c"),
+            ("/..", "/"),
+            ("/.", "/"),
+            // dots written percent-encoded are dots for the app
+            ("/api/%2e%2e/admin", "/admin"),
+            ("/api/%2E%2E/admin", "/admin"),
+            ("/api/.%2e/admin", "/admin"),
+            ("/a/%2E/b", "/a/b"),
+            // unreserved characters decoded (RFC 3986 6.2.2.2)
+            ("/%61dmin", "/admin"),
+            ("/%41%44%4D%49%4E", "/ADMIN"),
+            ("/%7euser/%5fx%2dy", "/~user/_x-y"),
+            ("/a%30", "/a0"),
+            // others kept, hex upper-cased (6.2.2.1)
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb", "/a%3Fb"),
+            ("/a%3bb", "/a%3Bb"),
+            ("/%25", "/%25"),
+            ("/%2561dmin", "/%2561dmin"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/café", "/café"),
+            // merged slashes (Envoy merge_slashes; nginx merge_slashes)
+            ("//admin", "/admin"),
+            ("/a//b", "/a/b"),
+            ("/a///b//", "/a/b/"),
+            ("//", "/"),
+            ("/a/.//../b", "/b"),
+            ("/%2e%2e//admin", "/admin"),
         ];
         for (input, want) in ok {
             assert_eq!(normalize(input).as_deref(), Ok(want), "{input}");
@@ -98,15 +164,43 @@ mod tests {
         let bad = [
             ("api", PathError::NotAbsolute),
             ("*", PathError::NotAbsolute),
+            ("", PathError::NotAbsolute),
+            // escaped separators (Envoy path_with_escaped_slashes_action: REJECT_REQUEST)
             ("/api%2f..%2fadmin", PathError::HiddenSeparator),
             ("/api%2F..%2Fadmin", PathError::HiddenSeparator),
             ("/api\\..\\admin", PathError::HiddenSeparator),
             ("/api%5cadmin", PathError::HiddenSeparator),
-            ("/api%00", PathError::HiddenSeparator),
+            ("/api%5Cadmin", PathError::HiddenSeparator),
+            // path parameters (Tomcat, Spring)
+            ("/admin;x", PathError::Parameters),
+            ("/admin;jsessionid=1/x", PathError::Parameters),
+            ("/a/..;/admin", PathError::Parameters),
+            // control characters, raw or encoded
+            ("/api%00", PathError::Control),
             ("/api\0", PathError::Control),
+            ("/a%0d%0aSet-Cookie:x", PathError::Control),
+            ("/a%7f", PathError::Control),
+            ("/a\tb", PathError::Control),
+            // broken encodings
+            ("/a%", PathError::BadEncoding),
+            ("/a%4", PathError::BadEncoding),
+            ("/a%zz", PathError::BadEncoding),
+            ("/a%%32%65", PathError::BadEncoding),
         ];
         for (input, want) in bad {
             assert_eq!(normalize(input), Err(want), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn normalization_is_idempotent() {
+        for input in [
+            "/%61dmin//x/../y/%7e/%c3%a9",
+            "/a/./b/../../c//",
+            "/%2e%2e/%2e/a%20b",
+        ] {
+            let once = normalize(input).unwrap();
+            assert_eq!(normalize(&once).unwrap(), once, "{input}");
         }
     }
 }

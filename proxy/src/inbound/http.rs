@@ -22,7 +22,7 @@ use crate::authz::{AuthzContext, AuthzRequest, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::http::{
-    access_log, access_log_enabled, boxed, check_target, empty, is_grpc, request_id,
+    access_log, access_log_enabled, boxed, check_target, empty, error_chain, is_grpc, request_id,
     strip_hop_by_hop, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
@@ -156,6 +156,18 @@ async fn forward(
     request_id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     check_target(&req)?;
+    // An extended CONNECT (RFC 8441) is the caller's WebSocket upgrade: the app receives it
+    // as the GET it was, so it is authorized and audited as that GET.
+    let tunnel = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_string())
+        .filter(|_| req.method() == Method::CONNECT);
+    if tunnel.is_some() {
+        *req.method_mut() = Method::GET;
+    } else {
+        upper_case_method(req.method_mut())?;
+    }
     // Policies see, and the app gets, the normalized path (no dot-segment tricks).
     let path = normalize(req.uri().path()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let request = AuthzRequest {
@@ -176,18 +188,13 @@ async fn forward(
         Some(query) => format!("{path}?{query}"),
         None => path,
     };
-
-    let tunnel = req
-        .extensions()
-        .get::<hyper::ext::Protocol>()
-        .map(|p| p.as_str().to_string())
-        .filter(|_| req.method() == Method::CONNECT);
     let peer_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    // The caller's identity is the one we verified, whatever the request claims.
-    parts.headers.remove(headers::CLIENT_ID);
-    parts.headers.remove(headers::TLS);
+    let orig_proto = parts.headers.remove(headers::ORIG_PROTO);
+    // The caller's identity is the one we verified, whatever the request claims, under any
+    // spelling an app could read as ours (`x_warden_client_id` is the same header to CGI).
+    strip_warden_headers(&mut parts.headers);
     if let Some(v) = conn
         .client
         .as_ref()
@@ -202,7 +209,6 @@ async fn forward(
     {
         parts.headers.insert(headers::TLS, v);
     }
-    let orig_proto = parts.headers.remove(headers::ORIG_PROTO);
     let authority = parts.uri.authority().map(|a| a.to_string());
     let app = conn.target.app;
     parts.uri = Uri::builder()
@@ -252,13 +258,54 @@ async fn forward(
                     .map_or_else(|| e.to_string(), |s| s.to_string()),
             })
         }
-        Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
+        Ok(Err(e)) => return Err(app_failed(app, &e)),
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
     Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// The app's connection failed after it was reached (it closed or reset it mid-request).
+fn app_failed(app: std::net::SocketAddr, error: &dyn std::error::Error) -> ProxyError {
+    ProxyError::Upstream(format!(
+        "the app at {app} failed mid-request ({}); check the app's log",
+        error_chain(error)
+    ))
+}
+
+/// Methods compare upper-case in policies; the app receives the method that was authorized.
+fn upper_case_method(method: &mut Method) -> Result<(), ProxyError> {
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        *method = Method::from_bytes(method.as_str().to_ascii_uppercase().as_bytes())
+            .map_err(|e| ProxyError::BadRequest(format!("method {method}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Whether an app could read `name` as one of Warden's `x-warden-*` headers: CGI, WSGI, PHP
+/// and Rack turn `-` and `_` alike into `_`.
+pub fn is_warden_header(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-warden-";
+    let name = name.as_bytes();
+    name.len() >= PREFIX.len()
+        && name
+            .iter()
+            .zip(PREFIX)
+            .all(|(n, p)| n.to_ascii_lowercase() == *p || (*p == b'-' && *n == b'_'))
+}
+
+/// Removes every header an app could read as one of Warden's.
+fn strip_warden_headers(headers: &mut http::HeaderMap) {
+    let spoofed: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|name| is_warden_header(name.as_str()))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(&name);
+    }
 }
 
 /// An extended CONNECT from the peer becomes an HTTP/1.1 upgrade request to the app; on the
@@ -297,7 +344,7 @@ async fn upgrade_to_app(
     let _ = tcp.set_nodelay(true);
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| ProxyError::Upstream(e.to_string()))?;
+        .map_err(|e| app_failed(app, &e))?;
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
@@ -309,7 +356,7 @@ async fn upgrade_to_app(
     .await
     {
         Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
-        Ok(Err(e)) => return Err(ProxyError::Upstream(e.to_string())),
+        Ok(Err(e)) => return Err(app_failed(app, &e)),
         Ok(Ok(response)) => response,
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {

@@ -152,6 +152,9 @@ async fn forward_inner(
         parts
             .headers
             .insert(headers::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+    } else {
+        // Only this proxy says how the app spoke.
+        parts.headers.remove(headers::ORIG_PROTO);
     }
     let body = match &upgrade {
         Some(protocol) => {
@@ -178,7 +181,11 @@ async fn forward_inner(
             if e.is_closed() || e.is_canceled() {
                 shared.pool.evict(key).await;
             }
-            return Err(ProxyError::Upstream(e.to_string()));
+            return Err(ProxyError::Upstream(format!(
+                "the peer proxy at {} failed mid-request ({}); check its log",
+                key.addr,
+                crate::http::error_chain(&e)
+            )));
         }
         Ok(Ok(response)) => response,
     };

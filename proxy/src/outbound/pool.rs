@@ -1,11 +1,12 @@
 //! Pooled proxy-to-proxy HTTP/2 connections: one mTLS connection per destination and
 //! expected identity, shared by every app connection and request to it. A closed connection
-//! is replaced on next use.
+//! is replaced on next use; one unused for the idle timeout is dropped by [`Pool::sweep`],
+//! so the pool follows the app's current fan-out, not every destination it ever called.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,10 +36,17 @@ pub struct Pooled {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
+/// A destination's slot and when it was last asked for.
+#[derive(Debug)]
+struct Entry {
+    slot: Slot,
+    last_used: Instant,
+}
+
 /// The pool.
 #[derive(Debug, Default)]
 pub struct Pool {
-    slots: Mutex<HashMap<PoolKey, Slot>>,
+    slots: Mutex<HashMap<PoolKey, Entry>>,
     max_header_bytes: u32,
 }
 
@@ -60,7 +68,12 @@ impl Pool {
     ) -> Result<Pooled, ProxyError> {
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-            slots.entry(key.clone()).or_default().clone()
+            let entry = slots.entry(key.clone()).or_insert_with(|| Entry {
+                slot: Slot::default(),
+                last_used: Instant::now(),
+            });
+            entry.last_used = Instant::now();
+            entry.slot.clone()
         };
         let mut guard = slot.lock().await;
         if let Some(pooled) = guard.as_ref() {
@@ -104,9 +117,79 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .cloned();
+            .map(|e| e.slot.clone());
         if let Some(slot) = slot {
             *slot.lock().await = None;
         }
+    }
+
+    /// Drops the destinations not asked for within `idle` (their connection closes once the
+    /// requests still using it end) and those whose connection has closed; returns how many
+    /// remain.
+    pub fn sweep(&self, idle: Duration) -> usize {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        slots.retain(|_, entry| {
+            if entry.last_used.elapsed() >= idle {
+                return false;
+            }
+            // A slot in use (connecting or being read) stays.
+            match entry.slot.try_lock() {
+                Ok(pooled) => pooled.as_ref().is_some_and(|p| !p.sender.is_closed()),
+                Err(_) => true,
+            }
+        });
+        slots.len()
+    }
+
+    /// Drops idle and closed connections every `idle / 4` (at least each second), until
+    /// `shutdown`.
+    pub async fn sweep_until(&self, idle: Duration, shutdown: tokio_util::sync::CancellationToken) {
+        let period = (idle / 4).max(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(period) => {}
+            }
+            self.sweep(idle);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> PoolKey {
+        PoolKey {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            expected: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn sweeping_drops_idle_and_dead_destinations_and_keeps_busy_ones() {
+        let pool = Pool::new(16 * 1024);
+        let long_ago = Instant::now() - Duration::from_secs(600);
+        let busy = Slot::default();
+        let guard = busy.lock().await; // connecting right now
+        {
+            let mut slots = pool.slots.lock().unwrap();
+            for (port, last_used, slot) in [
+                (1, long_ago, Slot::default()),       // idle
+                (2, Instant::now(), Slot::default()), // never connected (a failed connect)
+                (3, Instant::now(), busy.clone()),    // in use
+                (4, long_ago, busy.clone()),          // in use, but not asked for in ages
+            ] {
+                slots.insert(key(port), Entry { slot, last_used });
+            }
+        }
+        assert_eq!(pool.sweep(Duration::from_secs(300)), 1);
+        assert!(pool.slots.lock().unwrap().contains_key(&key(3)));
+        drop(guard);
+        assert_eq!(
+            pool.sweep(Duration::from_secs(300)),
+            0,
+            "an empty slot goes"
+        );
     }
 }

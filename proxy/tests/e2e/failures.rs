@@ -580,3 +580,56 @@ async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
     assert!(ready.starts_with("HTTP/1.1 200"), "recovered: {ready}");
     handshake().await.expect("new handshakes work again");
 }
+
+#[tokio::test]
+async fn exhausting_the_admin_port_leaves_the_mesh_listeners_serving() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let pair = mesh
+        .pair_with(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+            |server| server.limits.max_admin_connections = 4,
+        )
+        .await;
+    let admin = pair.server.addrs.admin;
+    // Four idle connections hold every admin slot.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(admin).await.unwrap());
+    }
+    // Let the admin server accept all four before the fifth arrives (they are accepted in
+    // order; a request on each proves it).
+    for tcp in &mut held {
+        tcp.write_all(b"GET /live HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        tcp.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let refused = raw_get(admin, "/live").await;
+    assert_eq!(refused, "", "the fifth admin connection is closed at once");
+    // The mesh listeners do not share the admin port's budget.
+    for _ in 0..3 {
+        assert_eq!(get(pair.outbound, "/api").await.0, 200);
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert!(mesh
+        .metrics
+        .render()
+        .contains("warden_server_connections_refused_total{server=\"admin\"}"));
+    // A slot freed is a slot served.
+    drop(held.pop());
+    let mut served = String::new();
+    for _ in 0..100 {
+        served = raw_get(admin, "/live").await;
+        if !served.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+}

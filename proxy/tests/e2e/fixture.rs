@@ -152,6 +152,18 @@ impl Mesh {
 
     /// Starts a proxy and waits until it is ready.
     pub async fn proxy(&self, config: ProxyConfig, authz: Authorizer) -> Proxy {
+        let proxy = self.spawn_proxy(config, authz).await;
+        for _ in 0..200 {
+            if proxy.admin("/ready").await.starts_with("HTTP/1.1 200") {
+                return proxy;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("proxy not ready: {}", proxy.admin("/ready").await);
+    }
+
+    /// Starts a proxy without waiting for it to be ready.
+    pub async fn spawn_proxy(&self, config: ProxyConfig, authz: Authorizer) -> Proxy {
         config.validate().unwrap();
         let listeners = Listeners::bind(&config).await.unwrap();
         let addrs = listeners.addrs();
@@ -165,18 +177,11 @@ impl Mesh {
             warden_identity::admin::Telemetry::new(self.metrics.clone()),
             shutdown.clone(),
         ));
-        let proxy = Proxy {
+        Proxy {
             addrs,
             shutdown,
             task: Some(task),
-        };
-        for _ in 0..200 {
-            if proxy.admin("/ready").await.starts_with("HTTP/1.1 200") {
-                return proxy;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("proxy not ready: {}", proxy.admin("/ready").await);
     }
 
     /// Starts a proxy whose authorizer comes from its own config, as `warden proxy` does.

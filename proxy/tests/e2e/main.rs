@@ -2,6 +2,7 @@
 //! proxies started from their configuration, real apps behind them.
 
 mod apps;
+mod bypass;
 mod failures;
 mod fixture;
 mod hostile;

@@ -30,13 +30,15 @@ fn require_tool(tool: &str, package: &str) -> bool {
     false
 }
 
+/// `PORT` is the HTTP app's: the path rule constrains only that port, so the TCP app's
+/// port still carries opaque TCP.
 const POLICY: &str = r#"
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: server-deny-secret, namespace: test}
 spec:
   action: DENY
-  rules: [{to: {paths: ["/secret*"]}}]
+  rules: [{to: {ports: [PORT], paths: ["/secret*"]}}]
 ---
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -74,8 +76,12 @@ async fn the_exposition_passes_promtool_and_feeds_every_dashboard_query() {
     let mesh = Mesh::start().await;
     let policies = mesh.dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
-    std::fs::write(policies.join("p.yaml"), POLICY).unwrap();
     let (http_app, _) = apps::http_app().await;
+    std::fs::write(
+        policies.join("p.yaml"),
+        POLICY.replace("PORT", &http_app.port().to_string()),
+    )
+    .unwrap();
     let (tcp_app, _) = apps::tcp_app(None).await;
     let nowhere = {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -47,7 +47,12 @@ spec:
 "#;
 
 /// A server with policies from `dir` (default deny), audit log in `dir/../audit.log`.
-async fn server(mesh: &Mesh, app: std::net::SocketAddr, dir: &Path) -> Proxy {
+pub async fn server(mesh: &Mesh, app: std::net::SocketAddr, dir: &Path) -> Proxy {
+    mesh.proxy_from_config(server_config(mesh, app, dir)).await
+}
+
+/// The configuration of [`server`], for tests that start it themselves.
+pub fn server_config(mesh: &Mesh, app: std::net::SocketAddr, dir: &Path) -> ProxyConfig {
     let mut config: ProxyConfig = mesh.workload("server");
     config.inbound = vec![InboundListener {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -62,7 +67,7 @@ async fn server(mesh: &Mesh, app: std::net::SocketAddr, dir: &Path) -> Proxy {
         .join("audit.log")
         .display()
         .to_string();
-    mesh.proxy_from_config(config).await
+    config
 }
 
 async fn status_of(
