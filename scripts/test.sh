@@ -50,6 +50,10 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   export PATH="$venv/bin:$PATH"
 fi
 
+# The real Kubernetes API server and kubectl the Kubernetes tests run against (Go-built,
+# cached in target/testenv; DESIGN section 10).
+./scripts/testenv.sh
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

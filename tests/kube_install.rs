@@ -1,0 +1,215 @@
+//! `warden install` against a real API server, with the real kubectl: every object is
+//! accepted as it is (the API server's own validation and admission, not a schema copy),
+//! applying again changes nothing, server-side apply works too, and the documented uninstall
+//! removes everything the install created.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
+use std::process::Command;
+
+use serde_json::Value;
+
+/// `(kind, namespace, name)` of every object in a manifest stream.
+fn objects(manifest: &str) -> Vec<(String, Option<String>, String)> {
+    manifest
+        .split("\n---")
+        .filter_map(|chunk| {
+            let doc: Value = serde_saphyr::from_str(chunk.trim_start_matches("---")).ok()?;
+            let kind = doc["kind"].as_str()?.to_string();
+            let name = doc["metadata"]["name"].as_str()?.to_string();
+            let namespace = doc["metadata"]["namespace"].as_str().map(str::to_string);
+            Some((kind, namespace, name))
+        })
+        .collect()
+}
+
+fn install() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("install")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `kubectl get` of one object as JSON, or `None` if the API server does not have it.
+fn get(
+    api: &apiserver::ApiServer,
+    (kind, ns, name): &(String, Option<String>, String),
+) -> Option<Value> {
+    let mut args = vec![
+        "get",
+        kind.as_str(),
+        name.as_str(),
+        "-o",
+        "json",
+        "--ignore-not-found",
+    ];
+    if let Some(ns) = ns {
+        args.extend(["-n", ns.as_str()]);
+    }
+    let out = api.kubectl_ok(&args, None);
+    (!out.trim().is_empty()).then(|| serde_json::from_str(&out).unwrap())
+}
+
+fn resource_versions(
+    api: &apiserver::ApiServer,
+    objects: &[(String, Option<String>, String)],
+) -> Vec<String> {
+    objects
+        .iter()
+        .map(|o| {
+            get(api, o).unwrap_or_else(|| panic!("{o:?} is missing"))["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
+    if !apiserver::available() {
+        return;
+    }
+    let api = apiserver::get();
+    let manifest = install();
+    let objects = objects(&manifest);
+    let kinds: Vec<&str> = objects.iter().map(|(k, _, _)| k.as_str()).collect();
+    for kind in [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Secret",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "MutatingWebhookConfiguration",
+    ] {
+        assert!(kinds.contains(&kind), "the install has a {kind}: {kinds:?}");
+    }
+
+    // 1. Client-side apply: every object accepted and stored.
+    let applied = api.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    assert_eq!(applied.lines().count(), objects.len(), "{applied}");
+    assert!(
+        applied.lines().all(|l| l.ends_with(" created")),
+        "{applied}"
+    );
+    let before = resource_versions(api, &objects);
+    let webhook = get(
+        api,
+        &(
+            "MutatingWebhookConfiguration".into(),
+            None,
+            "warden-injector".into(),
+        ),
+    )
+    .unwrap();
+    assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail", "{webhook}");
+
+    // 2. The same manifest again: nothing changes. (kubectl says "configured" for a PDB
+    //    however equal it is: its selector's patch strategy is `replace`, so the patch
+    //    kubectl computes is never empty; the server stores nothing new, as the resource
+    //    versions show.)
+    let again = api.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
+    assert!(
+        again.lines().all(|l| l.ends_with(" unchanged")
+            || (l.starts_with("poddisruptionbudget.policy/") && l.ends_with(" configured"))),
+        "{again}"
+    );
+    assert_eq!(
+        resource_versions(api, &objects),
+        before,
+        "no object was rewritten"
+    );
+
+    // 3. The documented uninstall removes every object (the namespace's contents at once;
+    //    the namespace itself is finalized by the namespace controller, which this API
+    //    server has not: the test does its last step).
+    uninstall(api, &manifest, &objects);
+
+    // 4. Server-side apply on a clean cluster, twice: created, then nothing changes.
+    let ssa = [
+        "apply",
+        "--server-side",
+        "--field-manager=warden-install",
+        "-f",
+        "-",
+    ];
+    let applied = api.kubectl_ok(&ssa, Some(&manifest));
+    assert!(
+        applied.lines().all(|l| l.ends_with(" serverside-applied")),
+        "{applied}"
+    );
+    let before = resource_versions(api, &objects);
+    api.kubectl_ok(&ssa, Some(&manifest));
+    assert_eq!(
+        resource_versions(api, &objects),
+        before,
+        "no object was rewritten"
+    );
+    uninstall(api, &manifest, &objects);
+}
+
+fn uninstall(
+    api: &apiserver::ApiServer,
+    manifest: &str,
+    objects: &[(String, Option<String>, String)],
+) {
+    api.kubectl_ok(
+        &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+        Some(manifest),
+    );
+    let namespace = objects
+        .iter()
+        .find(|(kind, _, _)| kind == "Namespace")
+        .map(|(_, _, name)| name.clone())
+        .unwrap();
+    for object in objects.iter().filter(|(kind, _, _)| kind != "Namespace") {
+        assert!(
+            get(api, object).is_none(),
+            "{object:?} is left after uninstall"
+        );
+    }
+    let ns = get(api, &("Namespace".into(), None, namespace.clone()));
+    if let Some(ns) = ns {
+        assert!(
+            ns["metadata"]["deletionTimestamp"].is_string(),
+            "the namespace is being deleted: {ns}"
+        );
+        finalize_namespace(api, &namespace);
+    }
+    for _ in 0..100 {
+        if get(api, &("Namespace".into(), None, namespace.clone())).is_none() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("namespace {namespace} is left after uninstall");
+}
+
+/// What the namespace controller does once a terminating namespace is empty.
+fn finalize_namespace(api: &apiserver::ApiServer, name: &str) {
+    let body = format!(
+        r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}"}},"spec":{{"finalizers":[]}}}}"#
+    );
+    api.kubectl_ok(
+        &[
+            "replace",
+            "--raw",
+            &format!("/api/v1/namespaces/{name}/finalize"),
+            "-f",
+            "-",
+        ],
+        Some(&body),
+    );
+}
