@@ -69,13 +69,17 @@ pub struct Args {
     /// The join-token file (with --auth join-tokens).
     #[arg(long)]
     join_tokens: Option<PathBuf>,
+    /// A kubeconfig for the TokenReview calls (its current context), for runs outside the
+    /// cluster; when set, the --kube-api-* and --kube-*-file options are not used.
+    #[arg(long, value_name = "FILE")]
+    kubeconfig: Option<PathBuf>,
     /// The API server host (in a pod: set by Kubernetes).
     #[arg(long, env = "KUBERNETES_SERVICE_HOST")]
     kube_api_host: Option<String>,
     /// The API server port.
     #[arg(long, env = "KUBERNETES_SERVICE_PORT", default_value_t = 443)]
     kube_api_port: u16,
-    /// The service's own ServiceAccount token, for TokenReview calls.
+    /// The service's own ServiceAccount token, for TokenReview calls (re-read at each call).
     #[arg(
         long,
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -101,7 +105,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn authenticator(args: &Args, td: &TrustDomain) -> anyhow::Result<Authenticator> {
+/// Bound on one TokenReview call, connect to reply.
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn authenticator(args: &Args, td: &TrustDomain) -> anyhow::Result<Authenticator> {
     Ok(match args.auth {
         AuthKind::JoinTokens => {
             let path = args
@@ -111,22 +118,36 @@ fn authenticator(args: &Args, td: &TrustDomain) -> anyhow::Result<Authenticator>
             Authenticator::JoinTokens(JoinTokens::load(path, Duration::from_secs(1))?)
         }
         AuthKind::Kubernetes => {
-            let host = args.kube_api_host.as_ref().context(
-                "--auth kubernetes needs the API server: --kube-api-host or KUBERNETES_SERVICE_HOST",
-            )?;
-            let host = if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host.clone()
-            };
-            let reviewer = TokenReviewer::new(TokenReviewConfig {
-                api_url: format!("https://{host}:{}", args.kube_api_port),
-                ca_file: args.kube_ca_file.clone(),
-                token_file: args.kube_token_file.clone(),
-                audience: args.audience.clone(),
-                trust_domain: td.clone(),
-                timeout: Duration::from_secs(5),
-            })
+            let reviewer = match &args.kubeconfig {
+                Some(path) => {
+                    TokenReviewer::from_kubeconfig(
+                        path,
+                        args.audience.clone(),
+                        td.clone(),
+                        REVIEW_TIMEOUT,
+                    )
+                    .await
+                }
+                None => {
+                    let host = args.kube_api_host.as_ref().context(
+                        "--auth kubernetes needs the API server: --kube-api-host or \
+                         KUBERNETES_SERVICE_HOST (set in a pod), or --kubeconfig FILE",
+                    )?;
+                    let host = if host.contains(':') {
+                        format!("[{host}]")
+                    } else {
+                        host.clone()
+                    };
+                    TokenReviewer::new(TokenReviewConfig {
+                        api_url: format!("https://{host}:{}", args.kube_api_port),
+                        ca_file: args.kube_ca_file.clone(),
+                        token_file: args.kube_token_file.clone(),
+                        audience: args.audience.clone(),
+                        trust_domain: td.clone(),
+                        timeout: REVIEW_TIMEOUT,
+                    })
+                }
+            }
             .map_err(|e| anyhow::anyhow!("Kubernetes authenticator: {e}"))?;
             Authenticator::Kubernetes(reviewer)
         }
@@ -145,7 +166,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             contract::IDENTITY_SERVICE_ACCOUNT,
         )?,
     };
-    let authn = authenticator(&args, &td)?;
+    let authn = authenticator(&args, &td).await?;
     let shared = Arc::new(SharedCa::new(ca));
     let shutdown = CancellationToken::new();
 

@@ -14,7 +14,11 @@ use warden_identity::bundle::{certs_to_pem, der_to_pem};
 use warden_identity::ca::{self, CertificateAuthority, InitOptions};
 
 /// The base's files, in the order of its kustomization.yaml.
-pub const BASE: [(&str, &str); 5] = [
+pub const BASE: [(&str, &str); 6] = [
+    (
+        "crds.yaml",
+        include_str!("../deploy/kubernetes/base/crds.yaml"),
+    ),
     (
         "namespace.yaml",
         include_str!("../deploy/kubernetes/base/namespace.yaml"),

@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod ca;
 mod cert;
+mod controller;
 mod demo;
 mod identity;
 mod init;
@@ -44,6 +45,9 @@ enum Command {
     /// Inspect or verify certificates.
     #[command(subcommand)]
     Cert(cert::Command),
+    /// The control plane: print the policy CRDs.
+    #[command(subcommand)]
+    Controller(controller::Command),
     /// Run the identity service: the CA issuing SVIDs over HTTPS (POST /v1/certify).
     Identity(Box<identity::Args>),
     /// Run the per-pod proxy (inbound, outbound, admin), or check its configuration.
@@ -69,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args),
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
+        Command::Controller(cmd) => controller::run(cmd),
         Command::Identity(args) => identity::run(*args),
         Command::Proxy(args) => proxy::run(args),
         Command::Init(args) => init::run(args),

@@ -117,7 +117,10 @@ fn install_prints_complete_valid_manifests() {
         }
     }
     assert_eq!(docs.len(), base_objects + 3);
-    assert_eq!(docs[0]["kind"], "Namespace");
+    // CRDs first (a policy in the same stream needs them), then the namespace.
+    assert_eq!(docs[0]["kind"], "CustomResourceDefinition");
+    assert_eq!(docs[1]["kind"], "CustomResourceDefinition");
+    assert_eq!(docs[2]["kind"], "Namespace");
     for doc in &docs {
         assert_eq!(
             doc["metadata"]["labels"]["app.kubernetes.io/part-of"], "warden",

@@ -82,6 +82,7 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
     let objects = objects(&manifest);
     let kinds: Vec<&str> = objects.iter().map(|(k, _, _)| k.as_str()).collect();
     for kind in [
+        "CustomResourceDefinition",
         "Namespace",
         "ServiceAccount",
         "ClusterRole",

@@ -52,6 +52,10 @@ pub struct Metadata {
     /// Kubernetes labels and the like are allowed and ignored.
     #[serde(default, flatten, skip_serializing)]
     pub other: std::collections::BTreeMap<String, serde_json::Value>,
+    /// A mesh-wide rule set from an operator's `MeshPolicy` (set by the control plane, never
+    /// read from YAML): it protects every workload of the set it is in, whatever `namespace`.
+    #[serde(skip)]
+    pub mesh: bool,
 }
 
 /// `spec`.
@@ -140,6 +144,10 @@ pub struct To {
     /// HTTP paths: exact, `prefix*`, `*suffix` or `*` (never match opaque TCP).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paths: Option<Vec<String>>,
+    /// The rule is for opaque TCP: an ALLOW or AUDIT rule then matches no HTTP request (a
+    /// DENY rule still does: being HTTP never slips past a DENY). Excludes methods and paths.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub opaque: bool,
 }
 
 impl To {
@@ -258,9 +266,14 @@ fn kubernetes_name(s: &str) -> bool {
 }
 
 impl AuthorizationPolicy {
-    /// `namespace/name`, how decisions and audit records name the policy.
+    /// `namespace/name`, how decisions and audit records name the policy; `MeshPolicy/name`
+    /// for a mesh-wide one (no namespace is spelled with capitals).
     pub fn id(&self) -> String {
-        format!("{}/{}", self.metadata.namespace, self.metadata.name)
+        if self.metadata.mesh {
+            format!("MeshPolicy/{}", self.metadata.name)
+        } else {
+            format!("{}/{}", self.metadata.namespace, self.metadata.name)
+        }
     }
 
     /// Checks what the types do not: kind and version, names, patterns, methods and ports.
@@ -343,6 +356,12 @@ impl AuthorizationPolicy {
                     );
                 }
             }
+            if rule.to.opaque && rule.to.is_http() {
+                return bad(
+                    &at("to.opaque"),
+                    "a rule for opaque TCP cannot name methods or paths".into(),
+                );
+            }
             for (i, path) in rule.to.paths.iter().flatten().enumerate() {
                 let field = at(&format!("to.paths[{i}]"));
                 match Pattern::parse(path) {
@@ -409,6 +428,7 @@ spec:
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{methods: [get]}}}}]}}"), "field spec.rules[0].to.methods[0]: \"get\" is not an upper-case HTTP method"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{paths: [api]}}}}]}}"), "field spec.rules[0].to.paths[0]: \"api\" must start with '/'"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{ports: [0]}}}}]}}"), "field spec.rules[0].to.ports[0]: port 0"),
+            (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{opaque: true, paths: [/a]}}}}]}}"), "field spec.rules[0].to.opaque: a rule for opaque TCP cannot name methods or paths"),
             (format!("{head}spec: {{action: ALLOW, selector: {{serviceAccounts: [Web]}}}}"), "field spec.selector.serviceAccounts[0]"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{from: {{namespaces: [a.b]}}}}]}}"), "field spec.rules[0].from.namespaces[0]"),
             ("apiVersion: v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {action: ALLOW}".to_string(), "field apiVersion: \"v1\" is not"),

@@ -6,6 +6,7 @@ use warden_core::SpiffeId;
 
 use crate::join_token::{Admission, JoinTokens, RedeemError, Refusal};
 use crate::tls::ClientAuth;
+#[cfg(feature = "kubernetes")]
 use crate::token_review::TokenReviewer;
 
 /// Why a caller was not authenticated.
@@ -37,7 +38,8 @@ impl From<RedeemError> for AuthError {
 /// How callers prove who they are.
 #[derive(Debug)]
 pub enum Authenticator {
-    /// Projected ServiceAccount tokens checked with TokenReview.
+    /// Projected ServiceAccount tokens checked with TokenReview (feature `kubernetes`).
+    #[cfg(feature = "kubernetes")]
     Kubernetes(TokenReviewer),
     /// Tokens whose SHA-256 hashes are listed in a file.
     JoinTokens(JoinTokens),
@@ -82,6 +84,7 @@ impl Authenticator {
             return Err(AuthError::Missing);
         }
         let (id, redeem) = match self {
+            #[cfg(feature = "kubernetes")]
             Authenticator::Kubernetes(reviewer) => (reviewer.review(token).await?, None),
             Authenticator::JoinTokens(tokens) => {
                 let admission = tokens.check(token)?;
@@ -110,6 +113,7 @@ impl Authenticator {
             Authenticator::JoinTokens(_) => Err(AuthError::Invalid(format!(
                 "{id} is no longer in the join-token file"
             ))),
+            #[cfg(feature = "kubernetes")]
             Authenticator::Kubernetes(_) => Err(AuthError::Invalid(
                 "present a ServiceAccount token; certificates do not authenticate here".into(),
             )),
@@ -130,6 +134,7 @@ impl Authenticator {
     /// (and verify) a current SVID for renewals; Kubernetes ones never ask.
     pub fn client_auth(&self) -> ClientAuth {
         match self {
+            #[cfg(feature = "kubernetes")]
             Authenticator::Kubernetes(_) => ClientAuth::None,
             Authenticator::JoinTokens(_) => ClientAuth::Optional,
         }
@@ -138,6 +143,7 @@ impl Authenticator {
     /// A short name for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
+            #[cfg(feature = "kubernetes")]
             Authenticator::Kubernetes(_) => "kubernetes",
             Authenticator::JoinTokens(_) => "join-token",
         }

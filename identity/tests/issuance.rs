@@ -481,8 +481,13 @@ async fn the_client_refuses_another_identity_or_an_impostor_service() {
 const SERVICE_TOKEN: &str = "identity-service-own-token";
 
 fn review_reply(req: &TokenReview) -> serde_json::Value {
-    let token = req.spec.token.as_str();
-    let wants_ours = req.spec.audiences.iter().any(|a| a == "warden-identity");
+    let token = req.spec.token.as_deref().unwrap_or_default();
+    let wants_ours = req
+        .spec
+        .audiences
+        .iter()
+        .flatten()
+        .any(|a| a == "warden-identity");
     let status = match token {
         "web-token" if wants_ours => serde_json::json!({
             "authenticated": true,

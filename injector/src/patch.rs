@@ -572,9 +572,15 @@ fn covers(expected: &Value, actual: &Value) -> bool {
     }
 }
 
+/// Where the ServiceAccount admission plugin mounts the API token, into every container.
+const SERVICE_ACCOUNT_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
 /// A Warden container as compared with what the injector adds: without its resources (the
-/// API server canonicalizes quantities, and they weaken nothing) and its app-probe table
-/// (derived from the app's own probes, which the pod controls anyway).
+/// API server canonicalizes quantities, and they weaken nothing), its app-probe table
+/// (derived from the app's own probes, which the pod controls anyway) and the read-only API
+/// token mount of the ServiceAccount admission plugin (which the API server reinvokes after
+/// the webhook's patch, so every stored injected pod has it in Warden's containers too; it
+/// is the pod's own token, which its app containers get anyway).
 fn comparable(container: &Container) -> Value {
     let mut value = to_value(container);
     if let Some(fields) = value.as_object_mut() {
@@ -582,6 +588,16 @@ fn comparable(container: &Container) -> Value {
     }
     if let Some(env) = value.get_mut("env").and_then(Value::as_array_mut) {
         env.retain(|e| e["name"] != probe::ENV);
+    }
+    if let Some(mounts) = value.get_mut("volumeMounts").and_then(Value::as_array_mut) {
+        mounts.retain(|m| {
+            let token = m["mountPath"] == SERVICE_ACCOUNT_MOUNT
+                && m["readOnly"] == true
+                && m["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("kube-api-access-"));
+            !token
+        });
     }
     value
 }

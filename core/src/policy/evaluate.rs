@@ -104,6 +104,8 @@ impl Decision {
 pub struct PolicySet {
     policies: Vec<AuthorizationPolicy>,
     by_namespace: HashMap<String, NamespaceIndex>,
+    /// Mesh-wide policies: they protect every workload.
+    mesh_wide: Vec<usize>,
     /// False for the placeholder of a proxy that has never had a good policy set: it denies
     /// everything (fail closed), whatever the mesh default says.
     loaded: bool,
@@ -122,7 +124,12 @@ impl PolicySet {
     /// Indexes `policies`.
     pub fn new(policies: Vec<AuthorizationPolicy>) -> Self {
         let mut by_namespace: HashMap<String, NamespaceIndex> = HashMap::new();
+        let mut mesh_wide = Vec::new();
         for (i, p) in policies.iter().enumerate() {
+            if p.metadata.mesh {
+                mesh_wide.push(i);
+                continue;
+            }
             let index = by_namespace
                 .entry(p.metadata.namespace.clone())
                 .or_default();
@@ -149,6 +156,7 @@ impl PolicySet {
         Self {
             policies,
             by_namespace,
+            mesh_wide,
             loaded: true,
         }
     }
@@ -158,6 +166,7 @@ impl PolicySet {
         Self {
             policies: Vec::new(),
             by_namespace: HashMap::new(),
+            mesh_wide: Vec::new(),
             loaded: false,
         }
     }
@@ -186,7 +195,10 @@ impl PolicySet {
             })
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        indices.iter().map(|&i| &self.policies[i])
+        indices
+            .iter()
+            .chain(&self.mesh_wide)
+            .map(|&i| &self.policies[i])
     }
 
     /// The decision for `request` to `workload`.
@@ -385,6 +397,9 @@ pub fn rule_matches(rule: &Rule, workload: &Workload, request: &Request<'_>, den
         if !ports.contains(&request.port) {
             return false;
         }
+    }
+    if to.opaque && request.http.is_some() && !deny {
+        return false;
     }
     if to.is_http() {
         let Some((method, path)) = request.http else {
@@ -920,7 +935,11 @@ metadata: {name: allow-frontend, namespace: shop}
 spec:
   selector: {serviceAccounts: [backend]}
   action: ALLOW
-  rules: [{from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}, to: {ports: [8080]}}]
+  rules:
+    - from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}
+      to: {ports: [8080]}
+    - from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}
+      to: {ports: [5432], opaque: true}
 ---
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -932,6 +951,8 @@ spec:
     - to: {ports: [8080], paths: ["/admin*"]}
     - from: {identities: ["spiffe://cluster.local/ns/shop/sa/intern"]}
       to: {ports: [8080, 9090], methods: [DELETE]}
+    - from: {identities: ["spiffe://cluster.local/ns/shop/sa/intern"]}
+      to: {ports: [6379], opaque: true}
 "#;
         let set = PolicySet::new(parse(policies, "t.yaml").unwrap());
         let backend = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/backend"));
@@ -990,6 +1011,10 @@ spec:
             // 9090 is HTTP-only for everyone (rule 1 constrains it by method)
             (&frontend, 9090, None, "deny", "shop/deny-admin"),
             (&frontend, 7000, None, "deny", "no-match"),
+            // an opaque-only ALLOW never allows HTTP; an opaque DENY still denies HTTP
+            (&frontend, 5432, None, "allow", "shop/allow-frontend"),
+            (&frontend, 5432, Some(("GET", "/")), "deny", "no-match"),
+            (&intern, 6379, Some(("GET", "/")), "deny", "shop/deny-admin"),
         ];
         for (client, port, http, want, policy) in cases {
             let request = Request {
@@ -1006,6 +1031,42 @@ spec:
                 d.reason
             );
         }
+    }
+
+    #[test]
+    fn a_mesh_wide_deny_wins_over_a_namespace_allow_and_is_named_as_such() {
+        let text = r#"
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: allow-all, namespace: shop}
+spec: {action: ALLOW, rules: [{}]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-debug, namespace: shop}
+spec: {action: DENY, rules: [{to: {paths: ["/debug*"]}}]}
+"#;
+        let mut policies = parse(text, "t.yaml").unwrap();
+        policies[1].metadata.mesh = true;
+        policies[1].metadata.namespace = "anything".into();
+        let set = PolicySet::new(policies);
+        let web = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/web"));
+        let caller = id("spiffe://cluster.local/ns/shop/sa/caller");
+        let get = |path| Request {
+            client: Some(&caller),
+            port: 80,
+            http: Some(("GET", path)),
+        };
+        let d = set.evaluate(&web, &get("/debug/pprof"), DefaultPolicy::Deny);
+        assert!(!d.allowed);
+        assert_eq!(d.policy.as_deref(), Some("MeshPolicy/no-debug"));
+        assert!(set.evaluate(&web, &get("/"), DefaultPolicy::Deny).allowed);
+        // It protects workloads of every namespace in the set.
+        let other = Workload::from_id(&id("spiffe://cluster.local/ns/other/sa/x"));
+        assert!(
+            !set.evaluate(&other, &get("/debug"), DefaultPolicy::AllAuthenticated)
+                .allowed
+        );
     }
 
     #[test]

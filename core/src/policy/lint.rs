@@ -149,6 +149,7 @@ fn covers(a: &Rule, b: &Rule) -> bool {
     }
     let star = |s: &String| s == "*";
     (a.from.unauthenticated || !b.from.unauthenticated)
+        && (!a.to.opaque || b.to.opaque)
         && patterns(&a.from.identities, &b.from.identities)
         && list(&a.from.namespaces, &b.from.namespaces, star)
         && list(&a.to.ports, &b.to.ports, |_: &u16| false)

@@ -1,0 +1,530 @@
+//! The control plane's in-memory index (Linkerd's policy-controller model): a plain data
+//! structure fed by the watches (namespaces, pods, AuthorizationPolicies, MeshPolicies) that
+//! answers, for one workload, the policies a proxy must enforce, and, for one policy, the
+//! status the controller writes. No I/O here; the watch and serving code stays thin.
+//!
+//! A policy the schema let through but the core checks refuse is Invalid: its status says why
+//! and its last good version (if any) stays in force, so a bad edit never takes effect.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use warden_core::policy::{self, AuthorizationPolicy as CorePolicy};
+
+use crate::crd::{
+    self, AuthorizationPolicy, MeshDefault, MeshPolicy, NamespaceSelector, WeakeningAnnotation,
+};
+
+/// What the index keeps of a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Its ServiceAccount.
+    pub service_account: String,
+    /// Its IP, once it has one.
+    pub ip: Option<IpAddr>,
+}
+
+/// One stored policy: the verdict on its current version and the last good version.
+#[derive(Debug, Clone)]
+struct Entry {
+    generation: Option<i64>,
+    /// `Err(why)` when the current version is Invalid.
+    current: Result<(), String>,
+    /// What is enforced: the current version when valid, else the last valid one.
+    in_force: Option<CorePolicy>,
+}
+
+/// A mesh policy's settings and, if it has rules, its rules as a core policy.
+#[derive(Debug, Clone)]
+struct MeshEntry {
+    entry: Entry,
+    namespace_selector: NamespaceSelector,
+    default: Option<MeshDefault>,
+    mesh_only: bool,
+    allowed_annotations: Vec<WeakeningAnnotation>,
+}
+
+/// What one workload's proxy enforces: sent whole on every change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Namespace policies selecting the workload, then mesh policies for its namespace.
+    pub policies: Vec<CorePolicy>,
+    /// The mesh default (the strictest any MeshPolicy sets; `deny` when none does).
+    pub default: MeshDefault,
+    /// Refuse unmeshed destinations outbound.
+    pub mesh_only: bool,
+    /// Enforcement-weakening annotations pods may use.
+    pub allowed_annotations: Vec<WeakeningAnnotation>,
+}
+
+/// `Accepted` or why not, and how many workloads a policy selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The generation judged.
+    pub generation: Option<i64>,
+    /// `Err(why)` when Invalid.
+    pub accepted: Result<(), String>,
+    /// Pods the policy selects now.
+    pub workloads: usize,
+}
+
+/// The index.
+#[derive(Debug, Default)]
+pub struct Index {
+    namespaces: HashMap<String, BTreeMap<String, String>>,
+    pods: HashMap<String, BTreeMap<String, PodInfo>>,
+    policies: HashMap<String, BTreeMap<String, Entry>>,
+    mesh: BTreeMap<String, MeshEntry>,
+}
+
+/// The strictness order of mesh defaults: deny, then audit, then all-authenticated.
+fn strictness(default: MeshDefault) -> u8 {
+    match default {
+        MeshDefault::Deny => 2,
+        MeshDefault::Audit => 1,
+        MeshDefault::AllAuthenticated => 0,
+    }
+}
+
+/// Judges a new version against the entry it replaces (keeping the last good one).
+fn judge(
+    previous: Option<Entry>,
+    generation: Option<i64>,
+    core: Result<CorePolicy, crd::CrdError>,
+) -> Entry {
+    match core {
+        Ok(policy) => Entry {
+            generation,
+            current: Ok(()),
+            in_force: Some(policy),
+        },
+        Err(e) => Entry {
+            generation,
+            current: Err(e.to_string()),
+            in_force: previous.and_then(|p| p.in_force),
+        },
+    }
+}
+
+impl NamespaceSelector {
+    /// Whether a namespace with `labels` is selected.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A namespace was added or changed.
+    pub fn apply_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
+        self.namespaces.insert(name.to_string(), labels);
+    }
+
+    /// A namespace was deleted.
+    pub fn delete_namespace(&mut self, name: &str) {
+        self.namespaces.remove(name);
+    }
+
+    /// A pod was added or changed.
+    pub fn apply_pod(&mut self, namespace: &str, name: &str, pod: PodInfo) {
+        self.pods
+            .entry(namespace.to_string())
+            .or_default()
+            .insert(name.to_string(), pod);
+    }
+
+    /// A pod was deleted.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
+        if let Some(pods) = self.pods.get_mut(namespace) {
+            pods.remove(name);
+        }
+    }
+
+    /// The pod `namespace/name`, if known.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&PodInfo> {
+        self.pods.get(namespace)?.get(name)
+    }
+
+    /// An AuthorizationPolicy was added or changed.
+    pub fn apply_policy(&mut self, object: &AuthorizationPolicy) {
+        let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name)
+        else {
+            return;
+        };
+        let policies = self.policies.entry(namespace.clone()).or_default();
+        let previous = policies.remove(name);
+        let entry = judge(previous, object.metadata.generation, crd::to_core(object));
+        policies.insert(name.clone(), entry);
+    }
+
+    /// An AuthorizationPolicy was deleted.
+    pub fn delete_policy(&mut self, namespace: &str, name: &str) {
+        if let Some(policies) = self.policies.get_mut(namespace) {
+            policies.remove(name);
+        }
+    }
+
+    /// A MeshPolicy was added or changed.
+    pub fn apply_mesh_policy(&mut self, object: &MeshPolicy) {
+        let Some(name) = &object.metadata.name else {
+            return;
+        };
+        let previous = self.mesh.remove(name).map(|m| m.entry);
+        let spec = &object.spec;
+        let core = match spec.action {
+            // Settings only: nothing to enforce as rules.
+            None => Err(None),
+            Some(action) => {
+                crd::core_policy(name.clone(), "mesh".to_string(), &None, action, &spec.rules)
+                    .map_err(Some)
+            }
+        };
+        let entry = match core {
+            Err(None) => Entry {
+                generation: object.metadata.generation,
+                current: Ok(()),
+                in_force: None,
+            },
+            Err(Some(e)) => judge(previous, object.metadata.generation, Err(e)),
+            Ok(mut policy) => {
+                policy.metadata.mesh = true;
+                judge(previous, object.metadata.generation, Ok(policy))
+            }
+        };
+        self.mesh.insert(
+            name.clone(),
+            MeshEntry {
+                entry,
+                namespace_selector: spec.namespace_selector.clone().unwrap_or_default(),
+                default: spec.default,
+                mesh_only: spec.mesh_only.unwrap_or(false),
+                allowed_annotations: spec.allowed_annotations.clone(),
+            },
+        );
+    }
+
+    /// A MeshPolicy was deleted.
+    pub fn delete_mesh_policy(&mut self, name: &str) {
+        self.mesh.remove(name);
+    }
+
+    fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
+        self.namespaces.get(namespace).cloned().unwrap_or_default()
+    }
+
+    /// What the proxy of pod `namespace/name` enforces, or `None` for an unknown pod.
+    pub fn snapshot(&self, namespace: &str, name: &str) -> Option<Snapshot> {
+        let pod = self.pod(namespace, name)?;
+        let mut policies: Vec<CorePolicy> = self
+            .policies
+            .get(namespace)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .filter_map(|e| e.in_force.as_ref())
+            .filter(|p| selects(p, &pod.service_account))
+            .cloned()
+            .collect();
+        let labels = self.namespace_labels(namespace);
+        let mut default = MeshDefault::Deny;
+        let mut strictest: Option<MeshDefault> = None;
+        let mut mesh_only = false;
+        let mut allowed = Vec::new();
+        for mesh in self.mesh.values() {
+            if let Some(d) = mesh.default {
+                if strictest.is_none_or(|s| strictness(d) > strictness(s)) {
+                    strictest = Some(d);
+                }
+            }
+            mesh_only |= mesh.mesh_only;
+            for a in &mesh.allowed_annotations {
+                if !allowed.contains(a) {
+                    allowed.push(*a);
+                }
+            }
+            if mesh.namespace_selector.matches(&labels) {
+                if let Some(p) = &mesh.entry.in_force {
+                    policies.push(p.clone());
+                }
+            }
+        }
+        if let Some(d) = strictest {
+            default = d;
+        }
+        Some(Snapshot {
+            policies,
+            default,
+            mesh_only,
+            allowed_annotations: allowed,
+        })
+    }
+
+    /// The status of AuthorizationPolicy `namespace/name`, if stored.
+    pub fn policy_verdict(&self, namespace: &str, name: &str) -> Option<Verdict> {
+        let entry = self.policies.get(namespace)?.get(name)?;
+        let workloads = match &entry.in_force {
+            Some(p) => self
+                .pods
+                .get(namespace)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+                .filter(|pod| selects(p, &pod.service_account))
+                .count(),
+            None => 0,
+        };
+        Some(Verdict {
+            generation: entry.generation,
+            accepted: entry.current.clone(),
+            workloads,
+        })
+    }
+
+    /// The status of MeshPolicy `name`, if stored.
+    pub fn mesh_verdict(&self, name: &str) -> Option<Verdict> {
+        let mesh = self.mesh.get(name)?;
+        let workloads = if mesh.entry.in_force.is_some() {
+            self.pods
+                .iter()
+                .filter(|(ns, _)| mesh.namespace_selector.matches(&self.namespace_labels(ns)))
+                .map(|(_, pods)| pods.len())
+                .sum()
+        } else {
+            0
+        };
+        Some(Verdict {
+            generation: mesh.entry.generation,
+            accepted: mesh.entry.current.clone(),
+            workloads,
+        })
+    }
+}
+
+/// Whether namespace policy `p` protects workloads running as `service_account`.
+fn selects(p: &CorePolicy, service_account: &str) -> bool {
+    p.spec
+        .selector
+        .as_ref()
+        .is_none_or(|s| s.service_accounts.iter().any(|sa| sa == service_account))
+}
+
+/// The core policy set of a snapshot, as a proxy evaluates it.
+pub fn policy_set(snapshot: &Snapshot) -> policy::evaluate::PolicySet {
+    policy::evaluate::PolicySet::new(snapshot.policies.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warden_core::policy::evaluate::{DefaultPolicy, Request, Workload};
+    use warden_core::SpiffeId;
+
+    fn policy(yaml: &str) -> AuthorizationPolicy {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn mesh(yaml: &str) -> MeshPolicy {
+        serde_saphyr::from_str(yaml).unwrap()
+    }
+
+    fn pod(sa: &str) -> PodInfo {
+        PodInfo {
+            service_account: sa.into(),
+            ip: None,
+        }
+    }
+
+    const ALLOW_FRONTEND: &str = r#"
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: backend-allow-frontend, namespace: shop, generation: 1}
+spec:
+  selector: {serviceAccounts: [backend]}
+  action: ALLOW
+  rules: [{from: {identities: ["spiffe://cluster.local/ns/shop/sa/frontend"]}}]
+"#;
+
+    fn index() -> Index {
+        let mut index = Index::new();
+        index.apply_namespace("shop", BTreeMap::from([("env".into(), "prod".into())]));
+        index.apply_namespace("lab", BTreeMap::new());
+        index.apply_pod("shop", "backend-1", pod("backend"));
+        index.apply_pod("shop", "backend-2", pod("backend"));
+        index.apply_pod("shop", "frontend-1", pod("frontend"));
+        index.apply_pod("lab", "x-1", pod("x"));
+        index.apply_policy(&policy(ALLOW_FRONTEND));
+        index
+    }
+
+    fn names(snapshot: &Snapshot) -> Vec<String> {
+        snapshot.policies.iter().map(CorePolicy::id).collect()
+    }
+
+    #[test]
+    fn a_workload_gets_the_policies_selecting_it_and_no_others() {
+        let index = index();
+        let cases = [
+            ("shop", "backend-1", vec!["shop/backend-allow-frontend"]),
+            ("shop", "frontend-1", vec![]),
+            ("lab", "x-1", vec![]),
+        ];
+        for (ns, pod, want) in cases {
+            let snapshot = index.snapshot(ns, pod).unwrap();
+            assert_eq!(names(&snapshot), want, "{ns}/{pod}");
+            assert_eq!(
+                snapshot.default,
+                MeshDefault::Deny,
+                "deny without a MeshPolicy"
+            );
+        }
+        assert_eq!(
+            index.snapshot("shop", "nobody"),
+            None,
+            "an unknown pod gets nothing"
+        );
+        let verdict = index
+            .policy_verdict("shop", "backend-allow-frontend")
+            .unwrap();
+        assert_eq!(verdict.accepted, Ok(()));
+        assert_eq!(verdict.workloads, 2);
+        assert_eq!(verdict.generation, Some(1));
+    }
+
+    #[test]
+    fn an_invalid_edit_is_reported_and_the_last_good_version_stays_in_force() {
+        let mut index = index();
+        let bad = ALLOW_FRONTEND
+            .replace("generation: 1", "generation: 2")
+            .replace("sa/frontend", "sa//frontend");
+        index.apply_policy(&policy(&bad));
+        let verdict = index
+            .policy_verdict("shop", "backend-allow-frontend")
+            .unwrap();
+        let why = verdict.accepted.unwrap_err();
+        assert!(
+            why.starts_with("spec.rules[0].from.identities[0]: "),
+            "{why}"
+        );
+        assert_eq!(verdict.generation, Some(2));
+        let snapshot = index.snapshot("shop", "backend-1").unwrap();
+        let identity = snapshot.policies[0].spec.rules[0].from.identities.clone();
+        assert_eq!(
+            identity,
+            Some(vec![
+                "spiffe://cluster.local/ns/shop/sa/frontend".to_string()
+            ]),
+            "the last good version"
+        );
+        // A policy that was never valid enforces nothing (and says why).
+        let never = bad.replace("backend-allow-frontend", "never-good");
+        index.apply_policy(&policy(&never));
+        assert!(index
+            .policy_verdict("shop", "never-good")
+            .unwrap()
+            .accepted
+            .is_err());
+        assert_eq!(
+            names(&index.snapshot("shop", "backend-1").unwrap()).len(),
+            1
+        );
+        // Deleted: gone from every snapshot.
+        index.delete_policy("shop", "backend-allow-frontend");
+        assert!(index
+            .snapshot("shop", "backend-1")
+            .unwrap()
+            .policies
+            .is_empty());
+    }
+
+    #[test]
+    fn mesh_policies_apply_by_namespace_labels_and_the_strictest_default_wins() {
+        let mut index = index();
+        index.apply_mesh_policy(&mesh(
+            r#"
+apiVersion: warden.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: no-debug-in-prod}
+spec:
+  namespaceSelector: {matchLabels: {env: prod}}
+  action: DENY
+  rules: [{to: {paths: ["/debug*"]}}]
+"#,
+        ));
+        for (default, name) in [("all-authenticated", "adopting"), ("audit", "auditing")] {
+            index.apply_mesh_policy(&mesh(&format!(
+                "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: {name}}}\nspec: {{default: {default}, meshOnly: {}, allowedAnnotations: [warden.dev/inbound-mode]}}\n",
+                name == "auditing"
+            )));
+        }
+        let prod = index.snapshot("shop", "frontend-1").unwrap();
+        assert_eq!(names(&prod), ["MeshPolicy/no-debug-in-prod"]);
+        assert_eq!(
+            prod.default,
+            MeshDefault::Audit,
+            "audit is stricter than all-authenticated"
+        );
+        assert!(prod.mesh_only);
+        assert_eq!(prod.allowed_annotations, [WeakeningAnnotation::InboundMode]);
+        let lab = index.snapshot("lab", "x-1").unwrap();
+        assert!(lab.policies.is_empty(), "lab is not prod");
+        assert_eq!(index.mesh_verdict("no-debug-in-prod").unwrap().workloads, 3);
+
+        // A mesh DENY wins over the namespace's ALLOW, in the proxy's own evaluation.
+        let snapshot = index.snapshot("shop", "backend-1").unwrap();
+        let set = policy_set(&snapshot);
+        let backend = Workload::from_id(
+            &SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/backend").unwrap(),
+        );
+        let frontend = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/frontend").unwrap();
+        let get = |path| Request {
+            client: Some(&frontend),
+            port: 8080,
+            http: Some(("GET", path)),
+        };
+        assert!(
+            set.evaluate(&backend, &get("/api"), DefaultPolicy::Deny)
+                .allowed
+        );
+        let d = set.evaluate(&backend, &get("/debug/vars"), DefaultPolicy::Deny);
+        assert!(!d.allowed);
+        assert_eq!(d.policy.as_deref(), Some("MeshPolicy/no-debug-in-prod"));
+
+        index.delete_mesh_policy("auditing");
+        assert_eq!(
+            index.snapshot("shop", "frontend-1").unwrap().default,
+            MeshDefault::AllAuthenticated
+        );
+    }
+
+    #[test]
+    fn pods_and_namespaces_come_and_go() {
+        let mut index = index();
+        index.delete_pod("shop", "backend-2");
+        assert_eq!(
+            index
+                .policy_verdict("shop", "backend-allow-frontend")
+                .unwrap()
+                .workloads,
+            1
+        );
+        index.apply_pod("shop", "backend-2", pod("frontend")); // the name reused, another SA
+        assert!(index
+            .snapshot("shop", "backend-2")
+            .unwrap()
+            .policies
+            .is_empty());
+        index.delete_namespace("shop");
+        index.apply_mesh_policy(&mesh(
+            "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: prod}\nspec: {namespaceSelector: {matchLabels: {env: prod}}, action: DENY, rules: [{}]}\n",
+        ));
+        assert_eq!(
+            names(&index.snapshot("shop", "backend-1").unwrap()),
+            ["shop/backend-allow-frontend"],
+            "a namespace without labels is not selected by a labelled selector"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Warden's control plane (DESIGN section 9): the policy CRDs, the in-memory index that
+//! computes each workload's effective policies, and (in the `warden controller` command) the
+//! watches that feed it and the API proxies subscribe to.
+
+pub mod crd;
+pub mod index;
