@@ -45,7 +45,7 @@ enum Command {
     /// Inspect or verify certificates.
     #[command(subcommand)]
     Cert(cert::Command),
-    /// The control plane: print the policy CRDs.
+    /// The control plane: watch policies and write their status, or print the CRDs.
     #[command(subcommand)]
     Controller(controller::Command),
     /// Run the identity service: the CA issuing SVIDs over HTTPS (POST /v1/certify).

@@ -264,6 +264,61 @@ impl Index {
         })
     }
 
+    /// Replaces every namespace (after a re-list: what was not listed is gone).
+    pub fn replace_namespaces(&mut self, all: Vec<(String, BTreeMap<String, String>)>) {
+        self.namespaces = all.into_iter().collect();
+    }
+
+    /// Replaces every pod (after a re-list).
+    pub fn replace_pods(&mut self, all: Vec<(String, String, PodInfo)>) {
+        self.pods.clear();
+        for (namespace, name, pod) in all {
+            self.apply_pod(&namespace, &name, pod);
+        }
+    }
+
+    /// Replaces every AuthorizationPolicy (after a re-list); versions still listed keep their
+    /// last good version.
+    pub fn replace_policies(&mut self, all: &[AuthorizationPolicy]) {
+        let mut old = std::mem::take(&mut self.policies);
+        for object in all {
+            if let (Some(ns), Some(name)) = (&object.metadata.namespace, &object.metadata.name) {
+                if let Some(entry) = old.get_mut(ns).and_then(|p| p.remove(name)) {
+                    self.policies
+                        .entry(ns.clone())
+                        .or_default()
+                        .insert(name.clone(), entry);
+                }
+            }
+            self.apply_policy(object);
+        }
+    }
+
+    /// Replaces every MeshPolicy (after a re-list).
+    pub fn replace_mesh_policies(&mut self, all: &[MeshPolicy]) {
+        let mut old = std::mem::take(&mut self.mesh);
+        for object in all {
+            if let Some(entry) = object.metadata.name.as_ref().and_then(|n| old.remove(n)) {
+                self.mesh
+                    .insert(object.metadata.name.clone().unwrap_or_default(), entry);
+            }
+            self.apply_mesh_policy(object);
+        }
+    }
+
+    /// `(namespace, name)` of every stored AuthorizationPolicy.
+    pub fn policy_names(&self) -> Vec<(String, String)> {
+        self.policies
+            .iter()
+            .flat_map(|(ns, p)| p.keys().map(move |n| (ns.clone(), n.clone())))
+            .collect()
+    }
+
+    /// The name of every stored MeshPolicy.
+    pub fn mesh_policy_names(&self) -> Vec<String> {
+        self.mesh.keys().cloned().collect()
+    }
+
     /// The status of AuthorizationPolicy `namespace/name`, if stored.
     pub fn policy_verdict(&self, namespace: &str, name: &str) -> Option<Verdict> {
         let entry = self.policies.get(namespace)?.get(name)?;

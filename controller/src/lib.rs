@@ -4,3 +4,5 @@
 
 pub mod crd;
 pub mod index;
+pub mod status;
+pub mod watch;

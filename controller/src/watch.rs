@@ -1,0 +1,275 @@
+//! The thin part: the API server's watches of Namespaces, Pods, AuthorizationPolicies and
+//! MeshPolicies feed the [`Index`]; after each change, the status of every policy whose
+//! verdict changed is written back. The API server is the only store: a restarted
+//! controller rebuilds everything from the watches, and a re-list replaces what it knew.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client};
+
+use crate::crd::{AuthorizationPolicy, MeshPolicy, PolicyStatus};
+use crate::index::{Index, PodInfo, Verdict};
+use crate::status;
+
+/// The field manager of the controller's status writes.
+pub const FIELD_MANAGER: &str = "warden-controller";
+
+/// One change from any watch (a Pod is large: boxed, so every change is small).
+enum Change {
+    Namespace(Event<Namespace>),
+    Pod(Event<Box<Pod>>),
+    Policy(Event<AuthorizationPolicy>),
+    Mesh(Event<MeshPolicy>),
+}
+
+/// Objects buffered between `Init` and `InitDone` of each watch.
+#[derive(Default)]
+struct Relists {
+    namespaces: Option<Vec<Namespace>>,
+    pods: Option<Vec<Pod>>,
+    policies: Option<Vec<AuthorizationPolicy>>,
+    mesh: Option<Vec<MeshPolicy>>,
+}
+
+fn watch<K>(api: Api<K>) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default,
+{
+    watcher::watcher(api, watcher::Config::default()).default_backoff()
+}
+
+/// The same event with its object boxed.
+fn boxed<K>(event: Event<K>) -> Event<Box<K>> {
+    match event {
+        Event::Apply(k) => Event::Apply(Box::new(k)),
+        Event::Delete(k) => Event::Delete(Box::new(k)),
+        Event::Init => Event::Init,
+        Event::InitApply(k) => Event::InitApply(Box::new(k)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+fn namespace_entry(ns: &Namespace) -> Option<(String, BTreeMap<String, String>)> {
+    Some((
+        ns.metadata.name.clone()?,
+        ns.metadata.labels.clone().unwrap_or_default(),
+    ))
+}
+
+fn pod_entry(pod: &Pod) -> Option<(String, String, PodInfo)> {
+    let spec = pod.spec.as_ref();
+    let info = PodInfo {
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".to_string()),
+        ip: pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.as_deref())
+            .and_then(|ip| ip.parse().ok()),
+    };
+    Some((
+        pod.metadata.namespace.clone()?,
+        pod.metadata.name.clone()?,
+        info,
+    ))
+}
+
+/// Applies one watch event to the index.
+fn apply(index: &mut Index, relists: &mut Relists, change: Change) {
+    match change {
+        Change::Namespace(event) => match event {
+            Event::Apply(ns) | Event::InitApply(ns) if relists.namespaces.is_none() => {
+                if let Some((name, labels)) = namespace_entry(&ns) {
+                    index.apply_namespace(&name, labels);
+                }
+            }
+            Event::InitApply(ns) | Event::Apply(ns) => {
+                relists.namespaces.get_or_insert_default().push(ns)
+            }
+            Event::Delete(ns) => {
+                if let Some(name) = &ns.metadata.name {
+                    index.delete_namespace(name);
+                }
+            }
+            Event::Init => relists.namespaces = Some(Vec::new()),
+            Event::InitDone => {
+                let all = relists.namespaces.take().unwrap_or_default();
+                index.replace_namespaces(all.iter().filter_map(namespace_entry).collect());
+            }
+        },
+        Change::Pod(event) => match event {
+            Event::Apply(pod) | Event::InitApply(pod) if relists.pods.is_none() => {
+                if let Some((ns, name, info)) = pod_entry(&pod) {
+                    index.apply_pod(&ns, &name, info);
+                }
+            }
+            Event::InitApply(pod) | Event::Apply(pod) => {
+                relists.pods.get_or_insert_default().push(*pod)
+            }
+            Event::Delete(pod) => {
+                if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
+                    index.delete_pod(ns, name);
+                }
+            }
+            Event::Init => relists.pods = Some(Vec::new()),
+            Event::InitDone => {
+                let all = relists.pods.take().unwrap_or_default();
+                index.replace_pods(all.iter().filter_map(pod_entry).collect());
+            }
+        },
+        Change::Policy(event) => match event {
+            Event::Apply(p) | Event::InitApply(p) if relists.policies.is_none() => {
+                index.apply_policy(&p)
+            }
+            Event::InitApply(p) | Event::Apply(p) => {
+                relists.policies.get_or_insert_default().push(p)
+            }
+            Event::Delete(p) => {
+                if let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) {
+                    index.delete_policy(ns, name);
+                }
+            }
+            Event::Init => relists.policies = Some(Vec::new()),
+            Event::InitDone => index.replace_policies(&relists.policies.take().unwrap_or_default()),
+        },
+        Change::Mesh(event) => match event {
+            Event::Apply(m) | Event::InitApply(m) if relists.mesh.is_none() => {
+                index.apply_mesh_policy(&m)
+            }
+            Event::InitApply(m) | Event::Apply(m) => relists.mesh.get_or_insert_default().push(m),
+            Event::Delete(m) => {
+                if let Some(name) = &m.metadata.name {
+                    index.delete_mesh_policy(name);
+                }
+            }
+            Event::Init => relists.mesh = Some(Vec::new()),
+            Event::InitDone => {
+                index.replace_mesh_policies(&relists.mesh.take().unwrap_or_default())
+            }
+        },
+    }
+}
+
+/// The status last written for each policy (`namespace/name`, or `name` for mesh ones), so
+/// an unchanged verdict is not written again (and its own watch event changes nothing).
+type Written = HashMap<String, PolicyStatus>;
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// A policy whose status the controller writes.
+enum Target {
+    /// An AuthorizationPolicy: namespace, name.
+    Namespaced(String, String),
+    /// A MeshPolicy: name.
+    Mesh(String),
+}
+
+/// Every policy's verdict at one moment (taken under the index lock, written without it).
+fn verdicts(index: &Index) -> Vec<(Target, Verdict)> {
+    let namespaced = index.policy_names().into_iter().filter_map(|(ns, name)| {
+        let verdict = index.policy_verdict(&ns, &name)?;
+        Some((Target::Namespaced(ns, name), verdict))
+    });
+    let mesh = index.mesh_policy_names().into_iter().filter_map(|name| {
+        let verdict = index.mesh_verdict(&name)?;
+        Some((Target::Mesh(name), verdict))
+    });
+    namespaced.chain(mesh).collect()
+}
+
+/// Writes the status of every policy whose status changed.
+async fn write_statuses(client: &Client, verdicts: Vec<(Target, Verdict)>, written: &mut Written) {
+    let now = now();
+    for (target, verdict) in verdicts {
+        let key = match &target {
+            Target::Namespaced(ns, name) => format!("{ns}/{name}"),
+            Target::Mesh(name) => format!("MeshPolicy/{name}"),
+        };
+        let next = status::status(&verdict, written.get(&key), &now);
+        if written.get(&key) == Some(&next) {
+            continue;
+        }
+        let result = match &target {
+            Target::Namespaced(ns, name) => {
+                let api: Api<AuthorizationPolicy> = Api::namespaced(client.clone(), ns);
+                patch_status(&api, name, &next).await
+            }
+            Target::Mesh(name) => {
+                let api: Api<MeshPolicy> = Api::all(client.clone());
+                patch_status(&api, name, &next).await
+            }
+        };
+        match result {
+            Ok(()) => {
+                written.insert(key, next);
+            }
+            Err(e) => tracing::warn!(policy = %key, error = %e, "cannot write the policy's status"),
+        }
+    }
+}
+
+async fn patch_status<K>(api: &Api<K>, name: &str, status: &PolicyStatus) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let patch = serde_json::json!({ "status": status });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+}
+
+/// Watches until `shutdown` resolves, keeping `index` current and writing policy statuses.
+pub async fn run(
+    client: Client,
+    index: Arc<Mutex<Index>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let changes = futures::stream::select_all([
+        watch(Api::<Namespace>::all(client.clone()))
+            .map(|e| e.map(Change::Namespace))
+            .boxed(),
+        watch(Api::<Pod>::all(client.clone()))
+            .map(|e| e.map(|e| Change::Pod(boxed(e))))
+            .boxed(),
+        watch(Api::<AuthorizationPolicy>::all(client.clone()))
+            .map(|e| e.map(Change::Policy))
+            .boxed(),
+        watch(Api::<MeshPolicy>::all(client.clone()))
+            .map(|e| e.map(Change::Mesh))
+            .boxed(),
+    ]);
+    let mut changes = std::pin::pin!(changes);
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut relists = Relists::default();
+    let mut written = Written::new();
+    loop {
+        let change = tokio::select! {
+            () = &mut shutdown => return,
+            change = changes.next() => change,
+        };
+        match change {
+            None => return,
+            Some(Err(e)) => tracing::warn!(error = %e, "a watch failed; retrying with backoff"),
+            Some(Ok(change)) => {
+                let verdicts = {
+                    let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+                    apply(&mut index, &mut relists, change);
+                    verdicts(&index)
+                };
+                write_statuses(&client, verdicts, &mut written).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `warden controller run` against a real API server: it watches the policy CRDs, Pods and
+//! Namespaces and writes each policy's status (Accepted or Invalid with what is wrong,
+//! observedGeneration, how many workloads it selects), recovering what it knew from the
+//! watches alone.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use apiserver::ApiServer;
+
+const CRDS: &str = include_str!("../deploy/kubernetes/base/crds.yaml");
+
+/// The controller process, killed when the test ends.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_controller(api: &ApiServer) -> Controller {
+    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["controller", "run", "--kubeconfig"])
+        .arg(&api.kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Controller(child)
+}
+
+/// Polls `jsonpath` of `object` until it equals `want` (30 s at most).
+fn eventually(api: &ApiServer, object: &[&str], jsonpath: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut args: Vec<&str> = vec!["get"];
+    args.extend_from_slice(object);
+    let output = format!("jsonpath={jsonpath}");
+    args.extend(["-o", &output]);
+    loop {
+        let got = api.kubectl_ok(&args, None);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{object:?} {jsonpath}: {got:?}, want {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pod(ns: &str, name: &str, sa: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  containers: [{{name: app, image: registry.example/app:1}}]\n"
+    )
+}
+
+#[test]
+fn the_controller_writes_each_policys_status_and_keeps_it_current() {
+    if !apiserver::available() {
+        return;
+    }
+    let api = apiserver::get();
+    api.kubectl_ok(&["apply", "-f", "-"], Some(CRDS));
+    api.kubectl_ok(
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/authorizationpolicies.warden.dev",
+            "crd/meshpolicies.warden.dev",
+        ],
+        None,
+    );
+    let ns = api.namespace("ctl", &[("env", "prod")]);
+    for (name, sa) in [
+        ("backend-1", "backend"),
+        ("backend-2", "backend"),
+        ("frontend-1", "frontend"),
+    ] {
+        api.kubectl_ok(&["apply", "-f", "-"], Some(&pod(&ns, name, sa)));
+    }
+    // Objects that exist before the controller starts come from its initial list.
+    let policy = |name: &str, identity: &str, sa: &str| {
+        format!(
+            "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{serviceAccounts: [{sa}]}}\n  action: ALLOW\n  rules: [{{from: {{identities: [\"{identity}\"]}}}}]\n"
+        )
+    };
+    let frontend = format!("spiffe://cluster.local/ns/{ns}/sa/frontend");
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&policy("backend-allow", &frontend, "backend")),
+    );
+    let _controller = start_controller(api);
+    let backend_allow = ["authorizationpolicy", "backend-allow", "-n", ns.as_str()];
+    let accepted = "{.status.conditions[?(@.type==\"Accepted\")].status}";
+    eventually(api, &backend_allow, accepted, "True");
+    eventually(api, &backend_allow, "{.status.observedGeneration}", "1");
+    eventually(api, &backend_allow, "{.status.workloads}", "2");
+
+    // A pod comes: the count follows.
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&pod(&ns, "backend-3", "backend")),
+    );
+    eventually(api, &backend_allow, "{.status.workloads}", "3");
+
+    // An edit the schema lets through but the deeper checks refuse: Invalid, says why, and
+    // the generation it is about.
+    let dot = format!("spiffe://cluster.local/ns/{ns}/./frontend");
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&policy("backend-allow", &dot, "backend")),
+    );
+    eventually(api, &backend_allow, accepted, "False");
+    eventually(api, &backend_allow, "{.status.observedGeneration}", "2");
+    eventually(
+        api,
+        &backend_allow,
+        "{.status.conditions[0].reason}",
+        "Invalid",
+    );
+    let message = api.kubectl_ok(
+        &[
+            "get",
+            "authorizationpolicy",
+            "backend-allow",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.conditions[0].message}",
+        ],
+        None,
+    );
+    assert!(
+        message.starts_with("spec.rules[0].from.identities[0]: ")
+            && message.contains("last valid version"),
+        "{message}"
+    );
+    // Fixed again: Accepted.
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&policy("backend-allow", &frontend, "backend")),
+    );
+    eventually(api, &backend_allow, accepted, "True");
+    eventually(api, &backend_allow, "{.status.observedGeneration}", "3");
+
+    // A selector that matches nothing: accepted, and the status says it selects nobody.
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&policy("for-nobody", &frontend, "ghost")),
+    );
+    let nobody = ["authorizationpolicy", "for-nobody", "-n", ns.as_str()];
+    eventually(api, &nobody, accepted, "True");
+    eventually(api, &nobody, "{.status.workloads}", "0");
+
+    // A MeshPolicy for prod namespaces.
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: prod-no-debug}\nspec: {namespaceSelector: {matchLabels: {env: prod}}, action: DENY, rules: [{to: {paths: [\"/debug*\"]}}]}\n",
+        ),
+    );
+    let mesh = ["meshpolicy", "prod-no-debug"];
+    eventually(api, &mesh, accepted, "True");
+    eventually(api, &mesh, "{.status.workloads}", "4");
+}
