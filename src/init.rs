@@ -1,8 +1,14 @@
 //! `warden init`: install (or remove) the pod's interception rules, atomically, for IPv4 and
 //! IPv6. Runs as the `warden-init` init container with NET_ADMIN and NET_RAW.
+//!
+//! [`install`] is also what the CNI plugin (`warden cni`) runs for a pod, from the node, in
+//! the pod's network namespace: one function plans and applies the rules either way.
 
+use std::fs::File;
 use std::io::Write;
 use std::net::Ipv6Addr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
@@ -103,8 +109,22 @@ fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The kernel's list of IPv6 addresses (absent when IPv6 is disabled).
-const IF_INET6: &str = "/proc/net/if_inet6";
+/// The kernel's list of IPv6 addresses of the calling thread's network namespace (absent when
+/// IPv6 is disabled). `/proc/net` would be the process's, which is not the pod's when a thread
+/// of the CNI plugin entered the pod's namespace.
+const IF_INET6: &str = "/proc/thread-self/net/if_inet6";
+
+/// The global IPv6 addresses of the current thread's network namespace.
+fn pod_global_ipv6() -> anyhow::Result<Vec<Ipv6Addr>> {
+    match std::fs::read_to_string(IF_INET6) {
+        Ok(text) => Ok(global_ipv6(&text)),
+        // IPv6 disabled: no address at all.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the pod's IPv6 addresses ({IF_INET6}): {e}"
+        )),
+    }
+}
 
 /// The global-scope addresses in `/proc/net/if_inet6` text (ULA included: they are routed).
 fn global_ipv6(if_inet6: &str) -> Vec<Ipv6Addr> {
@@ -154,6 +174,92 @@ fn install_ipv6(mode: Ipv6, nat: Result<(), String>, global: &[Ipv6Addr]) -> any
     }
 }
 
+/// Runs `f` in the network namespace at `netns` (`None`: the caller's own), on a thread of
+/// its own that enters the namespace with `setns(2)` and ends with `f`: the iptables children
+/// it spawns start in that namespace, `/proc/thread-self/net` is the pod's, and no other
+/// thread (nor the thread pool of an async runtime) ever runs in the pod's namespace.
+fn in_netns<T: Send>(
+    netns: Option<&Path>,
+    f: impl FnOnce() -> anyhow::Result<T> + Send,
+) -> anyhow::Result<T> {
+    let Some(path) = netns else { return f() };
+    let enter = || {
+        let file = File::open(path)
+            .with_context(|| format!("the pod's network namespace {}", path.display()))?;
+        // SAFETY: setns on this thread only, with a namespace file descriptor that is open
+        // for the duration of the call.
+        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(anyhow::anyhow!(
+                "cannot enter the pod's network namespace {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        f()
+    };
+    std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name("netns".into())
+            .spawn_scoped(scope, enter)
+            .context("cannot start a thread")?
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the network namespace thread panicked")))
+    })
+}
+
+/// Installs the interception rules (IPv4, and IPv6 as `ipv6` and the pod decide) in the
+/// network namespace at `netns` (`None`: this process's), atomically per address family and
+/// replacing an earlier installation. Decided before anything changes, so a refusal (IPv6
+/// that would stay open) leaves the tables untouched. `who` prefixes the notes on stderr.
+pub fn install(
+    settings: &InterceptionSettings,
+    ipv6: Ipv6,
+    netns: Option<&Path>,
+    who: &str,
+) -> anyhow::Result<()> {
+    if settings.inbound_port == settings.outbound_port {
+        anyhow::bail!("--inbound-port and --outbound-port must differ");
+    }
+    in_netns(netns, || {
+        let nat = current_rules(Family::V6)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let global = pod_global_ipv6()?;
+        let mut families = vec![Family::V4];
+        if install_ipv6(ipv6, nat, &global)? {
+            families.push(Family::V6);
+        } else {
+            eprintln!("{who}: no IPv6 rules: the pod has no global IPv6 address");
+        }
+        for family in families {
+            let plan = interception::apply_plan(settings, family, &current_rules(family)?);
+            apply(family, &plan)?;
+            eprintln!("{who}: installed the {} rules", tools(family).1);
+        }
+        Ok(())
+    })
+}
+
+/// Checks that the network namespace at `netns` has exactly the rules [`install`] puts there
+/// for `settings`: IPv4 always, IPv6 when the pod has a global IPv6 address or ip6tables' nat
+/// table holds Warden's chains.
+pub fn verify(settings: &InterceptionSettings, netns: Option<&Path>) -> anyhow::Result<()> {
+    in_netns(netns, || {
+        interception::verify(settings, Family::V4, &current_rules(Family::V4)?)
+            .map_err(|e| anyhow::anyhow!("iptables: {e}"))?;
+        let global = pod_global_ipv6()?;
+        let v6 = current_rules(Family::V6);
+        let ours = v6
+            .as_ref()
+            .is_ok_and(|t| t.contains(&format!(":{} ", contract::chains::INBOUND)));
+        if !global.is_empty() || ours {
+            interception::verify(settings, Family::V6, &v6?)
+                .map_err(|e| anyhow::anyhow!("ip6tables: {e}"))?;
+        }
+        Ok(())
+    })
+}
+
 /// Installs or removes the rules.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let settings = InterceptionSettings {
@@ -168,25 +274,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if settings.inbound_port == settings.outbound_port {
         anyhow::bail!("--inbound-port and --outbound-port must differ");
     }
+    if !args.dry_run && !args.remove {
+        install(&settings, args.ipv6, None, "warden init")?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut families = vec![Family::V4];
-    // Decided before anything is installed, so a refusal leaves the pod's tables untouched.
     let with_v6 = if args.dry_run {
         !matches!(args.ipv6, Ipv6::Off)
-    } else if args.remove {
+    } else {
         // Removing leaves nothing open: take away whatever of ours each table has.
         current_rules(Family::V6).is_ok()
-    } else {
-        let nat = current_rules(Family::V6)
-            .map(|_| ())
-            .map_err(|e| e.to_string());
-        let global = std::fs::read_to_string(IF_INET6)
-            .map(|text| global_ipv6(&text))
-            .unwrap_or_default();
-        let install = install_ipv6(args.ipv6, nat, &global)?;
-        if !install {
-            eprintln!("warden init: no IPv6 rules: the pod has no global IPv6 address");
-        }
-        install
     };
     if with_v6 {
         families.push(Family::V6);
@@ -209,8 +306,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             continue;
         }
         apply(family, &plan)?;
-        let what = if args.remove { "removed" } else { "installed" };
-        eprintln!("warden init: {what} the {restore} rules");
+        eprintln!("warden init: removed the {restore} rules");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -19,7 +19,7 @@ use warden_identity::rotation::{self, CertSource, TlsOptions};
 use warden_identity::tls::ClientAuth;
 use warden_identity::{CertificateAuthority, TrustBundle};
 use warden_injector::config::{
-    InjectorConfig, SecurityAnnotation, SidecarMode, ALLOW_ANNOTATION_FLAG,
+    InjectorConfig, Interception, SecurityAnnotation, SidecarMode, ALLOW_ANNOTATION_FLAG,
 };
 use warden_injector::{server, webhook};
 
@@ -75,6 +75,11 @@ pub struct Args {
         value_parser = SecurityAnnotation::parse
     )]
     allow_pod_annotations: Vec<SecurityAnnotation>,
+    /// Who installs the pods' interception rules: `init` (the `warden-init` container: root,
+    /// NET_ADMIN and NET_RAW) or `cni` (Warden's CNI plugin on every node, `warden cni`: no
+    /// privileged container, so pods meet Pod Security `restricted`).
+    #[arg(long, value_parser = ["init", "cni"], default_value = "init")]
+    interception: String,
 }
 
 /// Runs the webhook until SIGTERM or Ctrl-C.
@@ -116,6 +121,7 @@ fn injector_config(
     config.default_mode = SidecarMode::parse(&args.sidecar_mode).unwrap_or(SidecarMode::Native);
     config.log_level = args.proxy_log_level.clone();
     config.allowed_annotations = args.allow_pod_annotations.iter().copied().collect();
+    config.interception = Interception::parse(&args.interception).unwrap_or(Interception::Init);
     Ok(config)
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod ca;
 mod cert;
+mod cni;
 mod controller;
 mod demo;
 mod identity;
@@ -54,6 +55,8 @@ enum Command {
     Proxy(proxy::Args),
     /// Install (or --remove) the pod's traffic interception rules (iptables, IPv4 and IPv6).
     Init(init::Args),
+    /// The CNI plugin: installs injected pods' interception rules from the node (as `warden-cni`).
+    Cni(cni::Args),
     /// Run the mutating admission webhook that adds Warden to pods.
     Injector(Box<injector::Args>),
     /// Print the control-plane manifests with fresh certificates: `warden install | kubectl apply -f -`.
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Identity(args) => identity::run(*args),
         Command::Proxy(args) => proxy::run(args),
         Command::Init(args) => init::run(args),
+        Command::Cni(args) => cni::run(args),
         Command::Injector(args) => injector::run(*args),
         Command::Install(args) => install::run(args),
         Command::Policy(cmd) => policy::run(cmd),
@@ -85,7 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    match run(Cli::parse_from(cni::command_line())) {
         Ok(code) => code,
         Err(err) => {
             // One line: the input and what is wrong with it, causes joined by ": ".

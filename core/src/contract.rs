@@ -162,3 +162,24 @@ pub mod headers {
     /// The id of a request the proxy answered itself (denials, errors), for the logs.
     pub const REQUEST_ID: &str = "x-warden-request-id";
 }
+
+/// Interception installed by the CNI plugin (`warden cni`, the injector's `--interception
+/// cni`) instead of the privileged `warden-init` container, so that injected pods meet Pod
+/// Security `restricted`.
+pub mod cni {
+    /// Pod annotation written by the injector in CNI mode: [`INTERCEPTION_CNI`]. It tells
+    /// people (and `kubectl`) how the pod is intercepted; the plugin itself decides from the
+    /// pod's spec, which cannot change after admission, never from an annotation, which can.
+    pub const INTERCEPTION_ANNOTATION: &str = "warden.dev/interception";
+    /// The value of [`INTERCEPTION_ANNOTATION`] for pods whose rules the CNI plugin installs.
+    pub const INTERCEPTION_CNI: &str = "cni";
+    /// Environment variable of the `warden-proxy` container of a CNI-mode pod: the effective
+    /// interception settings (skipped ports and networks, after the injector applied its
+    /// allowed-annotations policy) as JSON. Read by the CNI plugin, not by the proxy; a
+    /// container's environment is immutable, so the settings cannot be weakened after
+    /// admission.
+    pub const SETTINGS_ENV: &str = "WARDEN_INTERCEPTION_SETTINGS";
+    /// The plugin's `type` in a CNI network configuration (the file name of the binary in the
+    /// node's CNI bin directory; `warden` run under this name acts as `warden cni`).
+    pub const PLUGIN_TYPE: &str = "warden-cni";
+}

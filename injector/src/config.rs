@@ -95,6 +95,29 @@ impl SidecarMode {
     }
 }
 
+/// Who installs an injected pod's interception rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// The `warden-init` init container (root, `NET_ADMIN` and `NET_RAW`). The default; Pod
+    /// Security `baseline` and `restricted` refuse it.
+    Init,
+    /// Warden's CNI plugin (`warden cni`), from the node, while the pod's network is set up:
+    /// no privileged container, so injected pods can meet Pod Security `restricted`. The
+    /// plugin must be installed on every node.
+    Cni,
+}
+
+impl Interception {
+    /// Reads `init` or `cni`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value {
+            "init" => Some(Self::Init),
+            "cni" => Some(Self::Cni),
+            _ => None,
+        }
+    }
+}
+
 /// CPU and memory requests and limits (Kubernetes quantities).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resources {
@@ -132,6 +155,8 @@ pub struct InjectorConfig {
     /// The security-relevant annotations pods may use (default: none; others are ignored
     /// with a warning).
     pub allowed_annotations: BTreeSet<SecurityAnnotation>,
+    /// Who installs the interception rules (default: the `warden-init` container).
+    pub interception: Interception,
 }
 
 impl InjectorConfig {
@@ -162,6 +187,7 @@ impl InjectorConfig {
             },
             version: env!("CARGO_PKG_VERSION").into(),
             allowed_annotations: BTreeSet::new(),
+            interception: Interception::Init,
         }
     }
 
@@ -194,5 +220,18 @@ mod tests {
             SecurityAnnotation::ALL.iter().all(|a| !config.allows(*a)),
             "none by default"
         );
+    }
+
+    #[test]
+    fn interception_is_init_unless_cni_is_asked_for() {
+        assert_eq!(
+            InjectorConfig::new("img", "").interception,
+            Interception::Init
+        );
+        assert_eq!(Interception::parse("init"), Some(Interception::Init));
+        assert_eq!(Interception::parse("cni"), Some(Interception::Cni));
+        for bad in ["", "CNI", "iptables", "none"] {
+            assert_eq!(Interception::parse(bad), None, "{bad:?}");
+        }
     }
 }

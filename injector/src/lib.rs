@@ -3,10 +3,12 @@
 //! - [`patch`]: the pure pod patch (pod + settings -> JSON patch, or why not);
 //! - [`webhook`]: AdmissionReview handling and the HTTPS handler;
 //! - [`server`]: the HTTPS server and its serving certificate;
-//! - [`config`]: what gets injected, with defaults.
+//! - [`config`]: what gets injected, with defaults;
+//! - [`cni`]: what the CNI plugin does with a pod (CNI mode), as a pure function.
 
 #![warn(missing_docs)]
 
+pub mod cni;
 pub mod config;
 pub mod patch;
 pub mod server;

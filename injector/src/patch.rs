@@ -15,6 +15,16 @@
 //! - the app's HTTP, TCP and gRPC probes rewritten to pass through the proxy's admin port;
 //! - annotations: the injected version and kubectl's default container.
 //!
+//! In CNI mode (`InjectorConfig::interception`, `warden injector --interception cni`) there
+//! is no `warden-init` (nor its `/run` volume): Warden's CNI plugin installs the same rules
+//! from the node, so the pod needs no privileged container and can meet Pod Security
+//! `restricted`. The proxy comes first instead (native: the first init container; regular:
+//! the first container), with one more environment variable, the effective interception
+//! settings as JSON (`contract::cni::SETTINGS_ENV`: what `warden-init`'s arguments would
+//! be), which the plugin reads from the stored pod; and the pod is annotated
+//! `warden.dev/interception: cni`. See [`crate::cni`] for why the plugin trusts the
+//! container and not the annotation.
+//!
 //! What it refuses (the API server denies the pod, with the reason):
 //! - containers under Warden's names (`warden-init`, `warden-proxy`) that are not exactly
 //!   what it adds: only a pod whose Warden containers and volumes are its own (a
@@ -40,8 +50,9 @@ use warden_core::contract::{self, annotations, env};
 use warden_core::probe::{self, AppProbe, AppProbes};
 use warden_core::Cidr;
 
+use crate::cni::CniSettings;
 use crate::config::{
-    InjectorConfig, Resources, SecurityAnnotation, SidecarMode, ALLOW_ANNOTATION_FLAG,
+    InjectorConfig, Interception, Resources, SecurityAnnotation, SidecarMode, ALLOW_ANNOTATION_FLAG,
 };
 
 /// Why a pod gets no patch.
@@ -355,6 +366,14 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
             serde_json::to_string(probes).unwrap_or_default(),
         ));
     }
+    if config.interception == Interception::Cni {
+        let settings = CniSettings {
+            skip_inbound_ports: o.skip_inbound_ports.clone(),
+            skip_outbound_ports: o.skip_outbound_ports.clone(),
+            skip_outbound_cidrs: o.skip_outbound_cidrs.clone(),
+        };
+        env.push(value_env(contract::cni::SETTINGS_ENV, settings.to_json()));
+    }
     let native = o.mode == SidecarMode::Native;
     Container {
         name: contract::PROXY_CONTAINER.into(),
@@ -424,7 +443,18 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
     }
 }
 
-fn volumes() -> Vec<Volume> {
+/// The volumes the injector adds: the proxy's token and policy, and in init mode the
+/// memory-backed `/run` of `warden-init`.
+fn volumes(interception: Interception) -> Vec<Volume> {
+    let mut volumes = all_volumes();
+    if interception == Interception::Cni {
+        volumes.retain(|v| v.name != RUN_VOLUME);
+    }
+    volumes
+}
+
+/// Every volume the injector may add (their names are reserved in both modes).
+fn all_volumes() -> Vec<Volume> {
     vec![
         Volume {
             name: TOKEN_VOLUME.into(),
@@ -621,11 +651,16 @@ fn already_injected(
     let init = init_container(config, o);
     let proxy = proxy_container(config, o, &AppProbes::new());
     let init_list = spec.init_containers.as_deref().unwrap_or_default();
+    // In CNI mode there is no warden-init: the proxy takes its place.
+    let cni = config.interception == Interception::Cni;
     let (proxy_list, proxy_at) = match o.mode {
-        SidecarMode::Native => (init_list, 1),
+        SidecarMode::Native => (init_list, usize::from(!cni)),
         SidecarMode::Regular => (spec.containers.as_slice(), 0),
     };
-    let expected = [(init_list, 0, &init), (proxy_list, proxy_at, &proxy)];
+    let mut expected = vec![(proxy_list, proxy_at, &proxy)];
+    if !cni {
+        expected.insert(0, (init_list, 0, &init));
+    }
     let in_place = |name: &str| {
         expected.iter().any(|(list, at, want)| {
             want.name == name
@@ -638,12 +673,13 @@ fn already_injected(
         .map(|(name, _)| name)
         .filter(|name| reserved(name))
         .collect();
-    let wanted = volumes();
+    let wanted = volumes(config.interception);
+    let reserved_volumes = all_volumes();
     let pod_volumes = spec.volumes.as_deref().unwrap_or_default();
     let Some(&first) = found.first() else {
         return match pod_volumes
             .iter()
-            .find(|v| wanted.iter().any(|w| w.name == v.name))
+            .find(|v| reserved_volumes.iter().any(|w| w.name == v.name))
         {
             Some(volume) => Err(reserved_name("volume", &volume.name)),
             None => Ok(false),
@@ -667,6 +703,13 @@ fn already_injected(
         if !ours {
             return Err(reserved_name("volume", &want.name));
         }
+    }
+    // A reserved volume the injector does not add in this mode (warden-run in CNI mode).
+    if let Some(extra) = pod_volumes.iter().find(|v| {
+        reserved_volumes.iter().any(|r| r.name == v.name)
+            && !wanted.iter().any(|w| w.name == v.name)
+    }) {
+        return Err(reserved_name("volume", &extra.name));
     }
     Ok(true)
 }
@@ -761,22 +804,21 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
         }
     }
 
-    let init = to_value(&init_container(config, &overrides));
     let proxy = to_value(&proxy_container(config, &overrides, &probes));
     let mut head = Vec::new();
+    if config.interception == Interception::Init {
+        head.push(to_value(&init_container(config, &overrides)));
+    }
     match overrides.mode {
-        SidecarMode::Native => {
-            head.push(init);
-            head.push(proxy);
-        }
+        SidecarMode::Native => head.push(proxy),
         SidecarMode::Regular => {
-            head.push(init);
             // Containers go first (their probes were indexed for this).
             ops.insert(0, add("/spec/containers/0".into(), proxy));
         }
     }
     let mut front = Vec::new();
     match &spec.init_containers {
+        None if head.is_empty() => {}
         None => front.push(add("/spec/initContainers".into(), Value::Array(head))),
         Some(_) => {
             for (i, container) in head.into_iter().enumerate() {
@@ -784,10 +826,11 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
             }
         }
     }
+    let volumes = volumes(config.interception);
     match &spec.volumes {
-        None => front.push(add("/spec/volumes".into(), to_value(&volumes()))),
+        None => front.push(add("/spec/volumes".into(), to_value(&volumes))),
         Some(_) => front.extend(
-            volumes()
+            volumes
                 .iter()
                 .map(|v| add("/spec/volumes/-".into(), to_value(v))),
         ),
@@ -799,6 +842,12 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
         annotations::INJECTED_VERSION.to_string(),
         config.version.clone(),
     );
+    if config.interception == Interception::Cni {
+        new_annotations.insert(
+            contract::cni::INTERCEPTION_ANNOTATION.to_string(),
+            contract::cni::INTERCEPTION_CNI.to_string(),
+        );
+    }
     let has_default = meta
         .annotations
         .as_ref()

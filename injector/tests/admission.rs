@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
-use warden_injector::config::{InjectorConfig, SecurityAnnotation};
+use warden_injector::cni::{self, CniSettings, PodInterception};
+use warden_injector::config::{InjectorConfig, Interception, SecurityAnnotation};
 use warden_injector::webhook::{review, ReviewError};
 
 fn config() -> InjectorConfig {
@@ -977,5 +979,276 @@ fn security_annotations_are_ignored_with_a_warning_unless_the_operator_allows_th
     assert_eq!(
         patched["spec"]["initContainers"][1]["resources"]["limits"]["memory"],
         "64Mi"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// CNI mode: no warden-init; the CNI plugin installs the rules from the node.
+// ---------------------------------------------------------------------------------------
+
+/// The test configuration in CNI mode, with `allowed` security-relevant annotations.
+fn cni_config(allowed: &[SecurityAnnotation]) -> InjectorConfig {
+    let mut config = allowing(allowed);
+    config.interception = Interception::Cni;
+    config
+}
+
+fn env_of(container: &Value, name: &str) -> Option<Value> {
+    container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| e["value"].clone())
+}
+
+#[test]
+fn cni_mode_adds_no_init_container_and_hands_the_settings_to_the_plugin() {
+    let pod = with_annotations(
+        deployment_pod(),
+        json!({
+            "warden.dev/skip-inbound-ports": "22",
+            "warden.dev/skip-outbound-ports": "5432",
+            "warden.dev/skip-outbound-cidrs": "169.254.169.254/32",
+        }),
+    );
+    // The operator allows skipped inbound ports and networks, not skipped outbound ports.
+    let config = cni_config(&[
+        SecurityAnnotation::SkipInboundPorts,
+        SecurityAnnotation::SkipOutboundCidrs,
+    ]);
+    let (response, outcome) = answer_with(&admission_review(pod.clone(), "CREATE", false), &config);
+    assert_eq!(outcome, "injected", "{response}");
+    assert_eq!(
+        warnings_of(&response).len(),
+        1,
+        "skip-outbound-ports ignored"
+    );
+    let patch = decoded_patch(&response).unwrap();
+    golden("cni-mode", &patch);
+    let patched = apply(&pod, &patch);
+    assert_valid_for_kubernetes("cni-mode", &patched);
+
+    let init = &patched["spec"]["initContainers"];
+    assert_eq!(
+        init.as_array().unwrap().len(),
+        1,
+        "the proxy only, no warden-init: {init}"
+    );
+    let proxy = &init[0];
+    assert_eq!(proxy["name"], "warden-proxy");
+    assert_eq!(proxy["restartPolicy"], "Always");
+    assert!(
+        proxy["securityContext"]["capabilities"]
+            .get("add")
+            .is_none(),
+        "nothing privileged anywhere"
+    );
+    let settings = env_of(proxy, "WARDEN_INTERCEPTION_SETTINGS").expect("the settings");
+    assert_eq!(
+        settings,
+        json!(
+            r#"{"skipInboundPorts":[22],"skipOutboundPorts":[],"skipOutboundCidrs":["169.254.169.254/32"]}"#
+        ),
+        "what warden-init's arguments would be, after the allowed-annotations policy"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["warden.dev/interception"],
+        "cni"
+    );
+    let volumes: Vec<&str> = patched["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        volumes,
+        ["kube-api-access-x7k2p", "warden-token", "warden-policy"],
+        "no /run volume without warden-init"
+    );
+    // Apart from that variable, the proxy is the one of init mode.
+    let (init_mode, _) = answer(&admission_review(deployment_pod(), "CREATE", false));
+    let init_mode = apply(&deployment_pod(), &decoded_patch(&init_mode).unwrap());
+    let mut same = proxy.clone();
+    same["env"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|e| e["name"] != "WARDEN_INTERCEPTION_SETTINGS");
+    assert_eq!(same, init_mode["spec"]["initContainers"][1]);
+
+    // The CNI plugin reads exactly that from the pod.
+    let stored: Pod = serde_json::from_value(patched).unwrap();
+    assert_eq!(
+        cni::interception(&stored),
+        Ok(PodInterception::Cni(CniSettings {
+            skip_inbound_ports: vec![22],
+            skip_outbound_ports: vec![],
+            skip_outbound_cidrs: vec![warden_core::Cidr::parse("169.254.169.254/32").unwrap()],
+        }))
+    );
+    assert_eq!(
+        cni::interception(&serde_json::from_value(init_mode).unwrap()),
+        Ok(PodInterception::InitContainer),
+        "an init-mode pod is left to its warden-init"
+    );
+}
+
+#[test]
+fn cni_mode_in_regular_sidecar_mode_and_with_the_pods_own_init_containers() {
+    let config = cni_config(&[SecurityAnnotation::SkipOutboundPorts]);
+    // Regular: the proxy is the first container, and no initContainers appear.
+    let regular = with_annotations(
+        deployment_pod(),
+        json!({"warden.dev/sidecar-mode": "regular"}),
+    );
+    let (response, _) = answer_with(&admission_review(regular.clone(), "CREATE", false), &config);
+    let patched = apply(&regular, &decoded_patch(&response).unwrap());
+    assert_valid_for_kubernetes("cni-regular", &patched);
+    assert!(patched["spec"].get("initContainers").is_none(), "{patched}");
+    assert_eq!(patched["spec"]["containers"][0]["name"], "warden-proxy");
+    assert_eq!(
+        patched["spec"]["containers"][1]["livenessProbe"]["httpGet"]["path"],
+        "/app-probe/web/liveness",
+        "the app's probes are indexed past the proxy"
+    );
+    // The pod's own init containers run after the proxy.
+    let (response, _) = answer_with(&admission_review(busy_pod(), "CREATE", false), &config);
+    let patched = apply(&busy_pod(), &decoded_patch(&response).unwrap());
+    let names: Vec<&str> = patched["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["warden-proxy", "migrate"]);
+    assert_eq!(
+        env_of(
+            &patched["spec"]["initContainers"][0],
+            "WARDEN_INTERCEPTION_SETTINGS"
+        ),
+        Some(json!(
+            r#"{"skipInboundPorts":[],"skipOutboundPorts":[5432],"skipOutboundCidrs":[]}"#
+        ))
+    );
+}
+
+#[test]
+fn cni_mode_pods_are_genuine_only_to_an_injector_in_cni_mode() {
+    let cni = cni_config(&[]);
+    let regular = with_annotations(
+        deployment_pod(),
+        json!({"warden.dev/sidecar-mode": "regular"}),
+    );
+    // Reviewed again (reinvocation, copies) by the CNI-mode injector: skipped.
+    let skipped: Vec<(&str, Value, InjectorConfig, Edit)> = vec![
+        ("native sidecar", deployment_pod(), cni.clone(), |_| {}),
+        ("regular container", regular, cni.clone(), |_| {}),
+        (
+            "the pod's own init containers, allowed annotations",
+            busy_pod(),
+            cni_config(&[SecurityAnnotation::SkipOutboundPorts]),
+            |_| {},
+        ),
+        (
+            "the interception annotation removed (the plugin does not read it)",
+            deployment_pod(),
+            cni.clone(),
+            |pod| {
+                pod["metadata"]["annotations"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("warden.dev/interception");
+            },
+        ),
+    ];
+    for (name, pod, config, change) in skipped {
+        let mut pod = stored(pod, &config);
+        change(&mut pod);
+        let (response, outcome) = answer_with(&admission_review(pod, "CREATE", false), &config);
+        assert_eq!(outcome, "skipped", "{name}: {response}");
+        assert_eq!(
+            warnings_of(&response),
+            ["warden: not injected: the pod is already injected"],
+            "{name}"
+        );
+    }
+
+    // Refused: what is not exactly what this injector adds.
+    let proxy = "container name warden-proxy is reserved for Warden's sidecar";
+    let cases: Vec<(&str, InjectorConfig, InjectorConfig, Edit, &str)> = vec![
+        (
+            "a CNI-mode pod under an init-mode injector (nothing would install its rules)",
+            cni.clone(),
+            config(),
+            |_| {},
+            proxy,
+        ),
+        (
+            "an init-mode pod under a CNI-mode injector",
+            config(),
+            cni.clone(),
+            |_| {},
+            "container name warden-init is reserved",
+        ),
+        (
+            "settings widened in a copy",
+            cni.clone(),
+            cni.clone(),
+            |pod| {
+                let env = init_list(pod)[0]["env"].as_array_mut().unwrap();
+                let settings = env
+                    .iter_mut()
+                    .find(|e| e["name"] == "WARDEN_INTERCEPTION_SETTINGS")
+                    .unwrap();
+                settings["value"] = json!(r#"{"skipInboundPorts":[8080]}"#);
+            },
+            proxy,
+        ),
+        (
+            "the settings removed in a copy",
+            cni.clone(),
+            cni.clone(),
+            |pod| {
+                init_list(pod)[0]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|e| e["name"] != "WARDEN_INTERCEPTION_SETTINGS");
+            },
+            proxy,
+        ),
+        (
+            "a warden-run volume the injector does not add in CNI mode",
+            cni.clone(),
+            cni.clone(),
+            |pod| {
+                pod["spec"]["volumes"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(json!({"name": "warden-run", "emptyDir": {"medium": "Memory"}}));
+            },
+            "volume name warden-run is reserved",
+        ),
+    ];
+    for (name, injected_by, reviewed_by, edit, want) in cases {
+        let mut pod = stored(deployment_pod(), &injected_by);
+        edit(&mut pod);
+        let (response, outcome) =
+            answer_with(&admission_review(pod, "CREATE", false), &reviewed_by);
+        assert_refused(name, &response, outcome, want);
+    }
+
+    // A pod of its own with a warden-run volume is refused in CNI mode too (reserved names).
+    let mut own = deployment_pod();
+    own["spec"]["volumes"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "warden-run", "emptyDir": {}}));
+    let (response, outcome) = answer_with(&admission_review(own, "CREATE", false), &cni);
+    assert_refused(
+        "own warden-run",
+        &response,
+        outcome,
+        "volume name warden-run is reserved",
     );
 }

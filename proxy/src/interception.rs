@@ -1,6 +1,7 @@
-//! The interception rules `warden init` installs in a pod's network namespace, as pure
-//! functions from settings (and the current `iptables-save -t nat` output) to one
-//! `iptables-restore --noflush` input: applied atomically, idempotent, and removable.
+//! The interception rules `warden init` (and the CNI plugin, `warden cni`) installs in a
+//! pod's network namespace, as pure functions from settings (and the current
+//! `iptables-save -t nat` output) to one `iptables-restore --noflush` input: applied
+//! atomically, idempotent, removable, and checkable ([`verify`]).
 //!
 //! - nat/PREROUTING -> `WARDEN_INBOUND`: TCP to the pod is redirected to the inbound port,
 //!   except the admin port and skipped ports;
@@ -149,6 +150,49 @@ pub fn remove_plan(current: &str) -> String {
     out.join("\n") + "\n"
 }
 
+/// Whether `current` (the `iptables-save -t nat` output) holds exactly what [`apply_plan`]
+/// installs for `settings`: both chains with exactly their rules in order, and each jump into
+/// them once. The `-m tcp` that `iptables-save` adds to `--dport` matches is ignored.
+pub fn verify(
+    settings: &InterceptionSettings,
+    family: Family,
+    current: &str,
+) -> Result<(), String> {
+    let normalized: Vec<String> = current
+        .lines()
+        .map(|line| line.replace(" -m tcp ", " "))
+        .collect();
+    let want = chain_rules(settings, family);
+    for chain in [chains::INBOUND, chains::OUTPUT] {
+        if !chain_exists(current, chain) {
+            return Err(format!("the chain {chain} is missing"));
+        }
+        let prefix = format!("-A {chain} ");
+        let of = |rules: &[String]| -> Vec<String> {
+            rules
+                .iter()
+                .filter(|r| r.starts_with(&prefix))
+                .cloned()
+                .collect()
+        };
+        let (have, expected) = (of(&normalized), of(&want));
+        if have != expected {
+            return Err(format!(
+                "the chain {chain} holds {have:?} instead of {expected:?}"
+            ));
+        }
+    }
+    for jump in jumps() {
+        let n = normalized.iter().filter(|l| **l == jump).count();
+        if n != 1 {
+            return Err(format!(
+                "the jump {jump:?} appears {n} times instead of once"
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +269,58 @@ COMMIT
         );
         assert!(!plan.contains("OTHER_CHAIN"), "others' rules are untouched");
         assert_eq!(plan.matches("-A PREROUTING").count(), 1, "one jump after");
+    }
+
+    #[test]
+    fn verify_accepts_exactly_what_apply_installs() {
+        // What iptables-save prints after apply_plan(settings(), V4) on an empty table.
+        let installed = "*nat
+:PREROUTING ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:WARDEN_INBOUND - [0:0]
+:WARDEN_OUTPUT - [0:0]
+-A PREROUTING -p tcp -j WARDEN_INBOUND
+-A OUTPUT -p tcp -j WARDEN_OUTPUT
+-A WARDEN_INBOUND -p tcp -m tcp --dport 7191 -j RETURN
+-A WARDEN_INBOUND -p tcp -m tcp --dport 22 -j RETURN
+-A WARDEN_INBOUND -p tcp -j REDIRECT --to-ports 7143
+-A WARDEN_OUTPUT -m owner --uid-owner 2626 -j RETURN
+-A WARDEN_OUTPUT -o lo -j RETURN
+-A WARDEN_OUTPUT -d 169.254.169.254/32 -j RETURN
+-A WARDEN_OUTPUT -p tcp -m tcp --dport 53 -j RETURN
+-A WARDEN_OUTPUT -p tcp -j REDIRECT --to-ports 7140
+COMMIT
+";
+        assert_eq!(verify(&settings(), Family::V4, installed), Ok(()));
+        let cases = [
+            (EMPTY.to_string(), "the chain WARDEN_INBOUND is missing"),
+            (
+                installed.replace("--dport 22 ", "--dport 2222 "),
+                "the chain WARDEN_INBOUND holds",
+            ),
+            (
+                installed.replace("-A WARDEN_OUTPUT -p tcp -m tcp --dport 53 -j RETURN\n", ""),
+                "the chain WARDEN_OUTPUT holds",
+            ),
+            (
+                installed.replace("-A OUTPUT -p tcp -j WARDEN_OUTPUT\n", ""),
+                "appears 0 times",
+            ),
+            (
+                installed.replace(
+                    "-A PREROUTING -p tcp -j WARDEN_INBOUND\n",
+                    "-A PREROUTING -p tcp -j WARDEN_INBOUND\n-A PREROUTING -p tcp -j WARDEN_INBOUND\n",
+                ),
+                "appears 2 times",
+            ),
+        ];
+        for (current, want) in cases {
+            let err = verify(&settings(), Family::V4, &current).unwrap_err();
+            assert!(err.contains(want), "{err}");
+        }
+        // Other settings are not what is installed.
+        let err = verify(&InterceptionSettings::default(), Family::V4, installed).unwrap_err();
+        assert!(err.contains("WARDEN_INBOUND holds"), "{err}");
     }
 
     #[test]
