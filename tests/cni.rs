@@ -11,6 +11,10 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/host.rs"]
+mod host;
+
+use host::run;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,45 +30,16 @@ use warden_injector::config::{InjectorConfig, Interception, SecurityAnnotation};
 
 /// Whether this machine can run the tests; under CI it must.
 fn runnable() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for (tool, package) in [
-        ("ip", "iproute2"),
-        ("iptables-save", "iptables"),
-        ("ip6tables-save", "iptables"),
-        ("iptables-restore", "iptables"),
-        ("ip6tables-restore", "iptables"),
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            missing.push(format!("{tool} (apt-get install -y {package})"));
-        }
-    }
-    if !missing.is_empty() {
-        let message = format!("the CNI plugin tests need: {}", missing.join(", "));
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{message}; scripts/test.sh installs the tools and CI runs as root");
-        }
-        eprintln!("SKIPPED: {message}");
-        return false;
-    }
-    apiserver::available()
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host::runnable(
+        "the CNI plugin tests",
+        &[
+            ("ip", "iproute2"),
+            ("iptables-save", "iptables"),
+            ("ip6tables-save", "iptables"),
+            ("iptables-restore", "iptables"),
+            ("ip6tables-restore", "iptables"),
+        ],
+    ) && apiserver::available()
 }
 
 /// A pod's network namespace; deleted when dropped (also when a test fails).

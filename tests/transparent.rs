@@ -17,50 +17,23 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+#[path = "support/host.rs"]
+mod host;
+
+use host::run;
+
 /// Whether this machine can run the test; under CI it must.
 fn runnable() -> bool {
-    let mut missing = Vec::new();
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing.push("root".to_string());
-    }
-    for (tool, package) in [
-        ("ip", "iproute2"),
-        ("iptables-restore", "iptables"),
-        ("ip6tables-restore", "iptables"),
-        ("tcpdump", "tcpdump"),
-        ("setpriv", "util-linux"),
-    ] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            missing.push(format!("{tool} (apt-get install -y {package})"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let message = format!(
-        "transparent interception tests need: {}",
-        missing.join(", ")
-    );
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{message}; scripts/test.sh installs the tools and CI runs as root");
-    }
-    eprintln!("SKIPPED: {message}");
-    false
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    host::runnable(
+        "transparent interception tests",
+        &[
+            ("ip", "iproute2"),
+            ("iptables-restore", "iptables"),
+            ("ip6tables-restore", "iptables"),
+            ("tcpdump", "tcpdump"),
+            ("setpriv", "util-linux"),
+        ],
+    )
 }
 
 fn output(args: &[&str]) -> String {
