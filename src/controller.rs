@@ -2,12 +2,17 @@
 //! Namespaces and writes each policy's status; `crds` prints the policy CRDs generated from
 //! their Rust types (what `deploy/kubernetes/base/crds.yaml` holds).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::Context;
+use tokio_util::sync::CancellationToken;
 use warden_controller::index::Index;
+use warden_core::contract;
+use warden_identity::admin::Readiness;
 
 /// `warden controller` subcommands.
 #[derive(clap::Subcommand)]
@@ -25,6 +30,18 @@ pub struct RunArgs {
     /// ServiceAccount's in-cluster credentials are used.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Address of the admin endpoint (/live, /ready once every watch has listed, /metrics).
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], contract::ADMIN_PORT)))]
+    admin_listen: SocketAddr,
+    /// The namespace of the Lease that elects the status writer (the controller's own).
+    #[arg(long, env = "WARDEN_POD_NAMESPACE", default_value = contract::SYSTEM_NAMESPACE)]
+    lease_namespace: String,
+    /// This replica's name in the Lease (its pod name).
+    #[arg(long, env = "WARDEN_POD_NAME")]
+    identity: String,
+    /// How long a Lease renewal holds; the writer renews every third of it.
+    #[arg(long, default_value = "15s", value_parser = warden_core::duration::parse_duration)]
+    lease_duration: Duration,
 }
 
 /// Runs a `warden controller` subcommand.
@@ -60,11 +77,42 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         .apiserver_version()
         .await
         .context("cannot reach the API server")?;
+    let shutdown = CancellationToken::new();
+    let (ready_tx, admin_addr) = crate::admin::start(args.admin_listen, shutdown.clone()).await?;
+    let (synced_tx, mut synced) = tokio::sync::watch::channel(false);
+    let (leader_tx, leader) = tokio::sync::watch::channel(false);
+    tokio::spawn(warden_controller::lease::run(
+        client.clone(),
+        args.lease_namespace.clone(),
+        args.identity.clone(),
+        args.lease_duration,
+        leader_tx,
+        shutdown.clone().cancelled_owned(),
+    ));
+    tokio::spawn(async move {
+        if synced.wait_for(|s| *s).await.is_ok() {
+            ready_tx.send_replace(Readiness {
+                ready: true,
+                detail: "ready: every watch has listed".into(),
+            });
+        }
+    });
     eprintln!(
-        "warden controller: watching (Kubernetes {})",
+        "warden controller: watching (Kubernetes {}), admin on {admin_addr}",
         version.git_version
     );
     let index = Arc::new(Mutex::new(Index::new()));
-    warden_controller::watch::run(client, index, crate::signals::terminated()).await;
+    let watches = warden_controller::watch::run(
+        client,
+        index,
+        synced_tx,
+        leader,
+        shutdown.clone().cancelled_owned(),
+    );
+    tokio::select! {
+        () = watches => {}
+        () = crate::signals::terminated() => {}
+    }
+    shutdown.cancel();
     Ok(())
 }

@@ -14,7 +14,7 @@ use warden_identity::bundle::{certs_to_pem, der_to_pem};
 use warden_identity::ca::{self, CertificateAuthority, InitOptions};
 
 /// The base's files, in the order of its kustomization.yaml.
-pub const BASE: [(&str, &str); 6] = [
+pub const BASE: [(&str, &str); 7] = [
     (
         "crds.yaml",
         include_str!("../deploy/kubernetes/base/crds.yaml"),
@@ -30,6 +30,10 @@ pub const BASE: [(&str, &str); 6] = [
     (
         "injector.yaml",
         include_str!("../deploy/kubernetes/base/injector.yaml"),
+    ),
+    (
+        "controller.yaml",
+        include_str!("../deploy/kubernetes/base/controller.yaml"),
     ),
     (
         "webhook.yaml",

@@ -23,10 +23,21 @@ impl Drop for Controller {
     }
 }
 
-fn start_controller(api: &ApiServer) -> Controller {
+/// Starts `warden controller run` as replica `name`, its Lease in `lease_namespace`.
+fn start_controller(api: &ApiServer, name: &str, lease_namespace: &str) -> Controller {
     let child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["controller", "run", "--kubeconfig"])
         .arg(&api.kubeconfig)
+        .args([
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--identity",
+            name,
+            "--lease-namespace",
+            lease_namespace,
+            "--lease-duration",
+            "2s",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -97,7 +108,7 @@ fn the_controller_writes_each_policys_status_and_keeps_it_current() {
         &["apply", "-f", "-"],
         Some(&policy("backend-allow", &frontend, "backend")),
     );
-    let _controller = start_controller(api);
+    let first = start_controller(api, "replica-a", &ns);
     let backend_allow = ["authorizationpolicy", "backend-allow", "-n", ns.as_str()];
     let accepted = "{.status.conditions[?(@.type==\"Accepted\")].status}";
     eventually(api, &backend_allow, accepted, "True");
@@ -170,4 +181,19 @@ fn the_controller_writes_each_policys_status_and_keeps_it_current() {
     let mesh = ["meshpolicy", "prod-no-debug"];
     eventually(api, &mesh, accepted, "True");
     eventually(api, &mesh, "{.status.workloads}", "4");
+
+    // A second replica follows; the first holds the Lease. Killed, the first stops renewing
+    // and the second takes over: an edit made afterwards gets its status all the same.
+    let _second = start_controller(api, "replica-b", &ns);
+    let lease = ["lease", "warden-controller", "-n", ns.as_str()];
+    eventually(api, &lease, "{.spec.holderIdentity}", "replica-a");
+    drop(first);
+    let other = format!("spiffe://cluster.local/ns/{ns}/sa/other");
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&policy("backend-allow", &other, "backend")),
+    );
+    eventually(api, &lease, "{.spec.holderIdentity}", "replica-b");
+    eventually(api, &backend_allow, "{.status.observedGeneration}", "4");
+    eventually(api, &backend_allow, accepted, "True");
 }

@@ -117,6 +117,56 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
     .unwrap();
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail", "{webhook}");
 
+    // The controller's RBAC: what it watches and writes, and nothing more (never Secrets:
+    // the CA key is the identity service's alone).
+    let controller = "--as=system:serviceaccount:warden-system:warden-controller";
+    for (verb, resource, ns, want) in [
+        ("watch", "pods", None, "yes"),
+        ("list", "namespaces", None, "yes"),
+        ("watch", "authorizationpolicies.warden.dev", None, "yes"),
+        ("watch", "meshpolicies.warden.dev", None, "yes"),
+        (
+            "patch",
+            "authorizationpolicies.warden.dev/status",
+            None,
+            "yes",
+        ),
+        ("patch", "meshpolicies.warden.dev/status", None, "yes"),
+        (
+            "update",
+            "leases.coordination.k8s.io",
+            Some("warden-system"),
+            "yes",
+        ),
+        ("update", "authorizationpolicies.warden.dev", None, "no"),
+        ("get", "secrets", Some("warden-system"), "no"),
+        ("create", "pods", None, "no"),
+        (
+            "update",
+            "leases.coordination.k8s.io",
+            Some("default"),
+            "no",
+        ),
+    ] {
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((r, sub)) => (r, Some(sub)),
+            None => (resource, None),
+        };
+        let mut args = vec!["auth", "can-i", verb, resource, controller];
+        let sub;
+        if let Some(s) = subresource {
+            sub = format!("--subresource={s}");
+            args.push(&sub);
+        }
+        match ns {
+            Some(ns) => args.extend(["-n", ns]),
+            None => args.push("--all-namespaces"),
+        }
+        let out = api.kubectl_with(&args, None);
+        let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(got, want, "controller may {verb} {resource} in {ns:?}");
+    }
+
     // 2. The same manifest again: nothing changes. (kubectl says "configured" for a PDB
     //    however equal it is: its selector's patch strategy is `replace`, so the patch
     //    kubectl computes is never empty; the server stores nothing new, as the resource

@@ -4,5 +4,6 @@
 
 pub mod crd;
 pub mod index;
+pub mod lease;
 pub mod status;
 pub mod watch;

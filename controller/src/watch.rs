@@ -158,9 +158,46 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) {
     }
 }
 
-/// The status last written for each policy (`namespace/name`, or `name` for mesh ones), so
-/// an unchanged verdict is not written again (and its own watch event changes nothing).
-type Written = HashMap<String, PolicyStatus>;
+/// Each policy's status as the API server has it (`namespace/name`, or `MeshPolicy/name`),
+/// from the watch: a status equal to it is not written again, and a new writer (a restart, a
+/// failover) continues from it instead of from nothing.
+type Stored = HashMap<String, PolicyStatus>;
+
+fn policy_key(p: &AuthorizationPolicy) -> Option<String> {
+    Some(format!(
+        "{}/{}",
+        p.metadata.namespace.as_ref()?,
+        p.metadata.name.as_ref()?
+    ))
+}
+
+fn mesh_key(m: &MeshPolicy) -> Option<String> {
+    Some(format!("MeshPolicy/{}", m.metadata.name.as_ref()?))
+}
+
+/// Records the status the API server holds for the policy in `change`.
+fn remember(stored: &mut Stored, change: &Change) {
+    let (key, status, gone) = match change {
+        Change::Policy(Event::Apply(p) | Event::InitApply(p)) => {
+            (policy_key(p), p.status.clone(), false)
+        }
+        Change::Policy(Event::Delete(p)) => (policy_key(p), None, true),
+        Change::Mesh(Event::Apply(m) | Event::InitApply(m)) => {
+            (mesh_key(m), m.status.clone(), false)
+        }
+        Change::Mesh(Event::Delete(m)) => (mesh_key(m), None, true),
+        _ => return,
+    };
+    let Some(key) = key else { return };
+    match status {
+        Some(status) if !gone => {
+            stored.insert(key, status);
+        }
+        _ => {
+            stored.remove(&key);
+        }
+    }
+}
 
 fn now() -> String {
     time::OffsetDateTime::now_utc()
@@ -190,15 +227,15 @@ fn verdicts(index: &Index) -> Vec<(Target, Verdict)> {
 }
 
 /// Writes the status of every policy whose status changed.
-async fn write_statuses(client: &Client, verdicts: Vec<(Target, Verdict)>, written: &mut Written) {
+async fn write_statuses(client: &Client, verdicts: Vec<(Target, Verdict)>, stored: &mut Stored) {
     let now = now();
     for (target, verdict) in verdicts {
         let key = match &target {
             Target::Namespaced(ns, name) => format!("{ns}/{name}"),
             Target::Mesh(name) => format!("MeshPolicy/{name}"),
         };
-        let next = status::status(&verdict, written.get(&key), &now);
-        if written.get(&key) == Some(&next) {
+        let next = status::status(&verdict, stored.get(&key), &now);
+        if stored.get(&key) == Some(&next) {
             continue;
         }
         let result = match &target {
@@ -213,7 +250,7 @@ async fn write_statuses(client: &Client, verdicts: Vec<(Target, Verdict)>, writt
         };
         match result {
             Ok(()) => {
-                written.insert(key, next);
+                stored.insert(key, next);
             }
             Err(e) => tracing::warn!(policy = %key, error = %e, "cannot write the policy's status"),
         }
@@ -230,10 +267,13 @@ where
         .map(|_| ())
 }
 
-/// Watches until `shutdown` resolves, keeping `index` current and writing policy statuses.
+/// Watches until `shutdown` resolves, keeping `index` current; sets `synced` once every
+/// watch has listed; writes policy statuses while `leader` says this replica holds the Lease.
 pub async fn run(
     client: Client,
     index: Arc<Mutex<Index>>,
+    synced: tokio::sync::watch::Sender<bool>,
+    mut leader: tokio::sync::watch::Receiver<bool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let changes = futures::stream::select_all([
@@ -253,23 +293,49 @@ pub async fn run(
     let mut changes = std::pin::pin!(changes);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut relists = Relists::default();
-    let mut written = Written::new();
+    let mut stored = Stored::new();
+    let mut listed = 0u8;
     loop {
         let change = tokio::select! {
             () = &mut shutdown => return,
-            change = changes.next() => change,
+            // Leadership gained: write what differs from what the API server has.
+            Ok(()) = leader.changed() => None,
+            change = changes.next() => match change {
+                None => return,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "a watch failed; retrying with backoff");
+                    continue;
+                }
+                Some(Ok(change)) => Some(change),
+            },
         };
-        match change {
-            None => return,
-            Some(Err(e)) => tracing::warn!(error = %e, "a watch failed; retrying with backoff"),
-            Some(Ok(change)) => {
-                let verdicts = {
-                    let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
-                    apply(&mut index, &mut relists, change);
-                    verdicts(&index)
-                };
-                write_statuses(&client, verdicts, &mut written).await;
+        let verdicts = {
+            let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(change) = change {
+                if !*synced.borrow() {
+                    listed |= initial_list_done(&change);
+                    if listed == 0b1111 {
+                        synced.send_replace(true);
+                    }
+                }
+                remember(&mut stored, &change);
+                apply(&mut index, &mut relists, change);
             }
+            verdicts(&index)
+        };
+        if *leader.borrow() && *synced.borrow() {
+            write_statuses(&client, verdicts, &mut stored).await;
         }
+    }
+}
+
+/// The bit of the watch whose first list `change` completes (0 for any other change).
+fn initial_list_done(change: &Change) -> u8 {
+    match change {
+        Change::Namespace(Event::InitDone) => 1,
+        Change::Pod(Event::InitDone) => 2,
+        Change::Policy(Event::InitDone) => 4,
+        Change::Mesh(Event::InitDone) => 8,
+        _ => 0,
     }
 }
