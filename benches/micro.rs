@@ -72,6 +72,28 @@ fn policy_evaluation(c: &mut Criterion) {
     }
 }
 
+fn path_normalization(c: &mut Criterion) {
+    use warden_core::policy::path::normalize;
+    // A typical API path (nothing to decode) and one with every kind of work to do.
+    for (name, path, want) in [
+        (
+            "plain",
+            "/api/v1/orders/12345/items",
+            "/api/v1/orders/12345/items",
+        ),
+        (
+            "encoded",
+            "/api/%76%31//orders/./x/../12345/%7eitems%20a",
+            "/api/v1/orders/12345/~items%20a",
+        ),
+    ] {
+        assert_eq!(normalize(path).unwrap(), want);
+        c.bench_function(&format!("path_normalize_{name}"), |b| {
+            b.iter(|| normalize(path))
+        });
+    }
+}
+
 fn test_ca() -> CertificateAuthority {
     ca::generate(&InitOptions::new(TrustDomain::default()))
         .unwrap()
@@ -232,6 +254,7 @@ fn metrics_encoding(c: &mut Criterion) {
 criterion_group!(
     benches,
     policy_evaluation,
+    path_normalization,
     svid_verification,
     issuance,
     handshake,
