@@ -588,6 +588,16 @@ fn with_api_server_defaults(pod: &mut Value) {
             fields
                 .entry("terminationMessagePolicy")
                 .or_insert(json!("File"));
+            // The ServiceAccount admission plugin, run again after the webhook, mounts the
+            // pod's API token into every container, Warden's included.
+            let mounts = fields.entry("volumeMounts").or_insert(json!([]));
+            if let Some(mounts) = mounts.as_array_mut() {
+                mounts.push(json!({
+                    "name": "kube-api-access-x7k2p",
+                    "readOnly": true,
+                    "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"
+                }));
+            }
             for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
                 if let Some(p) = fields.get_mut(probe).and_then(Value::as_object_mut) {
                     p.entry("timeoutSeconds").or_insert(json!(1));
