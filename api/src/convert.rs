@@ -2,9 +2,7 @@
 //! checked as a policy file would be: a message that does not make a valid policy is
 //! refused whole (the proxy keeps the snapshot it has), never half applied.
 
-use warden_core::policy::{
-    Action, AuthorizationPolicy, From, Metadata, Rule, Selector, Spec, To, API_VERSION, KIND,
-};
+use warden_core::policy::{Action, AuthorizationPolicy, From, Rule, Selector, Spec, To};
 
 use crate::policy::v1;
 
@@ -117,31 +115,24 @@ pub fn from_proto(message: &v1::Policy) -> Result<AuthorizationPolicy, ConvertEr
             },
         });
     }
-    let policy = AuthorizationPolicy {
-        api_version: API_VERSION.to_string(),
-        kind: KIND.to_string(),
-        metadata: Metadata {
-            name: message.name.clone(),
-            namespace: message.namespace.clone(),
-            other: Default::default(),
-            mesh: message.mesh,
-        },
-        spec: Spec {
-            selector: message.selector.as_ref().map(|s| Selector {
-                service_accounts: s.values.clone(),
-            }),
-            action,
-            rules,
-        },
+    let spec = Spec {
+        selector: message.selector.as_ref().map(|s| Selector {
+            service_accounts: s.values.clone(),
+        }),
+        action,
+        rules,
     };
-    policy
-        .validate()
-        .map_err(|(field, message)| ConvertError::Invalid {
-            policy: id,
-            field,
-            message,
-        })?;
-    Ok(policy)
+    AuthorizationPolicy::checked(
+        message.name.clone(),
+        message.namespace.clone(),
+        message.mesh,
+        spec,
+    )
+    .map_err(|(field, message)| ConvertError::Invalid {
+        policy: id,
+        field,
+        message,
+    })
 }
 
 #[cfg(test)]

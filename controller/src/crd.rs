@@ -314,20 +314,8 @@ pub fn core_policy(
     spec.insert("rules".into(), serde_json::json!(rules));
     let spec: policy::Spec = serde_json::from_value(serde_json::Value::Object(spec))
         .map_err(|e| CrdError::Invalid(format!("spec: {e}")))?;
-    let core = policy::AuthorizationPolicy {
-        api_version: policy::API_VERSION.to_string(),
-        kind: policy::KIND.to_string(),
-        metadata: policy::Metadata {
-            name,
-            namespace,
-            other: BTreeMap::new(),
-            mesh: false,
-        },
-        spec,
-    };
-    core.validate()
-        .map_err(|(field, message)| CrdError::Invalid(format!("{field}: {message}")))?;
-    Ok(core)
+    policy::AuthorizationPolicy::checked(name, namespace, false, spec)
+        .map_err(|(field, message)| CrdError::Invalid(format!("{field}: {message}")))
 }
 
 /// The CRDs, as the YAML committed in `deploy/kubernetes/base/crds.yaml`.

@@ -276,6 +276,29 @@ impl AuthorizationPolicy {
         }
     }
 
+    /// A policy built from its parts by the control plane (not read from YAML), checked as a
+    /// policy file is; errors are `(field, problem)`.
+    pub fn checked(
+        name: String,
+        namespace: String,
+        mesh: bool,
+        spec: Spec,
+    ) -> Result<Self, (String, String)> {
+        let policy = Self {
+            api_version: API_VERSION.to_string(),
+            kind: KIND.to_string(),
+            metadata: Metadata {
+                name,
+                namespace,
+                other: std::collections::BTreeMap::new(),
+                mesh,
+            },
+            spec,
+        };
+        policy.validate()?;
+        Ok(policy)
+    }
+
     /// Checks what the types do not: kind and version, names, patterns, methods and ports.
     /// Errors are `(field, problem)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
