@@ -57,7 +57,11 @@ pub fn policy(data: &[u8]) {
             port: 8080,
             http,
         };
-        for default in [DefaultPolicy::Deny, DefaultPolicy::AllAuthenticated] {
+        for default in [
+            DefaultPolicy::Deny,
+            DefaultPolicy::AllAuthenticated,
+            DefaultPolicy::Audit,
+        ] {
             let first = set.evaluate(&workload, &request, default);
             let again = set.evaluate(&workload, &request, default);
             assert_eq!(first.allowed, again.allowed, "evaluation is deterministic");

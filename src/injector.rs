@@ -59,6 +59,10 @@ pub struct Args {
     /// The identity service proxies get their certificates from.
     #[arg(long)]
     identity_url: Option<String>,
+    /// The controller proxies subscribe to for their policies (`host:port`; default the
+    /// `warden-controller` Service).
+    #[arg(long, default_value_t = warden_core::contract::controller_address())]
+    control_plane: String,
     /// How the proxy runs unless a pod's `warden.dev/sidecar-mode` says otherwise.
     #[arg(long, value_parser = ["native", "regular"], default_value = "native")]
     sidecar_mode: String,
@@ -117,6 +121,14 @@ fn injector_config(
         warden_identity::http::HttpsTarget::parse(url)
             .with_context(|| format!("--identity-url {url:?}"))?;
         config.identity_url = url.clone();
+    }
+    match args
+        .control_plane
+        .rsplit_once(':')
+        .map(|(_, p)| p.parse::<u16>())
+    {
+        Some(Ok(p)) if p != 0 => config.control_plane = args.control_plane.clone(),
+        _ => anyhow::bail!("--control-plane {:?}: not host:port", args.control_plane),
     }
     config.default_mode = SidecarMode::parse(&args.sidecar_mode).unwrap_or(SidecarMode::Native);
     config.log_level = args.proxy_log_level.clone();

@@ -48,6 +48,8 @@ pub enum Default {
     Deny,
     /// Any identity of the workload's trust domain.
     AllAuthenticated,
+    /// Allow, recorded as what deny would refuse.
+    Audit,
 }
 
 /// Every file's errors (not just the first) and the policies of the valid ones.
@@ -139,6 +141,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             let default = match default {
                 Default::Deny => DefaultPolicy::Deny,
                 Default::AllAuthenticated => DefaultPolicy::AllAuthenticated,
+                Default::Audit => DefaultPolicy::Audit,
             };
             let request = Request {
                 client: from.as_ref(),

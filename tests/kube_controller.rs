@@ -5,46 +5,12 @@
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
+#[path = "support/mesh.rs"]
+mod mesh;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use apiserver::ApiServer;
-
-const CRDS: &str = include_str!("../deploy/kubernetes/base/crds.yaml");
-
-/// The controller process, killed when the test ends.
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `warden controller run` as replica `name`, its Lease in `lease_namespace`.
-fn start_controller(api: &ApiServer, name: &str, lease_namespace: &str) -> Controller {
-    let child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["controller", "run", "--kubeconfig"])
-        .arg(&api.kubeconfig)
-        .args([
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--identity",
-            name,
-            "--lease-namespace",
-            lease_namespace,
-            "--lease-duration",
-            "2s",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    Controller(child)
-}
 
 /// Polls `jsonpath` of `object` until it equals `want` (30 s at most).
 fn eventually(api: &ApiServer, object: &[&str], jsonpath: &str, want: &str) {
@@ -78,17 +44,7 @@ fn the_controller_writes_each_policys_status_and_keeps_it_current() {
         return;
     }
     let api = apiserver::get();
-    api.kubectl_ok(&["apply", "-f", "-"], Some(CRDS));
-    api.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/authorizationpolicies.warden.dev",
-            "crd/meshpolicies.warden.dev",
-        ],
-        None,
-    );
+    api.install_crds();
     let ns = api.namespace("ctl", &[("env", "prod")]);
     for (name, sa) in [
         ("backend-1", "backend"),
@@ -108,7 +64,8 @@ fn the_controller_writes_each_policys_status_and_keeps_it_current() {
         &["apply", "-f", "-"],
         Some(&policy("backend-allow", &frontend, "backend")),
     );
-    let first = start_controller(api, "replica-a", &ns);
+    let identity = mesh::Identity::start();
+    let (first, _) = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, "127.0.0.1:0");
     let backend_allow = ["authorizationpolicy", "backend-allow", "-n", ns.as_str()];
     let accepted = "{.status.conditions[?(@.type==\"Accepted\")].status}";
     eventually(api, &backend_allow, accepted, "True");
@@ -184,7 +141,7 @@ fn the_controller_writes_each_policys_status_and_keeps_it_current() {
 
     // A second replica follows; the first holds the Lease. Killed, the first stops renewing
     // and the second takes over: an edit made afterwards gets its status all the same.
-    let _second = start_controller(api, "replica-b", &ns);
+    let _second = mesh::controller(&api.kubeconfig, &identity, "replica-b", &ns, "127.0.0.1:0");
     let lease = ["lease", "warden-controller", "-n", ns.as_str()];
     eventually(api, &lease, "{.spec.holderIdentity}", "replica-a");
     drop(first);

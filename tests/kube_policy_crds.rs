@@ -6,30 +6,6 @@
 #[path = "support/apiserver.rs"]
 mod apiserver;
 
-use apiserver::ApiServer;
-
-const CRDS: &str = include_str!("../deploy/kubernetes/base/crds.yaml");
-
-/// Installs the CRDs once for the tests of this binary (they share one API server).
-fn install_crds(api: &ApiServer) {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| install_crds_now(api));
-}
-
-fn install_crds_now(api: &ApiServer) {
-    api.kubectl_ok(&["apply", "-f", "-"], Some(CRDS));
-    api.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/authorizationpolicies.warden.dev",
-            "crd/meshpolicies.warden.dev",
-        ],
-        None,
-    );
-}
-
 fn policy(ns: &str, spec: &str) -> String {
     format!(
         "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: {ns}}}\nspec: {spec}\n"
@@ -46,7 +22,7 @@ fn the_api_server_accepts_good_policies_and_refuses_bad_ones_naming_the_field() 
         return;
     }
     let api = apiserver::get();
-    install_crds(api);
+    api.install_crds();
     let ns = api.namespace("crds", &[]);
 
     // DESIGN section 4's example, and an opaque-TCP rule.
@@ -169,7 +145,7 @@ fn a_namespace_user_may_edit_authorization_policies_but_not_mesh_policies() {
         return;
     }
     let api = apiserver::get();
-    install_crds(api);
+    api.install_crds();
     let ns = api.namespace("team", &[]);
     let rbac = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: policy-editor, namespace: {ns}}}\nrules:\n- apiGroups: [warden.dev]\n  resources: [authorizationpolicies]\n  verbs: [get, list, watch, create, update, patch, delete]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: alice-edits-policies, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: policy-editor}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n"

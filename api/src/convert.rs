@@ -2,6 +2,7 @@
 //! checked as a policy file would be: a message that does not make a valid policy is
 //! refused whole (the proxy keeps the snapshot it has), never half applied.
 
+use warden_core::policy::evaluate::DefaultPolicy;
 use warden_core::policy::{Action, AuthorizationPolicy, From, Rule, Selector, Spec, To};
 
 use crate::policy::v1;
@@ -135,6 +136,58 @@ pub fn from_proto(message: &v1::Policy) -> Result<AuthorizationPolicy, ConvertEr
     })
 }
 
+/// One workload's snapshot as warden-core models it: what a proxy enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySnapshot {
+    /// Changes with every snapshot.
+    pub version: String,
+    /// The policies to enforce, in order.
+    pub policies: Vec<AuthorizationPolicy>,
+    /// The mesh default.
+    pub default: DefaultPolicy,
+    /// Refuse unmeshed destinations outbound.
+    pub mesh_only: bool,
+    /// Pod annotations allowed to weaken enforcement.
+    pub allowed_annotations: Vec<String>,
+}
+
+/// The message for `snapshot`.
+pub fn snapshot_to_proto(snapshot: &PolicySnapshot) -> v1::Snapshot {
+    let default = match snapshot.default {
+        DefaultPolicy::Deny => v1::MeshDefault::Deny,
+        DefaultPolicy::AllAuthenticated => v1::MeshDefault::AllAuthenticated,
+        DefaultPolicy::Audit => v1::MeshDefault::Audit,
+    };
+    v1::Snapshot {
+        version: snapshot.version.clone(),
+        policies: snapshot.policies.iter().map(to_proto).collect(),
+        default: default as i32,
+        mesh_only: snapshot.mesh_only,
+        allowed_annotations: snapshot.allowed_annotations.clone(),
+    }
+}
+
+/// The snapshot in `message`; any invalid policy refuses it whole. An unspecified or
+/// unknown default reads as `deny` (fail closed).
+pub fn snapshot_from_proto(message: &v1::Snapshot) -> Result<PolicySnapshot, ConvertError> {
+    let default = match v1::MeshDefault::try_from(message.default) {
+        Ok(v1::MeshDefault::AllAuthenticated) => DefaultPolicy::AllAuthenticated,
+        Ok(v1::MeshDefault::Audit) => DefaultPolicy::Audit,
+        Ok(v1::MeshDefault::Deny | v1::MeshDefault::Unspecified) | Err(_) => DefaultPolicy::Deny,
+    };
+    Ok(PolicySnapshot {
+        version: message.version.clone(),
+        policies: message
+            .policies
+            .iter()
+            .map(from_proto)
+            .collect::<Result<_, _>>()?,
+        default,
+        mesh_only: message.mesh_only,
+        allowed_annotations: message.allowed_annotations.clone(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,6 +222,32 @@ spec: {action: DENY, rules: [{from: {identities: []}}]}
             let decoded = v1::Policy::decode(bytes.as_slice()).unwrap();
             assert_eq!(from_proto(&decoded).unwrap(), policy);
         }
+    }
+
+    #[test]
+    fn snapshots_survive_the_wire_and_an_unknown_default_fails_closed() {
+        let snapshot = PolicySnapshot {
+            version: "7".into(),
+            policies: warden_core::policy::parse(POLICIES, "t.yaml").unwrap(),
+            default: DefaultPolicy::Audit,
+            mesh_only: true,
+            allowed_annotations: vec!["warden.dev/inbound-mode".into()],
+        };
+        let bytes = snapshot_to_proto(&snapshot).encode_to_vec();
+        let decoded = v1::Snapshot::decode(bytes.as_slice()).unwrap();
+        assert_eq!(snapshot_from_proto(&decoded).unwrap(), snapshot);
+
+        for unknown in [0, 42] {
+            let mut message = decoded.clone();
+            message.default = unknown;
+            assert_eq!(
+                snapshot_from_proto(&message).unwrap().default,
+                DefaultPolicy::Deny
+            );
+        }
+        let mut bad = decoded;
+        bad.policies[0].action = 0;
+        assert!(snapshot_from_proto(&bad).is_err(), "refused whole");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! controller) and its client (the proxy), which share only these messages.
 
 pub mod convert;
+pub mod grpc;
 
 /// `warden.policy.v1`: inbound policy, the first version of the contract.
 pub mod policy {

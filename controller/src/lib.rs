@@ -5,5 +5,6 @@
 pub mod crd;
 pub mod index;
 pub mod lease;
+pub mod serve;
 pub mod status;
 pub mod watch;

@@ -267,11 +267,13 @@ where
         .map(|_| ())
 }
 
-/// Watches until `shutdown` resolves, keeping `index` current; sets `synced` once every
-/// watch has listed; writes policy statuses while `leader` says this replica holds the Lease.
+/// Watches until `shutdown` resolves, keeping `index` current and bumping `revision` after
+/// every change (subscriptions recompute their snapshot then); sets `synced` once every watch
+/// has listed; writes policy statuses while `leader` says this replica holds the Lease.
 pub async fn run(
     client: Client,
     index: Arc<Mutex<Index>>,
+    revision: tokio::sync::watch::Sender<u64>,
     synced: tokio::sync::watch::Sender<bool>,
     mut leader: tokio::sync::watch::Receiver<bool>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -321,9 +323,12 @@ pub async fn run(
                 remember(&mut stored, &change);
                 apply(&mut index, &mut relists, change);
             }
-            verdicts(&index)
+            // Verdicts cost a pass over every policy: only for a writer, and only once the
+            // first lists are complete.
+            (*leader.borrow() && *synced.borrow()).then(|| verdicts(&index))
         };
-        if *leader.borrow() && *synced.borrow() {
+        revision.send_modify(|r| *r += 1);
+        if let Some(verdicts) = verdicts {
             write_statuses(&client, verdicts, &mut stored).await;
         }
     }

@@ -36,6 +36,18 @@ pub const IDENTITY_SERVICE_ACCOUNT: &str = "warden-identity";
 /// The identity service's HTTPS port (`POST /v1/certify`).
 pub const IDENTITY_PORT: u16 = 7150;
 
+/// The controller's ServiceAccount (its SVID's).
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "warden-controller";
+/// The controller's Service.
+pub const CONTROLLER_SERVICE: &str = "warden-controller";
+/// The port of the controller's proxy API (gRPC over mTLS).
+pub const CONTROLLER_PORT: u16 = 7160;
+
+/// The controller's address in a cluster: `host:port` of its Service.
+pub fn controller_address() -> String {
+    format!("{CONTROLLER_SERVICE}.{SYSTEM_NAMESPACE}.svc:{CONTROLLER_PORT}")
+}
+
 /// The injector's ServiceAccount, Service and webhook-serving name.
 pub const INJECTOR_SERVICE: &str = "warden-injector";
 /// The injector's HTTPS port (`POST /mutate`); its Service maps 443 to it.
@@ -95,6 +107,10 @@ pub mod env {
     pub const LOG: &str = "WARDEN_LOG";
     /// `worker_threads`: the proxy's runtime threads.
     pub const WORKER_THREADS: &str = "WARDEN_WORKER_THREADS";
+    /// The controller's `host:port` addresses, comma-separated (policies come from it).
+    pub const CONTROL_PLANE: &str = "WARDEN_CONTROL_PLANE";
+    /// The controller's SPIFFE ID, when not the default.
+    pub const CONTROL_PLANE_ID: &str = "WARDEN_CONTROL_PLANE_ID";
 }
 
 /// Pod annotations the injector reads (`warden.dev/*`) and writes.

@@ -158,8 +158,8 @@ pub fn backoff(attempt: u32, opts: &RotationOptions, unit: f64) -> Duration {
     base.mul_f64(0.5 + 0.5 * unit.clamp(0.0, 1.0))
 }
 
-/// A random number in [0, 1).
-fn random_unit() -> f64 {
+/// A random number in [0, 1) (for jitter).
+pub fn random_unit() -> f64 {
     let mut bytes = [0u8; 8];
     if aws_lc_rs::rand::fill(&mut bytes).is_err() {
         return 0.5;

@@ -140,6 +140,8 @@ pub struct InjectorConfig {
     pub trust_domain: TrustDomain,
     /// The identity service, `https://host:port`.
     pub identity_url: String,
+    /// The controller proxies subscribe to for their policies, `host:port`.
+    pub control_plane: String,
     /// The trust bundle (PEM) handed to every proxy.
     pub trust_anchors_pem: String,
     /// How the proxy runs unless a pod asks otherwise.
@@ -170,6 +172,7 @@ impl InjectorConfig {
                 contract::identity_service_dns(),
                 contract::IDENTITY_PORT
             ),
+            control_plane: contract::controller_address(),
             trust_anchors_pem: trust_anchors_pem.into(),
             default_mode: SidecarMode::Native,
             log_level: "warn".into(),

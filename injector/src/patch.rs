@@ -11,7 +11,8 @@
 //!   postStart hook holds the app until the proxy is ready; UID 2626, read-only root
 //!   filesystem, no privilege escalation, all capabilities dropped, seccomp RuntimeDefault;
 //!   downward-API env, the trust anchors, the identity service; a projected token with
-//!   audience `warden-identity`; the namespace's `warden-policy` ConfigMap (optional);
+//!   audience `warden-identity`; the controller's address, where the proxy subscribes to its
+//!   pod's policies (no policy ConfigMap: a namespace editor cannot rewrite them);
 //! - the app's HTTP, TCP and gRPC probes rewritten to pass through the proxy's admin port;
 //! - annotations: the injected version and kubectl's default container.
 //!
@@ -38,9 +39,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
-    PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod, PodSpec, Probe,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecurityContext,
     ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -76,7 +77,6 @@ pub struct Injection {
 }
 
 const TOKEN_VOLUME: &str = "warden-token";
-const POLICY_VOLUME: &str = "warden-policy";
 const RUN_VOLUME: &str = "warden-run";
 const TOKEN_SECONDS: i64 = 3600;
 
@@ -351,7 +351,7 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
         ),
         value_env(env::TRUST_ANCHORS, config.trust_anchors_pem.clone()),
         value_env(env::TRANSPARENT, "true"),
-        value_env(env::POLICY_DIR, contract::POLICY_MOUNT),
+        value_env(env::CONTROL_PLANE, config.control_plane.clone()),
         value_env(env::LOG, o.log_level.clone()),
     ];
     if !o.opaque_ports.is_empty() {
@@ -412,20 +412,12 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: TOKEN_VOLUME.into(),
-                mount_path: contract::TOKEN_MOUNT.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: POLICY_VOLUME.into(),
-                mount_path: contract::POLICY_MOUNT.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: contract::TOKEN_MOUNT.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         restart_policy: native.then(|| "Always".to_string()),
         startup_probe: native.then(|| admin_probe("/ready", 1, 120)),
         liveness_probe: Some(admin_probe("/live", 10, 3)),
@@ -443,7 +435,7 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
     }
 }
 
-/// The volumes the injector adds: the proxy's token and policy, and in init mode the
+/// The volumes the injector adds: the proxy's token, and in init mode the
 /// memory-backed `/run` of `warden-init`.
 fn volumes(interception: Interception) -> Vec<Volume> {
     let mut volumes = all_volumes();
@@ -467,15 +459,6 @@ fn all_volumes() -> Vec<Volume> {
                     }),
                     ..Default::default()
                 }]),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        Volume {
-            name: POLICY_VOLUME.into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: contract::POLICY_CONFIGMAP.into(),
-                optional: Some(true),
                 ..Default::default()
             }),
             ..Default::default()

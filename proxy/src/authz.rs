@@ -65,7 +65,11 @@ type DecideFn = dyn Fn(&AuthzRequest<'_>) -> Verdict + Send + Sync;
 
 enum Engine {
     Function(Box<DecideFn>),
-    Policies(PolicyEngine),
+    /// The policies, and the control-plane feed until `run` takes it to start the client.
+    Policies(
+        PolicyEngine,
+        std::sync::Mutex<Option<crate::control_plane::PolicyFeed>>,
+    ),
 }
 
 /// A shared decision maker.
@@ -150,29 +154,65 @@ impl Authorizer {
             "warden_authz_decisions_total",
             "Authorization decisions, by decision (allow, deny, audit) and deciding policy."
         );
-        Self(Arc::new(Engine::Policies(engine)))
+        Self(Arc::new(Engine::Policies(engine, Default::default())))
+    }
+
+    /// Decides with the policies the control plane sends through `feed` (which the proxy
+    /// takes with [`Authorizer::take_feed`] once it has credentials to subscribe with).
+    pub fn from_control_plane(
+        engine: PolicyEngine,
+        feed: crate::control_plane::PolicyFeed,
+    ) -> Self {
+        let authorizer = Self::policies(engine);
+        if let Engine::Policies(_, slot) = &*authorizer.0 {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(feed);
+        }
+        authorizer
+    }
+
+    /// The control-plane feed, once (none without a control plane).
+    pub fn take_feed(&self) -> Option<crate::control_plane::PolicyFeed> {
+        match &*self.0 {
+            Engine::Policies(_, slot) => slot.lock().unwrap_or_else(|p| p.into_inner()).take(),
+            Engine::Function(_) => None,
+        }
     }
 
     /// The decision for `request`.
     pub fn check(&self, request: &AuthzRequest<'_>, ctx: &AuthzContext<'_>) -> Verdict {
         match &*self.0 {
             Engine::Function(f) => f(request),
-            Engine::Policies(engine) => engine.decide(request, ctx),
+            Engine::Policies(engine, _) => engine.decide(request, ctx),
         }
     }
 
     /// For `/ready`: how many policies are in force, and the last reload error if any.
     pub fn status_line(&self) -> Option<String> {
-        let Engine::Policies(engine) = &*self.0 else {
+        let Engine::Policies(engine, _) = &*self.0 else {
             return None;
         };
         let status = engine.status.borrow();
-        Some(match &status.error {
-            None => format!(
-                "policies: {} in force (default {:?})",
-                status.policies, engine.default
+        let default = engine
+            .policies
+            .borrow()
+            .default_policy()
+            .unwrap_or(engine.default);
+        Some(match (&status.error, &status.snapshot) {
+            (None, None) => format!(
+                "policies: {} in force (default {default:?})",
+                status.policies
             ),
-            Some(e) => format!(
+            (_, Some(snapshot)) => format!(
+                "policies: {} in force (default {default:?}); {}{}",
+                status.policies,
+                crate::control_plane::describe(snapshot),
+                status
+                    .error
+                    .as_ref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            ),
+            (Some(e), None) => format!(
                 "policies: the last reload failed ({e}); keeping the last good {}",
                 status.policies
             ),
@@ -182,7 +222,7 @@ impl Authorizer {
     /// Why the proxy cannot authorize yet (it has never had a good policy set), if so: a
     /// proxy in that state denies everything and is not ready.
     pub fn not_loaded(&self) -> Option<String> {
-        let Engine::Policies(engine) = &*self.0 else {
+        let Engine::Policies(engine, _) = &*self.0 else {
             return None;
         };
         if engine.policies.borrow().is_loaded() {
@@ -198,7 +238,7 @@ impl Authorizer {
     /// Changes of the loader's state, to keep `/ready` current.
     pub fn status_changes(&self) -> Option<watch::Receiver<PolicyStatus>> {
         match &*self.0 {
-            Engine::Policies(engine) => Some(engine.status.clone()),
+            Engine::Policies(engine, _) => Some(engine.status.clone()),
             Engine::Function(_) => None,
         }
     }
@@ -212,7 +252,7 @@ impl Authorizer {
         workload: SpiffeId,
         client_addr: Option<SocketAddr>,
     ) {
-        let Engine::Policies(engine) = &*self.0 else {
+        let Engine::Policies(engine, _) = &*self.0 else {
             return std::future::pending().await;
         };
         let mut changes = engine.policies.clone();

@@ -77,6 +77,21 @@ pub struct ProxyConfig {
     pub worker_threads: Option<usize>,
     /// Authorization policies and the audit log.
     pub authorization: AuthorizationConfig,
+    /// The control plane (`warden controller`) the policies come from, in Kubernetes.
+    pub control_plane: ControlPlaneConfig,
+}
+
+/// Where this proxy subscribes to its pod's policies (DESIGN section 9). With no address,
+/// policies come from `authorization.policy_dir` (explicit mode, local runs, the demo).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlPlaneConfig {
+    /// The controller's `host:port` addresses, tried in turn (a Service name in a cluster).
+    pub addresses: Vec<String>,
+    /// The controller's SPIFFE ID (default: `spiffe://<td>/ns/warden-system/sa/warden-controller`).
+    pub server_id: Option<SpiffeId>,
+    /// This pod's name (from the downward API): the workload the proxy subscribes for.
+    pub pod_name: Option<String>,
 }
 
 /// Authorization: which policies protect this workload, what decides when none applies, and
@@ -86,7 +101,8 @@ pub struct ProxyConfig {
 pub struct AuthorizationConfig {
     /// The directory of policy files (`*.yaml`), watched for changes; none: only the default.
     pub policy_dir: Option<PathBuf>,
-    /// What decides when no policy applies: `deny` (zero trust) or `all-authenticated`.
+    /// What decides when no policy applies: `deny` (zero trust), `all-authenticated`, or
+    /// `audit` (allowed and recorded); a control-plane snapshot's default overrides it.
     pub default: warden_core::policy::evaluate::DefaultPolicy,
     /// Where audit records go: `stdout`, `off`, or a file (appended, chain continued).
     pub audit_log: String,
@@ -442,6 +458,19 @@ impl ProxyConfig {
                         parsed(probe::ENV, value, |v| serde_json::from_str::<AppProbes>(v))?
                 }
                 env::POD_NAMESPACE => self.identity.namespace = Some(value.to_string()),
+                env::POD_NAME => self.control_plane.pod_name = Some(value.to_string()),
+                env::CONTROL_PLANE => {
+                    self.control_plane.addresses = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|a| !a.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                }
+                env::CONTROL_PLANE_ID => {
+                    self.control_plane.server_id =
+                        Some(parsed(env::CONTROL_PLANE_ID, value, SpiffeId::parse)?)
+                }
                 env::POD_SERVICE_ACCOUNT => self.identity.service_account = Some(value.to_string()),
                 env::ADMIN_LISTEN => {
                     self.admin.listen = parsed(env::ADMIN_LISTEN, value, str::parse::<SocketAddr>)?
@@ -469,7 +498,8 @@ impl ProxyConfig {
                         "all-authenticated" => {
                             Ok(warden_core::policy::evaluate::DefaultPolicy::AllAuthenticated)
                         }
-                        _ => Err("expected deny or all-authenticated"),
+                        "audit" => Ok(warden_core::policy::evaluate::DefaultPolicy::Audit),
+                        _ => Err("expected deny, all-authenticated or audit"),
                     })?
                 }
                 env::AUDIT_LOG => self.authorization.audit_log = value.to_string(),
@@ -599,6 +629,35 @@ impl ProxyConfig {
                 })?;
             }
         }
+        if !self.control_plane.addresses.is_empty() {
+            if self.authorization.policy_dir.is_some() {
+                return Err(invalid(
+                    "control_plane.addresses",
+                    "policies come from the controller or from authorization.policy_dir, not both"
+                        .into(),
+                ));
+            }
+            if self
+                .control_plane
+                .pod_name
+                .as_deref()
+                .is_none_or(str::is_empty)
+            {
+                return Err(invalid(
+                    "control_plane.pod_name",
+                    format!("needed with a control plane (set {})", env::POD_NAME),
+                ));
+            }
+            for (i, address) in self.control_plane.addresses.iter().enumerate() {
+                let port = address.rsplit_once(':').map(|(_, p)| p.parse::<u16>());
+                if !matches!(port, Some(Ok(p)) if p != 0) {
+                    return Err(invalid(
+                        &format!("control_plane.addresses[{i}]"),
+                        format!("{address:?} is not host:port"),
+                    ));
+                }
+            }
+        }
         if let (Some(expected), Some(derived)) = (&self.identity.expected_id, self.derived_id()) {
             if expected != &derived {
                 return Err(invalid(
@@ -624,6 +683,18 @@ impl ProxyConfig {
             .expected_id
             .clone()
             .or_else(|| self.derived_id())
+    }
+
+    /// The controller's SPIFFE ID.
+    pub fn control_plane_id(&self) -> SpiffeId {
+        self.control_plane.server_id.clone().unwrap_or_else(|| {
+            SpiffeId::for_service_account(
+                &self.trust_domain,
+                contract::SYSTEM_NAMESPACE,
+                contract::CONTROLLER_SERVICE_ACCOUNT,
+            )
+            .expect("the system namespace and account are valid names")
+        })
     }
 
     /// The identity service's SPIFFE ID.

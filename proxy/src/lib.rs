@@ -4,6 +4,7 @@
 //! - [`inbound`]: mTLS from peer proxies, terminated and forwarded to the app;
 
 //! - [`proxy`]: wiring it all together, [`config`]: the one configuration module;
+//! - [`policy_dir`], [`control_plane`]: where policies come from (files, or the controller);
 //! - [`authz`]: the authorization hook; [`detect`], [`io`], [`http`], [`mesh`],
 //!   [`listener`], [`metrics`], [`shared`]: the parts both directions share.
 
@@ -13,6 +14,7 @@ pub mod app_probe;
 pub mod audit;
 pub mod authz;
 pub mod config;
+pub mod control_plane;
 pub mod detect;
 pub mod http;
 pub mod inbound;

@@ -25,6 +25,19 @@ pub struct PolicyStatus {
     pub policies: usize,
     /// The last reload's error, while the last good set stays in force.
     pub error: Option<String>,
+    /// With a control plane: the snapshot in force and the stream's state.
+    pub snapshot: Option<SnapshotStatus>,
+}
+
+/// The control-plane snapshot in force, for `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotStatus {
+    /// The snapshot's version.
+    pub version: String,
+    /// When it arrived.
+    pub received: std::time::Instant,
+    /// The controller it came from, while the stream is up; `None` while reconnecting.
+    pub connected_to: Option<String>,
 }
 
 /// The files to read, in name order.
@@ -130,7 +143,7 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
             record("success");
             let status = PolicyStatus {
                 policies: policies.len(),
-                error: None,
+                ..Default::default()
             };
             (PolicySet::new(policies), status)
         }
@@ -140,8 +153,8 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
             (
                 PolicySet::not_loaded(),
                 PolicyStatus {
-                    policies: 0,
                     error: Some(error),
+                    ..Default::default()
                 },
             )
         }
@@ -169,6 +182,7 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
                     status_tx.send_replace(PolicyStatus {
                         policies: count,
                         error: None,
+                        snapshot: None,
                     });
                 }
                 Err(error) => {
@@ -178,6 +192,7 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
                     status_tx.send_replace(PolicyStatus {
                         policies: kept,
                         error: Some(error),
+                        snapshot: None,
                     });
                 }
             }

@@ -206,6 +206,19 @@ pub fn authorizer(
                 .map_err(|e| StartError::Audit(format!("{}: {e}", authz.audit_log)))?,
         )),
     };
+    if !config.control_plane.addresses.is_empty() {
+        let client = control_plane_client(config);
+        let (feed, policies, status) = crate::control_plane::feed(&client);
+        return Ok(Authorizer::from_control_plane(
+            crate::authz::PolicyEngine {
+                policies,
+                status,
+                default: authz.default,
+                audit,
+            },
+            feed,
+        ));
+    }
     let watched = match &authz.policy_dir {
         Some(dir) => crate::policy_dir::watch(dir.clone(), authz.reload_interval, shutdown),
         None => {
@@ -221,6 +234,35 @@ pub fn authorizer(
         default: authz.default,
         audit,
     }))
+}
+
+/// Starts the control-plane client if the authorizer has a feed for it; whether it did.
+fn shared_feed(
+    authz: &Authorizer,
+    config: &ProxyConfig,
+    credentials: &tokio::sync::watch::Receiver<Arc<warden_identity::rotation::Credentials>>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let Some(feed) = authz.take_feed() else {
+        return false;
+    };
+    tokio::spawn(crate::control_plane::run(
+        control_plane_client(config),
+        feed,
+        credentials.clone(),
+        shutdown.clone(),
+    ));
+    true
+}
+
+/// The control-plane client `config` asks for.
+fn control_plane_client(config: &ProxyConfig) -> crate::control_plane::ControlPlaneClient {
+    crate::control_plane::ControlPlaneClient {
+        addresses: config.control_plane.addresses.clone(),
+        server_id: config.control_plane_id(),
+        pod: config.control_plane.pod_name.clone().unwrap_or_default(),
+        connect_timeout: config.timeouts.connect + config.timeouts.handshake,
+    }
 }
 
 /// Runs the proxy until `shutdown`, then stops accepting, lets in-flight work finish within
@@ -273,6 +315,7 @@ pub async fn run(
         return;
     };
     let credentials = rotation.credentials;
+    let control_plane = shared_feed(&authz, &config, &credentials, &shutdown);
     let shared = Arc::new(Shared {
         mesh: MeshConnector::new(
             credentials.clone(),
@@ -378,6 +421,8 @@ pub async fn run(
                 if !ok { policy_changes = None; }
             }
             _ = expired => {}
+            // The snapshot's age on /ready stays current.
+            _ = tokio::time::sleep(Duration::from_secs(5)), if control_plane => {}
         }
         ready_tx.send_replace(readiness(&watch.borrow_and_update()));
     }

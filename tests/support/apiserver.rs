@@ -440,6 +440,26 @@ impl ApiServer {
         name
     }
 
+    /// Installs Warden's policy CRDs (once per test binary: its tests share this server) and
+    /// waits until they are established.
+    pub fn install_crds(&self) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            let crds = include_str!("../../deploy/kubernetes/base/crds.yaml");
+            self.kubectl_ok(&["apply", "-f", "-"], Some(crds));
+            self.kubectl_ok(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/authorizationpolicies.warden.dev",
+                    "crd/meshpolicies.warden.dev",
+                ],
+                None,
+            );
+        });
+    }
+
     /// The last `n` lines of the server's log.
     pub fn log_tail(&self, n: usize) -> String {
         let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();

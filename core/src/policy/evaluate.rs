@@ -3,8 +3,8 @@
 //!
 //! 1. any matching DENY policy denies;
 //! 2. if any ALLOW policy applies to the workload, one must match;
-//! 3. otherwise the mesh default decides: `deny`, or `all-authenticated` (any identity of the
-//!    workload's trust domain);
+//! 3. otherwise the mesh default decides: `deny`, `all-authenticated` (any identity of the
+//!    workload's trust domain), or `audit` (allowed, and recorded as what `deny` would refuse);
 //! 4. AUDIT policies are allow-lists in dry run: they never deny, but a request they would
 //!    have denied is flagged so the audit log records it.
 
@@ -54,6 +54,8 @@ pub enum DefaultPolicy {
     Deny,
     /// Any identity of the workload's trust domain (while adopting the mesh).
     AllAuthenticated,
+    /// Allow, but flag every such request so the audit log records what `deny` would refuse.
+    Audit,
 }
 
 /// A request an AUDIT policy would have denied (it was not denied).
@@ -109,6 +111,9 @@ pub struct PolicySet {
     /// False for the placeholder of a proxy that has never had a good policy set: it denies
     /// everything (fail closed), whatever the mesh default says.
     loaded: bool,
+    /// The mesh default that came with the set (the control plane's), overriding the
+    /// proxy's configured one.
+    default: Option<DefaultPolicy>,
 }
 
 /// The policies of one namespace, in file order.
@@ -158,7 +163,19 @@ impl PolicySet {
             by_namespace,
             mesh_wide,
             loaded: true,
+            default: None,
         }
+    }
+
+    /// The same set carrying the mesh default that decides when no policy applies.
+    pub fn with_default(mut self, default: DefaultPolicy) -> Self {
+        self.default = Some(default);
+        self
+    }
+
+    /// The mesh default the set carries, if any.
+    pub fn default_policy(&self) -> Option<DefaultPolicy> {
+        self.default
     }
 
     /// The set of a proxy that has never loaded a good policy set: it denies everything.
@@ -168,6 +185,7 @@ impl PolicySet {
             by_namespace: HashMap::new(),
             mesh_wide: Vec::new(),
             loaded: false,
+            default: None,
         }
     }
 
@@ -201,7 +219,8 @@ impl PolicySet {
             .map(|&i| &self.policies[i])
     }
 
-    /// The decision for `request` to `workload`.
+    /// The decision for `request` to `workload`; `default` decides when no policy applies,
+    /// unless the set carries its own.
     pub fn evaluate(
         &self,
         workload: &Workload,
@@ -226,6 +245,7 @@ impl PolicySet {
                 "no good policy set has been loaded yet; denying everything".into(),
             );
         }
+        let default = self.default.unwrap_or(default);
         let applying: Vec<&AuthorizationPolicy> = self.applying(workload).collect();
         let first_match = |action: Action| {
             applying
@@ -289,6 +309,17 @@ impl PolicySet {
                         None,
                         "no policy applies; the caller is not authenticated".into(),
                     ),
+                },
+                DefaultPolicy::Audit => Decision {
+                    audit: Some(AuditFinding {
+                        policies: vec!["default".into()],
+                    }),
+                    ..decide(
+                        true,
+                        None,
+                        None,
+                        "no policy applies; the mesh default audit allows it and records it as what deny would refuse".into(),
+                    )
                 },
             }
         };
@@ -483,6 +514,89 @@ metadata: {name: nothing, namespace: empty}
 spec:
   action: ALLOW
 "#;
+
+    #[test]
+    fn the_mesh_default_decides_only_where_no_policy_applies_and_a_set_may_carry_its_own() {
+        let set = PolicySet::new(parse(POLICIES, "t.yaml").unwrap());
+        let lonely = Workload::from_id(&id("spiffe://cluster.local/ns/empty/sa/x"));
+        let backend = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/backend"));
+        let caller = id("spiffe://cluster.local/ns/shop/sa/stranger");
+        let foreign = id("spiffe://other.example/ns/shop/sa/web");
+        let request = |client| Request {
+            client,
+            port: 8080,
+            http: Some(("DELETE", "/x")),
+        };
+        // (workload, caller, default, label, policy label)
+        let rows: [(&Workload, Option<&SpiffeId>, DefaultPolicy, &str, &str); 8] = [
+            (
+                &lonely,
+                Some(&caller),
+                DefaultPolicy::Deny,
+                "deny",
+                "default",
+            ),
+            (
+                &lonely,
+                Some(&caller),
+                DefaultPolicy::AllAuthenticated,
+                "allow",
+                "default",
+            ),
+            (
+                &lonely,
+                Some(&foreign),
+                DefaultPolicy::AllAuthenticated,
+                "deny",
+                "default",
+            ),
+            (
+                &lonely,
+                None,
+                DefaultPolicy::AllAuthenticated,
+                "deny",
+                "default",
+            ),
+            // Audit allows what deny would refuse, flagged for the audit log.
+            (
+                &lonely,
+                Some(&caller),
+                DefaultPolicy::Audit,
+                "audit",
+                "default",
+            ),
+            (&lonely, None, DefaultPolicy::Audit, "audit", "default"),
+            // Where an ALLOW policy applies, the default never decides.
+            (
+                &backend,
+                Some(&caller),
+                DefaultPolicy::Audit,
+                "deny",
+                "no-match",
+            ),
+            (
+                &backend,
+                Some(&caller),
+                DefaultPolicy::AllAuthenticated,
+                "deny",
+                "no-match",
+            ),
+        ];
+        for (workload, client, default, label, policy) in rows {
+            let d = set.evaluate(workload, &request(client), default);
+            assert_eq!(
+                (d.label(), d.policy_label()),
+                (label, policy),
+                "{client:?} {default:?}: {d:?}"
+            );
+        }
+        // A set carrying a default (the control plane's) overrides the configured one.
+        let carried = set.clone().with_default(DefaultPolicy::Audit);
+        assert_eq!(carried.default_policy(), Some(DefaultPolicy::Audit));
+        let d = carried.evaluate(&lonely, &request(Some(&caller)), DefaultPolicy::Deny);
+        assert_eq!(d.label(), "audit", "{d:?}");
+        assert_eq!(d.audit.unwrap().policies, ["default"]);
+    }
 
     #[test]
     fn decision_table() {
@@ -1257,7 +1371,11 @@ spec:
             let matching_deny = set.applying(&workload).any(|p| {
                 p.spec.action == Action::Deny && matching_rule(p, &workload, &request).is_some()
             });
-            for default in [DefaultPolicy::Deny, DefaultPolicy::AllAuthenticated] {
+            for default in [
+                DefaultPolicy::Deny,
+                DefaultPolicy::AllAuthenticated,
+                DefaultPolicy::Audit,
+            ] {
                 let d = set.evaluate(&workload, &request, default);
                 if matching_deny {
                     denies_seen += 1;

@@ -1,0 +1,391 @@
+//! The control-plane client (DESIGN section 9): subscribes to this pod's policies at the
+//! controller, over mTLS with the proxy's SVID (the controller's SVID must be the expected
+//! one), and publishes each snapshot as the policy set in force.
+//!
+//! gRPC is spoken by hand over hyper's HTTP/2 client and prost messages (`warden_api::grpc`),
+//! so the sidecar carries neither tonic nor tower. Until the first snapshot the set is
+//! "not loaded" (everything denied, `/ready` 503); while the controller is unreachable the
+//! last snapshot stays in force, its age visible on `/ready` and in
+//! `warden_policy_snapshot_age_seconds`; the client reconnects with backoff and resyncs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use warden_api::convert::{snapshot_from_proto, ConvertError, PolicySnapshot};
+use warden_api::grpc::{self, FrameDecoder, FrameError, MAX_SNAPSHOT_BYTES};
+use warden_api::policy::v1;
+use warden_core::policy::evaluate::PolicySet;
+use warden_core::SpiffeId;
+use warden_identity::rotation::{backoff, random_unit, Credentials, RotationOptions};
+use warden_identity::verify::ExpectedPeer;
+
+use crate::policy_dir::{PolicyStatus, SnapshotStatus};
+
+/// Where to subscribe, and as which pod.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneClient {
+    /// The controller's `host:port` addresses, tried in turn.
+    pub addresses: Vec<String>,
+    /// The controller's SPIFFE ID (its SVID must carry exactly this).
+    pub server_id: SpiffeId,
+    /// This proxy's pod.
+    pub pod: String,
+    /// Bound on connecting plus the TLS handshake.
+    pub connect_timeout: Duration,
+}
+
+/// Why a subscription ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// The address did not resolve or refused the connection.
+    #[error("connecting to {address}: {reason}")]
+    Connect {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The mTLS handshake failed (e.g. the server is not the controller).
+    #[error("mTLS with {address}: {reason}")]
+    Handshake {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// HTTP/2 failed.
+    #[error("HTTP/2 with {address}: {reason}")]
+    Http {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The controller refused or ended the call.
+    #[error("{address}: {status}")]
+    Status {
+        /// `host:port`.
+        address: String,
+        /// The gRPC status.
+        status: grpc::Status,
+    },
+    /// The stream broke the framing rules.
+    #[error("{address}: {error}")]
+    Frame {
+        /// `host:port`.
+        address: String,
+        /// What is wrong.
+        error: FrameError,
+    },
+    /// A message that is not a snapshot.
+    #[error("{address}: a message that is not a snapshot: {error}")]
+    Decode {
+        /// `host:port`.
+        address: String,
+        /// What is wrong.
+        error: prost::DecodeError,
+    },
+}
+
+/// The senders the client publishes through (the receivers are the policy engine's).
+#[derive(Debug)]
+pub struct PolicyFeed {
+    /// The policy set in force.
+    pub set: watch::Sender<Arc<PolicySet>>,
+    /// The state shown on `/ready`.
+    pub status: watch::Sender<PolicyStatus>,
+}
+
+/// A feed whose set is "not loaded" until the first snapshot, and its receivers.
+pub fn feed(
+    client: &ControlPlaneClient,
+) -> (
+    PolicyFeed,
+    watch::Receiver<Arc<PolicySet>>,
+    watch::Receiver<PolicyStatus>,
+) {
+    let (set, set_rx) = watch::channel(Arc::new(PolicySet::not_loaded()));
+    let (status, status_rx) = watch::channel(PolicyStatus {
+        error: Some(format!(
+            "waiting for the first policy snapshot from the controller ({})",
+            client.addresses.join(", ")
+        )),
+        ..Default::default()
+    });
+    (PolicyFeed { set, status }, set_rx, status_rx)
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "warden_policy_snapshots_total",
+        "Policy snapshots received from the controller, by result (accepted, refused: the last good one stays)."
+    );
+    metrics::describe_gauge!(
+        "warden_policy_snapshot_age_seconds",
+        "Seconds since the policy snapshot in force arrived (refreshed every few seconds)."
+    );
+    metrics::describe_gauge!(
+        "warden_control_plane_connected",
+        "1 while the policy stream to the controller is up."
+    );
+    metrics::describe_counter!(
+        "warden_control_plane_disconnects_total",
+        "Policy streams that ended or could not be opened."
+    );
+    for result in ["accepted", "refused"] {
+        metrics::counter!("warden_policy_snapshots_total", "result" => result).increment(0);
+    }
+    metrics::counter!("warden_control_plane_disconnects_total").increment(0);
+    metrics::gauge!("warden_control_plane_connected").set(0.0);
+}
+
+/// How often the snapshot age is refreshed.
+const AGE_TICK: Duration = Duration::from_secs(2);
+
+/// Subscribes until `shutdown`, reconnecting with backoff (trying the next address each
+/// time), and keeps `feed` current. `credentials` are read at every connection, so a rotated
+/// SVID is used from the next one on.
+pub async fn run(
+    client: ControlPlaneClient,
+    feed: PolicyFeed,
+    credentials: watch::Receiver<Arc<Credentials>>,
+    shutdown: CancellationToken,
+) {
+    describe_metrics();
+    let retry = RotationOptions {
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(5),
+        ..Default::default()
+    };
+    let mut attempt = 0u32;
+    let mut next_address = 0usize;
+    let received: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    {
+        let received = received.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(AGE_TICK);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let at = *received.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(at) = at {
+                    metrics::gauge!("warden_policy_snapshot_age_seconds")
+                        .set(at.elapsed().as_secs_f64());
+                }
+            }
+        });
+    }
+    while !shutdown.is_cancelled() {
+        let address = client.addresses[next_address % client.addresses.len()].clone();
+        next_address += 1;
+        let creds = credentials.borrow().clone();
+        let mut got_one = false;
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => break,
+            outcome = subscribe(&client, &address, &creds, |snapshot| {
+                got_one = true;
+                *received.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                publish(&feed, &address, snapshot);
+            }) => outcome,
+        };
+        metrics::gauge!("warden_control_plane_connected").set(0.0);
+        metrics::counter!("warden_control_plane_disconnects_total").increment(1);
+        if got_one {
+            attempt = 0;
+        }
+        let error = match outcome {
+            Ok(()) => "the controller ended the stream".to_string(),
+            Err(e) => e.to_string(),
+        };
+        // A controller going away says UNAVAILABLE: move to the next one at once.
+        let delay = if error.contains("UNAVAILABLE") && attempt == 0 {
+            Duration::ZERO
+        } else {
+            backoff(attempt, &retry, random_unit())
+        };
+        attempt = attempt.saturating_add(1);
+        feed.status.send_modify(|status| {
+            if let Some(snapshot) = &mut status.snapshot {
+                snapshot.connected_to = None;
+                status.error = Some(format!(
+                    "the controller is unreachable ({error}); keeping the last snapshot"
+                ));
+            } else {
+                status.error = Some(format!(
+                    "no policy snapshot from the controller yet ({error})"
+                ));
+            }
+        });
+        tracing::warn!(%error, retry_in = ?delay, "policy stream to the controller ended; keeping the last snapshot");
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Makes `snapshot` the policy set in force.
+fn publish(feed: &PolicyFeed, address: &str, snapshot: PolicySnapshot) {
+    let count = snapshot.policies.len();
+    let version = snapshot.version.clone();
+    let set = PolicySet::new(snapshot.policies).with_default(snapshot.default);
+    // The set first: a status change makes /ready look at the set.
+    feed.set.send_replace(Arc::new(set));
+    feed.status.send_replace(PolicyStatus {
+        policies: count,
+        error: None,
+        snapshot: Some(SnapshotStatus {
+            version: version.clone(),
+            received: Instant::now(),
+            connected_to: Some(address.to_string()),
+        }),
+    });
+    metrics::counter!("warden_policy_snapshots_total", "result" => "accepted").increment(1);
+    metrics::gauge!("warden_policy_snapshot_age_seconds").set(0.0);
+    let unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics::gauge!("warden_policy_snapshot_timestamp_seconds").set(unix.as_secs_f64());
+    tracing::info!(controller = %address, %version, policies = count, default = ?snapshot.default, "policy snapshot in force");
+}
+
+/// One subscription: connect, handshake, call `Watch`, and hand every valid snapshot to
+/// `on_snapshot` until the stream ends. A snapshot that does not convert is refused whole
+/// (counted and logged) and the stream goes on.
+async fn subscribe(
+    client: &ControlPlaneClient,
+    address: &str,
+    creds: &Credentials,
+    mut on_snapshot: impl FnMut(PolicySnapshot),
+) -> Result<(), ControlPlaneError> {
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| {
+            ControlPlaneError::Connect {
+                address: address.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let config = warden_identity::tls::client_config(
+            &creds.svid,
+            creds.trust.clone(),
+            ExpectedPeer::Exact(client.server_id.clone()),
+            &[b"h2"],
+        )
+        .map_err(|e| ControlPlaneError::Handshake {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(warden_identity::tls::mesh_server_name(), tcp)
+            .await
+            .map_err(|e| ControlPlaneError::Handshake {
+                address: address.to_string(),
+                reason: warden_identity::verify::describe_handshake_error(&e),
+            })
+    };
+    let tls = tokio::time::timeout(client.connect_timeout, connect())
+        .await
+        .map_err(|_| ControlPlaneError::Connect {
+            address: address.to_string(),
+            reason: format!("no connection within {:?}", client.connect_timeout),
+        })??;
+    let http_error = |e: hyper::Error| ControlPlaneError::Http {
+        address: address.to_string(),
+        reason: crate::http::error_chain(&e),
+    };
+    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // Notices a controller that vanished without closing (a partition, a dead node).
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(http_error)?;
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://controller{}", grpc::WATCH_INBOUND_POLICY))
+        .header(http::header::CONTENT_TYPE, grpc::CONTENT_TYPE)
+        .header(http::header::TE, "trailers")
+        .body(Full::new(grpc::frame(&v1::WatchRequest {
+            pod: client.pod.clone(),
+        })))
+        .expect("a valid request");
+    let response = sender.send_request(request).await.map_err(http_error)?;
+    let status_error = |status| ControlPlaneError::Status {
+        address: address.to_string(),
+        status,
+    };
+    // A call refused at once carries its status in the headers ("trailers-only").
+    if let Some(status) = grpc::status(response.headers()) {
+        return Err(status_error(status));
+    }
+    if response.status() != http::StatusCode::OK {
+        return Err(ControlPlaneError::Http {
+            address: address.to_string(),
+            reason: format!("HTTP status {}", response.status()),
+        });
+    }
+    metrics::gauge!("warden_control_plane_connected").set(1.0);
+    let mut body = response.into_body();
+    let mut decoder = FrameDecoder::new(MAX_SNAPSHOT_BYTES);
+    let frame_error = |error| ControlPlaneError::Frame {
+        address: address.to_string(),
+        error,
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(http_error)?;
+        if let Some(trailers) = frame.trailers_ref() {
+            return match grpc::status(trailers) {
+                Some(status) if status.code == grpc::code::OK => Ok(()),
+                Some(status) => Err(status_error(status)),
+                None => Ok(()),
+            };
+        }
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        decoder.push(&data);
+        while let Some(message) = decoder.next_message().map_err(frame_error)? {
+            let snapshot = <v1::Snapshot as prost::Message>::decode(message).map_err(|error| {
+                ControlPlaneError::Decode {
+                    address: address.to_string(),
+                    error,
+                }
+            })?;
+            match snapshot_from_proto(&snapshot) {
+                Ok(snapshot) => on_snapshot(snapshot),
+                Err(error) => refused(address, &snapshot.version, &error),
+            }
+        }
+    }
+    decoder.finish().map_err(frame_error)?;
+    Ok(())
+}
+
+fn refused(address: &str, version: &str, error: &ConvertError) {
+    metrics::counter!("warden_policy_snapshots_total", "result" => "refused").increment(1);
+    tracing::error!(controller = %address, %version, %error, "refused a policy snapshot; keeping the last good one");
+}
+
+/// `/ready`'s line for a control-plane snapshot: its version, age and the stream's state.
+pub fn describe(snapshot: &SnapshotStatus) -> String {
+    let age = snapshot.received.elapsed().as_secs();
+    match &snapshot.connected_to {
+        Some(address) => format!(
+            "snapshot {} from the controller at {address}, {age}s old, stream up",
+            snapshot.version
+        ),
+        None => format!(
+            "snapshot {}, {age}s old; reconnecting to the controller",
+            snapshot.version
+        ),
+    }
+}

@@ -1,0 +1,277 @@
+//! The control plane end to end against a real API server: `kubectl apply` of a policy is
+//! enforced by a running proxy that took it from a real `warden controller` over real mTLS
+//! (SVIDs from a real `warden identity`), and so are edits, deletions and mesh-wide DENYs;
+//! proxies keep enforcing while the controller is gone, resync when it is back, move to the
+//! other replica when one is killed or shut down, and can never read another pod's policies.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+#[path = "support/mesh.rs"]
+mod mesh;
+
+use apiserver::ApiServer;
+use mesh::{eventually, http_get, Identity, Proxy};
+
+/// A ServiceAccount and a Pod running as it with `ip` (no kubelet here: the test writes the
+/// status a kubelet would).
+fn pod(api: &ApiServer, ns: &str, name: &str, sa: &str, ip: &str) {
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: registry.example/app:1}}]\n"
+        )),
+    );
+    let status = format!(r#"{{"status":{{"podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+    api.kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+}
+
+/// An ALLOW for `caller`'s GETs to the backend's app port.
+fn allow(ns: &str, name: &str, caller: &str, port: u16) -> String {
+    format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{serviceAccounts: [backend]}}\n  action: ALLOW\n  rules: [{{from: {{identities: [\"{caller}\"]}}, to: {{ports: [{port}], methods: [GET]}}}}]\n"
+    )
+}
+
+/// The status code the app's caller gets for `GET /` through the client proxy.
+fn call(client: &Proxy) -> String {
+    let (status, _) = http_get(&client.outbound[0], "/", "backend");
+    status.split(' ').nth(1).unwrap_or("no answer").to_string()
+}
+
+/// Waits until calls get `want`.
+fn until_calls_get(client: &Proxy, want: &str, why: &str) {
+    eventually(why, || match call(client) {
+        got if got == want => Ok(()),
+        got => Err(format!("got {got}, want {want}")),
+    });
+}
+
+/// Waits until the proxy's `/ready` detail contains `text`.
+fn until_ready_says(proxy: &Proxy, text: &str) -> String {
+    eventually(&format!("/ready saying {text:?}"), || {
+        let (status, body) = proxy.admin_get("/ready");
+        if body.contains(text) {
+            Ok(body)
+        } else {
+            Err(format!("{status}\n{body}"))
+        }
+    })
+}
+
+/// A free port on 127.0.0.1 (the controllers are restarted on the same address).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_controller_failures() {
+    if !apiserver::available() {
+        return;
+    }
+    let api = apiserver::get();
+    api.install_crds();
+    let ns = api.namespace("cp", &[("team", "shop")]);
+    pod(api, &ns, "backend-0", "backend", "127.0.0.1");
+    let identity = Identity::start();
+    let (port_a, port_b) = (free_port(), free_port());
+    let (a, b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let (mut replica_a, _) = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, &a);
+
+    let backend_id = format!("spiffe://cluster.local/ns/{ns}/sa/backend");
+    let frontend_id = format!("spiffe://cluster.local/ns/{ns}/sa/frontend");
+    let app = mesh::app();
+    let port: u16 = app.rsplit_once(':').unwrap().1.parse().unwrap();
+    let server = Proxy::start(
+        "backend proxy",
+        &identity,
+        &backend_id,
+        &format!(
+            "inbound: [{{listen: \"127.0.0.1:0\", app: \"{app}\"}}]\ncontrol_plane: {{addresses: [\"{a}\", \"{b}\"], pod_name: backend-0}}\n"
+        ),
+    );
+    let client = Proxy::start(
+        "frontend proxy",
+        &identity,
+        &frontend_id,
+        &format!(
+            "outbound: [{{listen: \"127.0.0.1:0\", destination: \"{}\", identity: \"{backend_id}\"}}]\n",
+            server.inbound[0]
+        ),
+    );
+
+    // Ready only with a snapshot; none selects it yet, so the mesh default (deny) decides.
+    server.wait_ready();
+    let ready = until_ready_says(&server, "stream up");
+    assert!(
+        ready.contains(&format!("from the controller at {a}")),
+        "{ready}"
+    );
+    assert_eq!(call(&client), "403");
+
+    // kubectl apply -> enforced.
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&allow(&ns, "backend-allow", &frontend_id, port)),
+    );
+    until_calls_get(&client, "200", "the applied ALLOW is enforced");
+
+    // An invalid edit is refused by the API server with the CEL message; nothing changes.
+    let bad = allow(&ns, "backend-allow", &frontend_id, port)
+        .replace(&format!("ports: [{port}]"), "ports: [0]");
+    let refused = api.kubectl_with(&["apply", "-f", "-"], Some(&bad));
+    assert!(!refused.status.success());
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(message.contains("ports"), "{message}");
+    assert_eq!(call(&client), "200");
+
+    // A mesh-wide DENY wins over the namespace's ALLOW, and its removal restores it.
+    let mesh_deny = format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: deny-frontend-{ns}}}\nspec:\n  namespaceSelector: {{matchLabels: {{team: shop}}}}\n  action: DENY\n  rules: [{{from: {{identities: [\"{frontend_id}\"]}}}}]\n"
+    );
+    api.kubectl_ok(&["apply", "-f", "-"], Some(&mesh_deny));
+    until_calls_get(
+        &client,
+        "403",
+        "the mesh DENY wins over the namespace ALLOW",
+    );
+    api.kubectl_ok(
+        &["delete", "meshpolicy", &format!("deny-frontend-{ns}")],
+        None,
+    );
+    until_calls_get(&client, "200", "the mesh DENY is gone");
+
+    // The controller is killed: the proxy keeps enforcing its last snapshot, says so.
+    replica_a.kill();
+    until_ready_says(&server, "reconnecting to the controller");
+    let (status, _) = server.admin_get("/ready");
+    assert!(status.contains(" 200"), "still ready: {status}");
+    assert_eq!(call(&client), "200", "the last snapshot stays in force");
+    let (_, metrics) = server.admin_get("/metrics");
+    assert!(
+        metrics.contains("warden_control_plane_connected 0"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("warden_policy_snapshot_age_seconds"));
+
+    // Deleted while no controller runs; replica B comes up: the proxy resyncs from it.
+    api.kubectl_ok(
+        &["delete", "authorizationpolicy", "backend-allow", "-n", &ns],
+        None,
+    );
+    assert_eq!(call(&client), "200", "nobody told the proxy yet");
+    let (mut replica_b, _) = mesh::controller(&api.kubeconfig, &identity, "replica-b", &ns, &b);
+    until_calls_get(&client, "403", "the proxy resyncs with replica B");
+    until_ready_says(&server, &format!("from the controller at {b}"));
+
+    // Replica A back; B shuts down gracefully: the proxy moves to A at once, no gap.
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&allow(&ns, "backend-allow", &frontend_id, port)),
+    );
+    until_calls_get(&client, "200", "enforced via replica B");
+    let (_replica_a, _) = mesh::controller(&api.kubeconfig, &identity, "replica-a2", &ns, &a);
+    let status = replica_b.terminate();
+    assert!(status.success(), "replica B exits cleanly: {status:?}");
+    until_ready_says(&server, &format!("from the controller at {a}"));
+    assert_eq!(call(&client), "200");
+    api.kubectl_ok(
+        &["delete", "authorizationpolicy", "backend-allow", "-n", &ns],
+        None,
+    );
+    until_calls_get(&client, "403", "enforced via replica A again");
+    let (_, metrics) = server.admin_get("/metrics");
+    assert!(
+        metrics.contains("warden_policy_snapshots_total{result=\"refused\"} 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_proxy_can_never_read_another_pods_policies_and_the_attempt_is_logged() {
+    if !apiserver::available() {
+        return;
+    }
+    let api = apiserver::get();
+    api.install_crds();
+    let ns = api.namespace("cpx", &[]);
+    pod(api, &ns, "backend-0", "backend", "127.0.0.1");
+    pod(api, &ns, "backend-1", "backend", "10.9.9.9");
+    let identity = Identity::start();
+    let (controller, grpc) =
+        mesh::controller(&api.kubeconfig, &identity, "replica-x", &ns, "127.0.0.1:0");
+    let start = |name: &str, id: &str, pod: &str| {
+        Proxy::start(
+            name,
+            &identity,
+            id,
+            &format!("control_plane: {{addresses: [\"{grpc}\"], pod_name: {pod}}}\n"),
+        )
+    };
+    let frontend = format!("spiffe://cluster.local/ns/{ns}/sa/frontend");
+    let backend = format!("spiffe://cluster.local/ns/{ns}/sa/backend");
+    // (SVID, claimed pod, what /ready and the controller's log say)
+    let cases = [
+        (
+            &frontend,
+            "backend-0",
+            "PERMISSION_DENIED",
+            "runs as ServiceAccount backend, not as frontend",
+        ),
+        (
+            &backend,
+            "backend-1",
+            "PERMISSION_DENIED",
+            "has IP 10.9.9.9, not the caller's 127.0.0.1",
+        ),
+        (
+            &backend,
+            "ghost-0",
+            "NOT_FOUND",
+            &format!("no pod {ns}/ghost-0"),
+        ),
+    ];
+    for (id, pod, code, why) in cases {
+        let proxy = start(&format!("proxy claiming {pod}"), id, pod);
+        let body = until_ready_says(&proxy, code);
+        assert!(body.contains(why), "{body}");
+        let (status, _) = proxy.admin_get("/ready");
+        assert!(
+            status.contains(" 503"),
+            "not ready without its snapshot: {status}"
+        );
+        eventually("the controller logs the refusal", || {
+            let log = controller.logged();
+            let logged = log.lines().any(|l| {
+                l.contains("refused a policy subscription")
+                    && l.contains(why)
+                    && l.contains(id.as_str())
+            });
+            if logged {
+                Ok(())
+            } else {
+                Err(log)
+            }
+        });
+    }
+    // The rightful proxy gets its snapshot.
+    let own = start("backend-0 proxy", &backend, "backend-0");
+    own.wait_ready();
+    until_ready_says(&own, "stream up");
+}

@@ -1,0 +1,332 @@
+//! The mesh's own processes for tests against the real API server: a CA, `warden identity`
+//! (join tokens: no kubelet here mints projected tokens), `warden controller run` and
+//! `warden proxy`, each a real process on 127.0.0.1 with port 0, killed when dropped, with
+//! everything it logged kept for assertions.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Runs `warden args` in `dir`, failing the test if it fails; returns stdout.
+pub fn warden(args: &[&str], dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "warden {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A process whose stderr is collected; killed when dropped.
+pub struct Process {
+    child: Child,
+    /// Everything it wrote to stderr so far.
+    pub log: Arc<Mutex<String>>,
+    name: String,
+}
+
+impl Process {
+    /// Spawns `cmd` and waits for a stderr line starting with `marker`; returns the
+    /// process and the rest of that line.
+    pub fn spawn(name: &str, mut cmd: Command, marker: &str) -> (Self, String) {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut found = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            log.lock().unwrap().push_str(&format!("{line}\n"));
+            if let Some(rest) = line.strip_prefix(marker) {
+                found = Some(rest.to_string());
+                break;
+            }
+        }
+        let Some(rest) = found else {
+            let status = child.wait().unwrap();
+            panic!(
+                "{name} exited ({status}) before {marker:?}:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push_str(&format!("{line}\n"));
+            }
+        });
+        let process = Self {
+            child,
+            log,
+            name: name.to_string(),
+        };
+        (process, rest)
+    }
+
+    /// Its log so far.
+    pub fn logged(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Kills it now (SIGKILL: no goodbye to anyone).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for it to exit; its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.logged());
+        }
+    }
+}
+
+/// A CA and `warden identity` issuing against join tokens.
+pub struct Identity {
+    /// The working directory (CA, tokens).
+    pub dir: tempfile::TempDir,
+    /// `https://127.0.0.1:<port>`.
+    pub url: String,
+    _process: Process,
+}
+
+impl Identity {
+    /// A new CA and its identity service.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        warden(&["ca", "init", "--dir", "ca"], dir.path());
+        std::fs::write(dir.path().join("tokens"), "").unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+        cmd.args(["identity", "--ca-dir", "ca", "--auth", "join-tokens"])
+            .args(["--join-tokens", "tokens", "--rate-per-minute", "6000"])
+            .args(["--rate-burst", "200"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .current_dir(dir.path());
+        let (process, rest) =
+            Process::spawn("warden identity", cmd, "warden identity: serving https://");
+        let https = rest
+            .split_once(' ')
+            .map_or(rest.as_str(), |(a, _)| a)
+            .to_string();
+        Self {
+            url: format!("https://{https}"),
+            dir,
+            _process: process,
+        }
+    }
+
+    /// The trust bundle file.
+    pub fn bundle(&self) -> PathBuf {
+        self.dir.path().join("ca/bundle.crt")
+    }
+
+    /// A file holding a fresh join token for `id`.
+    pub fn token_for(&self, id: &str) -> PathBuf {
+        let token = warden(
+            &["ca", "join-token", "--tokens", "tokens", "--id", id],
+            self.dir.path(),
+        );
+        let file = self
+            .dir
+            .path()
+            .join(format!("token-{}", id.replace(['/', ':'], "_")));
+        std::fs::write(&file, token.trim()).unwrap();
+        // The identity service re-reads the token file every second.
+        std::thread::sleep(Duration::from_millis(1100));
+        file
+    }
+}
+
+/// `warden controller run` as replica `name`, serving proxies on `listen`.
+pub fn controller(
+    kubeconfig: &Path,
+    identity: &Identity,
+    name: &str,
+    lease_namespace: &str,
+    listen: &str,
+) -> (Process, String) {
+    let token = identity.token_for("spiffe://cluster.local/ns/warden-system/sa/warden-controller");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+    cmd.args(["controller", "run", "--kubeconfig"])
+        .arg(kubeconfig)
+        .args(["--admin-listen", "127.0.0.1:0", "--listen", listen])
+        .args(["--identity", name, "--lease-namespace", lease_namespace])
+        .args(["--lease-duration", "2s", "--identity-url", &identity.url])
+        .arg("--identity-token-file")
+        .arg(&token)
+        .arg("--trust-bundle")
+        .arg(identity.bundle())
+        .env("WARDEN_LOG", "info");
+    let (process, rest) = Process::spawn(
+        &format!("warden controller {name}"),
+        cmd,
+        "warden controller: watching",
+    );
+    let grpc = rest
+        .split("serving proxies on ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap()
+        .to_string();
+    (process, grpc)
+}
+
+/// A running `warden proxy` and its addresses.
+pub struct Proxy {
+    /// The process.
+    pub process: Process,
+    /// `127.0.0.1:<port>` of its admin endpoint.
+    pub admin: String,
+    /// Its inbound listeners.
+    pub inbound: Vec<String>,
+    /// Its outbound listeners.
+    pub outbound: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// Starts `warden proxy` with `config` (YAML; the identity settings are added).
+    pub fn start(name: &str, identity: &Identity, id: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let token = identity.token_for(id);
+        let full = format!(
+            "identity:\n  url: {}\n  token_file: {}\n  trust_bundle: {}\n  expected_id: \"{id}\"\nadmin: {{listen: \"127.0.0.1:0\"}}\nauthorization: {{audit_log: \"off\"}}\nworker_threads: 1\n{config}",
+            identity.url,
+            token.display(),
+            identity.bundle().display()
+        );
+        std::fs::write(dir.path().join("proxy.yaml"), full).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
+        cmd.args(["proxy", "--config"])
+            .arg(dir.path().join("proxy.yaml"))
+            .env("WARDEN_LOG", "info");
+        let (process, rest) = Process::spawn(name, cmd, "warden proxy: admin http://");
+        // `<admin> inbound [a, b] outbound [c]`
+        let (admin, rest) = rest.split_once(' ').unwrap();
+        let list = |text: &str| -> Vec<String> {
+            text.trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let rest = rest.trim_start_matches("inbound ");
+        let (inbound, outbound) = rest.split_once(" outbound ").unwrap();
+        Self {
+            process,
+            admin: admin.to_string(),
+            inbound: list(inbound),
+            outbound: list(outbound),
+            _dir: dir,
+        }
+    }
+
+    /// `GET path` on the admin port: (status line, body).
+    pub fn admin_get(&self, path: &str) -> (String, String) {
+        http_get(&self.admin, path, "localhost")
+    }
+
+    /// Waits until `/ready` says 200 (30 s at most).
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.admin_get("/ready");
+            if status.contains(" 200") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{status}\n{body}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// One HTTP/1.1 `GET` with `Connection: close`: (status line, body); an empty status line
+/// when the connection fails.
+pub fn http_get(addr: &str, path: &str, host: &str) -> (String, String) {
+    let Ok(mut tcp) = std::net::TcpStream::connect(addr) else {
+        return (String::new(), String::new());
+    };
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = tcp.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// A tiny HTTP/1.1 app on 127.0.0.1 answering every request `200 hello`.
+pub fn app() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    // Request line and headers, then the answer (no bodies in these tests).
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match reader.read_line(&mut line) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
+                    if stream.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Polls `f` until it returns `Some` (30 s at most), failing with `what` and the last value.
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(t) => return t,
+            Err(last) => {
+                assert!(Instant::now() < deadline, "{what}: {last}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
