@@ -86,6 +86,12 @@ fn strictness(default: MeshDefault) -> u8 {
     }
 }
 
+/// Whether an object of `generation` is news to an index holding `previous` (objects
+/// without a generation always are).
+fn is_new_generation(previous: Option<&Entry>, generation: Option<i64>) -> bool {
+    generation.is_none() || previous.map(|p| p.generation) != Some(generation)
+}
+
 /// Judges a new version against the entry it replaces (keeping the last good one).
 fn judge(
     previous: Option<Entry>,
@@ -121,29 +127,31 @@ impl Index {
         Self::default()
     }
 
-    /// A namespace was added or changed.
-    pub fn apply_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
-        self.namespaces.insert(name.to_string(), labels);
+    /// A namespace was added or changed; whether what the index knows changed.
+    pub fn apply_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) -> bool {
+        self.namespaces.insert(name.to_string(), labels.clone()) != Some(labels)
     }
 
-    /// A namespace was deleted.
-    pub fn delete_namespace(&mut self, name: &str) {
-        self.namespaces.remove(name);
+    /// A namespace was deleted; whether it was known.
+    pub fn delete_namespace(&mut self, name: &str) -> bool {
+        self.namespaces.remove(name).is_some()
     }
 
-    /// A pod was added or changed.
-    pub fn apply_pod(&mut self, namespace: &str, name: &str, pod: PodInfo) {
+    /// A pod was added or changed; whether what the index knows changed (most pod events
+    /// are status updates that change neither its ServiceAccount nor its IP).
+    pub fn apply_pod(&mut self, namespace: &str, name: &str, pod: PodInfo) -> bool {
         self.pods
             .entry(namespace.to_string())
             .or_default()
-            .insert(name.to_string(), pod);
+            .insert(name.to_string(), pod.clone())
+            != Some(pod)
     }
 
-    /// A pod was deleted.
-    pub fn delete_pod(&mut self, namespace: &str, name: &str) {
-        if let Some(pods) = self.pods.get_mut(namespace) {
-            pods.remove(name);
-        }
+    /// A pod was deleted; whether it was known.
+    pub fn delete_pod(&mut self, namespace: &str, name: &str) -> bool {
+        self.pods
+            .get_mut(namespace)
+            .is_some_and(|pods| pods.remove(name).is_some())
     }
 
     /// The pod `namespace/name`, if known.
@@ -151,31 +159,35 @@ impl Index {
         self.pods.get(namespace)?.get(name)
     }
 
-    /// An AuthorizationPolicy was added or changed.
-    pub fn apply_policy(&mut self, object: &AuthorizationPolicy) {
+    /// An AuthorizationPolicy was added or changed; whether its spec changed (an update of
+    /// its status alone keeps its generation).
+    pub fn apply_policy(&mut self, object: &AuthorizationPolicy) -> bool {
         let (Some(namespace), Some(name)) = (&object.metadata.namespace, &object.metadata.name)
         else {
-            return;
+            return false;
         };
         let policies = self.policies.entry(namespace.clone()).or_default();
         let previous = policies.remove(name);
+        let changed = is_new_generation(previous.as_ref(), object.metadata.generation);
         let entry = judge(previous, object.metadata.generation, crd::to_core(object));
         policies.insert(name.clone(), entry);
+        changed
     }
 
-    /// An AuthorizationPolicy was deleted.
-    pub fn delete_policy(&mut self, namespace: &str, name: &str) {
-        if let Some(policies) = self.policies.get_mut(namespace) {
-            policies.remove(name);
-        }
+    /// An AuthorizationPolicy was deleted; whether it was known.
+    pub fn delete_policy(&mut self, namespace: &str, name: &str) -> bool {
+        self.policies
+            .get_mut(namespace)
+            .is_some_and(|policies| policies.remove(name).is_some())
     }
 
-    /// A MeshPolicy was added or changed.
-    pub fn apply_mesh_policy(&mut self, object: &MeshPolicy) {
+    /// A MeshPolicy was added or changed; whether its spec changed.
+    pub fn apply_mesh_policy(&mut self, object: &MeshPolicy) -> bool {
         let Some(name) = &object.metadata.name else {
-            return;
+            return false;
         };
         let previous = self.mesh.remove(name).map(|m| m.entry);
+        let changed = is_new_generation(previous.as_ref(), object.metadata.generation);
         let spec = &object.spec;
         let core = match spec.action {
             // Settings only: nothing to enforce as rules.
@@ -207,11 +219,12 @@ impl Index {
                 allowed_annotations: spec.allowed_annotations.clone(),
             },
         );
+        changed
     }
 
-    /// A MeshPolicy was deleted.
-    pub fn delete_mesh_policy(&mut self, name: &str) {
-        self.mesh.remove(name);
+    /// A MeshPolicy was deleted; whether it was known.
+    pub fn delete_mesh_policy(&mut self, name: &str) -> bool {
+        self.mesh.remove(name).is_some()
     }
 
     fn namespace_labels(&self, namespace: &str) -> BTreeMap<String, String> {
@@ -417,6 +430,72 @@ spec:
 
     fn names(snapshot: &Snapshot) -> Vec<String> {
         snapshot.policies.iter().map(CorePolicy::id).collect()
+    }
+
+    #[test]
+    fn only_what_can_alter_a_snapshot_counts_as_a_change() {
+        let mut index = Index::new();
+        let prod = BTreeMap::from([("env".to_string(), "prod".to_string())]);
+        let with_ip = PodInfo {
+            service_account: "web".into(),
+            ip: Some("10.0.0.7".parse().unwrap()),
+        };
+        let allow = policy(ALLOW_FRONTEND);
+        let mut edited = allow.clone();
+        edited.metadata.generation = Some(2);
+        let deny_mesh = mesh("apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: m, generation: 1}\nspec: {action: DENY, rules: [{}]}\n");
+        // (what happened, whether it counts)
+        let steps: Vec<(&str, bool, bool)> = vec![
+            (
+                "new namespace",
+                index.apply_namespace("shop", prod.clone()),
+                true,
+            ),
+            (
+                "same labels",
+                index.apply_namespace("shop", prod.clone()),
+                false,
+            ),
+            (
+                "new pod",
+                index.apply_pod("shop", "web-1", pod("web")),
+                true,
+            ),
+            (
+                "a pod status update",
+                index.apply_pod("shop", "web-1", pod("web")),
+                false,
+            ),
+            (
+                "the pod gets its IP",
+                index.apply_pod("shop", "web-1", with_ip.clone()),
+                true,
+            ),
+            ("new policy", index.apply_policy(&allow), true),
+            ("its status written", index.apply_policy(&allow), false),
+            ("its spec edited", index.apply_policy(&edited), true),
+            ("new mesh policy", index.apply_mesh_policy(&deny_mesh), true),
+            (
+                "its status written",
+                index.apply_mesh_policy(&deny_mesh),
+                false,
+            ),
+            ("mesh policy deleted", index.delete_mesh_policy("m"), true),
+            ("deleted again", index.delete_mesh_policy("m"), false),
+            (
+                "policy deleted",
+                index.delete_policy("shop", "backend-allow-frontend"),
+                true,
+            ),
+            ("unknown policy", index.delete_policy("shop", "nope"), false),
+            ("pod deleted", index.delete_pod("shop", "web-1"), true),
+            ("unknown pod", index.delete_pod("shop", "web-1"), false),
+            ("namespace deleted", index.delete_namespace("shop"), true),
+            ("unknown namespace", index.delete_namespace("shop"), false),
+        ];
+        for (what, changed, want) in steps {
+            assert_eq!(changed, want, "{what}");
+        }
     }
 
     #[test]

@@ -17,6 +17,9 @@ use crate::crd::{AuthorizationPolicy, MeshPolicy, PolicyStatus};
 use crate::index::{Index, PodInfo, Verdict};
 use crate::status;
 
+/// How often, at most, the status writer recomputes and writes policy statuses.
+const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The field manager of the controller's status writes.
 pub const FIELD_MANAGER: &str = "warden-controller";
 
@@ -82,47 +85,54 @@ fn pod_entry(pod: &Pod) -> Option<(String, String, PodInfo)> {
     ))
 }
 
-/// Applies one watch event to the index.
-fn apply(index: &mut Index, relists: &mut Relists, change: Change) {
+/// Applies one watch event to the index; whether what proxies are sent may have changed
+/// (events buffered during a re-list change nothing until it completes).
+fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
     match change {
         Change::Namespace(event) => match event {
             Event::Apply(ns) | Event::InitApply(ns) if relists.namespaces.is_none() => {
-                if let Some((name, labels)) = namespace_entry(&ns) {
-                    index.apply_namespace(&name, labels);
-                }
+                namespace_entry(&ns)
+                    .is_some_and(|(name, labels)| index.apply_namespace(&name, labels))
             }
             Event::InitApply(ns) | Event::Apply(ns) => {
-                relists.namespaces.get_or_insert_default().push(ns)
+                relists.namespaces.get_or_insert_default().push(ns);
+                false
             }
-            Event::Delete(ns) => {
-                if let Some(name) = &ns.metadata.name {
-                    index.delete_namespace(name);
-                }
+            Event::Delete(ns) => ns
+                .metadata
+                .name
+                .as_ref()
+                .is_some_and(|name| index.delete_namespace(name)),
+            Event::Init => {
+                relists.namespaces = Some(Vec::new());
+                false
             }
-            Event::Init => relists.namespaces = Some(Vec::new()),
             Event::InitDone => {
                 let all = relists.namespaces.take().unwrap_or_default();
                 index.replace_namespaces(all.iter().filter_map(namespace_entry).collect());
+                true
             }
         },
         Change::Pod(event) => match event {
             Event::Apply(pod) | Event::InitApply(pod) if relists.pods.is_none() => {
-                if let Some((ns, name, info)) = pod_entry(&pod) {
-                    index.apply_pod(&ns, &name, info);
-                }
+                pod_entry(&pod).is_some_and(|(ns, name, info)| index.apply_pod(&ns, &name, info))
             }
             Event::InitApply(pod) | Event::Apply(pod) => {
-                relists.pods.get_or_insert_default().push(*pod)
+                relists.pods.get_or_insert_default().push(*pod);
+                false
             }
-            Event::Delete(pod) => {
-                if let (Some(ns), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) {
-                    index.delete_pod(ns, name);
-                }
+            Event::Delete(pod) => match (&pod.metadata.namespace, &pod.metadata.name) {
+                (Some(ns), Some(name)) => index.delete_pod(ns, name),
+                _ => false,
+            },
+            Event::Init => {
+                relists.pods = Some(Vec::new());
+                false
             }
-            Event::Init => relists.pods = Some(Vec::new()),
             Event::InitDone => {
                 let all = relists.pods.take().unwrap_or_default();
                 index.replace_pods(all.iter().filter_map(pod_entry).collect());
+                true
             }
         },
         Change::Policy(event) => match event {
@@ -130,29 +140,42 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) {
                 index.apply_policy(&p)
             }
             Event::InitApply(p) | Event::Apply(p) => {
-                relists.policies.get_or_insert_default().push(p)
+                relists.policies.get_or_insert_default().push(p);
+                false
             }
-            Event::Delete(p) => {
-                if let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) {
-                    index.delete_policy(ns, name);
-                }
+            Event::Delete(p) => match (&p.metadata.namespace, &p.metadata.name) {
+                (Some(ns), Some(name)) => index.delete_policy(ns, name),
+                _ => false,
+            },
+            Event::Init => {
+                relists.policies = Some(Vec::new());
+                false
             }
-            Event::Init => relists.policies = Some(Vec::new()),
-            Event::InitDone => index.replace_policies(&relists.policies.take().unwrap_or_default()),
+            Event::InitDone => {
+                index.replace_policies(&relists.policies.take().unwrap_or_default());
+                true
+            }
         },
         Change::Mesh(event) => match event {
             Event::Apply(m) | Event::InitApply(m) if relists.mesh.is_none() => {
                 index.apply_mesh_policy(&m)
             }
-            Event::InitApply(m) | Event::Apply(m) => relists.mesh.get_or_insert_default().push(m),
-            Event::Delete(m) => {
-                if let Some(name) = &m.metadata.name {
-                    index.delete_mesh_policy(name);
-                }
+            Event::InitApply(m) | Event::Apply(m) => {
+                relists.mesh.get_or_insert_default().push(m);
+                false
             }
-            Event::Init => relists.mesh = Some(Vec::new()),
+            Event::Delete(m) => m
+                .metadata
+                .name
+                .as_ref()
+                .is_some_and(|name| index.delete_mesh_policy(name)),
+            Event::Init => {
+                relists.mesh = Some(Vec::new());
+                false
+            }
             Event::InitDone => {
-                index.replace_mesh_policies(&relists.mesh.take().unwrap_or_default())
+                index.replace_mesh_policies(&relists.mesh.take().unwrap_or_default());
+                true
             }
         },
     }
@@ -297,39 +320,49 @@ pub async fn run(
     let mut relists = Relists::default();
     let mut stored = Stored::new();
     let mut listed = 0u8;
+    // Statuses are written at most every STATUS_INTERVAL: a verdict costs a pass over every
+    // policy and its namespace's pods, so not once per event in a churning cluster.
+    let mut status_tick = tokio::time::interval(STATUS_INTERVAL);
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut statuses_due = false;
     loop {
-        let change = tokio::select! {
+        let writer = *leader.borrow() && *synced.borrow();
+        tokio::select! {
             () = &mut shutdown => return,
             // Leadership gained: write what differs from what the API server has.
-            Ok(()) = leader.changed() => None,
-            change = changes.next() => match change {
-                None => return,
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "a watch failed; retrying with backoff");
-                    continue;
-                }
-                Some(Ok(change)) => Some(change),
-            },
-        };
-        let verdicts = {
-            let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(change) = change {
-                if !*synced.borrow() {
-                    listed |= initial_list_done(&change);
-                    if listed == 0b1111 {
-                        synced.send_replace(true);
-                    }
-                }
-                remember(&mut stored, &change);
-                apply(&mut index, &mut relists, change);
+            Ok(()) = leader.changed() => statuses_due = true,
+            _ = status_tick.tick(), if statuses_due && writer => {
+                statuses_due = false;
+                let verdicts = verdicts(&index.lock().unwrap_or_else(|p| p.into_inner()));
+                write_statuses(&client, verdicts, &mut stored).await;
             }
-            // Verdicts cost a pass over every policy: only for a writer, and only once the
-            // first lists are complete.
-            (*leader.borrow() && *synced.borrow()).then(|| verdicts(&index))
-        };
-        revision.send_modify(|r| *r += 1);
-        if let Some(verdicts) = verdicts {
-            write_statuses(&client, verdicts, &mut stored).await;
+            change = changes.next() => {
+                let change = match change {
+                    None => return,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "a watch failed; retrying with backoff");
+                        continue;
+                    }
+                    Some(Ok(change)) => change,
+                };
+                let changed = {
+                    let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+                    if !*synced.borrow() {
+                        listed |= initial_list_done(&change);
+                        if listed == 0b1111 {
+                            synced.send_replace(true);
+                        }
+                    }
+                    remember(&mut stored, &change);
+                    apply(&mut index, &mut relists, change)
+                };
+                // Subscriptions recompute their snapshot only when something they depend on
+                // may have changed.
+                if changed {
+                    revision.send_modify(|r| *r += 1);
+                }
+                statuses_due = true;
+            }
         }
     }
 }

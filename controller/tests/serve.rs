@@ -107,10 +107,12 @@ impl Controller {
         }
     }
 
-    /// Changes the index and tells the subscribers, as a watch event would.
-    fn change(&self, f: impl FnOnce(&mut Index)) {
-        f(&mut self.index.lock().unwrap());
-        self.revision.send_modify(|r| *r += 1);
+    /// Changes the index and, if it says something changed, tells the subscribers, as the
+    /// watches do.
+    fn change(&self, f: impl FnOnce(&mut Index) -> bool) {
+        if f(&mut self.index.lock().unwrap()) {
+            self.revision.send_modify(|r| *r += 1);
+        }
     }
 
     fn svid(&self, text: &str) -> Svid {
