@@ -1,8 +1,10 @@
-//! `warden policy check|explain`: validate a policy directory, and explain a decision.
+//! `warden policy check|explain`: validate a policy directory, and explain a decision. The
+//! files are the CRD YAML `kubectl apply` takes: AuthorizationPolicies and MeshPolicies.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use warden_controller::crd::{self, MeshDefault, MeshPolicy};
 use warden_core::policy::evaluate::{DefaultPolicy, PolicySet, Request, Workload};
 use warden_core::policy::{lint, path};
 use warden_core::SpiffeId;
@@ -35,10 +37,67 @@ pub enum Command {
         /// The HTTP path.
         #[arg(long, requires = "method")]
         path: Option<String>,
-        /// The mesh default when no policy applies.
+        /// The mesh default when no policy applies (a MeshPolicy's `default` wins).
         #[arg(long, value_enum, default_value = "deny")]
         default: Default,
+        /// A label of the workload's namespace, `KEY=VALUE` (repeatable): MeshPolicies apply
+        /// where their `namespaceSelector` matches these labels.
+        #[arg(long = "namespace-label", value_parser = parse_label)]
+        namespace_labels: Vec<(String, String)>,
     },
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+/// What the files hold: namespace policies, and MeshPolicies (their rules as mesh-wide
+/// policies, kept with the objects for their namespace selectors and defaults).
+#[derive(Default)]
+struct Loaded {
+    policies: Vec<warden_core::policy::AuthorizationPolicy>,
+    mesh: Vec<MeshPolicy>,
+    errors: Vec<String>,
+}
+
+/// The documents of one file, by kind.
+fn parse_file(text: &str, source: &str, loaded: &mut Loaded) -> Result<(), String> {
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(text).map_err(|e| {
+        let message = e.to_string();
+        let first = message
+            .lines()
+            .next()
+            .unwrap_or(&message)
+            .trim()
+            .to_string();
+        format!(
+            "{source}: {}",
+            first.strip_prefix("error: ").unwrap_or(&first)
+        )
+    })?;
+    for (i, document) in documents.into_iter().enumerate() {
+        if document.is_null() {
+            continue;
+        }
+        if document.get("kind").and_then(|k| k.as_str()) == Some("MeshPolicy") {
+            let at = |field: String, message: String| {
+                format!("{source}: document {}: field {field}: {message}", i + 1)
+            };
+            let object: MeshPolicy = serde_path_to_error::deserialize(document)
+                .map_err(|e| at(e.path().to_string(), e.inner().to_string()))?;
+            let rules = crd::mesh_rules(&object)
+                .map_err(|e| format!("{source}: document {}: {e}", i + 1))?;
+            loaded.policies.extend(rules);
+            loaded.mesh.push(object);
+        } else {
+            let policy = warden_core::policy::from_document(document, source, i + 1)
+                .map_err(|e| e.to_string())?;
+            loaded.policies.push(policy);
+        }
+    }
+    Ok(())
 }
 
 /// The mesh default, as a flag.
@@ -53,7 +112,7 @@ pub enum Default {
 }
 
 /// Every file's errors (not just the first) and the policies of the valid ones.
-fn load(dir: &std::path::Path) -> (Vec<warden_core::policy::AuthorizationPolicy>, Vec<String>) {
+fn load(dir: &std::path::Path) -> Loaded {
     let files: Vec<PathBuf> = if dir.is_file() {
         vec![dir.to_path_buf()]
     } else {
@@ -73,31 +132,39 @@ fn load(dir: &std::path::Path) -> (Vec<warden_core::policy::AuthorizationPolicy>
         files.sort();
         files
     };
-    let mut policies = Vec::new();
-    let mut errors = Vec::new();
+    let mut loaded = Loaded::default();
     if files.is_empty() {
-        errors.push(format!(
+        loaded.errors.push(format!(
             "{}: no policy files (*.yaml, *.yml)",
             dir.display()
         ));
     }
     for file in files {
         match std::fs::read_to_string(&file) {
-            Err(e) => errors.push(format!("{}: {e}", file.display())),
-            Ok(text) => match warden_core::policy::parse(&text, &file.display().to_string()) {
-                Ok(p) => policies.extend(p),
-                Err(e) => errors.push(e.to_string()),
-            },
+            Err(e) => loaded.errors.push(format!("{}: {e}", file.display())),
+            Ok(text) => {
+                // A bad file contributes nothing (as the proxy's loader would refuse it).
+                let mut one = Loaded::default();
+                match parse_file(&text, &file.display().to_string(), &mut one) {
+                    Ok(()) => {
+                        loaded.policies.extend(one.policies);
+                        loaded.mesh.extend(one.mesh);
+                    }
+                    Err(e) => loaded.errors.push(e),
+                }
+            }
         }
     }
-    (policies, errors)
+    loaded
 }
 
 /// Runs a `warden policy` subcommand.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
         Command::Check { dir } => {
-            let (policies, errors) = load(&dir);
+            let Loaded {
+                policies, errors, ..
+            } = load(&dir);
             for e in &errors {
                 eprintln!("error: {e}");
             }
@@ -125,11 +192,38 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             method,
             path: request_path,
             default,
+            namespace_labels,
         } => {
-            let (policies, errors) = load(&dir);
+            let Loaded {
+                policies,
+                mesh,
+                errors,
+            } = load(&dir);
             if let Some(e) = errors.first() {
                 anyhow::bail!("{e}");
             }
+            // MeshPolicies apply where their namespace selector matches the given labels, as
+            // the controller decides; the strictest default any of them sets wins.
+            let labels: std::collections::BTreeMap<String, String> =
+                namespace_labels.into_iter().collect();
+            let selected: Vec<String> = mesh
+                .iter()
+                .filter(|m| {
+                    m.spec
+                        .namespace_selector
+                        .as_ref()
+                        .is_none_or(|s| s.matches(&labels))
+                })
+                .filter_map(|m| m.metadata.name.clone())
+                .collect();
+            let policies: Vec<_> = policies
+                .into_iter()
+                .filter(|p| !p.metadata.mesh || selected.contains(&p.metadata.name))
+                .collect();
+            let mesh_default = mesh
+                .iter()
+                .filter_map(|m| m.spec.default)
+                .max_by_key(|d| d.strictness());
             let normalized = match &request_path {
                 Some(p) => {
                     Some(path::normalize(p).map_err(|e| anyhow::anyhow!("--path {p:?}: {e}"))?)
@@ -138,10 +232,12 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             };
             let http = method.as_deref().zip(normalized.as_deref());
             let set = PolicySet::new(policies);
-            let default = match default {
-                Default::Deny => DefaultPolicy::Deny,
-                Default::AllAuthenticated => DefaultPolicy::AllAuthenticated,
-                Default::Audit => DefaultPolicy::Audit,
+            let default = match (mesh_default, default) {
+                (Some(MeshDefault::Deny), _) | (None, Default::Deny) => DefaultPolicy::Deny,
+                (Some(MeshDefault::AllAuthenticated), _) | (None, Default::AllAuthenticated) => {
+                    DefaultPolicy::AllAuthenticated
+                }
+                (Some(MeshDefault::Audit), _) | (None, Default::Audit) => DefaultPolicy::Audit,
             };
             let request = Request {
                 client: from.as_ref(),

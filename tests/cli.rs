@@ -663,6 +663,87 @@ fn policy_explain_prints_the_decision_and_what_made_it() {
     assert_one_line_error(&o, 1, "--path \"/api%2fx\"");
 }
 
+/// A MeshPolicy as an operator applies it: prod namespaces refuse /debug, the mesh default
+/// is audit.
+const MESH_POLICY: &str = "---
+apiVersion: warden.dev/v1alpha1
+kind: MeshPolicy
+metadata: {name: prod-no-debug}
+spec:
+  namespaceSelector: {matchLabels: {env: prod}}
+  action: DENY
+  rules: [{to: {paths: [\"/debug*\"]}}]
+  default: audit
+";
+
+#[test]
+fn policy_check_and_explain_take_the_crd_yaml_mesh_policies_included() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("all.yaml"), format!("{POLICY}{MESH_POLICY}")).unwrap();
+    let o = warden(&["policy", "check", "policies"], tmp.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("2 policies, 0 errors"),
+        "{}",
+        stdout(&o)
+    );
+
+    let explain = |from: &str, path: &str, labels: &[&str]| {
+        let mut args = vec![
+            "policy",
+            "explain",
+            "policies",
+            "--workload",
+            "spiffe://cluster.local/ns/shop/sa/cart",
+            "--from",
+            from,
+            "--port",
+            "8080",
+            "--method",
+            "GET",
+            "--path",
+            path,
+        ];
+        for label in labels {
+            args.extend(["--namespace-label", label]);
+        }
+        stdout(&warden(&args, tmp.path()))
+    };
+    let frontend = "spiffe://cluster.local/ns/shop/sa/frontend";
+    // (caller, path, namespace labels, decision, deciding policy)
+    let cases = [
+        (
+            frontend,
+            "/debug/vars",
+            &["env=prod"][..],
+            "deny",
+            "MeshPolicy/prod-no-debug",
+        ),
+        // The selector does not match: the mesh rules do not apply; the mesh default does.
+        (frontend, "/debug/vars", &["env=dev"][..], "audit", "-"),
+        (frontend, "/", &[][..], "audit", "-"),
+    ];
+    for (from, path, labels, decision, policy) in cases {
+        let text = explain(from, path, labels);
+        assert!(
+            text.contains(&format!("decision: {decision}"))
+                && text.contains(&format!("policy:   {policy}")),
+            "{path} {labels:?}: {text}"
+        );
+    }
+
+    std::fs::write(dir.join("bad.yaml"), MESH_POLICY.replace("DENY", "REFUSE")).unwrap();
+    let o = warden(&["policy", "check", "policies"], tmp.path());
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("error: policies/bad.yaml: document 1: field spec.action"),
+        "{}",
+        stderr(&o)
+    );
+}
+
 #[test]
 fn audit_verify_finds_tampering() {
     use warden_core::audit::{AuditRecord, GENESIS};

@@ -9,67 +9,7 @@ mod apiserver;
 #[path = "support/mesh.rs"]
 mod mesh;
 
-use apiserver::ApiServer;
-use mesh::{eventually, http_get, Identity, Proxy};
-
-/// A ServiceAccount and a Pod running as it with `ip` (no kubelet here: the test writes the
-/// status a kubelet would).
-fn pod(api: &ApiServer, ns: &str, name: &str, sa: &str, ip: &str) {
-    api.kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: registry.example/app:1}}]\n"
-        )),
-    );
-    let status = format!(r#"{{"status":{{"podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
-    api.kubectl_ok(
-        &[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ],
-        None,
-    );
-}
-
-/// An ALLOW for `caller`'s GETs to the backend's app port.
-fn allow(ns: &str, name: &str, caller: &str, port: u16) -> String {
-    format!(
-        "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{serviceAccounts: [backend]}}\n  action: ALLOW\n  rules: [{{from: {{identities: [\"{caller}\"]}}, to: {{ports: [{port}], methods: [GET]}}}}]\n"
-    )
-}
-
-/// The status code the app's caller gets for `GET /` through the client proxy.
-fn call(client: &Proxy) -> String {
-    let (status, _) = http_get(&client.outbound[0], "/", "backend");
-    status.split(' ').nth(1).unwrap_or("no answer").to_string()
-}
-
-/// Waits until calls get `want`.
-fn until_calls_get(client: &Proxy, want: &str, why: &str) {
-    eventually(why, || match call(client) {
-        got if got == want => Ok(()),
-        got => Err(format!("got {got}, want {want}")),
-    });
-}
-
-/// Waits until the proxy's `/ready` detail contains `text`.
-fn until_ready_says(proxy: &Proxy, text: &str) -> String {
-    eventually(&format!("/ready saying {text:?}"), || {
-        let (status, body) = proxy.admin_get("/ready");
-        if body.contains(text) {
-            Ok(body)
-        } else {
-            Err(format!("{status}\n{body}"))
-        }
-    })
-}
+use mesh::{allow, call, eventually, pod, until_calls_get, until_ready_says, Identity, Proxy};
 
 /// A free port on 127.0.0.1 (the controllers are restarted on the same address).
 fn free_port() -> u16 {
@@ -92,7 +32,7 @@ fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_control
     let identity = Identity::start();
     let (port_a, port_b) = (free_port(), free_port());
     let (a, b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
-    let (mut replica_a, _) = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, &a);
+    let mut replica_a = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, &a);
 
     let backend_id = format!("spiffe://cluster.local/ns/{ns}/sa/backend");
     let frontend_id = format!("spiffe://cluster.local/ns/{ns}/sa/frontend");
@@ -158,7 +98,7 @@ fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_control
     until_calls_get(&client, "200", "the mesh DENY is gone");
 
     // The controller is killed: the proxy keeps enforcing its last snapshot, says so.
-    replica_a.kill();
+    replica_a.process.kill();
     until_ready_says(&server, "reconnecting to the controller");
     let (status, _) = server.admin_get("/ready");
     assert!(status.contains(" 200"), "still ready: {status}");
@@ -176,7 +116,7 @@ fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_control
         None,
     );
     assert_eq!(call(&client), "200", "nobody told the proxy yet");
-    let (mut replica_b, _) = mesh::controller(&api.kubeconfig, &identity, "replica-b", &ns, &b);
+    let mut replica_b = mesh::controller(&api.kubeconfig, &identity, "replica-b", &ns, &b);
     until_calls_get(&client, "403", "the proxy resyncs with replica B");
     until_ready_says(&server, &format!("from the controller at {b}"));
 
@@ -186,8 +126,8 @@ fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_control
         Some(&allow(&ns, "backend-allow", &frontend_id, port)),
     );
     until_calls_get(&client, "200", "enforced via replica B");
-    let (_replica_a, _) = mesh::controller(&api.kubeconfig, &identity, "replica-a2", &ns, &a);
-    let status = replica_b.terminate();
+    let _replica_a = mesh::controller(&api.kubeconfig, &identity, "replica-a2", &ns, &a);
+    let status = replica_b.process.terminate();
     assert!(status.success(), "replica B exits cleanly: {status:?}");
     until_ready_says(&server, &format!("from the controller at {a}"));
     assert_eq!(call(&client), "200");
@@ -214,8 +154,8 @@ fn a_proxy_can_never_read_another_pods_policies_and_the_attempt_is_logged() {
     pod(api, &ns, "backend-0", "backend", "127.0.0.1");
     pod(api, &ns, "backend-1", "backend", "10.9.9.9");
     let identity = Identity::start();
-    let (controller, grpc) =
-        mesh::controller(&api.kubeconfig, &identity, "replica-x", &ns, "127.0.0.1:0");
+    let controller = mesh::controller(&api.kubeconfig, &identity, "replica-x", &ns, "127.0.0.1:0");
+    let grpc = controller.grpc.clone();
     let start = |name: &str, id: &str, pod: &str| {
         Proxy::start(
             name,
@@ -257,7 +197,7 @@ fn a_proxy_can_never_read_another_pods_policies_and_the_attempt_is_logged() {
             "not ready without its snapshot: {status}"
         );
         eventually("the controller logs the refusal", || {
-            let log = controller.logged();
+            let log = controller.process.logged();
             let logged = log.lines().any(|l| {
                 l.contains("refused a policy subscription")
                     && l.contains(why)
@@ -270,8 +210,19 @@ fn a_proxy_can_never_read_another_pods_policies_and_the_attempt_is_logged() {
             }
         });
     }
+    let (_, metrics) = mesh::http_get(&controller.admin, "/metrics", "localhost");
+    for reason in ["other-service-account", "other-address", "no-pod"] {
+        let counted =
+            format!("warden_controller_subscriptions_refused_total{{reason=\"{reason}\"}} ");
+        assert!(metrics.contains(&counted), "{reason}: {metrics}");
+    }
     // The rightful proxy gets its snapshot.
     let own = start("backend-0 proxy", &backend, "backend-0");
     own.wait_ready();
     until_ready_says(&own, "stream up");
+    let (_, metrics) = mesh::http_get(&controller.admin, "/metrics", "localhost");
+    assert!(
+        metrics.contains("warden_controller_subscriptions 1"),
+        "{metrics}"
+    );
 }

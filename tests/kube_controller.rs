@@ -65,7 +65,7 @@ fn the_controller_writes_each_policys_status_and_keeps_it_current() {
         Some(&policy("backend-allow", &frontend, "backend")),
     );
     let identity = mesh::Identity::start();
-    let (first, _) = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, "127.0.0.1:0");
+    let first = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, "127.0.0.1:0");
     let backend_allow = ["authorizationpolicy", "backend-allow", "-n", ns.as_str()];
     let accepted = "{.status.conditions[?(@.type==\"Accepted\")].status}";
     eventually(api, &backend_allow, accepted, "True");

@@ -153,6 +153,18 @@ pub enum MeshDefault {
     Audit,
 }
 
+impl MeshDefault {
+    /// Where several MeshPolicies set a default the strictest wins: deny, then audit, then
+    /// all-authenticated.
+    pub fn strictness(self) -> u8 {
+        match self {
+            MeshDefault::Deny => 2,
+            MeshDefault::Audit => 1,
+            MeshDefault::AllAuthenticated => 0,
+        }
+    }
+}
+
 /// A pod annotation that weakens enforcement, which pods may use only where allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum WeakeningAnnotation {
@@ -316,6 +328,22 @@ pub fn core_policy(
         .map_err(|e| CrdError::Invalid(format!("spec: {e}")))?;
     policy::AuthorizationPolicy::checked(name, namespace, false, spec)
         .map_err(|(field, message)| CrdError::Invalid(format!("{field}: {message}")))
+}
+
+/// A MeshPolicy's rules as a mesh-wide core policy (`MeshPolicy/<name>` in decisions), or
+/// `None` for a MeshPolicy of settings only.
+pub fn mesh_rules(object: &MeshPolicy) -> Result<Option<policy::AuthorizationPolicy>, CrdError> {
+    let name = object
+        .metadata
+        .name
+        .clone()
+        .ok_or(CrdError::Metadata("name"))?;
+    let Some(action) = object.spec.action else {
+        return Ok(None);
+    };
+    let mut policy = core_policy(name, "mesh".to_string(), &None, action, &object.spec.rules)?;
+    policy.metadata.mesh = true;
+    Ok(Some(policy))
 }
 
 /// The CRDs, as the YAML committed in `deploy/kubernetes/base/crds.yaml`.

@@ -77,15 +77,6 @@ pub struct Index {
     mesh: BTreeMap<String, MeshEntry>,
 }
 
-/// The strictness order of mesh defaults: deny, then audit, then all-authenticated.
-fn strictness(default: MeshDefault) -> u8 {
-    match default {
-        MeshDefault::Deny => 2,
-        MeshDefault::Audit => 1,
-        MeshDefault::AllAuthenticated => 0,
-    }
-}
-
 /// Whether an object of `generation` is news to an index holding `previous` (objects
 /// without a generation always are).
 fn is_new_generation(previous: Option<&Entry>, generation: Option<i64>) -> bool {
@@ -189,25 +180,15 @@ impl Index {
         let previous = self.mesh.remove(name).map(|m| m.entry);
         let changed = is_new_generation(previous.as_ref(), object.metadata.generation);
         let spec = &object.spec;
-        let core = match spec.action {
+        let entry = match crd::mesh_rules(object) {
             // Settings only: nothing to enforce as rules.
-            None => Err(None),
-            Some(action) => {
-                crd::core_policy(name.clone(), "mesh".to_string(), &None, action, &spec.rules)
-                    .map_err(Some)
-            }
-        };
-        let entry = match core {
-            Err(None) => Entry {
+            Ok(None) => Entry {
                 generation: object.metadata.generation,
                 current: Ok(()),
                 in_force: None,
             },
-            Err(Some(e)) => judge(previous, object.metadata.generation, Err(e)),
-            Ok(mut policy) => {
-                policy.metadata.mesh = true;
-                judge(previous, object.metadata.generation, Ok(policy))
-            }
+            Ok(Some(policy)) => judge(previous, object.metadata.generation, Ok(policy)),
+            Err(e) => judge(previous, object.metadata.generation, Err(e)),
         };
         self.mesh.insert(
             name.clone(),
@@ -250,7 +231,7 @@ impl Index {
         let mut allowed = Vec::new();
         for mesh in self.mesh.values() {
             if let Some(d) = mesh.default {
-                if strictest.is_none_or(|s| strictness(d) > strictness(s)) {
+                if strictest.is_none_or(|s| d.strictness() > s.strictness()) {
                     strictest = Some(d);
                 }
             }

@@ -34,8 +34,8 @@ enum Change {
 /// Objects buffered between `Init` and `InitDone` of each watch.
 #[derive(Default)]
 struct Relists {
-    namespaces: Option<Vec<Namespace>>,
-    pods: Option<Vec<Pod>>,
+    namespaces: Option<Vec<(String, BTreeMap<String, String>)>>,
+    pods: Option<Vec<(String, String, PodInfo)>>,
     policies: Option<Vec<AuthorizationPolicy>>,
     mesh: Option<Vec<MeshPolicy>>,
 }
@@ -95,7 +95,8 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
                     .is_some_and(|(name, labels)| index.apply_namespace(&name, labels))
             }
             Event::InitApply(ns) | Event::Apply(ns) => {
-                relists.namespaces.get_or_insert_default().push(ns);
+                let buffer = relists.namespaces.get_or_insert_default();
+                buffer.extend(namespace_entry(&ns));
                 false
             }
             Event::Delete(ns) => ns
@@ -108,8 +109,7 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
                 false
             }
             Event::InitDone => {
-                let all = relists.namespaces.take().unwrap_or_default();
-                index.replace_namespaces(all.iter().filter_map(namespace_entry).collect());
+                index.replace_namespaces(relists.namespaces.take().unwrap_or_default());
                 true
             }
         },
@@ -118,7 +118,9 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
                 pod_entry(&pod).is_some_and(|(ns, name, info)| index.apply_pod(&ns, &name, info))
             }
             Event::InitApply(pod) | Event::Apply(pod) => {
-                relists.pods.get_or_insert_default().push(*pod);
+                // Only what the index keeps: a re-list of 10,000 pods must not hold 10,000
+                // Pod objects.
+                relists.pods.get_or_insert_default().extend(pod_entry(&pod));
                 false
             }
             Event::Delete(pod) => match (&pod.metadata.namespace, &pod.metadata.name) {
@@ -130,8 +132,7 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
                 false
             }
             Event::InitDone => {
-                let all = relists.pods.take().unwrap_or_default();
-                index.replace_pods(all.iter().filter_map(pod_entry).collect());
+                index.replace_pods(relists.pods.take().unwrap_or_default());
                 true
             }
         },
@@ -250,17 +251,21 @@ fn verdicts(index: &Index) -> Vec<(Target, Verdict)> {
 }
 
 /// Writes the status of every policy whose status changed.
-async fn write_statuses(client: &Client, verdicts: Vec<(Target, Verdict)>, stored: &mut Stored) {
+async fn write_statuses(client: &Client, verdicts: &[(Target, Verdict)], stored: &Mutex<Stored>) {
     let now = now();
     for (target, verdict) in verdicts {
         let key = match &target {
             Target::Namespaced(ns, name) => format!("{ns}/{name}"),
             Target::Mesh(name) => format!("MeshPolicy/{name}"),
         };
-        let next = status::status(&verdict, stored.get(&key), &now);
-        if stored.get(&key) == Some(&next) {
-            continue;
-        }
+        let next = {
+            let stored = stored.lock().unwrap_or_else(|p| p.into_inner());
+            let next = status::status(verdict, stored.get(&key), &now);
+            if stored.get(&key) == Some(&next) {
+                continue;
+            }
+            next
+        };
         let result = match &target {
             Target::Namespaced(ns, name) => {
                 let api: Api<AuthorizationPolicy> = Api::namespaced(client.clone(), ns);
@@ -273,7 +278,10 @@ async fn write_statuses(client: &Client, verdicts: Vec<(Target, Verdict)>, store
         };
         match result {
             Ok(()) => {
-                stored.insert(key, next);
+                stored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, next);
             }
             Err(e) => tracing::warn!(policy = %key, error = %e, "cannot write the policy's status"),
         }
@@ -318,7 +326,20 @@ pub async fn run(
     let mut changes = std::pin::pin!(changes);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut relists = Relists::default();
-    let mut stored = Stored::new();
+    let stored = Arc::new(Mutex::new(Stored::new()));
+    // The writer runs apart, so thousands of status writes (a first sync, a failover) never
+    // hold up the events proxies wait for; it always writes the latest verdicts.
+    let (verdicts_tx, mut verdicts_rx) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+    let writer = {
+        let (client, stored) = (client.clone(), stored.clone());
+        tokio::spawn(async move {
+            while verdicts_rx.changed().await.is_ok() {
+                let verdicts = verdicts_rx.borrow_and_update().clone();
+                write_statuses(&client, &verdicts, &stored).await;
+            }
+        })
+    };
+    let _stop_writer = AbortOnDrop(writer);
     let mut listed = 0u8;
     // Statuses are written at most every STATUS_INTERVAL: a verdict costs a pass over every
     // policy and its namespace's pods, so not once per event in a churning cluster.
@@ -334,7 +355,7 @@ pub async fn run(
             _ = status_tick.tick(), if statuses_due && writer => {
                 statuses_due = false;
                 let verdicts = verdicts(&index.lock().unwrap_or_else(|p| p.into_inner()));
-                write_statuses(&client, verdicts, &mut stored).await;
+                verdicts_tx.send_replace(Arc::new(verdicts));
             }
             change = changes.next() => {
                 let change = match change {
@@ -353,7 +374,7 @@ pub async fn run(
                             synced.send_replace(true);
                         }
                     }
-                    remember(&mut stored, &change);
+                    remember(&mut stored.lock().unwrap_or_else(|p| p.into_inner()), &change);
                     apply(&mut index, &mut relists, change)
                 };
                 // Subscriptions recompute their snapshot only when something they depend on
@@ -364,6 +385,15 @@ pub async fn run(
                 statuses_due = true;
             }
         }
+    }
+}
+
+/// Aborts a task when dropped (the status writer ends with the watches).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -246,14 +246,29 @@ pub fn parse(text: &str, source: &str) -> Result<Vec<AuthorizationPolicy>, Polic
         if document.is_null() {
             continue;
         }
-        let policy: AuthorizationPolicy = serde_path_to_error::deserialize(document)
-            .map_err(|e| err(Some(i + 1), e.path().to_string(), e.inner().to_string()))?;
-        policy
-            .validate()
-            .map_err(|(field, message)| err(Some(i + 1), field, message))?;
-        policies.push(policy);
+        policies.push(from_document(document, source, i + 1)?);
     }
     Ok(policies)
+}
+
+/// Document `index` (1-based) of `source`, already parsed from YAML, as a checked policy.
+pub fn from_document(
+    document: serde_json::Value,
+    source: &str,
+    index: usize,
+) -> Result<AuthorizationPolicy, PolicyError> {
+    let err = |field: String, message: String| PolicyError {
+        file: source.to_string(),
+        document: Some(index),
+        field,
+        message,
+    };
+    let policy: AuthorizationPolicy = serde_path_to_error::deserialize(document)
+        .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
+    policy
+        .validate()
+        .map_err(|(field, message)| err(field, message))?;
+    Ok(policy)
 }
 
 fn kubernetes_name(s: &str) -> bool {

@@ -833,6 +833,22 @@ limits:
                 "config field identity.expected_id",
             ),
             ("identity: {namespace: 'a/b'}", "config field identity.namespace"),
+            (
+                "control_plane: {addresses: ['c:7160']}",
+                "config field control_plane.pod_name: needed with a control plane (set WARDEN_POD_NAME)",
+            ),
+            (
+                "control_plane: {addresses: ['c:7160'], pod_name: web-1}\nauthorization: {policy_dir: /p}",
+                "config field control_plane.addresses: policies come from the controller or from authorization.policy_dir, not both",
+            ),
+            (
+                "control_plane: {addresses: ['c:7160', 'nowhere'], pod_name: web-1}",
+                "config field control_plane.addresses[1]: \"nowhere\" is not host:port",
+            ),
+            (
+                "control_plane: {addresses: ['c:0'], pod_name: web-1}",
+                "config field control_plane.addresses[0]",
+            ),
         ];
         for (yaml, want) in cases {
             let c = ProxyConfig::from_yaml(yaml, "t").unwrap();
@@ -898,6 +914,22 @@ limits:
         ]);
         let c = ProxyConfig::load(None, &env).unwrap();
         assert!(c.identity.trust_anchors.unwrap().starts_with("-----BEGIN"));
+        let controller = vars(&[
+            (env::CONTROL_PLANE, "a.svc:7160, b.svc:7160"),
+            (env::POD_NAME, "web-1"),
+            (env::DEFAULT_POLICY, "audit"),
+        ]);
+        let c = ProxyConfig::load(None, &controller).unwrap();
+        assert_eq!(c.control_plane.addresses, ["a.svc:7160", "b.svc:7160"]);
+        assert_eq!(c.control_plane.pod_name.as_deref(), Some("web-1"));
+        assert_eq!(
+            c.control_plane_id().as_str(),
+            "spiffe://cluster.local/ns/warden-system/sa/warden-controller"
+        );
+        assert_eq!(
+            c.authorization.default,
+            warden_core::policy::evaluate::DefaultPolicy::Audit
+        );
         assert_eq!(c.admin.app_probe_host, Some("10.0.3.7".parse().unwrap()));
         assert_eq!(
             c.admin.app_probes.get("web/liveness"),

@@ -440,6 +440,33 @@ impl ApiServer {
         name
     }
 
+    /// Kills the server (as a crash or a lost node does; a graceful stop waits a minute for
+    /// watches) and starts it again on the same port with the same data, waiting until it
+    /// is ready. Clients see their connections and watches break, then the same objects and
+    /// resource versions (etcd recovers from its log).
+    pub fn restart(&self) {
+        let mut running = RUNNING.lock().unwrap();
+        let current = running.as_mut().expect("the server runs");
+        let _ = current.child.kill();
+        let _ = current.child.wait();
+        current.child = spawn(&self.dir, self.port).expect("kube-apiserver restarts");
+        drop(running);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready =
+                self.kubectl_with(&["--request-timeout=2s", "get", "--raw", "/readyz"], None);
+            if ready.status.success() && ready.stdout.starts_with(b"ok") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver did not come back:\n{}",
+                self.log_tail(25)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Installs Warden's policy CRDs (once per test binary: its tests share this server) and
     /// waits until they are established.
     pub fn install_crds(&self) {

@@ -1,7 +1,8 @@
 //! The mesh's own processes for tests against the real API server: a CA, `warden identity`
 //! (join tokens: no kubelet here mints projected tokens), `warden controller run` and
 //! `warden proxy`, each a real process on 127.0.0.1 with port 0, killed when dropped, with
-//! everything it logged kept for assertions.
+//! everything it logged kept for assertions; and the pods and policies the scenarios use
+//! (the including crate also declares `mod apiserver`).
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -74,6 +75,11 @@ impl Process {
             name: name.to_string(),
         };
         (process, rest)
+    }
+
+    /// Its process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Its log so far.
@@ -160,6 +166,16 @@ impl Identity {
     }
 }
 
+/// A running `warden controller run` and its addresses.
+pub struct Controller {
+    /// The process.
+    pub process: Process,
+    /// `127.0.0.1:<port>` of the proxies' API.
+    pub grpc: String,
+    /// `127.0.0.1:<port>` of its admin endpoint.
+    pub admin: String,
+}
+
 /// `warden controller run` as replica `name`, serving proxies on `listen`.
 pub fn controller(
     kubeconfig: &Path,
@@ -167,7 +183,7 @@ pub fn controller(
     name: &str,
     lease_namespace: &str,
     listen: &str,
-) -> (Process, String) {
+) -> Controller {
     let token = identity.token_for("spiffe://cluster.local/ns/warden-system/sa/warden-controller");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
     cmd.args(["controller", "run", "--kubeconfig"])
@@ -185,13 +201,19 @@ pub fn controller(
         cmd,
         "warden controller: watching",
     );
+    // `(Kubernetes v…), serving proxies on <grpc>, admin on <admin>`
     let grpc = rest
         .split("serving proxies on ")
         .nth(1)
         .and_then(|r| r.split(',').next())
         .unwrap()
         .to_string();
-    (process, grpc)
+    let admin = rest.rsplit("admin on ").next().unwrap().trim().to_string();
+    Controller {
+        process,
+        grpc,
+        admin,
+    }
 }
 
 /// A running `warden proxy` and its addresses.
@@ -329,4 +351,63 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T 
             }
         }
     }
+}
+
+/// A ServiceAccount and a Pod running as it with `ip` (no kubelet here: the test writes the
+/// status a kubelet would).
+pub fn pod(api: &crate::apiserver::ApiServer, ns: &str, name: &str, sa: &str, ip: &str) {
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: registry.example/app:1}}]\n"
+        )),
+    );
+    let status = format!(r#"{{"status":{{"podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+    api.kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+}
+
+/// An ALLOW for `caller`'s GETs to the backend's app port.
+pub fn allow(ns: &str, name: &str, caller: &str, port: u16) -> String {
+    format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  selector: {{serviceAccounts: [backend]}}\n  action: ALLOW\n  rules: [{{from: {{identities: [\"{caller}\"]}}, to: {{ports: [{port}], methods: [GET]}}}}]\n"
+    )
+}
+
+/// The status code the app's caller gets for `GET /` through the client proxy.
+pub fn call(client: &Proxy) -> String {
+    let (status, _) = http_get(&client.outbound[0], "/", "backend");
+    status.split(' ').nth(1).unwrap_or("no answer").to_string()
+}
+
+/// Waits until calls get `want`.
+pub fn until_calls_get(client: &Proxy, want: &str, why: &str) {
+    eventually(why, || match call(client) {
+        got if got == want => Ok(()),
+        got => Err(format!("got {got}, want {want}")),
+    });
+}
+
+/// Waits until the proxy's `/ready` detail contains `text`.
+pub fn until_ready_says(proxy: &Proxy, text: &str) -> String {
+    eventually(&format!("/ready saying {text:?}"), || {
+        let (status, body) = proxy.admin_get("/ready");
+        if body.contains(text) {
+            Ok(body)
+        } else {
+            Err(format!("{status}\n{body}"))
+        }
+    })
 }

@@ -1,0 +1,442 @@
+//! `control_plane`: how long a policy write takes to be enforced by N proxies, and what the
+//! controller costs, against the real API server (DESIGN section 10).
+//!
+//! The cluster holds `--pods` Pod objects (10,000) in 100 namespaces and `--policies`
+//! AuthorizationPolicies (1,000) besides the measured one. A real `warden controller`
+//! (SVID from a real `warden identity`) serves N simulated proxies: each is the proxy's own
+//! control-plane client (`warden_proxy::control_plane::run`) on its own mTLS stream, for its
+//! own pod, in this process. Each round rewrites the measured policy through the API server
+//! and times, per proxy, from just before the write to the moment that proxy's policy set
+//! holds the new version. All proxies connect from 127.0.0.1, so every bench pod has that IP.
+//!
+//! Run: `cargo bench --bench control_plane` (options: `--proxies 1,100,1000 --pods 10000
+//! --policies 1000 --rounds 20`). Needs the test API server (`scripts/testenv.sh`).
+
+#[path = "../tests/support/apiserver.rs"]
+mod apiserver;
+#[path = "../tests/support/mesh.rs"]
+mod mesh;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::Api;
+use tokio::sync::{watch, Semaphore};
+use tokio_util::sync::CancellationToken;
+use warden_controller::crd::AuthorizationPolicy;
+use warden_core::{SpiffeId, TrustDomain};
+use warden_identity::rotation::{Credentials, TlsOptions};
+use warden_identity::tls::ClientAuth;
+use warden_identity::CertificateAuthority;
+use warden_proxy::control_plane::{self, ControlPlaneClient};
+
+/// The options.
+struct Options {
+    proxies: Vec<usize>,
+    pods: usize,
+    policies: usize,
+    rounds: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        proxies: vec![1, 100, 1000],
+        pods: 10_000,
+        policies: 1_000,
+        rounds: 20,
+    };
+    let args: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(v) = value("--proxies") {
+        options.proxies = v.split(',').map(|n| n.parse().unwrap()).collect();
+    }
+    for (name, field) in [
+        ("--pods", &mut options.pods),
+        ("--policies", &mut options.policies),
+        ("--rounds", &mut options.rounds),
+    ] {
+        if let Some(v) = value(name) {
+            *field = v.parse().unwrap();
+        }
+    }
+    options
+}
+
+/// Namespaces of the background load.
+const LOAD_NAMESPACES: usize = 100;
+/// The namespace of the measured proxies' pods.
+const BENCH_NS: &str = "bench";
+
+fn json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).unwrap()
+}
+
+/// A write to the API server, boxed so writes of every kind share one list.
+type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs `jobs` with at most 16 in flight.
+async fn in_parallel(jobs: Vec<Job>) {
+    let limit = Arc::new(Semaphore::new(16));
+    let mut set = tokio::task::JoinSet::new();
+    for job in jobs {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        set.spawn(async move {
+            job.await;
+            drop(permit);
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.unwrap();
+    }
+}
+
+async fn create_namespace(client: &kube::Client, name: &str, sas: &[String]) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let _ = namespaces
+        .create(
+            &PostParams::default(),
+            &json(serde_json::json!({"metadata": {"name": name}})),
+        )
+        .await;
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    for sa in sas {
+        let _ = accounts
+            .create(
+                &PostParams::default(),
+                &json(serde_json::json!({"metadata": {"name": sa}})),
+            )
+            .await;
+    }
+}
+
+fn pod(name: &str, sa: &str) -> Pod {
+    json(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "serviceAccountName": sa,
+            "automountServiceAccountToken": false,
+            "containers": [{"name": "app", "image": "registry.example/app:1"}]
+        }
+    }))
+}
+
+fn policy(ns: &str, name: &str, sa: &str, path: &str) -> AuthorizationPolicy {
+    json(serde_json::json!({
+        "apiVersion": "warden.dev/v1alpha1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "selector": {"serviceAccounts": [sa]},
+            "action": "ALLOW",
+            "rules": [{
+                "from": {"namespaces": [ns]},
+                "to": {"ports": [8080], "methods": ["GET"], "paths": [path]}
+            }]
+        }
+    }))
+}
+
+/// Fills the cluster: `pods` Pods (the bench pods included) and `policies` policies.
+async fn fill(client: &kube::Client, options: &Options, bench_pods: usize) {
+    let started = Instant::now();
+    let sas: Vec<String> = (0..10).map(|i| format!("sa-{i}")).collect();
+    create_namespace(client, BENCH_NS, &["bench".to_string()]).await;
+    for n in 0..LOAD_NAMESPACES {
+        create_namespace(client, &format!("load-{n}"), &sas).await;
+    }
+    let mut jobs: Vec<Job> = Vec::new();
+    let load_pods = options.pods.saturating_sub(bench_pods);
+    for i in 0..load_pods {
+        let client = client.clone();
+        jobs.push(Box::pin(async move {
+            let ns = format!("load-{}", i % LOAD_NAMESPACES);
+            let api: Api<Pod> = Api::namespaced(client, &ns);
+            let _ = api
+                .create(
+                    &PostParams::default(),
+                    &pod(&format!("pod-{i}"), &format!("sa-{}", i % 10)),
+                )
+                .await;
+        }));
+    }
+    for i in 0..options.policies {
+        let client = client.clone();
+        jobs.push(Box::pin(async move {
+            let ns = format!("load-{}", i % LOAD_NAMESPACES);
+            let api: Api<AuthorizationPolicy> = Api::namespaced(client, &ns);
+            let object = policy(
+                &ns,
+                &format!("policy-{i}"),
+                &format!("sa-{}", i % 10),
+                "/api/*",
+            );
+            let _ = api.create(&PostParams::default(), &object).await;
+        }));
+    }
+    for i in 0..bench_pods {
+        let client = client.clone();
+        jobs.push(Box::pin(async move {
+            let api: Api<Pod> = Api::namespaced(client, BENCH_NS);
+            let name = format!("p-{i}");
+            let _ = api.create(&PostParams::default(), &pod(&name, "bench")).await;
+            let status = serde_json::json!({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}});
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .unwrap();
+        }));
+    }
+    in_parallel(jobs).await;
+    eprintln!(
+        "control_plane: {} pods and {} policies written in {:.1}s",
+        options.pods,
+        options.policies,
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// CPU seconds (user + system) and RSS/peak RSS in MB of process `pid`.
+fn usage(pid: u32) -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based in proc(5)).
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| -> f64 {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+            / 1024.0
+    };
+    (ticks / hz, kb("VmRSS:"), kb("VmHWM:"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// When the current round's write started, and its marker path.
+type Round = Arc<Mutex<(Instant, String)>>;
+
+/// One row of results.
+struct Row {
+    proxies: usize,
+    samples: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    subscribe: Duration,
+    cpu_per_round: f64,
+    rss: f64,
+}
+
+async fn measure(
+    client: &kube::Client,
+    controller: &mesh::Controller,
+    credentials: &watch::Receiver<Arc<Credentials>>,
+    proxies: usize,
+    rounds: usize,
+) -> Row {
+    let stop = CancellationToken::new();
+    let round: Round = Arc::new(Mutex::new((Instant::now(), String::new())));
+    let (samples_tx, mut samples_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Duration)>();
+    let started = Instant::now();
+    let mut first_snapshots = Vec::new();
+    for i in 0..proxies {
+        let target = ControlPlaneClient {
+            addresses: vec![controller.grpc.clone()],
+            server_id: SpiffeId::parse(
+                "spiffe://cluster.local/ns/warden-system/sa/warden-controller",
+            )
+            .unwrap(),
+            pod: format!("p-{i}"),
+            connect_timeout: Duration::from_secs(20),
+        };
+        let (feed, mut set, _status) = control_plane::feed(&target);
+        tokio::spawn(control_plane::run(
+            target,
+            feed,
+            credentials.clone(),
+            stop.clone(),
+        ));
+        let (round, samples, stop) = (round.clone(), samples_tx.clone(), stop.clone());
+        let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel();
+        first_snapshots.push(loaded_rx);
+        tokio::spawn(async move {
+            let mut loaded = Some(loaded_tx);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    changed = set.changed() => if changed.is_err() { return },
+                }
+                let now = Instant::now();
+                let current = set.borrow_and_update().clone();
+                if let Some(tx) = loaded.take() {
+                    let _ = tx.send(());
+                }
+                let (at, marker) = round.lock().unwrap().clone();
+                let holds = current.policies().iter().any(|p| {
+                    p.spec.rules.iter().any(|r| {
+                        r.to.paths
+                            .as_ref()
+                            .is_some_and(|paths| paths.iter().any(|x| x == &marker))
+                    })
+                });
+                if holds {
+                    let _ = samples.send((marker, now - at));
+                }
+            }
+        });
+    }
+    for loaded in first_snapshots {
+        tokio::time::timeout(Duration::from_secs(120), loaded)
+            .await
+            .expect("every proxy gets its first snapshot")
+            .unwrap();
+    }
+    let subscribe = started.elapsed();
+    let api: Api<AuthorizationPolicy> = Api::namespaced(client.clone(), BENCH_NS);
+    let (cpu_before, _, _) = usage(controller.process.pid());
+    let mut all = Vec::new();
+    for r in 0..rounds {
+        let marker = format!("/round-{proxies}-{r}");
+        *round.lock().unwrap() = (Instant::now(), marker.clone());
+        let object = policy(BENCH_NS, "bench-allow", "bench", &marker);
+        api.patch(
+            "bench-allow",
+            &PatchParams::apply("warden-bench").force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap();
+        let mut got = 0;
+        while got < proxies {
+            let (m, elapsed) = tokio::time::timeout(Duration::from_secs(60), samples_rx.recv())
+                .await
+                .expect("every proxy enforces the write within 60 s")
+                .unwrap();
+            if m == marker {
+                all.push(elapsed);
+                got += 1;
+            }
+        }
+    }
+    let (cpu_after, rss, _) = usage(controller.process.pid());
+    stop.cancel();
+    all.sort();
+    Row {
+        proxies,
+        samples: all.len(),
+        p50: percentile(&all, 50.0),
+        p99: percentile(&all, 99.0),
+        max: *all.last().unwrap(),
+        subscribe,
+        cpu_per_round: (cpu_after - cpu_before) / rounds as f64,
+        rss,
+    }
+}
+
+fn main() {
+    let options = options();
+    if !apiserver::available() {
+        eprintln!("control_plane: the test API server is not built; run scripts/testenv.sh");
+        std::process::exit(1);
+    }
+    warden_identity::tls::install_crypto_provider();
+    let api = apiserver::get();
+    api.install_crds();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let bench_pods = options.proxies.iter().copied().max().unwrap_or(1);
+    runtime.block_on(async {
+        let client = api.client().await;
+        fill(&client, &options, bench_pods).await;
+        let policies: Api<AuthorizationPolicy> = Api::namespaced(client.clone(), BENCH_NS);
+        policies
+            .patch(
+                "bench-allow",
+                &PatchParams::apply("warden-bench").force(),
+                &Patch::Apply(&policy(BENCH_NS, "bench-allow", "bench", "/start")),
+            )
+            .await
+            .unwrap();
+
+        let identity = mesh::Identity::start();
+        let spawned = Instant::now();
+        let controller =
+            mesh::controller(&api.kubeconfig, &identity, "bench", BENCH_NS, "127.0.0.1:0");
+        mesh::eventually("the controller lists everything", || {
+            let (status, body) = mesh::http_get(&controller.admin, "/ready", "localhost");
+            if status.contains(" 200") { Ok(()) } else { Err(format!("{status} {body}")) }
+        });
+        let synced = spawned.elapsed();
+        let (cpu, rss, peak) = usage(controller.process.pid());
+        eprintln!(
+            "control_plane: controller ready in {:.2}s; {cpu:.2} CPU-s; RSS {rss:.1} MB (peak {peak:.1} MB)",
+            synced.as_secs_f64()
+        );
+
+        let ca = CertificateAuthority::load(&identity.dir.path().join("ca"), None).unwrap();
+        let id = SpiffeId::for_service_account(&TrustDomain::default(), BENCH_NS, "bench").unwrap();
+        let svid = ca.issue(&id, Duration::from_secs(3600)).unwrap();
+        let trust = Arc::new(warden_identity::TrustStore::single(ca.bundle().clone()));
+        let tls = TlsOptions {
+            server_alpn: vec![],
+            client_alpn: vec![],
+            client_auth: ClientAuth::Required,
+        };
+        let (_credentials_tx, credentials) =
+            watch::channel(Arc::new(Credentials::build(svid, trust, &tls).unwrap()));
+
+        let mut rows = Vec::new();
+        for &n in &options.proxies {
+            let row = measure(&client, &controller, &credentials, n, options.rounds).await;
+            eprintln!(
+                "control_plane: {n} proxies: p50 {:?} p99 {:?} max {:?} ({} samples); all subscribed in {:?}; controller {:.3} CPU-s per write, RSS {:.1} MB",
+                row.p50, row.p99, row.max, row.samples, row.subscribe, row.cpu_per_round, row.rss
+            );
+            rows.push(row);
+            // Let the previous streams close before the next size.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let (cpu, rss, peak) = usage(controller.process.pid());
+        println!("\n### control_plane ({} pods, {} policies, {} rounds)\n", options.pods, options.policies + 1, options.rounds);
+        println!("controller: ready (every watch listed) {:.2} s after start; {cpu:.1} CPU-s in all; RSS now {rss:.1} MB, peak {peak:.1} MB\n", synced.as_secs_f64());
+        println!("| proxies | apply-to-enforce p50 | p99 | max | samples | all subscribed in | controller CPU per write | controller RSS |");
+        println!("|---|---|---|---|---|---|---|---|");
+        for r in &rows {
+            println!(
+                "| {} | {:.1} ms | {:.1} ms | {:.1} ms | {} | {:.2} s | {:.1} ms | {:.1} MB |",
+                r.proxies,
+                r.p50.as_secs_f64() * 1e3,
+                r.p99.as_secs_f64() * 1e3,
+                r.max.as_secs_f64() * 1e3,
+                r.samples,
+                r.subscribe.as_secs_f64(),
+                r.cpu_per_round * 1e3,
+                r.rss
+            );
+        }
+    });
+}
