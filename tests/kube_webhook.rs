@@ -504,7 +504,7 @@ fn assert_injected(pod: &Value, app_init: &[&str], app: &[&str]) {
         &spec["initContainers"],
         contract::PROXY_CONTAINER,
     ));
-    assert_token_volume_and_version(pod, &["warden-token", "warden-policy", "warden-run"]);
+    assert_token_volume_and_version(pod, &["warden-token", "warden-run"]);
 }
 
 /// Asserts `proxy` is the injector's `warden-proxy` as a native sidecar, meeting Pod
@@ -529,7 +529,8 @@ fn assert_native_proxy(proxy: &Value) {
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{sc}");
 }
 
-/// Asserts the pod has each of Warden's `volumes` once, the token's audience, and the
+/// Asserts the pod has each of Warden's `volumes` once (and no policy ConfigMap: policies
+/// come from the controller, whose address the proxy gets), the token's audience, and the
 /// injected-version annotation.
 fn assert_token_volume_and_version(pod: &Value, volumes: &[&str]) {
     let spec = &pod["spec"];
@@ -537,6 +538,27 @@ fn assert_token_volume_and_version(pod: &Value, volumes: &[&str]) {
     for volume in volumes {
         assert_eq!(have.iter().filter(|v| *v == volume).count(), 1, "{have:?}");
     }
+    assert!(!have.contains(&"warden-policy"), "{have:?}");
+    let containers = spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .chain(spec["containers"].as_array())
+        .flatten();
+    let proxy = containers
+        .into_iter()
+        .find(|c| c["name"] == contract::PROXY_CONTAINER)
+        .unwrap();
+    let control_plane = proxy["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == contract::env::CONTROL_PLANE)
+        .unwrap();
+    assert_eq!(
+        control_plane["value"],
+        contract::controller_address(),
+        "{proxy}"
+    );
     let token = spec["volumes"]
         .as_array()
         .unwrap()
@@ -575,7 +597,7 @@ fn assert_injected_cni(pod: &Value, app: &[&str]) {
         Some(r#"{"skipInboundPorts":[],"skipOutboundPorts":[],"skipOutboundCidrs":[]}"#),
         "{proxy}"
     );
-    assert_token_volume_and_version(pod, &["warden-token", "warden-policy"]);
+    assert_token_volume_and_version(pod, &["warden-token"]);
     assert!(
         !names(&spec["volumes"]).contains(&"warden-run"),
         "no /run volume without warden-init: {}",

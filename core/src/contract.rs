@@ -153,11 +153,6 @@ pub const TOKEN_MOUNT: &str = "/var/run/secrets/warden";
 /// The projected token's file name.
 pub const TOKEN_FILE: &str = "token";
 
-/// Where the injector mounts the namespace's `warden-policy` ConfigMap in the proxy.
-pub const POLICY_MOUNT: &str = "/var/run/warden/policy";
-/// The name of the per-namespace policy ConfigMap.
-pub const POLICY_CONFIGMAP: &str = "warden-policy";
-
 /// Names of the iptables chains `warden init` owns (and `--remove` deletes).
 pub mod chains {
     /// nat/PREROUTING jumps here: inbound TCP to the inbound port.
