@@ -518,7 +518,7 @@ spec:
     #[test]
     fn the_mesh_default_decides_only_where_no_policy_applies_and_a_set_may_carry_its_own() {
         let set = PolicySet::new(parse(POLICIES, "t.yaml").unwrap());
-        let lonely = Workload::from_id(&id("spiffe://cluster.local/ns/empty/sa/x"));
+        let lonely = Workload::from_id(&id("spiffe://cluster.local/ns/quiet/sa/x"));
         let backend = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/backend"));
         let caller = id("spiffe://cluster.local/ns/shop/sa/stranger");
         let foreign = id("spiffe://other.example/ns/shop/sa/web");
