@@ -225,11 +225,19 @@ fn uninstall(
         .find(|(kind, _, _)| kind == "Namespace")
         .map(|(_, _, name)| name.clone())
         .unwrap();
+    // A CRD goes once the API server's own finalizer has removed its instances (in the
+    // background): wait for that, up to 30 s; everything else goes at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     for object in objects.iter().filter(|(kind, _, _)| kind != "Namespace") {
-        assert!(
-            get(api, object).is_none(),
-            "{object:?} is left after uninstall"
-        );
+        while let Some(left) = get(api, object) {
+            let finalizing = object.0 == "CustomResourceDefinition"
+                && left["metadata"]["deletionTimestamp"].is_string();
+            assert!(
+                finalizing && std::time::Instant::now() < deadline,
+                "{object:?} is left after uninstall: {left}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
     let ns = get(api, &("Namespace".into(), None, namespace.clone()));
     if let Some(ns) = ns {

@@ -308,16 +308,28 @@ fn a_deployment_pod_gets_a_native_sidecar_and_its_probes_rewritten() {
         token["projected"]["sources"][0]["serviceAccountToken"]["audience"],
         "warden-identity"
     );
-    let policy = patched["spec"]["volumes"]
-        .as_array()
-        .unwrap()
+    // No policy ConfigMap (a namespace editor could rewrite it): the proxy subscribes to
+    // its pod's policies at the controller.
+    assert!(
+        !patched["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "warden-policy"),
+        "{}",
+        patched["spec"]["volumes"]
+    );
+    let proxy = container(&patched["spec"]["initContainers"], "warden-proxy");
+    let env = proxy["env"].as_array().unwrap();
+    let control_plane = env
         .iter()
-        .find(|v| v["name"] == "warden-policy")
+        .find(|e| e["name"] == "WARDEN_CONTROL_PLANE")
         .unwrap();
     assert_eq!(
-        policy["configMap"],
-        json!({"name": "warden-policy", "optional": true})
+        control_plane["value"],
+        "warden-controller.warden-system.svc:7160"
     );
+    assert!(!env.iter().any(|e| e["name"] == "WARDEN_POLICY_DIR"));
 
     // Every probe of the app goes through the admin port; the originals travel to the proxy.
     let web = container(&patched["spec"]["containers"], "web");
@@ -775,7 +787,7 @@ fn containers_under_wardens_names_that_are_not_the_injectors_are_refused() {
         ),
     ];
     // Copies of an injected pod, edited.
-    let edits: [(&str, Edit, &str); 8] = [
+    let edits: [(&str, Edit, &str); 9] = [
         (
             "a permissive proxy",
             |pod| {
@@ -821,16 +833,29 @@ fn containers_under_wardens_names_that_are_not_the_injectors_are_refused() {
             "is reserved for Warden's sidecar",
         ),
         (
-            "another policy ConfigMap",
+            "another controller to take policy from",
+            |pod| {
+                let env = proxy_of(pod)["env"].as_array_mut().unwrap();
+                let control_plane = env
+                    .iter_mut()
+                    .find(|e| e["name"] == "WARDEN_CONTROL_PLANE")
+                    .unwrap();
+                control_plane["value"] = json!("evil.example:7160");
+            },
+            proxy,
+        ),
+        (
+            "a token volume of another audience",
             |pod| {
                 let volumes = pod["spec"]["volumes"].as_array_mut().unwrap();
-                let policy = volumes
+                let token = volumes
                     .iter_mut()
-                    .find(|v| v["name"] == "warden-policy")
+                    .find(|v| v["name"] == "warden-token")
                     .unwrap();
-                policy["configMap"]["name"] = json!("anything-goes");
+                token["projected"]["sources"][0]["serviceAccountToken"]["audience"] =
+                    json!("anything-goes");
             },
-            "volume name warden-policy is reserved",
+            "volume name warden-token is reserved",
         ),
     ];
     for (name, edit, want) in edits {
@@ -1074,7 +1099,7 @@ fn cni_mode_adds_no_init_container_and_hands_the_settings_to_the_plugin() {
         .collect();
     assert_eq!(
         volumes,
-        ["kube-api-access-x7k2p", "warden-token", "warden-policy"],
+        ["kube-api-access-x7k2p", "warden-token"],
         "no /run volume without warden-init"
     );
     // Apart from that variable, the proxy is the one of init mode.

@@ -919,15 +919,15 @@ limits:
             (env::POD_NAME, "web-1"),
             (env::DEFAULT_POLICY, "audit"),
         ]);
-        let c = ProxyConfig::load(None, &controller).unwrap();
-        assert_eq!(c.control_plane.addresses, ["a.svc:7160", "b.svc:7160"]);
-        assert_eq!(c.control_plane.pod_name.as_deref(), Some("web-1"));
+        let cp = ProxyConfig::load(None, &controller).unwrap();
+        assert_eq!(cp.control_plane.addresses, ["a.svc:7160", "b.svc:7160"]);
+        assert_eq!(cp.control_plane.pod_name.as_deref(), Some("web-1"));
         assert_eq!(
-            c.control_plane_id().as_str(),
+            cp.control_plane_id().as_str(),
             "spiffe://cluster.local/ns/warden-system/sa/warden-controller"
         );
         assert_eq!(
-            c.authorization.default,
+            cp.authorization.default,
             warden_core::policy::evaluate::DefaultPolicy::Audit
         );
         assert_eq!(c.admin.app_probe_host, Some("10.0.3.7".parse().unwrap()));
