@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
+use warden_controller::destinations::Destinations;
+use warden_controller::discovery_api::DiscoveryService;
 use warden_controller::index::Index;
-use warden_controller::serve::{PolicyService, ServeLimits};
+use warden_controller::policy_api::PolicyService;
+use warden_controller::serve::ServeLimits;
 use warden_core::{contract, SpiffeId, TrustDomain};
 use warden_identity::admin::Readiness;
 use warden_identity::client::{CertifyClient, CertifyClientConfig};
@@ -169,25 +172,40 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         version.git_version
     );
     let index = Arc::new(Mutex::new(Index::new()));
+    let destinations = Arc::new(Mutex::new(Destinations::new(args.trust_domain.clone())));
     let (revision_tx, revision) = tokio::sync::watch::channel(0u64);
-    let service = PolicyService::new(
+    let (discovery_tx, discovery_revision) = tokio::sync::watch::channel(0u64);
+    let limits = ServeLimits::default();
+    let policy = PolicyService::new(
         index.clone(),
         revision,
         synced_tx.subscribe(),
         args.trust_domain.to_string(),
-        ServeLimits::default(),
+        limits.clone(),
+        serving.clone(),
+    );
+    let discovery = DiscoveryService::new(
+        destinations.clone(),
+        discovery_revision,
+        synced_tx.subscribe(),
+        args.trust_domain.to_string(),
+        limits.sync_wait,
         serving.clone(),
     );
     let server = tokio::spawn(warden_controller::serve::run(
         grpc_listener,
-        service,
+        policy,
+        discovery,
         rotation.credentials.clone(),
+        limits,
         serving.clone(),
     ));
     let watches = warden_controller::watch::run(
         client,
         index,
         revision_tx,
+        destinations,
+        discovery_tx,
         synced_tx,
         leader,
         shutdown.clone().cancelled_owned(),

@@ -117,12 +117,16 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
     .unwrap();
     assert_eq!(webhook["webhooks"][0]["failurePolicy"], "Fail", "{webhook}");
 
-    // The controller's RBAC: what it watches and writes, and nothing more (never Secrets:
-    // the CA key is the identity service's alone).
+    // The controller's RBAC: what it watches (policies; pods, Services and EndpointSlices
+    // for discovery) and writes, and nothing more (never Secrets: the CA key is the
+    // identity service's alone).
     let controller = "--as=system:serviceaccount:warden-system:warden-controller";
     for (verb, resource, ns, want) in [
         ("watch", "pods", None, "yes"),
         ("list", "namespaces", None, "yes"),
+        ("watch", "services", None, "yes"),
+        ("watch", "endpointslices.discovery.k8s.io", None, "yes"),
+        ("update", "services", None, "no"),
         ("watch", "authorizationpolicies.warden.dev", None, "yes"),
         ("watch", "meshpolicies.warden.dev", None, "yes"),
         (

@@ -11,6 +11,9 @@ pub const CONTENT_TYPE: &str = "application/grpc";
 /// The path of `warden.policy.v1.InboundPolicy/Watch`.
 pub const WATCH_INBOUND_POLICY: &str = "/warden.policy.v1.InboundPolicy/Watch";
 
+/// The path of `warden.discovery.v1.Destinations/Watch`.
+pub const WATCH_DESTINATION: &str = "/warden.discovery.v1.Destinations/Watch";
+
 /// The largest snapshot a proxy accepts, and the controller sends (bytes).
 pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
 

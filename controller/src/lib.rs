@@ -3,8 +3,11 @@
 //! watches that feed it and the API proxies subscribe to.
 
 pub mod crd;
+pub mod destinations;
+pub mod discovery_api;
 pub mod index;
 pub mod lease;
+pub mod policy_api;
 pub mod serve;
 pub mod status;
 pub mod watch;

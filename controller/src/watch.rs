@@ -1,21 +1,27 @@
 //! The thin part: the API server's watches of Namespaces, Pods, AuthorizationPolicies and
-//! MeshPolicies feed the [`Index`]; after each change, the status of every policy whose
-//! verdict changed is written back. The API server is the only store: a restarted
+//! MeshPolicies feed the policy [`Index`], and Pods, Services and EndpointSlices the
+//! discovery index ([`Destinations`]); the status of every policy whose verdict changed is
+//! written back. The API server is the only store: a restarted
 //! controller rebuilds everything from the watches, and a re-list replaces what it knew.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 
 use crate::crd::{AuthorizationPolicy, MeshPolicy, PolicyStatus};
+use crate::destinations::{Destinations, PodEndpoint, ServiceInfo, ServicePort, Slice};
 use crate::index::{Index, PodInfo, Verdict};
 use crate::status;
+use warden_core::contract;
 
 /// How often, at most, the status writer recomputes and writes policy statuses.
 const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -29,13 +35,17 @@ enum Change {
     Pod(Event<Box<Pod>>),
     Policy(Event<AuthorizationPolicy>),
     Mesh(Event<MeshPolicy>),
+    Service(Event<Service>),
+    Slice(Event<EndpointSlice>),
 }
 
 /// Objects buffered between `Init` and `InitDone` of each watch.
 #[derive(Default)]
 struct Relists {
     namespaces: Option<Vec<(String, BTreeMap<String, String>)>>,
-    pods: Option<Vec<(String, String, PodInfo)>>,
+    pods: Option<Vec<(String, String, PodInfo, PodEndpoint)>>,
+    services: Option<Vec<(String, String, ServiceInfo)>>,
+    slices: Option<Vec<(String, String, Slice)>>,
     policies: Option<Vec<AuthorizationPolicy>>,
     mesh: Option<Vec<MeshPolicy>>,
 }
@@ -85,10 +95,142 @@ fn pod_entry(pod: &Pod) -> Option<(String, String, PodInfo)> {
     ))
 }
 
-/// Applies one watch event to the index; whether what proxies are sent may have changed
+/// What a change may have changed: policy snapshots, discovery answers.
+#[derive(Debug, Default, Clone, Copy)]
+struct Changed {
+    policy: bool,
+    discovery: bool,
+}
+
+fn pod_endpoint(pod: &Pod) -> PodEndpoint {
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let mut ips: Vec<IpAddr> = status
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.ip.parse().ok())
+        .collect();
+    if let Some(ip) = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok())
+    {
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    let has_proxy = |containers: Option<&Vec<k8s_openapi::api::core::v1::Container>>| {
+        containers
+            .into_iter()
+            .flatten()
+            .any(|c| c.name == contract::PROXY_CONTAINER)
+    };
+    let meshed = spec
+        .is_some_and(|s| has_proxy(s.init_containers.as_ref()) || has_proxy(Some(&s.containers)));
+    let opaque_ports = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(contract::annotations::OPAQUE_PORTS))
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::parse::<u16>)
+                .collect::<Result<Vec<_>, _>>()
+                .ok()
+        });
+    PodEndpoint {
+        service_account: spec
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".to_string()),
+        ips,
+        meshed,
+        terminal: matches!(
+            status.and_then(|s| s.phase.as_deref()),
+            Some("Succeeded" | "Failed")
+        ),
+        opaque_ports,
+        created: pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+    }
+}
+
+fn service_entry(service: &Service) -> Option<(String, String, ServiceInfo)> {
+    let spec = service.spec.as_ref()?;
+    let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
+    ips.extend(spec.cluster_ip.clone());
+    let mut cluster_ips: Vec<IpAddr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
+    cluster_ips.sort();
+    cluster_ips.dedup();
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| {
+            Some(ServicePort {
+                name: p.name.clone(),
+                port: u16::try_from(p.port).ok()?,
+                app_protocol: p.app_protocol.clone(),
+            })
+        })
+        .collect();
+    Some((
+        service.metadata.namespace.clone()?,
+        service.metadata.name.clone()?,
+        ServiceInfo { cluster_ips, ports },
+    ))
+}
+
+fn slice_entry(slice: &EndpointSlice) -> Option<(String, String, Slice)> {
+    let service = slice
+        .metadata
+        .labels
+        .as_ref()?
+        .get("kubernetes.io/service-name")?
+        .clone();
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter(|p| p.protocol.as_deref().is_none_or(|p| p == "TCP"))
+        .filter_map(|p| Some((p.name.clone(), u16::try_from(p.port?).ok()?)))
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .map(|e| {
+            let ips = e.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+            // Unknown readiness reads as ready (the API's own advice).
+            let ready = e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            (ips, ready)
+        })
+        .collect();
+    Some((
+        slice.metadata.namespace.clone()?,
+        slice.metadata.name.clone()?,
+        Slice {
+            service,
+            ports,
+            endpoints,
+        },
+    ))
+}
+
+/// Applies one watch event to the indexes; what proxies are sent that may have changed
 /// (events buffered during a re-list change nothing until it completes).
-fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
-    match change {
+fn apply(
+    index: &mut Index,
+    destinations: &mut Destinations,
+    relists: &mut Relists,
+    change: Change,
+) -> Changed {
+    let mut changed = Changed::default();
+    changed.policy = match change {
         Change::Namespace(event) => match event {
             Event::Apply(ns) | Event::InitApply(ns) if relists.namespaces.is_none() => {
                 namespace_entry(&ns)
@@ -115,16 +257,32 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
         },
         Change::Pod(event) => match event {
             Event::Apply(pod) | Event::InitApply(pod) if relists.pods.is_none() => {
-                pod_entry(&pod).is_some_and(|(ns, name, info)| index.apply_pod(&ns, &name, info))
+                match pod_entry(&pod) {
+                    Some((ns, name, info)) => {
+                        let found = destinations.apply_pod(&ns, &name, pod_endpoint(&pod));
+                        changed.discovery |= found;
+                        index.apply_pod(&ns, &name, info)
+                    }
+                    None => false,
+                }
             }
             Event::InitApply(pod) | Event::Apply(pod) => {
-                // Only what the index keeps: a re-list of 10,000 pods must not hold 10,000
+                // Only what the indexes keep: a re-list of 10,000 pods must not hold 10,000
                 // Pod objects.
-                relists.pods.get_or_insert_default().extend(pod_entry(&pod));
+                if let Some((ns, name, info)) = pod_entry(&pod) {
+                    let endpoint = pod_endpoint(&pod);
+                    relists
+                        .pods
+                        .get_or_insert_default()
+                        .push((ns, name, info, endpoint));
+                }
                 false
             }
             Event::Delete(pod) => match (&pod.metadata.namespace, &pod.metadata.name) {
-                (Some(ns), Some(name)) => index.delete_pod(ns, name),
+                (Some(ns), Some(name)) => {
+                    changed.discovery |= destinations.delete_pod(ns, name);
+                    index.delete_pod(ns, name)
+                }
                 _ => false,
             },
             Event::Init => {
@@ -132,7 +290,16 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
                 false
             }
             Event::InitDone => {
-                index.replace_pods(relists.pods.take().unwrap_or_default());
+                let all = relists.pods.take().unwrap_or_default();
+                let (policy, discovery): (Vec<_>, Vec<_>) = all
+                    .into_iter()
+                    .map(|(ns, name, info, endpoint)| {
+                        ((ns.clone(), name.clone(), info), (ns, name, endpoint))
+                    })
+                    .unzip();
+                destinations.replace_pods(discovery);
+                index.replace_pods(policy);
+                changed.discovery = true;
                 true
             }
         },
@@ -179,6 +346,77 @@ fn apply(index: &mut Index, relists: &mut Relists, change: Change) -> bool {
                 true
             }
         },
+        Change::Service(event) => {
+            changed.discovery = apply_service(destinations, relists, event);
+            false
+        }
+        Change::Slice(event) => {
+            changed.discovery = apply_slice(destinations, relists, event);
+            false
+        }
+    };
+    changed
+}
+
+/// A Service event; whether discovery answers may have changed.
+fn apply_service(
+    destinations: &mut Destinations,
+    relists: &mut Relists,
+    event: Event<Service>,
+) -> bool {
+    match event {
+        Event::Apply(s) | Event::InitApply(s) if relists.services.is_none() => service_entry(&s)
+            .is_some_and(|(ns, name, info)| destinations.apply_service(&ns, &name, info)),
+        Event::Apply(s) | Event::InitApply(s) => {
+            relists
+                .services
+                .get_or_insert_default()
+                .extend(service_entry(&s));
+            false
+        }
+        Event::Delete(s) => match (&s.metadata.namespace, &s.metadata.name) {
+            (Some(ns), Some(name)) => destinations.delete_service(ns, name),
+            _ => false,
+        },
+        Event::Init => {
+            relists.services = Some(Vec::new());
+            false
+        }
+        Event::InitDone => {
+            destinations.replace_services(relists.services.take().unwrap_or_default());
+            true
+        }
+    }
+}
+
+/// An EndpointSlice event; whether discovery answers may have changed.
+fn apply_slice(
+    destinations: &mut Destinations,
+    relists: &mut Relists,
+    event: Event<EndpointSlice>,
+) -> bool {
+    match event {
+        Event::Apply(s) | Event::InitApply(s) if relists.slices.is_none() => slice_entry(&s)
+            .is_some_and(|(ns, name, slice)| destinations.apply_slice(&ns, &name, slice)),
+        Event::Apply(s) | Event::InitApply(s) => {
+            relists
+                .slices
+                .get_or_insert_default()
+                .extend(slice_entry(&s));
+            false
+        }
+        Event::Delete(s) => match (&s.metadata.namespace, &s.metadata.name) {
+            (Some(ns), Some(name)) => destinations.delete_slice(ns, name),
+            _ => false,
+        },
+        Event::Init => {
+            relists.slices = Some(Vec::new());
+            false
+        }
+        Event::InitDone => {
+            destinations.replace_slices(relists.slices.take().unwrap_or_default());
+            true
+        }
     }
 }
 
@@ -305,6 +543,8 @@ pub async fn run(
     client: Client,
     index: Arc<Mutex<Index>>,
     revision: tokio::sync::watch::Sender<u64>,
+    destinations: Arc<Mutex<Destinations>>,
+    discovery_revision: tokio::sync::watch::Sender<u64>,
     synced: tokio::sync::watch::Sender<bool>,
     mut leader: tokio::sync::watch::Receiver<bool>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -321,6 +561,12 @@ pub async fn run(
             .boxed(),
         watch(Api::<MeshPolicy>::all(client.clone()))
             .map(|e| e.map(Change::Mesh))
+            .boxed(),
+        watch(Api::<Service>::all(client.clone()))
+            .map(|e| e.map(Change::Service))
+            .boxed(),
+        watch(Api::<EndpointSlice>::all(client.clone()))
+            .map(|e| e.map(Change::Slice))
             .boxed(),
     ]);
     let mut changes = std::pin::pin!(changes);
@@ -368,25 +614,32 @@ pub async fn run(
                 };
                 let changed = {
                     let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut destinations = destinations.lock().unwrap_or_else(|p| p.into_inner());
                     if !*synced.borrow() {
                         listed |= initial_list_done(&change);
-                        if listed == 0b1111 {
+                        if listed == ALL_LISTED {
                             synced.send_replace(true);
                         }
                     }
                     remember(&mut stored.lock().unwrap_or_else(|p| p.into_inner()), &change);
-                    apply(&mut index, &mut relists, change)
+                    apply(&mut index, &mut destinations, &mut relists, change)
                 };
-                // Subscriptions recompute their snapshot only when something they depend on
-                // may have changed.
-                if changed {
+                // Subscriptions recompute only when something they depend on may have
+                // changed.
+                if changed.policy {
                     revision.send_modify(|r| *r += 1);
+                }
+                if changed.discovery {
+                    discovery_revision.send_modify(|r| *r += 1);
                 }
                 statuses_due = true;
             }
         }
     }
 }
+
+/// Every watch's bit in `initial_list_done`.
+const ALL_LISTED: u8 = 0b11_1111;
 
 /// Aborts a task when dropped (the status writer ends with the watches).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -404,6 +657,8 @@ fn initial_list_done(change: &Change) -> u8 {
         Change::Pod(Event::InitDone) => 2,
         Change::Policy(Event::InitDone) => 4,
         Change::Mesh(Event::InitDone) => 8,
+        Change::Service(Event::InitDone) => 16,
+        Change::Slice(Event::InitDone) => 32,
         _ => 0,
     }
 }

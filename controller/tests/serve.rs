@@ -17,8 +17,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warden_api::grpc::{self, code, FrameDecoder};
 use warden_api::policy::v1;
+use warden_controller::destinations::Destinations;
+use warden_controller::discovery_api::DiscoveryService;
 use warden_controller::index::{Index, PodInfo};
-use warden_controller::serve::{self, PolicyService, ServeLimits};
+use warden_controller::policy_api::PolicyService;
+use warden_controller::serve::{self, ServeLimits};
 use warden_core::{SpiffeId, TrustDomain};
 use warden_identity::ca::{self, InitOptions};
 use warden_identity::rotation::{Credentials, TlsOptions};
@@ -54,6 +57,8 @@ struct Controller {
     revision: watch::Sender<u64>,
     synced: watch::Sender<bool>,
     stop: CancellationToken,
+    destinations: Arc<Mutex<Destinations>>,
+    discovery_revision: watch::Sender<u64>,
     _credentials: watch::Sender<Arc<Credentials>>,
 }
 
@@ -88,14 +93,31 @@ impl Controller {
         let service = PolicyService::new(
             index.clone(),
             revision_rx,
+            synced_rx.clone(),
+            "cluster.local".into(),
+            limits.clone(),
+            stop.clone(),
+        );
+        let destinations = Arc::new(Mutex::new(Destinations::new(TrustDomain::default())));
+        let (discovery_revision, discovery_rx) = watch::channel(0);
+        let discovery = DiscoveryService::new(
+            destinations.clone(),
+            discovery_rx,
             synced_rx,
             "cluster.local".into(),
-            limits,
+            limits.sync_wait,
             stop.clone(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve::run(listener, service, credentials, stop.clone()));
+        tokio::spawn(serve::run(
+            listener,
+            service,
+            discovery,
+            credentials,
+            limits,
+            stop.clone(),
+        ));
         Self {
             addr,
             ca,
@@ -103,6 +125,8 @@ impl Controller {
             revision,
             synced,
             stop,
+            destinations,
+            discovery_revision,
             _credentials: credentials_tx,
         }
     }
@@ -149,13 +173,22 @@ impl Controller {
     }
 }
 
-/// Starts a `Watch` call with `body` as the request stream.
+/// Starts a policy `Watch` call with `body` as the request stream.
 async fn call(
     sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
     body: Bytes,
 ) -> Result<http::Response<Incoming>, hyper::Error> {
+    call_path(sender, grpc::WATCH_INBOUND_POLICY, body).await
+}
+
+/// Starts the call at `path` with `body` as the request stream.
+async fn call_path(
+    sender: &mut hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+    path: &str,
+    body: Bytes,
+) -> Result<http::Response<Incoming>, hyper::Error> {
     sender.ready().await?;
-    let request = http::Request::post(format!("http://controller{}", grpc::WATCH_INBOUND_POLICY))
+    let request = http::Request::post(format!("http://controller{path}"))
         .header("content-type", grpc::CONTENT_TYPE)
         .header("te", "trailers")
         .body(Full::new(body))
@@ -167,18 +200,19 @@ fn watch_request(pod: &str) -> Bytes {
     grpc::frame(&v1::WatchRequest { pod: pod.into() })
 }
 
-/// One subscription's stream, message by message.
-struct Stream {
+/// One subscription's stream, message by message (`M`: the message type).
+struct Stream<M = v1::Snapshot> {
     body: Incoming,
     decoder: FrameDecoder,
+    _message: std::marker::PhantomData<M>,
 }
 
-enum Next {
-    Snapshot(v1::Snapshot),
+enum Next<M> {
+    Snapshot(M),
     Status(grpc::Status),
 }
 
-impl Stream {
+impl<M: Message + Default + std::fmt::Debug> Stream<M> {
     /// A subscription, or the status it was refused with.
     fn open(response: http::Response<Incoming>) -> Result<Self, grpc::Status> {
         if let Some(status) = grpc::status(response.headers()) {
@@ -187,13 +221,14 @@ impl Stream {
         Ok(Self {
             body: response.into_body(),
             decoder: FrameDecoder::new(grpc::MAX_SNAPSHOT_BYTES),
+            _message: std::marker::PhantomData,
         })
     }
 
-    async fn next(&mut self) -> Next {
+    async fn next(&mut self) -> Next<M> {
         loop {
             if let Some(message) = self.decoder.next_message().unwrap() {
-                return Next::Snapshot(v1::Snapshot::decode(message).unwrap());
+                return Next::Snapshot(M::decode(message).unwrap());
             }
             let frame = tokio::time::timeout(Duration::from_secs(10), self.body.frame())
                 .await
@@ -207,7 +242,7 @@ impl Stream {
         }
     }
 
-    async fn snapshot(&mut self) -> v1::Snapshot {
+    async fn snapshot(&mut self) -> M {
         match self.next().await {
             Next::Snapshot(s) => s,
             Next::Status(s) => panic!("a snapshot, not {s}"),
@@ -295,7 +330,7 @@ async fn hostile_clients_get_errors_and_everyone_else_is_still_served() {
 
     // A request message over the limit (4 KiB), and one that is not protobuf.
     let huge = watch_request(&"a".repeat(64 * 1024));
-    let status = Stream::open(call(&mut sender, huge).await.unwrap());
+    let status = Stream::<v1::Snapshot>::open(call(&mut sender, huge).await.unwrap());
     let status = match status {
         Err(s) => s,
         Ok(mut stream) => stream.status().await,
@@ -305,7 +340,7 @@ async fn hostile_clients_get_errors_and_everyone_else_is_still_served() {
         "{status}"
     );
     let garbage = Bytes::from_static(&[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]);
-    let status = match Stream::open(call(&mut sender, garbage).await.unwrap()) {
+    let status = match Stream::<v1::Snapshot>::open(call(&mut sender, garbage).await.unwrap()) {
         Err(s) => s,
         Ok(mut stream) => stream.status().await,
     };
@@ -318,7 +353,7 @@ async fn hostile_clients_get_errors_and_everyone_else_is_still_served() {
     for _ in 0..250 {
         let mut sender = controller.connect(Some(&web)).await.unwrap();
         for _ in 0..8 {
-            match Stream::open(call(&mut sender, watch_request("web-1")).await.unwrap()) {
+            match Stream::<v1::Snapshot>::open(call(&mut sender, watch_request("web-1")).await.unwrap()) {
                 Ok(stream) => admitted.push((stream, sender.clone())),
                 Err(status) => {
                     assert_eq!(status.code, code::RESOURCE_EXHAUSTED, "{status}");
@@ -390,4 +425,130 @@ async fn hostile_clients_get_errors_and_everyone_else_is_still_served() {
         .unwrap()
         .snapshot()
         .await;
+}
+
+fn destination_request(address: &str) -> Bytes {
+    grpc::frame(&warden_api::discovery::v1::DestinationRequest {
+        address: address.into(),
+    })
+}
+
+#[tokio::test]
+async fn a_destination_watch_follows_pods_services_and_endpoints() {
+    use warden_api::discovery::v1::{Destination, Kind, Protocol};
+    use warden_controller::destinations::{PodEndpoint, ServiceInfo, ServicePort, Slice};
+    let controller = Controller::start().await;
+    let change = |f: &dyn Fn(&mut Destinations) -> bool| {
+        if f(&mut controller.destinations.lock().unwrap()) {
+            controller.discovery_revision.send_modify(|r| *r += 1);
+        }
+    };
+    let web = controller.svid("spiffe://cluster.local/ns/shop/sa/web");
+    let sender = controller.connect(Some(&web)).await.unwrap();
+    let watch = |address: &'static str| {
+        let mut sender = sender.clone();
+        async move {
+            let response = call_path(
+                &mut sender,
+                grpc::WATCH_DESTINATION,
+                destination_request(address),
+            )
+            .await
+            .unwrap();
+            Stream::<Destination>::open(response)
+        }
+    };
+    let mut pod = watch("10.0.0.7:8080").await.unwrap();
+    let mut service = watch("10.96.0.10:80").await.unwrap();
+    assert_eq!(pod.snapshot().await.kind, Kind::Unknown as i32);
+    assert_eq!(service.snapshot().await.kind, Kind::Unknown as i32);
+
+    // The pod appears (meshed), then the Service with it as its one ready endpoint.
+    let api = PodEndpoint {
+        service_account: "api".into(),
+        ips: vec!["10.0.0.7".parse().unwrap()],
+        meshed: true,
+        terminal: false,
+        opaque_ports: None,
+        created: 1,
+    };
+    change(&|d| d.apply_pod("shop", "api-1", api.clone()));
+    let got = pod.snapshot().await;
+    assert_eq!(
+        (
+            got.kind,
+            got.name.as_str(),
+            got.meshed,
+            got.identities.clone()
+        ),
+        (
+            Kind::Pod as i32,
+            "shop/api-1",
+            true,
+            vec!["spiffe://cluster.local/ns/shop/sa/api".to_string()]
+        )
+    );
+    change(&|d| {
+        d.apply_service(
+            "shop",
+            "api",
+            ServiceInfo {
+                cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+                ports: vec![ServicePort {
+                    name: Some("http".into()),
+                    port: 80,
+                    app_protocol: Some("kubernetes.io/h2c".into()),
+                }],
+            },
+        )
+    });
+    let got = service.snapshot().await;
+    assert!(got.no_endpoints && !got.meshed, "{got:?}");
+    let slice = |ready: bool| Slice {
+        service: "api".into(),
+        ports: vec![(Some("http".into()), 8080)],
+        endpoints: vec![(vec!["10.0.0.7".parse().unwrap()], ready)],
+    };
+    change(&|d| d.apply_slice("shop", "api-x", slice(true)));
+    let got = service.snapshot().await;
+    assert_eq!(
+        (got.meshed, got.protocol, got.identities.len()),
+        (true, Protocol::Http2 as i32, 1),
+        "{got:?}"
+    );
+    // The endpoint is no longer ready: the Service has none.
+    change(&|d| d.apply_slice("shop", "api-x", slice(false)));
+    assert!(service.snapshot().await.no_endpoints);
+
+    // Many destinations on one connection (more than a policy subscription may use).
+    let mut many = Vec::new();
+    for i in 0..200 {
+        let address: &'static str =
+            Box::leak(format!("10.1.{}.{}:80", i / 250, i % 250 + 1).into_boxed_str());
+        let mut stream = watch(address).await.unwrap();
+        assert_eq!(stream.snapshot().await.kind, Kind::Unknown as i32);
+        many.push(stream);
+    }
+
+    // Bad requests: not an address; not a workload identity.
+    let refused = match watch("nowhere").await {
+        Err(status) => status,
+        Ok(mut stream) => stream.status().await,
+    };
+    assert_eq!(refused.code, 3, "INVALID_ARGUMENT: {refused}");
+    let vm = controller.svid("spiffe://cluster.local/vm/legacy");
+    let mut sender = controller.connect(Some(&vm)).await.unwrap();
+    let response = call_path(
+        &mut sender,
+        grpc::WATCH_DESTINATION,
+        destination_request("10.0.0.7:8080"),
+    )
+    .await
+    .unwrap();
+    let refused = match Stream::<Destination>::open(response) {
+        Err(status) => status,
+        Ok(mut stream) => stream.status().await,
+    };
+    assert_eq!(refused.code, code::UNAUTHENTICATED, "{refused}");
+    drop(many);
 }
