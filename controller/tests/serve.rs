@@ -353,7 +353,9 @@ async fn hostile_clients_get_errors_and_everyone_else_is_still_served() {
     for _ in 0..250 {
         let mut sender = controller.connect(Some(&web)).await.unwrap();
         for _ in 0..8 {
-            match Stream::<v1::Snapshot>::open(call(&mut sender, watch_request("web-1")).await.unwrap()) {
+            match Stream::<v1::Snapshot>::open(
+                call(&mut sender, watch_request("web-1")).await.unwrap(),
+            ) {
                 Ok(stream) => admitted.push((stream, sender.clone())),
                 Err(status) => {
                     assert_eq!(status.code, code::RESOURCE_EXHAUSTED, "{status}");

@@ -34,6 +34,8 @@ pub enum ExpectedPeer {
     AnyTrusted,
     /// Exactly this identity.
     Exact(SpiffeId),
+    /// Any one of these (a Service's endpoints); an empty list accepts none.
+    OneOf(Vec<SpiffeId>),
 }
 
 /// Why a peer's certificate chain was rejected.
@@ -64,6 +66,14 @@ pub enum VerifyError {
         got: SpiffeId,
         /// What was expected.
         want: SpiffeId,
+    },
+    /// A valid SVID, but none of the identities this connection accepts.
+    #[error("peer is {got}, expected one of {}", .want.iter().map(SpiffeId::as_str).collect::<Vec<_>>().join(", "))]
+    NoneOfExpected {
+        /// What the peer presented.
+        got: SpiffeId,
+        /// What was acceptable.
+        want: Vec<SpiffeId>,
     },
 }
 
@@ -148,7 +158,10 @@ pub fn describe_tls_error(error: &rustls::Error) -> String {
     match error {
         Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) => {
             match inner.downcast_ref::<VerifyError>() {
-                Some(e @ VerifyError::UnexpectedIdentity { .. }) => {
+                Some(
+                    e @ (VerifyError::UnexpectedIdentity { .. }
+                    | VerifyError::NoneOfExpected { .. }),
+                ) => {
                     format!("{refused}: {e} (another workload answered at that address)")
                 }
                 Some(e) => format!("{refused}: {e} (is the peer's SVID issued by Warden's CA?)"),
@@ -190,6 +203,10 @@ pub fn describe_tls_error(error: &rustls::Error) -> String {
 fn check_expected(id: SpiffeId, expected: &ExpectedPeer) -> Result<SpiffeId, VerifyError> {
     match expected {
         ExpectedPeer::Exact(want) if &id != want => Err(VerifyError::UnexpectedIdentity {
+            got: id,
+            want: want.clone(),
+        }),
+        ExpectedPeer::OneOf(want) if !want.contains(&id) => Err(VerifyError::NoneOfExpected {
             got: id,
             want: want.clone(),
         }),
@@ -355,6 +372,40 @@ impl ClientCertVerifier for SvidClientVerifier {
 mod tests {
     use super::*;
     use crate::svid::SvidError;
+
+    #[test]
+    fn a_peer_must_be_the_expected_identity_or_one_of_the_expected_set() {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        let web = id("spiffe://cluster.local/ns/shop/sa/web");
+        let api = id("spiffe://cluster.local/ns/shop/sa/api");
+        let db = id("spiffe://cluster.local/ns/data/sa/db");
+        // (expected, presented, accepted)
+        let cases = [
+            (ExpectedPeer::AnyTrusted, &db, true),
+            (ExpectedPeer::Exact(web.clone()), &web, true),
+            (ExpectedPeer::Exact(web.clone()), &db, false),
+            (
+                ExpectedPeer::OneOf(vec![web.clone(), api.clone()]),
+                &api,
+                true,
+            ),
+            (
+                ExpectedPeer::OneOf(vec![web.clone(), api.clone()]),
+                &db,
+                false,
+            ),
+            (ExpectedPeer::OneOf(vec![]), &web, false),
+        ];
+        for (expected, presented, accepted) in cases {
+            let got = check_expected(presented.clone(), &expected);
+            assert_eq!(got.is_ok(), accepted, "{expected:?} {presented}: {got:?}");
+        }
+        let err = check_expected(db, &ExpectedPeer::OneOf(vec![web, api])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "peer is spiffe://cluster.local/ns/data/sa/db, expected one of spiffe://cluster.local/ns/shop/sa/web, spiffe://cluster.local/ns/shop/sa/api"
+        );
+    }
 
     #[test]
     fn handshake_errors_say_what_happened_and_what_to_check() {

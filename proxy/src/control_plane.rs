@@ -11,18 +11,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warden_api::convert::{snapshot_from_proto, ConvertError, PolicySnapshot};
-use warden_api::grpc::{self, FrameDecoder, FrameError, MAX_SNAPSHOT_BYTES};
+use warden_api::grpc::{self, MAX_SNAPSHOT_BYTES};
 use warden_api::policy::v1;
 use warden_core::policy::evaluate::PolicySet;
 use warden_core::SpiffeId;
 use warden_identity::rotation::{backoff, random_unit, Credentials, RotationOptions};
-use warden_identity::verify::ExpectedPeer;
 
+use crate::grpc_client;
+pub use crate::grpc_client::ControlPlaneError;
 use crate::policy_dir::{PolicyStatus, SnapshotStatus};
 
 /// Where to subscribe, and as which pod.
@@ -38,64 +37,13 @@ pub struct ControlPlaneClient {
     pub connect_timeout: Duration,
 }
 
-/// Why a subscription ended.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlPlaneError {
-    /// The address did not resolve or refused the connection.
-    #[error("connecting to {address}: {reason}")]
-    Connect {
-        /// `host:port`.
-        address: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The mTLS handshake failed (e.g. the server is not the controller).
-    #[error("mTLS with {address}: {reason}")]
-    Handshake {
-        /// `host:port`.
-        address: String,
-        /// What failed.
-        reason: String,
-    },
-    /// HTTP/2 failed.
-    #[error("HTTP/2 with {address}: {reason}")]
-    Http {
-        /// `host:port`.
-        address: String,
-        /// What failed.
-        reason: String,
-    },
-    /// The controller refused or ended the call.
-    #[error("{address}: {status}")]
-    Status {
-        /// `host:port`.
-        address: String,
-        /// The gRPC status.
-        status: grpc::Status,
-    },
-    /// The stream broke the framing rules.
-    #[error("{address}: {error}")]
-    Frame {
-        /// `host:port`.
-        address: String,
-        /// What is wrong.
-        error: FrameError,
-    },
-    /// A message that is not a snapshot.
-    #[error("{address}: a message that is not a snapshot: {error}")]
-    Decode {
-        /// `host:port`.
-        address: String,
-        /// What is wrong.
-        error: prost::DecodeError,
-    },
-}
-
 /// The senders the client publishes through (the receivers are the policy engine's).
 #[derive(Debug)]
 pub struct PolicyFeed {
     /// The policy set in force.
     pub set: watch::Sender<Arc<PolicySet>>,
+    /// The mesh policy's `meshOnly`: refuse destinations without a sidecar.
+    pub mesh_only: watch::Sender<bool>,
     /// The state shown on `/ready`.
     pub status: watch::Sender<PolicyStatus>,
 }
@@ -116,7 +64,16 @@ pub fn feed(
         )),
         ..Default::default()
     });
-    (PolicyFeed { set, status }, set_rx, status_rx)
+    let (mesh_only, _) = watch::channel(false);
+    (
+        PolicyFeed {
+            set,
+            mesh_only,
+            status,
+        },
+        set_rx,
+        status_rx,
+    )
 }
 
 fn describe_metrics() {
@@ -238,6 +195,7 @@ fn publish(feed: &PolicyFeed, address: &str, snapshot: PolicySnapshot) {
     let set = PolicySet::new(snapshot.policies).with_default(snapshot.default);
     // The set first: a status change makes /ready look at the set.
     feed.set.send_replace(Arc::new(set));
+    feed.mesh_only.send_replace(snapshot.mesh_only);
     feed.status.send_replace(PolicyStatus {
         policies: count,
         error: None,
@@ -265,109 +223,24 @@ async fn subscribe(
     creds: &Credentials,
     mut on_snapshot: impl FnMut(PolicySnapshot),
 ) -> Result<(), ControlPlaneError> {
-    let connect = || async {
-        let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| {
-            ControlPlaneError::Connect {
-                address: address.to_string(),
-                reason: e.to_string(),
-            }
-        })?;
-        let _ = tcp.set_nodelay(true);
-        let config = warden_identity::tls::client_config(
-            &creds.svid,
-            creds.trust.clone(),
-            ExpectedPeer::Exact(client.server_id.clone()),
-            &[b"h2"],
-        )
-        .map_err(|e| ControlPlaneError::Handshake {
-            address: address.to_string(),
-            reason: e.to_string(),
-        })?;
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(warden_identity::tls::mesh_server_name(), tcp)
-            .await
-            .map_err(|e| ControlPlaneError::Handshake {
-                address: address.to_string(),
-                reason: warden_identity::verify::describe_handshake_error(&e),
-            })
-    };
-    let tls = tokio::time::timeout(client.connect_timeout, connect())
-        .await
-        .map_err(|_| ControlPlaneError::Connect {
-            address: address.to_string(),
-            reason: format!("no connection within {:?}", client.connect_timeout),
-        })??;
-    let http_error = |e: hyper::Error| ControlPlaneError::Http {
-        address: address.to_string(),
-        reason: crate::http::error_chain(&e),
-    };
-    let (mut sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        // Notices a controller that vanished without closing (a partition, a dead node).
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(tls))
-        .await
-        .map_err(http_error)?;
-    tokio::spawn(connection);
-    let request = http::Request::post(format!("http://controller{}", grpc::WATCH_INBOUND_POLICY))
-        .header(http::header::CONTENT_TYPE, grpc::CONTENT_TYPE)
-        .header(http::header::TE, "trailers")
-        .body(Full::new(grpc::frame(&v1::WatchRequest {
-            pod: client.pod.clone(),
-        })))
-        .expect("a valid request");
-    let response = sender.send_request(request).await.map_err(http_error)?;
-    let status_error = |status| ControlPlaneError::Status {
-        address: address.to_string(),
-        status,
-    };
-    // A call refused at once carries its status in the headers ("trailers-only").
-    if let Some(status) = grpc::status(response.headers()) {
-        return Err(status_error(status));
-    }
-    if response.status() != http::StatusCode::OK {
-        return Err(ControlPlaneError::Http {
-            address: address.to_string(),
-            reason: format!("HTTP status {}", response.status()),
-        });
-    }
+    let mut channel =
+        grpc_client::connect(address, &client.server_id, client.connect_timeout, creds).await?;
+    let request = grpc::frame(&v1::WatchRequest {
+        pod: client.pod.clone(),
+    });
+    let body =
+        grpc_client::call(&mut channel, address, grpc::WATCH_INBOUND_POLICY, request).await?;
     metrics::gauge!("warden_control_plane_connected").set(1.0);
-    let mut body = response.into_body();
-    let mut decoder = FrameDecoder::new(MAX_SNAPSHOT_BYTES);
-    let frame_error = |error| ControlPlaneError::Frame {
-        address: address.to_string(),
-        error,
-    };
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(http_error)?;
-        if let Some(trailers) = frame.trailers_ref() {
-            return match grpc::status(trailers) {
-                Some(status) if status.code == grpc::code::OK => Ok(()),
-                Some(status) => Err(status_error(status)),
-                None => Ok(()),
-            };
-        }
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        decoder.push(&data);
-        while let Some(message) = decoder.next_message().map_err(frame_error)? {
-            let snapshot = <v1::Snapshot as prost::Message>::decode(message).map_err(|error| {
-                ControlPlaneError::Decode {
-                    address: address.to_string(),
-                    error,
-                }
-            })?;
-            match snapshot_from_proto(&snapshot) {
-                Ok(snapshot) => on_snapshot(snapshot),
-                Err(error) => refused(address, &snapshot.version, &error),
-            }
-        }
-    }
-    decoder.finish().map_err(frame_error)?;
-    Ok(())
+    grpc_client::read_messages(
+        body,
+        address,
+        MAX_SNAPSHOT_BYTES,
+        |snapshot: v1::Snapshot| match snapshot_from_proto(&snapshot) {
+            Ok(snapshot) => on_snapshot(snapshot),
+            Err(error) => refused(address, &snapshot.version, &error),
+        },
+    )
+    .await
 }
 
 fn refused(address: &str, version: &str, error: &ConvertError) {

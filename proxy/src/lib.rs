@@ -5,6 +5,7 @@
 
 //! - [`proxy`]: wiring it all together, [`config`]: the one configuration module;
 //! - [`policy_dir`], [`control_plane`]: where policies come from (files, or the controller);
+//!   [`discovery`]: who must answer at each destination; [`grpc_client`]: gRPC without tonic;
 //! - [`authz`]: the authorization hook; [`detect`], [`io`], [`http`], [`mesh`],
 //!   [`listener`], [`metrics`], [`shared`]: the parts both directions share.
 
@@ -16,6 +17,8 @@ pub mod authz;
 pub mod config;
 pub mod control_plane;
 pub mod detect;
+pub mod discovery;
+pub mod grpc_client;
 pub mod http;
 pub mod inbound;
 pub mod interception;

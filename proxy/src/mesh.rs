@@ -28,7 +28,17 @@ pub struct MeshStream {
     pub peer: SpiffeId,
 }
 
-type CacheKey = (Option<SpiffeId>, &'static [u8]);
+/// Who may answer a mesh connection: one of these identities (a pod's, or a Service's
+/// endpoints'); empty: any identity of a trusted trust domain (an explicit route without an
+/// identity). Shared, so pool keys and targets clone it cheaply.
+pub type Expected = Arc<[SpiffeId]>;
+
+/// Any identity of a trusted trust domain.
+pub fn any_trusted() -> Expected {
+    Arc::from(Vec::new())
+}
+
+type CacheKey = (Vec<SpiffeId>, &'static [u8]);
 
 /// Client configurations built from one generation of credentials.
 #[derive(Debug, Default)]
@@ -63,7 +73,7 @@ impl MeshConnector {
 
     fn client_config(
         &self,
-        expected: Option<&SpiffeId>,
+        expected: &[SpiffeId],
         alpn: &'static [u8],
     ) -> Result<Arc<ClientConfig>, ProxyError> {
         let current = self.credentials.borrow().clone();
@@ -79,13 +89,14 @@ impl MeshConnector {
                 configs: HashMap::new(),
             };
         }
-        let key = (expected.cloned(), alpn);
+        let key = (expected.to_vec(), alpn);
         if let Some(config) = cache.configs.get(&key) {
             return Ok(config.clone());
         }
         let peer = match expected {
-            Some(id) => ExpectedPeer::Exact(id.clone()),
-            None => ExpectedPeer::AnyTrusted,
+            [] => ExpectedPeer::AnyTrusted,
+            [id] => ExpectedPeer::Exact(id.clone()),
+            ids => ExpectedPeer::OneOf(ids.to_vec()),
         };
         let config = tls::client_config(&current.svid, current.trust.clone(), peer, &[alpn])
             .map_err(|e| ProxyError::Tls {
@@ -101,7 +112,7 @@ impl MeshConnector {
     pub async fn connect(
         &self,
         addr: SocketAddr,
-        expected: Option<&SpiffeId>,
+        expected: &[SpiffeId],
         alpn: &'static [u8],
     ) -> Result<MeshStream, ProxyError> {
         let target = addr.to_string();

@@ -68,6 +68,10 @@ pub fn describe() {
         "Connections refused because a listener was at its connection limit, by direction."
     );
     describe_counter!(
+        "warden_outbound_refused_total",
+        "Redirected outbound connections refused, by reason (unmeshed-destination: meshOnly)."
+    );
+    describe_counter!(
         "warden_egress_connections_total",
         "App connections to destinations outside the mesh networks, passed through as plain TCP."
     );
@@ -167,6 +171,11 @@ pub fn refused(direction: Direction) {
 /// A connection to a destination outside the mesh networks (egress).
 pub fn egress_opened() {
     counter!("warden_egress_connections_total").increment(1);
+}
+
+/// A redirected connection refused, by reason (e.g. `unmeshed-destination` under meshOnly).
+pub fn outbound_refused(reason: &'static str) {
+    counter!("warden_outbound_refused_total", "reason" => reason).increment(1);
 }
 
 /// Bytes of an egress connection.

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use warden_core::contract::{self, ALPN_TCP};
-use warden_core::SpiffeId;
 
 use crate::detect::Protocol;
 use crate::io::{read_preface, PrefixedIo};
+use crate::mesh::Expected;
 use crate::metrics::{self, Direction};
 use crate::original_dst::original_dst;
 use crate::shared::{Accounting, RunControl, Shared};
@@ -26,8 +26,8 @@ use crate::shared::{Accounting, RunControl, Shared};
 pub struct OutboundTarget {
     /// The peer proxy's address.
     pub addr: SocketAddr,
-    /// The identity the peer must present (`None`: any of the trust domain).
-    pub expected: Option<SpiffeId>,
+    /// The identities that may answer (empty: any of a trusted trust domain).
+    pub expected: Expected,
     /// Skip detection: always opaque TCP.
     pub opaque: bool,
 }
@@ -80,18 +80,66 @@ async fn dispatch(
             }
             // Another pod's proxy admin port is plaintext by design (its inbound rules skip
             // it, so Prometheus can scrape it): it passes through, as outside the mesh.
-            if !shared.config.transparent.is_mesh(orig.ip()) || orig.port() == contract::ADMIN_PORT
-            {
+            if orig.port() == contract::ADMIN_PORT {
                 return egress(tcp, orig, &shared, &run).await;
             }
-            OutboundTarget {
-                addr: orig,
-                expected: None,
-                opaque: false,
+            match decide(orig, &shared).await {
+                Route::Mesh(target) => target,
+                Route::Plain => return egress(tcp, orig, &shared, &run).await,
+                Route::Refuse(why) => {
+                    metrics::outbound_refused(why);
+                    tracing::info!(destination = %orig, reason = why, "outbound connection refused");
+                    let _ = tcp.set_zero_linger();
+                    return Err(());
+                }
             }
         }
     };
     handle(tcp, target, shared, run).await
+}
+
+/// What becomes of a redirected connection.
+enum Route {
+    /// mTLS to the destination's proxy.
+    Mesh(OutboundTarget),
+    /// Plain TCP passthrough.
+    Plain,
+    /// Refused (reset), with the reason for the metric.
+    Refuse(&'static str),
+}
+
+/// Where a redirected connection to `orig` goes: by discovery when there is a controller
+/// (the right identities, protocol hints, plain TCP to pods without a sidecar), else by the
+/// mesh networks.
+async fn decide(orig: SocketAddr, shared: &Shared) -> Route {
+    let Some(discovery) = &shared.discovery else {
+        return if shared.config.transparent.is_mesh(orig.ip()) {
+            Route::Mesh(OutboundTarget {
+                addr: orig,
+                expected: crate::mesh::any_trusted(),
+                opaque: false,
+            })
+        } else {
+            Route::Plain
+        };
+    };
+    match discovery.resolve(orig).await {
+        Some(found) if found.meshed => Route::Mesh(OutboundTarget {
+            addr: orig,
+            expected: found.identities.clone(),
+            opaque: found.protocol == crate::discovery::ProtocolHint::Opaque,
+        }),
+        // A pod or Service without the sidecar: plain TCP, unless the mesh is mesh-only.
+        Some(found) if found.kind != crate::discovery::Kind::Unknown => {
+            if *shared.mesh_only.borrow() {
+                Route::Refuse("unmeshed-destination")
+            } else {
+                Route::Plain
+            }
+        }
+        // Outside the cluster, or not known (yet): passed through, as without a mesh.
+        _ => Route::Plain,
+    }
 }
 
 async fn handle(
@@ -132,7 +180,7 @@ async fn forward_tcp(
 ) -> Result<(), ()> {
     let mesh = match shared
         .mesh
-        .connect(target.addr, target.expected.as_ref(), ALPN_TCP)
+        .connect(target.addr, &target.expected, ALPN_TCP)
         .await
     {
         Ok(mesh) => mesh,

@@ -151,7 +151,7 @@ impl Listeners {
         })?;
         let target = OutboundTarget {
             addr: route.destination,
-            expected: route.identity.clone(),
+            expected: route.identity.clone().into_iter().collect(),
             opaque: route.protocol == RouteProtocol::Opaque,
         };
         self.outbound.push((listener, Destination::Route(target)));
@@ -236,23 +236,25 @@ pub fn authorizer(
     }))
 }
 
-/// Starts the control-plane client if the authorizer has a feed for it; whether it did.
+/// Starts the control-plane client if the authorizer has a feed for it: whether it did,
+/// and the mesh policy's `meshOnly` as it will follow.
 fn shared_feed(
     authz: &Authorizer,
     config: &ProxyConfig,
     credentials: &tokio::sync::watch::Receiver<Arc<warden_identity::rotation::Credentials>>,
     shutdown: &CancellationToken,
-) -> bool {
+) -> (bool, tokio::sync::watch::Receiver<bool>) {
     let Some(feed) = authz.take_feed() else {
-        return false;
+        return (false, tokio::sync::watch::channel(false).1);
     };
+    let mesh_only = feed.mesh_only.subscribe();
     tokio::spawn(crate::control_plane::run(
         control_plane_client(config),
         feed,
         credentials.clone(),
         shutdown.clone(),
     ));
-    true
+    (true, mesh_only)
 }
 
 /// The control-plane client `config` asks for.
@@ -315,7 +317,18 @@ pub async fn run(
         return;
     };
     let credentials = rotation.credentials;
-    let control_plane = shared_feed(&authz, &config, &credentials, &shutdown);
+    let (control_plane, mesh_only) = shared_feed(&authz, &config, &credentials, &shutdown);
+    // Discovery decides what is meshed for redirected connections when a controller is
+    // configured; explicit routes name their destinations themselves.
+    let discovery = (control_plane && config.transparent.enabled).then(|| {
+        let discovery = crate::discovery::Discovery::new(
+            control_plane_client(&config),
+            credentials.clone(),
+            crate::discovery::DiscoveryOptions::default(),
+        );
+        tokio::spawn(discovery.clone().sweep_until(shutdown.clone()));
+        discovery
+    });
     let shared = Arc::new(Shared {
         mesh: MeshConnector::new(
             credentials.clone(),
@@ -327,6 +340,8 @@ pub async fn run(
         credentials: credentials.clone(),
         config: config.clone(),
         authz,
+        discovery,
+        mesh_only,
     });
     let run = RunControl::new(shutdown.clone());
     {

@@ -30,6 +30,11 @@ pub struct Shared {
     pub apps: AppClients,
     /// The authorization hook.
     pub authz: Authorizer,
+    /// Who must answer at each destination (transparent mode with a control plane); without
+    /// it, `transparent.mesh_networks` decides what is meshed.
+    pub discovery: Option<Arc<crate::discovery::Discovery>>,
+    /// Refuse destinations without a sidecar (the mesh policy's `meshOnly`).
+    pub mesh_only: watch::Receiver<bool>,
 }
 
 impl Shared {

@@ -82,10 +82,10 @@ async fn forward(req: Request<Incoming>, key: &PoolKey, shared: &Shared) -> Resp
         Err(e) => {
             let id = id.insert(request_id());
             tracing::warn!(request_id = %id, destination = %key.addr, status = e.status().as_u16(), error = %e, "outbound request failed");
-            let peer: Arc<str> = key
-                .expected
-                .as_ref()
-                .map_or(Arc::from("-"), |id| Arc::from(id.as_str()));
+            let peer: Arc<str> = match &*key.expected {
+                [id] => Arc::from(id.as_str()),
+                _ => Arc::from("-"),
+            };
             (e.to_response(grpc, id), peer)
         }
     };

@@ -11,18 +11,18 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use warden_core::contract::ALPN_HTTP2;
-use warden_core::SpiffeId;
 
 use crate::http::{ProxyBody, ProxyError};
-use crate::mesh::MeshConnector;
+use crate::mesh::{Expected, MeshConnector};
 
 /// Where a pooled connection goes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PoolKey {
     /// The peer proxy's address.
     pub addr: SocketAddr,
-    /// The identity it must present (`None`: any of the trust domain).
-    pub expected: Option<SpiffeId>,
+    /// The identities that may answer (empty: any of a trusted trust domain). Part of the
+    /// key: a connection verified for one set is never reused for another.
+    pub expected: Expected,
 }
 
 /// A usable pooled connection and the peer's verified identity.
@@ -82,7 +82,7 @@ impl Pool {
             }
         }
         let mesh = connector
-            .connect(key.addr, key.expected.as_ref(), ALPN_HTTP2)
+            .connect(key.addr, &key.expected, ALPN_HTTP2)
             .await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -162,7 +162,7 @@ mod tests {
     fn key(port: u16) -> PoolKey {
         PoolKey {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            expected: None,
+            expected: crate::mesh::any_trusted(),
         }
     }
 

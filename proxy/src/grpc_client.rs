@@ -1,0 +1,205 @@
+//! A minimal gRPC client over hyper's HTTP/2 client and prost messages, so the sidecar
+//! carries neither tonic nor tower: mTLS to the controller (whose SVID must be exactly the
+//! expected one), one HTTP/2 connection for any number of calls, server-streaming calls read
+//! message by message with a size limit, and the status from trailers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use warden_api::grpc::{self, FrameDecoder, FrameError};
+use warden_core::SpiffeId;
+use warden_identity::rotation::Credentials;
+use warden_identity::verify::ExpectedPeer;
+
+/// Why a call to the controller failed or its stream ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    /// The address did not resolve or refused the connection.
+    #[error("connecting to {address}: {reason}")]
+    Connect {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The mTLS handshake failed (e.g. the server is not the controller).
+    #[error("mTLS with {address}: {reason}")]
+    Handshake {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// HTTP/2 failed.
+    #[error("HTTP/2 with {address}: {reason}")]
+    Http {
+        /// `host:port`.
+        address: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The controller refused or ended the call.
+    #[error("{address}: {status}")]
+    Status {
+        /// `host:port`.
+        address: String,
+        /// The gRPC status.
+        status: grpc::Status,
+    },
+    /// The stream broke the framing rules.
+    #[error("{address}: {error}")]
+    Frame {
+        /// `host:port`.
+        address: String,
+        /// What is wrong.
+        error: FrameError,
+    },
+    /// A message that does not decode.
+    #[error("{address}: a message that does not decode: {error}")]
+    Decode {
+        /// `host:port`.
+        address: String,
+        /// What is wrong.
+        error: prost::DecodeError,
+    },
+}
+
+/// An HTTP/2 connection to the controller; cloned for concurrent calls.
+pub type Channel = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// Connects to `address`, completes mTLS presenting `creds` and requiring `server_id`, and
+/// starts HTTP/2, all within `timeout`.
+pub async fn connect(
+    address: &str,
+    server_id: &SpiffeId,
+    timeout: Duration,
+    creds: &Credentials,
+) -> Result<Channel, ControlPlaneError> {
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(address).await.map_err(|e| {
+            ControlPlaneError::Connect {
+                address: address.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let _ = tcp.set_nodelay(true);
+        let config = warden_identity::tls::client_config(
+            &creds.svid,
+            creds.trust.clone(),
+            ExpectedPeer::Exact(server_id.clone()),
+            &[b"h2"],
+        )
+        .map_err(|e| ControlPlaneError::Handshake {
+            address: address.to_string(),
+            reason: e.to_string(),
+        })?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(warden_identity::tls::mesh_server_name(), tcp)
+            .await
+            .map_err(|e| ControlPlaneError::Handshake {
+                address: address.to_string(),
+                reason: warden_identity::verify::describe_handshake_error(&e),
+            })
+    };
+    let tls = tokio::time::timeout(timeout, connect())
+        .await
+        .map_err(|_| ControlPlaneError::Connect {
+            address: address.to_string(),
+            reason: format!("no connection within {timeout:?}"),
+        })??;
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // Notices a controller that vanished without closing (a partition, a dead node).
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| http_error(address, &e))?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+fn http_error(address: &str, e: &hyper::Error) -> ControlPlaneError {
+    ControlPlaneError::Http {
+        address: address.to_string(),
+        reason: crate::http::error_chain(e),
+    }
+}
+
+/// Starts the server-streaming call `path` with the framed `request`; its response body.
+pub async fn call(
+    channel: &mut Channel,
+    address: &str,
+    path: &str,
+    request: Bytes,
+) -> Result<Incoming, ControlPlaneError> {
+    channel.ready().await.map_err(|e| http_error(address, &e))?;
+    let request = http::Request::post(format!("http://controller{path}"))
+        .header(http::header::CONTENT_TYPE, grpc::CONTENT_TYPE)
+        .header(http::header::TE, "trailers")
+        .body(Full::new(request))
+        .expect("a valid request");
+    let response = channel
+        .send_request(request)
+        .await
+        .map_err(|e| http_error(address, &e))?;
+    // A call refused at once carries its status in the headers ("trailers-only").
+    if let Some(status) = grpc::status(response.headers()) {
+        return Err(ControlPlaneError::Status {
+            address: address.to_string(),
+            status,
+        });
+    }
+    if response.status() != http::StatusCode::OK {
+        return Err(ControlPlaneError::Http {
+            address: address.to_string(),
+            reason: format!("HTTP status {}", response.status()),
+        });
+    }
+    Ok(response.into_body())
+}
+
+/// Reads a response stream, handing each message (at most `max` bytes) to `on_message`,
+/// until the server ends it: `Ok` for status OK, the status otherwise.
+pub async fn read_messages<M: prost::Message + Default>(
+    mut body: Incoming,
+    address: &str,
+    max: usize,
+    mut on_message: impl FnMut(M),
+) -> Result<(), ControlPlaneError> {
+    let mut decoder = FrameDecoder::new(max);
+    let frame_error = |error| ControlPlaneError::Frame {
+        address: address.to_string(),
+        error,
+    };
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| http_error(address, &e))?;
+        if let Some(trailers) = frame.trailers_ref() {
+            return match grpc::status(trailers) {
+                Some(status) if status.code != grpc::code::OK => Err(ControlPlaneError::Status {
+                    address: address.to_string(),
+                    status,
+                }),
+                _ => Ok(()),
+            };
+        }
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        decoder.push(&data);
+        while let Some(message) = decoder.next_message().map_err(frame_error)? {
+            let message = M::decode(message).map_err(|error| ControlPlaneError::Decode {
+                address: address.to_string(),
+                error,
+            })?;
+            on_message(message);
+        }
+    }
+    decoder.finish().map_err(frame_error)?;
+    Ok(())
+}

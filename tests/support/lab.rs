@@ -1,0 +1,307 @@
+//! The network-namespace lab of the transparent-mode tests: a switch namespace with a
+//! bridge (10.213.0.254, fd00:213::fe) and pods a, b, c (10.213.0.1-3, fd00:213::1-3), each
+//! on a veth to it; processes started inside them; apps and clients that run in a pod's
+//! namespace. Everything is removed when the lab is dropped, also when a test fails.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::host::run;
+
+/// The lab: namespaces, processes and files, all removed on drop (also when a test fails).
+pub struct Lab {
+    /// The prefix of every name this lab creates (namespaces, links).
+    pub tag: String,
+    namespaces: Vec<String>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+    warden: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in &self.namespaces {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+pub const SW: &str = "sw";
+pub const PODS: [(&str, u8); 3] = [("a", 1), ("b", 2), ("c", 3)];
+
+pub fn pod_v4(idx: u8) -> String {
+    format!("10.213.0.{idx}")
+}
+
+pub fn pod_v6(idx: u8) -> String {
+    format!("fd00:213::{idx}")
+}
+
+impl Lab {
+    pub fn ns(&self, name: &str) -> String {
+        format!("{}{name}", self.tag)
+    }
+
+    /// A switch namespace with a bridge, and pods a, b, c each on a veth to it.
+    pub fn new() -> Self {
+        let tag = format!("wd{}", std::process::id() % 100_000);
+        let dir = tempfile::tempdir().unwrap();
+        // The proxy runs as UID 2626: it must be able to read and execute what it needs.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let warden = dir.path().join("warden");
+        std::fs::copy(env!("CARGO_BIN_EXE_warden"), &warden).unwrap();
+        let mut lab = Lab {
+            tag,
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            dir,
+            warden,
+        };
+        let sw = lab.ns(SW);
+        run(&["ip", "netns", "add", &sw]);
+        lab.namespaces.push(sw.clone());
+        run(&["ip", "-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        run(&["ip", "-n", &sw, "link", "set", "br0", "up"]);
+        run(&[
+            "ip",
+            "-n",
+            &sw,
+            "addr",
+            "add",
+            "10.213.0.254/24",
+            "dev",
+            "br0",
+        ]);
+        run(&[
+            "ip",
+            "-n",
+            &sw,
+            "addr",
+            "add",
+            "fd00:213::fe/64",
+            "dev",
+            "br0",
+            "nodad",
+        ]);
+        for (pod, idx) in PODS {
+            let ns = lab.ns(pod);
+            run(&["ip", "netns", "add", &ns]);
+            lab.namespaces.push(ns.clone());
+            let (inside, outside) = (format!("{}{pod}0", lab.tag), format!("{}{pod}1", lab.tag));
+            run(&[
+                "ip", "link", "add", &inside, "type", "veth", "peer", "name", &outside,
+            ]);
+            run(&["ip", "link", "set", &inside, "netns", &ns]);
+            run(&["ip", "link", "set", &outside, "netns", &sw]);
+            run(&["ip", "-n", &ns, "link", "set", &inside, "name", "eth0"]);
+            run(&["ip", "-n", &ns, "link", "set", "eth0", "up"]);
+            run(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", pod_v4(idx)),
+                "dev",
+                "eth0",
+            ]);
+            run(&[
+                "ip",
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/64", pod_v6(idx)),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
+            run(&[
+                "ip", "-n", &sw, "link", "set", &outside, "master", "br0", "up",
+            ]);
+        }
+        lab
+    }
+
+    pub fn warden(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.warden)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// `warden` inside namespace `ns`, as root.
+    pub fn warden_in(&self, ns: &str, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.ns(ns)])
+            .arg(&self.warden)
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a long-running process in `ns` and waits for `ready` on its stderr.
+    pub fn spawn(
+        &mut self,
+        ns: &str,
+        prefix: &[&str],
+        args: &[&str],
+        env: &[(&str, String)],
+        ready: &str,
+    ) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(ns)])
+            .args(prefix)
+            .arg(&self.warden)
+            .args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .current_dir(self.dir.path())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ready = ready.to_string();
+        let ns = ns.to_string();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent && line.contains(&ready) {
+                    let _ = tx.send(());
+                    sent = true;
+                }
+                if line.contains("ERROR") || line.contains("error:") {
+                    eprintln!("[{ns}] {line}");
+                }
+            }
+        });
+        self.children.push(child);
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("process became ready");
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `ns` (sockets it opens live there).
+pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> JoinHandle<T> {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = File::open(&path).unwrap();
+        // SAFETY: setns on this thread only, with a valid namespace file descriptor.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// An unmodified HTTP app: answers every request with the request's head. Counts requests.
+pub fn http_app(ns: &str, addr: String, hits: Arc<AtomicUsize>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let listener = std::net::TcpListener::bind(&addr).unwrap();
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let hits = hits.clone();
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match conn.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                hits.fetch_add(1, Ordering::SeqCst);
+                let body = String::from_utf8_lossy(&head).to_lowercase();
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// An unmodified TCP echo app.
+pub fn echo_app(ns: &str, addr: String) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let listener = std::net::TcpListener::bind(&addr).unwrap();
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut reader = conn.try_clone().unwrap();
+                let _ = std::io::copy(&mut reader, &mut conn);
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// An HTTP GET from inside `ns`, as an app does it: the whole response, or what arrived.
+pub fn http_get(ns: &str, addr: &str, path: &str) -> String {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    in_ns(ns, move || {
+        let Ok(mut tcp) =
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))
+        else {
+            return String::from("(connect failed)");
+        };
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nhost: app\r\nconnection: close\r\n\r\n");
+        let _ = tcp.write_all(req.as_bytes());
+        let mut out = Vec::new();
+        let _ = tcp.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Sends `payload` over TCP from inside `ns` and reads as many bytes back.
+pub fn tcp_echo(ns: &str, addr: &str, payload: &'static [u8]) -> Vec<u8> {
+    let addr = addr.to_string();
+    in_ns(ns, move || {
+        let mut tcp =
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        tcp.write_all(payload).unwrap();
+        let mut got = vec![0u8; payload.len()];
+        tcp.read_exact(&mut got).unwrap();
+        got
+    })
+    .join()
+    .unwrap()
+}
+
