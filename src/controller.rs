@@ -200,12 +200,15 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         limits,
         serving.clone(),
     ));
+    let feeds = warden_controller::watch::Feeds {
+        index,
+        policy_revision: revision_tx,
+        destinations,
+        discovery_revision: discovery_tx,
+    };
     let watches = warden_controller::watch::run(
         client,
-        index,
-        revision_tx,
-        destinations,
-        discovery_tx,
+        feeds,
         synced_tx,
         leader,
         shutdown.clone().cancelled_owned(),

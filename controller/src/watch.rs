@@ -35,8 +35,8 @@ enum Change {
     Pod(Event<Box<Pod>>),
     Policy(Event<AuthorizationPolicy>),
     Mesh(Event<MeshPolicy>),
-    Service(Event<Service>),
-    Slice(Event<EndpointSlice>),
+    Service(Event<Box<Service>>),
+    Slice(Event<Box<EndpointSlice>>),
 }
 
 /// Objects buffered between `Init` and `InitDone` of each watch.
@@ -362,7 +362,7 @@ fn apply(
 fn apply_service(
     destinations: &mut Destinations,
     relists: &mut Relists,
-    event: Event<Service>,
+    event: Event<Box<Service>>,
 ) -> bool {
     match event {
         Event::Apply(s) | Event::InitApply(s) if relists.services.is_none() => service_entry(&s)
@@ -393,7 +393,7 @@ fn apply_service(
 fn apply_slice(
     destinations: &mut Destinations,
     relists: &mut Relists,
-    event: Event<EndpointSlice>,
+    event: Event<Box<EndpointSlice>>,
 ) -> bool {
     match event {
         Event::Apply(s) | Event::InitApply(s) if relists.slices.is_none() => slice_entry(&s)
@@ -536,19 +536,35 @@ where
         .map(|_| ())
 }
 
-/// Watches until `shutdown` resolves, keeping `index` current and bumping `revision` after
-/// every change (subscriptions recompute their snapshot then); sets `synced` once every watch
-/// has listed; writes policy statuses while `leader` says this replica holds the Lease.
+/// What the watches keep current, and the revisions that tell the APIs something changed.
+pub struct Feeds {
+    /// The policy index.
+    pub index: Arc<Mutex<Index>>,
+    /// Bumped when a policy snapshot may have changed.
+    pub policy_revision: tokio::sync::watch::Sender<u64>,
+    /// The discovery index.
+    pub destinations: Arc<Mutex<Destinations>>,
+    /// Bumped when a discovery answer may have changed.
+    pub discovery_revision: tokio::sync::watch::Sender<u64>,
+}
+
+/// Watches until `shutdown` resolves, keeping the indexes of `feeds` current and bumping
+/// their revisions after changes that can alter what proxies are sent (subscriptions
+/// recompute then); sets `synced` once every watch has listed; writes policy statuses while
+/// `leader` says this replica holds the Lease.
 pub async fn run(
     client: Client,
-    index: Arc<Mutex<Index>>,
-    revision: tokio::sync::watch::Sender<u64>,
-    destinations: Arc<Mutex<Destinations>>,
-    discovery_revision: tokio::sync::watch::Sender<u64>,
+    feeds: Feeds,
     synced: tokio::sync::watch::Sender<bool>,
     mut leader: tokio::sync::watch::Receiver<bool>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    let Feeds {
+        index,
+        policy_revision: revision,
+        destinations,
+        discovery_revision,
+    } = feeds;
     let changes = futures::stream::select_all([
         watch(Api::<Namespace>::all(client.clone()))
             .map(|e| e.map(Change::Namespace))
@@ -563,10 +579,10 @@ pub async fn run(
             .map(|e| e.map(Change::Mesh))
             .boxed(),
         watch(Api::<Service>::all(client.clone()))
-            .map(|e| e.map(Change::Service))
+            .map(|e| e.map(|e| Change::Service(boxed(e))))
             .boxed(),
         watch(Api::<EndpointSlice>::all(client.clone()))
-            .map(|e| e.map(Change::Slice))
+            .map(|e| e.map(|e| Change::Slice(boxed(e))))
             .boxed(),
     ]);
     let mut changes = std::pin::pin!(changes);

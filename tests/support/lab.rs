@@ -304,4 +304,3 @@ pub fn tcp_echo(ns: &str, addr: &str, payload: &'static [u8]) -> Vec<u8> {
     .join()
     .unwrap()
 }
-
