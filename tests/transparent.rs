@@ -52,20 +52,7 @@ fn mesh(lab: &mut Lab) {
         )
         .unwrap();
     }
-    let args = [
-        "identity",
-        "--ca-dir",
-        "ca",
-        "--auth",
-        "join-tokens",
-        "--join-tokens",
-        "tokens",
-        "--listen",
-        "10.213.0.254:7150",
-        "--admin-listen",
-        "10.213.0.254:7191",
-    ];
-    lab.spawn(SW, &[], &args, &[], "warden identity: serving");
+    lab.identity_service();
     // Zero trust is the default: the pods' traffic is allowed by policy, as in a cluster.
     std::fs::create_dir(lab.path("policies")).unwrap();
     std::fs::write(

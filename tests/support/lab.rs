@@ -204,6 +204,49 @@ impl Lab {
             .expect("process became ready");
     }
 
+    /// A CA (if there is none yet) and `warden identity` on the switch at 10.213.0.254:7150
+    /// (admin :7191), admitting the join tokens of the file `tokens`.
+    pub fn identity_service(&mut self) {
+        if !self.path("ca").exists() {
+            assert!(self.warden(&["ca", "init", "--dir", "ca"]).status.success());
+        }
+        if !self.path("tokens").exists() {
+            std::fs::write(self.path("tokens"), "").unwrap();
+        }
+        let args = [
+            "identity",
+            "--ca-dir",
+            "ca",
+            "--auth",
+            "join-tokens",
+            "--join-tokens",
+            "tokens",
+            "--listen",
+            "10.213.0.254:7150",
+            "--admin-listen",
+            "10.213.0.254:7191",
+        ];
+        self.spawn(SW, &[], &args, &[], "warden identity: serving");
+    }
+
+    /// A file holding a new join token for `id` (readable by the proxy's UID). The identity
+    /// service re-reads its token file every second: this waits that long.
+    pub fn join_token(&self, id: &str) -> PathBuf {
+        let out = self.warden(&["ca", "join-token", "--tokens", "tokens", "--id", id]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = self.path(&format!("{}.token", id.replace(['/', ':'], "_")));
+        std::fs::write(&file, String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1100));
+        file
+    }
+
+    /// A path in the lab's directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -300,6 +343,76 @@ pub fn tcp_echo(ns: &str, addr: &str, payload: &'static [u8]) -> Vec<u8> {
         let mut got = vec![0u8; payload.len()];
         tcp.read_exact(&mut got).unwrap();
         got
+    })
+    .join()
+    .unwrap()
+}
+
+/// Makes `target` (an address of this test's own namespace, e.g. the test API server on
+/// loopback) reachable from inside `ns` at the returned `127.0.0.1:<port>` there: a relay
+/// listening in `ns` whose outgoing side connects from this process's namespace. Lives as
+/// long as the process.
+pub fn relay_into(ns: &str, target: std::net::SocketAddr) -> std::net::SocketAddr {
+    run(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+    let (accepted_tx, accepted_rx) = std::sync::mpsc::channel::<std::net::TcpStream>();
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        bound_tx.send(listener.local_addr().unwrap()).unwrap();
+        for conn in listener.incoming().map_while(Result::ok) {
+            if accepted_tx.send(conn).is_err() {
+                return;
+            }
+        }
+    });
+    // This thread and those it starts stay in the test's own namespace.
+    std::thread::spawn(move || {
+        for inside in accepted_rx {
+            std::thread::spawn(move || {
+                let Ok(outside) = TcpStream::connect(target) else {
+                    return;
+                };
+                let (mut a, mut b) = (inside.try_clone().unwrap(), outside.try_clone().unwrap());
+                let forward = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut inside, mut outside) = (inside, outside);
+                let _ = std::io::copy(&mut outside, &mut inside);
+                let _ = inside.shutdown(std::net::Shutdown::Write);
+                let _ = forward.join();
+            });
+        }
+    });
+    bound_rx.recv_timeout(Duration::from_secs(5)).unwrap()
+}
+
+/// A server-speaks-first app (SMTP- or MySQL-like): writes a banner as soon as a client
+/// connects, before reading anything.
+pub fn banner_app(ns: &str, addr: String, banner: &'static [u8]) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_ns(ns, move || {
+        let listener = std::net::TcpListener::bind(&addr).unwrap();
+        tx.send(()).unwrap();
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = conn.write_all(banner);
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+/// Connects from inside `ns` and reads the first `len` bytes the server sends, sending
+/// nothing (`None` if they do not come within 10 s).
+pub fn read_banner(ns: &str, addr: &str, len: usize) -> Option<Vec<u8>> {
+    let addr = addr.to_string();
+    in_ns(ns, move || {
+        let mut tcp =
+            TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5)).ok()?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = vec![0u8; len];
+        tcp.read_exact(&mut got).ok()?;
+        Some(got)
     })
     .join()
     .unwrap()

@@ -1,0 +1,266 @@
+//! Discovery end to end: pods are network namespaces whose Pod objects (with the namespaces'
+//! IPs in `status.podIP`) live in the real API server; a real `warden controller` and
+//! `warden identity` run on the lab's switch; transparent proxies (real `warden init`
+//! iptables rules, UID 2626) in pods a and b take their SVIDs, policies and destinations from
+//! them. Pod c has no sidecar.
+//!
+//! Needs root, iproute2, iptables and setpriv (`scripts/test.sh` installs them), and the
+//! test API server.
+
+#[path = "support/apiserver.rs"]
+mod apiserver;
+#[path = "support/host.rs"]
+mod host;
+#[path = "support/lab.rs"]
+mod lab;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiserver::ApiServer;
+use lab::{banner_app, http_app, http_get, pod_v4, pod_v6, read_banner, relay_into, Lab, SW};
+
+fn runnable() -> bool {
+    host::runnable(
+        "discovery tests",
+        &[
+            ("ip", "iproute2"),
+            ("iptables-restore", "iptables"),
+            ("ip6tables-restore", "iptables"),
+            ("setpriv", "util-linux"),
+        ],
+    ) && apiserver::available()
+}
+
+/// Pod `name` running as `sa` at the lab address `idx`, with Warden's sidecar or without.
+fn pod(api: &ApiServer, ns: &str, name: &str, sa: &str, idx: u8, meshed: bool) {
+    let sidecar = if meshed {
+        ", {name: warden-proxy, image: registry.example/warden:1}"
+    } else {
+        ""
+    };
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: registry.example/app:1}}{sidecar}]\n"
+        )),
+    );
+    let (v4, v6) = (pod_v4(idx), pod_v6(idx));
+    let status =
+        format!(r#"{{"status":{{"podIP":"{v4}","podIPs":[{{"ip":"{v4}"}},{{"ip":"{v6}"}}]}}}}"#);
+    api.kubectl_ok(
+        &[
+            "patch",
+            "pod",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ],
+        None,
+    );
+}
+
+/// Polls `f` until it returns `Ok` (30 s at most).
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match f() {
+            Ok(t) => return t,
+            Err(last) => {
+                assert!(Instant::now() < deadline, "{what}: {last}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// The status line of `GET path` from pod `from` to `addr`.
+fn status_of(lab: &Lab, from: &str, addr: &str, path: &str) -> String {
+    let reply = http_get(&lab.ns(from), addr, path);
+    reply.lines().next().unwrap_or("(nothing)").to_string()
+}
+
+/// Starts the identity service and the controller on the switch.
+fn control_plane(lab: &mut Lab, api: &ApiServer, lease_ns: &str) {
+    // The controller runs on the switch, where the pods' addresses are what it sees; the
+    // API server is on this process's loopback, relayed in.
+    let relayed = relay_into(&lab.ns(SW), ([127, 0, 0, 1], api.port).into());
+    let kubeconfig = std::fs::read_to_string(&api.kubeconfig)
+        .unwrap()
+        .replace(&api.url, &format!("https://{relayed}"));
+    std::fs::write(lab.path("kubeconfig"), kubeconfig).unwrap();
+    let token = lab.join_token("spiffe://cluster.local/ns/warden-system/sa/warden-controller");
+    let args = [
+        "controller",
+        "run",
+        "--kubeconfig",
+        &lab.path("kubeconfig").display().to_string(),
+        "--listen",
+        "10.213.0.254:7160",
+        "--admin-listen",
+        "10.213.0.254:7192",
+        "--identity",
+        "replica-d",
+        "--lease-namespace",
+        lease_ns,
+        "--identity-url",
+        "https://10.213.0.254:7150",
+        "--identity-token-file",
+        &token.display().to_string(),
+        "--trust-bundle",
+        &lab.path("ca/bundle.crt").display().to_string(),
+    ]
+    .map(str::to_string);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(SW, &[], &args, &[], "warden controller: watching");
+}
+
+/// Installs the rules and starts the sidecar of pod `name` (ServiceAccount `name`).
+fn sidecar(lab: &mut Lab, ns: &str, name: &str, config: &str) {
+    let out = lab.warden_in(name, &["init"]);
+    assert!(
+        out.status.success(),
+        "warden init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = lab.join_token(&format!("spiffe://cluster.local/ns/{ns}/sa/{name}"));
+    std::fs::write(lab.path(&format!("{name}.yaml")), config).unwrap();
+    let env = [
+        (
+            "WARDEN_IDENTITY_URL",
+            "https://10.213.0.254:7150".to_string(),
+        ),
+        ("WARDEN_IDENTITY_TOKEN_FILE", token.display().to_string()),
+        (
+            "WARDEN_TRUST_BUNDLE",
+            lab.path("ca/bundle.crt").display().to_string(),
+        ),
+        ("WARDEN_POD_NAMESPACE", ns.to_string()),
+        ("WARDEN_POD_SERVICE_ACCOUNT", name.to_string()),
+        ("WARDEN_POD_NAME", name.to_string()),
+        ("WARDEN_TRANSPARENT", "true".to_string()),
+        ("WARDEN_CONTROL_PLANE", "10.213.0.254:7160".to_string()),
+        ("WARDEN_AUDIT_LOG", "off".to_string()),
+        ("WARDEN_LOG", "info".to_string()),
+    ];
+    let uid = [
+        "setpriv",
+        "--reuid",
+        "2626",
+        "--regid",
+        "2626",
+        "--clear-groups",
+    ];
+    let config = lab.path(&format!("{name}.yaml")).display().to_string();
+    lab.spawn(
+        name,
+        &uid,
+        &["proxy", "--config", &config],
+        &env,
+        "proxy ready",
+    );
+    let pod = lab.ns(name);
+    eventually(&format!("{name}'s proxy ready"), || {
+        match status_of(lab, name, "127.0.0.1:7191", "/ready") {
+            s if s.contains(" 200") => Ok(()),
+            s => Err(format!("{s} in {pod}")),
+        }
+    });
+}
+
+#[test]
+fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
+    if !runnable() {
+        return;
+    }
+    let api = apiserver::get();
+    api.install_crds();
+    let ns = api.namespace("disco", &[]);
+    let mut lab = Lab::new();
+    pod(api, &ns, "a", "a", 1, true);
+    pod(api, &ns, "b", "b", 2, true);
+    pod(api, &ns, "c", "c", 3, false);
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: allow-ns, namespace: {ns}}}\nspec: {{action: ALLOW, rules: [{{from: {{namespaces: [{ns}]}}}}]}}\n"
+        )),
+    );
+    let hits = Arc::new(AtomicUsize::new(0));
+    http_app(&lab.ns("b"), format!("{}:8080", pod_v4(2)), hits.clone());
+    http_app(&lab.ns("b"), format!("[{}]:8080", pod_v6(2)), hits.clone());
+    banner_app(
+        &lab.ns("b"),
+        format!("{}:3306", pod_v4(2)),
+        b"5.7.0-mysql-like\n",
+    );
+    http_app(&lab.ns("c"), format!("{}:8080", pod_v4(3)), hits.clone());
+    lab.identity_service();
+    control_plane(&mut lab, api, &ns);
+    // A waits for a client's first bytes for a minute before calling a connection opaque,
+    // so only the controller's hint can make a server-speaks-first port work at once.
+    sidecar(&mut lab, &ns, "a", "timeouts: {detect: 60s}\n");
+    sidecar(&mut lab, &ns, "b", "");
+
+    // Meshed -> meshed: mTLS with B's identity, over IPv4 and IPv6.
+    let b = format!("{}:8080", pod_v4(2));
+    let reply = http_get(&lab.ns("a"), &b, "/hello");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains(&format!(
+            "x-warden-client-id: spiffe://cluster.local/ns/{ns}/sa/a"
+        )),
+        "{reply}"
+    );
+    let reply6 = http_get(&lab.ns("a"), &format!("[{}]:8080", pod_v6(2)), "/six");
+    assert!(reply6.starts_with("HTTP/1.1 200"), "{reply6}");
+
+    // Meshed -> a pod without a sidecar, inside the private ranges that used to be assumed
+    // meshed: plain TCP, as if there were no mesh.
+    let reply = http_get(&lab.ns("a"), &format!("{}:8080", pod_v4(3)), "/plain");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(!reply.contains("x-warden-client-id"), "{reply}");
+
+    // A server-speaks-first port (3306, opaque by default): the banner comes at once.
+    assert_eq!(
+        read_banner(&lab.ns("a"), &format!("{}:3306", pod_v4(2)), 17).as_deref(),
+        Some(&b"5.7.0-mysql-like\n"[..]),
+        "the opaque hint skips the detection wait"
+    );
+    let metrics = http_get(&lab.ns("a"), "127.0.0.1:7191", "/metrics");
+    assert!(
+        metrics.contains("warden_discovery_lookups_total{result=\"fetched\"}"),
+        "{metrics}"
+    );
+
+    // B's pod is deleted and its IP reused by a pod of another ServiceAccount: A now
+    // expects that identity there, and B's proxy (still holding B's SVID) is refused.
+    // (No kubelet: a pod never scheduled is deleted at once.)
+    api.kubectl_ok(&["delete", "pod", "b", "-n", &ns], None);
+    pod(api, &ns, "b-next", "pay", 2, true);
+    eventually(
+        "a connection to the reused IP expects the new identity",
+        || match status_of(&lab, "a", &b, "/after") {
+            s if s.contains(" 502") => Ok(()),
+            s => Err(s),
+        },
+    );
+    let metrics = http_get(&lab.ns("a"), "127.0.0.1:7191", "/metrics");
+    let failed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("warden_tls_handshakes_total")
+                && l.contains("direction=\"outbound\"")
+                && l.contains("result=\"failure\"")
+        })
+        .unwrap_or_default();
+    assert!(
+        failed.rsplit(' ').next().is_some_and(|n| n != "0"),
+        "the handshake with the impostor failed and was counted: {metrics}"
+    );
+}
