@@ -85,8 +85,8 @@ fn status_of(lab: &Lab, from: &str, addr: &str, path: &str) -> String {
     reply.lines().next().unwrap_or("(nothing)").to_string()
 }
 
-/// Starts the identity service and the controller on the switch.
-fn control_plane(lab: &mut Lab, api: &ApiServer, lease_ns: &str) {
+/// Starts the controller on the switch; its index for [`Lab::kill`].
+fn controller(lab: &mut Lab, api: &ApiServer, lease_ns: &str) -> usize {
     // The controller runs on the switch, where the pods' addresses are what it sees; the
     // API server is on this process's loopback, relayed in.
     let relayed = relay_into(&lab.ns(SW), ([127, 0, 0, 1], api.port).into());
@@ -117,7 +117,7 @@ fn control_plane(lab: &mut Lab, api: &ApiServer, lease_ns: &str) {
     ]
     .map(str::to_string);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    lab.spawn(SW, &[], &args, &[], "warden controller: watching");
+    lab.spawn(SW, &[], &args, &[], "warden controller: watching")
 }
 
 /// Installs the rules and starts the sidecar of pod `name` (ServiceAccount `name`).
@@ -201,7 +201,7 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
     );
     http_app(&lab.ns("c"), format!("{}:8080", pod_v4(3)), hits.clone());
     lab.identity_service();
-    control_plane(&mut lab, api, &ns);
+    let first = controller(&mut lab, api, &ns);
     // A waits for a client's first bytes for a minute before calling a connection opaque,
     // so only the controller's hint can make a server-speaks-first port work at once.
     sidecar(&mut lab, &ns, "a", "timeouts: {detect: 60s}\n");
@@ -237,6 +237,26 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
         metrics.contains("warden_discovery_lookups_total{result=\"fetched\"}"),
         "{metrics}"
     );
+
+    // The controller is gone: destinations A knows keep working with their last answers,
+    // and A stays ready, saying it is reconnecting.
+    lab.kill(first);
+    for (addr, what) in [
+        (b.clone(), "meshed"),
+        (format!("{}:8080", pod_v4(3)), "unmeshed"),
+    ] {
+        let status = status_of(&lab, "a", &addr, "/while-down");
+        assert!(status.contains(" 200"), "{what}: {status}");
+    }
+    eventually("A says it is reconnecting, and stays ready", || {
+        let ready = http_get(&lab.ns("a"), "127.0.0.1:7191", "/ready");
+        if ready.starts_with("HTTP/1.1 200") && ready.contains("reconnecting to the controller") {
+            Ok(())
+        } else {
+            Err(ready)
+        }
+    });
+    controller(&mut lab, api, &ns);
 
     // B's pod is deleted and its IP reused by a pod of another ServiceAccount: A now
     // expects that identity there, and B's proxy (still holding B's SVID) is refused.

@@ -161,7 +161,8 @@ impl Lab {
             .unwrap()
     }
 
-    /// Starts a long-running process in `ns` and waits for `ready` on its stderr.
+    /// Starts a long-running process in `ns` and waits for `ready` on its stderr; its index
+    /// for [`Lab::kill`].
     pub fn spawn(
         &mut self,
         ns: &str,
@@ -169,7 +170,7 @@ impl Lab {
         args: &[&str],
         env: &[(&str, String)],
         ready: &str,
-    ) {
+    ) -> usize {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns(ns)])
             .args(prefix)
@@ -202,6 +203,14 @@ impl Lab {
         self.children.push(child);
         rx.recv_timeout(Duration::from_secs(30))
             .expect("process became ready");
+        self.children.len() - 1
+    }
+
+    /// Kills process `index` (as [`Lab::spawn`] returned it) now.
+    pub fn kill(&mut self, index: usize) {
+        let child = &mut self.children[index];
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     /// A CA (if there is none yet) and `warden identity` on the switch at 10.213.0.254:7150
