@@ -19,7 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiserver::ApiServer;
-use lab::{banner_app, http_app, http_get, pod_v4, pod_v6, read_banner, relay_into, Lab, SW};
+use lab::{
+    banner_app, echo_app, http_app, http_get, pod_v4, pod_v6, read_banner, relay_into, Lab, SW,
+};
 
 fn runnable() -> bool {
     host::runnable(
@@ -200,6 +202,8 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
         b"5.7.0-mysql-like\n",
     );
     http_app(&lab.ns("c"), format!("{}:8080", pod_v4(3)), hits.clone());
+    // Outside the cluster: an address no Pod or Service has.
+    echo_app(&lab.ns(SW), "10.213.0.254:9100".to_string());
     lab.identity_service();
     let first = controller(&mut lab, api, &ns);
     // A waits for a client's first bytes for a minute before calling a connection opaque,
@@ -257,6 +261,43 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
         }
     });
     controller(&mut lab, api, &ns);
+
+    // Operators close the mesh: meshOnly refuses pods without a sidecar, and unknown
+    // destinations are refused too; lifting it restores both.
+    let c = format!("{}:8080", pod_v4(3));
+    let outside = "10.213.0.254:9100";
+    assert!(status_of(&lab, "a", outside, "/out").starts_with("GET /out"));
+    let closed = format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: closed-{ns}}}\nspec: {{meshOnly: true, unknownDestinations: refuse}}\n"
+    );
+    api.kubectl_ok(&["apply", "-f", "-"], Some(&closed));
+    for addr in [c.as_str(), outside] {
+        eventually(
+            &format!("{addr} refused under meshOnly/refuse"),
+            || match status_of(&lab, "a", addr, "/closed") {
+                s if s == "(nothing)" => Ok(()),
+                s => Err(s),
+            },
+        );
+    }
+    assert!(status_of(&lab, "a", &b, "/meshed").contains(" 200"));
+    let metrics = http_get(&lab.ns("a"), "127.0.0.1:7191", "/metrics");
+    for reason in ["unmeshed-destination", "unknown-destination"] {
+        assert!(
+            metrics.contains(&format!(
+                "warden_outbound_refused_total{{reason=\"{reason}\"}}"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+    api.kubectl_ok(&["delete", "meshpolicy", &format!("closed-{ns}")], None);
+    eventually(
+        "plain TCP again once the MeshPolicy is gone",
+        || match status_of(&lab, "a", &c, "/open") {
+            s if s.contains(" 200") => Ok(()),
+            s => Err(s),
+        },
+    );
 
     // B's pod is deleted and its IP reused by a pod of another ServiceAccount: A now
     // expects that identity there, and B's proxy (still holding B's SVID) is refused.

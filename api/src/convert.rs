@@ -147,6 +147,8 @@ pub struct PolicySnapshot {
     pub default: DefaultPolicy,
     /// Refuse unmeshed destinations outbound.
     pub mesh_only: bool,
+    /// Refuse destinations the controller does not know, outbound.
+    pub refuse_unknown: bool,
     /// Pod annotations allowed to weaken enforcement.
     pub allowed_annotations: Vec<String>,
 }
@@ -163,6 +165,7 @@ pub fn snapshot_to_proto(snapshot: &PolicySnapshot) -> v1::Snapshot {
         policies: snapshot.policies.iter().map(to_proto).collect(),
         default: default as i32,
         mesh_only: snapshot.mesh_only,
+        refuse_unknown_destinations: snapshot.refuse_unknown,
         allowed_annotations: snapshot.allowed_annotations.clone(),
     }
 }
@@ -184,6 +187,7 @@ pub fn snapshot_from_proto(message: &v1::Snapshot) -> Result<PolicySnapshot, Con
             .collect::<Result<_, _>>()?,
         default,
         mesh_only: message.mesh_only,
+        refuse_unknown: message.refuse_unknown_destinations,
         allowed_annotations: message.allowed_annotations.clone(),
     })
 }
@@ -231,6 +235,7 @@ spec: {action: DENY, rules: [{from: {identities: []}}]}
             policies: warden_core::policy::parse(POLICIES, "t.yaml").unwrap(),
             default: DefaultPolicy::Audit,
             mesh_only: true,
+            refuse_unknown: true,
             allowed_annotations: vec!["warden.dev/inbound-mode".into()],
         };
         let bytes = snapshot_to_proto(&snapshot).encode_to_vec();

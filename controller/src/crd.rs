@@ -153,6 +153,16 @@ pub enum MeshDefault {
     Audit,
 }
 
+/// What becomes of outbound connections to addresses the controller does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownDestinations {
+    /// Plain TCP, as without a mesh.
+    Passthrough,
+    /// Refused (reset).
+    Refuse,
+}
+
 impl MeshDefault {
     /// Where several MeshPolicies set a default the strictest wins: deny, then audit, then
     /// all-authenticated.
@@ -234,6 +244,11 @@ pub struct MeshPolicySpec {
     /// Outbound: refuse destinations without a sidecar instead of passing them through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh_only: Option<bool>,
+    /// Outbound: what becomes of connections to addresses the controller does not know
+    /// (outside the cluster): `passthrough` (the default) or `refuse`. Any MeshPolicy saying
+    /// `refuse` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_destinations: Option<UnknownDestinations>,
     /// Enforcement-weakening pod annotations pods may use (default: none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_annotations: Vec<WeakeningAnnotation>,

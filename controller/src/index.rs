@@ -41,6 +41,7 @@ struct MeshEntry {
     namespace_selector: NamespaceSelector,
     default: Option<MeshDefault>,
     mesh_only: bool,
+    refuse_unknown: bool,
     allowed_annotations: Vec<WeakeningAnnotation>,
 }
 
@@ -53,6 +54,8 @@ pub struct Snapshot {
     pub default: MeshDefault,
     /// Refuse unmeshed destinations outbound.
     pub mesh_only: bool,
+    /// Refuse destinations the controller does not know, outbound.
+    pub refuse_unknown: bool,
     /// Enforcement-weakening annotations pods may use.
     pub allowed_annotations: Vec<WeakeningAnnotation>,
 }
@@ -197,6 +200,7 @@ impl Index {
                 namespace_selector: spec.namespace_selector.clone().unwrap_or_default(),
                 default: spec.default,
                 mesh_only: spec.mesh_only.unwrap_or(false),
+                refuse_unknown: spec.unknown_destinations == Some(crd::UnknownDestinations::Refuse),
                 allowed_annotations: spec.allowed_annotations.clone(),
             },
         );
@@ -228,6 +232,7 @@ impl Index {
         let mut default = MeshDefault::Deny;
         let mut strictest: Option<MeshDefault> = None;
         let mut mesh_only = false;
+        let mut refuse_unknown = false;
         let mut allowed = Vec::new();
         for mesh in self.mesh.values() {
             if let Some(d) = mesh.default {
@@ -236,6 +241,7 @@ impl Index {
                 }
             }
             mesh_only |= mesh.mesh_only;
+            refuse_unknown |= mesh.refuse_unknown;
             for a in &mesh.allowed_annotations {
                 if !allowed.contains(a) {
                     allowed.push(*a);
@@ -254,6 +260,7 @@ impl Index {
             policies,
             default,
             mesh_only,
+            refuse_unknown,
             allowed_annotations: allowed,
         })
     }
@@ -583,6 +590,13 @@ spec:
             "audit is stricter than all-authenticated"
         );
         assert!(prod.mesh_only);
+        assert!(
+            !prod.refuse_unknown,
+            "passthrough unless a MeshPolicy refuses"
+        );
+        index.apply_mesh_policy(&mesh("apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: closed}\nspec: {unknownDestinations: refuse}\n"));
+        assert!(index.snapshot("shop", "frontend-1").unwrap().refuse_unknown);
+        index.delete_mesh_policy("closed");
         assert_eq!(prod.allowed_annotations, [WeakeningAnnotation::InboundMode]);
         let lab = index.snapshot("lab", "x-1").unwrap();
         assert!(lab.policies.is_empty(), "lab is not prod");

@@ -171,6 +171,7 @@ pub fn to_policy_snapshot(snapshot: &Snapshot, version: u64) -> PolicySnapshot {
             MeshDefault::Audit => DefaultPolicy::Audit,
         },
         mesh_only: snapshot.mesh_only,
+        refuse_unknown: snapshot.refuse_unknown,
         allowed_annotations: snapshot
             .allowed_annotations
             .iter()

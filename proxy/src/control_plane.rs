@@ -37,13 +37,22 @@ pub struct ControlPlaneClient {
     pub connect_timeout: Duration,
 }
 
+/// The mesh policy's rules for outbound connections (both off without a control plane).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboundRules {
+    /// Refuse destinations without a sidecar (`meshOnly`).
+    pub mesh_only: bool,
+    /// Refuse destinations the controller does not know (`unknownDestinations: refuse`).
+    pub refuse_unknown: bool,
+}
+
 /// The senders the client publishes through (the receivers are the policy engine's).
 #[derive(Debug)]
 pub struct PolicyFeed {
     /// The policy set in force.
     pub set: watch::Sender<Arc<PolicySet>>,
-    /// The mesh policy's `meshOnly`: refuse destinations without a sidecar.
-    pub mesh_only: watch::Sender<bool>,
+    /// The mesh policy's rules for outbound connections.
+    pub outbound: watch::Sender<OutboundRules>,
     /// The state shown on `/ready`.
     pub status: watch::Sender<PolicyStatus>,
 }
@@ -64,11 +73,11 @@ pub fn feed(
         )),
         ..Default::default()
     });
-    let (mesh_only, _) = watch::channel(false);
+    let (outbound, _) = watch::channel(OutboundRules::default());
     (
         PolicyFeed {
             set,
-            mesh_only,
+            outbound,
             status,
         },
         set_rx,
@@ -195,7 +204,10 @@ fn publish(feed: &PolicyFeed, address: &str, snapshot: PolicySnapshot) {
     let set = PolicySet::new(snapshot.policies).with_default(snapshot.default);
     // The set first: a status change makes /ready look at the set.
     feed.set.send_replace(Arc::new(set));
-    feed.mesh_only.send_replace(snapshot.mesh_only);
+    feed.outbound.send_replace(OutboundRules {
+        mesh_only: snapshot.mesh_only,
+        refuse_unknown: snapshot.refuse_unknown,
+    });
     feed.status.send_replace(PolicyStatus {
         policies: count,
         error: None,

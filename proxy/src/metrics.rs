@@ -69,7 +69,7 @@ pub fn describe() {
     );
     describe_counter!(
         "warden_outbound_refused_total",
-        "Redirected outbound connections refused, by reason (unmeshed-destination: meshOnly)."
+        "Redirected outbound connections refused, by reason (unmeshed-destination: meshOnly; unknown-destination: unknownDestinations refuse)."
     );
     describe_counter!(
         "warden_egress_connections_total",

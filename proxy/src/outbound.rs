@@ -123,6 +123,7 @@ async fn decide(orig: SocketAddr, shared: &Shared) -> Route {
             Route::Plain
         };
     };
+    let rules = *shared.outbound_rules.borrow();
     match discovery.resolve(orig).await {
         Some(found) if found.meshed => Route::Mesh(OutboundTarget {
             addr: orig,
@@ -131,13 +132,15 @@ async fn decide(orig: SocketAddr, shared: &Shared) -> Route {
         }),
         // A pod or Service without the sidecar: plain TCP, unless the mesh is mesh-only.
         Some(found) if found.kind != crate::discovery::Kind::Unknown => {
-            if *shared.mesh_only.borrow() {
+            if rules.mesh_only {
                 Route::Refuse("unmeshed-destination")
             } else {
                 Route::Plain
             }
         }
-        // Outside the cluster, or not known (yet): passed through, as without a mesh.
+        // Outside the cluster, or not known (yet): passed through as without a mesh, unless
+        // the mesh policy refuses unknown destinations (then unanswered lookups are too).
+        _ if rules.refuse_unknown => Route::Refuse("unknown-destination"),
         _ => Route::Plain,
     }
 }

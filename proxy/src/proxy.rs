@@ -237,24 +237,27 @@ pub fn authorizer(
 }
 
 /// Starts the control-plane client if the authorizer has a feed for it: whether it did,
-/// and the mesh policy's `meshOnly` as it will follow.
+/// and the mesh policy's outbound rules as they will follow.
 fn shared_feed(
     authz: &Authorizer,
     config: &ProxyConfig,
     credentials: &tokio::sync::watch::Receiver<Arc<warden_identity::rotation::Credentials>>,
     shutdown: &CancellationToken,
-) -> (bool, tokio::sync::watch::Receiver<bool>) {
+) -> (
+    bool,
+    tokio::sync::watch::Receiver<crate::control_plane::OutboundRules>,
+) {
     let Some(feed) = authz.take_feed() else {
-        return (false, tokio::sync::watch::channel(false).1);
+        return (false, tokio::sync::watch::channel(Default::default()).1);
     };
-    let mesh_only = feed.mesh_only.subscribe();
+    let rules = feed.outbound.subscribe();
     tokio::spawn(crate::control_plane::run(
         control_plane_client(config),
         feed,
         credentials.clone(),
         shutdown.clone(),
     ));
-    (true, mesh_only)
+    (true, rules)
 }
 
 /// The control-plane client `config` asks for.
@@ -317,7 +320,7 @@ pub async fn run(
         return;
     };
     let credentials = rotation.credentials;
-    let (control_plane, mesh_only) = shared_feed(&authz, &config, &credentials, &shutdown);
+    let (control_plane, outbound_rules) = shared_feed(&authz, &config, &credentials, &shutdown);
     // Discovery decides what is meshed for redirected connections when a controller is
     // configured; explicit routes name their destinations themselves.
     let discovery = (control_plane && config.transparent.enabled).then(|| {
@@ -341,7 +344,7 @@ pub async fn run(
         config: config.clone(),
         authz,
         discovery,
-        mesh_only,
+        outbound_rules,
     });
     let run = RunControl::new(shutdown.clone());
     {

@@ -33,8 +33,8 @@ pub struct Shared {
     /// Who must answer at each destination (transparent mode with a control plane); without
     /// it, `transparent.mesh_networks` decides what is meshed.
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
-    /// Refuse destinations without a sidecar (the mesh policy's `meshOnly`).
-    pub mesh_only: watch::Receiver<bool>,
+    /// The mesh policy's rules for outbound connections (`meshOnly`, unknown destinations).
+    pub outbound_rules: watch::Receiver<crate::control_plane::OutboundRules>,
 }
 
 impl Shared {
