@@ -20,7 +20,8 @@ mod mesh;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::Api;
 use tokio::sync::{watch, Semaphore};
@@ -31,6 +32,7 @@ use warden_identity::rotation::{Credentials, TlsOptions};
 use warden_identity::tls::ClientAuth;
 use warden_identity::CertificateAuthority;
 use warden_proxy::control_plane::{self, ControlPlaneClient};
+use warden_proxy::discovery::{Discovery, DiscoveryOptions};
 
 /// The options.
 struct Options {
@@ -143,6 +145,11 @@ fn policy(ns: &str, name: &str, sa: &str, path: &str) -> AuthorizationPolicy {
     }))
 }
 
+/// The address of load pod `i` (10.1.0.0/16): what discovery resolves.
+fn load_ip(i: usize) -> String {
+    format!("10.1.{}.{}", i / 250, i % 250 + 1)
+}
+
 /// Fills the cluster: `pods` Pods (the bench pods included) and `policies` policies.
 async fn fill(client: &kube::Client, options: &Options, bench_pods: usize) {
     let started = Instant::now();
@@ -158,11 +165,17 @@ async fn fill(client: &kube::Client, options: &Options, bench_pods: usize) {
         jobs.push(Box::pin(async move {
             let ns = format!("load-{}", i % LOAD_NAMESPACES);
             let api: Api<Pod> = Api::namespaced(client, &ns);
+            let name = format!("pod-{i}");
             let _ = api
                 .create(
                     &PostParams::default(),
-                    &pod(&format!("pod-{i}"), &format!("sa-{}", i % 10)),
+                    &pod(&name, &format!("sa-{}", i % 10)),
                 )
+                .await;
+            let ip = load_ip(i);
+            let status = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+            let _ = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
                 .await;
         }));
     }
@@ -354,6 +367,182 @@ async fn measure(
     }
 }
 
+/// VmRSS of this process, in KB.
+fn own_rss_kb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn discovery_client(
+    controller: &mesh::Controller,
+    credentials: &watch::Receiver<Arc<Credentials>>,
+) -> Arc<Discovery> {
+    let target = ControlPlaneClient {
+        addresses: vec![controller.grpc.clone()],
+        server_id: SpiffeId::parse("spiffe://cluster.local/ns/warden-system/sa/warden-controller")
+            .unwrap(),
+        pod: String::new(),
+        connect_timeout: Duration::from_secs(20),
+    };
+    let options = DiscoveryOptions {
+        lookup_timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    Discovery::new(target, credentials.clone(), options)
+}
+
+/// Discovery's figures.
+struct DiscoveryRow {
+    first: Vec<Duration>,
+    cached: Vec<Duration>,
+    rss_per_1000_kb: f64,
+    clients: usize,
+    per_client: usize,
+    subscribe: Duration,
+    fanout: Vec<Duration>,
+    controller_rss: f64,
+    controller_cpu_per_update: f64,
+}
+
+/// First and cached lookups of 1,000 destinations by one proxy (and what they cost it in
+/// memory), then `clients` proxies watching `per_client` destinations each, one of them a
+/// Service whose endpoints change `rounds` times.
+async fn measure_discovery(
+    client: &kube::Client,
+    controller: &mesh::Controller,
+    credentials: &watch::Receiver<Arc<Credentials>>,
+    load_pods: usize,
+    clients: usize,
+    per_client: usize,
+    rounds: usize,
+) -> DiscoveryRow {
+    let one = discovery_client(controller, credentials);
+    // The connection first, so the figures are lookups, not the handshake.
+    one.resolve("192.0.2.1:80".parse().unwrap()).await;
+    let before = own_rss_kb();
+    let (mut first, mut cached) = (Vec::new(), Vec::new());
+    for i in 0..1000.min(load_pods) {
+        let addr: std::net::SocketAddr = format!("{}:8080", load_ip(i)).parse().unwrap();
+        let started = Instant::now();
+        let found = one.resolve(addr).await.expect("an answer");
+        first.push(started.elapsed());
+        assert_eq!(found.kind, warden_proxy::discovery::Kind::Pod);
+        let started = Instant::now();
+        one.resolve(addr).await.expect("an answer");
+        cached.push(started.elapsed());
+    }
+    let rss_per_1000_kb = (own_rss_kb() - before) * 1000.0 / first.len() as f64;
+    first.sort();
+    cached.sort();
+
+    // A Service whose one endpoint turns ready and not ready.
+    let services: Api<Service> = Api::namespaced(client.clone(), BENCH_NS);
+    let service: Service = json(serde_json::json!({
+        "metadata": {"name": "fan"},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }));
+    let service = services
+        .patch(
+            "fan",
+            &PatchParams::apply("warden-bench").force(),
+            &Patch::Apply(&service),
+        )
+        .await
+        .unwrap();
+    let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), BENCH_NS);
+    let slice = |ready: bool| -> EndpointSlice {
+        json(serde_json::json!({
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {"name": "fan-1", "labels": {"kubernetes.io/service-name": "fan"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [load_ip(0)], "conditions": {"ready": ready}}]
+        }))
+    };
+    let write = |ready: bool| {
+        let slices = slices.clone();
+        async move {
+            slices
+                .patch(
+                    "fan-1",
+                    &PatchParams::apply("warden-bench").force(),
+                    &Patch::Apply(&slice(ready)),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    write(true).await;
+    let fan: std::net::SocketAddr = format!("{cluster_ip}:80").parse().unwrap();
+    let started = Instant::now();
+    let mut watchers = Vec::new();
+    let mut proxies = Vec::new();
+    for c in 0..clients {
+        let proxy = discovery_client(controller, credentials);
+        proxy.resolve(fan).await.expect("the Service");
+        for k in 1..per_client {
+            let i = (c * per_client + k) % load_pods;
+            let addr = format!("{}:8080", load_ip(i)).parse().unwrap();
+            proxy.resolve(addr).await.expect("an answer");
+        }
+        watchers.push(proxy.changes(fan).unwrap());
+        proxies.push(proxy);
+    }
+    let subscribe = started.elapsed();
+    let (cpu_before, controller_rss, _) = usage(controller.process.pid());
+    let mut fanout = Vec::new();
+    for r in 0..rounds {
+        let ready = r % 2 == 1;
+        let at = Instant::now();
+        write(ready).await;
+        let waits = watchers.iter().cloned().map(|mut rx| async move {
+            rx.wait_for(|a| a.as_ref().is_some_and(|a| a.no_endpoints != ready))
+                .await
+                .unwrap();
+            at.elapsed()
+        });
+        let all = tokio::time::timeout(Duration::from_secs(60), futures_join_all(waits))
+            .await
+            .expect("every proxy sees the change within 60 s");
+        fanout.extend(all);
+    }
+    let (cpu_after, _, _) = usage(controller.process.pid());
+    fanout.sort();
+    drop(proxies);
+    DiscoveryRow {
+        first,
+        cached,
+        rss_per_1000_kb,
+        clients,
+        per_client,
+        subscribe,
+        fanout,
+        controller_rss,
+        controller_cpu_per_update: (cpu_after - cpu_before) / rounds as f64,
+    }
+}
+
+/// Awaits every future (spawned, so they progress together).
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<Duration>
+where
+    F: std::future::Future<Output = Duration> + Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
 fn main() {
     let options = options();
     if !apiserver::available() {
@@ -420,7 +609,40 @@ fn main() {
             // Let the previous streams close before the next size.
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        let load_pods = options.pods.saturating_sub(bench_pods);
+        let disco = measure_discovery(
+            &client,
+            &controller,
+            &credentials,
+            load_pods,
+            bench_pods,
+            20,
+            options.rounds,
+        )
+        .await;
         let (cpu, rss, peak) = usage(controller.process.pid());
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        println!("\n### discovery\n");
+        println!(
+            "one proxy, 1,000 new destinations: first lookup p50 {:.3} ms, p99 {:.3} ms; cached p50 {:.4} ms, p99 {:.4} ms; its memory {:.0} KB per 1,000 destinations",
+            ms(percentile(&disco.first, 50.0)),
+            ms(percentile(&disco.first, 99.0)),
+            ms(percentile(&disco.cached, 50.0)),
+            ms(percentile(&disco.cached, 99.0)),
+            disco.rss_per_1000_kb
+        );
+        println!(
+            "{} proxies x {} destinations subscribed in {:.2} s; controller RSS {:.1} MB; a Service's endpoint change reaches all of them: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples); controller {:.1} ms CPU per change\n",
+            disco.clients,
+            disco.per_client,
+            disco.subscribe.as_secs_f64(),
+            disco.controller_rss,
+            ms(percentile(&disco.fanout, 50.0)),
+            ms(percentile(&disco.fanout, 99.0)),
+            ms(*disco.fanout.last().unwrap()),
+            disco.fanout.len(),
+            disco.controller_cpu_per_update * 1e3
+        );
         println!("\n### control_plane ({} pods, {} policies, {} rounds)\n", options.pods, options.policies + 1, options.rounds);
         println!("controller: ready (every watch listed) {:.2} s after start; {cpu:.1} CPU-s in all; RSS now {rss:.1} MB, peak {peak:.1} MB\n", synced.as_secs_f64());
         println!("| proxies | apply-to-enforce p50 | p99 | max | samples | all subscribed in | controller CPU per write | controller RSS |");

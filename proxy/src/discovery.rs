@@ -234,6 +234,15 @@ impl Discovery {
         }
     }
 
+    /// The answers for `addr` as they change, if it is watched (after [`Discovery::resolve`]).
+    pub fn changes(&self, addr: SocketAddr) -> Option<watch::Receiver<Option<Arc<Resolved>>>> {
+        self.destinations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .map(|w| w.answer.clone())
+    }
+
     /// Destinations watched now.
     pub fn watched(&self) -> usize {
         self.destinations
