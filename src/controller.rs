@@ -174,7 +174,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let index = Arc::new(Mutex::new(Index::new()));
     let destinations = Arc::new(Mutex::new(Destinations::new(args.trust_domain.clone())));
     let (revision_tx, revision) = tokio::sync::watch::channel(0u64);
-    let (discovery_tx, discovery_revision) = tokio::sync::watch::channel(0u64);
+    let notifier = warden_controller::discovery_api::Notifier::new();
     let limits = ServeLimits::default();
     let policy = PolicyService::new(
         index.clone(),
@@ -186,7 +186,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     );
     let discovery = DiscoveryService::new(
         destinations.clone(),
-        discovery_revision,
+        notifier.clone(),
         synced_tx.subscribe(),
         args.trust_domain.to_string(),
         limits.sync_wait,
@@ -204,7 +204,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         index,
         policy_revision: revision_tx,
         destinations,
-        discovery_revision: discovery_tx,
+        notifier,
     };
     let watches = warden_controller::watch::run(
         client,

@@ -4,7 +4,7 @@
 //! SPIFFE ID), a Service (the identities of its ready endpoints, and whether they are all
 //! meshed), or nothing known. No I/O here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 
 use warden_core::{SpiffeId, TrustDomain};
@@ -119,6 +119,23 @@ impl Resolution {
 
 type Key = (String, String);
 
+/// The addresses whose answers may have changed since the last [`Destinations::take_changes`]:
+/// only the watches of those are woken.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Everything may have (a re-list).
+    pub all: bool,
+    /// These IPs' answers may have.
+    pub ips: HashSet<IpAddr>,
+}
+
+impl Changes {
+    /// Nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.ips.is_empty()
+    }
+}
+
 /// The index.
 #[derive(Debug)]
 pub struct Destinations {
@@ -131,6 +148,7 @@ pub struct Destinations {
     slices: HashMap<Key, Slice>,
     /// Slice names by `(namespace, service)`.
     slices_by_service: HashMap<Key, BTreeSet<String>>,
+    changes: Changes,
 }
 
 impl Destinations {
@@ -144,6 +162,38 @@ impl Destinations {
             services_by_ip: HashMap::new(),
             slices: HashMap::new(),
             slices_by_service: HashMap::new(),
+            changes: Changes::default(),
+        }
+    }
+
+    /// What changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        std::mem::take(&mut self.changes)
+    }
+
+    /// Marks the cluster IPs of Service `key` changed.
+    fn touch_service(&mut self, key: &Key) {
+        if let Some(service) = self.services.get(key) {
+            self.changes.ips.extend(service.cluster_ips.iter().copied());
+        }
+    }
+
+    /// Marks `ips` changed, and the Services with an endpoint at any of them.
+    fn touch_pod_ips(&mut self, ips: &[IpAddr]) {
+        self.changes.ips.extend(ips.iter().copied());
+        let services: Vec<Key> = self
+            .slices
+            .iter()
+            .filter(|(_, slice)| {
+                slice
+                    .endpoints
+                    .iter()
+                    .any(|(addresses, _)| addresses.iter().any(|a| ips.contains(a)))
+            })
+            .map(|((namespace, _), slice)| (namespace.clone(), slice.service.clone()))
+            .collect();
+        for key in &services {
+            self.touch_service(key);
         }
     }
 
@@ -157,6 +207,7 @@ impl Destinations {
         for ip in &pod.ips {
             self.pods_by_ip.entry(*ip).or_default().insert(key.clone());
         }
+        self.touch_pod_ips(&pod.ips);
         self.pods.insert(key, pod);
         true
     }
@@ -175,6 +226,7 @@ impl Destinations {
                 }
             }
         }
+        self.touch_pod_ips(&old.ips);
         true
     }
 
@@ -188,6 +240,7 @@ impl Destinations {
         for ip in &service.cluster_ips {
             self.services_by_ip.insert(*ip, key.clone());
         }
+        self.changes.ips.extend(service.cluster_ips.iter().copied());
         self.services.insert(key, service);
         true
     }
@@ -203,6 +256,7 @@ impl Destinations {
                 self.services_by_ip.remove(ip);
             }
         }
+        self.changes.ips.extend(old.cluster_ips.iter().copied());
         true
     }
 
@@ -213,11 +267,13 @@ impl Destinations {
             return false;
         }
         self.delete_slice(namespace, name);
+        let service = (namespace.to_string(), slice.service.clone());
         self.slices_by_service
-            .entry((namespace.to_string(), slice.service.clone()))
+            .entry(service.clone())
             .or_default()
             .insert(name.to_string());
         self.slices.insert(key, slice);
+        self.touch_service(&service);
         true
     }
 
@@ -234,6 +290,7 @@ impl Destinations {
                 self.slices_by_service.remove(&service);
             }
         }
+        self.touch_service(&service);
         true
     }
 
@@ -244,6 +301,7 @@ impl Destinations {
         for (namespace, name, pod) in all {
             self.apply_pod(&namespace, &name, pod);
         }
+        self.changes.all = true;
     }
 
     /// Replaces every Service (after a re-list).
@@ -253,6 +311,7 @@ impl Destinations {
         for (namespace, name, service) in all {
             self.apply_service(&namespace, &name, service);
         }
+        self.changes.all = true;
     }
 
     /// Replaces every EndpointSlice (after a re-list).
@@ -262,6 +321,7 @@ impl Destinations {
         for (namespace, name, slice) in all {
             self.apply_slice(&namespace, &name, slice);
         }
+        self.changes.all = true;
     }
 
     /// The pod holding `ip` now: of several (a finished pod not yet deleted, a watch that
@@ -698,6 +758,45 @@ mod tests {
             d.resolve("10.96.0.10:80".parse().unwrap()).kind,
             Kind::Unknown
         );
+    }
+
+    #[test]
+    fn changes_name_exactly_the_addresses_whose_answers_may_differ() {
+        let mut d = cluster();
+        d.take_changes();
+        let ips = |list: &[&str]| -> HashSet<IpAddr> { list.iter().map(|s| ip(s)).collect() };
+        // A pod behind a Service: its IPs and the Service's cluster IP.
+        d.apply_pod("shop", "web-2", pod("web", &["10.0.0.2"], false, 2));
+        assert_eq!(d.take_changes().ips, ips(&["10.0.0.2", "10.96.0.10"]));
+        // An identical update changes nothing.
+        d.apply_pod("shop", "web-2", pod("web", &["10.0.0.2"], false, 2));
+        assert!(d.take_changes().is_empty());
+        // A slice: its Service's cluster IPs (both families).
+        d.apply_slice(
+            "shop",
+            "mixed-1",
+            slice("mixed", ("grpc", 9090), &[("10.0.0.3", false)]),
+        );
+        assert_eq!(d.take_changes().ips, ips(&["10.96.0.11", "fd00:96::11"]));
+        // A Service: its cluster IPs, old and new.
+        d.apply_service(
+            "shop",
+            "empty",
+            service(&["10.96.0.99"], &[("http", 80, None)]),
+        );
+        assert_eq!(d.take_changes().ips, ips(&["10.96.0.12", "10.96.0.99"]));
+        // A pod deleted: its IPs (no Service has it as an endpoint since the slice change).
+        d.delete_pod("shop", "legacy-1");
+        assert_eq!(d.take_changes().ips, ips(&["10.0.0.4"]));
+        // A pod that is an endpoint (ready or not): its IPs and its Services'.
+        d.delete_pod("shop", "api-1");
+        assert_eq!(
+            d.take_changes().ips,
+            ips(&["10.0.0.3", "10.96.0.11", "fd00:96::11", "10.96.0.99"])
+        );
+        // A re-list: everything.
+        d.replace_services(Vec::new());
+        assert!(d.take_changes().all);
     }
 
     #[test]

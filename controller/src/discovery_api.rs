@@ -3,7 +3,8 @@
 //! it changes, until it closes the stream (an idle destination). Any workload of the trust
 //! domain may ask: the answer says who serves an address, which its callers must learn anyway.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use warden_api::discovery::v1;
 
-use crate::destinations::{Destinations, Kind, Protocol, Resolution};
+use crate::destinations::{Changes, Destinations, Kind, Protocol, Resolution};
 use crate::serve::Peer;
 
 /// The generated server side of `warden.discovery.v1`.
@@ -52,11 +53,105 @@ pub fn to_proto(resolution: &Resolution) -> v1::Destination {
     }
 }
 
+/// Wakes the destination watches whose answers may have changed: those of the changed
+/// addresses, or all of them after a re-list (so a change costs what it touches, not what
+/// every proxy watches).
+#[derive(Debug)]
+pub struct Notifier {
+    all: watch::Sender<u64>,
+    by_ip: Mutex<HashMap<IpAddr, watch::Sender<u64>>>,
+}
+
+impl Notifier {
+    /// A notifier no watch listens to yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            all: watch::channel(0).0,
+            by_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Wakes the watches `changes` concerns.
+    pub fn notify(&self, changes: &Changes) {
+        if changes.all {
+            self.all.send_modify(|r| *r += 1);
+            return;
+        }
+        let by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        for ip in &changes.ips {
+            if let Some(tx) = by_ip.get(ip) {
+                tx.send_modify(|r| *r += 1);
+            }
+        }
+    }
+
+    /// Receivers for re-lists and for changes of `ip`.
+    fn subscribe(self: &Arc<Self>, ip: IpAddr) -> Subscription {
+        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let one = by_ip
+            .entry(ip)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        Subscription {
+            notifier: self.clone(),
+            ip,
+            all: self.all.subscribe(),
+            one: Some(one),
+        }
+    }
+}
+
+/// A watch's wake-ups; its address's entry goes with the last watch of it.
+struct Subscription {
+    notifier: Arc<Notifier>,
+    ip: IpAddr,
+    all: watch::Receiver<u64>,
+    one: Option<watch::Receiver<u64>>,
+}
+
+impl Subscription {
+    /// Marks everything seen so far.
+    fn seen(&mut self) {
+        self.all.borrow_and_update();
+        if let Some(one) = &mut self.one {
+            one.borrow_and_update();
+        }
+    }
+
+    /// Resolves on the next wake-up; `false` if the notifier is gone.
+    async fn changed(&mut self) -> bool {
+        let Some(one) = &mut self.one else {
+            return false;
+        };
+        tokio::select! {
+            r = self.all.changed() => r.is_ok(),
+            r = one.changed() => r.is_ok(),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.one = None;
+        let mut by_ip = self
+            .notifier
+            .by_ip
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if by_ip
+            .get(&self.ip)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            by_ip.remove(&self.ip);
+        }
+    }
+}
+
 /// What the discovery API serves from.
 #[derive(Clone)]
 pub struct DiscoveryService {
     destinations: Arc<Mutex<Destinations>>,
-    revision: watch::Receiver<u64>,
+    notifier: Arc<Notifier>,
     synced: watch::Receiver<bool>,
     trust_domain: String,
     sync_wait: Duration,
@@ -64,11 +159,11 @@ pub struct DiscoveryService {
 }
 
 impl DiscoveryService {
-    /// The service over `destinations`, woken by `revision`; streams end (UNAVAILABLE) at
-    /// `shutdown`.
+    /// The service over `destinations`, its watches woken by `notifier`; streams end
+    /// (UNAVAILABLE) at `shutdown`.
     pub fn new(
         destinations: Arc<Mutex<Destinations>>,
-        revision: watch::Receiver<u64>,
+        notifier: Arc<Notifier>,
         synced: watch::Receiver<bool>,
         trust_domain: String,
         sync_wait: Duration,
@@ -80,7 +175,7 @@ impl DiscoveryService {
         );
         Self {
             destinations,
-            revision,
+            notifier,
             synced,
             trust_domain,
             sync_wait,
@@ -109,6 +204,7 @@ impl Drop for Open {
 struct Watching {
     service: DiscoveryService,
     addr: SocketAddr,
+    wakeups: Subscription,
     sent: Option<Resolution>,
     done: bool,
     _open: Open,
@@ -120,7 +216,7 @@ impl Watching {
             if self.done {
                 return None;
             }
-            self.service.revision.borrow_and_update();
+            self.wakeups.seen();
             let now = self.service.resolve(self.addr);
             if self.sent.as_ref() != Some(&now) {
                 let message = to_proto(&now);
@@ -133,8 +229,8 @@ impl Watching {
                     let status = Status::unavailable("the controller is shutting down; reconnect");
                     return Some((Err(status), self));
                 }
-                changed = self.service.revision.changed() => {
-                    if changed.is_err() {
+                alive = self.wakeups.changed() => {
+                    if !alive {
                         return None;
                     }
                 }
@@ -183,6 +279,7 @@ impl generated::destinations_server::Destinations for DiscoveryService {
         let state = Watching {
             service: self.clone(),
             addr,
+            wakeups: self.notifier.subscribe(addr.ip().to_canonical()),
             sent: None,
             done: false,
             _open: Open,

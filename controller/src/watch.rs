@@ -95,13 +95,7 @@ fn pod_entry(pod: &Pod) -> Option<(String, String, PodInfo)> {
     ))
 }
 
-/// What a change may have changed: policy snapshots, discovery answers.
-#[derive(Debug, Default, Clone, Copy)]
-struct Changed {
-    policy: bool,
-    discovery: bool,
-}
-
+/// What discovery keeps of a pod: its IPs, ServiceAccount, sidecar, phase, opaque ports.
 fn pod_endpoint(pod: &Pod) -> PodEndpoint {
     let spec = pod.spec.as_ref();
     let status = pod.status.as_ref();
@@ -159,6 +153,7 @@ fn pod_endpoint(pod: &Pod) -> PodEndpoint {
     }
 }
 
+/// What discovery keeps of a Service: its cluster IPs and TCP ports.
 fn service_entry(service: &Service) -> Option<(String, String, ServiceInfo)> {
     let spec = service.spec.as_ref()?;
     let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
@@ -186,6 +181,7 @@ fn service_entry(service: &Service) -> Option<(String, String, ServiceInfo)> {
     ))
 }
 
+/// What discovery keeps of an EndpointSlice: its Service, TCP ports and endpoints.
 fn slice_entry(slice: &EndpointSlice) -> Option<(String, String, Slice)> {
     let service = slice
         .metadata
@@ -221,16 +217,16 @@ fn slice_entry(slice: &EndpointSlice) -> Option<(String, String, Slice)> {
     ))
 }
 
-/// Applies one watch event to the indexes; what proxies are sent that may have changed
-/// (events buffered during a re-list change nothing until it completes).
+/// Applies one watch event to the indexes; whether policy snapshots may have changed (the
+/// discovery index records which of its answers may have: [`Destinations::take_changes`]).
+/// Events buffered during a re-list change nothing until it completes.
 fn apply(
     index: &mut Index,
     destinations: &mut Destinations,
     relists: &mut Relists,
     change: Change,
-) -> Changed {
-    let mut changed = Changed::default();
-    changed.policy = match change {
+) -> bool {
+    match change {
         Change::Namespace(event) => match event {
             Event::Apply(ns) | Event::InitApply(ns) if relists.namespaces.is_none() => {
                 namespace_entry(&ns)
@@ -259,8 +255,7 @@ fn apply(
             Event::Apply(pod) | Event::InitApply(pod) if relists.pods.is_none() => {
                 match pod_entry(&pod) {
                     Some((ns, name, info)) => {
-                        let found = destinations.apply_pod(&ns, &name, pod_endpoint(&pod));
-                        changed.discovery |= found;
+                        destinations.apply_pod(&ns, &name, pod_endpoint(&pod));
                         index.apply_pod(&ns, &name, info)
                     }
                     None => false,
@@ -280,7 +275,7 @@ fn apply(
             }
             Event::Delete(pod) => match (&pod.metadata.namespace, &pod.metadata.name) {
                 (Some(ns), Some(name)) => {
-                    changed.discovery |= destinations.delete_pod(ns, name);
+                    destinations.delete_pod(ns, name);
                     index.delete_pod(ns, name)
                 }
                 _ => false,
@@ -299,7 +294,6 @@ fn apply(
                     .unzip();
                 destinations.replace_pods(discovery);
                 index.replace_pods(policy);
-                changed.discovery = true;
                 true
             }
         },
@@ -347,18 +341,17 @@ fn apply(
             }
         },
         Change::Service(event) => {
-            changed.discovery = apply_service(destinations, relists, event);
+            apply_service(destinations, relists, event);
             false
         }
         Change::Slice(event) => {
-            changed.discovery = apply_slice(destinations, relists, event);
+            apply_slice(destinations, relists, event);
             false
         }
-    };
-    changed
+    }
 }
 
-/// A Service event; whether discovery answers may have changed.
+/// A Service event; whether the index changed (which answers: [`Destinations::take_changes`]).
 fn apply_service(
     destinations: &mut Destinations,
     relists: &mut Relists,
@@ -389,7 +382,7 @@ fn apply_service(
     }
 }
 
-/// An EndpointSlice event; whether discovery answers may have changed.
+/// An EndpointSlice event; whether the index changed (which answers: [`Destinations::take_changes`]).
 fn apply_slice(
     destinations: &mut Destinations,
     relists: &mut Relists,
@@ -544,8 +537,8 @@ pub struct Feeds {
     pub policy_revision: tokio::sync::watch::Sender<u64>,
     /// The discovery index.
     pub destinations: Arc<Mutex<Destinations>>,
-    /// Bumped when a discovery answer may have changed.
-    pub discovery_revision: tokio::sync::watch::Sender<u64>,
+    /// Wakes the destination watches a change concerns.
+    pub notifier: Arc<crate::discovery_api::Notifier>,
 }
 
 /// Watches until `shutdown` resolves, keeping the indexes of `feeds` current and bumping
@@ -563,7 +556,7 @@ pub async fn run(
         index,
         policy_revision: revision,
         destinations,
-        discovery_revision,
+        notifier,
     } = feeds;
     let changes = futures::stream::select_all([
         watch(Api::<Namespace>::all(client.clone()))
@@ -628,7 +621,7 @@ pub async fn run(
                     }
                     Some(Ok(change)) => change,
                 };
-                let changed = {
+                let (changed, discovery) = {
                     let mut index = index.lock().unwrap_or_else(|p| p.into_inner());
                     let mut destinations = destinations.lock().unwrap_or_else(|p| p.into_inner());
                     if !*synced.borrow() {
@@ -638,15 +631,16 @@ pub async fn run(
                         }
                     }
                     remember(&mut stored.lock().unwrap_or_else(|p| p.into_inner()), &change);
-                    apply(&mut index, &mut destinations, &mut relists, change)
+                    let changed = apply(&mut index, &mut destinations, &mut relists, change);
+                    (changed, destinations.take_changes())
                 };
                 // Subscriptions recompute only when something they depend on may have
                 // changed.
-                if changed.policy {
+                if changed {
                     revision.send_modify(|r| *r += 1);
                 }
-                if changed.discovery {
-                    discovery_revision.send_modify(|r| *r += 1);
+                if !discovery.is_empty() {
+                    notifier.notify(&discovery);
                 }
                 statuses_due = true;
             }

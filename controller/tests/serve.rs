@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use warden_api::grpc::{self, code, FrameDecoder};
 use warden_api::policy::v1;
 use warden_controller::destinations::Destinations;
-use warden_controller::discovery_api::DiscoveryService;
+use warden_controller::discovery_api::{DiscoveryService, Notifier};
 use warden_controller::index::{Index, PodInfo};
 use warden_controller::policy_api::PolicyService;
 use warden_controller::serve::{self, ServeLimits};
@@ -58,7 +58,7 @@ struct Controller {
     synced: watch::Sender<bool>,
     stop: CancellationToken,
     destinations: Arc<Mutex<Destinations>>,
-    discovery_revision: watch::Sender<u64>,
+    notifier: Arc<Notifier>,
     _credentials: watch::Sender<Arc<Credentials>>,
 }
 
@@ -99,10 +99,10 @@ impl Controller {
             stop.clone(),
         );
         let destinations = Arc::new(Mutex::new(Destinations::new(TrustDomain::default())));
-        let (discovery_revision, discovery_rx) = watch::channel(0);
+        let notifier = Notifier::new();
         let discovery = DiscoveryService::new(
             destinations.clone(),
-            discovery_rx,
+            notifier.clone(),
             synced_rx,
             "cluster.local".into(),
             limits.sync_wait,
@@ -126,7 +126,7 @@ impl Controller {
             synced,
             stop,
             destinations,
-            discovery_revision,
+            notifier,
             _credentials: credentials_tx,
         }
     }
@@ -441,9 +441,11 @@ async fn a_destination_watch_follows_pods_services_and_endpoints() {
     use warden_controller::destinations::{PodEndpoint, ServiceInfo, ServicePort, Slice};
     let controller = Controller::start().await;
     let change = |f: &dyn Fn(&mut Destinations) -> bool| {
-        if f(&mut controller.destinations.lock().unwrap()) {
-            controller.discovery_revision.send_modify(|r| *r += 1);
-        }
+        let mut destinations = controller.destinations.lock().unwrap();
+        f(&mut destinations);
+        let changes = destinations.take_changes();
+        drop(destinations);
+        controller.notifier.notify(&changes);
     };
     let web = controller.svid("spiffe://cluster.local/ns/shop/sa/web");
     let sender = controller.connect(Some(&web)).await.unwrap();
