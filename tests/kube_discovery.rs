@@ -241,6 +241,16 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
         metrics.contains("warden_discovery_lookups_total{result=\"fetched\"}"),
         "{metrics}"
     );
+    // /ready's detail is refreshed every few seconds.
+    eventually("/ready shows discovery connected", || {
+        let ready = http_get(&lab.ns("a"), "127.0.0.1:7191", "/ready");
+        if ready.contains("destinations watched; connected to the controller at 10.213.0.254:7160")
+        {
+            Ok(())
+        } else {
+            Err(ready)
+        }
+    });
 
     // The controller is gone: destinations A knows keep working with their last answers,
     // and A stays ready, saying it is reconnecting.
@@ -254,7 +264,10 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
     }
     eventually("A says it is reconnecting, and stays ready", || {
         let ready = http_get(&lab.ns("a"), "127.0.0.1:7191", "/ready");
-        if ready.starts_with("HTTP/1.1 200") && ready.contains("reconnecting to the controller") {
+        if ready.starts_with("HTTP/1.1 200")
+            && ready.contains("reconnecting to the controller")
+            && ready.contains("not connected to the controller (known destinations keep")
+        {
             Ok(())
         } else {
             Err(ready)

@@ -243,6 +243,21 @@ impl Discovery {
             .map(|w| w.answer.clone())
     }
 
+    /// `/ready`'s line: how many destinations are watched, and the connection's state.
+    pub fn describe(&self) -> String {
+        let connection = match self.channel.try_lock() {
+            Ok(slot) => match slot.as_ref() {
+                Some((address, channel)) if !channel.is_closed() => {
+                    format!("connected to the controller at {address}")
+                }
+                _ => "not connected to the controller (known destinations keep their last answers)"
+                    .to_string(),
+            },
+            Err(_) => "connecting to the controller".to_string(),
+        };
+        format!("{} destinations watched; {connection}", self.watched())
+    }
+
     /// Destinations watched now.
     pub fn watched(&self) -> usize {
         self.destinations

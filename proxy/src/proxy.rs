@@ -374,6 +374,7 @@ pub async fn run(
         ));
     }
     let policy_status = shared.authz.clone();
+    let discovery = shared.discovery.clone();
     let readiness = move |creds: &warden_identity::rotation::Credentials| {
         let left = creds
             .svid
@@ -398,9 +399,13 @@ pub async fn run(
         Readiness {
             ready: true,
             detail: format!(
-                "ready: {} (certificate valid for {}s); {inbound_count} inbound, {outbound_count} outbound listeners{policies}",
+                "ready: {} (certificate valid for {}s); {inbound_count} inbound, {outbound_count} outbound listeners{policies}{}",
                 creds.svid.id(),
-                left.as_secs()
+                left.as_secs(),
+                discovery
+                    .as_ref()
+                    .map(|d| format!("\ndiscovery: {}", d.describe()))
+                    .unwrap_or_default()
             ),
         }
     };
