@@ -122,6 +122,95 @@ fn controller(lab: &mut Lab, api: &ApiServer, lease_ns: &str) -> usize {
     lab.spawn(SW, &[], &args, &[], "warden controller: watching")
 }
 
+/// What kube-proxy does on a node, on the switch: connections to `cluster_ip:port` are
+/// DNATed to `backends` in turn (each new connection to the next), and masqueraded so the
+/// replies come back through the switch; pod a routes the Service range to the switch.
+fn kube_proxy_stand_in(lab: &Lab, cluster_ip: &str, port: u16, backends: &[String]) {
+    let sw = lab.ns(SW);
+    host::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &sw,
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_forward=1",
+    ]);
+    let n = backends.len();
+    for (i, backend) in backends.iter().enumerate() {
+        let mut rule = vec![
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            sw.clone(),
+            "iptables".into(),
+            "-t".into(),
+            "nat".into(),
+            "-A".into(),
+            "PREROUTING".into(),
+            "-d".into(),
+            format!("{cluster_ip}/32"),
+            "-p".into(),
+            "tcp".into(),
+            "--dport".into(),
+            port.to_string(),
+        ];
+        if i + 1 < n {
+            rule.extend(
+                [
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "nth",
+                    "--every",
+                    &(n - i).to_string(),
+                    "--packet",
+                    "0",
+                ]
+                .map(str::to_string),
+            );
+        }
+        rule.extend(
+            [
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &format!("{backend}:{port}"),
+            ]
+            .map(str::to_string),
+        );
+        let rule: Vec<&str> = rule.iter().map(String::as_str).collect();
+        host::run(&rule);
+    }
+    host::run(&[
+        "ip",
+        "netns",
+        "exec",
+        &sw,
+        "iptables",
+        "-t",
+        "nat",
+        "-A",
+        "POSTROUTING",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "DNAT",
+        "-j",
+        "MASQUERADE",
+    ]);
+    host::run(&[
+        "ip",
+        "-n",
+        &lab.ns("a"),
+        "route",
+        "add",
+        "10.96.0.0/16",
+        "via",
+        "10.213.0.254",
+    ]);
+}
+
 /// Installs the rules and starts the sidecar of pod `name` (ServiceAccount `name`).
 fn sidecar(lab: &mut Lab, ns: &str, name: &str, config: &str) {
     let out = lab.warden_in(name, &["init"]);
@@ -187,6 +276,22 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
     pod(api, &ns, "a", "a", 1, true);
     pod(api, &ns, "b", "b", 2, true);
     pod(api, &ns, "c", "c", 3, false);
+    pod(api, &ns, "d", "d", 4, true);
+    // Port 7000 of b and d is opaque (they speak first on it); the annotation replaces the
+    // defaults, so 3306 is named again.
+    for name in ["b", "d"] {
+        api.kubectl_ok(
+            &[
+                "annotate",
+                "pod",
+                name,
+                "-n",
+                &ns,
+                "warden.dev/opaque-ports=7000,3306",
+            ],
+            None,
+        );
+    }
     api.kubectl_ok(
         &["apply", "-f", "-"],
         Some(&format!(
@@ -202,6 +307,8 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
         b"5.7.0-mysql-like\n",
     );
     http_app(&lab.ns("c"), format!("{}:8080", pod_v4(3)), hits.clone());
+    banner_app(&lab.ns("b"), format!("{}:7000", pod_v4(2)), b"b\n");
+    banner_app(&lab.ns("d"), format!("{}:7000", pod_v4(4)), b"d\n");
     // Outside the cluster: an address no Pod or Service has.
     echo_app(&lab.ns(SW), "10.213.0.254:9100".to_string());
     lab.identity_service();
@@ -210,6 +317,7 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
     // so only the controller's hint can make a server-speaks-first port work at once.
     sidecar(&mut lab, &ns, "a", "timeouts: {detect: 60s}\n");
     sidecar(&mut lab, &ns, "b", "");
+    sidecar(&mut lab, &ns, "d", "");
 
     // Meshed -> meshed: mTLS with B's identity, over IPv4 and IPv6.
     let b = format!("{}:8080", pod_v4(2));
@@ -311,6 +419,41 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
             s => Err(s),
         },
     );
+
+    // A Service with two meshed backends, through a kube-proxy stand-in on the switch (DNAT
+    // to b and d in turn, replies back through it): each connection is mTLS with whichever
+    // backend answers, accepted because it is one of the Service's identities.
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: echo, namespace: {ns}}}\nspec: {{ports: [{{name: tcp, port: 7000}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: echo-1, namespace: {ns}, labels: {{kubernetes.io/service-name: echo}}}}\naddressType: IPv4\nports: [{{name: tcp, port: 7000, protocol: TCP}}]\nendpoints: [{{addresses: [\"{}\"], conditions: {{ready: true}}}}, {{addresses: [\"{}\"], conditions: {{ready: true}}}}]\n",
+            pod_v4(2),
+            pod_v4(4)
+        )),
+    );
+    let cluster_ip = api.kubectl_ok(
+        &[
+            "get",
+            "service",
+            "echo",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+        None,
+    );
+    kube_proxy_stand_in(&lab, &cluster_ip, 7000, &[pod_v4(2), pod_v4(4)]);
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        let banner = eventually("the Service answers", || {
+            read_banner(&lab.ns("a"), &format!("{cluster_ip}:7000"), 2)
+                .ok_or_else(|| "no banner".to_string())
+        });
+        answered.push(String::from_utf8_lossy(&banner).trim().to_string());
+    }
+    answered.sort();
+    assert_eq!(answered, ["b", "d"], "both backends answered through mTLS");
 
     // B's pod is deleted and its IP reused by a pod of another ServiceAccount: A now
     // expects that identity there, and B's proxy (still holding B's SVID) is refused.

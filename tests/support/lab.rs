@@ -1,5 +1,5 @@
 //! The network-namespace lab of the transparent-mode tests: a switch namespace with a
-//! bridge (10.213.0.254, fd00:213::fe) and pods a, b, c (10.213.0.1-3, fd00:213::1-3), each
+//! bridge (10.213.0.254, fd00:213::fe) and pods a-d (10.213.0.1-4, fd00:213::1-4), each
 //! on a veth to it; processes started inside them; apps and clients that run in a pod's
 //! namespace. Everything is removed when the lab is dropped, also when a test fails.
 
@@ -41,7 +41,7 @@ impl Drop for Lab {
 }
 
 pub const SW: &str = "sw";
-pub const PODS: [(&str, u8); 3] = [("a", 1), ("b", 2), ("c", 3)];
+pub const PODS: [(&str, u8); 4] = [("a", 1), ("b", 2), ("c", 3), ("d", 4)];
 
 pub fn pod_v4(idx: u8) -> String {
     format!("10.213.0.{idx}")
