@@ -220,6 +220,26 @@ fn uninstall(
     manifest: &str,
     objects: &[(String, Option<String>, String)],
 ) {
+    // A CRD deleted before the API server has its instances' storage ready is left stuck
+    // ("could not list instances: storage is (re)initializing"), as on any cluster: wait
+    // until each CRD's instances can be listed, as an operator's tooling would.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for (_, _, crd) in objects
+        .iter()
+        .filter(|(kind, _, _)| kind == "CustomResourceDefinition")
+    {
+        while !api
+            .kubectl_with(&["get", crd.as_str(), "--all-namespaces"], None)
+            .status
+            .success()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{crd}: instances cannot be listed"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
     api.kubectl_ok(
         &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
         Some(manifest),
