@@ -22,27 +22,12 @@ fn the_controller_recovers_from_an_api_server_restart_and_serves_what_changed_af
     let identity = Identity::start();
     let controller = mesh::controller(&api.kubeconfig, &identity, "replica-r", &ns, "127.0.0.1:0");
     let backend_id = format!("spiffe://cluster.local/ns/{ns}/sa/backend");
-    let frontend_id = format!("spiffe://cluster.local/ns/{ns}/sa/frontend");
-    let app = mesh::app();
-    let port: u16 = app.rsplit_once(':').unwrap().1.parse().unwrap();
-    let server = Proxy::start(
-        "backend proxy",
-        &identity,
-        &backend_id,
-        &format!(
-            "inbound: [{{listen: \"127.0.0.1:0\", app: \"{app}\"}}]\ncontrol_plane: {{addresses: [\"{}\"], pod_name: backend-0}}\n",
-            controller.grpc
-        ),
-    );
-    let client = Proxy::start(
-        "frontend proxy",
-        &identity,
-        &frontend_id,
-        &format!(
-            "outbound: [{{listen: \"127.0.0.1:0\", destination: \"{}\", identity: \"{backend_id}\"}}]\n",
-            server.inbound[0]
-        ),
-    );
+    let mesh::Pair {
+        server,
+        client,
+        port,
+        frontend_id,
+    } = mesh::Pair::start(&identity, &ns, &[&controller.grpc]);
     server.wait_ready();
     api.kubectl_ok(
         &["apply", "-f", "-"],

@@ -34,27 +34,12 @@ fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_control
     let (a, b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
     let mut replica_a = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, &a);
 
-    let backend_id = format!("spiffe://cluster.local/ns/{ns}/sa/backend");
-    let frontend_id = format!("spiffe://cluster.local/ns/{ns}/sa/frontend");
-    let app = mesh::app();
-    let port: u16 = app.rsplit_once(':').unwrap().1.parse().unwrap();
-    let server = Proxy::start(
-        "backend proxy",
-        &identity,
-        &backend_id,
-        &format!(
-            "inbound: [{{listen: \"127.0.0.1:0\", app: \"{app}\"}}]\ncontrol_plane: {{addresses: [\"{a}\", \"{b}\"], pod_name: backend-0}}\n"
-        ),
-    );
-    let client = Proxy::start(
-        "frontend proxy",
-        &identity,
-        &frontend_id,
-        &format!(
-            "outbound: [{{listen: \"127.0.0.1:0\", destination: \"{}\", identity: \"{backend_id}\"}}]\n",
-            server.inbound[0]
-        ),
-    );
+    let mesh::Pair {
+        server,
+        client,
+        port,
+        frontend_id,
+    } = mesh::Pair::start(&identity, &ns, &[&a, &b]);
 
     // Ready only with a snapshot; none selects it yet, so the mesh default (deny) decides.
     server.wait_ready();

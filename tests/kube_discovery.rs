@@ -13,15 +13,17 @@ mod apiserver;
 mod host;
 #[path = "support/lab.rs"]
 mod lab;
+#[path = "support/mesh.rs"]
+mod mesh;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use apiserver::ApiServer;
 use lab::{
     banner_app, echo_app, http_app, http_get, pod_v4, pod_v6, read_banner, relay_into, Lab, SW,
 };
+use mesh::eventually;
 
 fn runnable() -> bool {
     host::runnable(
@@ -35,50 +37,11 @@ fn runnable() -> bool {
     ) && apiserver::available()
 }
 
-/// Pod `name` running as `sa` at the lab address `idx`, with Warden's sidecar or without.
+/// Pod `name` running as `sa` at the lab address `idx` (IPv4 and IPv6), with Warden's
+/// sidecar or without.
 fn pod(api: &ApiServer, ns: &str, name: &str, sa: &str, idx: u8, meshed: bool) {
-    let sidecar = if meshed {
-        ", {name: warden-proxy, image: registry.example/warden:1}"
-    } else {
-        ""
-    };
-    api.kubectl_ok(
-        &["apply", "-f", "-"],
-        Some(&format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: registry.example/app:1}}{sidecar}]\n"
-        )),
-    );
     let (v4, v6) = (pod_v4(idx), pod_v6(idx));
-    let status =
-        format!(r#"{{"status":{{"podIP":"{v4}","podIPs":[{{"ip":"{v4}"}},{{"ip":"{v6}"}}]}}}}"#);
-    api.kubectl_ok(
-        &[
-            "patch",
-            "pod",
-            name,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &status,
-        ],
-        None,
-    );
-}
-
-/// Polls `f` until it returns `Ok` (30 s at most).
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match f() {
-            Ok(t) => return t,
-            Err(last) => {
-                assert!(Instant::now() < deadline, "{what}: {last}");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-    }
+    mesh::pod_with(api, ns, name, sa, &[&v4, &v6], meshed);
 }
 
 /// The status line of `GET path` from pod `from` to `addr`.

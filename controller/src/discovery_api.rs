@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use warden_api::discovery::v1;
 
 use crate::destinations::{Changes, Destinations, Kind, Protocol, Resolution};
-use crate::serve::Peer;
+use crate::serve::{peer_of, until_synced};
 
 /// The generated server side of `warden.discovery.v1`.
 #[allow(missing_docs, clippy::doc_lazy_continuation)]
@@ -249,11 +249,7 @@ impl generated::destinations_server::Destinations for DiscoveryService {
         &self,
         request: Request<v1::DestinationRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<Peer>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let peer = peer_of(&request)?;
         if peer.id.trust_domain_name() != self.trust_domain || peer.id.service_account().is_none() {
             tracing::warn!(caller = %peer.id, source = %peer.addr, "refused a destination watch: not a workload of this trust domain");
             return Err(Status::unauthenticated(format!(
@@ -268,13 +264,7 @@ impl generated::destinations_server::Destinations for DiscoveryService {
                 text.chars().take(100).collect::<String>()
             ))
         })?;
-        let mut synced = self.synced.clone();
-        let listed = tokio::time::timeout(self.sync_wait, synced.wait_for(|s| *s)).await;
-        if !matches!(listed, Ok(Ok(_))) {
-            return Err(Status::unavailable(
-                "the controller has not listed every watch yet; retry",
-            ));
-        }
+        until_synced(&self.synced, self.sync_wait).await?;
         metrics::gauge!("warden_controller_destination_watches").increment(1.0);
         let state = Watching {
             service: self.clone(),

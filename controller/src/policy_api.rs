@@ -20,7 +20,7 @@ use warden_core::SpiffeId;
 
 use crate::crd::MeshDefault;
 use crate::index::{Index, Snapshot};
-use crate::serve::{Peer, ServeLimits};
+use crate::serve::{peer_of, until_synced, ServeLimits};
 
 /// The generated server side of `warden.policy.v1`.
 #[allow(missing_docs, clippy::doc_lazy_continuation)]
@@ -327,19 +327,9 @@ impl InboundPolicy for PolicyService {
         &self,
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let peer = request
-            .extensions()
-            .get::<Peer>()
-            .cloned()
-            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let peer = peer_of(&request)?;
         let pod = request.into_inner().pod;
-        let mut synced = self.synced.clone();
-        let listed = tokio::time::timeout(self.limits.sync_wait, synced.wait_for(|s| *s)).await;
-        if !matches!(listed, Ok(Ok(_))) {
-            return Err(Status::unavailable(
-                "the controller has not listed every watch yet; retry",
-            ));
-        }
+        until_synced(&self.synced, self.limits.sync_wait).await?;
         let admitted = admit(
             &self.lock(),
             &self.trust_domain,

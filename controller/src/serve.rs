@@ -182,6 +182,33 @@ fn incoming(
     })
 }
 
+/// The verified peer of a call (set on every connection by [`incoming`]).
+pub(crate) fn peer_of<T>(request: &tonic::Request<T>) -> Result<Peer, tonic::Status> {
+    request
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::unauthenticated("no client certificate"))
+}
+
+/// Waits (at most `wait`) until every watch has listed: nothing half-listed is served.
+pub(crate) async fn until_synced(
+    synced: &watch::Receiver<bool>,
+    wait: Duration,
+) -> Result<(), tonic::Status> {
+    let mut synced = synced.clone();
+    let listed = tokio::time::timeout(wait, synced.wait_for(|s| *s))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if listed {
+        Ok(())
+    } else {
+        Err(tonic::Status::unavailable(
+            "the controller has not listed every watch yet; retry",
+        ))
+    }
+}
+
 /// Both APIs on one port: each request goes to its gRPC service by path.
 #[derive(Clone)]
 struct Routes {

@@ -356,13 +356,36 @@ pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T 
 /// A ServiceAccount and a Pod running as it with `ip` (no kubelet here: the test writes the
 /// status a kubelet would).
 pub fn pod(api: &crate::apiserver::ApiServer, ns: &str, name: &str, sa: &str, ip: &str) {
+    pod_with(api, ns, name, sa, &[ip], false);
+}
+
+/// Like [`pod`], with several IPs (the first is `podIP`) and, if `meshed`, a container under
+/// Warden's sidecar name (what the controller's discovery counts as meshed).
+pub fn pod_with(
+    api: &crate::apiserver::ApiServer,
+    ns: &str,
+    name: &str,
+    sa: &str,
+    ips: &[&str],
+    meshed: bool,
+) {
+    let sidecar = if meshed {
+        ", {name: warden-proxy, image: registry.example/warden:1}"
+    } else {
+        ""
+    };
     api.kubectl_ok(
         &["apply", "-f", "-"],
         Some(&format!(
-            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: registry.example/app:1}}]\n"
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {sa}, namespace: {ns}}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {sa}\n  automountServiceAccountToken: false\n  containers: [{{name: app, image: registry.example/app:1}}{sidecar}]\n"
         )),
     );
-    let status = format!(r#"{{"status":{{"podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+    let pod_ips: Vec<String> = ips.iter().map(|ip| format!(r#"{{"ip":"{ip}"}}"#)).collect();
+    let status = format!(
+        r#"{{"status":{{"podIP":"{}","podIPs":[{}]}}}}"#,
+        ips[0],
+        pod_ips.join(",")
+    );
     api.kubectl_ok(
         &[
             "patch",
@@ -377,6 +400,55 @@ pub fn pod(api: &crate::apiserver::ApiServer, ns: &str, name: &str, sa: &str, ip
         ],
         None,
     );
+}
+
+/// A backend proxy (pod `backend-0`, ServiceAccount `backend`, an app answering `200 hello`)
+/// taking its policies from the controllers at `controllers`, and a frontend proxy routing
+/// to it; with the app's port and the frontend's SPIFFE ID.
+pub struct Pair {
+    /// The backend's proxy.
+    pub server: Proxy,
+    /// The frontend's proxy (its outbound listener reaches the backend).
+    pub client: Proxy,
+    /// The backend app's port (what policies name).
+    pub port: u16,
+    /// The frontend's SPIFFE ID.
+    pub frontend_id: String,
+}
+
+impl Pair {
+    /// Starts both proxies in namespace `ns`; the backend is not waited for.
+    pub fn start(identity: &Identity, ns: &str, controllers: &[&str]) -> Self {
+        let backend_id = format!("spiffe://cluster.local/ns/{ns}/sa/backend");
+        let frontend_id = format!("spiffe://cluster.local/ns/{ns}/sa/frontend");
+        let app = app();
+        let port: u16 = app.rsplit_once(':').unwrap().1.parse().unwrap();
+        let addresses: Vec<String> = controllers.iter().map(|c| format!("\"{c}\"")).collect();
+        let server = Proxy::start(
+            "backend proxy",
+            identity,
+            &backend_id,
+            &format!(
+                "inbound: [{{listen: \"127.0.0.1:0\", app: \"{app}\"}}]\ncontrol_plane: {{addresses: [{}], pod_name: backend-0}}\n",
+                addresses.join(", ")
+            ),
+        );
+        let client = Proxy::start(
+            "frontend proxy",
+            identity,
+            &frontend_id,
+            &format!(
+                "outbound: [{{listen: \"127.0.0.1:0\", destination: \"{}\", identity: \"{backend_id}\"}}]\n",
+                server.inbound[0]
+            ),
+        );
+        Self {
+            server,
+            client,
+            port,
+            frontend_id,
+        }
+    }
 }
 
 /// An ALLOW for `caller`'s GETs to the backend's app port.
