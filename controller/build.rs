@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_transport(false)
+        .codec_path("crate::codec::SmallBufferCodec")
         .extern_path(".warden.policy.v1", "::warden_api::policy::v1")
         .extern_path(".warden.discovery.v1", "::warden_api::discovery::v1")
         .compile_fds(descriptors)?;

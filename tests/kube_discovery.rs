@@ -175,7 +175,7 @@ fn kube_proxy_stand_in(lab: &Lab, cluster_ip: &str, port: u16, backends: &[Strin
 }
 
 /// Installs the rules and starts the sidecar of pod `name` (ServiceAccount `name`).
-fn sidecar(lab: &mut Lab, ns: &str, name: &str, config: &str) {
+fn sidecar(lab: &mut Lab, ns: &str, name: &str, config: &str) -> usize {
     let out = lab.warden_in(name, &["init"]);
     assert!(
         out.status.success(),
@@ -200,7 +200,7 @@ fn sidecar(lab: &mut Lab, ns: &str, name: &str, config: &str) {
         ("WARDEN_TRANSPARENT", "true".to_string()),
         ("WARDEN_CONTROL_PLANE", "10.213.0.254:7160".to_string()),
         ("WARDEN_AUDIT_LOG", "off".to_string()),
-        ("WARDEN_LOG", "info".to_string()),
+        ("WARDEN_LOG", "info,warden::access=info".to_string()),
     ];
     let uid = [
         "setpriv",
@@ -211,10 +211,10 @@ fn sidecar(lab: &mut Lab, ns: &str, name: &str, config: &str) {
         "--clear-groups",
     ];
     let config = lab.path(&format!("{name}.yaml")).display().to_string();
-    lab.spawn(
+    let index = lab.spawn(
         name,
         &uid,
-        &["proxy", "--config", &config],
+        &["--log-json", "proxy", "--config", &config],
         &env,
         "proxy ready",
     );
@@ -225,6 +225,7 @@ fn sidecar(lab: &mut Lab, ns: &str, name: &str, config: &str) {
             s => Err(format!("{s} in {pod}")),
         }
     });
+    index
 }
 
 #[test]
@@ -278,7 +279,7 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
     let first = controller(&mut lab, api, &ns);
     // A waits for a client's first bytes for a minute before calling a connection opaque,
     // so only the controller's hint can make a server-speaks-first port work at once.
-    sidecar(&mut lab, &ns, "a", "timeouts: {detect: 60s}\n");
+    let proxy_a = sidecar(&mut lab, &ns, "a", "timeouts: {detect: 60s}\n");
     sidecar(&mut lab, &ns, "b", "");
     sidecar(&mut lab, &ns, "d", "");
 
@@ -300,6 +301,35 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
     let reply = http_get(&lab.ns("a"), &format!("{}:8080", pod_v4(3)), "/plain");
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(!reply.contains("x-warden-client-id"), "{reply}");
+    // ... and visible as such: `tls="false"` in A's metrics and access log.
+    // (Bytes are counted when the relay ends, just after the reply.)
+    eventually("A's metrics count the plain connection", || {
+        let metrics = http_get(&lab.ns("a"), "127.0.0.1:7191", "/metrics");
+        for series in [
+            r#"warden_outbound_connections_total{tls="false"} 1"#.to_string(),
+            format!(
+                r#"warden_tcp_bytes_total{{direction="outbound",client_id="spiffe://cluster.local/ns/{ns}/sa/a",server_id="",flow="client_to_server",tls="false"}}"#
+            ),
+        ] {
+            if !metrics.contains(&series) {
+                return Err(format!("{series} in {metrics}"));
+            }
+        }
+        Ok(())
+    });
+    let plain = format!("{}:8080", pod_v4(3));
+    eventually("A's access log has the plain connection", || {
+        let log = lab.log(proxy_a);
+        log.iter()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| {
+                v["target"] == "warden::access"
+                    && v["fields"]["destination"] == plain.as_str()
+                    && v["fields"]["tls"] == false
+            })
+            .map(|_| ())
+            .ok_or_else(|| format!("no tls=false connection to {plain} in {log:?}"))
+    });
 
     // A server-speaks-first port (3306, opaque by default): the banner comes at once.
     assert_eq!(

@@ -175,11 +175,11 @@ fn pods_talk_through_their_sidecars_with_mtls_and_plaintext_is_refused() {
         tcp_echo(&a, &format!("{}:9000", pod_v4(2)), b"\x00\x01opaque bytes"),
         b"\x00\x01opaque bytes"
     );
-    // Egress: outside the mesh networks, plain TCP as if there were no proxy, counted apart.
+    // Outside the mesh networks: plain TCP as if there were no proxy, counted as tls="false".
     assert_eq!(tcp_echo(&a, "10.213.0.254:9100", b"egress"), b"egress");
     let metrics = http_get(&a, "127.0.0.1:7191", "/metrics");
     assert!(
-        metrics.contains("warden_egress_connections_total 1"),
+        metrics.contains(r#"warden_outbound_connections_total{tls="false"} 1"#),
         "{metrics}"
     );
 

@@ -2,6 +2,7 @@
 //! computes each workload's effective policies, and (in the `warden controller` command) the
 //! watches that feed it and the API proxies subscribe to.
 
+pub mod codec;
 pub mod crd;
 pub mod destinations;
 pub mod discovery_api;

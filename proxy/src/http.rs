@@ -202,12 +202,58 @@ pub fn access_log(
         direction = direction.as_str(),
         client_id,
         server_id,
+        tls = true,
         method,
         path,
         status,
         duration_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
+}
+
+/// One access-log line for a relayed TCP connection (opaque mesh TCP, or plain TCP with
+/// `tls=false`), when it ends: who, where, bytes each way, how long, and whether it ended
+/// cleanly.
+pub fn connection_log(
+    accounting: &crate::shared::Accounting<'_>,
+    moved: &crate::io::Transferred,
+    elapsed: std::time::Duration,
+    clean: bool,
+) {
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    match *accounting {
+        crate::shared::Accounting::Mesh {
+            direction,
+            client_id,
+            server_id,
+        } => tracing::info!(
+            target: "warden::access",
+            direction = direction.as_str(),
+            client_id,
+            server_id,
+            tls = true,
+            client_to_server = moved.a_to_b,
+            server_to_client = moved.b_to_a,
+            clean,
+            duration_ms,
+            "connection"
+        ),
+        crate::shared::Accounting::Plain {
+            client_id,
+            destination,
+        } => tracing::info!(
+            target: "warden::access",
+            direction = "outbound",
+            client_id,
+            %destination,
+            tls = false,
+            client_to_server = moved.a_to_b,
+            server_to_client = moved.b_to_a,
+            clean,
+            duration_ms,
+            "connection"
+        ),
+    }
 }
 
 /// Whether access logs are on (`warden::access=info` in the log filter).

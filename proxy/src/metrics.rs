@@ -52,7 +52,7 @@ pub fn describe() {
     describe_counter!(
         "warden_tcp_bytes_total",
         Unit::Bytes,
-        "Bytes proxied for opaque TCP, by direction and flow (client_to_server, server_to_client)."
+        "Bytes relayed for TCP connections, by direction, identities, flow (client_to_server, server_to_client) and tls (false: plain TCP to a destination without a sidecar)."
     );
     describe_counter!(
         "warden_tls_handshakes_total",
@@ -72,13 +72,8 @@ pub fn describe() {
         "Redirected outbound connections refused, by reason (unmeshed-destination: meshOnly; unknown-destination: unknownDestinations refuse)."
     );
     describe_counter!(
-        "warden_egress_connections_total",
-        "App connections to destinations outside the mesh networks, passed through as plain TCP."
-    );
-    describe_counter!(
-        "warden_egress_bytes_total",
-        Unit::Bytes,
-        "Bytes passed through to destinations outside the mesh, by flow (sent, received)."
+        "warden_outbound_connections_total",
+        "App connections routed by the outbound, by tls (true: mTLS to a peer proxy; false: plain TCP to a destination without a sidecar or outside the mesh)."
     );
 }
 
@@ -95,9 +90,8 @@ pub fn initialize() {
         counter!("warden_tcp_connections_opened_total", "direction" => d).increment(0);
         gauge!("warden_tcp_connections_active", "direction" => d).increment(0.0);
     }
-    counter!("warden_egress_connections_total").increment(0);
-    for flow in ["sent", "received"] {
-        counter!("warden_egress_bytes_total", "flow" => flow).increment(0);
+    for tls in ["true", "false"] {
+        counter!("warden_outbound_connections_total", "tls" => tls).increment(0);
     }
 }
 
@@ -132,11 +126,12 @@ pub fn tcp_closed(direction: Direction, error: bool) {
     gauge!("warden_tcp_connections_active", "direction" => direction.as_str()).decrement(1.0);
 }
 
-/// Bytes moved through an opaque TCP connection.
+/// Bytes moved through a relayed TCP connection (`tls`: false for plain TCP).
 pub fn tcp_bytes(
     direction: Direction,
     client_id: &str,
     server_id: &str,
+    tls: bool,
     client_to_server: u64,
     server_to_client: u64,
 ) {
@@ -149,7 +144,8 @@ pub fn tcp_bytes(
             "direction" => direction.as_str(),
             "client_id" => client_id.to_string(),
             "server_id" => server_id.to_string(),
-            "flow" => flow
+            "flow" => flow,
+            "tls" => if tls { "true" } else { "false" }
         )
         .increment(n);
     }
@@ -168,18 +164,13 @@ pub fn refused(direction: Direction) {
     counter!("warden_connections_refused_total", "direction" => direction.as_str()).increment(1);
 }
 
-/// A connection to a destination outside the mesh networks (egress).
-pub fn egress_opened() {
-    counter!("warden_egress_connections_total").increment(1);
+/// An app connection routed by the outbound (`tls`: false when passed through as plain TCP).
+pub fn outbound_connection(tls: bool) {
+    let tls = if tls { "true" } else { "false" };
+    counter!("warden_outbound_connections_total", "tls" => tls).increment(1);
 }
 
 /// A redirected connection refused, by reason (e.g. `unmeshed-destination` under meshOnly).
 pub fn outbound_refused(reason: &'static str) {
     counter!("warden_outbound_refused_total", "reason" => reason).increment(1);
-}
-
-/// Bytes of an egress connection.
-pub fn egress_bytes(sent: u64, received: u64) {
-    counter!("warden_egress_bytes_total", "flow" => "sent").increment(sent);
-    counter!("warden_egress_bytes_total", "flow" => "received").increment(received);
 }

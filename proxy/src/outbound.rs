@@ -1,8 +1,9 @@
 //! Outbound: the local app's connections to other workloads. The protocol is detected from
 //! the first bytes: HTTP travels as proxy-to-proxy HTTP/2 over pooled mTLS connections;
 //! anything else (and opaque ports) as bytes over one mTLS connection per app connection.
-//! In transparent mode the destination is the connection's original destination; those
-//! outside the mesh networks pass through as plain TCP (egress).
+//! In transparent mode the destination is the connection's original destination; discovery
+//! (or, without a control plane, the mesh networks) says who must answer there, and
+//! destinations without a sidecar pass through as plain TCP (`tls="false"`).
 
 pub mod http;
 pub mod pool;
@@ -81,11 +82,11 @@ async fn dispatch(
             // Another pod's proxy admin port is plaintext by design (its inbound rules skip
             // it, so Prometheus can scrape it): it passes through, as outside the mesh.
             if orig.port() == contract::ADMIN_PORT {
-                return egress(tcp, orig, &shared, &run).await;
+                return plain(tcp, orig, &shared, &run).await;
             }
             match decide(orig, &shared).await {
                 Route::Mesh(target) => target,
-                Route::Plain => return egress(tcp, orig, &shared, &run).await,
+                Route::Plain => return plain(tcp, orig, &shared, &run).await,
                 Route::Refuse(why) => {
                     metrics::outbound_refused(why);
                     tracing::info!(destination = %orig, reason = why, "outbound connection refused");
@@ -95,6 +96,7 @@ async fn dispatch(
             }
         }
     };
+    metrics::outbound_connection(true);
     handle(tcp, target, shared, run).await
 }
 
@@ -210,14 +212,15 @@ async fn forward_tcp(
     .await
 }
 
-/// A destination outside the mesh: plain TCP, as if there were no proxy (counted apart).
-async fn egress(
+/// A destination without a sidecar or outside the mesh: plain TCP, as if there were no
+/// proxy, counted and logged with `tls="false"`.
+async fn plain(
     tcp: TcpStream,
     orig: SocketAddr,
     shared: &Shared,
     run: &RunControl,
 ) -> Result<(), ()> {
-    metrics::egress_opened();
+    metrics::outbound_connection(false);
     let upstream = match tokio::time::timeout(
         shared.config.timeouts.connect,
         TcpStream::connect(orig),
@@ -226,22 +229,26 @@ async fn egress(
     {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(e)) => {
-            tracing::info!(destination = %orig, error = %e, "egress: destination unreachable; resetting");
+            tracing::info!(destination = %orig, error = %e, "plain TCP: destination unreachable; resetting");
             let _ = tcp.set_zero_linger();
             return Err(());
         }
         Err(_) => {
-            tracing::info!(destination = %orig, "egress: connect timed out; resetting");
+            tracing::info!(destination = %orig, "plain TCP: connect timed out; resetting");
             let _ = tcp.set_zero_linger();
             return Err(());
         }
     };
     let _ = upstream.set_nodelay(true);
+    let own = shared.own_id();
     run.relay(
         tcp,
         upstream,
         shared.config.timeouts.idle,
-        Accounting::Egress,
+        Accounting::Plain {
+            client_id: &own,
+            destination: orig,
+        },
         std::future::pending(),
     )
     .await

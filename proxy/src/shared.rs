@@ -56,8 +56,14 @@ pub enum Accounting<'a> {
         /// The called side's identity.
         server_id: &'a str,
     },
-    /// Plain TCP to a destination outside the mesh.
-    Egress,
+    /// Plain TCP from the local app to a destination without a sidecar, or outside the
+    /// mesh: no identity answers, so it is counted and logged as `tls="false"`.
+    Plain {
+        /// The local workload's identity.
+        client_id: &'a str,
+        /// Where the app connected.
+        destination: std::net::SocketAddr,
+    },
 }
 
 /// How connection handlers learn that the proxy is stopping.
@@ -96,6 +102,7 @@ impl RunControl {
         A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        let started = std::time::Instant::now();
         let result = tokio::select! {
             r = crate::io::copy_bidirectional(a, b, idle) => r,
             _ = self.hard_stop.cancelled() => return Err(()),
@@ -108,19 +115,26 @@ impl RunControl {
                 (moved, Err(()))
             }
         };
-        match accounting {
+        let (direction, client_id, server_id, tls) = match accounting {
             Accounting::Mesh {
                 direction,
                 client_id,
                 server_id,
-            } => crate::metrics::tcp_bytes(
-                direction,
-                client_id,
-                server_id,
-                moved.a_to_b,
-                moved.b_to_a,
-            ),
-            Accounting::Egress => crate::metrics::egress_bytes(moved.a_to_b, moved.b_to_a),
+            } => (direction, client_id, server_id, true),
+            Accounting::Plain { client_id, .. } => {
+                (crate::metrics::Direction::Outbound, client_id, "", false)
+            }
+        };
+        crate::metrics::tcp_bytes(
+            direction,
+            client_id,
+            server_id,
+            tls,
+            moved.a_to_b,
+            moved.b_to_a,
+        );
+        if crate::http::access_log_enabled() {
+            crate::http::connection_log(&accounting, &moved, started.elapsed(), outcome.is_ok());
         }
         outcome
     }

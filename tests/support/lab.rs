@@ -24,6 +24,8 @@ pub struct Lab {
     pub tag: String,
     namespaces: Vec<String>,
     children: Vec<Child>,
+    /// Every stderr line of each child, by index.
+    logs: Vec<std::sync::Arc<std::sync::Mutex<Vec<String>>>>,
     dir: tempfile::TempDir,
     warden: PathBuf,
 }
@@ -72,6 +74,7 @@ impl Lab {
             tag,
             namespaces: Vec::new(),
             children: Vec::new(),
+            logs: Vec::new(),
             dir,
             warden,
         };
@@ -161,6 +164,11 @@ impl Lab {
             .unwrap()
     }
 
+    /// The stderr lines the process `index` (from [`Lab::spawn`]) has written so far.
+    pub fn log(&self, index: usize) -> Vec<String> {
+        self.logs[index].lock().unwrap().clone()
+    }
+
     /// Starts a long-running process in `ns` and waits for `ready` on its stderr; its index
     /// for [`Lab::kill`].
     pub fn spawn(
@@ -188,6 +196,8 @@ impl Lab {
         let (tx, rx) = std::sync::mpsc::channel();
         let ready = ready.to_string();
         let ns = ns.to_string();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -198,9 +208,11 @@ impl Lab {
                 if line.contains("ERROR") || line.contains("error:") {
                     eprintln!("[{ns}] {line}");
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         self.children.push(child);
+        self.logs.push(log);
         rx.recv_timeout(Duration::from_secs(30))
             .expect("process became ready");
         self.children.len() - 1
