@@ -1,8 +1,11 @@
 # syntax=docker/dockerfile:1
 
-# The Warden image: one binary for every role (`warden proxy`, `warden init`, `warden identity`,
-# `warden injector`, ...). Build from the repository root:
+# Warden's two images, built from the repository root:
+#   docker build --target sidecar -t ghcr.io/warden-mesh/warden-proxy:0.1.0 .
 #   docker build -t ghcr.io/warden-mesh/warden:0.1.0 .
+# `sidecar`: the slim `warden-proxy` binary (`proxy` and `init` only), what the injector adds
+# to pods. The last stage, the default: the full `warden` CLI for the control plane
+# (`identity`, `controller`, `injector`, `cni`, `install`, ...).
 
 # --- build -------------------------------------------------------------------------------
 # The workspace's rust-version is 1.88; any newer stable toolchain builds it.
@@ -15,11 +18,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin warden \
- && install -D -m 0755 target/release/warden /out/warden
+ && cargo build --release --locked -p warden-proxy --bin warden-proxy \
+ && install -D -m 0755 target/release/warden /out/warden \
+ && install -D -m 0755 target/release/warden-proxy /out/warden-proxy
 
-# --- runtime -----------------------------------------------------------------------------
+# --- runtime base --------------------------------------------------------------------------
 # Same Debian release as the build stage, so the binary's glibc matches.
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim AS base
 
 ARG VERSION=0.1.0
 LABEL org.opencontainers.image.title="warden" \
@@ -40,9 +45,18 @@ RUN apt-get update \
  && useradd --system --uid 2626 --gid 2626 --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin warden
 
-COPY --from=build /out/warden /usr/local/bin/warden
-
+# --- sidecar: warden-proxy ------------------------------------------------------------------
+FROM base AS sidecar
+LABEL org.opencontainers.image.title="warden-proxy" \
+      org.opencontainers.image.description="Warden's sidecar: the per-pod proxy and its interception rules"
+COPY --from=build /out/warden-proxy /usr/local/bin/warden-proxy
 # The proxy's UID/GID (warden_core::contract::PROXY_UID/PROXY_GID): interception skips this UID.
 # warden-init overrides it (runAsUser 0) to install the rules.
+USER 2626:2626
+ENTRYPOINT ["/usr/local/bin/warden-proxy"]
+
+# --- control plane: warden (the default target) ------------------------------------------
+FROM base AS control-plane
+COPY --from=build /out/warden /usr/local/bin/warden
 USER 2626:2626
 ENTRYPOINT ["/usr/local/bin/warden"]

@@ -33,6 +33,7 @@ use warden_identity::tls::ClientAuth;
 use warden_identity::CertificateAuthority;
 use warden_proxy::control_plane::{self, ControlPlaneClient};
 use warden_proxy::discovery::{Discovery, DiscoveryOptions};
+use warden_proxy::grpc_client::SharedChannel;
 
 /// The options.
 struct Options {
@@ -285,9 +286,8 @@ async fn measure(
         };
         let (feed, mut set, _status) = control_plane::feed(&target);
         tokio::spawn(control_plane::run(
-            target,
+            SharedChannel::new(target, credentials.clone()),
             feed,
-            credentials.clone(),
             stop.clone(),
         ));
         let (round, samples, stop) = (round.clone(), samples_tx.clone(), stop.clone());
@@ -394,7 +394,7 @@ fn discovery_client(
         lookup_timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    Discovery::new(target, credentials.clone(), options)
+    Discovery::new(SharedChannel::new(target, credentials.clone()), options)
 }
 
 /// Discovery's figures.
@@ -570,9 +570,12 @@ async fn replace_pods(client: &kube::Client, one: &Discovery, rounds: usize) -> 
             .unwrap();
         let sa = format!("sa-{}", (i + 1) % 10);
         let name = format!("pod-{i}-again");
-        api.create(&PostParams::default(), &pod(&name, &sa))
-            .await
-            .unwrap();
+        // Meshed (it has the sidecar), so the answer names its identity.
+        let mut meshed = pod(&name, &sa);
+        let mut sidecar = meshed.spec.as_ref().unwrap().containers[0].clone();
+        sidecar.name = "warden-proxy".into();
+        meshed.spec.as_mut().unwrap().containers.push(sidecar);
+        api.create(&PostParams::default(), &meshed).await.unwrap();
         let addr: std::net::SocketAddr = format!("{}:8080", load_ip(i)).parse().unwrap();
         let mut answers = one.changes(addr).expect("watched since the first lookups");
         let expected = format!("spiffe://cluster.local/ns/{ns}/sa/{sa}");

@@ -22,7 +22,7 @@ pub async fn start(
     tokio::spawn(admin::serve(
         listener,
         ready_rx,
-        crate::logging::telemetry(),
+        warden_proxy::logging::telemetry(),
         shutdown,
     ));
     Ok((ready_tx, bound))

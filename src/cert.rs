@@ -42,7 +42,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 } else {
                     String::new()
                 };
-                crate::output::print(&format!("{header}{summary}\n"));
+                warden_proxy::cli::print(&format!("{header}{summary}\n"));
             }
             Ok(ExitCode::SUCCESS)
         }

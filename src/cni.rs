@@ -25,7 +25,7 @@ use warden_core::contract;
 use warden_injector::cni::{interception, CniSettings, PodInterception};
 use warden_proxy::interception::InterceptionSettings;
 
-use crate::init::{self, Ipv6};
+use warden_proxy::cli::init::{self, Ipv6};
 
 /// `warden cni` takes no arguments: the runtime passes everything in the environment and on
 /// stdin.
@@ -99,14 +99,14 @@ pub fn run(_args: Args) -> anyhow::Result<ExitCode> {
     };
     match outcome {
         Ok(Some(result)) => {
-            crate::output::print(&format!("{result}\n"));
+            warden_proxy::cli::print(&format!("{result}\n"));
             Ok(ExitCode::SUCCESS)
         }
         Ok(None) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("warden cni: {}", e.msg);
             let error = json!({"cniVersion": version, "code": e.code, "msg": e.msg});
-            crate::output::print(&format!("{error}\n"));
+            warden_proxy::cli::print(&format!("{error}\n"));
             Ok(ExitCode::from(1))
         }
     }

@@ -74,7 +74,7 @@ pub struct RunArgs {
 /// Runs a `warden controller` subcommand.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Crds => crate::output::print(&warden_controller::crd::crds_yaml()),
+        Command::Crds => warden_proxy::cli::print(&warden_controller::crd::crds_yaml()),
         Command::Run(args) => {
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(serve(*args))?;
@@ -215,7 +215,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         () = watches => {}
-        () = crate::signals::terminated() => {}
+        () = warden_proxy::cli::terminated() => {}
     }
     // Hand-over: leave the Service's endpoints first, then end every stream with
     // UNAVAILABLE so proxies reconnect to another replica at once (they keep enforcing

@@ -169,7 +169,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
             bound,
             source,
             authz,
-            crate::logging::telemetry(),
+            warden_proxy::logging::telemetry(),
             shutdown.clone(),
         ));
         workloads.push(Workload {
@@ -212,7 +212,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
             workloads[2].sidecar.outbound[0],
             backend_audit.display()
         );
-        crate::signals::terminated().await;
+        warden_proxy::cli::terminated().await;
     }
     shutdown.cancel();
     Ok(if ok {

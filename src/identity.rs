@@ -210,7 +210,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        crate::signals::terminated().await;
+        warden_proxy::cli::terminated().await;
         stop.cancel();
     });
     server.await?;

@@ -47,7 +47,8 @@ pub struct Args {
     /// Lifetime of the issued serving certificate.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
-    /// The Warden image injected into pods.
+    /// The sidecar image injected into pods (the slim `warden-proxy` binary, whose `proxy` and
+    /// `init` commands the injected containers run).
     #[arg(long)]
     image: String,
     /// The trust bundle (PEM) handed to every proxy (default with --ca-dir: the CA's bundle).
@@ -215,7 +216,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
     let stop = shutdown.clone();
     tokio::spawn(async move {
-        crate::signals::terminated().await;
+        warden_proxy::cli::terminated().await;
         stop.cancel();
     });
     server.await?;

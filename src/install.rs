@@ -54,9 +54,12 @@ pub struct Args {
     /// The trust domain of the mesh (with --ca-dir: must match the CA's).
     #[arg(long, value_parser = TrustDomain::parse)]
     trust_domain: Option<TrustDomain>,
-    /// The Warden image for the control plane and the injected containers.
+    /// The control plane's image (the full `warden` CLI).
     #[arg(long, default_value = concat!("ghcr.io/warden-mesh/warden:", env!("CARGO_PKG_VERSION")))]
     image: String,
+    /// The sidecar image the injector adds to pods (the slim `warden-proxy` binary).
+    #[arg(long, default_value = concat!("ghcr.io/warden-mesh/warden-proxy:", env!("CARGO_PKG_VERSION")))]
+    proxy_image: String,
     /// Use this CA (made by `warden ca init`: issuer.crt, issuer.key, bundle.crt) instead of
     /// a fresh one. The root key never leaves the directory.
     #[arg(long)]
@@ -113,7 +116,7 @@ impl CaFiles {
 /// Prints the manifests.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let manifests = render(&args)?;
-    crate::output::print(&manifests);
+    warden_proxy::cli::print(&manifests);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -145,9 +148,13 @@ fn render(args: &Args) -> anyhow::Result<String> {
     let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
 
     let mut docs = Vec::new();
+    let images = Images {
+        control_plane: &args.image,
+        sidecar: &args.proxy_image,
+    };
     for (name, text) in BASE {
         for doc in documents(text).with_context(|| format!("deploy/kubernetes/base/{name}"))? {
-            docs.push(customize(doc, &td, &args.image, &b64(&files.bundle_pem)));
+            docs.push(customize(doc, &td, &images, &b64(&files.bundle_pem)));
         }
     }
     let generated = [
@@ -219,9 +226,17 @@ fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
     Ok(docs)
 }
 
-/// Applies what kustomize's `labels` would, and the install's choices: image, trust domain,
+/// The install's two images.
+struct Images<'a> {
+    /// Runs the control plane's Deployments (the full CLI).
+    control_plane: &'a str,
+    /// Injected into pods (the slim sidecar binary).
+    sidecar: &'a str,
+}
+
+/// Applies what kustomize's `labels` would, and the install's choices: images, trust domain,
 /// and the webhook's caBundle.
-fn customize(mut doc: Value, td: &TrustDomain, image: &str, ca_bundle_b64: &str) -> Value {
+fn customize(mut doc: Value, td: &TrustDomain, images: &Images, ca_bundle_b64: &str) -> Value {
     let label = |meta: &mut Value| {
         if let Some(meta) = meta.as_object_mut() {
             let labels = meta.entry("labels").or_insert_with(|| json!({}));
@@ -237,11 +252,11 @@ fn customize(mut doc: Value, td: &TrustDomain, image: &str, ca_bundle_b64: &str)
         .and_then(Value::as_array_mut)
     {
         for container in containers {
-            container["image"] = json!(image);
+            container["image"] = json!(images.control_plane);
             if let Some(args) = container.get_mut("args").and_then(Value::as_array_mut) {
                 for i in 1..args.len() {
                     match args[i - 1].as_str() {
-                        Some("--image") => args[i] = json!(image),
+                        Some("--image") => args[i] = json!(images.sidecar),
                         Some("--trust-domain") => args[i] = json!(td.as_str()),
                         _ => {}
                     }

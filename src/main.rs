@@ -9,14 +9,9 @@ mod cni;
 mod controller;
 mod demo;
 mod identity;
-mod init;
 mod injector;
 mod install;
-mod logging;
-mod output;
 mod policy;
-mod proxy;
-mod signals;
 
 use std::process::ExitCode;
 
@@ -52,9 +47,9 @@ enum Command {
     /// Run the identity service: the CA issuing SVIDs over HTTPS (POST /v1/certify).
     Identity(Box<identity::Args>),
     /// Run the per-pod proxy (inbound, outbound, admin), or check its configuration.
-    Proxy(proxy::Args),
+    Proxy(warden_proxy::cli::proxy::Args),
     /// Install (or --remove) the pod's traffic interception rules (iptables, IPv4 and IPv6).
-    Init(init::Args),
+    Init(warden_proxy::cli::init::Args),
     /// The CNI plugin: installs injected pods' interception rules from the node (as `warden-cni`).
     Cni(cni::Args),
     /// Run the mutating admission webhook that adds Warden to pods.
@@ -70,7 +65,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    logging::init(&cli.log_level, cli.log_json)?;
+    warden_proxy::logging::init(&cli.log_level, cli.log_json)?;
     warden_identity::tls::install_crypto_provider();
     match cli.command {
         Command::Demo(args) => demo::run(args),
@@ -78,8 +73,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cert(cmd) => cert::run(cmd),
         Command::Controller(cmd) => controller::run(cmd),
         Command::Identity(args) => identity::run(*args),
-        Command::Proxy(args) => proxy::run(args),
-        Command::Init(args) => init::run(args),
+        Command::Proxy(args) => warden_proxy::cli::proxy::run(args),
+        Command::Init(args) => warden_proxy::cli::init::run(args),
         Command::Cni(args) => cni::run(args),
         Command::Injector(args) => injector::run(*args),
         Command::Install(args) => install::run(args),

@@ -88,6 +88,8 @@ fn install_prints_complete_valid_manifests() {
         "prod.example",
         "--image",
         "reg.example/warden:9.9",
+        "--proxy-image",
+        "reg.example/warden-proxy:9.9",
     ]);
     assert!(
         out.status.success(),
@@ -142,8 +144,9 @@ fn install_prints_complete_valid_manifests() {
     }
     let injector = find(&docs, "Deployment", "warden-injector");
     let args = injector["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    // The control plane runs the full CLI; pods get the sidecar image.
     assert!(
-        args.contains(r#""--image","reg.example/warden:9.9""#),
+        args.contains(r#""--image","reg.example/warden-proxy:9.9""#),
         "{args}"
     );
 
@@ -179,6 +182,20 @@ fn install_prints_complete_valid_manifests() {
             .as_str()
             .unwrap()
             .starts_with("ghcr.io/warden-mesh/warden:")
+    );
+    // Pods get the slim sidecar image, not the control plane's.
+    let injector = &find(&again, "Deployment", "warden-injector")["spec"]["template"]["spec"]
+        ["containers"][0]["args"];
+    let args: Vec<&str> = injector
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let image = args[args.iter().position(|a| *a == "--image").unwrap() + 1];
+    assert!(
+        image.starts_with("ghcr.io/warden-mesh/warden-proxy:"),
+        "{args:?}"
     );
 }
 

@@ -331,6 +331,21 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
             .ok_or_else(|| format!("no tls=false connection to {plain} in {log:?}"))
     });
 
+    // One connection per proxy at the controller: A's policy stream and its destination
+    // watches share it (B and D watch only their policies).
+    eventually("one controller connection per proxy", || {
+        let metrics = http_get(&lab.ns(SW), "10.213.0.254:7192", "/metrics");
+        if metrics.contains("warden_controller_connections 3\n") {
+            Ok(())
+        } else {
+            Err(metrics
+                .lines()
+                .filter(|l| l.starts_with("warden_controller_connections"))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        }
+    });
+
     // A server-speaks-first port (3306, opaque by default): the banner comes at once.
     assert_eq!(
         read_banner(&lab.ns("a"), &format!("{}:3306", pod_v4(2)), 17).as_deref(),

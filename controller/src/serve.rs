@@ -65,7 +65,26 @@ pub struct Peer {
 pub struct PeerConnection {
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     peer: Peer,
-    _slot: OwnedSemaphorePermit,
+    _slot: Open,
+}
+
+/// A verified connection's place under the connection cap, counted in
+/// `warden_controller_connections` while it is open.
+struct Open {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Open {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!("warden_controller_connections").increment(1.0);
+        Self { _permit: permit }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        metrics::gauge!("warden_controller_connections").decrement(1.0);
+    }
 }
 
 impl Connected for PeerConnection {
@@ -124,6 +143,10 @@ fn incoming(
     limits: &ServeLimits,
     shutdown: CancellationToken,
 ) -> impl Stream<Item = Result<PeerConnection, std::io::Error>> {
+    metrics::describe_gauge!(
+        "warden_controller_connections",
+        "Verified mTLS connections from proxies open now (one per proxy: its policy stream and destination watches share it)."
+    );
     let (tx, rx) = tokio::sync::mpsc::channel::<PeerConnection>(64);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshake_timeout = limits.handshake_timeout;
@@ -170,7 +193,7 @@ fn incoming(
                     .send(PeerConnection {
                         tls,
                         peer,
-                        _slot: slot,
+                        _slot: Open::new(slot),
                     })
                     .await;
             });

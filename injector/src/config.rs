@@ -134,7 +134,7 @@ pub struct Resources {
 /// The injector's settings.
 #[derive(Debug, Clone)]
 pub struct InjectorConfig {
-    /// The Warden image (runs both `warden init` and `warden proxy`).
+    /// The sidecar image: its `warden-proxy` binary runs both `init` and `proxy`.
     pub image: String,
     /// The trust domain of the mesh.
     pub trust_domain: TrustDomain,

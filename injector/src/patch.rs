@@ -425,7 +425,11 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
         lifecycle: (!native).then(|| Lifecycle {
             post_start: Some(LifecycleHandler {
                 exec: Some(ExecAction {
-                    command: Some(vec!["warden".into(), "proxy".into(), "--wait-ready".into()]),
+                    command: Some(vec![
+                        "warden-proxy".into(),
+                        "proxy".into(),
+                        "--wait-ready".into(),
+                    ]),
                 }),
                 ..Default::default()
             }),

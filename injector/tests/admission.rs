@@ -451,7 +451,7 @@ fn regular_mode_puts_the_proxy_first_and_holds_the_app() {
     assert!(proxy.get("restartPolicy").is_none());
     assert_eq!(
         proxy["lifecycle"]["postStart"]["exec"]["command"],
-        json!(["warden", "proxy", "--wait-ready"])
+        json!(["warden-proxy", "proxy", "--wait-ready"])
     );
     assert_eq!(proxy["resources"]["limits"]["memory"], "64Mi");
     assert_eq!(

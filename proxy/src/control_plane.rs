@@ -17,25 +17,11 @@ use warden_api::convert::{snapshot_from_proto, ConvertError, PolicySnapshot};
 use warden_api::grpc::{self, MAX_SNAPSHOT_BYTES};
 use warden_api::policy::v1;
 use warden_core::policy::evaluate::PolicySet;
-use warden_core::SpiffeId;
-use warden_identity::rotation::{backoff, random_unit, Credentials, RotationOptions};
+use warden_identity::rotation::{backoff, random_unit, RotationOptions};
 
-use crate::grpc_client;
-pub use crate::grpc_client::ControlPlaneError;
+use crate::grpc_client::{self, SharedChannel};
+pub use crate::grpc_client::{ControlPlaneClient, ControlPlaneError};
 use crate::policy_dir::{PolicyStatus, SnapshotStatus};
-
-/// Where to subscribe, and as which pod.
-#[derive(Debug, Clone)]
-pub struct ControlPlaneClient {
-    /// The controller's `host:port` addresses, tried in turn.
-    pub addresses: Vec<String>,
-    /// The controller's SPIFFE ID (its SVID must carry exactly this).
-    pub server_id: SpiffeId,
-    /// This proxy's pod.
-    pub pod: String,
-    /// Bound on connecting plus the TLS handshake.
-    pub connect_timeout: Duration,
-}
 
 /// The mesh policy's rules for outbound connections (both off without a control plane).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -112,15 +98,10 @@ fn describe_metrics() {
 /// How often the snapshot age is refreshed.
 const AGE_TICK: Duration = Duration::from_secs(2);
 
-/// Subscribes until `shutdown`, reconnecting with backoff (trying the next address each
-/// time), and keeps `feed` current. `credentials` are read at every connection, so a rotated
-/// SVID is used from the next one on.
-pub async fn run(
-    client: ControlPlaneClient,
-    feed: PolicyFeed,
-    credentials: watch::Receiver<Arc<Credentials>>,
-    shutdown: CancellationToken,
-) {
+/// Subscribes on `channel` until `shutdown`, re-subscribing with backoff (on a new
+/// connection, to the next address, when the old one closed or the controller said
+/// UNAVAILABLE), and keeps `feed` current.
+pub async fn run(channel: Arc<SharedChannel>, feed: PolicyFeed, shutdown: CancellationToken) {
     describe_metrics();
     let retry = RotationOptions {
         min_backoff: Duration::from_millis(100),
@@ -149,18 +130,17 @@ pub async fn run(
         });
     }
     while !shutdown.is_cancelled() {
-        let address = client.addresses[next_address % client.addresses.len()].clone();
-        next_address += 1;
-        let creds = credentials.borrow().clone();
         let mut got_one = false;
+        let mut connected = None;
         let outcome = tokio::select! {
             () = shutdown.cancelled() => break,
-            outcome = subscribe(&client, &address, &creds, |snapshot| {
+            outcome = subscribe(&channel, next_address, &mut connected, |address, snapshot| {
                 got_one = true;
                 *received.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                publish(&feed, &address, snapshot);
+                publish(&feed, address, snapshot);
             }) => outcome,
         };
+        next_address += 1;
         metrics::gauge!("warden_control_plane_connected").set(0.0);
         metrics::counter!("warden_control_plane_disconnects_total").increment(1);
         if got_one {
@@ -170,8 +150,13 @@ pub async fn run(
             Ok(()) => "the controller ended the stream".to_string(),
             Err(e) => e.to_string(),
         };
-        // A controller going away says UNAVAILABLE: move to the next one at once.
-        let delay = if error.contains("UNAVAILABLE") && attempt == 0 {
+        // A controller going away (or not ready) says UNAVAILABLE: move to the next one at
+        // once, on a new connection.
+        let unavailable = error.contains("UNAVAILABLE");
+        if let (true, Some(address)) = (unavailable, &connected) {
+            channel.give_up(address).await;
+        }
+        let delay = if unavailable && attempt == 0 {
             Duration::ZERO
         } else {
             backoff(attempt, &retry, random_unit())
@@ -226,30 +211,30 @@ fn publish(feed: &PolicyFeed, address: &str, snapshot: PolicySnapshot) {
     tracing::info!(controller = %address, %version, policies = count, default = ?snapshot.default, "policy snapshot in force");
 }
 
-/// One subscription: connect, handshake, call `Watch`, and hand every valid snapshot to
-/// `on_snapshot` until the stream ends. A snapshot that does not convert is refused whole
-/// (counted and logged) and the stream goes on.
+/// One subscription: call `Watch` on the shared connection (connecting to address number
+/// `attempt` if there is none; its address goes to `connected`), and hand every valid
+/// snapshot to `on_snapshot` until the stream ends. A snapshot that does not convert is
+/// refused whole (counted and logged) and the stream goes on.
 async fn subscribe(
-    client: &ControlPlaneClient,
-    address: &str,
-    creds: &Credentials,
-    mut on_snapshot: impl FnMut(PolicySnapshot),
+    channel: &SharedChannel,
+    attempt: usize,
+    connected: &mut Option<String>,
+    mut on_snapshot: impl FnMut(&str, PolicySnapshot),
 ) -> Result<(), ControlPlaneError> {
-    let mut channel =
-        grpc_client::connect(address, &client.server_id, client.connect_timeout, creds).await?;
+    let (address, mut http2) = channel.get(attempt).await?;
+    *connected = Some(address.clone());
     let request = grpc::frame(&v1::WatchRequest {
-        pod: client.pod.clone(),
+        pod: channel.target().pod.clone(),
     });
-    let body =
-        grpc_client::call(&mut channel, address, grpc::WATCH_INBOUND_POLICY, request).await?;
+    let body = grpc_client::call(&mut http2, &address, grpc::WATCH_INBOUND_POLICY, request).await?;
     metrics::gauge!("warden_control_plane_connected").set(1.0);
     grpc_client::read_messages(
         body,
-        address,
+        &address,
         MAX_SNAPSHOT_BYTES,
         |snapshot: v1::Snapshot| match snapshot_from_proto(&snapshot) {
-            Ok(snapshot) => on_snapshot(snapshot),
-            Err(error) => refused(address, &snapshot.version, &error),
+            Ok(snapshot) => on_snapshot(&address, snapshot),
+            Err(error) => refused(&address, &snapshot.version, &error),
         },
     )
     .await

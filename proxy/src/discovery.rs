@@ -1,8 +1,8 @@
 //! The discovery client (DESIGN section 9, Linkerd's destination model): for each address
 //! the app connects to, one `warden.discovery.v1.Destinations/Watch` stream at the controller,
 //! opened on first use and closed when the destination has been idle for a while, so the
-//! proxy's memory follows its app's fan-out, not the cluster's size. All streams share one
-//! HTTP/2 connection. While the controller is unreachable, known destinations keep their
+//! proxy's memory follows its app's fan-out, not the cluster's size. All streams share the
+//! proxy's one HTTP/2 connection to the controller with its policy stream. While the controller is unreachable, known destinations keep their
 //! last answer; a destination never answered is unknown (the caller applies the rule for
 //! unknown destinations).
 
@@ -17,10 +17,9 @@ use tokio_util::sync::CancellationToken;
 use warden_api::discovery::v1;
 use warden_api::grpc::{self, MAX_SNAPSHOT_BYTES};
 use warden_core::SpiffeId;
-use warden_identity::rotation::{backoff, random_unit, Credentials, RotationOptions};
+use warden_identity::rotation::{backoff, random_unit, RotationOptions};
 
-use crate::control_plane::ControlPlaneClient;
-use crate::grpc_client::{self, Channel, ControlPlaneError};
+use crate::grpc_client::{self, ChannelState, SharedChannel};
 
 /// What is at a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +130,8 @@ impl Drop for Watched {
 
 /// The discovery client.
 pub struct Discovery {
-    target: ControlPlaneClient,
-    credentials: watch::Receiver<Arc<Credentials>>,
+    channel: Arc<SharedChannel>,
     options: DiscoveryOptions,
-    channel: tokio::sync::Mutex<Option<(String, Channel)>>,
     destinations: Mutex<HashMap<SocketAddr, Arc<Watched>>>,
     started: Instant,
 }
@@ -142,7 +139,7 @@ pub struct Discovery {
 impl std::fmt::Debug for Discovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Discovery")
-            .field("controller", &self.target.addresses)
+            .field("channel", &self.channel)
             .field("destinations", &self.watched())
             .finish()
     }
@@ -160,18 +157,12 @@ fn describe_metrics() {
 }
 
 impl Discovery {
-    /// A client asking the controller at `target` (its `pod` is not used).
-    pub fn new(
-        target: ControlPlaneClient,
-        credentials: watch::Receiver<Arc<Credentials>>,
-        options: DiscoveryOptions,
-    ) -> Arc<Self> {
+    /// A client asking the controller on `channel`.
+    pub fn new(channel: Arc<SharedChannel>, options: DiscoveryOptions) -> Arc<Self> {
         describe_metrics();
         Arc::new(Self {
-            target,
-            credentials,
+            channel,
             options,
-            channel: tokio::sync::Mutex::new(None),
             destinations: Mutex::new(HashMap::new()),
             started: Instant::now(),
         })
@@ -245,15 +236,13 @@ impl Discovery {
 
     /// `/ready`'s line: how many destinations are watched, and the connection's state.
     pub fn describe(&self) -> String {
-        let connection = match self.channel.try_lock() {
-            Ok(slot) => match slot.as_ref() {
-                Some((address, channel)) if !channel.is_closed() => {
-                    format!("connected to the controller at {address}")
-                }
-                _ => "not connected to the controller (known destinations keep their last answers)"
-                    .to_string(),
-            },
-            Err(_) => "connecting to the controller".to_string(),
+        let connection = match self.channel.state() {
+            ChannelState::Connected(address) => format!("connected to the controller at {address}"),
+            ChannelState::Disconnected => {
+                "not connected to the controller (known destinations keep their last answers)"
+                    .to_string()
+            }
+            ChannelState::Connecting => "connecting to the controller".to_string(),
         };
         format!("{} destinations watched; {connection}", self.watched())
     }
@@ -264,29 +253,6 @@ impl Discovery {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
-    }
-
-    /// The shared connection, connecting (to the next address in turn) if there is none or
-    /// it closed.
-    async fn channel(&self, attempt: u32) -> Result<(String, Channel), ControlPlaneError> {
-        let mut slot = self.channel.lock().await;
-        if let Some((address, channel)) = slot.as_ref() {
-            if !channel.is_closed() {
-                return Ok((address.clone(), channel.clone()));
-            }
-        }
-        let addresses = &self.target.addresses;
-        let address = addresses[attempt as usize % addresses.len()].clone();
-        let creds = self.credentials.borrow().clone();
-        let channel = grpc_client::connect(
-            &address,
-            &self.target.server_id,
-            self.target.connect_timeout,
-            &creds,
-        )
-        .await?;
-        *slot = Some((address.clone(), channel.clone()));
-        Ok((address, channel))
     }
 
     /// Keeps `answer` current for `addr` until aborted (when the destination goes idle),
@@ -304,7 +270,7 @@ impl Discovery {
         let mut attempt = 0u32;
         loop {
             let result = async {
-                let (address, mut channel) = self.channel(attempt).await?;
+                let (address, mut channel) = self.channel.get(attempt as usize).await?;
                 let request = grpc::frame(&v1::DestinationRequest {
                     address: addr.to_string(),
                 });

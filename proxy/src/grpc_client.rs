@@ -1,7 +1,8 @@
 //! A minimal gRPC client over hyper's HTTP/2 client and prost messages, so the sidecar
 //! carries neither tonic nor tower: mTLS to the controller (whose SVID must be exactly the
-//! expected one), one HTTP/2 connection for any number of calls, server-streaming calls read
-//! message by message with a size limit, and the status from trailers.
+//! expected one), one HTTP/2 connection shared by every call of the proxy (the policy stream
+//! and each destination watch), server-streaming calls read message by message with a size
+//! limit, and the status from trailers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
 use warden_api::grpc::{self, FrameDecoder, FrameError};
 use warden_core::SpiffeId;
 use warden_identity::rotation::Credentials;
@@ -70,6 +72,112 @@ pub enum ControlPlaneError {
 
 /// An HTTP/2 connection to the controller; cloned for concurrent calls.
 pub type Channel = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// Where the controller is, and as which pod this proxy subscribes.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneClient {
+    /// The controller's `host:port` addresses, tried in turn.
+    pub addresses: Vec<String>,
+    /// The controller's SPIFFE ID (its SVID must carry exactly this).
+    pub server_id: SpiffeId,
+    /// This proxy's pod.
+    pub pod: String,
+    /// Bound on connecting plus the TLS handshake.
+    pub connect_timeout: Duration,
+}
+
+/// Where a [`SharedChannel`] stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Connected to the controller at this address.
+    Connected(String),
+    /// A connection is being made.
+    Connecting,
+    /// Not connected (the next call connects).
+    Disconnected,
+}
+
+/// The proxy's one connection to the controller, shared by the policy stream and every
+/// destination watch: connected on first use, and again (to the next address in turn) once
+/// it closed or was given up. The SVID in force is read at every connection, so a rotated
+/// one is used from the next connection on.
+pub struct SharedChannel {
+    target: ControlPlaneClient,
+    credentials: watch::Receiver<Arc<Credentials>>,
+    slot: tokio::sync::Mutex<Option<(String, Channel)>>,
+}
+
+impl std::fmt::Debug for SharedChannel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedChannel")
+            .field("controller", &self.target.addresses)
+            .finish()
+    }
+}
+
+impl SharedChannel {
+    /// A channel to `target`, presenting the SVID in `credentials`; nothing connects yet.
+    pub fn new(
+        target: ControlPlaneClient,
+        credentials: watch::Receiver<Arc<Credentials>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            credentials,
+            slot: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// Where the controller is, and this proxy's pod.
+    pub fn target(&self) -> &ControlPlaneClient {
+        &self.target
+    }
+
+    /// The open connection and its address; else a new one to address number `attempt`
+    /// (modulo their count). Callers wait for each other while one connects.
+    pub async fn get(&self, attempt: usize) -> Result<(String, Channel), ControlPlaneError> {
+        let mut slot = self.slot.lock().await;
+        if let Some((address, channel)) = slot.as_ref() {
+            if !channel.is_closed() {
+                return Ok((address.clone(), channel.clone()));
+            }
+        }
+        let addresses = &self.target.addresses;
+        let address = addresses[attempt % addresses.len()].clone();
+        let creds = self.credentials.borrow().clone();
+        let channel = connect(
+            &address,
+            &self.target.server_id,
+            self.target.connect_timeout,
+            &creds,
+        )
+        .await?;
+        *slot = Some((address.clone(), channel.clone()));
+        Ok((address, channel))
+    }
+
+    /// Gives up the connection to `address` (a controller that said UNAVAILABLE), so the
+    /// next [`SharedChannel::get`] connects anew; calls already on it go on until they end.
+    pub async fn give_up(&self, address: &str) {
+        let mut slot = self.slot.lock().await;
+        if slot.as_ref().is_some_and(|(a, _)| a == address) {
+            *slot = None;
+        }
+    }
+
+    /// The connection's state, for `/ready`.
+    pub fn state(&self) -> ChannelState {
+        match self.slot.try_lock() {
+            Ok(slot) => match slot.as_ref() {
+                Some((address, channel)) if !channel.is_closed() => {
+                    ChannelState::Connected(address.clone())
+                }
+                _ => ChannelState::Disconnected,
+            },
+            Err(_) => ChannelState::Connecting,
+        }
+    }
+}
 
 /// Connects to `address`, completes mTLS presenting `creds` and requiring `server_id`, and
 /// starts HTTP/2, all within `timeout`.

@@ -2,7 +2,8 @@
 //!
 //! - [`outbound`]: the app's connections to other workloads, originating mTLS;
 //! - [`inbound`]: mTLS from peer proxies, terminated and forwarded to the app;
-
+//! - [`cli`]: the `proxy` and `init` commands (of the slim `warden-proxy` binary and of
+//!   `warden`), [`logging`]: the process's logs;
 //! - [`proxy`]: wiring it all together, [`config`]: the one configuration module;
 //! - [`policy_dir`], [`control_plane`]: where policies come from (files, or the controller);
 //!   [`discovery`]: who must answer at each destination; [`grpc_client`]: gRPC without tonic;
@@ -14,6 +15,7 @@
 pub mod app_probe;
 pub mod audit;
 pub mod authz;
+pub mod cli;
 pub mod config;
 pub mod control_plane;
 pub mod detect;
@@ -24,6 +26,7 @@ pub mod inbound;
 pub mod interception;
 pub mod io;
 pub mod listener;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
 pub mod original_dst;

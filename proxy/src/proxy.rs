@@ -236,28 +236,30 @@ pub fn authorizer(
     }))
 }
 
-/// Starts the control-plane client if the authorizer has a feed for it: whether it did,
-/// and the mesh policy's outbound rules as they will follow.
+/// Starts the control-plane client if the authorizer has a feed for it: the connection to
+/// the controller it made (for discovery to share), and the mesh policy's outbound rules as
+/// they will follow.
 fn shared_feed(
     authz: &Authorizer,
     config: &ProxyConfig,
     credentials: &tokio::sync::watch::Receiver<Arc<warden_identity::rotation::Credentials>>,
     shutdown: &CancellationToken,
 ) -> (
-    bool,
+    Option<Arc<crate::grpc_client::SharedChannel>>,
     tokio::sync::watch::Receiver<crate::control_plane::OutboundRules>,
 ) {
     let Some(feed) = authz.take_feed() else {
-        return (false, tokio::sync::watch::channel(Default::default()).1);
+        return (None, tokio::sync::watch::channel(Default::default()).1);
     };
     let rules = feed.outbound.subscribe();
+    let channel =
+        crate::grpc_client::SharedChannel::new(control_plane_client(config), credentials.clone());
     tokio::spawn(crate::control_plane::run(
-        control_plane_client(config),
+        channel.clone(),
         feed,
-        credentials.clone(),
         shutdown.clone(),
     ));
-    (true, rules)
+    (Some(channel), rules)
 }
 
 /// The control-plane client `config` asks for.
@@ -323,15 +325,17 @@ pub async fn run(
     let (control_plane, outbound_rules) = shared_feed(&authz, &config, &credentials, &shutdown);
     // Discovery decides what is meshed for redirected connections when a controller is
     // configured; explicit routes name their destinations themselves.
-    let discovery = (control_plane && config.transparent.enabled).then(|| {
-        let discovery = crate::discovery::Discovery::new(
-            control_plane_client(&config),
-            credentials.clone(),
-            crate::discovery::DiscoveryOptions::default(),
-        );
-        tokio::spawn(discovery.clone().sweep_until(shutdown.clone()));
-        discovery
-    });
+    let refresh_ready = control_plane.is_some();
+    let discovery = control_plane
+        .filter(|_| config.transparent.enabled)
+        .map(|channel| {
+            let discovery = crate::discovery::Discovery::new(
+                channel,
+                crate::discovery::DiscoveryOptions::default(),
+            );
+            tokio::spawn(discovery.clone().sweep_until(shutdown.clone()));
+            discovery
+        });
     let shared = Arc::new(Shared {
         mesh: MeshConnector::new(
             credentials.clone(),
@@ -445,7 +449,7 @@ pub async fn run(
             }
             _ = expired => {}
             // The snapshot's age on /ready stays current.
-            _ = tokio::time::sleep(Duration::from_secs(5)), if control_plane => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)), if refresh_ready => {}
         }
         ready_tx.send_replace(readiness(&watch.borrow_and_update()));
     }

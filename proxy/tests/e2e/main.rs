@@ -10,6 +10,7 @@ mod observability;
 mod policy;
 mod probes;
 mod protocols;
+mod slim_binary;
 mod tcp;
 
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! `warden init`: install (or remove) the pod's interception rules, atomically, for IPv4 and
+//! `init`: install (or remove) the pod's interception rules, atomically, for IPv4 and
 //! IPv6. Runs as the `warden-init` init container with NET_ADMIN and NET_RAW.
 //!
 //! [`install`] is also what the CNI plugin (`warden cni`) runs for a pod, from the node, in
@@ -11,10 +11,10 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
+use crate::interception::{self, Family, InterceptionSettings};
 use anyhow::Context;
 use warden_core::cidr::{self, Cidr};
 use warden_core::contract;
-use warden_proxy::interception::{self, Family, InterceptionSettings};
 
 /// Whether to install IPv6 rules too.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -302,7 +302,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let (_, restore) = tools(family);
         if args.dry_run {
-            crate::output::print(&format!("# {restore} --noflush <<EOF\n{plan}# EOF\n"));
+            super::print(&format!("# {restore} --noflush <<EOF\n{plan}# EOF\n"));
             continue;
         }
         apply(family, &plan)?;

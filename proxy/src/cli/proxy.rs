@@ -1,4 +1,4 @@
-//! `warden proxy`: run the per-pod proxy, or check its configuration.
+//! `proxy`: run the per-pod proxy, check its configuration, or wait until it is ready.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use crate::config::ProxyConfig;
+use crate::proxy::{self, Listeners};
 use tokio_util::sync::CancellationToken;
-use warden_proxy::config::ProxyConfig;
-use warden_proxy::proxy::{self, Listeners};
 
 /// `warden proxy` options.
 #[derive(clap::Args)]
@@ -34,7 +34,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let vars = std::env::vars().collect();
     let config = ProxyConfig::load(args.config.as_deref(), &vars)?;
     if args.check_config {
-        crate::output::print(&config.to_yaml());
+        super::print(&config.to_yaml());
         return Ok(ExitCode::SUCCESS);
     }
     if args.wait_ready {
@@ -65,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            crate::signals::terminated().await;
+            super::terminated().await;
             stop.cancel();
         });
         let authz = proxy::authorizer(&config, shutdown.clone())?;
