@@ -368,6 +368,44 @@ async fn measure(
 }
 
 /// VmRSS of this process, in KB.
+/// The system allocator, counting the bytes allocated and not yet freed: a memory figure
+/// free of the allocator's own reuse and fragmentation, beside RSS.
+struct Counting;
+
+static LIVE_BYTES: std::sync::atomic::AtomicIsize = std::sync::atomic::AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new as isize - layout.size() as isize,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, new) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Heap bytes allocated and not freed, in KB.
+fn live_heap_kb() -> f64 {
+    LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
+}
+
 fn own_rss_kb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -403,6 +441,8 @@ struct DiscoveryRow {
     cached: Vec<Duration>,
     identity_change: Vec<Duration>,
     rss_per_1000_kb: f64,
+    rss_next_1000_kb: f64,
+    heap_next_1000_kb: f64,
     clients: usize,
     per_client: usize,
     subscribe: Duration,
@@ -423,25 +463,93 @@ async fn measure_discovery(
     per_client: usize,
     rounds: usize,
 ) -> DiscoveryRow {
+    // The proxy's client on a runtime of its own, as a sidecar with `worker_threads: 1` runs
+    // it (the mesh benchmark's setting): one thread, no cross-thread wake-ups.
+    let (sidecar, _stop_sidecar) = sidecar_runtime();
     let one = discovery_client(controller, credentials);
     // The connection first, so the figures are lookups, not the handshake.
-    one.resolve("192.0.2.1:80".parse().unwrap()).await;
+    {
+        let one = one.clone();
+        sidecar
+            .spawn(async move { one.resolve("192.0.2.1:80".parse().unwrap()).await })
+            .await
+            .unwrap();
+    }
     // The previous rounds' 1,000 streams close first: lookups meet a controller at rest.
     settle(controller.process.pid()).await;
     let before = own_rss_kb();
-    let (mut first, mut cached) = (Vec::new(), Vec::new());
-    for i in 0..1000.min(load_pods) {
-        let addr: std::net::SocketAddr = format!("{}:8080", load_ip(i)).parse().unwrap();
-        let started = Instant::now();
-        let found = one.resolve(addr).await.expect("an answer");
-        first.push(started.elapsed());
-        assert_eq!(found.kind, warden_proxy::discovery::Kind::Pod);
-        let started = Instant::now();
-        one.resolve(addr).await.expect("an answer");
-        cached.push(started.elapsed());
-    }
+    let lookups = {
+        let one = one.clone();
+        let count = 1000.min(load_pods);
+        sidecar.spawn(async move {
+            let (mut first, mut cached, mut when) = (Vec::new(), Vec::new(), Vec::new());
+            let began = Instant::now();
+            for i in 0..count {
+                let addr: std::net::SocketAddr = format!("{}:8080", load_ip(i)).parse().unwrap();
+                let started = Instant::now();
+                let found = one.resolve(addr).await.expect("an answer");
+                first.push(started.elapsed());
+                when.push(started - began);
+                assert_eq!(found.kind, warden_proxy::discovery::Kind::Pod);
+                let started = Instant::now();
+                one.resolve(addr).await.expect("an answer");
+                cached.push(started.elapsed());
+            }
+            (first, cached, when)
+        })
+    };
+    let (mut first, mut cached, when) = lookups.await.unwrap();
     let rss_per_1000_kb = (own_rss_kb() - before) * 1000.0 / first.len() as f64;
+    // 1,000 more: the growth once the thread's allocator has its first memory.
+    let after_first = own_rss_kb();
+    let heap_before = live_heap_kb();
+    {
+        let one = one.clone();
+        let count = 1000.min(load_pods.saturating_sub(1000));
+        sidecar
+            .spawn(async move {
+                for i in 1000..1000 + count {
+                    let addr = format!("{}:8080", load_ip(i)).parse().unwrap();
+                    one.resolve(addr).await.expect("an answer");
+                }
+            })
+            .await
+            .unwrap();
+    }
+    let rss_next_1000_kb = own_rss_kb() - after_first;
+    let heap_next_1000_kb = live_heap_kb() - heap_before;
+    // Where the tail is: by position in the sequence (a cost growing with the streams
+    // already open would show), and when the slowest happened (a periodic stall would).
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    for (q, part) in first.chunks(first.len().div_ceil(4)).enumerate() {
+        let mut part = part.to_vec();
+        part.sort();
+        eprintln!(
+            "control_plane: first lookups, quarter {}: p50 {:.3} ms, p99 {:.3} ms",
+            q + 1,
+            ms(percentile(&part, 50.0)),
+            ms(percentile(&part, 99.0))
+        );
+    }
+    let mut slowest: Vec<(Duration, usize)> = first.iter().copied().zip(0..).collect();
+    slowest.sort();
+    let slowest: Vec<String> = slowest
+        .iter()
+        .rev()
+        .take(12)
+        .map(|(d, i)| format!("#{i} {:.2} ms at +{:.0} ms", ms(*d), ms(when[*i])))
+        .collect();
+    eprintln!(
+        "control_plane: slowest first lookups: {}",
+        slowest.join(", ")
+    );
     first.sort();
+    eprintln!(
+        "control_plane: first lookups p90 {:.3} ms, p95 {:.3} ms, p99.9 {:.3} ms",
+        ms(percentile(&first, 90.0)),
+        ms(percentile(&first, 95.0)),
+        ms(percentile(&first, 99.9))
+    );
     cached.sort();
     let identity_change = replace_pods(client, &one, rounds).await;
 
@@ -534,6 +642,8 @@ async fn measure_discovery(
         first,
         cached,
         identity_change,
+        rss_next_1000_kb,
+        heap_next_1000_kb,
         rss_per_1000_kb,
         clients,
         per_client,
@@ -542,6 +652,24 @@ async fn measure_discovery(
         controller_rss,
         controller_cpu_per_update: (cpu_after - cpu_before) / rounds as f64,
     }
+}
+
+/// A single-threaded runtime on a thread of its own (a sidecar's with `worker_threads: 1`),
+/// running until the returned sender is dropped.
+fn sidecar_runtime() -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        handle_tx.send(runtime.handle().clone()).unwrap();
+        runtime.block_on(async {
+            let _ = stopped.await;
+        });
+    });
+    (handle_rx.recv().unwrap(), stop)
 }
 
 /// Waits (at most 20 s) until the controller uses under 5% of a core over half a second.
@@ -695,12 +823,15 @@ fn main() {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!("\n### discovery\n");
         println!(
-            "one proxy, 1,000 new destinations: first lookup p50 {:.3} ms, p99 {:.3} ms; cached p50 {:.4} ms, p99 {:.4} ms; its memory {:.0} KB per 1,000 destinations",
+            "one proxy (single-threaded runtime), 1,000 new destinations: first lookup p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms; cached p50 {:.4} ms, p99 {:.4} ms; its memory (RSS) {:.0} KB for the first 1,000 destinations, {:.0} KB for the next 1,000 (of which {:.0} KB live heap)",
             ms(percentile(&disco.first, 50.0)),
+            ms(percentile(&disco.first, 90.0)),
             ms(percentile(&disco.first, 99.0)),
             ms(percentile(&disco.cached, 50.0)),
             ms(percentile(&disco.cached, 99.0)),
-            disco.rss_per_1000_kb
+            disco.rss_per_1000_kb,
+            disco.rss_next_1000_kb,
+            disco.heap_next_1000_kb
         );
         println!(
             "a watched pod's IP reused by a pod of another ServiceAccount: the new identity reaches the proxy p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms after the write ({} samples)",

@@ -21,12 +21,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "warden", version, about, propagate_version = true)]
 struct Cli {
-    /// Log filter, e.g. `info` or `warden_identity=debug`.
-    #[arg(long, global = true, env = "WARDEN_LOG", default_value = "warn")]
-    log_level: String,
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true)]
-    log_json: bool,
+    #[command(flatten)]
+    log: warden_proxy::cli::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -65,7 +61,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    warden_proxy::logging::init(&cli.log_level, cli.log_json)?;
+    cli.log.init()?;
     warden_identity::tls::install_crypto_provider();
     match cli.command {
         Command::Demo(args) => demo::run(args),

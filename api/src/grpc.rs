@@ -20,6 +20,14 @@ pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
 /// The largest request message the controller accepts (bytes).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
 
+/// Destinations one proxy watches at once (one stream each on its connection); beyond it a
+/// new destination is handled as unknown.
+pub const MAX_WATCHED_DESTINATIONS: usize = 10_000;
+
+/// Streams the controller allows on one proxy's connection: every destination watch, the
+/// policy stream, and room for streams being replaced.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = MAX_WATCHED_DESTINATIONS as u32 + 64;
+
 /// Status codes this contract uses (gRPC's numbering).
 pub mod code {
     /// Success.

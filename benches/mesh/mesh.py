@@ -38,6 +38,8 @@ from datetime import datetime, timezone
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 WARDEN = os.path.join(ROOT, "target", "release", "warden")
+# The sidecars run the sidecar image's slim binary (`cargo build --release -p warden-proxy`).
+WARDEN_PROXY = os.path.join(ROOT, "target", "release", "warden-proxy")
 TD = "cluster.local"
 CLIENT_ID = f"spiffe://{TD}/ns/bench/sa/client"
 SERVER_ID = f"spiffe://{TD}/ns/bench/sa/server"
@@ -188,8 +190,8 @@ authorization:
         time.sleep(1)  # the identity service binds
         env = dict(os.environ, WARDEN_LOG="warn")
         self.sidecars("warden", [
-            ([WARDEN, "proxy", "--config", client], "warden-client.log", env),
-            ([WARDEN, "proxy", "--config", server], "warden-server.log", env),
+            ([WARDEN_PROXY, "proxy", "--config", client], "warden-client.log", env),
+            ([WARDEN_PROXY, "proxy", "--config", server], "warden-server.log", env),
         ])
 
     def nginx(self):
@@ -627,7 +629,7 @@ def versions():
         lines = [l.strip() for l in (r.stdout + r.stderr).splitlines() if l.strip().startswith(starts)]
         return lines[0] if lines else "?"
     return {
-        "warden": first([WARDEN, "--version"]) + " (rustls 0.23, aws-lc-rs; X25519MLKEM768 preferred)",
+        "warden": first([WARDEN_PROXY, "--version"]) + " (slim warden-proxy binary; rustls 0.23, aws-lc-rs; X25519MLKEM768 preferred)",
         "nginx": first(["nginx", "-v"]),
         "haproxy": first(["haproxy", "-v"]),
         "stunnel": first(["stunnel4", "-version"], "stunnel "),

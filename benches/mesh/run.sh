@@ -30,6 +30,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --release --locked --bin warden
+# The sidecars' binary, built on its own so that nothing of the full CLI's features is in it.
+cargo build --release --locked -p warden-proxy --bin warden-proxy
 # The open-loop generator and byte sink: std only, so plain rustc.
 rustc --edition 2021 -C opt-level=3 benches/mesh/loadgen.rs -o target/release/loadgen
 exec python3 benches/mesh/mesh.py "$@"

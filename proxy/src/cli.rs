@@ -7,6 +7,24 @@ pub mod proxy;
 
 use std::io::Write;
 
+/// How a command logs: the options every command of both binaries takes.
+#[derive(clap::Args)]
+pub struct LogArgs {
+    /// Log filter, e.g. `info` or `warn,warden::access=info`.
+    #[arg(long, global = true, env = "WARDEN_LOG", default_value = "warn")]
+    pub log_level: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+}
+
+impl LogArgs {
+    /// Installs the process's log subscriber as these options say.
+    pub fn init(&self) -> anyhow::Result<()> {
+        crate::logging::init(&self.log_level, self.log_json)
+    }
+}
+
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
 pub fn print(text: &str) {
     let mut out = std::io::stdout().lock();

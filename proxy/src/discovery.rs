@@ -110,7 +110,7 @@ impl Default for DiscoveryOptions {
         Self {
             lookup_timeout: Duration::from_secs(1),
             idle: Duration::from_secs(300),
-            max_destinations: 10_000,
+            max_destinations: grpc::MAX_WATCHED_DESTINATIONS,
         }
     }
 }
@@ -340,6 +340,46 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client with a real SVID whose controller is nowhere (nothing connects here).
+    fn client() -> Arc<Discovery> {
+        use warden_identity::rotation::{Credentials, TlsOptions};
+        let generated = warden_identity::ca::generate(&warden_identity::ca::InitOptions::new(
+            warden_core::TrustDomain::default(),
+        ))
+        .unwrap();
+        let ca = generated.authority().unwrap();
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/a/sa/b").unwrap();
+        let svid = ca.issue(&id, Duration::from_secs(3600)).unwrap();
+        let trust = Arc::new(warden_identity::TrustStore::single(ca.bundle().clone()));
+        let options = TlsOptions {
+            server_alpn: vec![],
+            client_alpn: vec![],
+            client_auth: warden_identity::tls::ClientAuth::Required,
+        };
+        let (_, credentials) =
+            watch::channel(Arc::new(Credentials::build(svid, trust, &options).unwrap()));
+        let target = grpc_client::ControlPlaneClient {
+            addresses: vec!["127.0.0.1:9".into()],
+            server_id: id,
+            pod: String::new(),
+            connect_timeout: Duration::from_secs(1),
+        };
+        Discovery::new(
+            SharedChannel::new(target, credentials),
+            DiscoveryOptions::default(),
+        )
+    }
+
+    #[test]
+    fn a_watched_destination_costs_little_memory() {
+        let discovery = client();
+        let (tx, _rx) = watch::channel(None);
+        let task = discovery.watch_destination("10.0.0.1:80".parse().unwrap(), tx);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("watch task: {size} bytes");
+        assert!(size <= 1024, "a watch task's future is {size} bytes");
+    }
 
     #[test]
     fn answers_are_read_whole_and_meshed_needs_someone_to_expect() {

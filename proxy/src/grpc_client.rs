@@ -145,12 +145,14 @@ impl SharedChannel {
         let addresses = &self.target.addresses;
         let address = addresses[attempt % addresses.len()].clone();
         let creds = self.credentials.borrow().clone();
-        let channel = connect(
+        // Boxed: the TLS handshake's state is kilobytes, and every caller's future (one task
+        // per watched destination) would otherwise reserve room for it for its whole life.
+        let channel = Box::pin(connect(
             &address,
             &self.target.server_id,
             self.target.connect_timeout,
             &creds,
-        )
+        ))
         .await?;
         *slot = Some((address.clone(), channel.clone()));
         Ok((address, channel))

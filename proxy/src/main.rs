@@ -11,12 +11,8 @@ use warden_proxy::cli;
 #[derive(Parser)]
 #[command(name = "warden-proxy", version, about, propagate_version = true)]
 struct Cli {
-    /// Log filter, e.g. `info` or `warn,warden::access=info`.
-    #[arg(long, global = true, env = "WARDEN_LOG", default_value = "warn")]
-    log_level: String,
-    /// Log as JSON lines instead of text.
-    #[arg(long, global = true)]
-    log_json: bool,
+    #[command(flatten)]
+    log: cli::LogArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,7 +26,7 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    warden_proxy::logging::init(&cli.log_level, cli.log_json)?;
+    cli.log.init()?;
     warden_identity::tls::install_crypto_provider();
     match cli.command {
         Command::Proxy(args) => cli::proxy::run(args),
