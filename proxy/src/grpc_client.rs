@@ -253,7 +253,10 @@ pub async fn call(
         .header(http::header::CONTENT_TYPE, grpc::CONTENT_TYPE)
         .header(http::header::TE, "trailers")
         .body(Full::new(request))
-        .expect("a valid request");
+        .map_err(|e| ControlPlaneError::Http {
+            address: address.to_string(),
+            reason: format!("the call {path:?} is not a valid request: {e}"),
+        })?;
     let response = channel
         .send_request(request)
         .await
