@@ -417,9 +417,12 @@ fn own_rss_kb() -> f64 {
         .unwrap()
 }
 
+/// A discovery client running on `runtime` until `stop`.
 fn discovery_client(
     controller: &mesh::Controller,
     credentials: &watch::Receiver<Arc<Credentials>>,
+    runtime: &tokio::runtime::Handle,
+    stop: &CancellationToken,
 ) -> Arc<Discovery> {
     let target = ControlPlaneClient {
         addresses: vec![controller.grpc.clone()],
@@ -432,7 +435,9 @@ fn discovery_client(
         lookup_timeout: Duration::from_secs(30),
         ..Default::default()
     };
-    Discovery::new(SharedChannel::new(target, credentials.clone()), options)
+    let discovery = Discovery::new(SharedChannel::new(target, credentials.clone()), options);
+    runtime.spawn(discovery.clone().run(stop.clone()));
+    discovery
 }
 
 /// Discovery's figures.
@@ -466,7 +471,9 @@ async fn measure_discovery(
     // The proxy's client on a runtime of its own, as a sidecar with `worker_threads: 1` runs
     // it (the mesh benchmark's setting): one thread, no cross-thread wake-ups.
     let (sidecar, _stop_sidecar) = sidecar_runtime();
-    let one = discovery_client(controller, credentials);
+    let stop_clients = CancellationToken::new();
+    let _stop_clients = stop_clients.clone().drop_guard();
+    let one = discovery_client(controller, credentials, &sidecar, &stop_clients);
     // The connection first, so the figures are lookups, not the handshake.
     {
         let one = one.clone();
@@ -475,7 +482,7 @@ async fn measure_discovery(
             .await
             .unwrap();
     }
-    // The previous rounds' 1,000 streams close first: lookups meet a controller at rest.
+    // The previous round's proxies disconnect first: lookups meet a controller at rest.
     settle(controller.process.pid()).await;
     let before = own_rss_kb();
     let lookups = {
@@ -518,8 +525,8 @@ async fn measure_discovery(
     }
     let rss_next_1000_kb = own_rss_kb() - after_first;
     let heap_next_1000_kb = live_heap_kb() - heap_before;
-    // Where the tail is: by position in the sequence (a cost growing with the streams
-    // already open would show), and when the slowest happened (a periodic stall would).
+    // Where the tail is: by position in the sequence (a cost growing with the destinations
+    // already watched would show), and when the slowest happened (a periodic stall would).
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for (q, part) in first.chunks(first.len().div_ceil(4)).enumerate() {
         let mut part = part.to_vec();
@@ -599,7 +606,12 @@ async fn measure_discovery(
     // first calls would).
     let gate = Arc::new(Semaphore::new(50));
     let subscribing = (0..clients).map(|c| {
-        let proxy = discovery_client(controller, credentials);
+        let proxy = discovery_client(
+            controller,
+            credentials,
+            &tokio::runtime::Handle::current(),
+            &stop_clients,
+        );
         let gate = gate.clone();
         tokio::spawn(async move {
             let _permit = gate.acquire().await.unwrap();

@@ -11,8 +11,8 @@ pub const CONTENT_TYPE: &str = "application/grpc";
 /// The path of `warden.policy.v1.InboundPolicy/Watch`.
 pub const WATCH_INBOUND_POLICY: &str = "/warden.policy.v1.InboundPolicy/Watch";
 
-/// The path of `warden.discovery.v1.Destinations/Watch`.
-pub const WATCH_DESTINATION: &str = "/warden.discovery.v1.Destinations/Watch";
+/// The path of `warden.discovery.v1.Destinations/Subscribe`.
+pub const SUBSCRIBE_DESTINATIONS: &str = "/warden.discovery.v1.Destinations/Subscribe";
 
 /// The largest snapshot a proxy accepts, and the controller sends (bytes).
 pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
@@ -20,13 +20,13 @@ pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024;
 /// The largest request message the controller accepts (bytes).
 pub const MAX_REQUEST_BYTES: usize = 4 * 1024;
 
-/// Destinations one proxy watches at once (one stream each on its connection); beyond it a
-/// new destination is handled as unknown.
+/// Destinations one proxy watches at once; beyond it a new destination is handled as
+/// unknown (by the proxy), and a stream adding more is ended (by the controller).
 pub const MAX_WATCHED_DESTINATIONS: usize = 10_000;
 
-/// Streams the controller allows on one proxy's connection: every destination watch, the
-/// policy stream, and room for streams being replaced.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = MAX_WATCHED_DESTINATIONS as u32 + 64;
+/// Addresses one `Subscription` message carries at most, so that even IPv6 ones fit in
+/// [`MAX_REQUEST_BYTES`] (49 bytes each, encoded).
+pub const MAX_ADDRESSES_PER_MESSAGE: usize = 64;
 
 /// Status codes this contract uses (gRPC's numbering).
 pub mod code {

@@ -1,19 +1,21 @@
-//! `warden.discovery.v1.Destinations/Watch`: a proxy names an address its app connected to
-//! and receives who must answer there ([`Destinations::resolve`]), then a new answer whenever
-//! it changes, until it closes the stream (an idle destination). Any workload of the trust
+//! `warden.discovery.v1.Destinations/Subscribe`: a proxy adds the addresses its app connects
+//! to and removes idle ones, all on one stream, and receives who must answer at each
+//! ([`Destinations::resolve`]) at once and again whenever it changes. Any workload of the trust
 //! domain may ask: the answer says who serves an address, which its callers must learn anyway.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 use warden_api::discovery::v1;
+use warden_api::grpc::MAX_WATCHED_DESTINATIONS;
 
 use crate::destinations::{Changes, Destinations, Kind, Protocol, Resolution};
 use crate::serve::{peer_of, until_synced};
@@ -53,25 +55,33 @@ pub fn to_proto(resolution: &Resolution) -> v1::Destination {
     }
 }
 
-/// Wakes the destination watches whose answers may have changed: those of the changed
-/// addresses, or all of them after a re-list (so a change costs what it touches, not what
-/// every proxy watches).
+/// Wakes the streams whose answers may have changed: those watching a changed IP, or all of
+/// them after a re-list (so a change costs what it touches, not what every proxy watches).
 #[derive(Debug)]
 pub struct Notifier {
     all: watch::Sender<u64>,
-    by_ip: Mutex<HashMap<IpAddr, watch::Sender<u64>>>,
+    by_ip: Mutex<HashMap<IpAddr, HashMap<u64, Arc<Inbox>>>>,
+    next_id: AtomicU64,
+}
+
+/// One stream's pending wake-ups: the IPs that changed since it last looked.
+#[derive(Debug, Default)]
+struct Inbox {
+    changed: Mutex<HashSet<IpAddr>>,
+    wake: Notify,
 }
 
 impl Notifier {
-    /// A notifier no watch listens to yet.
+    /// A notifier no stream listens to yet.
     pub fn new() -> Arc<Self> {
         Arc::new(Self {
             all: watch::channel(0).0,
             by_ip: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
         })
     }
 
-    /// Wakes the watches `changes` concerns.
+    /// Wakes the streams `changes` concerns.
     pub fn notify(&self, changes: &Changes) {
         if changes.all {
             self.all.send_modify(|r| *r += 1);
@@ -79,70 +89,108 @@ impl Notifier {
         }
         let by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
         for ip in &changes.ips {
-            if let Some(tx) = by_ip.get(ip) {
-                tx.send_modify(|r| *r += 1);
+            for inbox in by_ip.get(ip).into_iter().flat_map(HashMap::values) {
+                lock(&inbox.changed).insert(*ip);
+                inbox.wake.notify_one();
             }
         }
     }
 
-    /// Receivers for re-lists and for changes of `ip`.
-    fn subscribe(self: &Arc<Self>, ip: IpAddr) -> Subscription {
-        let mut by_ip = self.by_ip.lock().unwrap_or_else(|p| p.into_inner());
-        let one = by_ip
-            .entry(ip)
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
-        Subscription {
+    /// A stream's subscriber, watching no IP yet.
+    fn subscriber(self: &Arc<Self>) -> Subscriber {
+        Subscriber {
             notifier: self.clone(),
-            ip,
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            inbox: Arc::default(),
             all: self.all.subscribe(),
-            one: Some(one),
+            ips: HashMap::new(),
         }
     }
 }
 
-/// A watch's wake-ups; its address's entry goes with the last watch of it.
-struct Subscription {
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What woke a stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Wakeup {
+    /// Everything may have changed (a re-list).
+    All,
+    /// These IPs' answers may have changed.
+    Ips(HashSet<IpAddr>),
+    /// The notifier is gone.
+    Closed,
+}
+
+/// One stream's registration with the [`Notifier`]: the IPs it watches (counted, since
+/// several ports share an IP); they are unregistered when it drops.
+struct Subscriber {
     notifier: Arc<Notifier>,
-    ip: IpAddr,
+    id: u64,
+    inbox: Arc<Inbox>,
     all: watch::Receiver<u64>,
-    one: Option<watch::Receiver<u64>>,
+    ips: HashMap<IpAddr, u32>,
 }
 
-impl Subscription {
-    /// Marks everything seen so far.
-    fn seen(&mut self) {
-        self.all.borrow_and_update();
-        if let Some(one) = &mut self.one {
-            one.borrow_and_update();
+impl Subscriber {
+    /// Starts waking this stream on changes of `ip`.
+    fn add(&mut self, ip: IpAddr) {
+        let count = self.ips.entry(ip).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            lock(&self.notifier.by_ip)
+                .entry(ip)
+                .or_default()
+                .insert(self.id, self.inbox.clone());
         }
     }
 
-    /// Resolves on the next wake-up; `false` if the notifier is gone.
-    async fn changed(&mut self) -> bool {
-        let Some(one) = &mut self.one else {
-            return false;
+    /// Stops waking this stream on changes of `ip` once no watched address has it.
+    fn remove(&mut self, ip: IpAddr) {
+        let Some(count) = self.ips.get_mut(&ip) else {
+            return;
         };
-        tokio::select! {
-            r = self.all.changed() => r.is_ok(),
-            r = one.changed() => r.is_ok(),
+        *count -= 1;
+        if *count == 0 {
+            self.ips.remove(&ip);
+            self.unregister(ip);
+        }
+    }
+
+    fn unregister(&self, ip: IpAddr) {
+        let mut by_ip = lock(&self.notifier.by_ip);
+        if let Some(streams) = by_ip.get_mut(&ip) {
+            streams.remove(&self.id);
+            if streams.is_empty() {
+                by_ip.remove(&ip);
+            }
+        }
+    }
+
+    /// Resolves on the next wake-up; changes that came before are not lost (the inbox keeps
+    /// them, and a re-list is a new watch value).
+    async fn changed(&mut self) -> Wakeup {
+        loop {
+            tokio::select! {
+                r = self.all.changed() => {
+                    return if r.is_ok() { Wakeup::All } else { Wakeup::Closed };
+                }
+                () = self.inbox.wake.notified() => {
+                    let ips = std::mem::take(&mut *lock(&self.inbox.changed));
+                    if !ips.is_empty() {
+                        return Wakeup::Ips(ips);
+                    }
+                }
+            }
         }
     }
 }
 
-impl Drop for Subscription {
+impl Drop for Subscriber {
     fn drop(&mut self) {
-        self.one = None;
-        let mut by_ip = self
-            .notifier
-            .by_ip
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if by_ip
-            .get(&self.ip)
-            .is_some_and(|tx| tx.receiver_count() == 0)
-        {
-            by_ip.remove(&self.ip);
+        for ip in self.ips.keys() {
+            self.unregister(*ip);
         }
     }
 }
@@ -159,7 +207,7 @@ pub struct DiscoveryService {
 }
 
 impl DiscoveryService {
-    /// The service over `destinations`, its watches woken by `notifier`; streams end
+    /// The service over `destinations`, its streams woken by `notifier`; streams end
     /// (UNAVAILABLE) at `shutdown`.
     pub fn new(
         destinations: Arc<Mutex<Destinations>>,
@@ -171,7 +219,7 @@ impl DiscoveryService {
     ) -> Self {
         metrics::describe_gauge!(
             "warden_controller_destination_watches",
-            "Destination watches open now."
+            "Destinations watched now, over all proxies' streams."
         );
         Self {
             destinations,
@@ -182,46 +230,27 @@ impl DiscoveryService {
             shutdown,
         }
     }
-
-    fn resolve(&self, addr: SocketAddr) -> Resolution {
-        self.destinations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .resolve(addr)
-    }
 }
 
-/// Counts one open watch until dropped.
-struct Open;
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        metrics::gauge!("warden_controller_destination_watches").decrement(1.0);
-    }
-}
-
-/// One destination watch's stream state.
-struct Watching {
+/// One proxy's stream: the addresses it watches with the answer last sent for each, and
+/// the updates not sent yet.
+struct Session {
     service: DiscoveryService,
-    addr: SocketAddr,
-    wakeups: Subscription,
-    sent: Option<Resolution>,
+    requests: Streaming<v1::Subscription>,
+    watched: HashMap<SocketAddr, Resolution>,
+    subscriber: Subscriber,
+    outbox: VecDeque<v1::Update>,
     done: bool,
-    _open: Open,
 }
 
-impl Watching {
-    async fn next(mut self) -> Option<(Result<v1::Destination, Status>, Self)> {
+impl Session {
+    async fn next(mut self) -> Option<(Result<v1::Update, Status>, Self)> {
         loop {
+            if let Some(update) = self.outbox.pop_front() {
+                return Some((Ok(update), self));
+            }
             if self.done {
                 return None;
-            }
-            self.wakeups.seen();
-            let now = self.service.resolve(self.addr);
-            if self.sent.as_ref() != Some(&now) {
-                let message = to_proto(&now);
-                self.sent = Some(now);
-                return Some((Ok(message), self));
             }
             tokio::select! {
                 () = self.service.shutdown.cancelled() => {
@@ -229,54 +258,170 @@ impl Watching {
                     let status = Status::unavailable("the controller is shutting down; reconnect");
                     return Some((Err(status), self));
                 }
-                alive = self.wakeups.changed() => {
-                    if !alive {
-                        return None;
+                request = self.requests.message() => match request {
+                    Ok(Some(subscription)) => {
+                        if let Err(status) = self.apply(subscription) {
+                            self.done = true;
+                            return Some((Err(status), self));
+                        }
                     }
-                }
+                    // The proxy ended its side, or the connection broke.
+                    Ok(None) | Err(_) => return None,
+                },
+                wakeup = self.subscriber.changed() => match wakeup {
+                    Wakeup::All => self.refresh(|_| true),
+                    Wakeup::Ips(ips) => self.refresh(|addr| ips.contains(&addr.ip().to_canonical())),
+                    Wakeup::Closed => return None,
+                },
+            }
+        }
+    }
+
+    /// Adds and removes addresses, queueing the answer for each added one; a malformed
+    /// address, or more than a proxy may watch, ends the stream.
+    fn apply(&mut self, subscription: v1::Subscription) -> Result<(), Status> {
+        for text in &subscription.remove {
+            let Ok(addr) = text.parse::<SocketAddr>() else {
+                continue;
+            };
+            if self.watched.remove(&addr).is_some() {
+                self.subscriber.remove(addr.ip().to_canonical());
+                metrics::gauge!("warden_controller_destination_watches").decrement(1.0);
+            }
+        }
+        let destinations = lock(&self.service.destinations);
+        for text in &subscription.add {
+            let addr: SocketAddr = text.parse().map_err(|_| {
+                Status::invalid_argument(format!(
+                    "{:?} is not ip:port",
+                    text.chars().take(100).collect::<String>()
+                ))
+            })?;
+            if let Some(sent) = self.watched.get(&addr) {
+                // The proxy may have dropped and re-added it in one batch: answer again.
+                self.outbox.push_back(update(text, sent));
+                continue;
+            }
+            if self.watched.len() >= MAX_WATCHED_DESTINATIONS {
+                return Err(Status::resource_exhausted(format!(
+                    "more than {MAX_WATCHED_DESTINATIONS} destinations on one stream"
+                )));
+            }
+            let now = destinations.resolve(addr);
+            self.outbox.push_back(update(text, &now));
+            self.watched.insert(addr, now);
+            self.subscriber.add(addr.ip().to_canonical());
+            metrics::gauge!("warden_controller_destination_watches").increment(1.0);
+        }
+        Ok(())
+    }
+
+    /// Queues the answers that changed among the watched addresses `affected` selects.
+    fn refresh(&mut self, affected: impl Fn(&SocketAddr) -> bool) {
+        let destinations = lock(&self.service.destinations);
+        for (addr, sent) in self.watched.iter_mut().filter(|(a, _)| affected(a)) {
+            let now = destinations.resolve(*addr);
+            if *sent != now {
+                self.outbox.push_back(update(&addr.to_string(), &now));
+                *sent = now;
             }
         }
     }
 }
 
-type DestinationStream = Pin<Box<dyn Stream<Item = Result<v1::Destination, Status>> + Send>>;
+impl Drop for Session {
+    fn drop(&mut self) {
+        metrics::gauge!("warden_controller_destination_watches")
+            .decrement(self.watched.len() as f64);
+    }
+}
+
+fn update(address: &str, resolution: &Resolution) -> v1::Update {
+    v1::Update {
+        address: address.to_string(),
+        destination: Some(to_proto(resolution)),
+    }
+}
+
+type UpdateStream = Pin<Box<dyn Stream<Item = Result<v1::Update, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl generated::destinations_server::Destinations for DiscoveryService {
-    type WatchStream = DestinationStream;
+    type SubscribeStream = UpdateStream;
 
-    async fn watch(
+    async fn subscribe(
         &self,
-        request: Request<v1::DestinationRequest>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+        request: Request<Streaming<v1::Subscription>>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
         let peer = peer_of(&request)?;
         if peer.id.trust_domain_name() != self.trust_domain || peer.id.service_account().is_none() {
-            tracing::warn!(caller = %peer.id, source = %peer.addr, "refused a destination watch: not a workload of this trust domain");
+            tracing::warn!(caller = %peer.id, source = %peer.addr, "refused a discovery stream: not a workload of this trust domain");
             return Err(Status::unauthenticated(format!(
                 "{} is not a workload identity of trust domain {}",
                 peer.id, self.trust_domain
             )));
         }
-        let text = request.into_inner().address;
-        let addr: SocketAddr = text.parse().map_err(|_| {
-            Status::invalid_argument(format!(
-                "{:?} is not ip:port",
-                text.chars().take(100).collect::<String>()
-            ))
-        })?;
         until_synced(&self.synced, self.sync_wait).await?;
-        metrics::gauge!("warden_controller_destination_watches").increment(1.0);
-        let state = Watching {
+        let session = Session {
             service: self.clone(),
-            addr,
-            wakeups: self.notifier.subscribe(addr.ip().to_canonical()),
-            sent: None,
+            requests: request.into_inner(),
+            watched: HashMap::new(),
+            subscriber: self.notifier.subscriber(),
+            outbox: VecDeque::new(),
             done: false,
-            _open: Open,
         };
         Ok(Response::new(Box::pin(futures::stream::unfold(
-            state,
-            Watching::next,
+            session,
+            Session::next,
         ))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn changes(ips: &[&str]) -> Changes {
+        Changes {
+            all: false,
+            ips: ips.iter().map(|i| ip(i)).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_woken_by_the_ips_it_watches_only() {
+        let notifier = Notifier::new();
+        let mut one = notifier.subscriber();
+        let mut two = notifier.subscriber();
+        one.add(ip("10.0.0.1"));
+        one.add(ip("10.0.0.1")); // a second port
+        one.add(ip("10.0.0.2"));
+        two.add(ip("10.0.0.2"));
+        notifier.notify(&changes(&["10.0.0.1", "10.0.0.9"]));
+        notifier.notify(&changes(&["10.0.0.2"]));
+        let both: HashSet<_> = [ip("10.0.0.1"), ip("10.0.0.2")].into();
+        assert_eq!(one.changed().await, Wakeup::Ips(both));
+        assert_eq!(two.changed().await, Wakeup::Ips([ip("10.0.0.2")].into()));
+
+        // One port of 10.0.0.1 removed: still woken; both removed: no longer.
+        one.remove(ip("10.0.0.1"));
+        notifier.notify(&changes(&["10.0.0.1"]));
+        assert_eq!(one.changed().await, Wakeup::Ips([ip("10.0.0.1")].into()));
+        one.remove(ip("10.0.0.1"));
+        notifier.notify(&changes(&["10.0.0.1"]));
+        notifier.notify(&Changes {
+            all: true,
+            ips: HashSet::new(),
+        });
+        assert_eq!(one.changed().await, Wakeup::All, "a re-list, not 10.0.0.1");
+
+        // A dropped stream leaves nothing behind.
+        drop(one);
+        drop(two);
+        assert!(lock(&notifier.by_ip).is_empty());
     }
 }

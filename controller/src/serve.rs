@@ -44,9 +44,9 @@ impl Default for ServeLimits {
         Self {
             max_connections: 20_000,
             handshake_timeout: Duration::from_secs(10),
-            // A proxy opens one stream per destination its app uses (discovery), up to its
-            // cap, on the connection its policy stream uses.
-            max_streams_per_connection: warden_api::grpc::MAX_STREAMS_PER_CONNECTION,
+            // A proxy needs two (its policy stream and its discovery stream), and briefly
+            // more while one is replaced.
+            max_streams_per_connection: 16,
             max_subscriptions_per_pod: 4,
             sync_wait: Duration::from_secs(10),
         }

@@ -4,13 +4,14 @@
 //! messages, thousands of subscriptions, expired, foreign and missing certificates) while
 //! everyone else keeps being served.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prost::Message;
 use tokio::sync::watch;
@@ -144,10 +145,13 @@ impl Controller {
     }
 
     /// An HTTP/2 connection over mTLS presenting `svid` (none: no client certificate).
-    async fn connect(
+    async fn connect<B>(
         &self,
         svid: Option<&Svid>,
-    ) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
+    ) -> Result<hyper::client::conn::http2::SendRequest<B>, String>
+    where
+        B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static,
+    {
         let trust = Arc::new(TrustStore::single(self.ca.bundle().clone()));
         let expected = ExpectedPeer::Exact(id(
             "spiffe://cluster.local/ns/warden-system/sa/warden-controller",
@@ -429,15 +433,44 @@ async fn hostile_clients_get_errors_and_everyone_else_is_still_served() {
         .await;
 }
 
-fn destination_request(address: &str) -> Bytes {
-    grpc::frame(&warden_api::discovery::v1::DestinationRequest {
-        address: address.into(),
-    })
+/// A discovery stream's request side: frames sent through it are the proxy's subscriptions.
+type Subscriptions = futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
+type SubscriptionBody =
+    StreamBody<futures::channel::mpsc::UnboundedReceiver<Result<Frame<Bytes>, Infallible>>>;
+
+/// Adds and removes addresses on a discovery stream.
+fn subscription(requests: &Subscriptions, add: &[&str], remove: &[&str]) {
+    let message = warden_api::discovery::v1::Subscription {
+        add: add.iter().map(|a| a.to_string()).collect(),
+        remove: remove.iter().map(|a| a.to_string()).collect(),
+    };
+    requests
+        .unbounded_send(Ok(Frame::data(grpc::frame(&message))))
+        .unwrap();
+}
+
+/// Opens a discovery stream on `sender`: its request side, and its updates (or the status
+/// it was refused with).
+async fn open_discovery(
+    sender: &mut hyper::client::conn::http2::SendRequest<SubscriptionBody>,
+) -> (
+    Subscriptions,
+    Result<Stream<warden_api::discovery::v1::Update>, grpc::Status>,
+) {
+    let (requests, body) = futures::channel::mpsc::unbounded();
+    sender.ready().await.unwrap();
+    let request = http::Request::post(format!("http://controller{}", grpc::SUBSCRIBE_DESTINATIONS))
+        .header("content-type", grpc::CONTENT_TYPE)
+        .header("te", "trailers")
+        .body(StreamBody::new(body))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    (requests, Stream::open(response))
 }
 
 #[tokio::test]
-async fn a_destination_watch_follows_pods_services_and_endpoints() {
-    use warden_api::discovery::v1::{Destination, Kind, Protocol};
+async fn a_discovery_stream_follows_pods_services_and_endpoints() {
+    use warden_api::discovery::v1::{Kind, Protocol};
     use warden_controller::destinations::{PodEndpoint, ServiceInfo, ServicePort, Slice};
     let controller = Controller::start().await;
     let change = |f: &dyn Fn(&mut Destinations) -> bool| {
@@ -448,24 +481,21 @@ async fn a_destination_watch_follows_pods_services_and_endpoints() {
         controller.notifier.notify(&changes);
     };
     let web = controller.svid("spiffe://cluster.local/ns/shop/sa/web");
-    let sender = controller.connect(Some(&web)).await.unwrap();
-    let watch = |address: &'static str| {
-        let mut sender = sender.clone();
-        async move {
-            let response = call_path(
-                &mut sender,
-                grpc::WATCH_DESTINATION,
-                destination_request(address),
-            )
-            .await
-            .unwrap();
-            Stream::<Destination>::open(response)
-        }
+    let mut sender = controller.connect(Some(&web)).await.unwrap();
+    let (requests, updates) = open_discovery(&mut sender).await;
+    let mut updates = updates.unwrap();
+    subscription(&requests, &["10.0.0.7:8080", "10.96.0.10:80"], &[]);
+    let mut next = async || {
+        let update = updates.snapshot().await;
+        (update.address, update.destination.unwrap())
     };
-    let mut pod = watch("10.0.0.7:8080").await.unwrap();
-    let mut service = watch("10.96.0.10:80").await.unwrap();
-    assert_eq!(pod.snapshot().await.kind, Kind::Unknown as i32);
-    assert_eq!(service.snapshot().await.kind, Kind::Unknown as i32);
+    for address in ["10.0.0.7:8080", "10.96.0.10:80"] {
+        let (got, destination) = next().await;
+        assert_eq!(
+            (got.as_str(), destination.kind),
+            (address, Kind::Unknown as i32)
+        );
+    }
 
     // The pod appears (meshed), then the Service with it as its one ready endpoint.
     let api = PodEndpoint {
@@ -477,15 +507,17 @@ async fn a_destination_watch_follows_pods_services_and_endpoints() {
         created: 1,
     };
     change(&|d| d.apply_pod("shop", "api-1", api.clone()));
-    let got = pod.snapshot().await;
+    let (address, got) = next().await;
     assert_eq!(
         (
+            address.as_str(),
             got.kind,
             got.name.as_str(),
             got.meshed,
             got.identities.clone()
         ),
         (
+            "10.0.0.7:8080",
             Kind::Pod as i32,
             "shop/api-1",
             true,
@@ -506,7 +538,8 @@ async fn a_destination_watch_follows_pods_services_and_endpoints() {
             },
         )
     });
-    let got = service.snapshot().await;
+    let (address, got) = next().await;
+    assert_eq!(address, "10.96.0.10:80");
     assert!(got.no_endpoints && !got.meshed, "{got:?}");
     let slice = |ready: bool| Slice {
         service: "api".into(),
@@ -514,45 +547,58 @@ async fn a_destination_watch_follows_pods_services_and_endpoints() {
         endpoints: vec![(vec!["10.0.0.7".parse().unwrap()], ready)],
     };
     change(&|d| d.apply_slice("shop", "api-x", slice(true)));
-    let got = service.snapshot().await;
+    let (address, got) = next().await;
     assert_eq!(
-        (got.meshed, got.protocol, got.identities.len()),
-        (true, Protocol::Http2 as i32, 1),
+        (
+            address.as_str(),
+            got.meshed,
+            got.protocol,
+            got.identities.len()
+        ),
+        ("10.96.0.10:80", true, Protocol::Http2 as i32, 1),
         "{got:?}"
     );
-    // The endpoint is no longer ready: the Service has none.
-    change(&|d| d.apply_slice("shop", "api-x", slice(false)));
-    assert!(service.snapshot().await.no_endpoints);
 
-    // Many destinations on one connection (more than a policy subscription may use).
-    let mut many = Vec::new();
-    for i in 0..200 {
-        let address: &'static str =
-            Box::leak(format!("10.1.{}.{}:80", i / 250, i % 250 + 1).into_boxed_str());
-        let mut stream = watch(address).await.unwrap();
-        assert_eq!(stream.snapshot().await.kind, Kind::Unknown as i32);
-        many.push(stream);
+    // Removed: its changes are no longer sent. Added again: answered again, at once.
+    // (The stream is answered in order: once the new address is, the removal was applied.)
+    subscription(&requests, &["10.2.0.1:80"], &["10.96.0.10:80"]);
+    assert_eq!(next().await.0, "10.2.0.1:80");
+    change(&|d| d.apply_slice("shop", "api-x", slice(false)));
+    subscription(&requests, &["10.96.0.10:80", "10.0.0.7:8080"], &[]);
+    let (address, got) = next().await;
+    assert_eq!(address, "10.96.0.10:80");
+    assert!(
+        got.no_endpoints,
+        "the answer now, not the one before: {got:?}"
+    );
+    let (address, got) = next().await;
+    assert_eq!((address.as_str(), got.meshed), ("10.0.0.7:8080", true));
+
+    // Many destinations on one stream, answered in order.
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("10.1.{}.{}:80", i / 250, i % 250 + 1))
+        .collect();
+    for chunk in many.chunks(grpc::MAX_ADDRESSES_PER_MESSAGE) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        subscription(&requests, &chunk, &[]);
+    }
+    for address in &many {
+        assert_eq!(&next().await.0, address);
     }
 
-    // Bad requests: not an address; not a workload identity.
-    let refused = match watch("nowhere").await {
-        Err(status) => status,
-        Ok(mut stream) => stream.status().await,
-    };
+    // A malformed address ends the stream with INVALID_ARGUMENT, naming it.
+    subscription(&requests, &["nowhere"], &[]);
+    let refused = updates.status().await;
     assert_eq!(refused.code, 3, "INVALID_ARGUMENT: {refused}");
+    assert!(refused.message.contains("\"nowhere\""), "{refused}");
+
+    // Not a workload identity: refused.
     let vm = controller.svid("spiffe://cluster.local/vm/legacy");
     let mut sender = controller.connect(Some(&vm)).await.unwrap();
-    let response = call_path(
-        &mut sender,
-        grpc::WATCH_DESTINATION,
-        destination_request("10.0.0.7:8080"),
-    )
-    .await
-    .unwrap();
-    let refused = match Stream::<Destination>::open(response) {
+    let (_requests, refused) = open_discovery(&mut sender).await;
+    let refused = match refused {
         Err(status) => status,
         Ok(mut stream) => stream.status().await,
     };
     assert_eq!(refused.code, code::UNAUTHENTICATED, "{refused}");
-    drop(many);
 }

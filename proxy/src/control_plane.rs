@@ -223,9 +223,9 @@ async fn subscribe(
 ) -> Result<(), ControlPlaneError> {
     let (address, mut http2) = channel.get(attempt).await?;
     *connected = Some(address.clone());
-    let request = grpc::frame(&v1::WatchRequest {
+    let request = grpc_client::RequestBody::once(grpc::frame(&v1::WatchRequest {
         pod: channel.target().pod.clone(),
-    });
+    }));
     let body = grpc_client::call(&mut http2, &address, grpc::WATCH_INBOUND_POLICY, request).await?;
     metrics::gauge!("warden_control_plane_connected").set(1.0);
     grpc_client::read_messages(

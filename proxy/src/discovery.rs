@@ -1,26 +1,29 @@
-//! The discovery client (DESIGN section 9, Linkerd's destination model): for each address
-//! the app connects to, one `warden.discovery.v1.Destinations/Watch` stream at the controller,
-//! opened on first use and closed when the destination has been idle for a while, so the
-//! proxy's memory follows its app's fan-out, not the cluster's size. All streams share the
-//! proxy's one HTTP/2 connection to the controller with its policy stream. While the controller is unreachable, known destinations keep their
-//! last answer; a destination never answered is unknown (the caller applies the rule for
-//! unknown destinations).
+//! The discovery client (DESIGN section 9, Linkerd's destination model over one stream, as
+//! Istio's on-demand delta xDS): the proxy adds each address its app connects to to its one
+//! `warden.discovery.v1.Destinations/Subscribe` stream on first use and removes it once it has
+//! been idle for a while, so its memory follows its app's fan-out, not the cluster's size; the
+//! stream shares the proxy's one HTTP/2 connection to the controller with its policy stream.
+//! While the controller is unreachable, known destinations keep their last answer (and are
+//! added again, whole, on the next stream); a destination never answered is unknown (the
+//! caller applies the rule for unknown destinations).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+// Tokio's clock, so tests with paused time can age destinations.
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use warden_api::discovery::v1;
-use warden_api::grpc::{self, MAX_SNAPSHOT_BYTES};
+use warden_api::grpc::{self, MAX_ADDRESSES_PER_MESSAGE, MAX_SNAPSHOT_BYTES};
 use warden_core::SpiffeId;
 use warden_identity::rotation::{backoff, random_unit, RotationOptions};
 
-use crate::grpc_client::{self, ChannelState, SharedChannel};
-
+use crate::grpc_client::{
+    self, ChannelState, ControlPlaneError, Messages, RequestBody, SharedChannel,
+};
 /// What is at a destination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -99,7 +102,7 @@ pub struct DiscoveryOptions {
     /// How long a connection waits for the first answer about a new destination before the
     /// rule for unknown destinations applies.
     pub lookup_timeout: Duration,
-    /// A destination not looked up for this long is dropped (its stream closed).
+    /// A destination not looked up for this long is dropped (removed from the stream).
     pub idle: Duration,
     /// Destinations watched at once; beyond it new ones are unknown (and counted).
     pub max_destinations: usize,
@@ -117,22 +120,25 @@ impl Default for DiscoveryOptions {
 
 /// One watched destination: its latest answer and when it was last used.
 struct Watched {
-    answer: watch::Receiver<Option<Arc<Resolved>>>,
-    last_used_ms: AtomicU64,
-    task: tokio::task::AbortHandle,
+    answer: watch::Sender<Option<Arc<Resolved>>>,
+    last_used_ms: u64,
 }
 
-impl Drop for Watched {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+/// A change to the set of watched destinations, for the stream to send.
+#[derive(Debug, Clone, Copy)]
+enum Change {
+    Add(SocketAddr),
+    Remove(SocketAddr),
 }
 
 /// The discovery client.
 pub struct Discovery {
     channel: Arc<SharedChannel>,
     options: DiscoveryOptions,
-    destinations: Mutex<HashMap<SocketAddr, Arc<Watched>>>,
+    destinations: Mutex<HashMap<SocketAddr, Watched>>,
+    /// Sent under the `destinations` lock, so the stream sees changes in the map's order.
+    changes: mpsc::UnboundedSender<Change>,
+    pending: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
     started: Instant,
 }
 
@@ -157,13 +163,16 @@ fn describe_metrics() {
 }
 
 impl Discovery {
-    /// A client asking the controller on `channel`.
+    /// A client asking the controller on `channel`, once [`Discovery::run`] runs.
     pub fn new(channel: Arc<SharedChannel>, options: DiscoveryOptions) -> Arc<Self> {
         describe_metrics();
+        let (changes, pending) = mpsc::unbounded_channel();
         Arc::new(Self {
             channel,
             options,
             destinations: Mutex::new(HashMap::new()),
+            changes,
+            pending: Mutex::new(Some(pending)),
             started: Instant::now(),
         })
     }
@@ -172,39 +181,43 @@ impl Discovery {
         self.started.elapsed().as_millis() as u64
     }
 
+    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Watched>> {
+        self.destinations.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The answer for `addr`: at once when it is watched already, else after the first
     /// answer (at most `lookup_timeout`). `None`: unknown, because the controller did not
     /// answer in time (it may still answer later connections).
-    pub async fn resolve(self: &Arc<Self>, addr: SocketAddr) -> Option<Arc<Resolved>> {
-        let watched = {
-            let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-            match destinations.get(&addr) {
-                Some(w) => w.clone(),
-                None if destinations.len() >= self.options.max_destinations => {
-                    metrics::counter!("warden_discovery_lookups_total", "result" => "full")
+    pub async fn resolve(&self, addr: SocketAddr) -> Option<Arc<Resolved>> {
+        let mut answer = {
+            let now = self.now_ms();
+            let mut destinations = self.lock();
+            if let Some(watched) = destinations.get_mut(&addr) {
+                watched.last_used_ms = now;
+                if let Some(known) = watched.answer.borrow().clone() {
+                    metrics::counter!("warden_discovery_lookups_total", "result" => "cached")
                         .increment(1);
-                    return None;
+                    return Some(known);
                 }
-                None => {
-                    let (tx, rx) = watch::channel(None);
-                    let task = tokio::spawn(self.clone().watch_destination(addr, tx));
-                    let watched = Arc::new(Watched {
-                        answer: rx,
-                        last_used_ms: AtomicU64::new(0),
-                        task: task.abort_handle(),
-                    });
-                    destinations.insert(addr, watched.clone());
-                    metrics::gauge!("warden_discovery_destinations").set(destinations.len() as f64);
-                    watched
-                }
+                watched.answer.subscribe()
+            } else if destinations.len() >= self.options.max_destinations {
+                metrics::counter!("warden_discovery_lookups_total", "result" => "full")
+                    .increment(1);
+                return None;
+            } else {
+                let (answer, waiting) = watch::channel(None);
+                destinations.insert(
+                    addr,
+                    Watched {
+                        answer,
+                        last_used_ms: now,
+                    },
+                );
+                let _ = self.changes.send(Change::Add(addr));
+                metrics::gauge!("warden_discovery_destinations").set(destinations.len() as f64);
+                waiting
             }
         };
-        watched.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
-        let mut answer = watched.answer.clone();
-        if let Some(known) = answer.borrow().clone() {
-            metrics::counter!("warden_discovery_lookups_total", "result" => "cached").increment(1);
-            return Some(known);
-        }
         let waited = tokio::time::timeout(
             self.options.lookup_timeout,
             answer.wait_for(Option::is_some),
@@ -227,11 +240,7 @@ impl Discovery {
 
     /// The answers for `addr` as they change, if it is watched (after [`Discovery::resolve`]).
     pub fn changes(&self, addr: SocketAddr) -> Option<watch::Receiver<Option<Arc<Resolved>>>> {
-        self.destinations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .map(|w| w.answer.clone())
+        self.lock().get(&addr).map(|w| w.answer.subscribe())
     }
 
     /// `/ready`'s line: how many destinations are watched, and the connection's state.
@@ -249,69 +258,156 @@ impl Discovery {
 
     /// Destinations watched now.
     pub fn watched(&self) -> usize {
-        self.destinations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.lock().len()
     }
 
-    /// Keeps `answer` current for `addr` until aborted (when the destination goes idle),
-    /// reconnecting with backoff; the last answer stays while the controller is away.
-    async fn watch_destination(
-        self: Arc<Self>,
-        addr: SocketAddr,
-        answer: watch::Sender<Option<Arc<Resolved>>>,
-    ) {
+    /// Keeps the answers current and drops idle destinations until `shutdown`; call once.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(changes) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            tracing::error!("the discovery client was run twice");
+            return;
+        };
+        tokio::select! {
+            () = self.stream(changes) => {}
+            () = self.sweep_until(shutdown) => {}
+        }
+    }
+
+    /// The discovery stream, again and again: on a new connection (to the next address)
+    /// after the controller said UNAVAILABLE, with backoff otherwise.
+    async fn stream(&self, mut changes: mpsc::UnboundedReceiver<Change>) {
         let retry = RotationOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
             ..Default::default()
         };
-        let mut attempt = 0u32;
+        let (mut attempt, mut next_address) = (0u32, 0usize);
         loop {
-            let result = async {
-                let (address, mut channel) = self.channel.get(attempt as usize).await?;
-                let request = grpc::frame(&v1::DestinationRequest {
-                    address: addr.to_string(),
-                });
-                let body =
-                    grpc_client::call(&mut channel, &address, grpc::WATCH_DESTINATION, request)
-                        .await?;
-                attempt = 0;
-                grpc_client::read_messages(
-                    body,
-                    &address,
-                    MAX_SNAPSHOT_BYTES,
-                    |message: v1::Destination| match Resolved::from_proto(&message) {
-                        Ok(resolved) => {
-                            answer.send_if_modified(|current| {
-                                let changed = current.as_deref() != Some(&resolved);
-                                if changed {
-                                    *current = Some(Arc::new(resolved));
-                                }
-                                changed
-                            });
-                        }
-                        Err(error) => {
-                            tracing::error!(destination = %addr, %error, "refused a destination answer; keeping the last one");
-                        }
-                    },
-                )
-                .await
+            let mut connected = None;
+            let result = self
+                .stream_once(&mut changes, next_address, &mut connected, &mut attempt)
+                .await;
+            next_address = next_address.wrapping_add(1);
+            let unavailable = matches!(&result, Err(ControlPlaneError::Status { status, .. })
+                if status.code == grpc::code::UNAVAILABLE);
+            if let (true, Some(address)) = (unavailable, &connected) {
+                self.channel.give_up(address).await;
             }
-            .await;
-            let delay = backoff(attempt, &retry, random_unit());
+            let delay = if unavailable && attempt == 0 {
+                Duration::ZERO
+            } else {
+                backoff(attempt, &retry, random_unit())
+            };
             attempt = attempt.saturating_add(1);
-            if let Err(error) = result {
-                tracing::debug!(destination = %addr, %error, retry_in = ?delay, "destination watch ended");
+            match result {
+                Ok(()) => {
+                    tracing::debug!(retry_in = ?delay, "the controller ended the discovery stream")
+                }
+                Err(error) => {
+                    tracing::debug!(%error, retry_in = ?delay, "discovery stream ended; known destinations keep their last answers")
+                }
             }
             tokio::time::sleep(delay).await;
         }
     }
 
+    /// One stream: every destination watched now is added at its start, then changes are
+    /// sent and answers applied as they come, until it ends.
+    async fn stream_once(
+        &self,
+        changes: &mut mpsc::UnboundedReceiver<Change>,
+        next_address: usize,
+        connected: &mut Option<String>,
+        attempt: &mut u32,
+    ) -> Result<(), ControlPlaneError> {
+        // Boxed: connecting holds a TLS handshake's state, which the long-lived stream
+        // future would otherwise keep room for.
+        let (address, mut channel) = Box::pin(self.channel.get(next_address)).await?;
+        *connected = Some(address.clone());
+        let (body, requests) = RequestBody::channel();
+        {
+            // Under the lock: changes queued so far are in the map already.
+            let destinations = self.lock();
+            while changes.try_recv().is_ok() {}
+            let all: Vec<SocketAddr> = destinations.keys().copied().collect();
+            drop(destinations);
+            send(&requests, &all, &[]);
+        }
+        let response = Box::pin(grpc_client::call(
+            &mut channel,
+            &address,
+            grpc::SUBSCRIBE_DESTINATIONS,
+            body,
+        ))
+        .await?;
+        let mut updates = Messages::new(response, &address, MAX_SNAPSHOT_BYTES);
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        let mut answered = false;
+        loop {
+            tokio::select! {
+                change = changes.recv() => {
+                    let mut next = change;
+                    while let Some(change) = next {
+                        match change {
+                            Change::Add(addr) => add.push(addr),
+                            Change::Remove(addr) => remove.push(addr),
+                        }
+                        next = changes.try_recv().ok();
+                    }
+                    send(&requests, &add, &remove);
+                    add.clear();
+                    remove.clear();
+                }
+                update = updates.next::<v1::Update>() => match update? {
+                    Some(update) => {
+                        if !answered {
+                            answered = true;
+                            *attempt = 0;
+                        }
+                        self.apply(&update);
+                    }
+                    None => return Ok(()),
+                },
+            }
+        }
+    }
+
+    /// Makes `update` the answer for its address, if that is still watched.
+    fn apply(&self, update: &v1::Update) {
+        let Ok(addr) = update.address.parse::<SocketAddr>() else {
+            tracing::error!(address = %update.address, "refused a destination answer for an address this proxy never asked about");
+            return;
+        };
+        let resolved = match update.destination.as_ref().map(Resolved::from_proto) {
+            Some(Ok(resolved)) => resolved,
+            Some(Err(error)) => {
+                tracing::error!(destination = %addr, %error, "refused a destination answer; keeping the last one");
+                return;
+            }
+            None => {
+                tracing::error!(destination = %addr, "refused an empty destination answer; keeping the last one");
+                return;
+            }
+        };
+        if let Some(watched) = self.lock().get(&addr) {
+            watched.answer.send_if_modified(|current| {
+                let changed = current.as_deref() != Some(&resolved);
+                if changed {
+                    *current = Some(Arc::new(resolved));
+                }
+                changed
+            });
+        }
+    }
+
     /// Drops destinations idle longer than `idle`, every quarter of it, until `shutdown`;
     /// then drops them all.
-    pub async fn sweep_until(self: Arc<Self>, shutdown: CancellationToken) {
+    pub async fn sweep_until(&self, shutdown: CancellationToken) {
         let period = (self.options.idle / 4).max(Duration::from_millis(10));
         loop {
             tokio::select! {
@@ -320,20 +416,42 @@ impl Discovery {
             }
             self.sweep();
         }
-        self.destinations
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.lock().clear();
     }
 
     /// Drops the destinations idle longer than `idle` now.
     pub fn sweep(&self) {
         let now = self.now_ms();
         let idle = self.options.idle.as_millis() as u64;
-        let mut destinations = self.destinations.lock().unwrap_or_else(|p| p.into_inner());
-        destinations
-            .retain(|_, w| now.saturating_sub(w.last_used_ms.load(Ordering::Relaxed)) < idle);
+        let mut destinations = self.lock();
+        destinations.retain(|addr, watched| {
+            let keep = now.saturating_sub(watched.last_used_ms) < idle;
+            if !keep {
+                let _ = self.changes.send(Change::Remove(*addr));
+            }
+            keep
+        });
         metrics::gauge!("warden_discovery_destinations").set(destinations.len() as f64);
+    }
+}
+
+/// Sends `add` and `remove` on a stream's request side, in messages of at most
+/// [`MAX_ADDRESSES_PER_MESSAGE`] addresses.
+fn send(requests: &mpsc::UnboundedSender<bytes::Bytes>, add: &[SocketAddr], remove: &[SocketAddr]) {
+    let text = |addrs: &[SocketAddr]| addrs.iter().map(ToString::to_string).collect();
+    for chunk in remove.chunks(MAX_ADDRESSES_PER_MESSAGE) {
+        let message = v1::Subscription {
+            add: Vec::new(),
+            remove: text(chunk),
+        };
+        let _ = requests.send(grpc::frame(&message));
+    }
+    for chunk in add.chunks(MAX_ADDRESSES_PER_MESSAGE) {
+        let message = v1::Subscription {
+            add: text(chunk),
+            remove: Vec::new(),
+        };
+        let _ = requests.send(grpc::frame(&message));
     }
 }
 
@@ -371,14 +489,82 @@ mod tests {
         )
     }
 
-    #[test]
-    fn a_watched_destination_costs_little_memory() {
+    fn update(address: &str, identity: &str) -> v1::Update {
+        v1::Update {
+            address: address.into(),
+            destination: Some(v1::Destination {
+                kind: v1::Kind::Pod as i32,
+                name: "shop/api-1".into(),
+                meshed: true,
+                identities: vec![identity.into()],
+                protocol: v1::Protocol::Detect as i32,
+                no_endpoints: false,
+            }),
+        }
+    }
+
+    fn drain(changes: &mut mpsc::UnboundedReceiver<Change>) -> Vec<String> {
+        std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|c| format!("{c:?}"))
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn destinations_are_added_once_answered_from_the_stream_and_removed_when_idle() {
         let discovery = client();
-        let (tx, _rx) = watch::channel(None);
-        let task = discovery.watch_destination("10.0.0.1:80".parse().unwrap(), tx);
-        let size = std::mem::size_of_val(&task);
-        eprintln!("watch task: {size} bytes");
-        assert!(size <= 1024, "a watch task's future is {size} bytes");
+        let mut changes = discovery.pending.lock().unwrap().take().unwrap();
+        let api: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+
+        // No answer within the lookup timeout: unknown, but watched (and asked for once).
+        assert_eq!(discovery.resolve(api).await, None);
+        assert_eq!(discovery.resolve(api).await, None);
+        assert_eq!(drain(&mut changes), ["Add(10.0.0.7:8080)"]);
+
+        // Answers for the address apply; others, and bad ones, do not.
+        let identity = "spiffe://cluster.local/ns/shop/sa/api";
+        discovery.apply(&update("10.0.0.7:8080", identity));
+        discovery.apply(&update("10.0.0.8:8080", identity));
+        discovery.apply(&update("10.0.0.7:8080", "not a SPIFFE ID"));
+        discovery.apply(&update("nowhere", identity));
+        let found = discovery.resolve(api).await.expect("answered");
+        assert_eq!(found.identities[0].to_string(), identity);
+        assert_eq!(discovery.watched(), 1);
+
+        // Idle for longer than `idle`: removed, and the removal sent.
+        tokio::time::advance(DiscoveryOptions::default().idle).await;
+        discovery.sweep();
+        assert_eq!(discovery.watched(), 0);
+        assert_eq!(drain(&mut changes), ["Remove(10.0.0.7:8080)"]);
+        assert!(discovery.changes(api).is_none());
+    }
+
+    #[test]
+    fn changes_are_sent_in_messages_the_controller_accepts() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let addrs: Vec<SocketAddr> = (0..150u32)
+            .map(|i| {
+                SocketAddr::new(
+                    std::net::Ipv6Addr::from(u128::MAX - i as u128).into(),
+                    65535,
+                )
+            })
+            .collect();
+        send(&tx, &addrs, &addrs[..1]);
+        let mut messages = Vec::new();
+        while let Ok(framed) = rx.try_recv() {
+            assert!(
+                framed.len() - 5 <= grpc::MAX_REQUEST_BYTES,
+                "{} bytes",
+                framed.len()
+            );
+            messages.push(<v1::Subscription as prost::Message>::decode(&framed[5..]).unwrap());
+        }
+        let sizes: Vec<_> = messages
+            .iter()
+            .map(|m| (m.add.len(), m.remove.len()))
+            .collect();
+        // Removals first: an address dropped and added again in one batch stays watched.
+        assert_eq!(sizes, [(0, 1), (64, 0), (64, 0), (22, 0)]);
     }
 
     #[test]

@@ -1,15 +1,18 @@
 //! A minimal gRPC client over hyper's HTTP/2 client and prost messages, so the sidecar
 //! carries neither tonic nor tower: mTLS to the controller (whose SVID must be exactly the
 //! expected one), one HTTP/2 connection shared by every call of the proxy (the policy stream
-//! and each destination watch), server-streaming calls read message by message with a size
-//! limit, and the status from trailers.
+//! and the discovery stream), request streams fed as the proxy goes, response streams read
+//! message by message with a size limit, and the status from trailers.
 
+use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 use warden_api::grpc::{self, FrameDecoder, FrameError};
@@ -71,7 +74,59 @@ pub enum ControlPlaneError {
 }
 
 /// An HTTP/2 connection to the controller; cloned for concurrent calls.
-pub type Channel = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+pub type Channel = hyper::client::conn::http2::SendRequest<RequestBody>;
+
+/// A call's request stream: one message given at the start, or the messages sent through
+/// its sender until that is dropped (which ends the stream).
+#[derive(Debug)]
+pub struct RequestBody {
+    first: Option<Bytes>,
+    more: Option<tokio::sync::mpsc::UnboundedReceiver<Bytes>>,
+}
+
+impl RequestBody {
+    /// A request stream of the one framed `message`.
+    pub fn once(message: Bytes) -> Self {
+        Self {
+            first: Some(message),
+            more: None,
+        }
+    }
+
+    /// A request stream fed, framed message by framed message, through the sender.
+    pub fn channel() -> (Self, tokio::sync::mpsc::UnboundedSender<Bytes>) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let body = Self {
+            first: None,
+            more: Some(rx),
+        };
+        (body, tx)
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(message) = self.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(message))));
+        }
+        match &mut self.more {
+            Some(more) => more
+                .poll_recv(cx)
+                .map(|message| message.map(|m| Ok(Frame::data(m)))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.more.is_none()
+    }
+}
 
 /// Where the controller is, and as which pod this proxy subscribes.
 #[derive(Debug, Clone)]
@@ -241,18 +296,18 @@ fn http_error(address: &str, e: &hyper::Error) -> ControlPlaneError {
     }
 }
 
-/// Starts the server-streaming call `path` with the framed `request`; its response body.
+/// Starts the call `path` with `request` as its request stream; its response body.
 pub async fn call(
     channel: &mut Channel,
     address: &str,
     path: &str,
-    request: Bytes,
+    request: RequestBody,
 ) -> Result<Incoming, ControlPlaneError> {
     channel.ready().await.map_err(|e| http_error(address, &e))?;
     let request = http::Request::post(format!("http://controller{path}"))
         .header(http::header::CONTENT_TYPE, grpc::CONTENT_TYPE)
         .header(http::header::TE, "trailers")
-        .body(Full::new(request))
+        .body(request)
         .map_err(|e| ControlPlaneError::Http {
             address: address.to_string(),
             reason: format!("the call {path:?} is not a valid request: {e}"),
@@ -277,42 +332,76 @@ pub async fn call(
     Ok(response.into_body())
 }
 
+/// A response stream, read message by message (each at most `max` bytes).
+pub struct Messages {
+    body: Incoming,
+    decoder: FrameDecoder,
+    address: String,
+}
+
+impl Messages {
+    /// Reads `body`, a response of the controller at `address`.
+    pub fn new(body: Incoming, address: &str, max: usize) -> Self {
+        Self {
+            body,
+            decoder: FrameDecoder::new(max),
+            address: address.to_string(),
+        }
+    }
+
+    /// The next message; `None` once the server ended the stream with status OK, the
+    /// status otherwise. Cancel-safe: what was received stays buffered for the next call.
+    pub async fn next<M: prost::Message + Default>(
+        &mut self,
+    ) -> Result<Option<M>, ControlPlaneError> {
+        let address = &self.address;
+        let frame_error = |error| ControlPlaneError::Frame {
+            address: address.to_string(),
+            error,
+        };
+        loop {
+            if let Some(message) = self.decoder.next_message().map_err(frame_error)? {
+                return M::decode(message)
+                    .map(Some)
+                    .map_err(|error| ControlPlaneError::Decode {
+                        address: address.to_string(),
+                        error,
+                    });
+            }
+            let Some(frame) = self.body.frame().await else {
+                self.decoder.finish().map_err(frame_error)?;
+                return Ok(None);
+            };
+            let frame = frame.map_err(|e| http_error(address, &e))?;
+            if let Some(trailers) = frame.trailers_ref() {
+                return match grpc::status(trailers) {
+                    Some(status) if status.code != grpc::code::OK => {
+                        Err(ControlPlaneError::Status {
+                            address: address.to_string(),
+                            status,
+                        })
+                    }
+                    _ => Ok(None),
+                };
+            }
+            if let Ok(data) = frame.into_data() {
+                self.decoder.push(&data);
+            }
+        }
+    }
+}
+
 /// Reads a response stream, handing each message (at most `max` bytes) to `on_message`,
 /// until the server ends it: `Ok` for status OK, the status otherwise.
 pub async fn read_messages<M: prost::Message + Default>(
-    mut body: Incoming,
+    body: Incoming,
     address: &str,
     max: usize,
     mut on_message: impl FnMut(M),
 ) -> Result<(), ControlPlaneError> {
-    let mut decoder = FrameDecoder::new(max);
-    let frame_error = |error| ControlPlaneError::Frame {
-        address: address.to_string(),
-        error,
-    };
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| http_error(address, &e))?;
-        if let Some(trailers) = frame.trailers_ref() {
-            return match grpc::status(trailers) {
-                Some(status) if status.code != grpc::code::OK => Err(ControlPlaneError::Status {
-                    address: address.to_string(),
-                    status,
-                }),
-                _ => Ok(()),
-            };
-        }
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        decoder.push(&data);
-        while let Some(message) = decoder.next_message().map_err(frame_error)? {
-            let message = M::decode(message).map_err(|error| ControlPlaneError::Decode {
-                address: address.to_string(),
-                error,
-            })?;
-            on_message(message);
-        }
+    let mut messages = Messages::new(body, address, max);
+    while let Some(message) = messages.next().await? {
+        on_message(message);
     }
-    decoder.finish().map_err(frame_error)?;
     Ok(())
 }

@@ -333,7 +333,7 @@ pub async fn run(
                 channel,
                 crate::discovery::DiscoveryOptions::default(),
             );
-            tokio::spawn(discovery.clone().sweep_until(shutdown.clone()));
+            tokio::spawn(discovery.clone().run(shutdown.clone()));
             discovery
         });
     let shared = Arc::new(Shared {
