@@ -391,20 +391,23 @@ fn outbound_connections_follow_discovery_meshed_unmeshed_and_reused_ips() {
     });
     controller(&mut lab, api, &ns);
     // A adds everything it knows to its stream at the new controller, whole.
-    eventually("A's destinations watched again at the new controller", || {
-        let gauge = |text: &str, name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        };
-        let proxy = http_get(&lab.ns("a"), "127.0.0.1:7191", "/metrics");
-        let controller = http_get(&lab.ns(SW), "10.213.0.254:7192", "/metrics");
-        let watched = gauge(&proxy, "warden_discovery_destinations");
-        let at_controller = gauge(&controller, "warden_controller_destination_watches");
-        match (watched, at_controller) {
-            (Some(a), Some(c)) if a == c && a >= 4.0 => Ok(()),
-            other => Err(format!("watched by A, at the controller: {other:?}")),
-        }
-    });
+    eventually(
+        "A's destinations watched again at the new controller",
+        || {
+            let gauge = |text: &str, name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            };
+            let proxy = http_get(&lab.ns("a"), "127.0.0.1:7191", "/metrics");
+            let controller = http_get(&lab.ns(SW), "10.213.0.254:7192", "/metrics");
+            let watched = gauge(&proxy, "warden_discovery_destinations");
+            let at_controller = gauge(&controller, "warden_controller_destination_watches");
+            match (watched, at_controller) {
+                (Some(a), Some(c)) if a == c && a >= 4.0 => Ok(()),
+                other => Err(format!("watched by A, at the controller: {other:?}")),
+            }
+        },
+    );
 
     // Operators close the mesh: meshOnly refuses pods without a sidecar, and unknown
     // destinations are refused too; lifting it restores both.

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 // Tokio's clock, so tests with paused time can age destinations.
 use tokio::time::Instant;
@@ -124,21 +125,30 @@ struct Watched {
     last_used_ms: u64,
 }
 
-/// A change to the set of watched destinations, for the stream to send.
-#[derive(Debug, Clone, Copy)]
-enum Change {
-    Add(SocketAddr),
-    Remove(SocketAddr),
+/// The watched destinations, and the current stream's request side (none between
+/// streams). One lock for both, so the stream learns of additions and removals in the
+/// order the map makes them.
+#[derive(Default)]
+struct State {
+    destinations: HashMap<SocketAddr, Watched>,
+    requests: Option<mpsc::UnboundedSender<Bytes>>,
+}
+
+impl State {
+    /// Sends `add` and `remove` on the current stream, if there is one (the next stream
+    /// adds every destination anyway).
+    fn send(&self, add: &[SocketAddr], remove: &[SocketAddr]) {
+        if let Some(requests) = &self.requests {
+            send(requests, add, remove);
+        }
+    }
 }
 
 /// The discovery client.
 pub struct Discovery {
     channel: Arc<SharedChannel>,
     options: DiscoveryOptions,
-    destinations: Mutex<HashMap<SocketAddr, Watched>>,
-    /// Sent under the `destinations` lock, so the stream sees changes in the map's order.
-    changes: mpsc::UnboundedSender<Change>,
-    pending: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
+    state: Mutex<State>,
     started: Instant,
 }
 
@@ -166,13 +176,10 @@ impl Discovery {
     /// A client asking the controller on `channel`, once [`Discovery::run`] runs.
     pub fn new(channel: Arc<SharedChannel>, options: DiscoveryOptions) -> Arc<Self> {
         describe_metrics();
-        let (changes, pending) = mpsc::unbounded_channel();
         Arc::new(Self {
             channel,
             options,
-            destinations: Mutex::new(HashMap::new()),
-            changes,
-            pending: Mutex::new(Some(pending)),
+            state: Mutex::default(),
             started: Instant::now(),
         })
     }
@@ -181,8 +188,8 @@ impl Discovery {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, Watched>> {
-        self.destinations.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The answer for `addr`: at once when it is watched already, else after the first
@@ -191,8 +198,8 @@ impl Discovery {
     pub async fn resolve(&self, addr: SocketAddr) -> Option<Arc<Resolved>> {
         let mut answer = {
             let now = self.now_ms();
-            let mut destinations = self.lock();
-            if let Some(watched) = destinations.get_mut(&addr) {
+            let mut state = self.lock();
+            if let Some(watched) = state.destinations.get_mut(&addr) {
                 watched.last_used_ms = now;
                 if let Some(known) = watched.answer.borrow().clone() {
                     metrics::counter!("warden_discovery_lookups_total", "result" => "cached")
@@ -200,21 +207,22 @@ impl Discovery {
                     return Some(known);
                 }
                 watched.answer.subscribe()
-            } else if destinations.len() >= self.options.max_destinations {
+            } else if state.destinations.len() >= self.options.max_destinations {
                 metrics::counter!("warden_discovery_lookups_total", "result" => "full")
                     .increment(1);
                 return None;
             } else {
                 let (answer, waiting) = watch::channel(None);
-                destinations.insert(
+                state.destinations.insert(
                     addr,
                     Watched {
                         answer,
                         last_used_ms: now,
                     },
                 );
-                let _ = self.changes.send(Change::Add(addr));
-                metrics::gauge!("warden_discovery_destinations").set(destinations.len() as f64);
+                state.send(&[addr], &[]);
+                metrics::gauge!("warden_discovery_destinations")
+                    .set(state.destinations.len() as f64);
                 waiting
             }
         };
@@ -240,7 +248,10 @@ impl Discovery {
 
     /// The answers for `addr` as they change, if it is watched (after [`Discovery::resolve`]).
     pub fn changes(&self, addr: SocketAddr) -> Option<watch::Receiver<Option<Arc<Resolved>>>> {
-        self.lock().get(&addr).map(|w| w.answer.subscribe())
+        self.lock()
+            .destinations
+            .get(&addr)
+            .map(|w| w.answer.subscribe())
     }
 
     /// `/ready`'s line: how many destinations are watched, and the connection's state.
@@ -258,29 +269,20 @@ impl Discovery {
 
     /// Destinations watched now.
     pub fn watched(&self) -> usize {
-        self.lock().len()
+        self.lock().destinations.len()
     }
 
     /// Keeps the answers current and drops idle destinations until `shutdown`; call once.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(changes) = self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            tracing::error!("the discovery client was run twice");
-            return;
-        };
         tokio::select! {
-            () = self.stream(changes) => {}
+            () = self.stream() => {}
             () = self.sweep_until(shutdown) => {}
         }
     }
 
     /// The discovery stream, again and again: on a new connection (to the next address)
     /// after the controller said UNAVAILABLE, with backoff otherwise.
-    async fn stream(&self, mut changes: mpsc::UnboundedReceiver<Change>) {
+    async fn stream(&self) {
         let retry = RotationOptions {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(5),
@@ -290,8 +292,9 @@ impl Discovery {
         loop {
             let mut connected = None;
             let result = self
-                .stream_once(&mut changes, next_address, &mut connected, &mut attempt)
+                .stream_once(next_address, &mut connected, &mut attempt)
                 .await;
+            self.lock().requests = None;
             next_address = next_address.wrapping_add(1);
             let unavailable = matches!(&result, Err(ControlPlaneError::Status { status, .. })
                 if status.code == grpc::code::UNAVAILABLE);
@@ -316,11 +319,11 @@ impl Discovery {
         }
     }
 
-    /// One stream: every destination watched now is added at its start, then changes are
-    /// sent and answers applied as they come, until it ends.
+    /// One stream: every destination watched now is added at its start (later additions and
+    /// removals are sent as they happen), and answers are applied as they come, until it
+    /// ends.
     async fn stream_once(
         &self,
-        changes: &mut mpsc::UnboundedReceiver<Change>,
         next_address: usize,
         connected: &mut Option<String>,
         attempt: &mut u32,
@@ -331,12 +334,10 @@ impl Discovery {
         *connected = Some(address.clone());
         let (body, requests) = RequestBody::channel();
         {
-            // Under the lock: changes queued so far are in the map already.
-            let destinations = self.lock();
-            while changes.try_recv().is_ok() {}
-            let all: Vec<SocketAddr> = destinations.keys().copied().collect();
-            drop(destinations);
+            let mut state = self.lock();
+            let all: Vec<SocketAddr> = state.destinations.keys().copied().collect();
             send(&requests, &all, &[]);
+            state.requests = Some(requests);
         }
         let response = Box::pin(grpc_client::call(
             &mut channel,
@@ -346,35 +347,11 @@ impl Discovery {
         ))
         .await?;
         let mut updates = Messages::new(response, &address, MAX_SNAPSHOT_BYTES);
-        let (mut add, mut remove) = (Vec::new(), Vec::new());
-        let mut answered = false;
-        loop {
-            tokio::select! {
-                change = changes.recv() => {
-                    let mut next = change;
-                    while let Some(change) = next {
-                        match change {
-                            Change::Add(addr) => add.push(addr),
-                            Change::Remove(addr) => remove.push(addr),
-                        }
-                        next = changes.try_recv().ok();
-                    }
-                    send(&requests, &add, &remove);
-                    add.clear();
-                    remove.clear();
-                }
-                update = updates.next::<v1::Update>() => match update? {
-                    Some(update) => {
-                        if !answered {
-                            answered = true;
-                            *attempt = 0;
-                        }
-                        self.apply(&update);
-                    }
-                    None => return Ok(()),
-                },
-            }
+        while let Some(update) = updates.next::<v1::Update>().await? {
+            *attempt = 0;
+            self.apply(&update);
         }
+        Ok(())
     }
 
     /// Makes `update` the answer for its address, if that is still watched.
@@ -394,7 +371,7 @@ impl Discovery {
                 return;
             }
         };
-        if let Some(watched) = self.lock().get(&addr) {
+        if let Some(watched) = self.lock().destinations.get(&addr) {
             watched.answer.send_if_modified(|current| {
                 let changed = current.as_deref() != Some(&resolved);
                 if changed {
@@ -416,28 +393,30 @@ impl Discovery {
             }
             self.sweep();
         }
-        self.lock().clear();
+        self.lock().destinations.clear();
     }
 
     /// Drops the destinations idle longer than `idle` now.
     pub fn sweep(&self) {
         let now = self.now_ms();
         let idle = self.options.idle.as_millis() as u64;
-        let mut destinations = self.lock();
-        destinations.retain(|addr, watched| {
+        let mut state = self.lock();
+        let mut removed = Vec::new();
+        state.destinations.retain(|addr, watched| {
             let keep = now.saturating_sub(watched.last_used_ms) < idle;
             if !keep {
-                let _ = self.changes.send(Change::Remove(*addr));
+                removed.push(*addr);
             }
             keep
         });
-        metrics::gauge!("warden_discovery_destinations").set(destinations.len() as f64);
+        state.send(&[], &removed);
+        metrics::gauge!("warden_discovery_destinations").set(state.destinations.len() as f64);
     }
 }
 
 /// Sends `add` and `remove` on a stream's request side, in messages of at most
 /// [`MAX_ADDRESSES_PER_MESSAGE`] addresses.
-fn send(requests: &mpsc::UnboundedSender<bytes::Bytes>, add: &[SocketAddr], remove: &[SocketAddr]) {
+fn send(requests: &mpsc::UnboundedSender<Bytes>, add: &[SocketAddr], remove: &[SocketAddr]) {
     let text = |addrs: &[SocketAddr]| addrs.iter().map(ToString::to_string).collect();
     for chunk in remove.chunks(MAX_ADDRESSES_PER_MESSAGE) {
         let message = v1::Subscription {
@@ -503,22 +482,30 @@ mod tests {
         }
     }
 
-    fn drain(changes: &mut mpsc::UnboundedReceiver<Change>) -> Vec<String> {
-        std::iter::from_fn(|| changes.try_recv().ok())
-            .map(|c| format!("{c:?}"))
+    /// The subscriptions sent so far, as `+address` and `-address`.
+    fn drain(requests: &mut mpsc::UnboundedReceiver<Bytes>) -> Vec<String> {
+        std::iter::from_fn(|| requests.try_recv().ok())
+            .flat_map(|framed| {
+                let message = <v1::Subscription as prost::Message>::decode(&framed[5..]).unwrap();
+                let removed = message.remove.into_iter().map(|a| format!("-{a}"));
+                removed.chain(message.add.into_iter().map(|a| format!("+{a}")))
+            })
             .collect()
     }
 
     #[tokio::test(start_paused = true)]
     async fn destinations_are_added_once_answered_from_the_stream_and_removed_when_idle() {
         let discovery = client();
-        let mut changes = discovery.pending.lock().unwrap().take().unwrap();
+        // A stream is open (its request side only: the controller's answers are applied
+        // below as the stream would).
+        let (tx, mut requests) = mpsc::unbounded_channel();
+        discovery.lock().requests = Some(tx);
         let api: SocketAddr = "10.0.0.7:8080".parse().unwrap();
 
         // No answer within the lookup timeout: unknown, but watched (and asked for once).
         assert_eq!(discovery.resolve(api).await, None);
         assert_eq!(discovery.resolve(api).await, None);
-        assert_eq!(drain(&mut changes), ["Add(10.0.0.7:8080)"]);
+        assert_eq!(drain(&mut requests), ["+10.0.0.7:8080"]);
 
         // Answers for the address apply; others, and bad ones, do not.
         let identity = "spiffe://cluster.local/ns/shop/sa/api";
@@ -534,7 +521,7 @@ mod tests {
         tokio::time::advance(DiscoveryOptions::default().idle).await;
         discovery.sweep();
         assert_eq!(discovery.watched(), 0);
-        assert_eq!(drain(&mut changes), ["Remove(10.0.0.7:8080)"]);
+        assert_eq!(drain(&mut requests), ["-10.0.0.7:8080"]);
         assert!(discovery.changes(api).is_none());
     }
 
