@@ -149,6 +149,8 @@ pub struct Discovery {
     channel: Arc<SharedChannel>,
     options: DiscoveryOptions,
     state: Mutex<State>,
+    /// Whether a stream has been open (the controller accepted it) since the start.
+    opened: watch::Sender<bool>,
     started: Instant,
 }
 
@@ -180,6 +182,7 @@ impl Discovery {
             channel,
             options,
             state: Mutex::default(),
+            opened: watch::channel(false).0,
             started: Instant::now(),
         })
     }
@@ -267,6 +270,23 @@ impl Discovery {
         format!("{} destinations watched; {connection}", self.watched())
     }
 
+    /// Why the proxy is not ready yet, if so: no discovery stream has been open yet (its
+    /// first lookups would wait for one). Once one has, an outage keeps it ready: known
+    /// destinations keep their answers.
+    pub fn not_ready(&self) -> Option<String> {
+        (!*self.opened.borrow()).then(|| {
+            format!(
+                "no discovery stream to the controller yet ({})",
+                self.describe()
+            )
+        })
+    }
+
+    /// Turns true when the first stream opens, to keep `/ready` current.
+    pub fn opened(&self) -> watch::Receiver<bool> {
+        self.opened.subscribe()
+    }
+
     /// Destinations watched now.
     pub fn watched(&self) -> usize {
         self.lock().destinations.len()
@@ -346,6 +366,8 @@ impl Discovery {
             body,
         ))
         .await?;
+        self.opened
+            .send_if_modified(|opened| !std::mem::replace(opened, true));
         let mut updates = Messages::new(response, &address, MAX_SNAPSHOT_BYTES);
         while let Some(update) = updates.next::<v1::Update>().await? {
             *attempt = 0;
@@ -501,6 +523,13 @@ mod tests {
         let (tx, mut requests) = mpsc::unbounded_channel();
         discovery.lock().requests = Some(tx);
         let api: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        let why = discovery
+            .not_ready()
+            .expect("not ready before a stream opened");
+        assert!(
+            why.starts_with("no discovery stream to the controller yet"),
+            "{why}"
+        );
 
         // No answer within the lookup timeout: unknown, but watched (and asked for once).
         assert_eq!(discovery.resolve(api).await, None);

@@ -393,6 +393,10 @@ pub async fn run(
             // Fail closed: such a proxy denies everything, so it takes no traffic.
             return Readiness::not_ready(format!("not ready: {why}"));
         }
+        if let Some(why) = discovery.as_ref().and_then(|d| d.not_ready()) {
+            // Its app's first connections would wait for the stream, then be unknown.
+            return Readiness::not_ready(format!("not ready: {why}"));
+        }
         if left.is_zero() {
             // Fail closed: peers refuse an expired certificate, so stop taking traffic too.
             return Readiness::not_ready(format!(
@@ -419,6 +423,7 @@ pub async fn run(
     // Keep /ready's detail current as certificates rotate and policies reload.
     let mut watch = credentials.clone();
     let mut policy_changes = shared.authz.status_changes();
+    let mut discovery_opened = shared.discovery.as_ref().map(|d| d.opened());
     loop {
         let policy_changed = async {
             match policy_changes.as_mut() {
@@ -439,10 +444,19 @@ pub async fn run(
                 None => std::future::pending().await,
             }
         };
+        let discovery_changed = async {
+            match discovery_opened.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = watch.changed() => {
                 if changed.is_err() { break; }
+            }
+            ok = discovery_changed => {
+                if !ok { discovery_opened = None; }
             }
             ok = policy_changed => {
                 if !ok { policy_changes = None; }
