@@ -64,7 +64,10 @@ TCP_PORTS = {c: (SINK_PORT, None) if c == "direct" else (o + 10, i + 10) for c, 
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed with exit status {r.returncode}: {r.stderr.strip()}")
+    return r
 
 
 def pinned(cpu, cmd):
