@@ -46,7 +46,8 @@ from datetime import datetime, timezone
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 WARDEN = os.path.join(ROOT, "target", "release", "warden")
 # The sidecars run the sidecar image's slim binary (`cargo build --release -p warden-proxy`).
-WARDEN_PROXY = os.path.join(ROOT, "target", "release", "warden-proxy")
+# WARDEN_PROXY_BIN runs another build of it instead (before/after comparisons).
+WARDEN_PROXY = os.environ.get("WARDEN_PROXY_BIN") or os.path.join(ROOT, "target", "release", "warden-proxy")
 TD = "cluster.local"
 CLIENT_ID = f"spiffe://{TD}/ns/bench/sa/client"
 SERVER_ID = f"spiffe://{TD}/ns/bench/sa/server"

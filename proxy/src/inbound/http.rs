@@ -81,6 +81,12 @@ where
         builder
             .timer(TokioTimer::new())
             .enable_connect_protocol()
+            // As on the client side of the pooled connection (see `outbound::pool`): a larger
+            // window raises h2's budget for unread small DATA frames, so a slow app reading
+            // a client stream of small messages does not close the connection other calls
+            // from the same peer proxy share.
+            .initial_connection_window_size(crate::outbound::pool::CONNECTION_WINDOW)
+            .initial_stream_window_size(crate::outbound::pool::CONNECTION_WINDOW / 4)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(limits.max_concurrent_streams)
             .keep_alive_interval(Duration::from_secs(30))
@@ -235,7 +241,8 @@ async fn forward(
     }
 
     if let (Some(protocol), Some(peer_upgrade)) = (tunnel, peer_upgrade) {
-        return upgrade_to_app(parts, &protocol, peer_upgrade, conn, shared).await;
+        // Boxed: rare, and its state would otherwise enlarge every request's future.
+        return Box::pin(upgrade_to_app(parts, &protocol, peer_upgrade, conn, shared)).await;
     }
 
     let client = if use_http1 {

@@ -52,6 +52,10 @@ where
         ));
         builder
             .timer(TokioTimer::new())
+            // The app's small messages, read late, must not close its connection (see
+            // `pool::CONNECTION_WINDOW`).
+            .initial_connection_window_size(super::pool::CONNECTION_WINDOW)
+            .initial_stream_window_size(super::pool::CONNECTION_WINDOW / 4)
             .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
             .max_concurrent_streams(limits.max_concurrent_streams);
         let conn = builder.serve_connection(TokioIo::new(io), service);

@@ -36,6 +36,9 @@ pub struct Pooled {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
+/// The receive window of a pooled connection (bytes); each stream gets a quarter of it.
+pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
 /// A destination's slot and when it was last asked for.
 #[derive(Debug)]
 struct Entry {
@@ -81,12 +84,32 @@ impl Pool {
                 return Ok(pooled.clone());
             }
         }
+        // Boxed: connecting holds a TLS handshake's state (kilobytes), which every request's
+        // future would otherwise carry, and copy each time it moves, for the rare request
+        // that connects.
+        let pooled = Box::pin(self.connect(key, connector)).await?;
+        *guard = Some(pooled.clone());
+        Ok(pooled)
+    }
+
+    /// A new mTLS HTTP/2 connection for `key`.
+    async fn connect(
+        &self,
+        key: &PoolKey,
+        connector: &MeshConnector,
+    ) -> Result<Pooled, ProxyError> {
         let mesh = connector
             .connect(key.addr, &key.expected, ALPN_HTTP2)
             .await?;
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .adaptive_window(true)
+            // Fixed windows, not adaptive ones starting at 64 KiB: h2 closes a connection
+            // on which more small DATA frames sit unread than a budget of half the
+            // connection window allows (~130 frames at 64 KiB). One slow reader of a
+            // stream of small gRPC messages would otherwise fail every call sharing the
+            // connection. 4 MiB: ~8,000 such frames; memory is only used while a reader lags.
+            .initial_stream_window_size(CONNECTION_WINDOW / 4)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .max_header_list_size(self.max_header_bytes)
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
@@ -102,12 +125,10 @@ impl Pool {
                 tracing::debug!(%addr, error = %e, "pooled connection ended");
             }
         });
-        let pooled = Pooled {
+        Ok(Pooled {
             sender,
             peer: Arc::from(mesh.peer.as_str()),
-        };
-        *guard = Some(pooled.clone());
-        Ok(pooled)
+        })
     }
 
     /// Forgets the connection for `key` (after it failed), so the next request reconnects.

@@ -80,6 +80,16 @@ async fn route(req: Request<Incoming>) -> Response<AppBody> {
                 chunks,
             ))))
         }
+        "/grpc.test.Echo/SlowCount" => {
+            // Client streaming read late: counts the messages after half a second.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let count = grpc_messages(&body).len().to_string();
+            grpc_response(vec![
+                Ok(Frame::data(grpc_frame(count.as_bytes()))),
+                Ok(Frame::trailers(grpc_trailers("0"))),
+            ])
+        }
         "/upload" => {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             Response::new(full(format!("{} {}", body.len(), checksum(&body))))
@@ -116,6 +126,14 @@ async fn route(req: Request<Incoming>) -> Response<AppBody> {
                 Ok::<_, Infallible>(Frame::data(grpc_frame(&[0x08, status]))),
                 Ok(Frame::trailers(grpc_trailers("0"))),
             ];
+            grpc_response(frames)
+        }
+        p if p.starts_with("/grpc.test.Echo/Tiny/") => {
+            // Server streaming of many one-byte messages: a DATA frame each.
+            let n: usize = p["/grpc.test.Echo/Tiny/".len()..].parse().unwrap();
+            let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                (0..n).map(|_| Ok(Frame::data(grpc_frame(b"t")))).collect();
+            frames.push(Ok(Frame::trailers(grpc_trailers("0"))));
             grpc_response(frames)
         }
         "/grpc.test.Echo/Stream" => {
@@ -156,9 +174,15 @@ pub async fn http_app() -> (SocketAddr, Arc<AtomicUsize>) {
                     counter.fetch_add(1, Ordering::SeqCst);
                     async move { Ok::<_, Infallible>(route(req).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .await;
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // A large window: h2 allows half of it in unread small DATA frames, so the app
+                // is not what closes a connection carrying thousands of tiny messages.
+                builder
+                    .http2()
+                    .initial_connection_window_size(16 * 1024 * 1024)
+                    .initial_stream_window_size(16 * 1024 * 1024);
+                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
             });
         }
     });

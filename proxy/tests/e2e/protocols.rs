@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use warden_proxy::authz::Authorizer;
 use warden_proxy::config::{AppProtocol, RouteProtocol};
 
@@ -247,6 +248,90 @@ async fn grpc_unary_and_server_streaming_keep_their_trailers() {
         .collect();
     assert_eq!(messages, expected);
     assert_eq!(status.unwrap(), "0");
+}
+
+/// A slow reader of a stream of tiny messages makes them pile up at the client proxy, on the
+/// pooled connection every other call to that destination shares. h2 counts unread small
+/// DATA frames against a budget derived from the connection window and closes the connection
+/// when it is spent; with a 64 KiB window that was ~130 frames, so one slow gRPC stream (or
+/// a busy proxy under gRPC load) failed every call in flight on the connection with 502.
+#[tokio::test]
+async fn a_slow_reader_of_tiny_messages_does_not_break_the_shared_connection() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let call = |path: &str| {
+        Request::post(format!("http://server.test{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(full(grpc_frame(b"")))
+            .unwrap()
+    };
+    // A client that lets through 1 KiB at a time and reads nothing yet.
+    let tcp = tokio::net::TcpStream::connect(pair.outbound).await.unwrap();
+    let (mut slow, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(1024)
+        .handshake(TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let messages = 3000;
+    let resp = slow
+        .send_request(call(&format!("/grpc.test.Echo/Tiny/{messages}")))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The server side sends everything while the reader waits (18 KB of one-byte messages).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Meanwhile another call on the same pooled connection is answered...
+    let mut other = h2c_client(pair.outbound).await;
+    let unary = other
+        .send_request(call("/grpc.test.Echo/Unary"))
+        .await
+        .unwrap();
+    let trailers = unary.into_body().collect().await.unwrap();
+    assert_eq!(trailers.trailers().unwrap()["grpc-status"], "0");
+
+    // ... and the slow reader gets every message, then the status.
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("the stream completes");
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(grpc_messages(&collected.to_bytes()).len(), messages);
+
+    // The other way: a client stream of tiny messages the app reads late piles up at the
+    // server proxy, on the connection from the client proxy.
+    let tiny: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = (0..messages)
+        .map(|_| Ok(Frame::data(grpc_frame(b"t"))))
+        .collect();
+    let upload = Request::post("http://server.test/grpc.test.Echo/SlowCount")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+            tiny,
+        ))))
+        .unwrap();
+    let resp = other.send_request(upload).await.unwrap();
+    let collected = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("the call completes");
+    assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(
+        grpc_messages(&collected.to_bytes()),
+        vec![messages.to_string().into_bytes()]
+    );
 }
 
 #[tokio::test]
