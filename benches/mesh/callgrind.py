@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Instructions per call through a Warden pair, counted by callgrind: repeatable where wall
+time and CPU time on a shared 2-vCPU machine are not (see benches/README.md).
+
+    python3 benches/mesh/callgrind.py [--binary target/release/warden-proxy] [--calls 3000] grpc|http
+
+Both sidecars run under `valgrind --tool=callgrind`; 500 warm-up calls, counters zeroed, then
+`--calls` calls with h2load (gRPC-shaped h2c calls, 4 connections x 4 streams; or HTTP/1.1
+keep-alive GETs on 4 connections), then the counters are dumped and summed. Needs valgrind,
+h2load and what benches/mesh/run.sh installs and builds (run it once first). The callgrind
+files stay in the printed directory for callgrind_annotate.
+"""
+import argparse
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mesh  # noqa: E402
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--binary", default=mesh.WARDEN_PROXY, help="the warden-proxy build to count")
+    parser.add_argument("--calls", type=int, default=3000, help="measured calls (default 3000)")
+    parser.add_argument("kind", choices=["grpc", "http"])
+    args = parser.parse_args()
+    mesh.WARDEN_PROXY = args.binary
+    work = tempfile.mkdtemp(prefix="warden-callgrind-")
+    bench = mesh.Bench(work)
+    try:
+        bench.certificates()
+        bench.app()
+        bench.warden()
+        # The same sidecars again, under callgrind.
+        commands = bench.setups["warden"](1)
+        bench.kill(bench.procs.pop("warden"))
+        procs = [bench.spawn(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/sidecar-{i}.out", *cmd],
+                             f"valgrind-{i}.log", env=env) for i, (cmd, _, env) in enumerate(commands)]
+        bench.procs["warden"] = procs
+        bench.wait_ready("warden", mesh.PORTS["warden"][0], deadline=120)
+        if args.kind == "grpc":
+            message = os.path.join(work, "message.bin")
+            with open(message, "wb") as f:
+                f.write(mesh.GRPC_MESSAGE)
+            url = f"http://127.0.0.1:{mesh.GRPC_PORTS['warden'][0]}/bench.Echo/Unary"
+            load = lambda n: ["h2load", "-n", str(n), "-c4", "-m4", "-t1", "-d", message,  # noqa: E731
+                              "-H", "content-type: application/grpc", url]
+        else:
+            url = f"http://127.0.0.1:{mesh.PORTS['warden'][0]}/"
+            load = lambda n: ["h2load", "--h1", "-n", str(n), "-c4", "-t1", url]  # noqa: E731
+        mesh.run(load(500))
+        for p in procs:
+            mesh.run(["callgrind_control", "-z", str(p.pid)])
+        mesh.run(load(args.calls))
+        for p in procs:
+            mesh.run(["callgrind_control", "-d", str(p.pid)])
+        time.sleep(2)
+        total = 0
+        for path in glob.glob(os.path.join(work, "sidecar-*.out.*")):
+            with open(path, errors="replace") as f:
+                total += sum(int(line.split()[1]) for line in f if line.startswith("summary:"))
+        print(f"{args.binary} {args.kind}: {total / args.calls:,.0f} instructions per call, both sidecars "
+              f"({args.calls} calls); callgrind files in {work}")
+    finally:
+        bench.stop()
+
+
+if __name__ == "__main__":
+    main()
