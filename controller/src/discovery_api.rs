@@ -281,9 +281,7 @@ impl Session {
     /// address, or more than a proxy may watch, ends the stream.
     fn apply(&mut self, subscription: v1::Subscription) -> Result<(), Status> {
         for text in &subscription.remove {
-            let Ok(addr) = text.parse::<SocketAddr>() else {
-                continue;
-            };
+            let addr = parse_address(text)?;
             if self.watched.remove(&addr).is_some() {
                 self.subscriber.remove(addr.ip().to_canonical());
                 metrics::gauge!("warden_controller_destination_watches").decrement(1.0);
@@ -291,15 +289,10 @@ impl Session {
         }
         let destinations = lock(&self.service.destinations);
         for text in &subscription.add {
-            let addr: SocketAddr = text.parse().map_err(|_| {
-                Status::invalid_argument(format!(
-                    "{:?} is not ip:port",
-                    text.chars().take(100).collect::<String>()
-                ))
-            })?;
+            let addr = parse_address(text)?;
             if let Some(sent) = self.watched.get(&addr) {
                 // The proxy may have dropped and re-added it in one batch: answer again.
-                self.outbox.push_back(update(text, sent));
+                self.outbox.push_back(update(addr, sent));
                 continue;
             }
             if self.watched.len() >= MAX_WATCHED_DESTINATIONS {
@@ -308,7 +301,7 @@ impl Session {
                 )));
             }
             let now = destinations.resolve(addr);
-            self.outbox.push_back(update(text, &now));
+            self.outbox.push_back(update(addr, &now));
             self.watched.insert(addr, now);
             self.subscriber.add(addr.ip().to_canonical());
             metrics::gauge!("warden_controller_destination_watches").increment(1.0);
@@ -322,7 +315,7 @@ impl Session {
         for (addr, sent) in self.watched.iter_mut().filter(|(a, _)| affected(a)) {
             let now = destinations.resolve(*addr);
             if *sent != now {
-                self.outbox.push_back(update(&addr.to_string(), &now));
+                self.outbox.push_back(update(*addr, &now));
                 *sent = now;
             }
         }
@@ -336,7 +329,18 @@ impl Drop for Session {
     }
 }
 
-fn update(address: &str, resolution: &Resolution) -> v1::Update {
+/// An address a proxy sent; malformed, the stream ends with INVALID_ARGUMENT naming it.
+fn parse_address(text: &str) -> Result<SocketAddr, Status> {
+    text.parse().map_err(|_| {
+        Status::invalid_argument(format!(
+            "{:?} is not ip:port",
+            text.chars().take(100).collect::<String>()
+        ))
+    })
+}
+
+/// The update for `address` (written in its canonical form, as the proxy sends it).
+fn update(address: SocketAddr, resolution: &Resolution) -> v1::Update {
     v1::Update {
         address: address.to_string(),
         destination: Some(to_proto(resolution)),

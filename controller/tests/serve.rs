@@ -586,8 +586,8 @@ async fn a_discovery_stream_follows_pods_services_and_endpoints() {
         assert_eq!(&next().await.0, address);
     }
 
-    // A malformed address ends the stream with INVALID_ARGUMENT, naming it.
-    subscription(&requests, &["nowhere"], &[]);
+    // A malformed address, added or removed, ends the stream with INVALID_ARGUMENT, naming it.
+    subscription(&requests, &[], &["nowhere"]);
     let refused = updates.status().await;
     assert_eq!(refused.code, 3, "INVALID_ARGUMENT: {refused}");
     assert!(refused.message.contains("\"nowhere\""), "{refused}");
