@@ -29,14 +29,19 @@ fn id(s: &str) -> SpiffeId {
     SpiffeId::parse(s).unwrap()
 }
 
-/// An identity service for two workloads, `a` and `b`, that can be stopped and restarted on
-/// the same address.
+mod support {
+    pub mod front;
+}
+use support::front::Front;
+
+/// An identity service for two workloads, `a` and `b`, that can be stopped and restarted
+/// behind the same address.
 struct Cluster {
     ca: Arc<SharedCa>,
     trust: TrustStore,
     tokens: std::path::PathBuf,
     ttl: Duration,
-    addr: SocketAddr,
+    front: Front,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<()>>,
 }
@@ -63,7 +68,7 @@ impl Cluster {
             trust,
             tokens,
             ttl,
-            addr: listener.local_addr().unwrap(),
+            front: Front::bind().await,
             stop: CancellationToken::new(),
             server: None,
         };
@@ -83,11 +88,13 @@ impl Cluster {
             id: id(SERVER_ID),
             dns_names: vec![],
         };
+        self.front.set(Some(listener.local_addr().unwrap()));
         self.stop = CancellationToken::new();
         self.server = service::start(listener, svc, serving, self.stop.clone()).await;
     }
 
     async fn down(&mut self) {
+        self.front.set(None);
         self.stop.cancel();
         if let Some(server) = self.server.take() {
             server.await.unwrap();
@@ -95,7 +102,7 @@ impl Cluster {
     }
 
     async fn up(&mut self) {
-        let listener = TcpListener::bind(self.addr).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.serve(listener).await;
     }
 
@@ -107,7 +114,7 @@ impl Cluster {
     ) -> (watch::Receiver<Arc<Credentials>>, CancellationToken) {
         let client = CertifyClient::new(
             CertifyClientConfig {
-                url: format!("https://{}", self.addr),
+                url: format!("https://{}", self.front.addr),
                 server_id: id(SERVER_ID),
                 token_file: dir.join(format!("{name}.token")),
                 expected_id: Some(id(&format!("spiffe://cluster.local/ns/test/sa/{name}"))),

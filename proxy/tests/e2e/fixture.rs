@@ -20,6 +20,10 @@ use warden_proxy::config::{
 };
 use warden_proxy::proxy::{self, BoundAddrs, Listeners};
 
+#[path = "../../../identity/tests/support/front.rs"]
+mod front;
+use front::Front;
+
 /// The identity of workload `name`.
 pub fn id(name: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://cluster.local/ns/test/sa/{name}")).unwrap()
@@ -35,8 +39,10 @@ pub struct Mesh {
     bundle: PathBuf,
     tokens: PathBuf,
     stop: CancellationToken,
-    /// The identity service, its address and the task serving it (to take it down and up).
-    identity: (Arc<IdentityService>, ServingIdentity, SocketAddr),
+    /// The identity service and who it is (to take it down and up).
+    identity: (Arc<IdentityService>, ServingIdentity),
+    /// The fixed address proxies dial; it forwards to the serving task's address.
+    front: Front,
     serving: std::sync::Mutex<(CancellationToken, Option<tokio::task::JoinHandle<()>>)>,
     pub metrics: PrometheusHandle,
 }
@@ -74,9 +80,10 @@ impl Mesh {
             ..ServiceConfig::default()
         };
         let svc = Arc::new(IdentityService::new(ca.clone(), authn, config));
+        let front = Front::bind().await;
+        let identity_url = format!("https://{}", front.addr);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let identity_url = format!("https://{addr}");
+        front.set(Some(listener.local_addr().unwrap()));
         let serving = ServingIdentity {
             id: SpiffeId::parse("spiffe://cluster.local/ns/warden-system/sa/warden-identity")
                 .unwrap(),
@@ -100,14 +107,17 @@ impl Mesh {
             bundle,
             tokens,
             stop,
-            identity: (svc, serving, addr),
+            identity: (svc, serving),
+            front,
             serving: std::sync::Mutex::new((identity_stop, Some(task))),
             metrics,
         }
     }
 
-    /// Stops the identity service (an outage); proxies keep what they have.
+    /// Stops the identity service (an outage: new connections are closed at once); proxies
+    /// keep what they have.
     pub async fn identity_down(&self) {
+        self.front.set(None);
         let task = {
             let mut serving = self.serving.lock().unwrap();
             serving.0.cancel();
@@ -118,15 +128,17 @@ impl Mesh {
         }
     }
 
-    /// Starts the identity service again on the same address.
+    /// Starts the identity service again behind the same front address.
     pub async fn identity_up(&self) {
-        let (svc, serving, addr) = &self.identity;
-        let listener = TcpListener::bind(addr).await.unwrap();
+        let (svc, serving) = &self.identity;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let task = service::start(listener, svc.clone(), serving.clone(), stop.clone())
             .await
             .unwrap();
         *self.serving.lock().unwrap() = (stop, Some(task));
+        self.front.set(Some(addr));
     }
 
     /// A proxy config for workload `name`, admitted by a fresh join token.
