@@ -14,6 +14,8 @@
 
 #[path = "../tests/support/apiserver.rs"]
 mod apiserver;
+#[path = "control_plane/client_cost.rs"]
+mod client_cost;
 #[path = "../tests/support/mesh.rs"]
 mod mesh;
 
@@ -367,7 +369,6 @@ async fn measure(
     }
 }
 
-/// VmRSS of this process, in KB.
 /// The system allocator, counting the bytes allocated and not yet freed: a memory figure
 /// free of the allocator's own reuse and fragmentation, beside RSS.
 struct Counting;
@@ -406,6 +407,7 @@ fn live_heap_kb() -> f64 {
     LIVE_BYTES.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1024.0
 }
 
+/// VmRSS of this process, in KB.
 fn own_rss_kb() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -821,6 +823,16 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let load_pods = options.pods.saturating_sub(bench_pods);
+        settle(controller.process.pid()).await;
+        let cost = client_cost::measure(
+            &client,
+            &controller,
+            &credentials,
+            options.rounds,
+            1000.min(load_pods),
+            Duration::from_secs(10),
+        )
+        .await;
         let disco = measure_discovery(
             &client,
             &controller,
@@ -863,6 +875,18 @@ fn main() {
             ms(*disco.fanout.last().unwrap()),
             disco.fanout.len(),
             disco.controller_cpu_per_update * 1e3
+        );
+        println!("\n### the control-plane client's cost to one sidecar (CPU of its thread)\n");
+        println!("| connect, first snapshot ({} policies), discovery stream | per policy write applied | per first lookup | per cached lookup (each new outbound connection) | at rest, holding {} destinations | live heap held |", cost.policies, cost.destinations);
+        println!("|---|---|---|---|---|---|");
+        println!(
+            "| {:.0} µs | {:.0} µs | {:.1} µs | {:.2} µs | {:.1} µs per second | {:.0} KB |",
+            cost.start_cpu_us,
+            cost.per_update_us,
+            cost.per_first_lookup_us,
+            cost.per_cached_lookup_us,
+            cost.idle_us_per_s,
+            cost.heap_kb
         );
         println!("\n### control_plane ({} pods, {} policies, {} rounds)\n", options.pods, options.policies + 1, options.rounds);
         println!("controller: ready (every watch listed) {:.2} s after start; {cpu:.1} CPU-s in all; RSS now {rss:.1} MB, peak {peak:.1} MB\n", synced.as_secs_f64());
