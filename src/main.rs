@@ -55,7 +55,7 @@ enum Command {
     /// Check policy files, or explain a decision.
     #[command(subcommand)]
     Policy(policy::Command),
-    /// Verify an audit log's hash chain.
+    /// Verify collected audit logs: hash chains and signed checkpoints.
     #[command(subcommand)]
     Audit(audit::Command),
 }

@@ -745,45 +745,132 @@ fn policy_check_and_explain_take_the_crd_yaml_mesh_policies_included() {
 }
 
 #[test]
-fn audit_verify_finds_tampering() {
-    use warden_core::audit::{AuditRecord, GENESIS};
+fn audit_verify_reports_per_chain_with_exit_codes_and_json() {
+    use warden_core::audit::{Checkpoint, Entry, EpochRecord, GENESIS};
     let tmp = tempfile::tempdir().unwrap();
-    let mut prev = GENESIS.to_string();
-    let mut lines = Vec::new();
-    for seq in 0..3 {
-        let record = AuditRecord {
-            seq,
-            time: "2026-11-22T12:00:00Z".into(),
+    let ca = warden_identity::ca::generate(&warden_identity::ca::InitOptions::new(
+        warden_core::TrustDomain::default(),
+    ))
+    .unwrap()
+    .authority()
+    .unwrap();
+    std::fs::write(tmp.path().join("bundle.crt"), ca.bundle().to_pem()).unwrap();
+    let id = warden_core::SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/backend").unwrap();
+    let svid = ca.issue(&id, std::time::Duration::from_secs(3600)).unwrap();
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    // An epoch, two decisions, a signed final checkpoint: what a proxy writes.
+    let chain = "shop/backend-1/1764144000-0000abcd";
+    let (mut prev, mut lines) = (GENESIS.to_string(), Vec::new());
+    let mut push = |mut entry: Entry, lines: &mut Vec<String>| {
+        entry.link(chain, lines.len() as u64, &prev);
+        let (line, hash) = entry.to_line();
+        prev = hash;
+        lines.push(line);
+    };
+    push(
+        Entry::Epoch(EpochRecord {
+            chain: String::new(),
+            seq: 0,
+            time: now.clone(),
+            pod: "shop/backend-1".into(),
+            run: "1764144000-0000abcd".into(),
+            workload: id.to_string(),
+            version: "test".into(),
+            prev: String::new(),
+        }),
+        &mut lines,
+    );
+    for path in ["/a", "/b"] {
+        let record = warden_core::audit::AuditRecord {
+            chain: String::new(),
+            seq: 0,
+            time: now.clone(),
             direction: "inbound".into(),
             client: None,
             client_addr: None,
-            workload: "spiffe://cluster.local/ns/a/sa/b".into(),
+            workload: id.to_string(),
             port: 80,
-            method: None,
-            path: None,
+            method: Some("GET".into()),
+            path: Some(path.into()),
             decision: "deny".into(),
             policy: None,
             rule: None,
             reason: "r".into(),
             audit_policies: None,
             request_id: None,
-            prev: prev.clone(),
+            prev: String::new(),
         };
-        let (line, hash) = record.to_line();
-        prev = hash;
-        lines.push(line);
+        push(Entry::Decision(record), &mut lines);
     }
-    std::fs::write(tmp.path().join("audit.log"), lines.join("\n")).unwrap();
-    let o = warden(&["audit", "verify", "audit.log"], tmp.path());
-    assert!(o.status.success());
-    assert_eq!(stdout(&o).trim(), "OK: 3 records in 1 chain(s)");
-    std::fs::write(
-        tmp.path().join("audit.log"),
-        [lines[0].clone(), lines[2].clone()].join("\n"),
-    )
-    .unwrap();
-    let o = warden(&["audit", "verify", "audit.log"], tmp.path());
-    assert_one_line_error(&o, 1, "audit.log: line 2: records 1 to 1 are missing");
+    let mut cp = Checkpoint {
+        chain: chain.into(),
+        seq: 3,
+        time: now.clone(),
+        first: 0,
+        dropped: 0,
+        last: true,
+        workload: String::new(),
+        alg: String::new(),
+        svid: vec![],
+        sig: String::new(),
+        prev: String::new(),
+    };
+    cp.prev = warden_core::audit::parse_line(&lines[2]).unwrap().1;
+    warden_identity::audit_signature::sign(&svid, &mut cp).unwrap();
+    push(Entry::Checkpoint(cp), &mut lines);
+    let write = |lines: &[String]| {
+        std::fs::write(tmp.path().join("audit.log"), lines.join("\n") + "\n").unwrap()
+    };
+    let verify = |extra: &[&str]| {
+        let mut args = vec!["audit", "verify", "--trust-bundle", "bundle.crt"];
+        args.extend_from_slice(extra);
+        args.push("audit.log");
+        warden(&args, tmp.path())
+    };
+
+    write(&lines);
+    let o = verify(&[]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with(&format!(
+            "VERIFIED chain {chain} (pod shop/backend-1, workload {id}): 4 records; closed"
+        )),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stdout(&o).contains("  verified: 0-3\n"), "{}", stdout(&o));
+
+    // The tail cut: the records stand, but nothing vouches for them.
+    write(&lines[..3]);
+    let o = verify(&[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("unverified (no checkpoint vouches for them): 0-2"),
+        "{}",
+        stdout(&o)
+    );
+
+    // A record removed inside the checkpointed range.
+    write(&[lines[0].clone(), lines[2].clone(), lines[3].clone()]);
+    let o = verify(&["--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(report["status"], "tampered");
+    assert_eq!(report["chains"][0]["findings"][0]["kind"], "missing");
+    assert_eq!(
+        report["chains"][0]["findings"][0]["detail"],
+        "record 1 is missing"
+    );
+
+    // A bundle that cannot be read is an input error, named.
+    let o = warden(
+        &["audit", "verify", "--trust-bundle", "nope.crt", "audit.log"],
+        tmp.path(),
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("nope.crt"), "{}", stderr(&o));
 }
 
 #[test]

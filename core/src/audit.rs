@@ -1,20 +1,63 @@
-//! The authorization audit log: one JSON line per decision, hash-chained so that a removed,
-//! reordered or edited record is detectable.
+//! The authorization audit log's format: JSON lines, hash-chained per proxy run, with signed
+//! checkpoints, so that a copy collected off the node can be verified with the trust bundle
+//! alone (DESIGN section 4). Writing is the proxy's (`warden_proxy::audit`), signing and
+//! checking signatures the identity crate's (`warden_identity::audit_signature`); checking a
+//! collection is [`verify`].
 //!
-//! Each line is a JSON object whose last two fields are `prev` (the previous record's hash)
-//! and `hash` (SHA-256, hex, of the line as written with `hash` set to 64 zeros). A chain
-//! starts with `seq` 0 and `prev` all zeros; a restarted proxy writing to the same file
-//! continues the chain.
+//! Every line is a JSON object with a `type` (`epoch`, `decision` or `checkpoint`), the
+//! `chain` it belongs to, its `seq` in that chain, `prev` (the previous line's hash, or
+//! [`GENESIS`] for `seq` 0) and, last, `hash`: SHA-256, hex, of the line as written with
+//! `hash` set to 64 zeros. A chain is one run of one proxy: it starts with an `epoch` record
+//! that names the pod, the run and the workload identity. A `checkpoint` signs the chain's
+//! head (its `prev`) with the proxy's SVID key and carries the SVID chain, so it vouches for
+//! every record before it.
+
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
 /// `prev` of the first record of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Entry {
+    /// The first record of a chain.
+    Epoch(EpochRecord),
+    /// An authorization decision.
+    Decision(AuditRecord),
+    /// A signed checkpoint of the chain's head.
+    Checkpoint(Checkpoint),
+}
+
+/// The first record of a chain: a proxy run began (so a restart is never silent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// The chain's id: `<pod>/<run>`.
+    pub chain: String,
+    /// Always 0.
+    pub seq: u64,
+    /// When, RFC 3339 UTC.
+    pub time: String,
+    /// The pod, `namespace/name` (the proxy's host name outside Kubernetes).
+    pub pod: String,
+    /// This run of the proxy: its start (Unix seconds) and a random suffix.
+    pub run: String,
+    /// The workload identity whose SVIDs sign this chain's checkpoints.
+    pub workload: String,
+    /// The proxy's version.
+    pub version: String,
+    /// [`GENESIS`].
+    pub prev: String,
+}
+
 /// One decision, as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
-    /// Position in the chain, from 0.
+    /// The chain's id (filled in by the writer).
+    pub chain: String,
+    /// Position in the chain (filled in by the writer).
     pub seq: u64,
     /// When, RFC 3339 UTC.
     pub time: String,
@@ -44,212 +87,246 @@ pub struct AuditRecord {
     pub audit_policies: Option<Vec<String>>,
     /// The request id the client saw (`x-warden-request-id`).
     pub request_id: Option<String>,
-    /// The previous record's hash (or [`GENESIS`]).
+    /// The previous record's hash (filled in by the writer).
     pub prev: String,
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+/// A signed statement of a chain's head: every record before `seq` is as its hashes say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The chain's id.
+    pub chain: String,
+    /// Its position in the chain; it covers records `first..seq`.
+    pub seq: u64,
+    /// When, RFC 3339 UTC: the time the SVID is checked at.
+    pub time: String,
+    /// The first record since the previous checkpoint (0 for the first).
+    pub first: u64,
+    /// Records this run dropped so far (a full queue or a failed write), never written.
+    pub dropped: u64,
+    /// Written at shutdown: nothing follows in this chain.
+    #[serde(rename = "final")]
+    pub last: bool,
+    /// The workload identity the signer claims (the chain's).
+    pub workload: String,
+    /// The signature algorithm, e.g. `ecdsa-p256-sha256`.
+    pub alg: String,
+    /// The signing SVID's chain, leaf first, base64 DER.
+    pub svid: Vec<String>,
+    /// The signature over [`Checkpoint::message`], base64.
+    pub sig: String,
+    /// The hash of record `seq - 1`: the head being signed.
+    pub prev: String,
 }
 
-impl AuditRecord {
-    /// The record as one line (no newline), with its hash; returns `(line, hash)`.
+impl Checkpoint {
+    /// The bytes signed: every field that vouches for something, one per line. Fields may not
+    /// hold a newline (the verifier refuses checkpoints whose fields do).
+    pub fn message(&self) -> Vec<u8> {
+        format!(
+            "warden-audit-checkpoint/v1\nchain={}\nseq={}\nfirst={}\nhead={}\ntime={}\ndropped={}\nfinal={}\nworkload={}\n",
+            self.chain, self.seq, self.first, self.prev, self.time, self.dropped, self.last, self.workload
+        )
+        .into_bytes()
+    }
+}
+
+impl Entry {
+    /// The chain it belongs to.
+    pub fn chain(&self) -> &str {
+        match self {
+            Entry::Epoch(r) => &r.chain,
+            Entry::Decision(r) => &r.chain,
+            Entry::Checkpoint(r) => &r.chain,
+        }
+    }
+
+    /// Its position in the chain.
+    pub fn seq(&self) -> u64 {
+        match self {
+            Entry::Epoch(r) => r.seq,
+            Entry::Decision(r) => r.seq,
+            Entry::Checkpoint(r) => r.seq,
+        }
+    }
+
+    /// The previous record's hash.
+    pub fn prev(&self) -> &str {
+        match self {
+            Entry::Epoch(r) => &r.prev,
+            Entry::Decision(r) => &r.prev,
+            Entry::Checkpoint(r) => &r.prev,
+        }
+    }
+
+    /// Places it in a chain: its chain id, position and the previous record's hash.
+    pub fn link(&mut self, chain: &str, seq: u64, prev: &str) {
+        let (c, s, p) = match self {
+            Entry::Epoch(r) => (&mut r.chain, &mut r.seq, &mut r.prev),
+            Entry::Decision(r) => (&mut r.chain, &mut r.seq, &mut r.prev),
+            Entry::Checkpoint(r) => (&mut r.chain, &mut r.seq, &mut r.prev),
+        };
+        chain.clone_into(c);
+        *s = seq;
+        prev.clone_into(p);
+    }
+
+    /// The entry as one line (no newline), with its hash; returns `(line, hash)`.
     pub fn to_line(&self) -> (String, String) {
         let body = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
         let body = body.strip_suffix('}').unwrap_or(&body);
-        let unhashed = format!("{body},\"hash\":\"{GENESIS}\"}}");
+        let unhashed = format!("{body}{HASH_FIELD}{GENESIS}\"}}");
         let hash = sha256_hex(unhashed.as_bytes());
-        (format!("{body},\"hash\":\"{hash}\"}}"), hash)
+        (format!("{body}{HASH_FIELD}{hash}\"}}"), hash)
     }
 }
 
-/// Where the chain breaks.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("line {line}: {problem}")]
-pub struct ChainBreak {
-    /// 1-based line number of the first bad record.
-    pub line: usize,
-    /// What is wrong.
-    pub problem: String,
-}
-
-/// What a successful verification saw.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    /// Records checked.
-    pub records: usize,
-    /// Chains (a new chain starts when a proxy starts writing to a fresh log).
-    pub chains: usize,
-}
-
+/// How a line's hash is appended.
 const HASH_FIELD: &str = ",\"hash\":\"";
 
-/// Checks every line of an audit log; reports the first broken, edited or missing record.
-pub fn verify(text: &str) -> Result<Verified, ChainBreak> {
-    let mut previous: Option<(u64, String)> = None;
-    let mut verified = Verified {
-        records: 0,
-        chains: 0,
-    };
-    for (i, line) in text.lines().enumerate() {
-        let lineno = i + 1;
-        let broken = |problem: String| ChainBreak {
-            line: lineno,
-            problem,
-        };
-        if line.trim().is_empty() {
-            continue;
-        }
-        let hash_at = line.len().checked_sub(HASH_FIELD.len() + 64 + 2);
-        let hash = hash_at
-            .filter(|&at| {
-                line.is_char_boundary(at)
-                    && line[at..].starts_with(HASH_FIELD)
-                    && line.ends_with("\"}")
-            })
-            .map(|at| &line[at + HASH_FIELD.len()..line.len() - 2])
-            .ok_or_else(|| broken("not an audit record (no trailing hash)".into()))?;
-        let unhashed = format!("{}{GENESIS}\"}}", &line[..line.len() - 66]);
-        if sha256_hex(unhashed.as_bytes()) != hash {
-            return Err(broken(
-                "the record was edited (its hash does not match its content)".into(),
-            ));
-        }
-        let record: AuditRecord =
-            serde_json::from_str(&format!("{}}}", &line[..hash_at.unwrap_or(0)]))
-                .map_err(|e| broken(format!("not an audit record: {e}")))?;
-        match &previous {
-            _ if record.seq == 0 && record.prev == GENESIS => verified.chains += 1,
-            None => {
-                return Err(broken(format!(
-                    "the chain starts at record {} (the records before it are missing)",
-                    record.seq
-                )))
-            }
-            Some((seq, hash)) => {
-                if record.seq != seq + 1 {
-                    return Err(broken(format!(
-                        "records {} to {} are missing",
-                        seq + 1,
-                        record.seq.saturating_sub(1).max(seq + 1)
-                    )));
-                }
-                if &record.prev != hash {
-                    return Err(broken(format!(
-                        "record {} does not follow record {seq}: a record was removed, reordered or edited",
-                        record.seq
-                    )));
-                }
-            }
-        }
-        previous = Some((record.seq, hash.to_string()));
-        verified.records += 1;
+pub(crate) fn sha256_hex(data: &[u8]) -> String {
+    use std::fmt::Write;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    digest
+        .as_ref()
+        .iter()
+        .fold(String::with_capacity(64), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Why a line is not a valid entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    /// Not JSON ending in a hash (another program's output, or a partly written line).
+    #[error("not an audit record (no trailing hash)")]
+    NoHash,
+    /// The hash does not match the line: it was edited. Carries what the line claims to be.
+    #[error("edited: its hash does not match its content")]
+    Edited {
+        /// The chain and position the line claims, if readable.
+        claims: Option<(String, u64)>,
+    },
+    /// Hashed correctly but not an entry of this format.
+    #[error("not an audit record: {0}")]
+    Malformed(String),
+}
+
+/// A line's body (without the hash field and closing brace) and its hash, if it ends as an
+/// entry's line does.
+fn split_hash(line: &str) -> Option<(&str, &str)> {
+    let at = line.len().checked_sub(HASH_FIELD.len() + 64 + 2)?;
+    (line.is_char_boundary(at) && line[at..].starts_with(HASH_FIELD) && line.ends_with("\"}"))
+        .then(|| (&line[..at], &line[at + HASH_FIELD.len()..line.len() - 2]))
+}
+
+/// Parses one line and checks its own hash; returns the entry and its hash.
+pub fn parse_line(line: &str) -> Result<(Entry, String), LineError> {
+    let line = line.trim_end_matches(['\r', '\n']);
+    let (body, hash) = split_hash(line).ok_or(LineError::NoHash)?;
+    let unhashed = format!("{body}{HASH_FIELD}{GENESIS}\"}}");
+    if sha256_hex(unhashed.as_bytes()) != hash {
+        let claims = serde_json::from_str::<serde_json::Value>(&format!("{body}}}"))
+            .ok()
+            .and_then(|v| {
+                Some((
+                    v.get("chain")?.as_str()?.to_string(),
+                    v.get("seq")?.as_u64()?,
+                ))
+            });
+        return Err(LineError::Edited { claims });
     }
-    Ok(verified)
+    let entry: Entry = serde_json::from_str(&format!("{body}}}"))
+        .map_err(|e| LineError::Malformed(e.to_string()))?;
+    Ok((entry, hash.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn chain(n: u64) -> Vec<String> {
-        let mut prev = GENESIS.to_string();
-        (0..n)
-            .map(|seq| {
-                let record = AuditRecord {
-                    seq,
-                    time: "2026-11-22T12:00:00Z".into(),
-                    direction: "inbound".into(),
-                    client: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
-                    client_addr: Some("10.0.0.1:41000".into()),
-                    workload: "spiffe://cluster.local/ns/shop/sa/backend".into(),
-                    port: 8080,
-                    method: Some("GET".into()),
-                    path: Some(format!("/api/{seq}")),
-                    decision: "deny".into(),
-                    policy: Some("shop/p".into()),
-                    rule: Some(0),
-                    reason: "matched DENY policy shop/p rule 0".into(),
-                    audit_policies: None,
-                    request_id: Some(format!("{seq:016x}")),
-                    prev: prev.clone(),
-                };
-                let (line, hash) = record.to_line();
-                prev = hash;
-                line
-            })
-            .collect()
-    }
-
-    #[test]
-    fn an_intact_log_verifies() {
-        let lines = chain(5);
-        assert_eq!(
-            verify(&lines.join("\n")),
-            Ok(Verified {
-                records: 5,
-                chains: 1
-            })
-        );
-        // A second chain (a proxy started on a fresh log, then the logs were concatenated).
-        let both = format!("{}\n{}\n", lines.join("\n"), chain(2).join("\n"));
-        assert_eq!(
-            verify(&both),
-            Ok(Verified {
-                records: 7,
-                chains: 2
-            })
-        );
-        assert_eq!(
-            verify(""),
-            Ok(Verified {
-                records: 0,
-                chains: 0
-            })
-        );
-    }
-
-    #[test]
-    fn tampering_is_found_at_the_first_bad_record() {
-        let lines = chain(5);
-        let edited = {
-            let mut l = lines.clone();
-            l[2] = l[2].replace("\"deny\"", "\"allow\"");
-            l.join("\n")
-        };
-        let removed = {
-            let mut l = lines.clone();
-            l.remove(2);
-            l.join("\n")
-        };
-        let swapped = {
-            let mut l = lines.clone();
-            l.swap(1, 2);
-            l.join("\n")
-        };
-        let head_cut = lines[2..].join("\n");
-        let rehashed_edit = {
-            // An edit whose own hash is recomputed still breaks the next record's link.
-            let mut l = lines.clone();
-            let mut record: AuditRecord =
-                serde_json::from_str(&format!("{}}}", &l[2][..l[2].len() - 75])).unwrap();
-            record.decision = "allow".into();
-            l[2] = record.to_line().0;
-            l.join("\n")
-        };
-        let cases = [
-            (edited, 3, "was edited"),
-            (removed, 3, "records 2 to 2 are missing"),
-            (swapped, 2, "records 1 to 1 are missing"),
-            (head_cut, 1, "the chain starts at record 2"),
-            (rehashed_edit, 4, "does not follow record 2"),
-            ("not json at all".to_string(), 1, "not an audit record"),
-        ];
-        for (text, line, problem) in cases {
-            let err = verify(&text).unwrap_err();
-            assert_eq!(err.line, line, "{err}");
-            assert!(err.problem.contains(problem), "{err}");
+    /// A decision record for tests.
+    pub(crate) fn decision(path: &str) -> AuditRecord {
+        AuditRecord {
+            chain: String::new(),
+            seq: 0,
+            time: "2026-11-22T12:00:00Z".into(),
+            direction: "inbound".into(),
+            client: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
+            client_addr: Some("10.0.0.1:41000".into()),
+            workload: "spiffe://cluster.local/ns/shop/sa/backend".into(),
+            port: 8080,
+            method: Some("GET".into()),
+            path: Some(path.into()),
+            decision: "deny".into(),
+            policy: Some("shop/p".into()),
+            rule: Some(0),
+            reason: "matched DENY policy shop/p rule 0".into(),
+            audit_policies: None,
+            request_id: None,
+            prev: String::new(),
         }
+    }
+
+    #[test]
+    fn a_line_round_trips_and_an_edit_is_seen() {
+        let mut entry = Entry::Decision(decision("/a"));
+        entry.link("shop/backend-1/1764150000-0a0b", 7, GENESIS);
+        let (line, hash) = entry.to_line();
+        assert!(
+            line.starts_with("{\"type\":\"decision\",\"chain\":"),
+            "{line}"
+        );
+        assert!(line.ends_with(&format!("\"hash\":\"{hash}\"}}")));
+        assert_eq!(parse_line(&line), Ok((entry.clone(), hash.clone())));
+        assert_eq!(parse_line(&format!("{line}\r\n")).unwrap().1, hash);
+
+        let edited = line.replace("\"deny\"", "\"allow\"");
+        assert_eq!(
+            parse_line(&edited),
+            Err(LineError::Edited {
+                claims: Some(("shop/backend-1/1764150000-0a0b".into(), 7))
+            })
+        );
+        for junk in ["", "hello", &line[..line.len() - 10], "{\"hash\":\"00\"}"] {
+            assert_eq!(parse_line(junk), Err(LineError::NoHash), "{junk:?}");
+        }
+        // Hashed correctly, but not this format.
+        let other = format!("{{\"x\":1{HASH_FIELD}{GENESIS}\"}}");
+        let hash = sha256_hex(other.as_bytes());
+        let other = other.replace(GENESIS, &hash);
+        assert!(matches!(parse_line(&other), Err(LineError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_checkpoint_signs_every_field_that_vouches() {
+        let cp = Checkpoint {
+            chain: "c".into(),
+            seq: 10,
+            time: "2026-11-22T12:00:00Z".into(),
+            first: 3,
+            dropped: 2,
+            last: true,
+            workload: "spiffe://cluster.local/ns/shop/sa/backend".into(),
+            alg: "ecdsa-p256-sha256".into(),
+            svid: vec![],
+            sig: String::new(),
+            prev: GENESIS.into(),
+        };
+        let message = String::from_utf8(cp.message()).unwrap();
+        for field in [
+            "chain=c\n",
+            "seq=10\n",
+            "first=3\n",
+            "dropped=2\n",
+            "final=true\n",
+            "workload=spiffe://cluster.local/ns/shop/sa/backend\n",
+            "time=2026-11-22T12:00:00Z\n",
+        ] {
+            assert!(message.contains(field), "{field}");
+        }
+        let (line, _) = Entry::Checkpoint(cp).to_line();
+        assert!(line.contains("\"final\":true"), "{line}");
     }
 }

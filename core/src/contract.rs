@@ -101,6 +101,8 @@ pub mod env {
     pub const DEFAULT_POLICY: &str = "WARDEN_DEFAULT_POLICY";
     /// `authorization.audit_log`: `stdout`, `off`, or a file path.
     pub const AUDIT_LOG: &str = "WARDEN_AUDIT_LOG";
+    /// `authorization.audit_failure`: `allow` or `deny` (fail closed).
+    pub const AUDIT_FAILURE: &str = "WARDEN_AUDIT_FAILURE";
     /// `identity.trust_anchors`: the trust bundle as PEM text (instead of a file).
     pub const TRUST_ANCHORS: &str = "WARDEN_TRUST_ANCHORS";
     /// `log`: the log filter, e.g. `warn`.

@@ -18,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit_signature;
 pub mod authn;
 pub mod bundle;
 pub mod ca;

@@ -11,7 +11,7 @@ use warden_core::audit::AuditRecord;
 use warden_core::policy::evaluate::{DefaultPolicy, PolicySet, Request, Workload};
 use warden_core::SpiffeId;
 
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditUnavailable};
 use crate::policy_dir::PolicyStatus;
 
 /// What is being authorized.
@@ -46,6 +46,9 @@ pub enum Verdict {
         /// The deciding policy (or `default`, `no-match`).
         policy: String,
     },
+    /// Allowed, but its audit record cannot be kept and `audit_failure` is `deny`: refuse it
+    /// as unavailable (503, or the connection closed).
+    Unrecorded(AuditUnavailable),
 }
 
 /// The operators' policies and what goes with them.
@@ -107,7 +110,8 @@ impl PolicyEngine {
         .increment(1);
         if let Some(audit) = &self.audit {
             if label != "allow" || audit.log_allowed {
-                audit.record(AuditRecord {
+                let recorded = audit.record(AuditRecord {
+                    chain: String::new(),
                     seq: 0,
                     time: now_rfc3339(),
                     direction: "inbound".into(),
@@ -125,6 +129,9 @@ impl PolicyEngine {
                     request_id: Some(ctx.request_id.to_string()),
                     prev: String::new(),
                 });
+                if let (Err(e), true) = (recorded, decision.allowed) {
+                    return Verdict::Unrecorded(e);
+                }
             }
         }
         if decision.allowed {
@@ -233,6 +240,14 @@ impl Authorizer {
             Some(e) => format!("no good policy set has been loaded ({e})"),
             None => "no policy set has been loaded yet".to_string(),
         })
+    }
+
+    /// The audit log, if decisions are recorded.
+    pub fn audit(&self) -> Option<&Arc<AuditLog>> {
+        match &*self.0 {
+            Engine::Policies(engine, _) => engine.audit.as_ref(),
+            Engine::Function(_) => None,
+        }
     }
 
     /// Changes of the loader's state, to keep `/ready` current.

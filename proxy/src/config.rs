@@ -104,10 +104,21 @@ pub struct AuthorizationConfig {
     /// What decides when no policy applies: `deny` (zero trust), `all-authenticated`, or
     /// `audit` (allowed and recorded); a control-plane snapshot's default overrides it.
     pub default: warden_core::policy::evaluate::DefaultPolicy,
-    /// Where audit records go: `stdout`, `off`, or a file (appended, chain continued).
+    /// Where audit records go: `stdout` (collected by the node's log pipeline), `off`, or a
+    /// file (appended; each run of the proxy is a chain of its own).
     pub audit_log: String,
     /// Record allowed decisions too (denials and audits always are).
     pub log_allowed: bool,
+    /// A request whose record cannot be kept (full queue, failed write): `allow` (served,
+    /// the loss counted) or `deny` (refused with 503 and the proxy not ready: fail closed).
+    pub audit_failure: crate::audit::AuditFailure,
+    /// A signed checkpoint after this many records...
+    pub audit_checkpoint_records: u64,
+    /// ...or this long after the last one, whichever is first.
+    #[serde(with = "human_duration")]
+    pub audit_checkpoint_interval: Duration,
+    /// Records waiting to be written, at most (a full queue drops, or refuses, the next).
+    pub audit_queue: usize,
     /// How often the policy directory is checked for changes.
     #[serde(with = "human_duration")]
     pub reload_interval: Duration,
@@ -120,6 +131,10 @@ impl Default for AuthorizationConfig {
             default: Default::default(),
             audit_log: "stdout".into(),
             log_allowed: false,
+            audit_failure: Default::default(),
+            audit_checkpoint_records: 1000,
+            audit_checkpoint_interval: Duration::from_secs(10),
+            audit_queue: 8192,
             reload_interval: Duration::from_secs(2),
         }
     }
@@ -503,6 +518,14 @@ impl ProxyConfig {
                     })?
                 }
                 env::AUDIT_LOG => self.authorization.audit_log = value.to_string(),
+                env::AUDIT_FAILURE => {
+                    self.authorization.audit_failure =
+                        parsed(env::AUDIT_FAILURE, value, |v| match v {
+                            "allow" => Ok(crate::audit::AuditFailure::Allow),
+                            "deny" => Ok(crate::audit::AuditFailure::Deny),
+                            _ => Err("expected allow or deny"),
+                        })?
+                }
                 env::WORKER_THREADS => {
                     self.worker_threads =
                         Some(parsed(env::WORKER_THREADS, value, str::parse::<usize>)?)
@@ -518,6 +541,20 @@ impl ProxyConfig {
             }
         }
         Ok(())
+    }
+
+    /// The pod an audit chain names: `namespace/name` from the downward API, else the host
+    /// name (outside Kubernetes).
+    pub fn audit_pod(&self) -> String {
+        let name = self.control_plane.pod_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into())
+        });
+        match &self.identity.namespace {
+            Some(ns) => format!("{ns}/{name}"),
+            None => name,
+        }
     }
 
     /// Checks what types alone cannot: positive limits, no address used twice, a usable URL,
@@ -548,6 +585,24 @@ impl ProxyConfig {
                 "authorization.reload_interval",
                 "must be greater than zero".into(),
             ));
+        }
+        for (field, zero) in [
+            (
+                "authorization.audit_checkpoint_records",
+                self.authorization.audit_checkpoint_records == 0,
+            ),
+            (
+                "authorization.audit_checkpoint_interval",
+                self.authorization.audit_checkpoint_interval.is_zero(),
+            ),
+            (
+                "authorization.audit_queue",
+                self.authorization.audit_queue == 0,
+            ),
+        ] {
+            if zero {
+                return Err(invalid(field, "must be greater than zero".into()));
+            }
         }
         if self.authorization.audit_log.is_empty() {
             return Err(invalid(

@@ -76,6 +76,9 @@ pub enum ProxyError {
         /// The policy that decided (for the logs, never the client).
         policy: String,
     },
+    /// Its audit record could not be kept and `audit_failure` is `deny` (fail closed).
+    #[error("the audit log is unavailable")]
+    AuditUnavailable,
 }
 
 /// `error` and its sources, joined by `: ` (hyper's own text is only the outermost layer,
@@ -103,6 +106,7 @@ impl ProxyError {
             }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Denied { .. } => StatusCode::FORBIDDEN,
+            ProxyError::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -114,6 +118,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout(_) | ProxyError::ResponseTimeout(_) => 4,
             ProxyError::BadRequest(_) => 13,
             ProxyError::Denied { .. } => 7,
+            ProxyError::AuditUnavailable => 14,
         }
     }
 
@@ -447,6 +452,7 @@ mod tests {
             ),
             (ProxyError::BadRequest("x".into()), 400, 13),
             (ProxyError::Denied { policy: "p".into() }, 403, 7),
+            (ProxyError::AuditUnavailable, 503, 14),
         ];
         for (err, status, grpc) in cases {
             assert_eq!(err.status().as_u16(), status, "{err}");

@@ -208,9 +208,16 @@ where
         client_addr: Some(conn.peer),
         request_id: &request_id,
     };
-    if let Verdict::Deny { policy } = shared.authz.check(&request, &ctx) {
-        tracing::info!(client = conn.client_label(), port = request.port, %policy, %request_id, "inbound TCP denied");
-        return Err(()); // closed before any byte reaches the app
+    match shared.authz.check(&request, &ctx) {
+        Verdict::Allow => {}
+        Verdict::Deny { policy } => {
+            tracing::info!(client = conn.client_label(), port = request.port, %policy, %request_id, "inbound TCP denied");
+            return Err(()); // closed before any byte reaches the app
+        }
+        Verdict::Unrecorded(e) => {
+            tracing::warn!(client = conn.client_label(), port = request.port, %request_id, error = %e, "inbound TCP refused: its audit record cannot be kept");
+            return Err(());
+        }
     }
     let revoked =
         shared

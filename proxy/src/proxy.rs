@@ -202,8 +202,17 @@ pub fn authorizer(
     let audit = match crate::audit::AuditTarget::parse(&authz.audit_log) {
         None => None,
         Some(target) => Some(Arc::new(
-            crate::audit::AuditLog::open(&target, authz.log_allowed)
-                .map_err(|e| StartError::Audit(format!("{}: {e}", authz.audit_log)))?,
+            crate::audit::AuditLog::open(
+                &target,
+                crate::audit::AuditOptions {
+                    log_allowed: authz.log_allowed,
+                    failure: authz.audit_failure,
+                    checkpoint_records: authz.audit_checkpoint_records,
+                    checkpoint_interval: authz.audit_checkpoint_interval,
+                    queue: authz.audit_queue,
+                },
+            )
+            .map_err(|e| StartError::Audit(format!("{}: {e}", authz.audit_log)))?,
         )),
     };
     if !config.control_plane.addresses.is_empty() {
@@ -322,6 +331,9 @@ pub async fn run(
         return;
     };
     let credentials = rotation.credentials;
+    if let Some(audit) = authz.audit() {
+        audit.start(&config.audit_pod(), credentials.clone());
+    }
     let (control_plane, outbound_rules) = shared_feed(&authz, &config, &credentials, &shutdown);
     // Discovery decides what is meshed for redirected connections when a controller is
     // configured; explicit routes name their destinations themselves.
@@ -378,6 +390,7 @@ pub async fn run(
         ));
     }
     let policy_status = shared.authz.clone();
+    let audit = shared.authz.audit().cloned();
     let discovery = shared.discovery.clone();
     let readiness = move |creds: &warden_identity::rotation::Credentials| {
         let left = creds
@@ -391,6 +404,10 @@ pub async fn run(
             .unwrap_or_default();
         if let Some(why) = policy_status.not_loaded() {
             // Fail closed: such a proxy denies everything, so it takes no traffic.
+            return Readiness::not_ready(format!("not ready: {why}"));
+        }
+        if let Some(why) = audit.as_ref().and_then(|a| a.refusing()) {
+            // Fail closed: it refuses what it cannot record, so it takes no traffic.
             return Readiness::not_ready(format!("not ready: {why}"));
         }
         if let Some(why) = discovery.as_ref().and_then(|d| d.not_ready()) {
@@ -407,13 +424,14 @@ pub async fn run(
         Readiness {
             ready: true,
             detail: format!(
-                "ready: {} (certificate valid for {}s); {inbound_count} inbound, {outbound_count} outbound listeners{policies}{}",
+                "ready: {} (certificate valid for {}s); {inbound_count} inbound, {outbound_count} outbound listeners{policies}{}{}",
                 creds.svid.id(),
                 left.as_secs(),
                 discovery
                     .as_ref()
                     .map(|d| format!("\ndiscovery: {}", d.describe()))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                audit.as_ref().map(|a| audit_line(&a.status().borrow())).unwrap_or_default()
             ),
         }
     };
@@ -424,7 +442,14 @@ pub async fn run(
     let mut watch = credentials.clone();
     let mut policy_changes = shared.authz.status_changes();
     let mut discovery_opened = shared.discovery.as_ref().map(|d| d.opened());
+    let mut audit_changes = shared.authz.audit().map(|a| a.status());
     loop {
+        let audit_changed = async {
+            match audit_changes.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         let policy_changed = async {
             match policy_changes.as_mut() {
                 Some(rx) => rx.changed().await.is_ok(),
@@ -461,6 +486,9 @@ pub async fn run(
             ok = policy_changed => {
                 if !ok { policy_changes = None; }
             }
+            ok = audit_changed => {
+                if !ok { audit_changes = None; }
+            }
             _ = expired => {}
             // The snapshot's age on /ready stays current.
             _ = tokio::time::sleep(Duration::from_secs(5)), if refresh_ready => {}
@@ -480,6 +508,21 @@ pub async fn run(
         run.hard_stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), run.tasks.wait()).await;
     }
+    if let Some(audit) = shared.authz.audit() {
+        // The final checkpoint: the chain ends here, signed.
+        audit.close(Duration::from_secs(5)).await;
+    }
     admin_stop.cancel();
     tracing::info!("proxy stopped");
+}
+
+/// `/ready`'s line on the audit log, when it has lost records.
+fn audit_line(status: &crate::audit::AuditStatus) -> String {
+    match (&status.error, status.dropped) {
+        (None, 0) => String::new(),
+        (None, n) => {
+            format!("\naudit: {n} records dropped so far (see warden_audit_records_dropped_total)")
+        }
+        (Some(e), n) => format!("\naudit: writes are failing ({e}); {n} records dropped so far"),
+    }
 }

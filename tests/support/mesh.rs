@@ -27,6 +27,9 @@ pub fn warden(args: &[&str], dir: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Lines several processes wrote to stdout, in the order they arrived.
+pub type Collected = Arc<Mutex<Vec<String>>>;
+
 /// A process whose stderr is collected; killed when dropped.
 pub struct Process {
     child: Child,
@@ -38,13 +41,36 @@ pub struct Process {
 impl Process {
     /// Spawns `cmd` and waits for a stderr line starting with `marker`; returns the
     /// process and the rest of that line.
-    pub fn spawn(name: &str, mut cmd: Command, marker: &str) -> (Self, String) {
+    pub fn spawn(name: &str, cmd: Command, marker: &str) -> (Self, String) {
+        Self::spawn_collecting(name, cmd, marker, None)
+    }
+
+    /// [`Process::spawn`], with its stdout's lines appended to `collected` as they come (as
+    /// a node's log pipeline collects containers' output, several processes interleaved).
+    pub fn spawn_collecting(
+        name: &str,
+        mut cmd: Command,
+        marker: &str,
+        collected: Option<Collected>,
+    ) -> (Self, String) {
+        let stdout = if collected.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        };
         let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        if let (Some(collected), Some(out)) = (collected, child.stdout.take()) {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    collected.lock().unwrap().push(line);
+                }
+            });
+        }
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let log = Arc::new(Mutex::new(String::new()));
         let mut found = None;
@@ -122,6 +148,11 @@ pub struct Identity {
 impl Identity {
     /// A new CA and its identity service.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// [`Identity::start`] with more arguments for `warden identity` (e.g. `--svid-ttl`).
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         warden(&["ca", "init", "--dir", "ca"], dir.path());
         std::fs::write(dir.path().join("tokens"), "").unwrap();
@@ -130,6 +161,7 @@ impl Identity {
             .args(["--join-tokens", "tokens", "--rate-per-minute", "6000"])
             .args(["--rate-burst", "200"])
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .args(args)
             .current_dir(dir.path());
         let (process, rest) =
             Process::spawn("warden identity", cmd, "warden identity: serving https://");
@@ -230,12 +262,27 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Starts `warden proxy` with `config` (YAML; the identity settings are added).
+    /// Starts `warden proxy` with `config` (YAML; the identity settings are added, and no
+    /// audit log).
     pub fn start(name: &str, identity: &Identity, id: &str, config: &str) -> Self {
+        let config = format!("authorization: {{audit_log: \"off\"}}\n{config}");
+        Self::start_collecting(name, identity, id, &config, &[], None)
+    }
+
+    /// Starts `warden proxy` with `config` (YAML; the identity settings are added) and
+    /// environment `env`, its stdout (the audit log) appended to `collected`.
+    pub fn start_collecting(
+        name: &str,
+        identity: &Identity,
+        id: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        collected: Option<Collected>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let token = identity.token_for(id);
         let full = format!(
-            "identity:\n  url: {}\n  token_file: {}\n  trust_bundle: {}\n  expected_id: \"{id}\"\nadmin: {{listen: \"127.0.0.1:0\"}}\nauthorization: {{audit_log: \"off\"}}\nworker_threads: 1\n{config}",
+            "identity:\n  url: {}\n  token_file: {}\n  trust_bundle: {}\n  expected_id: \"{id}\"\nadmin: {{listen: \"127.0.0.1:0\"}}\nworker_threads: 1\n{config}",
             identity.url,
             token.display(),
             identity.bundle().display()
@@ -244,8 +291,10 @@ impl Proxy {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
         cmd.args(["proxy", "--config"])
             .arg(dir.path().join("proxy.yaml"))
+            .envs(env.iter().copied())
             .env("WARDEN_LOG", "info");
-        let (process, rest) = Process::spawn(name, cmd, "warden proxy: admin http://");
+        let (process, rest) =
+            Process::spawn_collecting(name, cmd, "warden proxy: admin http://", collected);
         // `<admin> inbound [a, b] outbound [c]`
         let (admin, rest) = rest.split_once(' ').unwrap();
         let list = |text: &str| -> Vec<String> {

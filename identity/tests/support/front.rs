@@ -31,11 +31,7 @@ impl Front {
             backend: Arc::default(),
             stop: CancellationToken::new(),
         };
-        tokio::spawn(forward(
-            listener,
-            front.backend.clone(),
-            front.stop.clone(),
-        ));
+        tokio::spawn(forward(listener, front.backend.clone(), front.stop.clone()));
         front
     }
 

@@ -187,8 +187,10 @@ async fn forward(
         client_addr: Some(conn.peer),
         request_id,
     };
-    if let Verdict::Deny { policy } = shared.authz.check(&request, &ctx) {
-        return Err(ProxyError::Denied { policy });
+    match shared.authz.check(&request, &ctx) {
+        Verdict::Allow => {}
+        Verdict::Deny { policy } => return Err(ProxyError::Denied { policy }),
+        Verdict::Unrecorded(_) => return Err(ProxyError::AuditUnavailable),
     }
     let path_and_query = match req.uri().query() {
         Some(query) => format!("{path}?{query}"),

@@ -8,6 +8,8 @@ use std::time::Duration;
 use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use warden_core::audit::verify::Status;
 use warden_proxy::config::{AppProtocol, InboundListener, ProxyConfig, RouteProtocol};
 
 use crate::apps;
@@ -166,10 +168,31 @@ async fn policies_decide_changes_apply_at_once_and_every_denial_is_audited() {
     })
     .await;
 
-    // The audit log: every denial, hash-chained, with the id the client saw.
-    let log = std::fs::read_to_string(mesh.dir.path().join("audit.log")).unwrap();
-    let verified = warden_core::audit::verify(&log).unwrap();
-    assert!(verified.records >= 7, "{verified:?}"); // the 400 is refused before authorization
+    // The audit log: every denial, hash-chained, with the id the client saw. Records are
+    // written by the log's own thread, so the last ones may take a moment.
+    let path = mesh.dir.path().join("audit.log");
+    let mut log = String::new();
+    for _ in 0..500 {
+        log = std::fs::read_to_string(&path).unwrap_or_default();
+        if log
+            .lines()
+            .filter(|l| l.contains("\"decision\":\"deny\""))
+            .count()
+            >= 7
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let store = warden_identity::TrustStore::single(mesh.ca.get().bundle().clone());
+    let check = |cp: &warden_core::audit::Checkpoint| {
+        warden_identity::audit_signature::check(&store, cp).map(|id| id.to_string())
+    };
+    let report = warden_core::audit::verify::verify(&[("audit.log".into(), log.clone())], &check);
+    assert_ne!(report.status, Status::Tampered, "{report:#?}");
+    assert_eq!(report.chains.len(), 1);
+    // The epoch and 7 denials (the 400 is refused before authorization).
+    assert!(report.chains[0].records >= 8, "{report:#?}");
     let record: serde_json::Value = log
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -296,4 +319,61 @@ async fn a_bad_policy_file_keeps_the_last_good_set_and_ready_says_so() {
             .contains("policies: 1 in force")
     })
     .await;
+}
+
+#[tokio::test]
+async fn an_audit_log_that_cannot_be_written_fails_open_or_closed_as_configured() {
+    use warden_proxy::audit::AuditFailure;
+    // /dev/full takes the open and refuses every write (no space left), as a full disk does.
+    for failure in [AuditFailure::Allow, AuditFailure::Deny] {
+        let mesh = Mesh::start().await;
+        let policies = mesh.dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(policies.join("allow.yaml"), ALLOW_CLIENT_API).unwrap();
+        let (app, hits) = apps::http_app().await;
+        let mut config = server_config(&mesh, app, &policies);
+        config.authorization.audit_log = "/dev/full".into();
+        config.authorization.log_allowed = true;
+        config.authorization.audit_failure = failure;
+        // Not waited for: with `deny` it never becomes ready.
+        let authz = warden_proxy::proxy::authorizer(&config, CancellationToken::new()).unwrap();
+        let server = mesh.spawn_proxy(config, authz).await;
+        let client = mesh
+            .client_named("client", &server, RouteProtocol::Detect)
+            .await;
+        // The epoch record's write fails at start; /ready says so.
+        eventually("/ready reports the failing audit log", async || {
+            server
+                .admin("/ready")
+                .await
+                .contains("No space left on device")
+        })
+        .await;
+        let ready = server.admin("/ready").await;
+        let (status, _, body) = status_of(client.addrs.outbound[0], "GET", "/api/orders").await;
+        let metrics = server.admin("/metrics").await;
+        match failure {
+            AuditFailure::Allow => {
+                assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+                assert!(ready.contains("audit: writes are failing"), "{ready}");
+                assert_eq!(status, 200, "served; the record is lost and counted");
+                assert_eq!(hits.load(Ordering::SeqCst), 1);
+            }
+            AuditFailure::Deny => {
+                assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
+                assert!(ready.contains("audit_failure is deny"), "{ready}");
+                assert_eq!(status, 503, "refused: {body}");
+                assert!(body.contains("audit log is unavailable"), "{body}");
+                assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing reached the app");
+                assert!(
+                    metrics.contains("warden_audit_refused_total 1"),
+                    "{metrics}"
+                );
+            }
+        }
+        assert!(
+            metrics.contains("warden_audit_records_dropped_total{reason=\"write_error\"}"),
+            "{metrics}"
+        );
+    }
 }
