@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the pieces on the hot and warm paths, so regressions show without the
 //! whole side-by-side harness: policy evaluation (1 and 10,000 policies), SVID verification,
-//! certificate issuance (CSR signing), a full mTLS handshake in memory, and Prometheus
-//! exposition of a proxy's metrics.
+//! certificate issuance (CSR signing), a full mTLS handshake in memory, Prometheus
+//! exposition of a proxy's metrics, and an audit record's CPU cost.
 //!
 //! Run: `cargo bench --bench micro` (figures in benches/README.md).
 
@@ -251,6 +251,78 @@ fn metrics_encoding(c: &mut Criterion) {
     });
 }
 
+/// CPU time (user + system) of the whole process so far.
+fn process_cpu() -> Duration {
+    // SAFETY: getrusage(2) fills the struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) }, 0);
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// One decision's audit record from the request path to the written line, in CPU time of the
+/// whole process (the request side and the writer thread, hashing, writing and checkpoints
+/// every 1,000 records), to /dev/null.
+fn audit_record(c: &mut Criterion) {
+    use warden_proxy::audit::{AuditFailure, AuditLog, AuditOptions, AuditTarget};
+    let ca = test_ca();
+    let svid = ca
+        .issue(&id("shop", "backend"), Duration::from_secs(3600))
+        .unwrap();
+    let tls = warden_identity::rotation::TlsOptions {
+        server_alpn: vec![],
+        client_alpn: vec![],
+        client_auth: ClientAuth::Required,
+    };
+    let creds = warden_identity::rotation::Credentials::build(svid, store(&ca), &tls).unwrap();
+    let (_keep, credentials) = tokio::sync::watch::channel(Arc::new(creds));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let record = warden_core::audit::AuditRecord {
+        chain: String::new(),
+        seq: 0,
+        time: "2026-11-26T08:00:00.123456Z".into(),
+        direction: "inbound".into(),
+        client: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
+        client_addr: Some("10.1.2.4:51012".into()),
+        workload: "spiffe://cluster.local/ns/shop/sa/backend".into(),
+        port: 8080,
+        method: Some("GET".into()),
+        path: Some("/api/orders/12345".into()),
+        decision: "allow".into(),
+        policy: Some("shop/backend-allow-frontend".into()),
+        rule: Some(0),
+        reason: "matched ALLOW policy shop/backend-allow-frontend rule 0".into(),
+        audit_policies: None,
+        request_id: Some("9f3c2a1b4d5e6f70".into()),
+        prev: String::new(),
+    };
+    c.bench_function("audit_record_cpu", |b| {
+        b.iter_custom(|iters| {
+            let options = AuditOptions {
+                log_allowed: true,
+                // Refuse rather than drop when the writer falls behind, so every record is
+                // written and counted.
+                failure: AuditFailure::Deny,
+                ..AuditOptions::default()
+            };
+            let log = AuditLog::open(&AuditTarget::File("/dev/null".into()), options).unwrap();
+            log.start("shop/backend-0", credentials.clone());
+            let before = process_cpu();
+            for _ in 0..iters {
+                while log.record(record.clone()).is_err() {
+                    // Waiting, not spinning: the figure is the records' CPU.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+            runtime.block_on(log.close(Duration::from_secs(60)));
+            process_cpu() - before
+        })
+    });
+}
+
 criterion_group!(
     benches,
     policy_evaluation,
@@ -258,6 +330,7 @@ criterion_group!(
     svid_verification,
     issuance,
     handshake,
-    metrics_encoding
+    metrics_encoding,
+    audit_record
 );
 criterion_main!(benches);

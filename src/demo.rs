@@ -186,7 +186,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     let mut rows = Vec::new();
     for caller in &workloads[1..] {
         let mut row = call(caller, &workloads[0]).await;
-        row.policy = decided_by(&backend_audit, &workload_id(&td, caller.name)?);
+        row.policy = decided_by(&backend_audit, &workload_id(&td, caller.name)?).await;
         rows.push(row);
     }
     rows.push(plaintext(&workloads[0]).await);
@@ -327,21 +327,26 @@ async fn call(caller: &Workload, callee: &Workload) -> Row {
     }
 }
 
-/// The policy that decided the caller's last request, from the callee's audit log.
-fn decided_by(audit_log: &std::path::Path, caller: &SpiffeId) -> String {
-    let text = std::fs::read_to_string(audit_log).unwrap_or_default();
-    text.lines()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|r| r["client"] == caller.as_str())
-        .map(|r| {
+/// The policy that decided the caller's last request, from the callee's audit log (written
+/// by the proxy's audit thread, so waited for up to 2 s).
+async fn decided_by(audit_log: &std::path::Path, caller: &SpiffeId) -> String {
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(audit_log).unwrap_or_default();
+        let found = text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["type"] == "decision" && r["client"] == caller.as_str());
+        if let Some(r) = found {
             let decision = r["decision"].as_str().unwrap_or("?");
-            match r["policy"].as_str() {
+            return match r["policy"].as_str() {
                 Some(policy) => format!("{decision} by {policy}"),
                 None => format!("{decision}: {}", r["reason"].as_str().unwrap_or("")),
-            }
-        })
-        .unwrap_or_else(|| "-".into())
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    "-".into()
 }
 
 /// A plaintext HTTP request straight to a sidecar's inbound (mTLS-only) port.

@@ -2,7 +2,8 @@
 """Instructions per call through a Warden pair, counted by callgrind: repeatable where wall
 time and CPU time on a shared 2-vCPU machine are not (see benches/README.md).
 
-    python3 benches/mesh/callgrind.py [--binary target/release/warden-proxy] [--calls 3000] grpc|http
+    python3 benches/mesh/callgrind.py [--binary target/release/warden-proxy] [--calls 3000]
+        [--contestant warden|warden-audit-all] grpc|http
 
 Both sidecars run under `valgrind --tool=callgrind`; 500 warm-up calls, counters zeroed, then
 `--calls` calls with h2load (gRPC-shaped h2c calls, 4 connections x 4 streams; or HTTP/1.1
@@ -26,31 +27,34 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--binary", default=mesh.WARDEN_PROXY, help="the warden-proxy build to count")
     parser.add_argument("--calls", type=int, default=3000, help="measured calls (default 3000)")
+    parser.add_argument("--contestant", default="warden", choices=["warden", "warden-audit-all"],
+                        help="warden-audit-all: every decision audited (default: deny-only)")
     parser.add_argument("kind", choices=["grpc", "http"])
     args = parser.parse_args()
+    c = args.contestant
     mesh.WARDEN_PROXY = args.binary
     work = tempfile.mkdtemp(prefix="warden-callgrind-")
     bench = mesh.Bench(work)
     try:
         bench.certificates()
         bench.app()
-        bench.warden()
+        bench.warden(c)
         # The same sidecars again, under callgrind.
-        commands = bench.setups["warden"](1)
-        bench.kill(bench.procs.pop("warden"))
+        commands = bench.setups[c](1)
+        bench.kill(bench.procs.pop(c))
         procs = [bench.spawn(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/sidecar-{i}.out", *cmd],
                              f"valgrind-{i}.log", env=env) for i, (cmd, _, env) in enumerate(commands)]
-        bench.procs["warden"] = procs
-        bench.wait_ready("warden", mesh.PORTS["warden"][0], deadline=120)
+        bench.procs[c] = procs
+        bench.wait_ready(c, mesh.PORTS[c][0], deadline=120)
         if args.kind == "grpc":
             message = os.path.join(work, "message.bin")
             with open(message, "wb") as f:
                 f.write(mesh.GRPC_MESSAGE)
-            url = f"http://127.0.0.1:{mesh.GRPC_PORTS['warden'][0]}/bench.Echo/Unary"
+            url = f"http://127.0.0.1:{mesh.GRPC_PORTS[c][0]}/bench.Echo/Unary"
             load = lambda n: ["h2load", "-n", str(n), "-c4", "-m4", "-t1", "-d", message,  # noqa: E731
                               "-H", "content-type: application/grpc", url]
         else:
-            url = f"http://127.0.0.1:{mesh.PORTS['warden'][0]}/"
+            url = f"http://127.0.0.1:{mesh.PORTS[c][0]}/"
             load = lambda n: ["h2load", "--h1", "-n", str(n), "-c4", "-t1", url]  # noqa: E731
         mesh.run(load(500))
         for p in procs:
@@ -63,7 +67,7 @@ def main():
         for path in glob.glob(os.path.join(work, "sidecar-*.out.*")):
             with open(path, errors="replace") as f:
                 total += sum(int(line.split()[1]) for line in f if line.startswith("summary:"))
-        print(f"{args.binary} {args.kind}: {total / args.calls:,.0f} instructions per call, both sidecars "
+        print(f"{args.binary} {c} {args.kind}: {total / args.calls:,.0f} instructions per call, both sidecars "
               f"({args.calls} calls); callgrind files in {work}")
     finally:
         bench.stop()

@@ -26,6 +26,10 @@ Scenarios, each run for every contestant in turn, repeated --runs times:
              connections from wrk -t2; sidecars, app and generator unpinned on both CPUs
              (real pods get more than one core): req/s, p50/p99, CPU per request.
 
+Contestant warden-audit-all is Warden's pair with every decision audited (allows included,
+JSON lines on the server sidecar's stdout, signed checkpoints every 1,000 records or 10 s), to
+compare with warden (deny-only auditing, the default; nothing is denied in this load).
+
 Run through benches/mesh/run.sh, which installs the peers and builds Warden and loadgen first.
 """
 
@@ -68,6 +72,8 @@ PORTS = {
     "nginx": (18102, 18202),
     "haproxy": (18103, 18203),
     "stunnel": (18104, 18204),
+    # Warden with every decision audited (allows included, to stdout): the audit's cost
+    "warden-audit-all": (18105, 18205),
 }
 # the same for opaque TCP to the byte sink (outbound and inbound ports 10 higher)
 TCP_PORTS = {c: (SINK_PORT, None) if c == "direct" else (o + 10, i + 10) for c, (o, i) in PORTS.items()}
@@ -98,6 +104,7 @@ class Bench:
         self.setups = {}  # name -> threads -> [(cmd, log, env)], to start fresh sidecars again
         self.threads = {}  # name -> the worker count its sidecars run with now
         self.others = []
+        self.identity_started = False
 
     def path(self, *parts):
         return os.path.join(self.work, *parts)
@@ -172,9 +179,11 @@ http {{
         self.wait_ready(name, PORTS[name][0])
 
     # --- contestants ------------------------------------------------------------------------
-    def warden(self):
-        out_port, in_port = PORTS["warden"]
-        tcp_out, tcp_in = TCP_PORTS["warden"]
+    def identity(self):
+        """The identity service both Warden contestants get their SVIDs from (once)."""
+        if self.identity_started:
+            return
+        self.identity_started = True
         tokens = self.path("tokens")
         for name, spiffe in (("client", CLIENT_ID), ("server", SERVER_ID)):
             token = run([WARDEN, "ca", "join-token", "--tokens", tokens, "--id", spiffe]).stdout.strip()
@@ -183,6 +192,20 @@ http {{
             [WARDEN, "identity", "--ca-dir", self.path("ca"), "--auth", "join-tokens",
              "--join-tokens", tokens, "--listen", "127.0.0.1:17150",
              "--admin-listen", "127.0.0.1:17190"], "identity.log"))
+        time.sleep(1)  # the identity service binds
+
+    def warden_audit_all(self):
+        self.warden("warden-audit-all")
+
+    def warden(self, contestant="warden"):
+        """Warden's pair; `warden-audit-all` records every decision (allows too) on the
+        server sidecar's stdout, where `warden` records only denials (none in this load)."""
+        out_port, in_port = PORTS[contestant]
+        tcp_out, tcp_in = TCP_PORTS[contestant]
+        grpc_out, grpc_in = GRPC_PORTS[contestant]
+        audit_all = contestant == "warden-audit-all"
+        admin = 17193 if audit_all else 17191
+        self.identity()
         os.makedirs(self.path("policies"), exist_ok=True)
         self.write("policies/allow.yaml", f"""apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -198,9 +221,9 @@ identity:
   trust_bundle: {self.path('ca', 'bundle.crt')}
   namespace: bench
 """
-        client = self.write("warden-client.yaml", common + f"""  service_account: client
+        client = self.write(f"{contestant}-client.yaml", common + f"""  service_account: client
   token_file: {self.path('client.token')}
-admin: {{listen: 127.0.0.1:17191}}
+admin: {{listen: 127.0.0.1:{admin}}}
 outbound:
   - listen: 127.0.0.1:{out_port}
     destination: 127.0.0.1:{in_port}
@@ -209,26 +232,27 @@ outbound:
     destination: 127.0.0.1:{tcp_in}
     identity: {SERVER_ID}
     protocol: opaque
-  - listen: 127.0.0.1:{GRPC_PORTS['warden'][0]}
-    destination: 127.0.0.1:{GRPC_PORTS['warden'][1]}
+  - listen: 127.0.0.1:{grpc_out}
+    destination: 127.0.0.1:{grpc_in}
     identity: {SERVER_ID}
 """)
-        server = self.write("warden-server.yaml", common + f"""  service_account: server
+        server = self.write(f"{contestant}-server.yaml", common + f"""  service_account: server
   token_file: {self.path('server.token')}
-admin: {{listen: 127.0.0.1:17192}}
+admin: {{listen: 127.0.0.1:{admin + 1}}}
 inbound:
   - listen: 127.0.0.1:{in_port}
     app: 127.0.0.1:{APP_PORT}
     protocol: http1
   - listen: 127.0.0.1:{tcp_in}
     app: 127.0.0.1:{SINK_PORT}
-  - listen: 127.0.0.1:{GRPC_PORTS['warden'][1]}
+  - listen: 127.0.0.1:{grpc_in}
     app: 127.0.0.1:{GRPC_APP_PORT}
     protocol: h2c
 authorization:
   policy_dir: {self.path('policies')}
+  audit_log: stdout
+  log_allowed: {'true' if audit_all else 'false'}
 """)
-        time.sleep(1)  # the identity service binds
         env = dict(os.environ, WARDEN_LOG="warn")
 
         def setup(threads):
@@ -236,10 +260,10 @@ authorization:
             for name, config in (("client", client), ("server", server)):
                 with open(config) as f:
                     text = f.read()
-                configs.append(self.write(f"warden-{name}-{threads}.yaml", f"worker_threads: {threads}\n" + text))
-            return [([WARDEN_PROXY, "proxy", "--config", configs[0]], "warden-client.log", env),
-                    ([WARDEN_PROXY, "proxy", "--config", configs[1]], "warden-server.log", env)]
-        self.sidecars("warden", setup)
+                configs.append(self.write(f"{contestant}-{name}-{threads}.yaml", f"worker_threads: {threads}\n" + text))
+            return [([WARDEN_PROXY, "proxy", "--config", configs[0]], f"{contestant}-client.log", env),
+                    ([WARDEN_PROXY, "proxy", "--config", configs[1]], f"{contestant}-server.log", env)]
+        self.sidecars(contestant, setup)
 
     def nginx(self):
         module = "load_module /usr/lib/nginx/modules/ngx_stream_module.so;"
@@ -691,6 +715,12 @@ class Summary:
             check("sidecar CPU per request (keep-alive) at most 0.7x the best peer's, µs",
                   self.v("keepalive", w, "cpu_us_per_req"),
                   ka["best_peer_cpu_us_per_req"] and ka["best_peer_cpu_us_per_req"] * 0.7, lambda v, l: v <= l)
+        for s in ("keepalive", "grpc"):
+            if s in facts and "warden-audit-all" in self.contestants:
+                base = self.v(s, w, "cpu_us_per_req")
+                check(f"{s}: CPU per request with every decision audited at most 1.10x deny-only auditing, µs",
+                      self.v(s, "warden-audit-all", "cpu_us_per_req"), base and base * 1.10,
+                      lambda v, l: v <= l)
         for s in ("rate2000", "rate5000"):
             r = facts.get(s)
             if not r:
@@ -767,7 +797,7 @@ def main():
         bench.app()
         for c in contestants:
             if c != "direct":
-                getattr(bench, c)()
+                getattr(bench, c.replace("-", "_"))()
         for c in contestants:
             bench.wait_ready(c, PORTS[c][0])
         for run_index in range(args.runs):

@@ -173,27 +173,46 @@ impl Entry {
 
     /// The entry as one line (no newline), with its hash; returns `(line, hash)`.
     pub fn to_line(&self) -> (String, String) {
-        let body = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
-        let body = body.strip_suffix('}').unwrap_or(&body);
-        let unhashed = format!("{body}{HASH_FIELD}{GENESIS}\"}}");
-        let hash = sha256_hex(unhashed.as_bytes());
-        (format!("{body}{HASH_FIELD}{hash}\"}}"), hash)
+        // One buffer: the JSON object without its closing brace, then the hash field.
+        let mut line = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        line.pop();
+        let hash = hash_of(&line);
+        line.reserve(HASH_FIELD.len() + 66);
+        line.push_str(HASH_FIELD);
+        line.push_str(&hash);
+        line.push_str("\"}");
+        (line, hash)
     }
 }
 
 /// How a line's hash is appended.
 const HASH_FIELD: &str = ",\"hash\":\"";
 
+#[cfg(test)]
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    use std::fmt::Write;
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
-    digest
-        .as_ref()
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data).as_ref())
+}
+
+/// The hash of a line whose body (everything before the hash field) is `body`: SHA-256 of
+/// the body with the hash field set to zeros, without copying the body.
+fn hash_of(body: &str) -> String {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    ctx.update(body.as_bytes());
+    ctx.update(HASH_FIELD.as_bytes());
+    ctx.update(GENESIS.as_bytes());
+    ctx.update(b"\"}");
+    hex(ctx.finish().as_ref())
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    out
 }
 
 /// Why a line is not a valid entry.
@@ -225,8 +244,7 @@ fn split_hash(line: &str) -> Option<(&str, &str)> {
 pub fn parse_line(line: &str) -> Result<(Entry, String), LineError> {
     let line = line.trim_end_matches(['\r', '\n']);
     let (body, hash) = split_hash(line).ok_or(LineError::NoHash)?;
-    let unhashed = format!("{body}{HASH_FIELD}{GENESIS}\"}}");
-    if sha256_hex(unhashed.as_bytes()) != hash {
+    if hash_of(body) != hash {
         let claims = serde_json::from_str::<serde_json::Value>(&format!("{body}}}"))
             .ok()
             .and_then(|v| {

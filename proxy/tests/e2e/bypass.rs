@@ -148,12 +148,22 @@ async fn no_spelling_or_framing_of_a_denied_request_reaches_the_app() {
     let response = raw(out, now, &request("get /status/200 HTTP/1.1")).await;
     assert!(response.contains("method: GET\n"), "{response}");
 
-    // The audit log says what the app would have seen.
-    let log = std::fs::read_to_string(mesh.dir.path().join("audit.log")).unwrap();
-    let records: Vec<serde_json::Value> = log
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // The audit log says what the app would have seen (written by the log's own thread, so
+    // the last records may take a moment).
+    let mut records: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..500 {
+        let log = std::fs::read_to_string(mesh.dir.path().join("audit.log")).unwrap();
+        records = log
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let opaque_denied =
+            |r: &serde_json::Value| r["method"].is_null() && r["decision"] == "deny";
+        if records.iter().any(|r| r["path"] == "/private") && records.iter().any(opaque_denied) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let upgrade = records
         .iter()
         .find(|r| r["path"] == "/private")
