@@ -91,6 +91,73 @@ pub struct AuditRecord {
     pub prev: String,
 }
 
+/// A decision as the proxy records it, borrowed from the request: serialized once, on the
+/// request path, into the body of a `decision` line ([`decision_body`]); it reads back as an
+/// [`AuditRecord`]. The fields are [`AuditRecord`]'s, in its order, without the chain's.
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionFields<'a> {
+    /// When, RFC 3339 UTC.
+    pub time: &'a str,
+    /// `inbound`.
+    pub direction: &'a str,
+    /// The caller's SPIFFE ID.
+    pub client: Option<&'a str>,
+    /// The caller's address.
+    pub client_addr: Option<std::net::SocketAddr>,
+    /// The protected workload's SPIFFE ID.
+    pub workload: &'a str,
+    /// The app port.
+    pub port: u16,
+    /// HTTP method.
+    pub method: Option<&'a str>,
+    /// HTTP path (normalized).
+    pub path: Option<&'a str>,
+    /// `allow`, `deny` or `audit`.
+    pub decision: &'a str,
+    /// The deciding policy.
+    pub policy: Option<&'a str>,
+    /// The deciding rule's index.
+    pub rule: Option<usize>,
+    /// Why.
+    pub reason: &'a str,
+    /// For `audit`: the AUDIT policies that would have denied it.
+    pub audit_policies: Option<&'a [String]>,
+    /// The request id the client saw.
+    pub request_id: Option<&'a str>,
+}
+
+/// The fields of a decision as JSON object members (no braces): what the writer puts between
+/// a line's chain position and its `prev`.
+pub fn decision_body(fields: &DecisionFields<'_>) -> String {
+    let mut body = serde_json::to_string(fields).unwrap_or_else(|_| "{}".into());
+    body.pop();
+    body.remove(0);
+    body
+}
+
+/// Appends a whole `decision` line (no newline) to `out`: chain `chain_json` (the chain id
+/// as a JSON string), position `seq`, the `body` from [`decision_body`], `prev`; returns its
+/// hash. The same line [`Entry::to_line`] writes for the [`AuditRecord`] it reads back as.
+pub fn append_decision_line(
+    out: &mut Vec<u8>,
+    chain_json: &str,
+    seq: u64,
+    body: &str,
+    prev: &str,
+) -> String {
+    use std::io::Write;
+    let start = out.len();
+    let _ = write!(
+        out,
+        "{{\"type\":\"decision\",\"chain\":{chain_json},\"seq\":{seq},{body},\"prev\":\"{prev}\""
+    );
+    let hash = hash_of(&out[start..]);
+    out.extend_from_slice(HASH_FIELD.as_bytes());
+    out.extend_from_slice(hash.as_bytes());
+    out.extend_from_slice(b"\"}");
+    hash
+}
+
 /// A signed statement of a chain's head: every record before `seq` is as its hashes say.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -176,7 +243,7 @@ impl Entry {
         // One buffer: the JSON object without its closing brace, then the hash field.
         let mut line = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
         line.pop();
-        let hash = hash_of(&line);
+        let hash = hash_of(line.as_bytes());
         line.reserve(HASH_FIELD.len() + 66);
         line.push_str(HASH_FIELD);
         line.push_str(&hash);
@@ -195,9 +262,9 @@ pub(crate) fn sha256_hex(data: &[u8]) -> String {
 
 /// The hash of a line whose body (everything before the hash field) is `body`: SHA-256 of
 /// the body with the hash field set to zeros, without copying the body.
-fn hash_of(body: &str) -> String {
+fn hash_of(body: &[u8]) -> String {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    ctx.update(body.as_bytes());
+    ctx.update(body);
     ctx.update(HASH_FIELD.as_bytes());
     ctx.update(GENESIS.as_bytes());
     ctx.update(b"\"}");
@@ -244,7 +311,7 @@ fn split_hash(line: &str) -> Option<(&str, &str)> {
 pub fn parse_line(line: &str) -> Result<(Entry, String), LineError> {
     let line = line.trim_end_matches(['\r', '\n']);
     let (body, hash) = split_hash(line).ok_or(LineError::NoHash)?;
-    if hash_of(body) != hash {
+    if hash_of(body.as_bytes()) != hash {
         let claims = serde_json::from_str::<serde_json::Value>(&format!("{body}}}"))
             .ok()
             .and_then(|v| {
@@ -315,6 +382,41 @@ mod tests {
         let hash = sha256_hex(other.as_bytes());
         let other = other.replace(GENESIS, &hash);
         assert!(matches!(parse_line(&other), Err(LineError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_decision_line_from_borrowed_fields_is_the_records_line() {
+        let record = AuditRecord {
+            chain: "shop/backend-1/1-a".into(),
+            seq: 3,
+            client: Some("spiffe://cluster.local/ns/shop/sa/\"quoted\"".into()),
+            client_addr: Some("10.0.0.1:41000".into()),
+            audit_policies: Some(vec!["shop/a".into()]),
+            request_id: Some("ab".into()),
+            prev: GENESIS.into(),
+            ..decision("/a b/\u{e9}")
+        };
+        let fields = DecisionFields {
+            time: &record.time,
+            direction: &record.direction,
+            client: record.client.as_deref(),
+            client_addr: Some("10.0.0.1:41000".parse().unwrap()),
+            workload: &record.workload,
+            port: record.port,
+            method: record.method.as_deref(),
+            path: record.path.as_deref(),
+            decision: &record.decision,
+            policy: record.policy.as_deref(),
+            rule: record.rule,
+            reason: &record.reason,
+            audit_policies: record.audit_policies.as_deref(),
+            request_id: record.request_id.as_deref(),
+        };
+        let mut out = Vec::new();
+        let chain_json = serde_json::to_string(&record.chain).unwrap();
+        let hash = append_decision_line(&mut out, &chain_json, 3, &decision_body(&fields), GENESIS);
+        let want = Entry::Decision(record).to_line();
+        assert_eq!((String::from_utf8(out).unwrap(), hash), want);
     }
 
     #[test]

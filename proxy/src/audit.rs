@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use warden_core::audit::{AuditRecord, Checkpoint, Entry, EpochRecord, GENESIS};
+use warden_core::audit::{Checkpoint, DecisionFields, Entry, EpochRecord, GENESIS};
 use warden_identity::rotation::Credentials;
 
 /// Where records go.
@@ -91,7 +91,8 @@ pub struct AuditStatus {
 pub struct AuditUnavailable(pub &'static str);
 
 enum Message {
-    Record(Box<AuditRecord>),
+    /// A decision's fields, serialized on the request path ([`warden_core::audit::decision_body`]).
+    Record(String),
     /// Write the final checkpoint, then acknowledge.
     Close(std::sync::mpsc::Sender<()>),
 }
@@ -213,9 +214,11 @@ impl AuditLog {
             .unwrap_or_default()
             .as_secs();
         let run = format!("{started}-{:08x}", random_u32());
+        let chain = format!("{pod}/{run}");
         let writer = Writer {
             sink,
-            chain: format!("{pod}/{run}"),
+            chain_json: serde_json::to_string(&chain).unwrap_or_default(),
+            chain,
             pod: pod.to_string(),
             run,
             seq: 0,
@@ -238,9 +241,10 @@ impl AuditLog {
         }
     }
 
-    /// Queues a record (its chain, `seq` and `prev` are filled in by the writer). A record
-    /// that cannot be kept is counted; with `audit_failure: deny` the caller must refuse.
-    pub fn record(&self, record: AuditRecord) -> Result<(), AuditUnavailable> {
+    /// Queues a decision's record (its chain, `seq` and `prev` are filled in by the writer).
+    /// A record that cannot be kept is counted; with `audit_failure: deny` the caller must
+    /// refuse.
+    pub fn record(&self, decision: &DecisionFields<'_>) -> Result<(), AuditUnavailable> {
         let deny = self.options.failure == AuditFailure::Deny;
         let lost = |reason, why| {
             count_dropped(reason, 1);
@@ -258,7 +262,10 @@ impl AuditLog {
         if deny && self.health.failing.load(Ordering::Relaxed) {
             return lost("write_error", "writes are failing");
         }
-        match self.queue.try_send(Message::Record(Box::new(record))) {
+        // Serialized here, into one string: a dozen fields' allocations freed on another
+        // thread would cost more than the serializing.
+        let body = warden_core::audit::decision_body(decision);
+        match self.queue.try_send(Message::Record(body)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => lost("queue_full", "the queue is full"),
             Err(TrySendError::Disconnected(_)) => lost("closed", "the writer has stopped"),
@@ -343,6 +350,8 @@ fn now_rfc3339() -> String {
 struct Writer {
     sink: Sink,
     chain: String,
+    /// The chain id as a JSON string, for decision lines.
+    chain_json: String,
     pod: String,
     run: String,
     /// The next position, and the hash of the record before it (counting the batch).
@@ -397,7 +406,7 @@ impl Writer {
             let mut batch = 0;
             while let Some(message) = next.take() {
                 match message {
-                    Message::Record(record) => self.append(Entry::Decision(*record)),
+                    Message::Record(body) => self.append_decision(&body),
                     Message::Close(ack) => {
                         self.flush();
                         self.checkpoint(true);
@@ -446,6 +455,27 @@ impl Writer {
         entry.link(&self.chain, self.seq, &self.prev);
         let (line, hash) = entry.to_line();
         self.buf.extend_from_slice(line.as_bytes());
+        self.line_added(hash);
+    }
+
+    /// Adds a decision line to the batch (after the epoch, if the chain has none yet).
+    fn append_decision(&mut self, body: &str) {
+        if self.seq == 0 {
+            let epoch = self.epoch();
+            self.append(epoch);
+        }
+        let hash = warden_core::audit::append_decision_line(
+            &mut self.buf,
+            &self.chain_json,
+            self.seq,
+            body,
+            &self.prev,
+        );
+        self.line_added(hash);
+    }
+
+    /// Ends the line just added to `buf`, whose hash is `hash`, and moves the chain on.
+    fn line_added(&mut self, hash: String) {
         self.buf.push(b'\n');
         self.unflushed
             .push((self.buf.len(), self.seq, hash.clone()));
@@ -608,25 +638,23 @@ mod tests {
         (watch::channel(Arc::new(creds)).1, store)
     }
 
-    fn record(path: &str) -> AuditRecord {
-        AuditRecord {
-            chain: String::new(),
-            seq: 0,
-            time: now_rfc3339(),
-            direction: "inbound".into(),
+    /// A denial of `GET path`.
+    fn record(path: &str) -> DecisionFields<'_> {
+        DecisionFields {
+            time: "2026-11-26T08:00:00Z",
+            direction: "inbound",
             client: None,
             client_addr: None,
-            workload: "spiffe://cluster.local/ns/shop/sa/backend".into(),
+            workload: "spiffe://cluster.local/ns/shop/sa/backend",
             port: 80,
-            method: Some("GET".into()),
-            path: Some(path.into()),
-            decision: "deny".into(),
+            method: Some("GET"),
+            path: Some(path),
+            decision: "deny",
             policy: None,
             rule: None,
-            reason: "no policy applies".into(),
+            reason: "no policy applies",
             audit_policies: None,
             request_id: None,
-            prev: String::new(),
         }
     }
 
@@ -689,7 +717,7 @@ mod tests {
             let log = AuditLog::open(&AuditTarget::File(path.clone()), options()).unwrap();
             log.start("shop/backend-1", creds.clone());
             for i in 0..7 {
-                log.record(record(&format!("/{run}/{i}"))).unwrap();
+                log.record(&record(&format!("/{run}/{i}"))).unwrap();
             }
             // Three records or more since the last checkpoint bring one, before the close.
             let checkpointed = || checkpoints() > before;
@@ -738,7 +766,7 @@ mod tests {
         );
         let mut status = log.status();
         log.start("shop/backend-1", creds);
-        log.record(record("/kept")).unwrap();
+        log.record(&record("/kept")).unwrap();
         let written =
             |what: &str| String::from_utf8_lossy(&sink.written.lock().unwrap()).contains(what);
         for _ in 0..1000 {
@@ -750,7 +778,7 @@ mod tests {
         assert!(written("/kept"));
         // The disk fills up mid-line: 30 more bytes, then nothing.
         *sink.failing.lock().unwrap() = Some(30);
-        log.record(record("/lost")).unwrap();
+        log.record(&record("/lost")).unwrap();
         status.wait_for(|s| s.error.is_some()).await.unwrap();
         assert!(
             status
@@ -764,7 +792,7 @@ mod tests {
         );
         // Space again: the next record is written and the failure clears.
         *sink.failing.lock().unwrap() = None;
-        log.record(record("/after")).unwrap();
+        log.record(&record("/after")).unwrap();
         status.wait_for(|s| s.error.is_none()).await.unwrap();
         log.close(Duration::from_secs(10)).await;
 
@@ -801,9 +829,9 @@ mod tests {
                 },
             );
             // Not started: nothing drains the queue.
-            assert_eq!(log.record(record("/1")), Ok(()));
-            assert_eq!(log.record(record("/2")), Ok(()));
-            let third = log.record(record("/3"));
+            assert_eq!(log.record(&record("/1")), Ok(()));
+            assert_eq!(log.record(&record("/2")), Ok(()));
+            let third = log.record(&record("/3"));
             match failure {
                 AuditFailure::Allow => assert_eq!(third, Ok(())),
                 AuditFailure::Deny => {
@@ -834,7 +862,7 @@ mod tests {
         // The epoch's write fails first.
         status.wait_for(|s| s.error.is_some()).await.unwrap();
         assert_eq!(
-            log.record(record("/x")),
+            log.record(&record("/x")),
             Err(AuditUnavailable("writes are failing"))
         );
         let why = log.refusing().unwrap();
@@ -846,7 +874,7 @@ mod tests {
         *sink.failing.lock().unwrap() = None;
         status.wait_for(|s| s.error.is_none()).await.unwrap();
         assert_eq!(log.refusing(), None);
-        assert_eq!(log.record(record("/y")), Ok(()));
+        assert_eq!(log.record(&record("/y")), Ok(()));
         log.close(Duration::from_secs(10)).await;
         let text = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
         assert!(text.contains("\"path\":\"/y\""), "{text}");

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use warden_core::audit::AuditRecord;
+use warden_core::audit::DecisionFields;
 use warden_core::policy::evaluate::{DefaultPolicy, PolicySet, Request, Workload};
 use warden_core::SpiffeId;
 
@@ -110,24 +110,22 @@ impl PolicyEngine {
         .increment(1);
         if let Some(audit) = &self.audit {
             if label != "allow" || audit.log_allowed {
-                let recorded = audit.record(AuditRecord {
-                    chain: String::new(),
-                    seq: 0,
-                    time: now_rfc3339(),
-                    direction: "inbound".into(),
-                    client: request.client.map(|c| c.to_string()),
-                    client_addr: ctx.client_addr.map(|a| a.to_string()),
-                    workload: ctx.workload.to_string(),
+                let time = now_rfc3339();
+                let recorded = audit.record(&DecisionFields {
+                    time: &time,
+                    direction: "inbound",
+                    client: request.client.map(SpiffeId::as_str),
+                    client_addr: ctx.client_addr,
+                    workload: ctx.workload.as_str(),
                     port: request.port,
-                    method: request.http.map(|(m, _)| m.to_string()),
-                    path: request.http.map(|(_, p)| p.to_string()),
-                    decision: label.into(),
-                    policy: decision.policy.clone(),
+                    method: request.http.map(|(m, _)| m),
+                    path: request.http.map(|(_, p)| p),
+                    decision: label,
+                    policy: decision.policy.as_deref(),
                     rule: decision.rule,
-                    reason: decision.reason.clone(),
-                    audit_policies: decision.audit.as_ref().map(|a| a.policies.clone()),
-                    request_id: Some(ctx.request_id.to_string()),
-                    prev: String::new(),
+                    reason: &decision.reason,
+                    audit_policies: decision.audit.as_ref().map(|a| a.policies.as_slice()),
+                    request_id: Some(ctx.request_id),
                 });
                 if let (Err(e), true) = (recorded, decision.allowed) {
                     return Verdict::Unrecorded(e);
