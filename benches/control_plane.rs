@@ -277,15 +277,7 @@ async fn measure(
     let started = Instant::now();
     let mut first_snapshots = Vec::new();
     for i in 0..proxies {
-        let target = ControlPlaneClient {
-            addresses: vec![controller.grpc.clone()],
-            server_id: SpiffeId::parse(
-                "spiffe://cluster.local/ns/warden-system/sa/warden-controller",
-            )
-            .unwrap(),
-            pod: format!("p-{i}"),
-            connect_timeout: Duration::from_secs(20),
-        };
+        let target = control_plane_target(controller, &format!("p-{i}"));
         let (feed, mut set, _status) = control_plane::feed(&target);
         tokio::spawn(control_plane::run(
             SharedChannel::new(target, credentials.clone()),
@@ -419,6 +411,17 @@ fn own_rss_kb() -> f64 {
         .unwrap()
 }
 
+/// The controller as a proxy of pod `pod` reaches it.
+fn control_plane_target(controller: &mesh::Controller, pod: &str) -> ControlPlaneClient {
+    ControlPlaneClient {
+        addresses: vec![controller.grpc.clone()],
+        server_id: SpiffeId::parse("spiffe://cluster.local/ns/warden-system/sa/warden-controller")
+            .unwrap(),
+        pod: pod.to_string(),
+        connect_timeout: Duration::from_secs(20),
+    }
+}
+
 /// A discovery client running on `runtime` until `stop`.
 fn discovery_client(
     controller: &mesh::Controller,
@@ -426,13 +429,7 @@ fn discovery_client(
     runtime: &tokio::runtime::Handle,
     stop: &CancellationToken,
 ) -> Arc<Discovery> {
-    let target = ControlPlaneClient {
-        addresses: vec![controller.grpc.clone()],
-        server_id: SpiffeId::parse("spiffe://cluster.local/ns/warden-system/sa/warden-controller")
-            .unwrap(),
-        pod: String::new(),
-        connect_timeout: Duration::from_secs(20),
-    };
+    let target = control_plane_target(controller, "");
     let options = DiscoveryOptions {
         lookup_timeout: Duration::from_secs(30),
         ..Default::default()

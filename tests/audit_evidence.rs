@@ -143,6 +143,22 @@ fn line_at(lines: &[String], chain: &str, seq: u64) -> usize {
         .unwrap_or_else(|| panic!("{chain} {seq} not collected"))
 }
 
+/// An epoch record of the backend's pod starting chain `chain` (run `run`), as a line.
+fn epoch_line(chain: &str, run: &str) -> String {
+    let mut epoch = Entry::Epoch(EpochRecord {
+        chain: String::new(),
+        seq: 0,
+        time: "2026-11-26T00:00:00Z".into(),
+        pod: "backend-0".into(),
+        run: run.into(),
+        workload: BACKEND.into(),
+        version: "0.1.0".into(),
+        prev: String::new(),
+    });
+    epoch.link(chain, 0, warden_core::audit::GENESIS);
+    epoch.to_line().0
+}
+
 /// A checkpoint for `chain` after the record `after` (a line), signed with `svid`.
 fn signed_checkpoint(after: &str, svid: &warden_identity::Svid, last: bool) -> String {
     let (entry, hash) = parse_line(after).unwrap();
@@ -339,18 +355,7 @@ fn collected_audit_logs_verify_across_restart_and_rotation_and_tampering_is_caug
         (
             "a forged chain spliced in, signed by a foreign CA",
             tampered(&|l| {
-                let mut epoch = Entry::Epoch(EpochRecord {
-                    chain: String::new(),
-                    seq: 0,
-                    time: "2026-11-26T00:00:00Z".into(),
-                    pod: "backend-0".into(),
-                    run: "1-forged".into(),
-                    workload: BACKEND.into(),
-                    version: "0.1.0".into(),
-                    prev: String::new(),
-                });
-                epoch.link("backend-0/1-forged", 0, warden_core::audit::GENESIS);
-                let (epoch, _) = epoch.to_line();
+                let epoch = epoch_line("backend-0/1-forged", "1-forged");
                 let cp = signed_checkpoint(&epoch, &foreign_svid, true);
                 l.insert(3, epoch);
                 l.insert(7, cp);
@@ -361,18 +366,7 @@ fn collected_audit_logs_verify_across_restart_and_rotation_and_tampering_is_caug
         (
             "a fresh chain started under an existing chain's id",
             tampered(&|l| {
-                let mut epoch = Entry::Epoch(EpochRecord {
-                    chain: String::new(),
-                    seq: 0,
-                    time: "2026-11-26T00:00:00Z".into(),
-                    pod: "backend-0".into(),
-                    run: "x".into(),
-                    workload: BACKEND.into(),
-                    version: "0.1.0".into(),
-                    prev: String::new(),
-                });
-                epoch.link(&backend_chain, 0, warden_core::audit::GENESIS);
-                l.insert(l.len() / 2, epoch.to_line().0);
+                l.insert(l.len() / 2, epoch_line(&backend_chain, "x"));
             }),
             3,
             "forked",

@@ -16,7 +16,7 @@ use warden_proxy::control_plane;
 use warden_proxy::discovery::{Discovery, DiscoveryOptions};
 use warden_proxy::grpc_client::SharedChannel;
 
-use super::{live_heap_kb, load_ip, mesh, policy, sidecar_runtime, BENCH_NS};
+use super::{control_plane_target, live_heap_kb, load_ip, mesh, policy, sidecar_runtime, BENCH_NS};
 
 /// The figures, CPU in microseconds of the sidecar thread.
 pub struct ClientCost {
@@ -70,15 +70,7 @@ pub async fn measure(
     let _stop = stop.clone().drop_guard();
     let heap_before = live_heap_kb();
     let cpu_before = thread_cpu(&sidecar).await;
-    let target = control_plane::ControlPlaneClient {
-        addresses: vec![controller.grpc.clone()],
-        server_id: warden_core::SpiffeId::parse(
-            "spiffe://cluster.local/ns/warden-system/sa/warden-controller",
-        )
-        .unwrap(),
-        pod: "p-0".to_string(),
-        connect_timeout: Duration::from_secs(20),
-    };
+    let target = control_plane_target(controller, "p-0");
     let (feed, mut set, _status) = control_plane::feed(&target);
     let channel = SharedChannel::new(target, credentials.clone());
     let options = DiscoveryOptions {
