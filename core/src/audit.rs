@@ -126,13 +126,10 @@ pub struct DecisionFields<'a> {
     pub request_id: Option<&'a str>,
 }
 
-/// The fields of a decision as JSON object members (no braces): what the writer puts between
-/// a line's chain position and its `prev`.
+/// The fields of a decision as a JSON object: what the writer puts, without its braces,
+/// between a line's chain position and its `prev`.
 pub fn decision_body(fields: &DecisionFields<'_>) -> String {
-    let mut body = serde_json::to_string(fields).unwrap_or_else(|_| "{}".into());
-    body.pop();
-    body.remove(0);
-    body
+    serde_json::to_string(fields).unwrap_or_else(|_| "{}".into())
 }
 
 /// Appends a whole `decision` line (no newline) to `out`: chain `chain_json` (the chain id
@@ -146,10 +143,14 @@ pub fn append_decision_line(
     prev: &str,
 ) -> String {
     use std::io::Write;
+    let members = body
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .unwrap_or(body);
     let start = out.len();
     let _ = write!(
         out,
-        "{{\"type\":\"decision\",\"chain\":{chain_json},\"seq\":{seq},{body},\"prev\":\"{prev}\""
+        "{{\"type\":\"decision\",\"chain\":{chain_json},\"seq\":{seq},{members},\"prev\":\"{prev}\""
     );
     let hash = hash_of(&out[start..]);
     out.extend_from_slice(HASH_FIELD.as_bytes());

@@ -699,6 +699,17 @@ mod tests {
         }
     }
 
+    /// A log writing to `sink`.
+    fn flaky_log(sink: Flaky, options: AuditOptions) -> AuditLog {
+        AuditLog::with_sink(
+            Sink {
+                out: Box::new(sink),
+                newline_needed: false,
+            },
+            options,
+        )
+    }
+
     #[tokio::test]
     async fn a_file_log_is_a_signed_chain_per_run_and_verifies() {
         let (creds, store) = credentials();
@@ -754,11 +765,8 @@ mod tests {
     async fn a_failed_write_drops_whole_records_and_the_chain_stays_verifiable() {
         let (creds, store) = credentials();
         let sink = Flaky::default();
-        let log = AuditLog::with_sink(
-            Sink {
-                out: Box::new(sink.clone()),
-                newline_needed: false,
-            },
+        let log = flaky_log(
+            sink.clone(),
             AuditOptions {
                 checkpoint_records: 1000,
                 ..options()
@@ -817,11 +825,8 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_drops_or_refuses_as_configured() {
         for failure in [AuditFailure::Allow, AuditFailure::Deny] {
-            let log = AuditLog::with_sink(
-                Sink {
-                    out: Box::new(Flaky::default()),
-                    newline_needed: false,
-                },
+            let log = flaky_log(
+                Flaky::default(),
                 AuditOptions {
                     queue: 2,
                     failure,
@@ -847,11 +852,8 @@ mod tests {
         let (creds, _) = credentials();
         let sink = Flaky::default();
         *sink.failing.lock().unwrap() = Some(0);
-        let log = AuditLog::with_sink(
-            Sink {
-                out: Box::new(sink.clone()),
-                newline_needed: false,
-            },
+        let log = flaky_log(
+            sink.clone(),
             AuditOptions {
                 failure: AuditFailure::Deny,
                 ..options()
