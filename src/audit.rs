@@ -50,21 +50,8 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         json,
         files,
     } = cmd;
-    let store = TrustStore::single(TrustBundle::from_pem_file(trust_domain, &trust_bundle)?);
-    let mut inputs = Vec::new();
-    for file in &files {
-        let text = if file.as_os_str() == "-" {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(file)
-        }
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-        inputs.push((file.display().to_string(), text));
-    }
-    let check = |cp: &warden_core::audit::Checkpoint| {
-        audit_signature::check(&store, cp).map(|id| id.to_string())
-    };
-    let mut report = verify::verify(&inputs, &check);
+    let inputs = read_inputs(&files)?;
+    let mut report = verify_inputs(&inputs, trust_domain, &trust_bundle)?;
     if require_closed {
         for chain in report.chains.iter_mut().filter(|c| !c.closed) {
             chain.status = chain.status.max(Status::Unverified);
@@ -86,6 +73,35 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
         Status::Unverified => EXIT_UNVERIFIED,
         Status::Tampered => EXIT_TAMPERED,
     }))
+}
+
+/// The text of each file (`-`: standard input), named by its path.
+pub fn read_inputs(files: &[PathBuf]) -> anyhow::Result<Vec<(String, String)>> {
+    files
+        .iter()
+        .map(|file| {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(file)
+            }
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            Ok((file.display().to_string(), text))
+        })
+        .collect()
+}
+
+/// Verifies collected records against the trust bundle at `bundle`.
+pub fn verify_inputs(
+    inputs: &[(String, String)],
+    trust_domain: TrustDomain,
+    bundle: &std::path::Path,
+) -> anyhow::Result<Report> {
+    let store = TrustStore::single(TrustBundle::from_pem_file(trust_domain, bundle)?);
+    let check = |cp: &warden_core::audit::Checkpoint| {
+        audit_signature::check(&store, cp).map(|id| id.to_string())
+    };
+    Ok(verify::verify(inputs, &check))
 }
 
 /// The report for people: a block per chain, then the lines that are not records.

@@ -1,11 +1,18 @@
-//! `warden policy check|explain`: validate a policy directory, and explain a decision. The
-//! files are the CRD YAML `kubectl apply` takes: AuthorizationPolicies and MeshPolicies.
+//! `warden policy`: validate a policy directory, explain a decision, test policies against
+//! cases in CI, suggest policies from recorded traffic, diff two sets, and mirror them as
+//! NetworkPolicies. The files are the CRD YAML `kubectl apply` takes: AuthorizationPolicies
+//! and MeshPolicies.
 
-use std::path::PathBuf;
+mod ci;
+mod netpol;
+mod traffic;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use warden_controller::crd::{self, MeshDefault, MeshPolicy};
-use warden_core::policy::evaluate::{DefaultPolicy, PolicySet, Request, Workload};
+use warden_core::policy::evaluate::{Decision, DefaultPolicy, PolicySet, Request, Workload};
 use warden_core::policy::{lint, path};
 use warden_core::SpiffeId;
 
@@ -45,6 +52,19 @@ pub enum Command {
         #[arg(long = "namespace-label", value_parser = parse_label)]
         namespace_labels: Vec<(String, String)>,
     },
+    /// Run a file of cases (request -> expected decision) against DIR: policy as code in
+    /// CI. Exit 1 when a case fails; `--junit` writes a JUnit XML report.
+    Test(ci::TestArgs),
+    /// Suggest the smallest AuthorizationPolicies that allow what collected audit records
+    /// saw (AUDIT mode first), as YAML for `kubectl apply`.
+    Suggest(traffic::SuggestArgs),
+    /// Which decisions change from OLD to NEW: for recorded traffic (`--against`), or for
+    /// requests made up from what the two sets name. Exit 0: no change; 2: changes, none
+    /// newly denied; 3: something newly denied.
+    Diff(traffic::DiffArgs),
+    /// Kubernetes NetworkPolicies (L3/L4) mirroring DIR's ALLOW policies, as defense in
+    /// depth the CNI enforces.
+    Netpol(netpol::NetpolArgs),
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -112,7 +132,7 @@ pub enum Default {
 }
 
 /// Every file's errors (not just the first) and the policies of the valid ones.
-fn load(dir: &std::path::Path) -> Loaded {
+fn load(dir: &Path) -> Loaded {
     let files: Vec<PathBuf> = if dir.is_file() {
         vec![dir.to_path_buf()]
     } else {
@@ -158,6 +178,100 @@ fn load(dir: &std::path::Path) -> Loaded {
     loaded
 }
 
+impl Default {
+    /// The policy model's default.
+    fn policy(self) -> DefaultPolicy {
+        match self {
+            Default::Deny => DefaultPolicy::Deny,
+            Default::AllAuthenticated => DefaultPolicy::AllAuthenticated,
+            Default::Audit => DefaultPolicy::Audit,
+        }
+    }
+}
+
+impl Loaded {
+    /// The policies of `dir`, or its first error.
+    fn read(dir: &Path) -> anyhow::Result<Self> {
+        let loaded = load(dir);
+        if let Some(e) = loaded.errors.first() {
+            anyhow::bail!("{e}");
+        }
+        Ok(loaded)
+    }
+
+    /// What decides in a namespace labelled `labels`, as the controller would push it: the
+    /// namespace policies, the rules of MeshPolicies whose namespace selector matches, and
+    /// the strictest default any MeshPolicy sets (a mesh-wide setting; else `default`).
+    fn evaluator(&self, labels: &BTreeMap<String, String>, default: DefaultPolicy) -> Evaluator {
+        let selected: Vec<&str> = self
+            .mesh
+            .iter()
+            .filter(|m| {
+                m.spec
+                    .namespace_selector
+                    .as_ref()
+                    .is_none_or(|s| s.matches(labels))
+            })
+            .filter_map(|m| m.metadata.name.as_deref())
+            .collect();
+        let policies: Vec<_> = self
+            .policies
+            .iter()
+            .filter(|p| !p.metadata.mesh || selected.contains(&p.metadata.name.as_str()))
+            .cloned()
+            .collect();
+        let default = match self
+            .mesh
+            .iter()
+            .filter_map(|m| m.spec.default)
+            .max_by_key(|d| d.strictness())
+        {
+            Some(MeshDefault::Deny) => DefaultPolicy::Deny,
+            Some(MeshDefault::AllAuthenticated) => DefaultPolicy::AllAuthenticated,
+            Some(MeshDefault::Audit) => DefaultPolicy::Audit,
+            None => default,
+        };
+        Evaluator {
+            set: PolicySet::new(policies),
+            default,
+        }
+    }
+}
+
+/// A policy set and its default, deciding requests as a proxy would.
+struct Evaluator {
+    set: PolicySet,
+    default: DefaultPolicy,
+}
+
+impl Evaluator {
+    /// The decision for a request; `http` is `(method, raw path)`, normalized here as the
+    /// proxy does (a path the proxy refuses is an error naming it).
+    fn decide(
+        &self,
+        workload: &SpiffeId,
+        from: Option<&SpiffeId>,
+        port: u16,
+        http: Option<(&str, &str)>,
+    ) -> Result<Decision, String> {
+        let normalized = match http {
+            Some((method, raw)) => Some((
+                method.to_ascii_uppercase(),
+                path::normalize(raw).map_err(|e| format!("path {raw:?}: {e}"))?,
+            )),
+            None => None,
+        };
+        let request = Request {
+            client: from,
+            port,
+            http: normalized.as_ref().map(|(m, p)| (m.as_str(), p.as_str())),
+        };
+        Ok(self
+            .set
+            .evaluate(&Workload::from_id(workload), &request, self.default))
+    }
+}
+
 /// Runs a `warden policy` subcommand.
 pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -194,57 +308,13 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             default,
             namespace_labels,
         } => {
-            let Loaded {
-                policies,
-                mesh,
-                errors,
-            } = load(&dir);
-            if let Some(e) = errors.first() {
-                anyhow::bail!("{e}");
-            }
-            // MeshPolicies apply where their namespace selector matches the given labels, as
-            // the controller decides; the strictest default any of them sets wins.
-            let labels: std::collections::BTreeMap<String, String> =
-                namespace_labels.into_iter().collect();
-            let selected: Vec<String> = mesh
-                .iter()
-                .filter(|m| {
-                    m.spec
-                        .namespace_selector
-                        .as_ref()
-                        .is_none_or(|s| s.matches(&labels))
-                })
-                .filter_map(|m| m.metadata.name.clone())
-                .collect();
-            let policies: Vec<_> = policies
-                .into_iter()
-                .filter(|p| !p.metadata.mesh || selected.contains(&p.metadata.name))
-                .collect();
-            let mesh_default = mesh
-                .iter()
-                .filter_map(|m| m.spec.default)
-                .max_by_key(|d| d.strictness());
-            let normalized = match &request_path {
-                Some(p) => {
-                    Some(path::normalize(p).map_err(|e| anyhow::anyhow!("--path {p:?}: {e}"))?)
-                }
-                None => None,
-            };
-            let http = method.as_deref().zip(normalized.as_deref());
-            let set = PolicySet::new(policies);
-            let default = match (mesh_default, default) {
-                (Some(MeshDefault::Deny), _) | (None, Default::Deny) => DefaultPolicy::Deny,
-                (Some(MeshDefault::AllAuthenticated), _) | (None, Default::AllAuthenticated) => {
-                    DefaultPolicy::AllAuthenticated
-                }
-                (Some(MeshDefault::Audit), _) | (None, Default::Audit) => DefaultPolicy::Audit,
-            };
-            let request = Request {
-                client: from.as_ref(),
-                port,
-                http,
-            };
-            let decision = set.evaluate(&Workload::from_id(&workload), &request, default);
+            let loaded = Loaded::read(&dir)?;
+            let labels: BTreeMap<String, String> = namespace_labels.into_iter().collect();
+            let evaluator = loaded.evaluator(&labels, default.policy());
+            let http = method.as_deref().zip(request_path.as_deref());
+            let decision = evaluator
+                .decide(&workload, from.as_ref(), port, http)
+                .map_err(|e| anyhow::anyhow!("--{e}"))?;
             println!("decision: {}", decision.label());
             println!("policy:   {}", decision.policy.as_deref().unwrap_or("-"));
             println!(
@@ -255,10 +325,17 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             if let Some(audit) = &decision.audit {
                 println!("audit:    would be denied by {}", audit.policies.join(", "));
             }
-            if normalized.is_some() && normalized != request_path {
-                println!("path:     {} (normalized)", normalized.unwrap_or_default());
+            if let Some(raw) = &request_path {
+                let normalized = path::normalize(raw).unwrap_or_default();
+                if &normalized != raw {
+                    println!("path:     {normalized} (normalized)");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Test(args) => ci::run(args),
+        Command::Suggest(args) => traffic::suggest(args),
+        Command::Diff(args) => traffic::diff(args),
+        Command::Netpol(args) => netpol::run(args),
     }
 }

@@ -613,6 +613,124 @@ fn policy_check_reports_errors_with_locations_and_warnings() {
 }
 
 #[test]
+fn policy_test_diff_netpol_and_suggest_as_ci_runs_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::create_dir(dir.join("old")).unwrap();
+    std::fs::write(dir.join("old/p.yaml"), POLICY).unwrap();
+    // The proposal: POST too, under /api/ only.
+    std::fs::create_dir(dir.join("new")).unwrap();
+    std::fs::write(
+        dir.join("new/p.yaml"),
+        POLICY
+            .replace(
+                "methods: [GET], paths: [\"/api/*\"]",
+                "methods: [GET, POST], paths: [\"/api/*\"]",
+            )
+            .replace("paths: [\"/api/v1\"]", "paths: [\"/api/v1/*\"]"),
+    )
+    .unwrap();
+    let case = |name: &str, method: &str, path: &str, expect: &str| {
+        format!("  - name: {name}\n    from: spiffe://cluster.local/ns/shop/sa/frontend\n    workload: spiffe://cluster.local/ns/shop/sa/backend\n    port: 8080\n    method: {method}\n    path: {path}\n    expect: {expect}\n")
+    };
+    let cases = format!(
+        "cases:\n{}{}{}  - name: nobody else\n    workload: spiffe://cluster.local/ns/shop/sa/backend\n    port: 8080\n    method: GET\n    path: /api/orders\n    expect: deny\n    policy: no-match\n",
+        case("reads", "GET", "/api/orders", "allow"),
+        case("dot segments normalized", "GET", "/x/../api/orders", "allow"),
+        case("writes", "POST", "/api/orders", "deny")
+    );
+    std::fs::write(dir.join("cases.yaml"), &cases).unwrap();
+
+    let o = warden(
+        &[
+            "policy",
+            "test",
+            "old",
+            "cases.yaml",
+            "--junit",
+            "report.xml",
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(
+        stdout(&o).ends_with("4 cases, 4 passed, 0 failed\n"),
+        "{}",
+        stdout(&o)
+    );
+    let xml = std::fs::read_to_string(dir.join("report.xml")).unwrap();
+    assert!(
+        xml.contains("<testsuite name=\"cases.yaml\" tests=\"4\" failures=\"0\""),
+        "{xml}"
+    );
+
+    // The proposal breaks a case: exit 1, the line says what was decided and expected.
+    let o = warden(
+        &[
+            "policy",
+            "test",
+            "new",
+            "cases.yaml",
+            "--junit",
+            "report.xml",
+        ],
+        dir,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stdout(&o).contains("FAIL  cases.yaml: writes: expected deny, got allow by shop/backend-allow-frontend rule 0"),
+        "{}",
+        stdout(&o)
+    );
+    let xml = std::fs::read_to_string(dir.join("report.xml")).unwrap();
+    assert!(
+        xml.contains("failures=\"1\"") && xml.contains("<failure message=\"expected deny"),
+        "{xml}"
+    );
+
+    // A bad case file: one line naming the file and the field.
+    std::fs::write(
+        dir.join("bad.yaml"),
+        "cases: [{workload: spiffe://td/ns/a/sa/b, port: 80, expect: maybe}]",
+    )
+    .unwrap();
+    let o = warden(&["policy", "test", "old", "bad.yaml"], dir);
+    assert_one_line_error(&o, 1, "bad.yaml: field cases[0].expect");
+
+    // diff: no change exits 0; the proposal newly allows (exit 2) and narrows nothing.
+    let o = warden(&["policy", "diff", "old", "old"], dir);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let o = warden(&["policy", "diff", "old", "new"], dir);
+    assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains(" 0 newly denied, "), "{out}");
+    assert!(out.contains("port 8080 POST /api/"), "{out}");
+    // The other way round, the same requests are newly denied: exit 3.
+    let o = warden(&["policy", "diff", "new", "old"], dir);
+    assert_eq!(o.status.code(), Some(3), "{}", stdout(&o));
+
+    // netpol: the YAML on stdout, one per ALLOW policy.
+    let o = warden(&["policy", "netpol", "new"], dir);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).matches("kind: NetworkPolicy").count(), 1);
+    assert!(
+        stdout(&o).contains("warden.dev/service-account: frontend"),
+        "{}",
+        stdout(&o)
+    );
+
+    // suggest: records are required.
+    std::fs::write(dir.join("empty.log"), "not an audit line\n").unwrap();
+    let o = warden(&["policy", "suggest", "empty.log"], dir);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("error: no decision records in empty.log"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn policy_explain_prints_the_decision_and_what_made_it() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("p.yaml"), POLICY).unwrap();

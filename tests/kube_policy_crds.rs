@@ -207,3 +207,82 @@ fn a_namespace_user_may_edit_authorization_policies_but_not_mesh_policies() {
     );
     assert_eq!(default, "deny");
 }
+
+/// `warden policy netpol` on `dir`: its stdout (YAML), failing on a non-zero exit.
+fn netpol(dir: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["policy", "netpol"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_api_server_accepts_the_network_policies_mirroring_allow_lists() {
+    if !apiserver::available() {
+        return;
+    }
+    let api = apiserver::get();
+    let ns = api.namespace("netpol", &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let policies = [
+        r#"{selector: {serviceAccounts: [backend]}, action: ALLOW, rules: [{from: {identities: ["spiffe://cluster.local/ns/web/sa/frontend", "spiffe://cluster.local/ns/batch/*"]}, to: {ports: [8080], methods: [GET]}}, {from: {namespaces: [monitoring]}, to: {ports: [9090]}}]}"#,
+        r#"{action: ALLOW, rules: [{from: {identities: ["*/sa/admin"]}, to: {ports: [22]}}]}"#,
+        r#"{action: DENY, rules: [{to: {paths: ["/admin*"]}}]}"#,
+    ];
+    let text: Vec<String> = policies
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            format!(
+                "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: p{i}, namespace: {ns}}}\nspec: {spec}\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("policies.yaml"), text.join("---\n")).unwrap();
+    let yaml = netpol(dir.path());
+    api.kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
+    let stored: serde_json::Value = serde_json::from_str(
+        &api.kubectl_ok(&["get", "networkpolicies", "-n", &ns, "-o", "json"], None),
+    )
+    .unwrap();
+    let items = stored["items"].as_array().unwrap();
+    let names: Vec<&str> = items
+        .iter()
+        .map(|i| i["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["warden-p0", "warden-p1"],
+        "the DENY policy is not mirrored"
+    );
+    let backend = &items[0]["spec"];
+    assert_eq!(
+        backend["podSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["backend"])
+    );
+    let ingress = backend["ingress"].as_array().unwrap();
+    assert_eq!(ingress[0]["ports"][0]["port"], 7191, "the admin port");
+    assert_eq!(
+        ingress[1]["from"][0]["podSelector"]["matchLabels"]["warden.dev/service-account"],
+        "frontend"
+    );
+    assert_eq!(
+        ingress[1]["from"][1]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
+        "batch"
+    );
+    assert_eq!(ingress[2]["ports"][0]["port"], 9090);
+    // A caller pattern the CNI cannot see widens to any source on that port.
+    let any = &items[1]["spec"]["ingress"][1];
+    assert!(any.get("from").is_none(), "{any}");
+    assert_eq!(any["ports"][0]["port"], 22);
+    // Applying again changes nothing (the output is stable).
+    let again = api.kubectl_ok(&["apply", "-f", "-"], Some(&netpol(dir.path())));
+    assert!(again.contains("unchanged"), "{again}");
+}

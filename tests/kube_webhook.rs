@@ -505,6 +505,12 @@ fn assert_injected(pod: &Value, app_init: &[&str], app: &[&str]) {
         contract::PROXY_CONTAINER,
     ));
     assert_token_volume_and_version(pod, &["warden-token", "warden-run"]);
+    // The ServiceAccount label NetworkPolicies select by: the pod's real one.
+    assert_eq!(
+        pod["metadata"]["labels"][contract::SERVICE_ACCOUNT_LABEL],
+        spec["serviceAccountName"].as_str().unwrap_or("default"),
+        "{pod}"
+    );
 }
 
 /// Asserts `proxy` is the injector's `warden-proxy` as a native sidecar, meeting Pod

@@ -23,6 +23,26 @@ pub const IDENTITY_TOKEN_AUDIENCE: &str = "warden-identity";
 
 /// Namespace and pod label that turns injection on (`enabled`) or off (`disabled`).
 pub const INJECT_LABEL: &str = "warden.dev/inject";
+/// Set by the injector on every pod it meshes to the pod's ServiceAccount (overwriting any
+/// value the pod came with): what the NetworkPolicies of `warden policy netpol` select.
+pub const SERVICE_ACCOUNT_LABEL: &str = "warden.dev/service-account";
+
+/// Whether `value` can be a Kubernetes label value: at most 63 characters, alphanumerics
+/// with `-`, `_` and `.` inside.
+pub fn is_label_value(value: &str) -> bool {
+    value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && value
+            .bytes()
+            .next()
+            .is_none_or(|b| b.is_ascii_alphanumeric())
+        && value
+            .bytes()
+            .last()
+            .is_none_or(|b| b.is_ascii_alphanumeric())
+}
 
 /// The name of the proxy container's admin port (scraped by Prometheus).
 pub const ADMIN_PORT_NAME: &str = "warden-admin";

@@ -14,9 +14,13 @@
 //!       to:   {ports: [8080], methods: [GET, POST], paths: ["/api/*"]}
 //! ```
 
+pub mod cases;
+pub mod diff;
 pub mod evaluate;
 pub mod lint;
+pub mod netpol;
 pub mod path;
+pub mod suggest;
 
 use std::fmt;
 

@@ -857,6 +857,41 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
             )
         })),
     }
+    // The ServiceAccount as a label, for NetworkPolicies to select (`warden policy
+    // netpol`): always the pod's real one, whatever value the pod came with.
+    let service_account = spec
+        .service_account_name
+        .as_deref()
+        .filter(|sa| !sa.is_empty())
+        .unwrap_or("default");
+    let key = format!(
+        "/metadata/labels/{}",
+        escape(contract::SERVICE_ACCOUNT_LABEL)
+    );
+    if contract::is_label_value(service_account) {
+        let label = Value::String(service_account.to_string());
+        ops.push(match &meta.labels {
+            None => add(
+                "/metadata/labels".into(),
+                json!({ contract::SERVICE_ACCOUNT_LABEL: label }),
+            ),
+            Some(_) => add(key, label),
+        });
+    } else {
+        // Too long for a label value: no NetworkPolicy can select the pod by it, and a
+        // value the pod brought must not stand in for the real one.
+        if meta
+            .labels
+            .as_ref()
+            .is_some_and(|l| l.contains_key(contract::SERVICE_ACCOUNT_LABEL))
+        {
+            ops.push(json!({"op": "remove", "path": key}));
+        }
+        warnings.push(format!(
+            "warden: the ServiceAccount name {service_account:?} is longer than a label value; the pod gets no {} label",
+            contract::SERVICE_ACCOUNT_LABEL
+        ));
+    }
     Ok(Injection {
         patch: Value::Array(ops),
         warnings,

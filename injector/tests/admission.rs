@@ -733,6 +733,39 @@ fn a_forged_injected_version_annotation_is_overwritten_and_the_pod_injected() {
     assert_eq!(patched["spec"]["initContainers"][1]["name"], "warden-proxy");
 }
 
+#[test]
+fn the_service_account_label_is_always_the_pods_real_one() {
+    // A pod claiming another ServiceAccount's label gets its own (NetworkPolicies from
+    // `warden policy netpol` select by it).
+    let mut pod = deployment_pod();
+    pod["metadata"]["labels"]["warden.dev/service-account"] = json!("payments");
+    let (response, _) = answer(&admission_review(pod.clone(), "CREATE", false));
+    let patched = apply(&pod, &decoded_patch(&response).unwrap());
+    let real = pod["spec"]["serviceAccountName"].clone();
+    assert!(real.is_string());
+    assert_eq!(
+        patched["metadata"]["labels"]["warden.dev/service-account"],
+        real
+    );
+    assert_eq!(patched["metadata"]["labels"]["app"], "web");
+
+    // A name too long for a label value: the forged label is removed, with a warning.
+    let long = "a".repeat(64);
+    pod["spec"]["serviceAccountName"] = json!(long);
+    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    assert_eq!(outcome, "injected");
+    let patched = apply(&pod, &decoded_patch(&response).unwrap());
+    assert!(patched["metadata"]["labels"]
+        .get("warden.dev/service-account")
+        .is_none());
+    assert!(
+        warnings_of(&response)
+            .iter()
+            .any(|w| w.contains("longer than a label value")),
+        "{response}"
+    );
+}
+
 /// A refused review: not allowed, no patch, a 403 whose message contains `want`.
 fn assert_refused(name: &str, response: &Value, outcome: &str, want: &str) {
     assert_eq!(outcome, "refused", "{name}: {response}");

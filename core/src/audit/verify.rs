@@ -223,6 +223,36 @@ pub fn verify(inputs: &[(String, String)], check: CheckSignature<'_>) -> Report 
     }
 }
 
+/// The decision records of `inputs` (name, text), read as [`verify`] reads them (raw, CRI
+/// or JSON-wrapped lines; a record collected twice counts once), without checking the
+/// chains; and how many lines were not audit records.
+pub fn decisions(inputs: &[(String, String)]) -> (Vec<super::AuditRecord>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut records = Vec::new();
+    let mut unreadable = 0;
+    for (_, text) in inputs {
+        let mut partial = String::new();
+        for raw in text.lines() {
+            let Some(line) = unwrap_collected(raw, &mut partial) else {
+                continue;
+            };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match parse_line(&line) {
+                Ok((Entry::Decision(record), hash)) => {
+                    if seen.insert(hash) {
+                        records.push(record);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => unreadable += 1,
+            }
+        }
+    }
+    (records, unreadable)
+}
+
 /// The audit line inside a collected line: as is, the content of a CRI log line (partial
 /// lines, `P`, joined until the `F` that ends them), or the `log`/`message` field of a JSON
 /// wrapper. `None` while a partial line is incomplete.
