@@ -1,4 +1,5 @@
-//! `warden ca init|issue`: create a CA on disk, issue an SVID from it for manual use.
+//! `warden ca init|rotate-issuer|issue|join-token`: create a CA on disk, sign a new issuer
+//! with its root, issue an SVID from it for manual use, admit a host outside Kubernetes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,17 @@ pub enum Command {
         /// Replace an existing CA in DIR.
         #[arg(long)]
         force: bool,
+    },
+    /// Sign a new issuer with the root (root.key, kept offline, must be in DIR) and replace
+    /// issuer.crt and issuer.key; the bundle is unchanged, so SVIDs of the old issuer stay
+    /// valid until they expire while workloads renew onto the new one.
+    RotateIssuer {
+        /// The CA directory made by `warden ca init`.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Lifetime of the new issuer (never past the root's).
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        issuer_ttl: Duration,
     },
     /// Issue a key and X.509-SVID for manual use (writes PREFIX.key and PREFIX.crt).
     Issue {
@@ -94,6 +106,27 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 format_duration(root_ttl),
                 format_duration(issuer_ttl),
                 dir.join(ca::BUNDLE).display(),
+            );
+        }
+        Command::RotateIssuer { dir, issuer_ttl } => {
+            let ca = ca::rotate_issuer(&dir, issuer_ttl)?;
+            let left = ca
+                .issuer_not_after()
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            println!(
+                "new issuer for trust domain {} in {}, valid for {}{}; \
+                 give it to the identity service (`warden install --ca-dir {} | kubectl apply -f -`): \
+                 proxies renew onto it, and certificates of the old issuer stay valid until they expire",
+                ca.trust_domain(),
+                dir.display(),
+                format_duration(Duration::from_secs(left.as_secs().div_ceil(3600) * 3600)),
+                if left + Duration::from_secs(3600) < issuer_ttl {
+                    " (clamped to the root's expiry: rotate the trust anchor)"
+                } else {
+                    ""
+                },
+                dir.display(),
             );
         }
         Command::Issue {

@@ -167,6 +167,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         )?,
     };
     let authn = authenticator(&args, &td).await?;
+    warden_identity::service::publish_expiry(&ca);
     let shared = Arc::new(SharedCa::new(ca));
     let shutdown = CancellationToken::new();
 

@@ -47,6 +47,10 @@ pub struct Args {
     /// Lifetime of the issued serving certificate.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     cert_ttl: Duration,
+    /// How often the serving certificate files and the trust anchors file are checked for
+    /// changes.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    reload_interval: Duration,
     /// The sidecar image injected into pods (the slim `warden-proxy` binary, whose `proxy` and
     /// `init` commands the injected containers run).
     #[arg(long)]
@@ -146,7 +150,28 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Some(dir) => Some(CertificateAuthority::load(dir, args.trust_domain.as_ref())?),
         None => None,
     };
-    let config = Arc::new(injector_config(&args, ca.as_ref())?);
+    let config = injector_config(&args, ca.as_ref())?;
+    // The trust anchors handed to proxies follow their file (a ConfigMap in a cluster).
+    let anchors_file = match (&args.trust_anchors, &args.ca_dir) {
+        (Some(path), _) => Some(path.clone()),
+        (None, Some(dir)) => Some(dir.join(warden_identity::ca::BUNDLE)),
+        (None, None) => None,
+    };
+    let trust_domain = config.trust_domain.clone();
+    let (config_tx, config) = tokio::sync::watch::channel(Arc::new(config));
+    if let Some(path) = anchors_file {
+        server::watch_trust_anchors(
+            path,
+            config_tx,
+            move |pem| {
+                TrustBundle::from_pem(trust_domain.clone(), pem.as_bytes(), "trust anchors")
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+            args.reload_interval,
+            shutdown.clone(),
+        );
+    }
 
     let (ready_tx, admin_addr) = crate::admin::start(args.admin_listen, shutdown.clone()).await?;
     let listener = TcpListener::bind(args.listen)
@@ -159,7 +184,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             let tls = server::watch_files(
                 cert.clone(),
                 key.clone(),
-                Duration::from_secs(10),
+                args.reload_interval,
                 shutdown.clone(),
             )?;
             let serving = move || tls.borrow().clone();
@@ -191,6 +216,16 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 .await
                 .context("no serving certificate")?;
             let credentials = rotation.credentials;
+            let mut expiry = credentials.clone();
+            tokio::spawn(async move {
+                loop {
+                    let leaf = expiry.borrow_and_update().svid.chain()[0].clone();
+                    server::publish_serving_validity(&leaf);
+                    if expiry.changed().await.is_err() {
+                        return;
+                    }
+                }
+            });
             let serving = move || credentials.borrow().server.clone();
             tokio::spawn(server::run(
                 listener,
@@ -205,7 +240,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ready: true,
         detail: format!(
             "ready: injecting {} for trust domain {}",
-            config.image, config.trust_domain
+            config.borrow().image,
+            config.borrow().trust_domain
         ),
     });
     tracing::info!(listen = %addr, admin = %admin_addr, "injector ready");

@@ -60,10 +60,11 @@ pub struct Args {
     /// The sidecar image the injector adds to pods (the slim `warden-proxy` binary).
     #[arg(long, default_value = concat!("ghcr.io/warden-mesh/warden-proxy:", env!("CARGO_PKG_VERSION")))]
     proxy_image: String,
-    /// Use this CA (made by `warden ca init`: issuer.crt, issuer.key, bundle.crt) instead of
-    /// a fresh one. The root key never leaves the directory.
-    #[arg(long)]
-    ca_dir: Option<PathBuf>,
+    /// The CA directory (`warden ca init`'s files): used when it holds a CA, else a fresh CA
+    /// is created in it. Only the issuer and the bundle go into the cluster; the root key
+    /// stays here (keep it offline: `warden ca rotate-issuer` needs it).
+    #[arg(long, default_value = "warden-ca")]
+    ca_dir: PathBuf,
 }
 
 /// The issuer and trust bundle as PEM texts: what goes into the cluster.
@@ -84,16 +85,6 @@ impl CaFiles {
             issuer_pem: read(ca::ISSUER_CERT)?,
             issuer_key_pem: read(ca::ISSUER_KEY)?,
             bundle_pem: read(ca::BUNDLE)?,
-        })
-    }
-
-    /// A fresh root and issuer; the root key is dropped (it is not needed in the cluster).
-    fn generate(trust_domain: &TrustDomain) -> anyhow::Result<Self> {
-        let generated = ca::generate(&InitOptions::new(trust_domain.clone()))?;
-        Ok(Self {
-            issuer_pem: generated.issuer_cert.pem(),
-            issuer_key_pem: generated.issuer_key.serialize_pem(),
-            bundle_pem: generated.root_cert.pem(),
         })
     }
 
@@ -122,14 +113,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// The whole install as multi-document YAML.
 fn render(args: &Args) -> anyhow::Result<String> {
-    let files = match &args.ca_dir {
-        Some(dir) => CaFiles::read(dir)?,
-        None => CaFiles::generate(
-            args.trust_domain
-                .as_ref()
-                .unwrap_or(&TrustDomain::default()),
-        )?,
-    };
+    let dir = &args.ca_dir;
+    if !dir.join(ca::ISSUER_CERT).exists() {
+        let td = args.trust_domain.clone().unwrap_or_default();
+        ca::init(dir, &InitOptions::new(td.clone()))?;
+        eprintln!(
+            "created a CA for trust domain {td} in {}: keep its root.key offline (a new issuer is \
+             signed with it); install again with --ca-dir {} to keep this CA",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let files = CaFiles::read(dir)?;
     let authority = files.authority(args.trust_domain.as_ref())?;
     let td = authority.trust_domain().clone();
     if let Some(wanted) = &args.trust_domain {

@@ -398,6 +398,26 @@ fn identity_service_issues_reports_ready_and_stops_on_sigterm() {
         metrics.contains("warden_ca_certificates_issued_total{result=\"issued\"} 1"),
         "{metrics}"
     );
+    // What the expiry alerts watch: the issuer's notAfter (365 days, `ca init`'s default)
+    // and the first trust anchor's (3650 days).
+    let gauge = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+            .parse()
+            .unwrap()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let days = |name: &str| ((gauge(name) - now) / 86400.0).round();
+    assert_eq!(days("warden_ca_issuer_expiry_timestamp_seconds"), 365.0);
+    assert_eq!(
+        days("warden_ca_trust_anchor_expiry_timestamp_seconds"),
+        3650.0
+    );
 
     let started = std::time::Instant::now();
     let kill = Command::new("kill")

@@ -6,6 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
@@ -16,9 +17,11 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{json, Value};
 
-fn warden(args: &[&str]) -> std::process::Output {
+/// `warden ARGS` in `dir` (where `warden install` keeps its CA).
+fn warden_in(dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(args)
+        .current_dir(dir)
         .output()
         .unwrap()
 }
@@ -82,6 +85,8 @@ fn b64(value: &Value) -> String {
 
 #[test]
 fn install_prints_complete_valid_manifests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let warden = |args: &[&str]| warden_in(tmp.path(), args);
     let out = warden(&[
         "install",
         "--trust-domain",
@@ -169,11 +174,32 @@ fn install_prints_complete_valid_manifests() {
     let tls = find(&docs, "Secret", "warden-injector-tls");
     assert_eq!(tls["type"], "kubernetes.io/tls");
 
-    // Two installs never share keys.
+    // The CA stays in ./warden-ca with its root key, which never reaches the cluster.
+    let root_key = std::fs::read_to_string(tmp.path().join("warden-ca/root.key")).unwrap();
+    assert!(!yaml.contains(root_key.lines().nth(1).unwrap()));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("keep its root.key offline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Installing again keeps the CA (proxies keep trusting the control plane); the injector
+    // gets a new serving key. Another directory is another CA.
     let again = String::from_utf8(warden(&["install"]).stdout).unwrap();
     let again = documents(&again);
+    assert_eq!(
+        find(&again, "Secret", "warden-identity-ca")["data"],
+        ca["data"]
+    );
     assert_ne!(
-        find(&again, "Secret", "warden-identity-ca")["data"]["issuer.key"],
+        find(&again, "Secret", "warden-injector-tls")["data"]["tls.key"],
+        tls["data"]["tls.key"]
+    );
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other =
+        documents(&String::from_utf8(warden_in(elsewhere.path(), &["install"]).stdout).unwrap());
+    assert_ne!(
+        find(&other, "Secret", "warden-identity-ca")["data"]["issuer.key"],
         ca["data"]["issuer.key"]
     );
     assert!(
@@ -202,6 +228,7 @@ fn install_prints_complete_valid_manifests() {
 #[test]
 fn install_uses_a_given_ca_and_keeps_its_root_key() {
     let dir = tempfile::tempdir().unwrap();
+    let warden = |args: &[&str]| warden_in(dir.path(), args);
     let ca_dir = dir.path().join("ca");
     let ca = ca_dir.to_str().unwrap();
     let out = warden(&["ca", "init", "--dir", ca, "--trust-domain", "corp.example"]);
@@ -305,6 +332,8 @@ impl Drop for Killed {
 
 #[tokio::test]
 async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
+    let tmp = tempfile::tempdir().unwrap();
+    let warden = |args: &[&str]| warden_in(tmp.path(), args);
     let out = warden(&["install", "--image", "reg.example/warden:9.9"]);
     let docs = documents(&String::from_utf8(out.stdout).unwrap());
     let dir = tempfile::tempdir().unwrap();
@@ -320,7 +349,7 @@ async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
         .as_str()
         .unwrap()
         .to_string();
-    let anchors_file = write("bundle.crt", anchors);
+    let anchors_file = write("bundle.crt", anchors.clone());
     let webhook = find(&docs, "MutatingWebhookConfiguration", "warden-injector");
     let ca_bundle = b64(&webhook["webhooks"][0]["clientConfig"]["caBundle"]);
 
@@ -333,6 +362,8 @@ async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
         &anchors_file,
         "--image",
         "reg.example/warden:9.9",
+        "--reload-interval",
+        "100ms",
     ]);
     let connect = |name: &'static str| api_server_connect(addr, ca_bundle.clone(), name);
     // A name the certificate does not carry is refused, as the API server would.
@@ -369,15 +400,18 @@ async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
             "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"}
         }
     });
-    let req = http::Request::post("/mutate?timeout=10s")
-        .header("host", "warden-injector.warden-system.svc:443")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(review.to_string())))
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    let answer: Value = serde_json::from_slice(&body).unwrap();
+    let answer_of = async |sender: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>| {
+        let req = http::Request::post("/mutate?timeout=10s")
+            .header("host", "warden-injector.warden-system.svc:443")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(review.to_string())))
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice::<Value>(&body).unwrap()
+    };
+    let answer = answer_of(&mut sender).await;
     assert_eq!(
         answer["response"]["uid"],
         "705ab4f5-6393-11e8-b7cc-42010a800002"
@@ -390,6 +424,33 @@ async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
         patch.contains("BEGIN CERTIFICATE"),
         "the trust anchors are injected: {patch}"
     );
+
+    // The trust anchors follow their file (a ConfigMap): a broken edit keeps the last good
+    // bundle; an overlapping bundle with a second root reaches the next pods injected.
+    let second = tempfile::tempdir().unwrap();
+    warden_in(second.path(), &["ca", "init", "--dir", "next"]);
+    let next_root = std::fs::read_to_string(second.path().join("next/root.crt")).unwrap();
+    let marker = next_root.lines().nth(2).unwrap().to_string();
+    std::fs::write(&anchors_file, "not a certificate\n").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let patch = b64(&answer_of(&mut sender).await["response"]["patch"]);
+    assert!(
+        patch.contains("BEGIN CERTIFICATE") && !patch.contains("not a certificate"),
+        "{patch}"
+    );
+    std::fs::write(&anchors_file, format!("{anchors}{next_root}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let patch = b64(&answer_of(&mut sender).await["response"]["patch"]);
+        if patch.contains(&marker) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new bundle never reached a patch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 
     // Malformed JSON: 400 with the reason.
     let req = http::Request::post("/mutate")
@@ -457,6 +518,7 @@ async fn api_server_connect(
 #[tokio::test]
 async fn an_injector_issuing_from_the_ca_serves_a_certificate_for_its_service_name() {
     let dir = tempfile::tempdir().unwrap();
+    let warden = |args: &[&str]| warden_in(dir.path(), args);
     let ca_dir = dir.path().join("ca");
     let ca = ca_dir.to_str().unwrap();
     let out = warden(&["ca", "init", "--dir", ca, "--trust-domain", "corp.example"]);

@@ -24,9 +24,11 @@ fn objects(manifest: &str) -> Vec<(String, Option<String>, String)> {
         .collect()
 }
 
-fn install() -> String {
+/// `warden install` in `dir`, where it keeps (and on a later run reuses) its CA.
+fn install(dir: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
         .arg("install")
+        .current_dir(dir)
         .output()
         .unwrap();
     assert!(
@@ -78,7 +80,8 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
         return;
     }
     let api = apiserver::get();
-    let manifest = install();
+    let ca = tempfile::tempdir().unwrap();
+    let manifest = install(ca.path());
     let objects = objects(&manifest);
     let kinds: Vec<&str> = objects.iter().map(|(k, _, _)| k.as_str()).collect();
     for kind in [

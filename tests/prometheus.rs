@@ -230,3 +230,48 @@ fn prometheus_scrapes_the_demo_and_answers_dashboard_queries() {
     );
     drop(demo);
 }
+
+/// Fails under CI=true when promtool is missing; elsewhere says so and skips.
+fn promtool_available() -> bool {
+    if Command::new("promtool").arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("promtool is required under CI=true: apt-get install -y prometheus (scripts/test.sh does)");
+    }
+    eprintln!("SKIPPED: promtool not installed (apt-get install -y prometheus)");
+    false
+}
+
+#[test]
+fn the_certificate_alerts_pass_promtool_unit_tests_and_the_operator_rule_matches() {
+    if !promtool_available() {
+        return;
+    }
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    for args in [
+        ["check", "rules", "rules.yaml"],
+        ["test", "rules", "rules-test.yaml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let read = |name: &str| -> serde_json::Value {
+        serde_saphyr::from_str(&std::fs::read_to_string(format!("{dir}/{name}")).unwrap()).unwrap()
+    };
+    let (rules, operator) = (read("rules.yaml"), read("prometheusrule.yaml"));
+    assert_eq!(operator["kind"], "PrometheusRule");
+    assert_eq!(
+        operator["spec"]["groups"], rules["groups"],
+        "prometheusrule.yaml drifted from rules.yaml"
+    );
+}

@@ -241,6 +241,76 @@ pub fn init(dir: &Path, opts: &InitOptions) -> Result<CertificateAuthority, CaEr
     CertificateAuthority::load(dir, Some(&opts.trust_domain))
 }
 
+/// Signs a new issuer with the root of `dir` (`root.crt`, `root.key`: the root kept offline)
+/// and replaces `issuer.crt` and `issuer.key` with it; the bundle is unchanged. SVIDs of the
+/// old issuer stay valid (they chain to the same root) until they expire, so workloads renew
+/// onto the new issuer without a gap. The new pair is checked as a CA (signed by a root of
+/// `bundle.crt`) before anything is written.
+pub fn rotate_issuer(dir: &Path, issuer_ttl: Duration) -> Result<CertificateAuthority, CaError> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).map_err(|error| CaError::Io { path, error })
+    };
+    let root_path = dir.join(ROOT_CERT);
+    let key_path = dir.join(ROOT_KEY);
+    let root_pem = read(ROOT_CERT)?;
+    let root_key_pem = read(ROOT_KEY).map_err(|e| match e {
+        CaError::Io { path, error } if error.kind() == std::io::ErrorKind::NotFound => {
+            CaError::Key {
+                path,
+                reason: "not found: a new issuer is signed with the root key (bring it back from where it is kept offline)".into(),
+            }
+        }
+        other => other,
+    })?;
+    let root_der = bundle::certs_from_pem(root_pem.as_bytes(), &root_path.display().to_string())?
+        .swap_remove(0);
+    let root_key = KeyPair::from_pem(&root_key_pem).map_err(|e| CaError::Key {
+        path: key_path.clone(),
+        reason: e.to_string(),
+    })?;
+    let (_, x509) = X509Certificate::from_der(&root_der).map_err(|e| CaError::Cert {
+        path: root_path.clone(),
+        reason: format!("not a valid certificate: {e}"),
+    })?;
+    if x509.public_key().subject_public_key.data.as_ref() != root_key.der_bytes() {
+        return Err(CaError::Key {
+            path: key_path,
+            reason: format!("does not match the public key of {}", root_path.display()),
+        });
+    }
+    let td = spiffe_trust_domain(&x509).ok_or_else(|| CaError::Cert {
+        path: root_path.clone(),
+        reason: "has no spiffe://<trust-domain> URI SAN".into(),
+    })?;
+    let root_not_after = to_system_time(x509.validity().not_after.timestamp());
+    let root = Issuer::from_ca_cert_der(&root_der, root_key).map_err(|e| CaError::Cert {
+        path: root_path.clone(),
+        reason: format!("cannot be used to sign: {e}"),
+    })?;
+    let validity = Validity::issued(SystemTime::now(), issuer_ttl, Some(root_not_after))?;
+    let issuer_key = csr::generate_key()?;
+    let issuer_cert = profile::issuer_params(&td, profile::random_serial(), validity)?
+        .signed_by(&issuer_key, &root)
+        .map_err(sign_err)?;
+    let (cert_pem, key_pem) = (issuer_cert.pem(), issuer_key.serialize_pem());
+    // What the identity service will load: refuse now what it would refuse then.
+    CertificateAuthority::from_pem(
+        &cert_pem,
+        &dir.join(ISSUER_CERT),
+        &key_pem,
+        &dir.join(ISSUER_KEY),
+        &read(BUNDLE)?,
+        &dir.join(BUNDLE),
+        Some(&td),
+    )?;
+    // The key first: a service reloading in between sees a mismatched pair, refuses it and
+    // keeps the old issuer until the certificate follows.
+    write_file(&dir.join(ISSUER_KEY), key_pem.as_bytes(), 0o600)?;
+    write_file(&dir.join(ISSUER_CERT), cert_pem.as_bytes(), 0o644)?;
+    CertificateAuthority::load(dir, Some(&td))
+}
+
 /// Writes a file atomically and durably (temp file synced, renamed, directory synced) with the
 /// given mode from the start, so a key is never readable by others even for a moment.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {

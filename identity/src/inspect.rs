@@ -32,6 +32,26 @@ pub struct CertSummary {
     pub public_key: String,
 }
 
+/// A certificate's `(notBefore, notAfter)`, Unix seconds (`None` when it does not parse).
+pub fn validity_unix(der: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let validity = cert.validity();
+    Some((
+        validity.not_before.timestamp(),
+        validity.not_after.timestamp(),
+    ))
+}
+
+/// A certificate's `notAfter`, Unix seconds (`None` when it does not parse).
+pub fn not_after_unix(der: &CertificateDer<'_>) -> Option<i64> {
+    validity_unix(der).map(|(_, not_after)| not_after)
+}
+
+/// The earliest `notAfter` of `certs` (the first to expire decides), Unix seconds.
+pub fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
+    certs.iter().filter_map(not_after_unix).min()
+}
+
 /// Summarizes a DER certificate; `Err` carries the parser's complaint.
 pub fn summarize(der: &CertificateDer<'_>) -> Result<CertSummary, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;

@@ -407,6 +407,7 @@ pub async fn reload_ca_on_change(
             Ok(loaded) => {
                 tracing::info!(dir = %dir.display(), "CA files changed; reloaded");
                 metrics::counter!("warden_ca_reloads_total", "result" => "success").increment(1);
+                publish_expiry(&loaded);
                 ca.replace(loaded);
             }
             Err(e) => {
@@ -417,7 +418,28 @@ pub async fn reload_ca_on_change(
     }
 }
 
+/// Sets the expiry gauges of the issuer and of the trust anchor that expires first (what
+/// alerts watch: after the issuer's `notAfter` nothing can be issued).
+pub fn publish_expiry(ca: &crate::CertificateAuthority) {
+    let issuer = ca
+        .issuer_not_after()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("warden_ca_issuer_expiry_timestamp_seconds").set(issuer);
+    if let Some(root) = crate::inspect::earliest_not_after(ca.bundle().roots()) {
+        metrics::gauge!("warden_ca_trust_anchor_expiry_timestamp_seconds").set(root as f64);
+    }
+}
+
 fn describe_metrics() {
+    metrics::describe_gauge!(
+        "warden_ca_issuer_expiry_timestamp_seconds",
+        "When the issuer certificate expires (Unix seconds); nothing is issued after it."
+    );
+    metrics::describe_gauge!(
+        "warden_ca_trust_anchor_expiry_timestamp_seconds",
+        "When the first trust anchor of the bundle expires (Unix seconds)."
+    );
     metrics::describe_counter!(
         "warden_ca_reloads_total",
         "Reloads of the CA files after they changed, by result."

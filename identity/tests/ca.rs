@@ -63,6 +63,95 @@ fn init_writes_the_ca_with_private_keys_0600_and_refuses_to_overwrite() {
 }
 
 #[test]
+fn rotate_issuer_signs_a_new_issuer_with_the_root_and_old_svids_stay_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = ca::init(dir.path(), &InitOptions::new(td())).unwrap();
+    let old_svid = old.issue(&frontend(), Duration::from_secs(3600)).unwrap();
+    let bundle_before = std::fs::read(dir.path().join(ca::BUNDLE)).unwrap();
+
+    let new = ca::rotate_issuer(dir.path(), Duration::from_secs(30 * 24 * 3600)).unwrap();
+    assert_ne!(new.issuer_cert(), old.issuer_cert());
+    assert_eq!(
+        std::fs::read(dir.path().join(ca::BUNDLE)).unwrap(),
+        bundle_before,
+        "the bundle is unchanged"
+    );
+    let mode = std::fs::metadata(dir.path().join(ca::ISSUER_KEY))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let left = new
+        .issuer_not_after()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(29 * 24 * 3600) && left <= Duration::from_secs(30 * 24 * 3600),
+        "{left:?}"
+    );
+    // Both issuers' SVIDs verify under the one root: the overlap needs nothing else.
+    let new_svid = new.issue(&frontend(), Duration::from_secs(3600)).unwrap();
+    let root = std::fs::read_to_string(dir.path().join(ca::ROOT_CERT)).unwrap();
+    for svid in [&old_svid, &new_svid] {
+        let chain = svid.chain();
+        let (_, issuer) = X509Certificate::from_der(&chain[1]).unwrap();
+        let root_der = bundle::certs_from_pem(root.as_bytes(), "root")
+            .unwrap()
+            .remove(0);
+        let (_, root) = X509Certificate::from_der(&root_der).unwrap();
+        issuer.verify_signature(Some(root.public_key())).unwrap();
+    }
+    // The reloaded files are the new issuer.
+    let loaded = CertificateAuthority::load(dir.path(), None).unwrap();
+    assert_eq!(loaded.issuer_cert(), new.issuer_cert());
+
+    // Without the root key (kept offline), nothing is written and the error says why.
+    let offline = dir.path().join("offline.key");
+    std::fs::rename(dir.path().join(ca::ROOT_KEY), &offline).unwrap();
+    let before = std::fs::read(dir.path().join(ca::ISSUER_CERT)).unwrap();
+    let err = ca::rotate_issuer(dir.path(), Duration::from_secs(3600))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("root.key: not a usable private key: not found: a new issuer is signed with the root key"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join(ca::ISSUER_CERT)).unwrap(),
+        before
+    );
+
+    // A root key that is not the root's: refused, nothing written.
+    let other = tempfile::tempdir().unwrap();
+    ca::init(other.path(), &InitOptions::new(td())).unwrap();
+    std::fs::copy(
+        other.path().join(ca::ROOT_KEY),
+        dir.path().join(ca::ROOT_KEY),
+    )
+    .unwrap();
+    let err = ca::rotate_issuer(dir.path(), Duration::from_secs(3600))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("does not match the public key of"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join(ca::ISSUER_CERT)).unwrap(),
+        before
+    );
+
+    // A bundle that no longer holds the root: the new issuer would not be trusted.
+    std::fs::rename(&offline, dir.path().join(ca::ROOT_KEY)).unwrap();
+    std::fs::copy(other.path().join(ca::BUNDLE), dir.path().join(ca::BUNDLE)).unwrap();
+    let err = ca::rotate_issuer(dir.path(), Duration::from_secs(3600))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not signed by any root in"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join(ca::ISSUER_CERT)).unwrap(),
+        before
+    );
+}
+
+#[test]
 fn load_derives_the_trust_domain_and_checks_the_files_agree() {
     let dir = tempfile::tempdir().unwrap();
     ca::init(

@@ -52,6 +52,7 @@ pub fn tls_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Serv
     if chain.is_empty() {
         return Err(file_error(cert, "no CERTIFICATE block".into()));
     }
+    let leaf = chain[0].clone();
     // The key's bytes never reach an error message or a log line.
     let private_key = PrivateKeyDer::from_pem_file(key)
         .map_err(|_| file_error(key, "no readable PEM private key".into()))?;
@@ -64,7 +65,21 @@ pub fn tls_from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Serv
             reason: e.to_string(),
         })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    publish_serving_validity(&leaf);
     Ok(Arc::new(config))
+}
+
+/// Sets the serving certificate's validity gauges (Unix seconds): when it expires the API
+/// server can no longer call the webhook and, with `failurePolicy: Fail`, pod creation stops;
+/// alerts compare what is left with its lifetime (a yearly certificate and a daily renewed
+/// one alike).
+pub fn publish_serving_validity(leaf: &CertificateDer<'_>) {
+    if let Some((not_before, not_after)) = warden_identity::inspect::validity_unix(leaf) {
+        metrics::gauge!("warden_injector_serving_cert_not_before_timestamp_seconds")
+            .set(not_before as f64);
+        metrics::gauge!("warden_injector_serving_cert_expiry_timestamp_seconds")
+            .set(not_after as f64);
+    }
 }
 
 /// Loads the supplied files, then polls them every `interval` and swaps in the new pair when
@@ -107,12 +122,63 @@ pub fn watch_files(
     Ok(rx)
 }
 
+/// Polls the trust anchors file every `interval` and hands each pod injected after a change
+/// the new bundle (the one proxies start with before the identity service's replies keep it
+/// current); a file that does not hold PEM certificates is logged and the last good bundle
+/// kept. `check` validates a candidate bundle.
+pub fn watch_trust_anchors(
+    path: PathBuf,
+    config: watch::Sender<Arc<InjectorConfig>>,
+    check: impl Fn(&str) -> Result<(), String> + Send + 'static,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    let stamp = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified().map(|t| (t, m.len())))
+            .ok()
+    };
+    let mut last = stamp(&path);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = stamp(&path);
+            if now == last {
+                continue;
+            }
+            last = now;
+            let loaded = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| check(&pem).map(|()| pem));
+            match loaded {
+                Ok(pem) if pem == config.borrow().trust_anchors_pem => {}
+                Ok(pem) => {
+                    let mut next = (**config.borrow()).clone();
+                    next.trust_anchors_pem = pem;
+                    config.send_replace(Arc::new(next));
+                    tracing::info!(path = %path.display(), "trust anchors reloaded");
+                    metrics::counter!("warden_injector_trust_anchor_reloads_total", "result" => "success").increment(1);
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "trust anchors not reloaded; injecting the last good bundle");
+                    metrics::counter!("warden_injector_trust_anchor_reloads_total", "result" => "failure").increment(1);
+                }
+            }
+        }
+    });
+}
+
 /// Serves `POST /mutate` (and `/live`, `/ready`) over HTTPS on `listener` until `shutdown`;
-/// `tls` gives the configuration for each new handshake.
+/// `tls` gives the configuration for each new handshake, `config` the current injection
+/// settings for each review.
 pub async fn run<T>(
     listener: TcpListener,
     tls: T,
-    config: Arc<InjectorConfig>,
+    config: watch::Receiver<Arc<InjectorConfig>>,
     shutdown: CancellationToken,
 ) where
     T: Fn() -> Arc<ServerConfig> + Send + 'static,
@@ -121,6 +187,6 @@ pub async fn run<T>(
         handshake_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(10),
     };
-    let handler = move |_peer, req| webhook::handle(req, config.clone());
+    let handler = move |_peer, req| webhook::handle(req, config.borrow().clone());
     warden_identity::http::serve_tls(listener, tls, handler, limits, shutdown).await;
 }

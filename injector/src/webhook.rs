@@ -189,6 +189,18 @@ fn count(result: &'static str) {
 
 /// Registers the injector's metrics.
 pub fn describe() {
+    metrics::describe_gauge!(
+        "warden_injector_serving_cert_expiry_timestamp_seconds",
+        "When the webhook's serving certificate expires (Unix seconds)."
+    );
+    metrics::describe_gauge!(
+        "warden_injector_serving_cert_not_before_timestamp_seconds",
+        "When the webhook's serving certificate became valid (Unix seconds)."
+    );
+    metrics::describe_counter!(
+        "warden_injector_trust_anchor_reloads_total",
+        "Reloads of the trust anchors handed to proxies after the file changed, by result."
+    );
     metrics::describe_counter!(
         "warden_injector_reviews_total",
         "AdmissionReviews answered, by result (injected, skipped, refused, ignored, dry_run, invalid_pod, malformed, too_large)."
