@@ -5,6 +5,7 @@ mod admin;
 mod audit;
 mod ca;
 mod cert;
+mod check;
 mod cni;
 mod controller;
 mod demo;
@@ -58,6 +59,8 @@ enum Command {
     /// Verify collected audit logs: hash chains and signed checkpoints.
     #[command(subcommand)]
     Audit(audit::Command),
+    /// Check a cluster before installing (--pre), or the installation's health.
+    Check(check::Args),
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -76,6 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Install(args) => install::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Check(args) => check::run(args),
     }
 }
 

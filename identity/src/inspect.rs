@@ -52,6 +52,17 @@ pub fn earliest_not_after(certs: &[CertificateDer<'_>]) -> Option<i64> {
     certs.iter().filter_map(not_after_unix).min()
 }
 
+/// Whether `issuer`'s key signed `cert` (its signature only: no dates, no constraints).
+pub fn signed_by(cert: &CertificateDer<'_>, issuer: &CertificateDer<'_>) -> bool {
+    match (
+        X509Certificate::from_der(cert),
+        X509Certificate::from_der(issuer),
+    ) {
+        (Ok((_, c)), Ok((_, i))) => c.verify_signature(Some(i.public_key())).is_ok(),
+        _ => false,
+    }
+}
+
 /// Summarizes a DER certificate; `Err` carries the parser's complaint.
 pub fn summarize(der: &CertificateDer<'_>) -> Result<CertSummary, String> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| e.to_string())?;
