@@ -209,7 +209,7 @@ fn metadata(name: &str) -> Value {
 }
 
 /// The YAML documents of a file (comment-only documents dropped).
-fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
+pub fn documents(text: &str) -> anyhow::Result<Vec<Value>> {
     let mut docs = Vec::new();
     for chunk in text.split("\n---") {
         let chunk = chunk.strip_prefix("---").unwrap_or(chunk);

@@ -13,6 +13,7 @@ mod identity;
 mod injector;
 mod install;
 mod policy;
+mod uninstall;
 
 use std::process::ExitCode;
 
@@ -53,6 +54,8 @@ enum Command {
     Injector(Box<injector::Args>),
     /// Print the control-plane manifests with fresh certificates: `warden install | kubectl apply -f -`.
     Install(install::Args),
+    /// Print what `install` created, for `kubectl delete` (the CRDs only with --crds).
+    Uninstall(uninstall::Args),
     /// Check policy files, or explain a decision.
     #[command(subcommand)]
     Policy(policy::Command),
@@ -77,6 +80,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cni(args) => cni::run(args),
         Command::Injector(args) => injector::run(*args),
         Command::Install(args) => install::run(args),
+        Command::Uninstall(args) => uninstall::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Check(args) => check::run(args),

@@ -190,10 +190,56 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
         "no object was rewritten"
     );
 
-    // 3. The documented uninstall removes every object (the namespace's contents at once;
-    //    the namespace itself is finalized by the namespace controller, which this API
-    //    server has not: the test does its last step).
-    uninstall(api, &manifest, &objects);
+    // 3. `warden uninstall` without --crds: the webhook and the control plane go, the
+    //    policies stay, pods already running are left alone, and pods created afterwards in
+    //    a meshed namespace are not injected.
+    let ns = api.namespace("meshed", &[]);
+    let pod = |name: &str| {
+        format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{containers: [{{name: app, image: registry.example/app:1}}]}}\n")
+    };
+    api.kubectl_ok(&["apply", "-f", "-"], Some(&pod("running")));
+    api.kubectl_ok(
+        &["label", "namespace", &ns, "warden.dev/inject=enabled"],
+        None,
+    );
+    api.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!("apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: keep-me, namespace: {ns}}}\nspec: {{action: ALLOW, rules: [{{to: {{ports: [8080]}}}}]}}\n")),
+    );
+    let refused = api.kubectl_with(&["apply", "-f", "-"], Some(&pod("before")));
+    assert!(
+        !refused.status.success()
+            && String::from_utf8_lossy(&refused.stderr).contains("inject.warden.dev"),
+        "the webhook is in force (and fails closed without its injector): {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let keep_crds = warden_uninstall(&[]);
+    api.kubectl_ok(
+        &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+        Some(&keep_crds),
+    );
+    for object in objects
+        .iter()
+        .filter(|(kind, _, _)| kind != "Namespace" && kind != "CustomResourceDefinition")
+    {
+        assert!(
+            get(api, object).is_none(),
+            "{object:?} is left after uninstall"
+        );
+    }
+    api.kubectl_ok(&["get", "authorizationpolicy", "keep-me", "-n", &ns], None);
+    api.kubectl_ok(&["get", "pod", "running", "-n", &ns], None);
+    api.kubectl_ok(&["apply", "-f", "-"], Some(&pod("after")));
+    let after = api.kubectl_ok(&["get", "pod", "after", "-n", &ns, "-o", "json"], None);
+    assert!(
+        !after.contains("warden-proxy") && !after.contains("warden.dev/injected-version"),
+        "{after}"
+    );
+
+    // And with --crds, every object (the namespace's contents at once; the namespace itself
+    // is finalized by the namespace controller, which this API server has not: the test
+    // does its last step).
+    uninstall(api, &objects);
 
     // 4. Server-side apply on a clean cluster, twice: created, then nothing changes.
     let ssa = [
@@ -215,14 +261,26 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
         before,
         "no object was rewritten"
     );
-    uninstall(api, &manifest, &objects);
+    uninstall(api, &objects);
 }
 
-fn uninstall(
-    api: &apiserver::ApiServer,
-    manifest: &str,
-    objects: &[(String, Option<String>, String)],
-) {
+/// `warden uninstall ARGS`: the objects to delete.
+fn warden_uninstall(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("uninstall")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `warden uninstall --crds | kubectl delete`, then waits until every object is gone.
+fn uninstall(api: &apiserver::ApiServer, objects: &[(String, Option<String>, String)]) {
     // A CRD deleted before the API server has its instances' storage ready is left stuck
     // ("could not list instances: storage is (re)initializing"), as on any cluster: wait
     // until each CRD's instances can be listed, as an operator's tooling would.
@@ -245,7 +303,7 @@ fn uninstall(
     }
     api.kubectl_ok(
         &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
-        Some(manifest),
+        Some(&warden_uninstall(&["--crds"])),
     );
     let namespace = objects
         .iter()
