@@ -58,6 +58,10 @@ pub enum Command {
         /// Lifetime of the SVID (clamped to the issuer's).
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
+        /// A DNS name the certificate is also valid for (repeatable), e.g. the injector's
+        /// `warden-injector.warden-system.svc` for a webhook serving certificate.
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
         /// Overwrite existing output files.
         #[arg(long)]
         force: bool,
@@ -134,10 +138,15 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
             id,
             out,
             ttl,
+            dns_names,
             force,
         } => {
             let ca = CertificateAuthority::load(&dir, None)?;
-            let svid = ca.issue(&id, ttl)?;
+            let svid = if dns_names.is_empty() {
+                ca.issue(&id, ttl)?
+            } else {
+                ca.issue_with_dns(&id, &dns_names, ttl)?
+            };
             let key_path = out.with_extension("key");
             let crt_path = out.with_extension("crt");
             for path in [&key_path, &crt_path] {

@@ -229,8 +229,8 @@ struct Images<'a> {
     sidecar: &'a str,
 }
 
-/// Applies what kustomize's `labels` would, and the install's choices: images, trust domain,
-/// and the webhook's caBundle.
+/// Applies what kustomize's `labels` would, and the install's choices: images, trust domain
+/// (arguments and `WARDEN_TRUST_DOMAIN`), and the webhook's caBundle.
 fn customize(mut doc: Value, td: &TrustDomain, images: &Images, ca_bundle_b64: &str) -> Value {
     let label = |meta: &mut Value| {
         if let Some(meta) = meta.as_object_mut() {
@@ -248,6 +248,13 @@ fn customize(mut doc: Value, td: &TrustDomain, images: &Images, ca_bundle_b64: &
     {
         for container in containers {
             container["image"] = json!(images.control_plane);
+            if let Some(env) = container.get_mut("env").and_then(Value::as_array_mut) {
+                for var in env {
+                    if var["name"] == contract::env::TRUST_DOMAIN {
+                        var["value"] = json!(td.as_str());
+                    }
+                }
+            }
             if let Some(args) = container.get_mut("args").and_then(Value::as_array_mut) {
                 for i in 1..args.len() {
                     match args[i - 1].as_str() {

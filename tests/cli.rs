@@ -114,6 +114,30 @@ fn ca_init_issue_inspect_verify() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(stdout(&o).trim(), id);
+
+    // A serving certificate with DNS names too (the injector's, for the Helm chart).
+    let o = warden(
+        &[
+            "ca",
+            "issue",
+            "--dir",
+            "ca",
+            "--id",
+            id,
+            "--out",
+            "svc",
+            "--dns-name",
+            "warden-injector.warden-system.svc",
+        ],
+        dir,
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = warden(&["cert", "inspect", "svc.crt"], dir);
+    assert!(
+        stdout(&o).contains("warden-injector.warden-system.svc"),
+        "{}",
+        stdout(&o)
+    );
     let o = warden(
         &[
             "cert",

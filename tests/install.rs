@@ -155,6 +155,17 @@ fn install_prints_complete_valid_manifests() {
         "{args}"
     );
 
+    // Every component gets the trust domain, the controller through its environment.
+    let controller = &find(&docs, "Deployment", "warden-controller")["spec"]["template"]["spec"]
+        ["containers"][0];
+    let td = controller["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "WARDEN_TRUST_DOMAIN")
+        .unwrap();
+    assert_eq!(td["value"], "prod.example", "{controller}");
+
     // The three pieces of PKI agree: the caBundle is the trust anchors, the CA Secret's bundle
     // too, and the injector's certificate chains to it for the Service's DNS name.
     let webhook = find(&docs, "MutatingWebhookConfiguration", "warden-injector");
