@@ -281,6 +281,9 @@ async fn gather(args: &Args) -> anyhow::Result<Facts> {
                 .and_then(|s| s.containers.first())
                 .and_then(|c| c.args.clone())
                 .unwrap_or_default();
+            if name == "warden-injector" {
+                facts.injector_from_identity = args.iter().any(|a| a == "--identity-token-file");
+            }
             facts.deployments.push(DeploymentFact {
                 name: name.to_string(),
                 desired: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1),
@@ -313,12 +316,15 @@ async fn gather(args: &Args) -> anyhow::Result<Facts> {
     let secret_file = |secret: &Secret, key: &str| -> Option<Vec<u8>> {
         secret.data.as_ref()?.get(key).map(|b| b.0.clone())
     };
-    if let Some(tls) = readable(
-        "secrets",
-        secrets.get_opt("warden-injector-tls").await,
-        &mut facts,
-    ) {
-        facts.injector_chain = secret_file(&tls, "tls.crt").and_then(|pem| certs(&pem, "tls.crt"));
+    if !facts.injector_from_identity {
+        if let Some(tls) = readable(
+            "secrets",
+            secrets.get_opt("warden-injector-tls").await,
+            &mut facts,
+        ) {
+            facts.injector_chain =
+                secret_file(&tls, "tls.crt").and_then(|pem| certs(&pem, "tls.crt"));
+        }
     }
     if let Some(ca) = readable(
         "secrets",

@@ -177,6 +177,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // The injector may have its webhook's name in its certificate (a serving certificate
+    // renewed like any SVID); nobody else gets a DNS name.
+    let injector =
+        SpiffeId::for_service_account(&td, contract::SYSTEM_NAMESPACE, contract::INJECTOR_SERVICE)?;
     let config = ServiceConfig {
         svid_ttl: args.svid_ttl,
         max_body_bytes: args.max_body_bytes,
@@ -184,6 +188,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             per_minute: args.rate_per_minute,
             burst: args.rate_burst,
         },
+        dns_names: [(injector.to_string(), vec![contract::injector_service_dns()])].into(),
         ..ServiceConfig::default()
     };
     let kind = authn.kind();

@@ -15,9 +15,10 @@ use warden_core::duration::parse_duration;
 use warden_core::{SpiffeId, TrustDomain};
 use warden_identity::admin::Readiness;
 use warden_identity::ca::SharedCa;
+use warden_identity::client::{CertifyClient, CertifyClientConfig};
 use warden_identity::rotation::{self, CertSource, TlsOptions};
 use warden_identity::tls::ClientAuth;
-use warden_identity::{CertificateAuthority, TrustBundle};
+use warden_identity::{CertificateAuthority, TrustBundle, TrustStore};
 use warden_injector::config::{
     InjectorConfig, Interception, SecurityAnnotation, SidecarMode, ALLOW_ANNOTATION_FLAG,
 };
@@ -39,8 +40,13 @@ pub struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Issue (and renew) the serving certificate from this CA directory instead.
-    #[arg(long, required_unless_present = "tls_cert")]
+    #[arg(long, conflicts_with = "identity_token_file")]
     ca_dir: Option<PathBuf>,
+    /// Or obtain (and renew) the serving certificate from the identity service at
+    /// --identity-url with this projected ServiceAccount token, like any workload's SVID,
+    /// with the webhook's DNS name: no key material to mount, nothing to renew by hand.
+    #[arg(long, conflicts_with_all = ["tls_cert", "ca_dir"], requires = "trust_anchors")]
+    identity_token_file: Option<PathBuf>,
     /// DNS names of the issued serving certificate (repeatable): what the API server calls.
     #[arg(long = "dns-name", default_values_t = [contract::injector_service_dns()])]
     dns_names: Vec<String>,
@@ -216,16 +222,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 .await
                 .context("no serving certificate")?;
             let credentials = rotation.credentials;
-            let mut expiry = credentials.clone();
-            tokio::spawn(async move {
-                loop {
-                    let leaf = expiry.borrow_and_update().svid.chain()[0].clone();
-                    server::publish_serving_validity(&leaf);
-                    if expiry.changed().await.is_err() {
-                        return;
-                    }
-                }
-            });
+            spawn_expiry_gauge(credentials.clone());
             let serving = move || credentials.borrow().server.clone();
             tokio::spawn(server::run(
                 listener,
@@ -234,7 +231,27 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 shutdown.clone(),
             ))
         }
-        _ => anyhow::bail!("give --tls-cert and --tls-key, or --ca-dir"),
+        (None, None, None) if args.identity_token_file.is_some() => {
+            let serving = identity_serving(&args, &config.borrow())?;
+            let tls = TlsOptions {
+                server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+                client_alpn: vec![],
+                client_auth: ClientAuth::None,
+            };
+            let rotation = rotation::start(serving, tls, Default::default(), shutdown.clone())
+                .await
+                .context("no serving certificate from the identity service")?;
+            let credentials = rotation.credentials;
+            spawn_expiry_gauge(credentials.clone());
+            let serving = move || credentials.borrow().server.clone();
+            tokio::spawn(server::run(
+                listener,
+                serving,
+                config.clone(),
+                shutdown.clone(),
+            ))
+        }
+        _ => anyhow::bail!("give --tls-cert and --tls-key, --ca-dir, or --identity-token-file"),
     };
     ready_tx.send_replace(Readiness {
         ready: true,
@@ -257,4 +274,53 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
     server.await?;
     Ok(())
+}
+
+/// Keeps the serving certificate's validity gauges current as it rotates.
+fn spawn_expiry_gauge(mut credentials: tokio::sync::watch::Receiver<Arc<rotation::Credentials>>) {
+    tokio::spawn(async move {
+        loop {
+            let leaf = credentials.borrow_and_update().svid.chain()[0].clone();
+            server::publish_serving_validity(&leaf);
+            if credentials.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The serving certificate from the identity service: the injector's SVID with the
+/// webhook's DNS names, authenticated by its projected token.
+fn identity_serving(args: &Args, config: &InjectorConfig) -> anyhow::Result<CertSource> {
+    let token_file = args
+        .identity_token_file
+        .clone()
+        .context("--identity-token-file")?;
+    let bundle = TrustBundle::from_pem(
+        config.trust_domain.clone(),
+        config.trust_anchors_pem.as_bytes(),
+        "--trust-anchors",
+    )?;
+    let td = &config.trust_domain;
+    let client = CertifyClient::new(
+        CertifyClientConfig {
+            url: config.identity_url.clone(),
+            server_id: SpiffeId::for_service_account(
+                td,
+                contract::SYSTEM_NAMESPACE,
+                contract::IDENTITY_SERVICE_ACCOUNT,
+            )?,
+            token_file,
+            expected_id: Some(SpiffeId::for_service_account(
+                td,
+                contract::SYSTEM_NAMESPACE,
+                contract::INJECTOR_SERVICE,
+            )?),
+            timeout: Duration::from_secs(10),
+        },
+        TrustStore::single(bundle),
+    )
+    .map_err(|e| anyhow::anyhow!("--identity-url {}: {e}", config.identity_url))?
+    .with_dns_names(args.dns_names.clone());
+    Ok(CertSource::Remote(client))
 }

@@ -1,16 +1,15 @@
 //! `warden install`: prints the complete control-plane manifests (the kustomize base in
-//! `deploy/kubernetes/base`, plus the CA Secret, the injector's serving certificate, the trust
-//! anchors and the webhook's caBundle), so `warden install | kubectl apply -f -` installs.
+//! `deploy/kubernetes/base`, plus the CA Secret, the trust anchors and the webhook's caBundle),
+//! so `warden install | kubectl apply -f -` installs. The injector's serving certificate is
+//! its SVID from the identity service (with the webhook's name), so no key goes in for it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine;
 use serde_json::{json, Value};
-use warden_core::{contract, SpiffeId, TrustDomain};
-use warden_identity::bundle::{certs_to_pem, der_to_pem};
+use warden_core::{contract, TrustDomain};
 use warden_identity::ca::{self, CertificateAuthority, InitOptions};
 
 /// The base's files, in the order of its kustomization.yaml.
@@ -44,9 +43,6 @@ pub const BASE: [(&str, &str); 7] = [
         include_str!("../deploy/kubernetes/base/network-policies.yaml"),
     ),
 ];
-
-/// The injector's serving certificate lifetime (clamped to the issuer's).
-const INJECTOR_CERT_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `warden install` options.
 #[derive(clap::Args)]
@@ -133,13 +129,6 @@ fn render(args: &Args) -> anyhow::Result<String> {
             "--trust-domain {wanted} does not match the CA's trust domain {td}"
         );
     }
-    let injector_id =
-        SpiffeId::for_service_account(&td, contract::SYSTEM_NAMESPACE, contract::INJECTOR_SERVICE)?;
-    let serving = authority.issue_with_dns(
-        &injector_id,
-        &[contract::injector_service_dns()],
-        INJECTOR_CERT_TTL,
-    )?;
     let b64 = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
 
     let mut docs = Vec::new();
@@ -162,16 +151,6 @@ fn render(args: &Args) -> anyhow::Result<String> {
                 ca::ISSUER_CERT: b64(&files.issuer_pem),
                 ca::ISSUER_KEY: b64(&files.issuer_key_pem),
                 ca::BUNDLE: b64(&files.bundle_pem),
-            },
-        }),
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": metadata("warden-injector-tls"),
-            "type": "kubernetes.io/tls",
-            "data": {
-                "tls.crt": b64(&certs_to_pem(serving.chain())),
-                "tls.key": b64(&der_to_pem("PRIVATE KEY", serving.key().secret_der())),
             },
         }),
         json!({

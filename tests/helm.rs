@@ -1,6 +1,7 @@
 //! The Helm chart (deploy/helm/warden): `helm lint` passes; `helm template` with the same CA
 //! and settings renders exactly the objects `warden install` prints (so the two cannot
-//! drift); its values change what they say; and the real API server accepts what it renders.
+//! drift); its values change what they say (the injector's certificate from cert-manager or
+//! given as values included); and the real API server accepts what it renders.
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
@@ -9,7 +10,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use base64::Engine;
 use serde_json::Value;
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/helm/warden");
@@ -109,18 +109,6 @@ fn the_chart_renders_what_install_does_lints_and_the_api_server_accepts_it() {
         "warden install",
     );
     let installed = objects(&install);
-    // The injector's certificate as install made it, so even the Secrets compare equal.
-    let tls = &installed[&(
-        "Secret".into(),
-        "warden-system".into(),
-        "warden-injector-tls".into(),
-    )]["data"];
-    for key in ["tls.crt", "tls.key"] {
-        let pem = base64::engine::general_purpose::STANDARD
-            .decode(tls[key].as_str().unwrap())
-            .unwrap();
-        std::fs::write(dir.join(key), pem).unwrap();
-    }
     let same = [
         "--set",
         "namespace.create=true",
@@ -140,10 +128,6 @@ fn the_chart_renders_what_install_does_lints_and_the_api_server_accepts_it() {
         "ca.issuerCert=ca/issuer.crt",
         "--set-file",
         "ca.issuerKey=ca/issuer.key",
-        "--set-file",
-        "injector.tls.cert=tls.crt",
-        "--set-file",
-        "injector.tls.key=tls.key",
     ];
     let rendered = objects(&ok(template(&helm, dir, &same), "helm template"));
     assert_eq!(
@@ -225,7 +209,7 @@ fn the_chart_renders_what_install_does_lints_and_the_api_server_accepts_it() {
 
     // cert-manager issues (and renews) the injector's certificate; its CA injector fills in
     // the webhook's caBundle.
-    let mut cert_manager: Vec<&str> = same[..same.len() - 4].to_vec();
+    let mut cert_manager: Vec<&str> = same.to_vec();
     cert_manager.extend([
         "--set",
         "injector.tls.certManager.enabled=true",
@@ -266,6 +250,56 @@ fn the_chart_renders_what_install_does_lints_and_the_api_server_accepts_it() {
         .get("caBundle")
         .is_none());
 
+    // Or a fixed certificate given as values (renewed by whoever made it).
+    ok(
+        run(Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args([
+                "ca",
+                "issue",
+                "--dir",
+                "ca",
+                "--id",
+                "spiffe://prod.example/ns/warden-system/sa/warden-injector",
+            ])
+            .args([
+                "--dns-name",
+                "warden-injector.warden-system.svc",
+                "--ttl",
+                "365d",
+                "--out",
+                "injector",
+            ])
+            .current_dir(dir)),
+        "warden ca issue",
+    );
+    let mut fixed: Vec<&str> = same.to_vec();
+    fixed.extend([
+        "--set-file",
+        "injector.tls.cert=injector.crt",
+        "--set-file",
+        "injector.tls.key=injector.key",
+    ]);
+    let fixed = objects(&ok(
+        template(&helm, dir, &fixed),
+        "helm template (fixed certificate)",
+    ));
+    let secret = &fixed[&(
+        "Secret".into(),
+        "warden-system".into(),
+        "warden-injector-tls".into(),
+    )];
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    let args = fixed[&(
+        "Deployment".into(),
+        "warden-system".into(),
+        "warden-injector".into(),
+    )]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .to_string();
+    assert!(
+        args.contains("--tls-cert") && !args.contains("--identity-token-file"),
+        "{args}"
+    );
+
     // Mistakes get one clear message.
     let out = run(Command::new(&helm)
         .args([
@@ -284,16 +318,7 @@ fn the_chart_renders_what_install_does_lints_and_the_api_server_accepts_it() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = template(
-        &helm,
-        dir,
-        &[
-            "--set-file",
-            "injector.tls.cert=tls.crt",
-            "--set-file",
-            "injector.tls.key=tls.key",
-        ],
-    );
+    let out = template(&helm, dir, &[]);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("ca.bundle is required"),
         "{}",

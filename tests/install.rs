@@ -4,6 +4,11 @@
 //! AdmissionReview over HTTPS to a client that verifies it as the API server does (caBundle
 //! and the Service's DNS name).
 
+#[path = "support/apiserver.rs"]
+mod apiserver;
+#[path = "support/mesh.rs"]
+mod mesh;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -123,7 +128,9 @@ fn install_prints_complete_valid_manifests() {
             );
         }
     }
-    assert_eq!(docs.len(), base_objects + 3);
+    // The CA Secret and the trust anchors (the injector's certificate comes from the
+    // identity service, not from a Secret).
+    assert_eq!(docs.len(), base_objects + 2);
     // CRDs first (a policy in the same stream needs them), then the namespace.
     assert_eq!(docs[0]["kind"], "CustomResourceDefinition");
     assert_eq!(docs[1]["kind"], "CustomResourceDefinition");
@@ -182,8 +189,17 @@ fn install_prints_complete_valid_manifests() {
         3,
         "no root key in the cluster"
     );
-    let tls = find(&docs, "Secret", "warden-injector-tls");
-    assert_eq!(tls["type"], "kubernetes.io/tls");
+    // No key for the injector: its serving certificate is its SVID from the identity service.
+    assert!(!docs
+        .iter()
+        .any(|d| d["metadata"]["name"] == "warden-injector-tls"));
+    let injector_args = find(&docs, "Deployment", "warden-injector")["spec"]["template"]["spec"]
+        ["containers"][0]["args"]
+        .to_string();
+    assert!(
+        injector_args.contains("--identity-token-file"),
+        "{injector_args}"
+    );
 
     // The CA stays in ./warden-ca with its root key, which never reaches the cluster.
     let root_key = std::fs::read_to_string(tmp.path().join("warden-ca/root.key")).unwrap();
@@ -194,17 +210,13 @@ fn install_prints_complete_valid_manifests() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Installing again keeps the CA (proxies keep trusting the control plane); the injector
-    // gets a new serving key. Another directory is another CA.
+    // Installing again keeps the CA (proxies keep trusting the control plane). Another
+    // directory is another CA.
     let again = String::from_utf8(warden(&["install"]).stdout).unwrap();
     let again = documents(&again);
     assert_eq!(
         find(&again, "Secret", "warden-identity-ca")["data"],
         ca["data"]
-    );
-    assert_ne!(
-        find(&again, "Secret", "warden-injector-tls")["data"]["tls.key"],
-        tls["data"]["tls.key"]
     );
     let elsewhere = tempfile::tempdir().unwrap();
     let other =
@@ -348,14 +360,33 @@ async fn the_installed_injector_answers_a_verifying_api_server_over_https() {
     let out = warden(&["install", "--image", "reg.example/warden:9.9"]);
     let docs = documents(&String::from_utf8(out.stdout).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let tls = &find(&docs, "Secret", "warden-injector-tls")["data"];
     let write = |name: &str, text: String| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
-    let cert = write("tls.crt", b64(&tls["tls.crt"]));
-    let key = write("tls.key", b64(&tls["tls.key"]));
+    // A serving certificate from the installed CA (what the identity service gives the
+    // injector: its SVID with the webhook's name).
+    let prefix = dir.path().join("injector");
+    let issued = warden(&[
+        "ca",
+        "issue",
+        "--dir",
+        "warden-ca",
+        "--id",
+        "spiffe://cluster.local/ns/warden-system/sa/warden-injector",
+        "--dns-name",
+        "warden-injector.warden-system.svc",
+        "--out",
+        prefix.to_str().unwrap(),
+    ]);
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let cert = prefix.with_extension("crt").display().to_string();
+    let key = prefix.with_extension("key").display().to_string();
     let anchors = find(&docs, "ConfigMap", "warden-trust-anchors")["data"]["bundle.crt"]
         .as_str()
         .unwrap()
@@ -571,4 +602,48 @@ async fn an_injector_issuing_from_the_ca_serves_a_certificate_for_its_service_na
     let n = tls.read(&mut head).await.unwrap();
     let head = String::from_utf8_lossy(&head[..n]);
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+}
+
+#[tokio::test]
+async fn an_injector_serving_with_its_svid_renews_it_and_the_api_server_keeps_trusting_it() {
+    // 6-second certificates: the injector renews within about four.
+    let identity = mesh::Identity::start_with(&["--svid-ttl", "6s"]);
+    let token = identity.token_for("spiffe://cluster.local/ns/warden-system/sa/warden-injector");
+    let bundle = identity.bundle();
+    let (_child, addr) = start_injector(&[
+        "--identity-token-file",
+        token.to_str().unwrap(),
+        "--identity-url",
+        &identity.url,
+        "--trust-anchors",
+        bundle.to_str().unwrap(),
+        "--image",
+        "reg.example/warden:9.9",
+    ]);
+    // The webhook's caBundle is the trust bundle: every renewed certificate chains to it.
+    let ca_bundle = std::fs::read_to_string(&bundle).unwrap();
+    let leaf = || async {
+        let tls = api_server_connect(addr, ca_bundle.clone(), "warden-injector.warden-system.svc")
+            .await
+            .expect("the API server accepts the injector's certificate");
+        tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+    };
+    let first = leaf().await;
+    let summary = warden_identity::inspect::summarize(&first).unwrap();
+    assert_eq!(summary.dns_names, ["warden-injector.warden-system.svc"]);
+    assert_eq!(
+        summary.uris,
+        ["spiffe://cluster.local/ns/warden-system/sa/warden-injector"]
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if leaf().await != first {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the serving certificate was never renewed"
+        );
+    }
 }

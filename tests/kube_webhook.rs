@@ -101,17 +101,26 @@ impl Mesh {
             .iter()
             .map(|a| a.as_str().unwrap().to_string())
             .collect();
-        for (flag, path) in [
-            ("--tls-cert", &cert),
-            ("--tls-key", &key),
-            ("--trust-anchors", &bundle),
-        ] {
-            let at = args
-                .iter()
-                .position(|a| a == flag)
-                .unwrap_or_else(|| panic!("the injector Deployment passes {flag}: {args:?}"));
-            args[at + 1] = path.display().to_string();
-        }
+        // In a cluster the injector gets its serving certificate from the identity service;
+        // here it serves the one above (same CA, same names, plus the IP SAN).
+        let token = args
+            .iter()
+            .position(|a| a == "--identity-token-file")
+            .expect("the injector Deployment gets its certificate from the identity service");
+        args.splice(
+            token..token + 2,
+            [
+                "--tls-cert".to_string(),
+                cert.display().to_string(),
+                "--tls-key".to_string(),
+                key.display().to_string(),
+            ],
+        );
+        let at = args
+            .iter()
+            .position(|a| a == "--trust-anchors")
+            .unwrap_or_else(|| panic!("the injector Deployment passes --trust-anchors: {args:?}"));
+        args[at + 1] = bundle.display().to_string();
         let env = container["env"]
             .as_array()
             .into_iter()

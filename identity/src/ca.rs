@@ -478,8 +478,20 @@ impl CertificateAuthority {
         id: &SpiffeId,
         ttl: Duration,
     ) -> Result<IssuedCert, CaError> {
+        self.sign_csr_with_dns(csr_pem, id, &[], ttl)
+    }
+
+    /// Like [`sign_csr`](Self::sign_csr), adding DNS SANs the caller was checked to be
+    /// allowed (the injector's webhook name).
+    pub fn sign_csr_with_dns(
+        &self,
+        csr_pem: &str,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+    ) -> Result<IssuedCert, CaError> {
         let key = csr::public_key_from_pem(csr_pem)?;
-        self.sign_public_key(key.spki(), id, ttl, SystemTime::now())
+        self.sign(key.spki(), id, dns_names, ttl, SystemTime::now())
     }
 
     /// Issues a new key and SVID for `id`; the key stays in memory (used by `warden ca issue`,

@@ -12,6 +12,10 @@ pub const CERTIFY_PATH: &str = "/v1/certify";
 pub struct CertifyRequest {
     /// PKCS#10 CSR, PEM.
     pub csr: String,
+    /// DNS names the certificate should also carry (a webhook's serving certificate); only
+    /// names the service allows for the caller's identity are granted, others refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
 }
 
 /// The reply to a successful issuance.

@@ -95,6 +95,7 @@ pub struct CertifyClient {
     config: CertifyClientConfig,
     target: HttpsTarget,
     trust: Mutex<Arc<TrustStore>>,
+    dns_names: Vec<String>,
 }
 
 impl CertifyClient {
@@ -105,7 +106,15 @@ impl CertifyClient {
             config,
             target,
             trust: Mutex::new(Arc::new(trust)),
+            dns_names: Vec::new(),
         })
+    }
+
+    /// Asks for these DNS names in every certificate too (the service grants them only to
+    /// identities allowed them: the injector's webhook name).
+    pub fn with_dns_names(mut self, dns_names: Vec<String>) -> Self {
+        self.dns_names = dns_names;
+        self
     }
 
     /// The trust store as last updated by the CA.
@@ -155,6 +164,7 @@ impl CertifyClient {
         let key = csr::generate_key()?;
         let body = serde_json::to_vec(&CertifyRequest {
             csr: csr::build_csr(&key, self.config.expected_id.as_ref())?,
+            dns_names: self.dns_names.clone(),
         })
         .map_err(|e| CertifyClientError::BadReply(e.to_string()))?;
 

@@ -54,6 +54,9 @@ pub struct ServiceConfig {
     pub idle_timeout: Duration,
     /// A request not answered within this gets 408 (30s).
     pub request_timeout: Duration,
+    /// DNS names a caller may have in its certificate, by SPIFFE ID (default: none for
+    /// anyone; `warden identity` allows the injector its webhook name).
+    pub dns_names: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl ServiceConfig {
@@ -86,6 +89,7 @@ impl Default for ServiceConfig {
             max_connections: defaults.max_connections,
             idle_timeout: defaults.idle_timeout,
             request_timeout: defaults.request_timeout,
+            dns_names: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -290,9 +294,26 @@ impl IdentityService {
         };
         let request: CertifyRequest = serde_json::from_slice(&body)
             .map_err(|e| CertifyError::BadRequest(format!("malformed JSON: {e}")))?;
+        if let Some(refused) = request.dns_names.iter().find(|name| {
+            !self
+                .config
+                .dns_names
+                .get(caller.id.as_str())
+                .is_some_and(|allowed| allowed.contains(name))
+        }) {
+            return Err(CertifyError::BadRequest(format!(
+                "DNS name {refused:?} is not allowed for {}",
+                caller.id
+            )));
+        }
         let ca = self.ca.get();
         let issued = ca
-            .sign_csr(&request.csr, &caller.id, self.config.svid_ttl)
+            .sign_csr_with_dns(
+                &request.csr,
+                &caller.id,
+                &request.dns_names,
+                self.config.svid_ttl,
+            )
             .map_err(|e| match e {
                 CaError::Csr(e) => CertifyError::BadRequest(e.to_string()),
                 other => CertifyError::Internal(other.to_string()),

@@ -183,6 +183,38 @@ async fn issues_over_https_and_the_client_checks_what_it_gets() {
 }
 
 #[tokio::test]
+async fn dns_names_are_granted_only_to_identities_allowed_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, tokens) = join_tokens(dir.path(), WEB);
+    let webhook = "web.shop.svc".to_string();
+    let config = ServiceConfig {
+        dns_names: [(WEB.to_string(), vec![webhook.clone()])].into(),
+        ..ServiceConfig::default()
+    };
+    let svc = start(Authenticator::JoinTokens(tokens), config).await;
+    let token_file = write_token(dir.path(), &token);
+    let issued = client(&svc, token_file.clone(), Some(WEB))
+        .with_dns_names(vec![webhook.clone()])
+        .certify()
+        .await
+        .unwrap();
+    let leaf = warden_identity::inspect::summarize(&issued.svid.chain()[0]).unwrap();
+    assert_eq!(leaf.dns_names, [webhook]);
+    assert_eq!(leaf.uris, [WEB]);
+    // A name the identity is not allowed: refused, naming it; nothing issued.
+    let err = client(&svc, token_file, Some(WEB))
+        .with_dns_names(vec!["kubernetes.default.svc".into()])
+        .certify()
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("DNS name \"kubernetes.default.svc\" is not allowed for spiffe://cluster.local/ns/shop/sa/web"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn every_refusal_has_its_status_and_issues_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (token, tokens) = join_tokens(dir.path(), WEB);

@@ -91,8 +91,11 @@ pub struct Facts {
     pub deployments: Vec<DeploymentFact>,
     /// The webhook's caBundle (PEM), if the webhook configuration exists.
     pub webhook_ca_bundle: Option<Vec<CertificateDer<'static>>>,
-    /// The injector's serving chain (Secret `warden-injector-tls`).
+    /// The injector's serving chain (Secret `warden-injector-tls`), when it serves one.
     pub injector_chain: Option<Vec<CertificateDer<'static>>>,
+    /// The injector gets its serving certificate from the identity service (its SVID with
+    /// the webhook's name, renewed by itself): no Secret to read.
+    pub injector_from_identity: bool,
     /// The issuer certificate (Secret `warden-identity-ca`).
     pub issuer: Option<CertificateDer<'static>>,
     /// The CA Secret's bundle.
@@ -414,6 +417,32 @@ pub fn evaluate(facts: &Facts) -> Vec<Check> {
             "no MutatingWebhookConfiguration warden-injector",
             webhook_hint,
         )),
+        (Some(roots), None) if facts.injector_from_identity => {
+            // Its certificate chains to the CA's roots: the caBundle must hold every one.
+            let missing = facts
+                .ca_bundle
+                .iter()
+                .flatten()
+                .filter(|r| !roots.contains(r))
+                .count();
+            out.push(if missing == 0 && facts.ca_bundle.is_some() {
+                check(
+                    "webhook",
+                    "caBundle verifies the injector",
+                    Status::Pass,
+                    "holds the mesh's trust anchors; the injector serves its SVID (renewed by itself)",
+                    "",
+                )
+            } else {
+                check(
+                    "webhook",
+                    "caBundle verifies the injector",
+                    Status::Fail,
+                    format!("lacks {missing} trust anchor(s) of the CA: the API server would refuse the injector's certificate"),
+                    webhook_hint,
+                )
+            });
+        }
         (_, None) => out.push(check(
             "webhook",
             "caBundle verifies the injector",
@@ -696,6 +725,23 @@ mod tests {
         assert_eq!(
             failing(&evaluate(&facts)),
             ["Fail the API server answers: connection refused"]
+        );
+    }
+
+    #[test]
+    fn an_injector_serving_its_svid_needs_the_anchors_in_the_ca_bundle() {
+        let mut facts = healthy(Duration::from_secs(365 * 86400));
+        facts.injector_chain = None;
+        facts.injector_from_identity = true;
+        assert_eq!(failing(&evaluate(&facts)), Vec::<String>::new());
+        let other = ca::generate(&InitOptions::new(TrustDomain::default())).unwrap();
+        facts.webhook_ca_bundle = Some(vec![other.root_cert.der().clone()]);
+        let got = failing(&evaluate(&facts));
+        assert!(
+            got.iter()
+                .any(|g| g
+                    .starts_with("Fail caBundle verifies the injector: lacks 1 trust anchor(s)")),
+            "{got:?}"
         );
     }
 
