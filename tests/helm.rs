@@ -250,6 +250,44 @@ fn the_chart_renders_what_install_does_lints_and_the_api_server_accepts_it() {
         .get("caBundle")
         .is_none());
 
+    // cert-manager can issue (and renew) the mesh issuer itself, from one of its CA issuers:
+    // the identity service reads cert-manager's key names.
+    let mut issuer_cm: Vec<&str> = same[..same.len() - 4].to_vec();
+    issuer_cm.extend([
+        "--set",
+        "ca.certManager.enabled=true",
+        "--set",
+        "ca.certManager.issuerRef.name=mesh-root",
+        "--set",
+        "ca.certManager.issuerRef.kind=ClusterIssuer",
+    ]);
+    let icm = objects(&ok(
+        template(&helm, dir, &issuer_cm),
+        "helm template (cert-manager issuer)",
+    ));
+    let issuer = &icm[&(
+        "Certificate".into(),
+        "warden-system".into(),
+        "warden-identity-ca".into(),
+    )];
+    assert_eq!(issuer["spec"]["isCA"], true);
+    assert_eq!(issuer["spec"]["uris"][0], "spiffe://prod.example");
+    assert!(!icm.contains_key(&(
+        "Secret".into(),
+        "warden-system".into(),
+        "warden-identity-ca".into()
+    )));
+    let items = icm[&(
+        "Deployment".into(),
+        "warden-system".into(),
+        "warden-identity".into(),
+    )]["spec"]["template"]["spec"]["volumes"][0]["secret"]["items"]
+        .to_string();
+    assert!(
+        items.contains("\"key\":\"tls.crt\",\"path\":\"issuer.crt\""),
+        "{items}"
+    );
+
     // Or a fixed certificate given as values (renewed by whoever made it).
     ok(
         run(Command::new(env!("CARGO_BIN_EXE_warden"))
