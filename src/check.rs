@@ -106,13 +106,7 @@ fn describe(checks: &[Check], worst: Status) -> String {
 /// The client, and the API server's address (for messages).
 async fn client(args: &Args) -> anyhow::Result<(Client, String)> {
     let mut config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))?
-        }
+        Some(path) => crate::controller::kubeconfig_file(path).await?,
         None => kube::Config::infer()
             .await
             .context("no kubeconfig found (give --kubeconfig FILE)")?,

@@ -85,17 +85,20 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn client(args: &RunArgs) -> anyhow::Result<kube::Client> {
     let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("--kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .with_context(|| format!("--kubeconfig {}", path.display()))?
-        }
+        Some(path) => kubeconfig_file(path).await?,
         None => kube::Config::incluster()
             .context("not in a pod (no in-cluster credentials): pass --kubeconfig FILE")?,
     };
     kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
+/// The client configuration of a kubeconfig file, errors naming `--kubeconfig`.
+pub async fn kubeconfig_file(path: &std::path::Path) -> anyhow::Result<kube::Config> {
+    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+        .with_context(|| format!("--kubeconfig {}", path.display()))?;
+    kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .with_context(|| format!("--kubeconfig {}", path.display()))
 }
 
 /// The controller's own SVID, from the identity service like any workload's.

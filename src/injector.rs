@@ -213,43 +213,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
                 dns_names: args.dns_names.clone(),
                 ttl: args.cert_ttl,
             };
-            let tls = TlsOptions {
-                server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-                client_alpn: vec![],
-                client_auth: ClientAuth::None,
-            };
-            let rotation = rotation::start(source, tls, Default::default(), shutdown.clone())
-                .await
-                .context("no serving certificate")?;
-            let credentials = rotation.credentials;
-            spawn_expiry_gauge(credentials.clone());
-            let serving = move || credentials.borrow().server.clone();
-            tokio::spawn(server::run(
-                listener,
-                serving,
-                config.clone(),
-                shutdown.clone(),
-            ))
+            serve_rotating(source, listener, config.clone(), &shutdown).await?
         }
         (None, None, None) if args.identity_token_file.is_some() => {
-            let serving = identity_serving(&args, &config.borrow())?;
-            let tls = TlsOptions {
-                server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
-                client_alpn: vec![],
-                client_auth: ClientAuth::None,
-            };
-            let rotation = rotation::start(serving, tls, Default::default(), shutdown.clone())
-                .await
-                .context("no serving certificate from the identity service")?;
-            let credentials = rotation.credentials;
-            spawn_expiry_gauge(credentials.clone());
-            let serving = move || credentials.borrow().server.clone();
-            tokio::spawn(server::run(
-                listener,
-                serving,
-                config.clone(),
-                shutdown.clone(),
-            ))
+            let source = identity_serving(&args, &config.borrow())?;
+            serve_rotating(source, listener, config.clone(), &shutdown).await?
         }
         _ => anyhow::bail!("give --tls-cert and --tls-key, --ca-dir, or --identity-token-file"),
     };
@@ -274,6 +242,33 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
     server.await?;
     Ok(())
+}
+
+/// Serves the webhook with a certificate from `source`, renewed before it expires (from the
+/// CA directory, or the identity service).
+async fn serve_rotating(
+    source: CertSource,
+    listener: TcpListener,
+    config: tokio::sync::watch::Receiver<Arc<InjectorConfig>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let tls = TlsOptions {
+        server_alpn: vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        client_alpn: vec![],
+        client_auth: ClientAuth::None,
+    };
+    let rotation = rotation::start(source, tls, Default::default(), shutdown.clone())
+        .await
+        .context("no serving certificate")?;
+    let credentials = rotation.credentials;
+    spawn_expiry_gauge(credentials.clone());
+    let serving = move || credentials.borrow().server.clone();
+    Ok(tokio::spawn(server::run(
+        listener,
+        serving,
+        config,
+        shutdown.clone(),
+    )))
 }
 
 /// Keeps the serving certificate's validity gauges current as it rotates.

@@ -373,16 +373,7 @@ fn the_chart_renders_what_install_does_lints_and_the_api_server_accepts_it() {
         .map(|d| d.trim_start_matches("---").to_string())
         .partition(|d| d.contains("kind: CustomResourceDefinition"));
     api.kubectl_ok(&["apply", "-f", "-"], Some(&crds.join("\n---\n")));
-    api.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/authorizationpolicies.warden.dev",
-            "crd/meshpolicies.warden.dev",
-        ],
-        None,
-    );
+    api.wait_crds_established();
     let applied = api.kubectl_ok(&["apply", "-f", "-"], Some(&rest.join("\n---\n")));
     assert!(
         applied.contains("meshpolicy.warden.dev/mesh-defaults created"),

@@ -125,16 +125,7 @@ fn check_before_and_after_install_healthy_and_broken_each_way() {
     // Installed, running: healthy.
     let manifest = warden(tmp.path(), &["install", "--ca-dir", "ca"]);
     api.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
-    api.kubectl_ok(
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/authorizationpolicies.warden.dev",
-            "crd/meshpolicies.warden.dev",
-        ],
-        None,
-    );
+    api.wait_crds_established();
     running(api, &ALL_UP, 2);
     let (code, out) = check(api, &[]);
     assert_eq!(problems(&out), Vec::<&str>::new(), "{out}");
@@ -146,16 +137,7 @@ fn check_before_and_after_install_healthy_and_broken_each_way() {
     assert!(report["checks"].as_array().unwrap().len() >= 14);
     let restore = || {
         api.kubectl_ok(&["apply", "-f", "-"], Some(&manifest));
-        api.kubectl_ok(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/authorizationpolicies.warden.dev",
-                "crd/meshpolicies.warden.dev",
-            ],
-            None,
-        );
+        api.wait_crds_established();
         running(api, &ALL_UP, 2);
         let (code, out) = check(api, &[]);
         assert_eq!((code, problems(&out)), (0, vec![]), "{out}");

@@ -474,17 +474,22 @@ impl ApiServer {
         ONCE.call_once(|| {
             let crds = include_str!("../../deploy/kubernetes/base/crds.yaml");
             self.kubectl_ok(&["apply", "-f", "-"], Some(crds));
-            self.kubectl_ok(
-                &[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=60s",
-                    "crd/authorizationpolicies.warden.dev",
-                    "crd/meshpolicies.warden.dev",
-                ],
-                None,
-            );
+            self.wait_crds_established();
         });
+    }
+
+    /// Waits (60 s at most) until Warden's CRDs are established, as `kubectl wait` does.
+    pub fn wait_crds_established(&self) {
+        self.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/authorizationpolicies.warden.dev",
+                "crd/meshpolicies.warden.dev",
+            ],
+            None,
+        );
     }
 
     /// The last `n` lines of the server's log.
