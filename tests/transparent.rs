@@ -61,55 +61,65 @@ fn mesh(lab: &mut Lab) {
     )
     .unwrap();
     for (pod, _) in &PODS[..2] {
-        let out = lab.warden_in(pod, &["init"]);
-        assert!(
-            out.status.success(),
-            "warden init: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let env = [
-            (
-                "WARDEN_IDENTITY_URL",
-                "https://10.213.0.254:7150".to_string(),
-            ),
-            (
-                "WARDEN_IDENTITY_TOKEN_FILE",
-                lab.path(&format!("{pod}.token")).display().to_string(),
-            ),
-            (
-                "WARDEN_TRUST_BUNDLE",
-                lab.path("ca/bundle.crt").display().to_string(),
-            ),
-            ("WARDEN_POD_NAMESPACE", "test".to_string()),
-            ("WARDEN_POD_SERVICE_ACCOUNT", pod.to_string()),
-            ("WARDEN_TRANSPARENT", "true".to_string()),
-            // The pods are meshed; the switch (10.213.0.254) is outside: egress.
-            (
-                "WARDEN_MESH_NETWORKS",
-                "10.213.0.0/29,fd00:213::/120".to_string(),
-            ),
+        let extra = [
             (
                 "WARDEN_POLICY_DIR",
                 lab.path("policies").display().to_string(),
             ),
             ("WARDEN_AUDIT_LOG", "off".to_string()),
-            ("WARDEN_LOG", "info".to_string()),
             // A takes plaintext callers too (permissive); B is strict, the default.
             (
                 "WARDEN_INBOUND_MODE",
                 if *pod == "a" { "permissive" } else { "strict" }.to_string(),
             ),
         ];
-        let uid = [
-            "setpriv",
-            "--reuid",
-            "2626",
-            "--regid",
-            "2626",
-            "--clear-groups",
-        ];
-        lab.spawn(pod, &uid, &["proxy"], &env, "proxy ready");
+        sidecar(lab, pod, &extra);
     }
+}
+
+/// `warden init` in `pod`, then its proxy as UID 2626 with the token `<pod>.token`, the
+/// mesh's settings and `extra` (policies, audit log, inbound mode).
+fn sidecar(lab: &mut Lab, pod: &str, extra: &[(&str, String)]) -> usize {
+    let out = lab.warden_in(pod, &["init"]);
+    assert!(
+        out.status.success(),
+        "warden init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut env = vec![
+        (
+            "WARDEN_IDENTITY_URL",
+            "https://10.213.0.254:7150".to_string(),
+        ),
+        (
+            "WARDEN_IDENTITY_TOKEN_FILE",
+            lab.path(&format!("{pod}.token")).display().to_string(),
+        ),
+        (
+            "WARDEN_TRUST_BUNDLE",
+            lab.path("ca/bundle.crt").display().to_string(),
+        ),
+        ("WARDEN_POD_NAMESPACE", "test".to_string()),
+        ("WARDEN_POD_SERVICE_ACCOUNT", pod.to_string()),
+        ("WARDEN_POD_NAME", format!("{pod}-1")),
+        ("WARDEN_TRANSPARENT", "true".to_string()),
+        // The pods are meshed; the switch (10.213.0.254) is outside: egress.
+        (
+            "WARDEN_MESH_NETWORKS",
+            "10.213.0.0/29,fd00:213::/120".to_string(),
+        ),
+        ("WARDEN_LOG", "info".to_string()),
+    ];
+    env.extend(extra.iter().cloned());
+    let uid = [
+        "setpriv",
+        "--reuid",
+        "2626",
+        "--regid",
+        "2626",
+        "--clear-groups",
+    ];
+    lab.spawn(pod, &uid, &["proxy"], &env, "proxy ready")
 }
 
 fn nat_rules(lab: &Lab, pod: &str, tool: &str) -> String {
@@ -385,4 +395,100 @@ fn init_fails_closed_when_a_pod_with_global_ipv6_cannot_get_ipv6_rules() {
     assert!(stderr.contains("no IPv6 rules"), "{stderr}");
     let v4 = output(&["ip", "netns", "exec", &ns, "iptables-save", "-t", "nat"]);
     assert!(v4.contains("WARDEN_INBOUND"), "{v4}");
+}
+
+#[test]
+fn policies_suggested_from_the_netns_mesh_allow_what_was_seen_and_deny_a_new_caller() {
+    if !runnable() {
+        return;
+    }
+    let mut lab = Lab::new();
+    lab.identity_service();
+    for (pod, _) in &PODS[..3] {
+        let token = lab.join_token(&format!("spiffe://cluster.local/ns/test/sa/{pod}"));
+        std::fs::copy(token, lab.path(&format!("{pod}.token"))).unwrap();
+    }
+    // B is observed under the audit default: everything is let through and recorded, in
+    // a file its proxy (UID 2626) appends to; /admin is refused by a DENY policy.
+    let policies = lab.path("policies-b");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("deny.yaml"),
+        "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin, namespace: test}\nspec: {action: DENY, rules: [{to: {paths: [\"/admin*\"]}}]}\n",
+    )
+    .unwrap();
+    let log = lab.path("b-audit.log");
+    std::fs::write(&log, "").unwrap();
+    run(&["chown", "2626:2626", log.to_str().unwrap()]);
+    for (pod, _) in &PODS[..3] {
+        let mut extra = vec![("WARDEN_AUDIT_LOG", "off".to_string())];
+        if *pod == "b" {
+            extra = vec![
+                ("WARDEN_AUDIT_LOG", log.display().to_string()),
+                ("WARDEN_DEFAULT_POLICY", "audit".to_string()),
+                ("WARDEN_POLICY_DIR", policies.display().to_string()),
+            ];
+        }
+        sidecar(&mut lab, pod, &extra);
+    }
+    let app = format!("{}:8080", pod_v4(2));
+    http_app(&lab.ns("b"), app.clone(), Arc::new(AtomicUsize::new(0)));
+    let status = |pod: &str, path: &str| -> String {
+        http_get(&lab.ns(pod), &app, path)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    // The observed period: A reads two orders and is refused /admin.
+    for (path, want) in [
+        ("/api/orders/1", " 200"),
+        ("/api/orders/2", " 200"),
+        ("/admin/users", " 403"),
+    ] {
+        assert!(status("a", path).contains(want), "{path}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&log)
+        .unwrap()
+        .matches("\"type\":\"decision\"")
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the decisions were not recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let out = lab.warden(&[
+        "policy",
+        "suggest",
+        "--trust-bundle",
+        "ca/bundle.crt",
+        "--path-depth",
+        "2",
+        "--action",
+        "allow",
+        log.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 policies from 2 of 3 decision records"),
+        "{stderr}"
+    );
+    std::fs::write(policies.join("suggested.yaml"), &out.stdout).unwrap();
+
+    // Enforced: A keeps what it did (and the next order), C, never seen, is refused, and so
+    // is a path A never used.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !status("c", "/api/orders/1").contains(" 403") {
+        assert!(
+            Instant::now() < deadline,
+            "the suggested policy never took effect"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(status("a", "/api/orders/3").contains(" 200"));
+    assert!(status("a", "/api/reports").contains(" 403"));
+    assert!(status("a", "/admin/users").contains(" 403"));
 }

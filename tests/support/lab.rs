@@ -60,7 +60,13 @@ impl Lab {
 
     /// A switch namespace with a bridge, and pods a, b, c each on a veth to it.
     pub fn new() -> Self {
-        let tag = format!("wd{}", std::process::id() % 100_000);
+        // Unique per lab: a test binary's labs run side by side.
+        static LABS: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!(
+            "wd{}{}",
+            std::process::id() % 100_000,
+            LABS.fetch_add(1, Ordering::SeqCst)
+        );
         let dir = tempfile::tempdir().unwrap();
         // The proxy runs as UID 2626: it must be able to read and execute what it needs.
         std::fs::set_permissions(
