@@ -121,7 +121,7 @@ async fn client(args: &Args) -> anyhow::Result<(Client, String)> {
 }
 
 /// What install creates: `(verb, group, resource, namespaced)`.
-const INSTALL_PERMISSIONS: [(&str, &str, &str, bool); 12] = [
+const INSTALL_PERMISSIONS: [(&str, &str, &str, bool); 14] = [
     (
         "create",
         "apiextensions.k8s.io",
@@ -141,6 +141,8 @@ const INSTALL_PERMISSIONS: [(&str, &str, &str, bool); 12] = [
         "clusterrolebindings",
         false,
     ),
+    ("create", "rbac.authorization.k8s.io", "roles", true),
+    ("create", "rbac.authorization.k8s.io", "rolebindings", true),
     ("create", "", "namespaces", false),
     ("create", "apps", "deployments", true),
     ("create", "", "secrets", true),
@@ -325,11 +327,15 @@ async fn gather(args: &Args) -> anyhow::Result<Facts> {
         secrets.get_opt("warden-identity-ca").await,
         &mut facts,
     ) {
-        facts.issuer = secret_file(&ca, warden_identity::ca::ISSUER_CERT)
+        // Warden's key names, or cert-manager's when it issues the mesh issuer (Helm).
+        let either = |ours: &str, cert_manager: &str| {
+            secret_file(&ca, ours).or_else(|| secret_file(&ca, cert_manager))
+        };
+        facts.issuer = either(warden_identity::ca::ISSUER_CERT, "tls.crt")
             .and_then(|pem| certs(&pem, "issuer.crt"))
             .and_then(|c| c.into_iter().next());
         facts.ca_bundle =
-            secret_file(&ca, warden_identity::ca::BUNDLE).and_then(|pem| certs(&pem, "bundle.crt"));
+            either(warden_identity::ca::BUNDLE, "ca.crt").and_then(|pem| certs(&pem, "bundle.crt"));
     }
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), system);
     if let Some(anchors) = readable(

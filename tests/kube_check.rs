@@ -105,7 +105,7 @@ fn check_before_and_after_install_healthy_and_broken_each_way() {
     let (code, out) = check(api, &["--pre"]);
     assert_eq!(code, 0, "{out}");
     assert!(
-        out.contains("ok   permissions to install: all 12 permissions granted"),
+        out.contains("ok   permissions to install: all 14 permissions granted"),
         "{out}"
     );
     assert!(out.contains("ok   no installation yet"), "{out}");

@@ -3,7 +3,7 @@
 //! stdout; `warden policy suggest` turns them into policies which, enforced, allow every
 //! recorded request and refuse a new caller and what the callers never did; `warden policy
 //! diff --against` the same records shows nothing newly denied; a tampered collection is
-//! refused.
+//! refused, and a forged chain no checkpoint vouches for is not used.
 
 #[path = "support/apiserver.rs"]
 mod apiserver;
@@ -15,6 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use mesh::{eventually, Collected, Identity, Proxy};
+use warden_core::audit::{parse_line, Entry};
 
 const BACKEND: &str = "spiffe://cluster.local/ns/shop/sa/backend";
 const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
@@ -125,11 +126,19 @@ fn suggested_policies_enforced_allow_what_was_seen_and_refuse_the_rest() {
             .filter(|l| l.starts_with("{\"type\":\"decision\""))
             .count()
     };
-    let lines = eventually("every decision recorded", || {
+    // Every decision, and a signed checkpoint after the last (what vouches for them).
+    let lines = eventually("every decision recorded and vouched for", || {
         let lines = collected.lock().unwrap().clone();
-        (decisions(&lines) == OBSERVED.len())
+        let last_decision = lines
+            .iter()
+            .rposition(|l| l.starts_with("{\"type\":\"decision\""));
+        let last_checkpoint = lines
+            .iter()
+            .rposition(|l| l.starts_with("{\"type\":\"checkpoint\""));
+        let seen = decisions(&lines);
+        (seen == OBSERVED.len() && last_checkpoint > last_decision)
             .then_some(lines)
-            .ok_or_else(|| format!("{} decisions", decisions(&collected.lock().unwrap())))
+            .ok_or_else(|| format!("{seen} decisions"))
     });
     let log = identity.dir.path().join("collected.log");
     std::fs::write(&log, lines.join("\n") + "\n").unwrap();
@@ -150,7 +159,7 @@ fn suggested_policies_enforced_allow_what_was_seen_and_refuse_the_rest() {
         err.contains("1 policies from 5 of 6 decision records; 1 left out: denied when recorded"),
         "{err}"
     );
-    assert!(yaml.contains("name: backend-suggested"), "{yaml}");
+    assert!(yaml.contains("name: \"backend-suggested\""), "{yaml}");
     assert!(yaml.contains("\"/api/orders/*\""), "{yaml}");
     std::fs::write(dir.join("suggested.yaml"), &yaml).unwrap();
 
@@ -170,6 +179,43 @@ fn suggested_policies_enforced_allow_what_was_seen_and_refuse_the_rest() {
     assert!(yaml_forged.is_empty());
     assert!(
         err.contains("error: the records were tampered with"),
+        "{err}"
+    );
+
+    // A chain written by someone with the log store but not the proxy's key (hash-linked,
+    // no checkpoint) is not tampering, but nothing vouches for it: none of it is used.
+    let mut forged_chain = lines.clone();
+    let (mut epoch, mut decision) = (None, None);
+    for line in &lines {
+        match parse_line(line).map(|(e, _)| e) {
+            Ok(Entry::Epoch(e)) if epoch.is_none() => epoch = Some(Entry::Epoch(e)),
+            Ok(Entry::Decision(d)) if decision.is_none() => decision = Some(d),
+            _ => {}
+        }
+    }
+    let chain = "shop/evil-1/1-forged";
+    let mut epoch = epoch.unwrap();
+    epoch.link(chain, 0, warden_core::audit::GENESIS);
+    let (epoch_line, epoch_hash) = epoch.to_line();
+    let mut decision = decision.unwrap();
+    decision.client = Some(INTRUDER.to_string());
+    decision.path = Some("/api/export".to_string());
+    let mut decision = Entry::Decision(decision);
+    decision.link(chain, 1, &epoch_hash);
+    forged_chain.push(epoch_line);
+    forged_chain.push(decision.to_line().0);
+    let forged = identity.dir.path().join("forged-chain.log");
+    std::fs::write(&forged, forged_chain.join("\n") + "\n").unwrap();
+    let (code, yaml_forged, err) = policy(&[
+        "suggest",
+        "--trust-bundle",
+        bundle.to_str().unwrap(),
+        forged.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!yaml_forged.contains(INTRUDER), "{yaml_forged}");
+    assert!(
+        err.contains("1 left out: not vouched for by a signed checkpoint"),
         "{err}"
     );
 

@@ -30,7 +30,8 @@ pub struct SuggestArgs {
     /// recorded with `log_allowed: true` or under an AUDIT policy or the audit default.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Verify the records first with this trust bundle; tampered records are refused.
+    /// Verify the records first with this trust bundle: a tampered collection is refused, and
+    /// only records a valid signed checkpoint vouches for are used.
     #[arg(long)]
     trust_bundle: Option<PathBuf>,
     /// The trust domain the bundle anchors.
@@ -51,24 +52,31 @@ pub struct SuggestArgs {
 /// Prints suggested policies for the records of `args.files`.
 pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
     let inputs = read_inputs(&args.files)?;
+    let (mut records, unreadable) = verify::decisions(&inputs);
+    let mut not_vouched = 0;
     match &args.trust_bundle {
         Some(bundle) => {
             let report = verify_inputs(&inputs, args.trust_domain.clone(), bundle)?;
-            match report.status {
-                Status::Tampered => anyhow::bail!(
+            if report.status == Status::Tampered {
+                anyhow::bail!(
                     "the records were tampered with (see `warden audit verify`); no policy is suggested from them"
-                ),
-                Status::Unverified => eprintln!(
-                    "warning: some records are not vouched for by a signed checkpoint yet (see `warden audit verify`)"
-                ),
-                Status::Verified => {}
+                );
             }
+            // Only what a valid signed checkpoint vouches for: a chain without one, or the
+            // tail after its last, could have been written by anyone with the log store.
+            let vouched = |chain: &str, seq: u64| {
+                report.chains.iter().any(|c| {
+                    c.chain == chain && c.verified.iter().any(|(a, b)| (*a..=*b).contains(&seq))
+                })
+            };
+            let before = records.len();
+            records.retain(|r| vouched(&r.chain, r.seq));
+            not_vouched = before - records.len();
         }
         None => eprintln!(
-            "warning: the records are not verified (give --trust-bundle to check them first)"
+            "warning: the records are not verified (give --trust-bundle to use only what signed checkpoints vouch for)"
         ),
     }
-    let (records, unreadable) = verify::decisions(&inputs);
     if records.is_empty() {
         anyhow::bail!(
             "no decision records in {} (allowed requests are recorded with `log_allowed: true`, or under an AUDIT policy or the audit default)",
@@ -89,6 +97,9 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
     };
     let suggestion = suggest::suggest(&records, &options);
     warden_proxy::cli::print(&suggest::to_yaml(&suggestion));
+    for note in &suggestion.notes {
+        eprintln!("note: {note}");
+    }
     let mut summary = format!(
         "{} policies from {} of {} decision records",
         suggestion.policies.len(),
@@ -97,6 +108,11 @@ pub fn suggest(args: SuggestArgs) -> anyhow::Result<ExitCode> {
     );
     for (why, count) in &suggestion.skipped {
         summary.push_str(&format!("; {count} left out: {why}"));
+    }
+    if not_vouched > 0 {
+        summary.push_str(&format!(
+            "; {not_vouched} left out: not vouched for by a signed checkpoint (yet)"
+        ));
     }
     if unreadable > 0 {
         summary.push_str(&format!("; {unreadable} lines were not audit records"));

@@ -108,6 +108,14 @@ impl Case {
 /// Reads a case file; errors name the file, the field and the problem.
 pub fn parse(text: &str, source: &str) -> Result<CaseFile, YamlError> {
     let file: CaseFile = yaml::from_str(text, source)?;
+    if file.cases.is_empty() {
+        // A gate that tests nothing must not pass.
+        return Err(YamlError {
+            source: source.to_string(),
+            field: "cases".into(),
+            message: "no cases: give at least one".into(),
+        });
+    }
     for (i, case) in file.cases.iter().enumerate() {
         let bad = |field: &str, message: &str| YamlError {
             source: source.to_string(),
@@ -339,6 +347,7 @@ cases:
                 "unknown field `extra`",
             ),
             ("default: sometimes\ncases: []", "field default"),
+            ("cases: []", "field cases: no cases"),
         ];
         for (text, want) in cases {
             let got = parse(text, "cases.yaml").unwrap_err().to_string();

@@ -56,7 +56,8 @@ pub const MAX_PROBES: usize = 2_000_000;
 const OTHER: &str = "warden-diff-other";
 
 /// Representative requests for the values `sets` name, within `trust_domain`: per
-/// namespace a policy protects, each ServiceAccount its selectors name and one other; as
+/// namespace a policy protects (and one no policy names), each ServiceAccount its selectors
+/// name and one other; as
 /// callers, every identity named (patterns instantiated), one per namespace named, the
 /// workloads themselves, an unknown one, a foreign trust domain's and an unauthenticated
 /// one; every port named and one other; every method and path named (patterns
@@ -84,6 +85,8 @@ pub fn probes(trust_domain: &str, sets: &[&[AuthorizationPolicy]]) -> Result<Vec
             workloads.extend(id(ns, sa));
         }
     }
+    // And a namespace no policy names: where only the mesh default decides.
+    namespaces.insert(OTHER.to_string());
     for ns in &namespaces {
         workloads.extend(id(ns, OTHER));
     }
@@ -462,6 +465,30 @@ spec:
                 "port 8080 GET /api/reports: deny by no-match -> allow by shop/backend (9 requests)",
             ]
         );
+    }
+
+    #[test]
+    fn a_changed_mesh_default_alone_is_a_change() {
+        let requests = probes("cluster.local", &[&[], &[]]).unwrap();
+        assert!(!requests.is_empty());
+        let decide = |default| {
+            let set = PolicySet::new(Vec::new());
+            move |p: &Probe| {
+                let request = Request {
+                    client: p.client.as_ref(),
+                    port: p.port,
+                    http: p.http.as_ref().map(|(m, p)| (m.as_str(), p.as_str())),
+                };
+                set.evaluate(&Workload::from_id(&p.workload), &request, default)
+            }
+        };
+        let report = compare(
+            requests.into_iter().map(|p| (p, 1)),
+            decide(DefaultPolicy::AllAuthenticated),
+            decide(DefaultPolicy::Deny),
+        );
+        assert!(report.count(Kind::NewlyDenied) > 0);
+        assert_eq!(report.count(Kind::NewlyAllowed), 0);
     }
 
     #[test]

@@ -6,9 +6,9 @@
 //! sidecar stays the precise check. Pods are selected by the label the injector sets to
 //! their ServiceAccount ([`SERVICE_ACCOUNT_LABEL`]); namespaces by the
 //! `kubernetes.io/metadata.name` label the API server sets. The proxy's admin port stays
-//! open to every source (kubelet probes, Prometheus scrapes). DENY and AUDIT policies and
-//! MeshPolicies are not mirrored: the first only narrow, AUDIT never denies, and a mesh-wide
-//! allow-list would need every meshed namespace listed.
+//! open to every source (kubelet probes, Prometheus scrapes). A MeshPolicy's ALLOW rules join
+//! every object generated (they apply to every workload). DENY and AUDIT policies are not
+//! mirrored: the first only narrow, AUDIT never denies.
 
 use std::collections::BTreeSet;
 
@@ -55,32 +55,54 @@ pub fn generate(
 ) -> (Vec<Generated>, Vec<String>) {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
+    // A MeshPolicy's ALLOW rules apply to every workload: they join every object generated
+    // (its namespace selector widens to all: never narrower).
+    let mesh_allow: Vec<&AuthorizationPolicy> = policies
+        .iter()
+        .filter(|p| p.metadata.mesh && p.spec.action == Action::Allow)
+        .collect();
     for policy in policies {
         let id = policy.id();
-        if policy.metadata.mesh {
-            skipped.push(format!(
-                "{id}: a MeshPolicy is not mirrored (it protects every namespace)"
-            ));
-            continue;
-        }
-        let mut selected = policy
-            .spec
-            .selector
-            .iter()
-            .flat_map(|s| &s.service_accounts);
-        if let Some(long) = selected.find(|sa| !is_label_value(sa)) {
-            skipped.push(format!("{id}: ServiceAccount {long:?} is too long for a label, so its pods cannot be selected"));
-            continue;
-        }
         match policy.spec.action {
-            Action::Allow => out.push(mirror(policy, options)),
-            Action::Deny => skipped.push(format!(
-                "{id}: DENY policies only narrow what is allowed; the sidecar enforces them"
-            )),
-            Action::Audit => skipped.push(format!(
-                "{id}: AUDIT policies never deny; apply them as ALLOW to mirror them"
-            )),
+            Action::Deny => {
+                skipped.push(format!(
+                    "{id}: DENY policies only narrow what is allowed; the sidecar enforces them"
+                ));
+                continue;
+            }
+            Action::Audit => {
+                skipped.push(format!(
+                    "{id}: AUDIT policies never deny; apply them as ALLOW to mirror them"
+                ));
+                continue;
+            }
+            Action::Allow if policy.metadata.mesh => {
+                skipped.push(format!(
+                    "{id}: its rules are added to every NetworkPolicy generated (a mesh-wide allow-list has no object of its own)"
+                ));
+                continue;
+            }
+            Action::Allow => {}
         }
+        // Pods of a ServiceAccount whose name is too long for a label carry none: the
+        // policy is mirrored for the others.
+        let mut policy = policy.clone();
+        if let Some(selector) = &mut policy.spec.selector {
+            let (valid, long): (Vec<String>, Vec<String>) = selector
+                .service_accounts
+                .drain(..)
+                .partition(|sa| is_label_value(sa));
+            if !long.is_empty() {
+                skipped.push(format!(
+                    "{id}: ServiceAccount(s) {long:?} too long for a label: their pods cannot be selected"
+                ));
+            }
+            if valid.is_empty() {
+                continue;
+            }
+            selector.service_accounts = valid;
+        }
+        out.push(mirror(&policy, &mesh_allow, options));
     }
     (out, skipped)
 }
@@ -155,20 +177,37 @@ fn tcp_ports(ports: &[u16]) -> Value {
     )
 }
 
-fn mirror(policy: &AuthorizationPolicy, options: &Options) -> Generated {
+fn mirror(
+    policy: &AuthorizationPolicy,
+    mesh_allow: &[&AuthorizationPolicy],
+    options: &Options,
+) -> Generated {
     let mut notes = Vec::new();
     let mut ingress: Vec<Value> = vec![json!({"ports": tcp_ports(&[options.admin_port])})];
     let mut seen = BTreeSet::new();
-    for (i, rule) in policy.spec.rules.iter().enumerate() {
+    let own = policy
+        .spec
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (format!("rule {i}"), r));
+    let mesh = mesh_allow.iter().flat_map(|m| {
+        m.spec
+            .rules
+            .iter()
+            .enumerate()
+            .map(move |(i, r)| (format!("{} rule {i}", m.id()), r))
+    });
+    for (i, rule) in own.chain(mesh) {
         let (from, widened) = sources(rule, &options.trust_domain);
         if widened {
             notes.push(format!(
-                "rule {i}: its callers cannot be told apart at L3, any source may connect"
+                "{i}: its callers cannot be told apart at L3, any source may connect"
             ));
         }
         if rule.to.is_http() {
             notes.push(format!(
-                "rule {i}: methods and paths are checked by the sidecar only"
+                "{i}: methods and paths are checked by the sidecar only"
             ));
         }
         let mut entry = json!({});
@@ -317,6 +356,38 @@ mod tests {
     }
 
     #[test]
+    fn mesh_allow_rules_join_every_object_and_long_names_are_left_out_alone() {
+        let mut mesh = policy(
+            r#"{action: ALLOW, rules: [{from: {namespaces: [monitoring]}, to: {ports: [9090]}}]}"#,
+        );
+        mesh.metadata.mesh = true;
+        mesh.metadata.name = "scrapes".into();
+        let long = "a".repeat(64);
+        let own = policy(&format!(
+            r#"{{selector: {{serviceAccounts: [backend, {long}]}}, action: ALLOW, rules: [{{to: {{ports: [8080]}}}}]}}"#
+        ));
+        let (out, skipped) = generate(&[own, mesh], &Options::default());
+        assert_eq!(out.len(), 1);
+        let object = &out[0].object;
+        assert_eq!(
+            object["spec"]["podSelector"]["matchExpressions"][0]["values"],
+            json!(["backend"])
+        );
+        let ingress = object["spec"]["ingress"].as_array().unwrap();
+        assert!(ingress.contains(&json!({"from": [peer("monitoring", None)], "ports": [{"port": 9090, "protocol": "TCP"}]})), "{ingress:?}");
+        assert!(
+            skipped.iter().any(|s| s.contains("too long for a label")),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.starts_with("MeshPolicy/scrapes: its rules are added")),
+            "{skipped:?}"
+        );
+    }
+
+    #[test]
     fn workloads_admin_port_and_what_is_not_mirrored() {
         let allow = policy(
             r#"{selector: {serviceAccounts: [backend, api]}, action: ALLOW, rules: [{to: {ports: [8080], paths: ["/api/*"]}}, {to: {ports: [8080], paths: ["/v2/*"]}}]}"#,
@@ -332,7 +403,8 @@ mod tests {
         assert_eq!(skipped.len(), 3, "{skipped:?}");
         assert!(skipped[0].starts_with("shop/no-ssh: DENY"));
         assert!(skipped[1].starts_with("shop/trial: AUDIT"));
-        assert!(skipped[2].starts_with("MeshPolicy/backend: a MeshPolicy"));
+        assert!(skipped[2]
+            .starts_with("MeshPolicy/backend: its rules are added to every NetworkPolicy"));
         let first = &out[0].object;
         assert_eq!(first["metadata"]["name"], "warden-backend");
         assert_eq!(

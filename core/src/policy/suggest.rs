@@ -84,6 +84,8 @@ pub struct Suggestion {
     pub used: u64,
     /// Records left out, counted by reason.
     pub skipped: BTreeMap<String, u64>,
+    /// Where a rule had to allow more than was seen, and why.
+    pub notes: Vec<String>,
 }
 
 /// A caller, as a rule names it.
@@ -94,8 +96,14 @@ enum Caller {
     Unauthenticated,
 }
 
-/// What was called on a port: opaque TCP, or an HTTP path (pattern) with its methods.
-type PathKey = Option<String>;
+/// What was called on a port: opaque TCP, an HTTP path (pattern) with its methods, or
+/// anything (a port that carried both: see [`widen_mixed_ports`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum PathKey {
+    Opaque,
+    Path(String),
+    Any,
+}
 
 /// The path as a rule writes it: generalized to `depth` segments, and never a pattern by
 /// accident (a `*` inside a recorded path makes it a prefix up to the `*`, a superset).
@@ -177,13 +185,13 @@ pub fn suggest(records: &[AuditRecord], options: &Options) -> Suggestion {
         }
         let (path, method) = match (&record.method, &record.path) {
             (Some(method), Some(path)) => match method_token(method) {
-                Some(m) => (Some(path_pattern(path, options.path_depth)), m),
+                Some(m) => (PathKey::Path(path_pattern(path, options.path_depth)), m),
                 None => {
                     skip("method cannot be written in a policy");
                     continue;
                 }
             },
-            _ => (None, String::new()),
+            _ => (PathKey::Opaque, String::new()),
         };
         let seen = workloads.entry((namespace, sa)).or_default();
         seen.entry((caller, record.port, path))
@@ -191,9 +199,14 @@ pub fn suggest(records: &[AuditRecord], options: &Options) -> Suggestion {
             .entry(method)
             .or_default()
             .add(&Coverage::seen(&record.time));
-        suggestion.used += 1;
     }
     for ((namespace, sa), seen) in workloads {
+        let requests: u64 = seen
+            .values()
+            .flat_map(|m| m.values())
+            .map(|c| c.requests)
+            .sum();
+        let seen = widen_mixed_ports(seen, &format!("{namespace}/{sa}"), &mut suggestion.notes);
         let (rules, coverage): (Vec<Rule>, Vec<Coverage>) = rules(seen).into_iter().unzip();
         let spec = Spec {
             selector: Some(Selector {
@@ -204,17 +217,54 @@ pub fn suggest(records: &[AuditRecord], options: &Options) -> Suggestion {
         };
         let name = format!("{sa}-suggested");
         match AuthorizationPolicy::checked(name, namespace, false, spec) {
-            Ok(policy) => suggestion.policies.push(Suggested { policy, coverage }),
-            // Never expected (every part was checked above); fail closed all the same.
+            Ok(policy) => {
+                suggestion.used += requests;
+                suggestion.policies.push(Suggested { policy, coverage })
+            }
+            // A ServiceAccount name too long for `<name>-suggested`, say: fail closed.
             Err((field, why)) => {
                 *suggestion
                     .skipped
                     .entry(format!("suggested policy invalid: {field}: {why}"))
-                    .or_default() += 1
+                    .or_default() += requests
             }
         }
     }
     suggestion
+}
+
+/// A port that carried opaque TCP and HTTP (from any callers) is allowed whole: an ALLOW rule
+/// with HTTP fields refuses opaque TCP on its port (so a connection cannot dodge it by not
+/// looking like HTTP), which would refuse the TCP that was seen. Says so in `notes`.
+fn widen_mixed_ports(seen: Seen, workload: &str, notes: &mut Vec<String>) -> Seen {
+    let ports = |opaque: bool| -> BTreeSet<u16> {
+        seen.keys()
+            .filter(|(_, _, t)| (*t == PathKey::Opaque) == opaque)
+            .map(|(_, port, _)| *port)
+            .collect()
+    };
+    let mixed: BTreeSet<u16> = ports(true).intersection(&ports(false)).copied().collect();
+    for port in &mixed {
+        notes.push(format!(
+            "{workload} port {port} carried both HTTP and opaque TCP: allowed for any request there"
+        ));
+    }
+    let mut out = Seen::new();
+    for ((caller, port, target), methods) in seen {
+        if mixed.contains(&port) {
+            let any = out
+                .entry((caller, port, PathKey::Any))
+                .or_default()
+                .entry(String::new())
+                .or_default();
+            for coverage in methods.values() {
+                any.add(coverage);
+            }
+        } else {
+            out.insert((caller, port, target), methods);
+        }
+    }
+    out
 }
 
 /// The methods seen, as a rule's `methods` (empty set: opaque TCP).
@@ -275,11 +325,18 @@ fn rules(seen: Seen) -> Vec<(Rule, Coverage)> {
                     Caller::Unauthenticated => from.unauthenticated = true,
                 }
             }
-            let paths: Vec<String> = paths.into_iter().flatten().collect();
+            let opaque = paths.iter().all(|t| *t == PathKey::Opaque);
+            let paths: Vec<String> = paths
+                .into_iter()
+                .filter_map(|t| match t {
+                    PathKey::Path(p) => Some(p),
+                    PathKey::Opaque | PathKey::Any => None,
+                })
+                .collect();
             let to = To {
                 ports: Some(ports.into_iter().collect()),
                 methods: (!methods.is_empty()).then(|| methods.into_iter().collect()),
-                opaque: paths.is_empty(),
+                opaque,
                 paths: (!paths.is_empty()).then_some(paths),
             };
             (Rule { from, to }, coverage)
@@ -305,7 +362,10 @@ pub fn to_yaml(suggestion: &Suggestion) -> String {
         ));
         out.push_str(&format!(
             "apiVersion: {}\nkind: {}\nmetadata:\n  name: {}\n  namespace: {}\nspec:\n",
-            policy.api_version, policy.kind, policy.metadata.name, policy.metadata.namespace
+            policy.api_version,
+            policy.kind,
+            flow_item(&policy.metadata.name),
+            flow_item(&policy.metadata.namespace)
         ));
         if let Some(selector) = &policy.spec.selector {
             out.push_str(&format!(
@@ -370,11 +430,13 @@ pub fn to_yaml(suggestion: &Suggestion) -> String {
 
 /// A YAML flow sequence of strings, each double-quoted (JSON strings are YAML scalars).
 fn flow(items: &[String]) -> String {
-    let quoted: Vec<String> = items
-        .iter()
-        .map(|s| serde_json::to_string(s).unwrap_or_default())
-        .collect();
+    let quoted: Vec<String> = items.iter().map(|s| flow_item(s)).collect();
     format!("[{}]", quoted.join(", "))
+}
+
+/// A string as a double-quoted YAML scalar (`yes`, `null` and the like stay strings).
+fn flow_item(item: &str) -> String {
+    serde_json::to_string(item).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -623,6 +685,53 @@ mod tests {
             "{yaml}"
         );
         assert!(yaml.contains("action: AUDIT"), "{yaml}");
+    }
+
+    #[test]
+    fn a_port_that_carried_http_and_opaque_tcp_is_allowed_whole() {
+        let b = "ns/shop/sa/backend";
+        let records = vec![
+            record(
+                Some("ns/shop/sa/frontend"),
+                b,
+                9000,
+                Some(("GET", "/x")),
+                "allow",
+            ),
+            record(Some("ns/batch/sa/nightly"), b, 9000, None, "allow"),
+            record(
+                Some("ns/shop/sa/frontend"),
+                b,
+                8080,
+                Some(("GET", "/y")),
+                "allow",
+            ),
+        ];
+        let suggestion = suggest(
+            &records,
+            &Options {
+                action: Action::Allow,
+                ..Options::default()
+            },
+        );
+        assert_eq!(suggestion.notes, ["shop/backend port 9000 carried both HTTP and opaque TCP: allowed for any request there"]);
+        let set = PolicySet::new(
+            suggestion
+                .policies
+                .iter()
+                .map(|s| s.policy.clone())
+                .collect(),
+        );
+        // Enforced, both kinds of traffic seen on 9000 pass (an HTTP rule there would refuse
+        // the TCP), and 8080 stays HTTP-only.
+        for r in &records {
+            assert!(decide(&set, r), "{r:?}");
+        }
+        assert!(!decide(
+            &set,
+            &record(Some("ns/shop/sa/frontend"), b, 8080, None, "allow")
+        ));
+        assert_eq!(suggestion.used, 3);
     }
 
     #[test]
