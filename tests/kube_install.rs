@@ -24,16 +24,17 @@ fn objects(manifest: &str) -> Vec<(String, Option<String>, String)> {
         .collect()
 }
 
-/// `warden install` in `dir`, where it keeps (and on a later run reuses) its CA.
-fn install(dir: &std::path::Path) -> String {
+/// `warden ARGS` in `dir` (where `install` keeps, and on a later run reuses, its CA): its
+/// stdout, failing the test on a non-zero exit.
+fn warden(args: &[&str], dir: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("install")
+        .args(args)
         .current_dir(dir)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "warden {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
@@ -81,7 +82,7 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
     }
     let api = apiserver::get();
     let ca = tempfile::tempdir().unwrap();
-    let manifest = install(ca.path());
+    let manifest = warden(&["install"], ca.path());
     let objects = objects(&manifest);
     let kinds: Vec<&str> = objects.iter().map(|(k, _, _)| k.as_str()).collect();
     for kind in [
@@ -213,7 +214,7 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
         "the webhook is in force (and fails closed without its injector): {}",
         String::from_utf8_lossy(&refused.stderr)
     );
-    let keep_crds = warden_uninstall(&[]);
+    let keep_crds = warden(&["uninstall"], ca.path());
     api.kubectl_ok(
         &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
         Some(&keep_crds),
@@ -264,21 +265,6 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
     uninstall(api, &objects);
 }
 
-/// `warden uninstall ARGS`: the objects to delete.
-fn warden_uninstall(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("uninstall")
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// `warden uninstall --crds | kubectl delete`, then waits until every object is gone.
 fn uninstall(api: &apiserver::ApiServer, objects: &[(String, Option<String>, String)]) {
     // A CRD deleted before the API server has its instances' storage ready is left stuck
@@ -303,7 +289,7 @@ fn uninstall(api: &apiserver::ApiServer, objects: &[(String, Option<String>, Str
     }
     api.kubectl_ok(
         &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
-        Some(&warden_uninstall(&["--crds"])),
+        Some(&warden(&["uninstall", "--crds"], std::path::Path::new("."))),
     );
     let namespace = objects
         .iter()
