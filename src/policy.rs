@@ -321,7 +321,7 @@ pub fn run(cmd: Command) -> anyhow::Result<ExitCode> {
                 "rule:     {}",
                 decision.rule.map_or("-".to_string(), |r| r.to_string())
             );
-            println!("reason:   {}", decision.reason);
+            println!("reason:   {}", decision.reason());
             if let Some(audit) = &decision.audit {
                 println!("audit:    would be denied by {}", audit.policies.join(", "));
             }

@@ -26,6 +26,10 @@ Scenarios, each run for every contestant in turn, repeated --runs times:
              connections from wrk -t2; sidecars, app and generator unpinned on both CPUs
              (real pods get more than one core): req/s, p50/p99, CPU per request.
 
+Contestant warden-b is Warden's pair run from another build (`WARDEN_PROXY_B_BIN`), interleaved
+with warden in the same runs: a before/after comparison that the machine's drift between runs
+does not blur.
+
 Contestant warden-audit-all is Warden's pair with every decision audited (allows included,
 JSON lines on the server sidecar's stdout, signed checkpoints every 1,000 records or 10 s), to
 compare with warden (deny-only auditing, the default; nothing is denied in this load).
@@ -52,6 +56,8 @@ WARDEN = os.path.join(ROOT, "target", "release", "warden")
 # The sidecars run the sidecar image's slim binary (`cargo build --release -p warden-proxy`).
 # WARDEN_PROXY_BIN runs another build of it instead (before/after comparisons).
 WARDEN_PROXY = os.environ.get("WARDEN_PROXY_BIN") or os.path.join(ROOT, "target", "release", "warden-proxy")
+# contestant warden-b: another build, for before/after comparisons within one run
+WARDEN_PROXY_B = os.environ.get("WARDEN_PROXY_B_BIN")
 TD = "cluster.local"
 CLIENT_ID = f"spiffe://{TD}/ns/bench/sa/client"
 SERVER_ID = f"spiffe://{TD}/ns/bench/sa/server"
@@ -74,6 +80,8 @@ PORTS = {
     "stunnel": (18104, 18204),
     # Warden with every decision audited (allows included, to stdout): the audit's cost
     "warden-audit-all": (18105, 18205),
+    # Warden from another build (WARDEN_PROXY_B_BIN): before/after in the same run
+    "warden-b": (18106, 18206),
 }
 # the same for opaque TCP to the byte sink (outbound and inbound ports 10 higher)
 TCP_PORTS = {c: (SINK_PORT, None) if c == "direct" else (o + 10, i + 10) for c, (o, i) in PORTS.items()}
@@ -197,6 +205,11 @@ http {{
     def warden_audit_all(self):
         self.warden("warden-audit-all")
 
+    def warden_b(self):
+        if not WARDEN_PROXY_B:
+            sys.exit("contestant warden-b needs WARDEN_PROXY_B_BIN: the other warden-proxy build")
+        self.warden("warden-b")
+
     def warden(self, contestant="warden"):
         """Warden's pair; `warden-audit-all` records every decision (allows too) on the
         server sidecar's stdout, where `warden` records only denials (none in this load)."""
@@ -204,7 +217,8 @@ http {{
         tcp_out, tcp_in = TCP_PORTS[contestant]
         grpc_out, grpc_in = GRPC_PORTS[contestant]
         audit_all = contestant == "warden-audit-all"
-        admin = 17193 if audit_all else 17191
+        admin = {"warden-audit-all": 17193, "warden-b": 17195}.get(contestant, 17191)
+        binary = WARDEN_PROXY_B if contestant == "warden-b" else WARDEN_PROXY
         self.identity()
         os.makedirs(self.path("policies"), exist_ok=True)
         self.write("policies/allow.yaml", f"""apiVersion: warden.dev/v1alpha1
@@ -261,8 +275,8 @@ authorization:
                 with open(config) as f:
                     text = f.read()
                 configs.append(self.write(f"{contestant}-{name}-{threads}.yaml", f"worker_threads: {threads}\n" + text))
-            return [([WARDEN_PROXY, "proxy", "--config", configs[0]], f"{contestant}-client.log", env),
-                    ([WARDEN_PROXY, "proxy", "--config", configs[1]], f"{contestant}-server.log", env)]
+            return [([binary, "proxy", "--config", configs[0]], f"{contestant}-client.log", env),
+                    ([binary, "proxy", "--config", configs[1]], f"{contestant}-server.log", env)]
         self.sidecars(contestant, setup)
 
     def nginx(self):
@@ -758,6 +772,7 @@ def versions():
         return lines[0] if lines else "?"
     return {
         "warden": first([WARDEN_PROXY, "--version"]) + " (slim warden-proxy binary; rustls 0.23, aws-lc-rs; X25519MLKEM768 preferred)",
+        "warden-b": WARDEN_PROXY_B or "-",
         "nginx": first(["nginx", "-v"]),
         "haproxy": first(["haproxy", "-v"]),
         "stunnel": first(["stunnel4", "-version"], "stunnel "),

@@ -3,7 +3,9 @@
 //! (`warden_core::policy`), counts each decision and writes the audit log; tests may plug in
 //! a plain function.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -85,6 +87,23 @@ impl std::fmt::Debug for Authorizer {
     }
 }
 
+thread_local! {
+    /// This proxy's workload, parsed from its SPIFFE ID once rather than on every request.
+    static OWN_WORKLOAD: RefCell<Option<(SpiffeId, Rc<Workload>)>> = const { RefCell::new(None) };
+}
+
+/// The workload `id` names (cached per thread; the ID changes only with a new SVID's).
+fn own_workload(id: &SpiffeId) -> Rc<Workload> {
+    OWN_WORKLOAD.with_borrow_mut(|cached| match cached {
+        Some((cached_id, workload)) if cached_id == id => workload.clone(),
+        _ => {
+            let workload = Rc::new(Workload::from_id(id));
+            *cached = Some((id.clone(), workload.clone()));
+            workload
+        }
+    })
+}
+
 fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -94,7 +113,7 @@ fn now_rfc3339() -> String {
 impl PolicyEngine {
     fn decide(&self, request: &AuthzRequest<'_>, ctx: &AuthzContext<'_>) -> Verdict {
         let set = self.policies.borrow().clone();
-        let workload = Workload::from_id(ctx.workload);
+        let workload = own_workload(ctx.workload);
         let eval = Request {
             client: request.client,
             port: request.port,
@@ -102,15 +121,11 @@ impl PolicyEngine {
         };
         let decision = set.evaluate(&workload, &eval, self.default);
         let label = decision.label();
-        metrics::counter!(
-            "warden_authz_decisions_total",
-            "decision" => label,
-            "policy" => decision.policy_label().to_string()
-        )
-        .increment(1);
+        crate::metrics::authz_decision(label, decision.policy_label());
         if let Some(audit) = &self.audit {
             if label != "allow" || audit.log_allowed {
                 let time = now_rfc3339();
+                let reason = decision.reason();
                 let recorded = audit.record(&DecisionFields {
                     time: &time,
                     direction: "inbound",
@@ -123,7 +138,7 @@ impl PolicyEngine {
                     decision: label,
                     policy: decision.policy.as_deref(),
                     rule: decision.rule,
-                    reason: &decision.reason,
+                    reason: &reason,
                     audit_policies: decision.audit.as_ref().map(|a| a.policies.as_slice()),
                     request_id: Some(ctx.request_id),
                 });

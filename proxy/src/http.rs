@@ -300,15 +300,34 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Removes hop-by-hop headers, and those the `Connection` header names. `TE: trailers` is
 /// kept (gRPC needs it); other `TE` values are dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    // One pass over the few names present finds what to remove, so only present names are
+    // hashed: most messages carry one hop-by-hop header (`Connection`) or none (this runs on
+    // every message at each proxy).
+    let mut te = false;
+    let mut remove: Vec<HeaderName> = Vec::new();
+    {
+        let listed: Vec<&str> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        for name in headers.keys() {
+            if name == header::TE {
+                te = true;
+            } else if HOP_BY_HOP.contains(name)
+                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+            {
+                remove.push(name.clone());
+            }
+        }
+    }
+    for name in &remove {
         headers.remove(name);
+    }
+    if !te {
+        return;
     }
     let te_trailers = headers
         .get(header::TE)
@@ -409,6 +428,23 @@ mod tests {
         let mut h = map(&[("te", "gzip")]);
         strip_hop_by_hop(&mut h);
         assert!(h.is_empty());
+        // No `Connection` header: the other hop-by-hop names still go.
+        let mut h = map(&[
+            ("proxy-connection", "keep-alive"),
+            ("trailer", "grpc-status"),
+            ("proxy-authenticate", "Basic"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["content-length"]);
+        // `TE` named by `Connection` (as HTTP/1.1 asks) still keeps `trailers`.
+        let mut h = map(&[("connection", "TE, X-A"), ("te", "trailers"), ("x-a", "1")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["te"]);
+        let untouched = map(&[("content-type", "text/plain"), ("x-a", "1")]);
+        let mut h = untouched.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, untouched);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! In permissive mode, plaintext from callers without a sidecar is accepted as
 //! unauthenticated (still subject to the hook); in strict mode it is refused.
 
+pub mod app;
 pub mod http;
 
 use std::net::SocketAddr;
@@ -47,15 +48,56 @@ pub enum AppTarget {
 pub struct InboundConn {
     /// The peer's verified identity; `None` for a permissive-mode plaintext caller.
     pub client: Option<SpiffeId>,
-    /// `TLSv1.3/X25519MLKEM768`-style description of the hop, for the app.
-    pub tls: Option<String>,
     /// The caller's address.
     pub peer: SocketAddr,
     /// Where its traffic goes.
     pub target: InboundTarget,
+    /// The app's address as a URI authority, formatted once for all the requests.
+    pub app_authority: ::http::uri::Authority,
+    /// What every request to the app carries about the caller, built once.
+    pub headers: CallerHeaders,
+}
+
+/// The `x-warden-client-id` and `x-warden-tls` values for a connection's requests.
+#[derive(Debug, Default)]
+pub struct CallerHeaders {
+    /// The verified caller (none for an unauthenticated one).
+    pub client_id: Option<::http::HeaderValue>,
+    /// The TLS hop, `TLSv1.3/X25519MLKEM768`-style (none for plaintext).
+    pub tls: Option<::http::HeaderValue>,
 }
 
 impl InboundConn {
+    /// A connection from `peer` for `target` (`None`, logged, in the impossible case that
+    /// the app's address is not a URI authority).
+    pub fn new(
+        client: Option<SpiffeId>,
+        tls: Option<String>,
+        peer: SocketAddr,
+        target: InboundTarget,
+    ) -> Option<Self> {
+        // Cannot fail (an IP and port are a valid authority); a connection, not the proxy,
+        // would end if it did.
+        let app_authority = ::http::uri::Authority::try_from(target.app.to_string()).map_err(
+            |e| tracing::warn!(app = %target.app, error = %e, "app address is not a URI authority"),
+        ).ok()?;
+        let headers = CallerHeaders {
+            client_id: client
+                .as_ref()
+                .and_then(|c| ::http::HeaderValue::from_str(c.as_str()).ok()),
+            tls: tls
+                .as_deref()
+                .and_then(|t| ::http::HeaderValue::from_str(t).ok()),
+        };
+        Some(Self {
+            client,
+            peer,
+            target,
+            app_authority,
+            headers,
+        })
+    }
+
     /// The caller for metrics and logs.
     pub fn client_label(&self) -> &str {
         self.client
@@ -133,12 +175,7 @@ async fn handle(
         .map_or("-".into(), |v| format!("{v:?}").replace('_', "."));
     let tls_desc = format!("{version}/{}", tls::key_exchange_name(conn));
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
-    let inbound = Arc::new(InboundConn {
-        client,
-        tls: Some(tls_desc),
-        peer,
-        target,
-    });
+    let inbound = Arc::new(InboundConn::new(client, Some(tls_desc), peer, target).ok_or(())?);
     match alpn.as_deref() {
         Some(p) if p == ALPN_HTTP2 => {
             http::serve(stream, Protocol::Http2, inbound, shared, run).await
@@ -171,12 +208,7 @@ async fn plaintext(
     run: &RunControl,
 ) -> Result<(), ()> {
     let (protocol, prefix) = read_preface(&mut tcp, shared.config.timeouts.detect).await?;
-    let conn = Arc::new(InboundConn {
-        client: None,
-        tls: None,
-        peer,
-        target,
-    });
+    let conn = Arc::new(InboundConn::new(None, None, peer, target).ok_or(())?);
     let io = PrefixedIo::new(prefix, tcp);
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {

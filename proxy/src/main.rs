@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use warden_proxy::cli;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Warden's sidecar: the per-pod proxy and its interception rules.
 #[derive(Parser)]
 #[command(name = "warden-proxy", version, about, propagate_version = true)]

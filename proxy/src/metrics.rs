@@ -126,7 +126,11 @@ type RequestSeries = (Counter, Histogram);
 
 /// Request series by client, server, direction and status.
 type RequestSeriesIndex =
-    HashMap<Box<str>, HashMap<Box<str>, HashMap<(Direction, u16), RequestSeries>>>;
+    FastMap<Box<str>, FastMap<Box<str>, FastMap<(Direction, u16), RequestSeries>>>;
+
+/// A map with a fast hasher seeded per process: its keys are identities, hashed on every
+/// request (SipHash was ~1,300 instructions per request here, callgrind).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 thread_local! {
     /// The request series' handles, per thread: a request then costs three lookups, not four
@@ -145,11 +149,11 @@ fn request_series<'a>(
     status: u16,
 ) -> Option<&'a RequestSeries> {
     if !clients.contains_key(client_id) {
-        clients.insert(client_id.into(), HashMap::new());
+        clients.insert(client_id.into(), FastMap::default());
     }
     let servers = clients.get_mut(client_id)?;
     if !servers.contains_key(server_id) {
-        servers.insert(server_id.into(), HashMap::new());
+        servers.insert(server_id.into(), FastMap::default());
     }
     let series = servers.get_mut(server_id)?;
     Some(
@@ -176,6 +180,35 @@ fn register_request_series(
         histogram!("warden_request_duration_seconds", &labels[..3]),
     )
 }
+
+/// An authorization decision (`allow`, `deny` or `audit`) and the policy that made it.
+pub fn authz_decision(decision: &'static str, policy: &str) {
+    AUTHZ_SERIES.with_borrow_mut(|policies| {
+        if !policies.contains_key(policy) {
+            policies.insert(policy.into(), Vec::new());
+        }
+        let Some(series) = policies.get_mut(policy) else {
+            return;
+        };
+        match series.iter().find(|(d, _)| *d == decision) {
+            Some((_, counter)) => counter.increment(1),
+            None => {
+                let counter = counter!("warden_authz_decisions_total", "decision" => decision, "policy" => policy.to_string());
+                counter.increment(1);
+                series.push((decision, counter));
+            }
+        }
+    });
+}
+
+thread_local! {
+    /// The decision counters' handles by policy and decision, per thread, as for requests
+    /// (~1,400 instructions a decision otherwise, callgrind). Bounded by the policies seen.
+    static AUTHZ_SERIES: RefCell<AuthzSeriesIndex> = RefCell::default();
+}
+
+/// Decision counters by policy, then by decision.
+type AuthzSeriesIndex = FastMap<Box<str>, Vec<(&'static str, Counter)>>;
 
 /// A TCP connection opened (call [`tcp_closed`] when it ends).
 pub fn tcp_opened(direction: Direction) {

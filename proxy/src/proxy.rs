@@ -17,7 +17,7 @@ use warden_identity::{TrustBundle, TrustStore};
 
 use crate::authz::Authorizer;
 use crate::config::{OutboundRoute, ProxyConfig, RouteProtocol};
-use crate::inbound::{self, http::AppClients, AppTarget, InboundTarget};
+use crate::inbound::{self, app::AppClients, AppTarget, InboundTarget};
 use crate::mesh::MeshConnector;
 use crate::outbound::{self, pool::Pool, Destination, OutboundTarget};
 use crate::shared::{RunControl, Shared};
@@ -363,15 +363,7 @@ pub async fn run(
         outbound_rules,
     });
     let run = RunControl::new(shutdown.clone());
-    {
-        let (shared, shutdown) = (shared.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shared
-                .pool
-                .sweep_until(shared.config.timeouts.idle, shutdown)
-                .await
-        });
-    }
+    tokio::spawn(sweep_idle(shared.clone(), shutdown.clone()));
     let (inbound_count, outbound_count) = (listeners.inbound.len(), listeners.outbound.len());
     for (listener, target) in listeners.inbound {
         tokio::spawn(inbound::serve(
@@ -524,5 +516,20 @@ fn audit_line(status: &crate::audit::AuditStatus) -> String {
             format!("\naudit: {n} records dropped so far (see warden_audit_records_dropped_total)")
         }
         (Some(e), n) => format!("\naudit: writes are failing ({e}); {n} records dropped so far"),
+    }
+}
+
+/// Drops idle and closed pooled connections (to peer proxies and to the apps) every
+/// `idle / 4` (at least each second), until `shutdown`.
+async fn sweep_idle(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let idle = shared.config.timeouts.idle;
+    let period = (idle / 4).max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        shared.pool.sweep(idle);
+        shared.apps.sweep();
     }
 }

@@ -11,7 +11,7 @@ use warden_identity::rotation::Credentials;
 
 use crate::authz::Authorizer;
 use crate::config::ProxyConfig;
-use crate::inbound::http::AppClients;
+use crate::inbound::app::AppClients;
 use crate::mesh::MeshConnector;
 use crate::outbound::pool::Pool;
 

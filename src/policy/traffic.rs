@@ -196,7 +196,7 @@ pub fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
                 allowed: false,
                 policy: None,
                 rule: None,
-                reason: why,
+                why: warden_core::policy::evaluate::Reason::Refused(why),
                 audit: None,
             })
     };

@@ -181,7 +181,7 @@ pub fn check(case: &Case, decision: &Decision) -> Option<String> {
             .rule
             .map(|r| format!(" rule {r}"))
             .unwrap_or_default(),
-        decision.reason
+        decision.reason()
     ))
 }
 

@@ -9,14 +9,13 @@ use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use warden_core::contract::headers;
 use warden_core::policy::path::normalize;
 
+use super::app::AppError;
 use super::InboundConn;
 use crate::authz::{AuthzContext, AuthzRequest, Verdict};
 use crate::config::AppProtocol;
@@ -28,32 +27,6 @@ use crate::http::{
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
 use crate::stall::StreamExecutor;
-
-/// Pooled HTTP clients towards the local app.
-#[derive(Debug, Clone)]
-pub struct AppClients {
-    http1: Client<HttpConnector, ProxyBody>,
-    h2c: Client<HttpConnector, ProxyBody>,
-}
-
-impl AppClients {
-    /// Clients that connect within `connect_timeout` and keep idle connections for `idle`.
-    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let http1 = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(idle)
-            .http2_only(true)
-            .build(connector);
-        Self { http1, h2c }
-    }
-}
 
 /// Serves one inbound HTTP connection: proxy-to-proxy HTTP/2 over mTLS, or (permissive
 /// mode) a plaintext caller's HTTP/1.1 or HTTP/2.
@@ -203,25 +176,17 @@ async fn forward(
     // The caller's identity is the one we verified, whatever the request claims, under any
     // spelling an app could read as ours (`x_warden_client_id` is the same header to CGI).
     strip_warden_headers(&mut parts.headers);
-    if let Some(v) = conn
-        .client
-        .as_ref()
-        .and_then(|c| HeaderValue::from_str(c.as_str()).ok())
-    {
-        parts.headers.insert(headers::CLIENT_ID, v);
+    if let Some(v) = &conn.headers.client_id {
+        parts.headers.insert(headers::CLIENT_ID, v.clone());
     }
-    if let Some(v) = conn
-        .tls
-        .as_deref()
-        .and_then(|t| HeaderValue::from_str(t).ok())
-    {
-        parts.headers.insert(headers::TLS, v);
+    if let Some(v) = &conn.headers.tls {
+        parts.headers.insert(headers::TLS, v.clone());
     }
-    let authority = parts.uri.authority().map(|a| a.to_string());
+    let authority = parts.uri.authority().cloned();
     let app = conn.target.app;
     parts.uri = Uri::builder()
         .scheme("http")
-        .authority(app.to_string().as_str())
+        .authority(conn.app_authority.clone())
         .path_and_query(path_and_query.as_str())
         .build()
         .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
@@ -233,8 +198,8 @@ async fn forward(
     if use_http1 || tunnel.is_some() {
         parts.version = Version::HTTP_11;
         if let Some(host) = authority
-            .as_deref()
-            .and_then(|a| HeaderValue::from_str(a).ok())
+            .as_ref()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         {
             parts.headers.insert(header::HOST, host);
         }
@@ -247,33 +212,28 @@ async fn forward(
         return Box::pin(upgrade_to_app(parts, &protocol, peer_upgrade, conn, shared)).await;
     }
 
-    let client = if use_http1 {
-        &shared.apps.http1
-    } else {
-        &shared.apps.h2c
-    };
     let timeout = shared.config.timeouts.response;
-    let response = match tokio::time::timeout(
-        timeout,
-        client.request(Request::from_parts(parts, boxed(body))),
-    )
-    .await
-    {
+    let sent = shared
+        .apps
+        .send(app, use_http1, Request::from_parts(parts, boxed(body)));
+    let response = match tokio::time::timeout(timeout, sent).await {
         Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
-        Ok(Err(e)) if e.is_connect() => {
+        Ok(Err(AppError::Connect(e))) => {
             return Err(ProxyError::Unreachable {
                 target: app.to_string(),
-                reason: std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), |s| s.to_string()),
+                reason: e.to_string(),
             })
         }
-        Ok(Err(e)) => return Err(app_failed(app, &e)),
+        Ok(Err(AppError::ConnectTimeout(_))) => {
+            return Err(ProxyError::ConnectTimeout(app.to_string()))
+        }
+        Ok(Err(AppError::Http(e))) => return Err(app_failed(app, &e)),
         Ok(Ok(response)) => response,
     };
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
-    Ok(Response::from_parts(parts, boxed(body)))
+    Ok(Response::from_parts(parts, body))
 }
 
 /// The app's connection failed after it was reached (it closed or reset it mid-request).

@@ -41,7 +41,7 @@ type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 /// copies kilobytes on every spawn and again when the task completes (callgrind: a third of
 /// the client proxy's memcpy under gRPC load).
 #[derive(Debug, Clone, Copy)]
-struct BoxingExecutor;
+pub(crate) struct BoxingExecutor;
 
 impl<F> hyper::rt::Executor<F> for BoxingExecutor
 where
@@ -67,7 +67,8 @@ struct Entry {
 /// The pool.
 #[derive(Debug, Default)]
 pub struct Pool {
-    slots: Mutex<HashMap<PoolKey, Entry>>,
+    /// Hashed with a fast, per-process seeded hasher: looked up on every request.
+    slots: Mutex<HashMap<PoolKey, Entry, foldhash::fast::RandomState>>,
     max_header_bytes: u32,
 }
 
@@ -75,7 +76,7 @@ impl Pool {
     /// An empty pool; connections accept response headers up to `max_header_bytes`.
     pub fn new(max_header_bytes: usize) -> Self {
         Self {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
             max_header_bytes: u32::try_from(max_header_bytes).unwrap_or(u32::MAX),
         }
     }
@@ -178,19 +179,6 @@ impl Pool {
             }
         });
         slots.len()
-    }
-
-    /// Drops idle and closed connections every `idle / 4` (at least each second), until
-    /// `shutdown`.
-    pub async fn sweep_until(&self, idle: Duration, shutdown: tokio_util::sync::CancellationToken) {
-        let period = (idle / 4).max(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(period) => {}
-            }
-            self.sweep(idle);
-        }
     }
 }
 

@@ -1,0 +1,501 @@
+//! Pooled connections to the local app: HTTP/1.1 connections reused one request at a time
+//! (newest first), one shared h2c connection per app. Built on hyper's connection API
+//! rather than hyper-util's general client: the app is one known address, so there is no
+//! resolver, no per-request pool key to hash, and no task per request to return a
+//! connection; an HTTP/1.1 connection goes back to the pool when its response body ends.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, Uri};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::http::{boxed, ProxyBody};
+use crate::outbound::pool::BoxingExecutor;
+
+/// Why a request could not be answered by the app.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The app refused or reset the connection attempt.
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The app did not accept the connection in time.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The connection failed after it was made (HTTP handshake, request or response).
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+/// An HTTP/1.1 connection waiting for its next request.
+#[derive(Debug)]
+struct IdleHttp1 {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+/// The shared h2c connection to one app (`None` until first used or after it closed).
+type H2cSlot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
+
+/// Hashed with a fast, per-process seeded hasher: looked up on every request.
+type AppMap<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
+
+#[derive(Debug)]
+struct Inner {
+    connect_timeout: Duration,
+    idle: Duration,
+    /// Per app, newest last.
+    http1: Mutex<AppMap<Vec<IdleHttp1>>>,
+    h2c: Mutex<AppMap<H2cSlot>>,
+}
+
+/// Pooled HTTP clients towards the local app (cheap to clone; clones share the pool).
+#[derive(Debug, Clone)]
+pub struct AppClients {
+    inner: Arc<Inner>,
+}
+
+impl AppClients {
+    /// Clients that connect within `connect_timeout` and keep idle connections for `idle`.
+    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                connect_timeout,
+                idle,
+                http1: Mutex::new(AppMap::default()),
+                h2c: Mutex::new(AppMap::default()),
+            }),
+        }
+    }
+
+    /// Sends `req` (absolute URI, as for HTTP/2) to `app` over HTTP/1.1 or h2c.
+    pub async fn send(
+        &self,
+        app: SocketAddr,
+        http1: bool,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, AppError> {
+        if http1 {
+            self.send_http1(app, req).await
+        } else {
+            self.send_h2c(app, req).await
+        }
+    }
+
+    async fn send_http1(
+        &self,
+        app: SocketAddr,
+        mut req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, AppError> {
+        to_origin_form(&mut req, app);
+        let (mut sender, mut reused) = match self.checkout_http1(app) {
+            Some(sender) => (sender, true),
+            None => (self.connect_http1(app).await?, false),
+        };
+        loop {
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    let giver = Some(GiveBack {
+                        inner: self.inner.clone(),
+                        app,
+                        sender,
+                    });
+                    return Ok(response.map(|body| boxed(ReturnOnEnd { body, giver })));
+                }
+                Err(mut e) => match e.take_message() {
+                    // The pooled connection closed before the request was written (the app
+                    // timed it out): the request is intact, so it goes on a new connection.
+                    Some(back) if reused => {
+                        req = back;
+                        sender = self.connect_http1(app).await?;
+                        reused = false;
+                    }
+                    _ => return Err(AppError::Http(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The newest idle connection to `app` that can take a request now; drops expired and
+    /// closed ones on the way. One still finishing its last exchange is left for later.
+    fn checkout_http1(&self, app: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+        let mut pools = lock(&self.inner.http1);
+        let idle = pools.get_mut(&app)?;
+        let now = Instant::now();
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            if now.duration_since(idle[i].since) >= self.inner.idle {
+                // Older entries are older still.
+                idle.drain(..=i);
+                break;
+            }
+            if idle[i].sender.is_ready() {
+                return Some(idle.remove(i).sender);
+            }
+            if idle[i].sender.is_closed() {
+                idle.remove(i);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange has ended to the pool.
+    fn give_back(inner: &Inner, app: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        lock(&inner.http1).entry(app).or_default().push(IdleHttp1 {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    async fn connect_http1(
+        &self,
+        app: SocketAddr,
+    ) -> Result<http1::SendRequest<ProxyBody>, AppError> {
+        let tcp = self.connect(app).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%app, error = %e, "app connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2c(
+        &self,
+        app: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, AppError> {
+        let slot = lock(&self.inner.h2c).entry(app).or_default().clone();
+        let (mut sender, reused) = {
+            let mut guard = slot.lock().await;
+            match guard.as_ref().filter(|s| !s.is_closed()) {
+                Some(sender) => (sender.clone(), true),
+                None => {
+                    // Boxed: connecting is rare, and would enlarge every request's future.
+                    let sender = Box::pin(self.connect_h2c(app)).await?;
+                    *guard = Some(sender.clone());
+                    (sender, false)
+                }
+            }
+        };
+        let response = match sender.try_send_request(req).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                // The shared connection went away before the request was sent: reconnect once.
+                Some(back) if reused => {
+                    let sender = {
+                        let mut guard = slot.lock().await;
+                        let sender = Box::pin(self.connect_h2c(app)).await?;
+                        *guard = Some(sender.clone());
+                        sender
+                    };
+                    let mut sender = sender;
+                    sender.send_request(back).await?
+                }
+                _ => return Err(AppError::Http(e.into_error())),
+            },
+        };
+        Ok(response.map(boxed))
+    }
+
+    async fn connect_h2c(
+        &self,
+        app: SocketAddr,
+    ) -> Result<http2::SendRequest<ProxyBody>, AppError> {
+        let tcp = self.connect(app).await?;
+        let (sender, connection) = http2::Builder::new(BoxingExecutor)
+            .timer(TokioTimer::new())
+            .handshake(TokioIo::new(tcp))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%app, error = %e, "app h2c connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn connect(&self, app: SocketAddr) -> Result<TcpStream, AppError> {
+        let timeout = self.inner.connect_timeout;
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(app))
+            .await
+            .map_err(|_| AppError::ConnectTimeout(timeout))?
+            .map_err(AppError::Connect)?;
+        // Small requests and responses go out at once, not after a delayed ACK.
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
+    }
+
+    /// Drops HTTP/1.1 connections idle for the idle timeout and closed h2c connections;
+    /// returns how many connections remain.
+    pub fn sweep(&self) -> usize {
+        let idle = self.inner.idle;
+        let mut remaining = 0;
+        lock(&self.inner.http1).retain(|_, conns| {
+            conns.retain(|c| c.since.elapsed() < idle && !c.sender.is_closed());
+            remaining += conns.len();
+            !conns.is_empty()
+        });
+        lock(&self.inner.h2c).retain(|_, slot| match slot.try_lock() {
+            Ok(sender) => {
+                let open = sender.as_ref().is_some_and(|s| !s.is_closed());
+                remaining += usize::from(open);
+                open
+            }
+            // Connecting or being cloned right now.
+            Err(_) => true,
+        });
+        remaining
+    }
+}
+
+/// HTTP/1.1 requests carry the origin form (`/path?query`) and a Host header.
+fn to_origin_form(req: &mut Request<ProxyBody>, app: SocketAddr) {
+    if !req.headers().contains_key(header::HOST) {
+        if let Ok(host) = HeaderValue::from_str(&app.to_string()) {
+            req.headers_mut().insert(header::HOST, host);
+        }
+    }
+    let origin = match req.uri().path_and_query() {
+        Some(p) if !p.as_str().is_empty() => Uri::try_from(p.as_str()).ok(),
+        _ => None,
+    };
+    *req.uri_mut() = origin.unwrap_or_else(|| Uri::from_static("/"));
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A connection to hand back to the pool once its response has been read.
+struct GiveBack {
+    inner: Arc<Inner>,
+    app: SocketAddr,
+    sender: http1::SendRequest<ProxyBody>,
+}
+
+/// An HTTP/1.1 response body that returns its connection to the pool when it ends. One
+/// dropped before its end takes the connection with it (hyper closes it).
+struct ReturnOnEnd {
+    body: Incoming,
+    giver: Option<GiveBack>,
+}
+
+impl ReturnOnEnd {
+    fn give_back(&mut self) {
+        if let Some(g) = self.giver.take() {
+            AppClients::give_back(&g.inner, g.app, g.sender);
+        }
+    }
+}
+
+impl Body for ReturnOnEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.give_back(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.give_back(),
+            // An error: the connection is done for.
+            Some(Err(_)) => this.giver = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for ReturnOnEnd {
+    fn drop(&mut self) {
+        // A server may drop a body it knows has ended (empty, or all of its length read)
+        // without polling it to the end.
+        if self.body.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::empty;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
+
+    /// An app on 127.0.0.1:0 answering `path` with its text; counts connections accepted.
+    async fn app(h2c: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let close = req.uri().path() == "/close";
+                        let host = req
+                            .headers()
+                            .get(header::HOST)
+                            .map(|h| h.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        let text = format!(
+                            "{} {} {host}",
+                            req.version() == http::Version::HTTP_2,
+                            req.uri()
+                        );
+                        let mut response =
+                            Response::new(http_body_util::Full::new(Bytes::from(text)));
+                        if close {
+                            response
+                                .headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let io = TokioIo::new(tcp);
+                    if h2c {
+                        let _ = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        )
+                        .serve_connection(io, service)
+                        .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn request(app: SocketAddr, path: &str) -> Request<ProxyBody> {
+        Request::builder()
+            .uri(format!("http://{app}{path}"))
+            .body(empty())
+            .unwrap()
+    }
+
+    async fn text(response: Response<ProxyBody>) -> String {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    fn clients(idle: Duration) -> AppClients {
+        AppClients::new(Duration::from_secs(5), idle)
+    }
+
+    #[tokio::test]
+    async fn http1_requests_reuse_one_connection_in_origin_form_with_a_host() {
+        let (addr, accepted) = app(false).await;
+        let clients = clients(Duration::from_secs(60));
+        for path in ["/a?x=1", "/b", ""] {
+            let response = clients.send(addr, true, request(addr, path)).await.unwrap();
+            let expected = if path.is_empty() { "/" } else { path };
+            assert_eq!(text(response).await, format!("false {expected} {addr}"));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(clients.sweep(), 1);
+    }
+
+    #[tokio::test]
+    async fn http1_connection_closed_by_the_app_is_replaced() {
+        let (addr, accepted) = app(false).await;
+        let clients = clients(Duration::from_secs(60));
+        for path in ["/close", "/after"] {
+            let response = clients.send(addr, true, request(addr, path)).await.unwrap();
+            assert!(text(response).await.contains(path));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_does_not_return_its_connection() {
+        let (addr, accepted) = app(false).await;
+        let clients = clients(Duration::from_secs(60));
+        let response = clients.send(addr, true, request(addr, "/x")).await.unwrap();
+        let (_, body) = response.into_parts();
+        // Known length, not read yet: the body has not ended.
+        assert!(!body.is_end_stream());
+        drop(body);
+        assert_eq!(clients.sweep(), 0);
+        let response = clients.send(addr, true, request(addr, "/y")).await.unwrap();
+        assert!(text(response).await.contains("/y"));
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn sweeping_drops_connections_idle_for_the_timeout() {
+        let (addr, _) = app(false).await;
+        let clients = clients(Duration::ZERO);
+        let response = clients.send(addr, true, request(addr, "/x")).await.unwrap();
+        text(response).await;
+        assert_eq!(clients.sweep(), 0);
+        assert!(lock(&clients.inner.http1).is_empty());
+    }
+
+    #[tokio::test]
+    async fn h2c_requests_share_one_connection_and_keep_the_absolute_uri() {
+        let (addr, accepted) = app(true).await;
+        let clients = clients(Duration::from_secs(60));
+        let calls = (0..4).map(|i| {
+            let clients = clients.clone();
+            async move {
+                let path = format!("/call{i}");
+                let response = clients
+                    .send(addr, false, request(addr, &path))
+                    .await
+                    .unwrap();
+                assert_eq!(text(response).await, format!("true http://{addr}{path} "));
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(clients.sweep(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_app_not_listening_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let clients = clients(Duration::from_secs(60));
+        for http1 in [true, false] {
+            let error = clients
+                .send(addr, http1, request(addr, "/"))
+                .await
+                .unwrap_err();
+            assert!(matches!(error, AppError::Connect(_)), "{error:?}");
+        }
+    }
+}
