@@ -3,17 +3,19 @@
 time and CPU time on a shared 2-vCPU machine are not (see benches/README.md).
 
     python3 benches/mesh/callgrind.py [--binary target/release/warden-proxy] [--calls 3000]
-        [--contestant warden|warden-audit-all] grpc|http
+        [--contestant warden|warden-audit-all] grpc|http|close
 
 Both sidecars run under `valgrind --tool=callgrind`; 500 warm-up calls, counters zeroed, then
 `--calls` calls with h2load (gRPC-shaped h2c calls, 4 connections x 4 streams; or HTTP/1.1
-keep-alive GETs on 4 connections), then the counters are dumped and summed. Needs valgrind,
+keep-alive GETs on 4 connections; or, for close, HTTP/1.1 GETs one after another, each on a
+new connection), then the counters are dumped and summed. Needs valgrind,
 h2load and what benches/mesh/run.sh installs and builds (run it once first). The callgrind
 files stay in the printed directory for callgrind_annotate.
 """
 import argparse
 import glob
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +31,7 @@ def main():
     parser.add_argument("--calls", type=int, default=3000, help="measured calls (default 3000)")
     parser.add_argument("--contestant", default="warden", choices=["warden", "warden-audit-all"],
                         help="warden-audit-all: every decision audited (default: deny-only)")
-    parser.add_argument("kind", choices=["grpc", "http"])
+    parser.add_argument("kind", choices=["grpc", "http", "close"])
     args = parser.parse_args()
     c = args.contestant
     mesh.WARDEN_PROXY = args.binary
@@ -53,13 +55,17 @@ def main():
             url = f"http://127.0.0.1:{mesh.GRPC_PORTS[c][0]}/bench.Echo/Unary"
             load = lambda n: ["h2load", "-n", str(n), "-c4", "-m4", "-t1", "-d", message,  # noqa: E731
                               "-H", "content-type: application/grpc", url]
-        else:
+        elif args.kind == "http":
             url = f"http://127.0.0.1:{mesh.PORTS[c][0]}/"
             load = lambda n: ["h2load", "--h1", "-n", str(n), "-c4", "-t1", url]  # noqa: E731
-        mesh.run(load(500))
+        if args.kind == "close":
+            run_load = lambda n: one_per_connection(mesh.PORTS[c][0], n)  # noqa: E731
+        else:
+            run_load = lambda n: mesh.run(load(n))  # noqa: E731
+        run_load(500)
         for p in procs:
             mesh.run(["callgrind_control", "-z", str(p.pid)])
-        mesh.run(load(args.calls))
+        run_load(args.calls)
         for p in procs:
             mesh.run(["callgrind_control", "-d", str(p.pid)])
         time.sleep(2)
@@ -71,6 +77,18 @@ def main():
               f"({args.calls} calls); callgrind files in {work}")
     finally:
         bench.stop()
+
+
+def one_per_connection(port, n):
+    """n HTTP/1.1 GETs one after another, each on a new connection (`Connection: close`)."""
+    for i in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n")
+            response = b""
+            while chunk := s.recv(65536):
+                response += chunk
+        if not response.startswith(b"HTTP/1.1 200"):
+            sys.exit(f"request {i} on a new connection failed: {response[:200]!r}")
 
 
 if __name__ == "__main__":

@@ -144,7 +144,9 @@ async fn handle(
     if shared.config.inbound_mode == InboundMode::Permissive
         && !starts_with_tls(&tcp, &shared).await?
     {
-        return plaintext(tcp, peer, target, &shared, &run).await;
+        // Boxed, as opaque TCP below: a connection's task is as large as its largest state,
+        // and mTLS HTTP connections (most of them) should not carry the others'.
+        return Box::pin(plaintext(tcp, peer, target, &shared, &run)).await;
     }
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.credentials.borrow().server.clone());
     let started = Instant::now();
@@ -180,7 +182,7 @@ async fn handle(
         Some(p) if p == ALPN_HTTP2 => {
             http::serve(stream, Protocol::Http2, inbound, shared, run).await
         }
-        Some(p) if p == ALPN_TCP => forward_tcp(stream, &inbound, &shared, &run).await,
+        Some(p) if p == ALPN_TCP => Box::pin(forward_tcp(stream, &inbound, &shared, &run)).await,
         _ => {
             tracing::info!(%peer, "inbound connection without a Warden ALPN; closing");
             Err(())

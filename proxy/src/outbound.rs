@@ -82,11 +82,13 @@ async fn dispatch(
             // Another pod's proxy admin port is plaintext by design (its inbound rules skip
             // it, so Prometheus can scrape it): it passes through, as outside the mesh.
             if orig.port() == contract::ADMIN_PORT {
-                return plain(tcp, orig, &shared, &run).await;
+                return Box::pin(plain(tcp, orig, &shared, &run)).await;
             }
-            match decide(orig, &shared).await {
+            // Boxed, as the branches below: a connection's task is as large as its largest
+            // state, and the HTTP path (most connections) should not carry the others'.
+            match Box::pin(decide(orig, &shared)).await {
                 Route::Mesh(target) => target,
-                Route::Plain => return plain(tcp, orig, &shared, &run).await,
+                Route::Plain => return Box::pin(plain(tcp, orig, &shared, &run)).await,
                 Route::Refuse(why) => {
                     metrics::outbound_refused(why);
                     tracing::info!(destination = %orig, reason = why, "outbound connection refused");
@@ -170,7 +172,7 @@ async fn handle(
             )
             .await
         }
-        Protocol::Opaque => forward_tcp(tcp, prefix, &target, &shared, &run).await,
+        Protocol::Opaque => Box::pin(forward_tcp(tcp, prefix, &target, &shared, &run)).await,
     }
 }
 
