@@ -59,7 +59,7 @@ pub struct InboundConn {
 }
 
 /// The `x-warden-client-id` and `x-warden-tls` values for a connection's requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallerHeaders {
     /// The verified caller (none for an unauthenticated one).
     pub client_id: Option<::http::HeaderValue>,
