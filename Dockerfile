@@ -8,8 +8,9 @@
 # (`identity`, `controller`, `injector`, `cni`, `install`, ...).
 
 # --- build -------------------------------------------------------------------------------
-# The workspace's rust-version is 1.88; any newer stable toolchain builds it.
-FROM rust:1.95-bookworm AS build
+# The toolchain the list in proxy/symbol-order.txt was made with (its mangled names carry
+# the compiler version; another build still works, with more of its code resident).
+FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
 # aws-lc-rs (the only crypto provider) builds with the image's C compiler; no cmake needed.

@@ -16,7 +16,6 @@ import argparse
 import glob
 import os
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,16 +37,7 @@ def main():
     work = tempfile.mkdtemp(prefix="warden-callgrind-")
     bench = mesh.Bench(work)
     try:
-        bench.certificates()
-        bench.app()
-        bench.warden(c)
-        # The same sidecars again, under callgrind.
-        commands = bench.setups[c](1)
-        bench.kill(bench.procs.pop(c))
-        procs = [bench.spawn(["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/sidecar-{i}.out", *cmd],
-                             f"valgrind-{i}.log", env=env) for i, (cmd, _, env) in enumerate(commands)]
-        bench.procs[c] = procs
-        bench.wait_ready(c, mesh.PORTS[c][0], deadline=120)
+        procs = pair_under_callgrind(bench, c)
         if args.kind == "grpc":
             message = os.path.join(work, "message.bin")
             with open(message, "wb") as f:
@@ -77,6 +67,22 @@ def main():
               f"({args.calls} calls); callgrind files in {work}")
     finally:
         bench.stop()
+
+
+def pair_under_callgrind(bench, c, *options):
+    """Starts contestant `c`'s pair (and the app) with both sidecars under callgrind from
+    their start, output in the bench's directory as sidecar-<i>.out; waits until ready."""
+    bench.certificates()
+    bench.app()
+    bench.warden(c)
+    # The same sidecars again, under callgrind.
+    commands = bench.setups[c](1)
+    bench.kill(bench.procs.pop(c))
+    procs = [bench.spawn(["valgrind", "--tool=callgrind", *options, f"--callgrind-out-file={bench.work}/sidecar-{i}.out",
+                          *cmd], f"valgrind-{i}.log", env=env) for i, (cmd, _, env) in enumerate(commands)]
+    bench.procs[c] = procs
+    bench.wait_ready(c, mesh.PORTS[c][0], deadline=120)
+    return procs
 
 
 def one_per_connection(port, n):

@@ -516,9 +516,16 @@ sslVersionMin = TLSv1.3
     def rate(self, name, rps, seconds):
         """Open loop at rps; latencies from each request's scheduled time, first second excluded."""
         cmd = [LOADGEN, "rate", f"127.0.0.1:{PORTS[name][0]}", str(rps), str(seconds + 1), "32"]
+        before = self.cpu_seconds(name) if name != "direct" else None
         r = json.loads(run(pinned(0, cmd)).stdout)
         if r["errors"] or r["unfinished"]:
             sys.exit(f"{name}: {r['errors']} failed and {r['unfinished']} unfinished requests at {rps} req/s")
+        if before is not None:
+            # every request sent, the first second's too
+            user, system = (after - b for after, b in zip(self.cpu_seconds(name), before))
+            requests = rps * (seconds + 1)
+            r["user_us_per_req"], r["sys_us_per_req"] = user * 1e6 / requests, system * 1e6 / requests
+            r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
         return r
 
     def bulk(self, name):
@@ -660,8 +667,8 @@ class Summary:
         return self.keepalive("grpc")
 
     def rate(self, s):
-        out = ["| contestant | p50 ms | p99 ms | p99.9 ms | added p50 / p99 / p99.9 ms over direct | added p99 vs best peer |",
-               "|---|---|---|---|---|---|"]
+        out = ["| contestant | p50 ms | p99 ms | p99.9 ms | added p50 / p99 / p99.9 ms over direct | added p99 vs best peer | sidecar CPU µs/req (user + sys) |",
+               "|---|---|---|---|---|---|---|"]
         direct = {k: self.v(s, "direct", k) for k in ("p50_ms", "p99_ms", "p999_ms")}
         added = {c: {k: (self.v(s, c, k) - direct[k]) if direct[k] is not None and self.v(s, c, k) is not None else None
                      for k in direct} for c in self.contestants}
@@ -670,9 +677,12 @@ class Summary:
         for c in self.contestants:
             a = added[c]
             adds = "-" if c == "direct" or a["p99_ms"] is None else f"{a['p50_ms']:+.3f} / {a['p99_ms']:+.3f} / {a['p999_ms']:+.3f}"
+            user, system = self.v(s, c, "user_us_per_req"), self.v(s, c, "sys_us_per_req")
+            split = f" ({user:.1f} + {system:.1f})" if user is not None else ""
             out.append(f"| {c} | {fmt(self.m(s, c, 'p50_ms'), 3)} | {fmt(self.m(s, c, 'p99_ms'), 3)} | "
                        f"{fmt(self.m(s, c, 'p999_ms'), 3)} | {adds} | "
-                       f"{ratio(a['p99_ms'], best_added) if c != 'direct' else '-'} |")
+                       f"{ratio(a['p99_ms'], best_added) if c != 'direct' else '-'} | "
+                       f"{fmt(self.m(s, c, 'cpu_us_per_req'), 1)}{split} |")
         return out, {"added": added, "best_peer": best, "best_peer_added_p99_ms": best_added}
 
     def close(self):
@@ -714,6 +724,11 @@ class Summary:
             conn = self.m(s, c, "rss_per_conn_kb")
             out.append(f"| {c} | {rss[0] / 1024:.1f} / {rss[1] / 1024:.1f} MB | {pss[0] / 1024:.1f} / {pss[1] / 1024:.1f} MB | "
                        f"{fmt(conn, 1)} / {fmt(self.m(s, c, 'pss_per_conn_kb'), 1)} | {ratio(conn[0], best_conn)} |")
+        if "warden" in self.contestants:
+            import symbol_order  # noqa: E402 (it imports this module)
+            found, listed = symbol_order.coverage(WARDEN_PROXY)
+            out += ["", f"Warden's code layout: {found:,} of the {listed:,} functions in proxy/symbol-order.txt are in "
+                        "this build (below 90%: regenerate it, see benches/mesh/symbol_order.py)."]
         return out, {"best_peer": best, "best_peer_rss_per_conn_kb": best_conn}
 
     def targets(self, facts):

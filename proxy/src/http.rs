@@ -384,6 +384,67 @@ pub fn bridge_upgrades(
     });
 }
 
+/// A body that runs `on_end` once when its end is handed on (polled, or known ended when
+/// dropped); a body that fails or is dropped before its end never runs it.
+pub struct OnEnd<B: hyper::body::Body + Unpin, F: FnOnce()> {
+    body: B,
+    on_end: Option<F>,
+}
+
+impl<B: hyper::body::Body + Unpin, F: FnOnce()> OnEnd<B, F> {
+    /// `body`, running `on_end` at its end.
+    pub fn new(body: B, on_end: F) -> Self {
+        Self {
+            body,
+            on_end: Some(on_end),
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f();
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin, F: FnOnce() + Unpin> hyper::body::Body for OnEnd<B, F> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(std::pin::Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.end(),
+            Some(Ok(_)) if this.body.is_end_stream() => this.end(),
+            Some(Err(_)) => this.on_end = None,
+            Some(Ok(_)) => {}
+        }
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B: hyper::body::Body + Unpin, F: FnOnce()> Drop for OnEnd<B, F> {
+    fn drop(&mut self) {
+        // A server may drop a body it knows has ended (empty, or all of its length read)
+        // without polling it to the end.
+        if self.body.is_end_stream() {
+            self.end();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

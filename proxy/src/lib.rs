@@ -21,6 +21,8 @@ pub mod control_plane;
 pub mod detect;
 pub mod discovery;
 pub mod grpc_client;
+#[cfg(feature = "hop-timing")]
+pub mod hop_timing;
 pub mod http;
 pub mod inbound;
 pub mod interception;

@@ -307,6 +307,10 @@ pub async fn run(
         config.admin.app_probes.clone(),
         probe_host,
     ));
+    #[cfg(feature = "hop-timing")]
+    {
+        telemetry.extra_routes = Some(crate::hop_timing::routes(telemetry.extra_routes));
+    }
     let admin_limits = warden_identity::server::ServerLimits {
         max_connections: config.limits.max_admin_connections,
         ..Default::default()

@@ -6,19 +6,15 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, Uri};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use crate::http::{boxed, ProxyBody};
+use crate::http::{boxed, OnEnd, ProxyBody};
 use crate::outbound::pool::BoxingExecutor;
 
 /// Why a request could not be answered by the app.
@@ -103,12 +99,11 @@ impl AppClients {
         loop {
             match sender.try_send_request(req).await {
                 Ok(response) => {
-                    let giver = Some(GiveBack {
-                        inner: self.inner.clone(),
-                        app,
-                        sender,
-                    });
-                    return Ok(response.map(|body| boxed(ReturnOnEnd { body, giver })));
+                    // The connection goes back when the response body ends; one dropped
+                    // before its end takes the connection with it (hyper closes it).
+                    let inner = self.inner.clone();
+                    let give_back = move || AppClients::give_back(&inner, app, sender);
+                    return Ok(response.map(|body| boxed(OnEnd::new(body, give_back))));
                 }
                 Err(mut e) => match e.take_message() {
                     // The pooled connection closed before the request was written (the app
@@ -280,72 +275,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A connection to hand back to the pool once its response has been read.
-struct GiveBack {
-    inner: Arc<Inner>,
-    app: SocketAddr,
-    sender: http1::SendRequest<ProxyBody>,
-}
-
-/// An HTTP/1.1 response body that returns its connection to the pool when it ends. One
-/// dropped before its end takes the connection with it (hyper closes it).
-struct ReturnOnEnd {
-    body: Incoming,
-    giver: Option<GiveBack>,
-}
-
-impl ReturnOnEnd {
-    fn give_back(&mut self) {
-        if let Some(g) = self.giver.take() {
-            AppClients::give_back(&g.inner, g.app, g.sender);
-        }
-    }
-}
-
-impl Body for ReturnOnEnd {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
-        match &frame {
-            None => this.give_back(),
-            Some(Ok(_)) if this.body.is_end_stream() => this.give_back(),
-            // An error: the connection is done for.
-            Some(Err(_)) => this.giver = None,
-            Some(Ok(_)) => {}
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for ReturnOnEnd {
-    fn drop(&mut self) {
-        // A server may drop a body it knows has ended (empty, or all of its length read)
-        // without polling it to the end.
-        if self.body.is_end_stream() {
-            self.give_back();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::empty;
+    use bytes::Bytes;
     use http_body_util::BodyExt;
+    use hyper::body::{Body, Incoming};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 

@@ -134,6 +134,8 @@ async fn forward(
     shared: &Shared,
     request_id: &str,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    #[cfg(feature = "hop-timing")]
+    let timed = crate::hop_timing::inbound_request(req.headers(), crate::hop_timing::now_ns());
     check_target(&req)?;
     // An extended CONNECT (RFC 8441) is the caller's WebSocket upgrade: the app receives it
     // as the GET it was, so it is authorized and audited as that GET.
@@ -213,6 +215,8 @@ async fn forward(
     }
 
     let timeout = shared.config.timeouts.response;
+    #[cfg(feature = "hop-timing")]
+    let to_app = crate::hop_timing::now_ns();
     let sent = shared
         .apps
         .send(app, use_http1, Request::from_parts(parts, boxed(body)));
@@ -233,6 +237,10 @@ async fn forward(
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
+    #[cfg(feature = "hop-timing")]
+    if let Some(arrived) = timed {
+        crate::hop_timing::inbound_response(arrived, to_app, &mut parts.headers);
+    }
     Ok(Response::from_parts(parts, body))
 }
 

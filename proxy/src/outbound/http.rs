@@ -171,6 +171,8 @@ async fn forward_inner(
         None => boxed(body),
     };
 
+    #[cfg(feature = "hop-timing")]
+    let sent = crate::hop_timing::outbound_request(&mut parts.headers);
     let pooled = shared.pool.get(key, &shared.mesh).await?;
     let mut sender = pooled.sender.clone();
     let timeout = shared.config.timeouts.response;
@@ -204,7 +206,10 @@ async fn forward_inner(
     if from_http1 {
         parts.version = Version::HTTP_11;
     }
-    Ok((Response::from_parts(parts, boxed(body)), pooled.peer))
+    let body = boxed(body);
+    #[cfg(feature = "hop-timing")]
+    let body = crate::hop_timing::outbound_response(sent, &mut parts.headers, body);
+    Ok((Response::from_parts(parts, body), pooled.peer))
 }
 
 /// Completes an upgrade: on the peer's 200 to the extended CONNECT, answers the app 101 and
