@@ -60,7 +60,7 @@ set +e
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # The bench-only per-hop timing (benches/mesh/hops.py) is a feature no other build enables.
-cargo test -p warden-proxy --locked --features hop-timing --lib hop_timing 2>&1 | tee -a "$log"
+cargo test -p warden-proxy --locked --features hop-timing --lib --test e2e hop_timing 2>&1 | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 set -e
 # cargo prints one "test result" line per test binary, the last often a doc-test run with

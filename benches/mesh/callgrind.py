@@ -3,12 +3,13 @@
 time and CPU time on a shared 2-vCPU machine are not (see benches/README.md).
 
     python3 benches/mesh/callgrind.py [--binary target/release/warden-proxy] [--calls 3000]
-        [--contestant warden|warden-audit-all] grpc|http|close
+        [--contestant warden|warden-audit-all] grpc|http|close|rate
 
 Both sidecars run under `valgrind --tool=callgrind`; 500 warm-up calls, counters zeroed, then
 `--calls` calls with h2load (gRPC-shaped h2c calls, 4 connections x 4 streams; or HTTP/1.1
 keep-alive GETs on 4 connections; or, for close, HTTP/1.1 GETs one after another, each on a
-new connection), then the counters are dumped and summed. Needs valgrind,
+new connection; or, for rate, HTTP/1.1 GETs at 50 req/s on 32 connections, so that each
+request arrives alone as at a low fixed rate), then the counters are dumped and summed. Needs valgrind,
 h2load and what benches/mesh/run.sh installs and builds (run it once first). The callgrind
 files stay in the printed directory for callgrind_annotate.
 """
@@ -30,7 +31,7 @@ def main():
     parser.add_argument("--calls", type=int, default=3000, help="measured calls (default 3000)")
     parser.add_argument("--contestant", default="warden", choices=["warden", "warden-audit-all"],
                         help="warden-audit-all: every decision audited (default: deny-only)")
-    parser.add_argument("kind", choices=["grpc", "http", "close"])
+    parser.add_argument("kind", choices=["grpc", "http", "close", "rate"])
     args = parser.parse_args()
     c = args.contestant
     mesh.WARDEN_PROXY = args.binary
@@ -50,6 +51,9 @@ def main():
             load = lambda n: ["h2load", "--h1", "-n", str(n), "-c4", "-t1", url]  # noqa: E731
         if args.kind == "close":
             run_load = lambda n: one_per_connection(mesh.PORTS[c][0], n)  # noqa: E731
+        elif args.kind == "rate":
+            run_load = lambda n: mesh.run([mesh.LOADGEN, "rate", f"127.0.0.1:{mesh.PORTS[c][0]}",  # noqa: E731
+                                           str(RATE), str(max(1, n // RATE)), "32"])
         else:
             run_load = lambda n: mesh.run(load(n))  # noqa: E731
         run_load(500)
@@ -67,6 +71,10 @@ def main():
               f"({args.calls} calls); callgrind files in {work}")
     finally:
         bench.stop()
+
+
+# `rate`: slow enough that each request arrives alone at sidecars slowed down by callgrind.
+RATE = 50
 
 
 def pair_under_callgrind(bench, c, *options):

@@ -16,7 +16,7 @@
 //! 4. `server_back`: until the client proxy has the response head;
 //! 5. `client_back`: until the client proxy has handed the app the response body's end.
 //!
-//! `GET /debug/hops` on the client proxy's admin port gives percentiles per hop as JSON,
+//! `GET /debug/hops` on the client proxy's admin port gives its percentiles per hop as JSON,
 //! `GET /debug/hops/reset` starts over.
 
 use std::sync::{Arc, Mutex};
@@ -44,7 +44,24 @@ const MAX_SAMPLES: usize = 2_000_000;
 /// One request's hops in nanoseconds, in the order of [`HOPS`].
 type Sample = [u32; 5];
 
-static SAMPLES: Mutex<Vec<Sample>> = Mutex::new(Vec::new());
+/// One proxy's samples (the client proxy's: it completes them).
+#[derive(Debug, Default)]
+pub struct Recorder {
+    samples: Mutex<Vec<Sample>>,
+}
+
+impl Recorder {
+    fn samples(&self) -> std::sync::MutexGuard<'_, Vec<Sample>> {
+        self.samples.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn record(&self, sample: Sample) {
+        let mut samples = self.samples();
+        if samples.len() < MAX_SAMPLES {
+            samples.push(sample);
+        }
+    }
+}
 
 /// Now, in nanoseconds of `CLOCK_MONOTONIC` (the same clock in every process of the host).
 pub fn now_ns() -> u64 {
@@ -67,7 +84,12 @@ pub fn outbound_request(headers: &mut HeaderMap) -> u64 {
 /// and returns its body, which records the sample when it ends. A response without them
 /// (an error of the client proxy's own, or a server proxy without this feature) records
 /// nothing.
-pub fn outbound_response(sent: u64, headers: &mut HeaderMap, body: ProxyBody) -> ProxyBody {
+pub fn outbound_response(
+    recorder: &Arc<Recorder>,
+    sent: u64,
+    headers: &mut HeaderMap,
+    body: ProxyBody,
+) -> ProxyBody {
     let back = now_ns();
     let server = headers
         .remove(HEADER)
@@ -75,7 +97,10 @@ pub fn outbound_response(sent: u64, headers: &mut HeaderMap, body: ProxyBody) ->
     match server {
         Some([s_in, s_app, s_back]) => {
             let stamps = [sent, s_in, s_app, s_back, back];
-            boxed(OnEnd::new(body, move || record(sample(stamps, now_ns()))))
+            let recorder = recorder.clone();
+            boxed(OnEnd::new(body, move || {
+                recorder.record(sample(stamps, now_ns()))
+            }))
         }
         None => body,
     }
@@ -106,13 +131,6 @@ fn sample(stamps: [u64; 5], end: u64) -> Sample {
     all[..5].copy_from_slice(&stamps);
     all[5] = end;
     std::array::from_fn(|i| u32::try_from(all[i + 1].saturating_sub(all[i])).unwrap_or(u32::MAX))
-}
-
-fn record(sample: Sample) {
-    let mut samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
-    if samples.len() < MAX_SAMPLES {
-        samples.push(sample);
-    }
 }
 
 /// Percentiles of each hop, and of the proxies' share (every hop but the app), in µs.
@@ -155,16 +173,16 @@ fn percentiles(ns: &mut [u64]) -> serde_json::Value {
     })
 }
 
-/// The admin routes `/debug/hops` and `/debug/hops/reset`, before `others`.
-pub fn routes(others: Option<ExtraRoutes>) -> ExtraRoutes {
+/// The admin routes `/debug/hops` and `/debug/hops/reset` over `recorder`, before `others`.
+pub fn routes(recorder: Arc<Recorder>, others: Option<ExtraRoutes>) -> ExtraRoutes {
     Arc::new(move |path: &str| -> Option<RouteFuture> {
         let reply = match path {
             "/debug/hops" => {
-                let samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+                let samples = recorder.samples();
                 warden_identity::http::json(StatusCode::OK, &summary(&samples))
             }
             "/debug/hops/reset" => {
-                let mut samples = SAMPLES.lock().unwrap_or_else(|e| e.into_inner());
+                let mut samples = recorder.samples();
                 let dropped = samples.len();
                 samples.clear();
                 warden_identity::http::text(StatusCode::OK, format!("{dropped} samples dropped\n"))

@@ -308,8 +308,13 @@ pub async fn run(
         probe_host,
     ));
     #[cfg(feature = "hop-timing")]
+    let hops = Arc::new(crate::hop_timing::Recorder::default());
+    #[cfg(feature = "hop-timing")]
     {
-        telemetry.extra_routes = Some(crate::hop_timing::routes(telemetry.extra_routes));
+        telemetry.extra_routes = Some(crate::hop_timing::routes(
+            hops.clone(),
+            telemetry.extra_routes,
+        ));
     }
     let admin_limits = warden_identity::server::ServerLimits {
         max_connections: config.limits.max_admin_connections,
@@ -365,6 +370,8 @@ pub async fn run(
         authz,
         discovery,
         outbound_rules,
+        #[cfg(feature = "hop-timing")]
+        hops,
     });
     let run = RunControl::new(shutdown.clone());
     tokio::spawn(sweep_idle(shared.clone(), shutdown.clone()));

@@ -35,6 +35,9 @@ pub struct Shared {
     pub discovery: Option<Arc<crate::discovery::Discovery>>,
     /// The mesh policy's rules for outbound connections (`meshOnly`, unknown destinations).
     pub outbound_rules: watch::Receiver<crate::control_plane::OutboundRules>,
+    /// Per-hop latency samples (bench-only builds).
+    #[cfg(feature = "hop-timing")]
+    pub hops: Arc<crate::hop_timing::Recorder>,
 }
 
 impl Shared {

@@ -208,7 +208,7 @@ async fn forward_inner(
     }
     let body = boxed(body);
     #[cfg(feature = "hop-timing")]
-    let body = crate::hop_timing::outbound_response(sent, &mut parts.headers, body);
+    let body = crate::hop_timing::outbound_response(&shared.hops, sent, &mut parts.headers, body);
     Ok((Response::from_parts(parts, body), pooled.peer))
 }
 

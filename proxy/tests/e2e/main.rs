@@ -5,6 +5,8 @@ mod apps;
 mod bypass;
 mod failures;
 mod fixture;
+#[cfg(feature = "hop-timing")]
+mod hop_timing;
 mod hostile;
 mod observability;
 mod policy;
