@@ -13,11 +13,12 @@ Scenarios, each run for every contestant in turn, repeated --runs times:
              sidecars: req/s, p50/p99, sidecar CPU per request, and memory under that load;
   rate2000, rate5000
              open loop at a fixed rate with coordinated-omission correction (loadgen rate):
-             p50/p99/p99.9, and what each pair adds over direct;
+             p50/p99/p99.9, what each pair adds over direct, and sidecar CPU per request;
   close      a new app connection per request (wrk, `Connection: close`): req/s, CPU/request;
   bulk       1 GiB as opaque TCP through the pair (loadgen bulk): throughput;
   memory     fresh sidecars: idle RSS/PSS, then per-connection memory with 512 idle
-             kept-alive connections;
+             kept-alive connections (and how much of proxy/symbol-order.txt the Warden
+             build has: its idle RSS depends on it);
   grpc       gRPC-shaped unary calls (h2c prior knowledge, `application/grpc`, a 64-byte
              message each way, `grpc-status` trailers from the app) with h2load, 16
              connections x 8 streams, closed loop: calls/s, p50/p99, sidecar CPU per call;

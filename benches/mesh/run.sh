@@ -32,6 +32,8 @@ fi
 cargo build --release --locked --bin warden
 # The sidecars' binary, built on its own so that nothing of the full CLI's features is in it.
 cargo build --release --locked -p warden-proxy --bin warden-proxy
+# Its code layout (proxy/build.rs): a stale list costs memory, not correctness, so warn only.
+python3 benches/mesh/symbol_order.py --check || true
 # The open-loop generator and byte sink: std only, so plain rustc.
 rustc --edition 2021 -C opt-level=3 benches/mesh/loadgen.rs -o target/release/loadgen
 exec python3 benches/mesh/mesh.py "$@"
