@@ -12,7 +12,8 @@ How: both sidecars of mesh.py's `warden` pair run under `valgrind --tool=callgri
 their start; they serve HTTP/1.1 keep-alive GETs, gRPC-shaped h2c calls, requests on new
 connections, opaque TCP and admin scrapes (/metrics, /ready, /live); every function with
 instructions counted is kept, ordered by instructions (hottest first: the request path
-shares cache lines and pages), by mangled name. A function missing from the list (changed
+shares cache lines and pages), by mangled name; then what runs only in Kubernetes (the
+control-plane client, discovery, interception: KUBERNETES_MODE below), by module. A function missing from the list (changed
 since, or never run here) is placed after the listed ones, so a stale list costs memory,
 never correctness. The names carry cargo's hash of the package, its dependencies and their
 versions: regenerate after a dependency or version change, then build again (`--check`
@@ -64,9 +65,29 @@ def main():
     ours = symbols(args.binary)  # not libc's and the loader's
     names = [name for name, cost in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0]))
              if cost > 0 and name in ours]
+    listed = set(names)
+    names += [n for n in kubernetes_mode(args.binary) if n not in listed]
     with open(OUT, "w") as f:
         f.write("".join(f"{n}\n" for n in names))
     print(f"{len(names)} functions, in {os.path.relpath(OUT, mesh.ROOT)} (callgrind files in {work})")
+
+
+# What a sidecar runs in Kubernetes and this bench cannot (no control plane, no interception):
+# listed by module after the measured functions, so that it is packed too.
+KUBERNETES_MODE = ("warden_proxy::control_plane", "warden_proxy::discovery", "warden_proxy::grpc_client",
+                   "warden_proxy::original_dst", "warden_proxy::interception", "warden_api::")
+
+
+def kubernetes_mode(binary):
+    """The functions of `binary` (mangled) whose names mention a KUBERNETES_MODE module."""
+    mangled = mesh.run(["nm", binary]).stdout.splitlines()
+    demangled = mesh.run(["nm", "-C", binary]).stdout.splitlines()
+    names = []
+    for raw, readable in zip(mangled, demangled):
+        raw, readable = raw.split(maxsplit=2), readable.split(maxsplit=2)
+        if len(raw) == 3 and raw[1] in "tT" and any(m in readable[2] for m in KUBERNETES_MODE):
+            names.append(raw[2])
+    return names
 
 
 def symbols(binary):
