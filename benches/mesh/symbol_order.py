@@ -12,15 +12,18 @@ How: both sidecars of mesh.py's `warden` pair run under `valgrind --tool=callgri
 their start; they serve HTTP/1.1 keep-alive GETs, gRPC-shaped h2c calls, requests on new
 connections, opaque TCP and admin scrapes (/metrics, /ready, /live); every function with
 instructions counted is kept, ordered by instructions (hottest first: the request path
-shares cache lines and pages), by mangled name; then what runs only in Kubernetes (the
+shares cache lines and pages), by mangled name; then the CPU-dispatched siblings of aws-lc's
+functions (valgrind's CPU has fewer features) and what the same sidecars fault in when run
+natively (`perf record -e page-faults`); then what runs only in Kubernetes (the
 control-plane client, discovery, interception: KUBERNETES_MODE below), by module. A function missing from the list (changed
 since, or never run here) is placed after the listed ones, so a stale list costs memory,
 never correctness. The names carry cargo's hash of the package, its dependencies and their
 versions: regenerate after a dependency or version change, then build again (`--check`
 says how much of the list a build has; mesh.py prints it with the memory figures). Needs
-valgrind, h2load and what benches/mesh/run.sh installs and builds.
+valgrind, perf, h2load and what benches/mesh/run.sh installs and builds.
 """
 import argparse
+import bisect
 import collections
 import glob
 import os
@@ -63,13 +66,71 @@ def main():
     finally:
         bench.stop()
     ours = symbols(args.binary)  # not libc's and the loader's
-    names = [name for name, cost in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0]))
-             if cost > 0 and name in ours]
-    listed = set(names)
-    names += [n for n in kubernetes_mode(args.binary) if n not in listed]
+    measured = [name for name, cost in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0]))
+                if cost > 0 and name in ours]
+    names = []
+    for name in measured + dispatch_siblings(measured, ours) + native_faults(args.binary, ours) \
+            + kubernetes_mode(args.binary):
+        if name not in names:
+            names.append(name)
     with open(OUT, "w") as f:
         f.write("".join(f"{n}\n" for n in names))
     print(f"{len(names)} functions, in {os.path.relpath(OUT, mesh.ROOT)} (callgrind files in {work})")
+
+
+def dispatch_siblings(names, ours):
+    """aws-lc picks its bignum code by CPU feature at run time: valgrind's CPU lacks ADX, so
+    callgrind sees `foo_alt` where this machine runs `foo`. Each such function's sibling."""
+    out = []
+    for name in names:
+        sibling = name[:-4] if name.endswith("_alt") else name + "_alt"
+        if name.startswith("aws_lc_") and sibling in ours:
+            out.append(sibling)
+    return out
+
+
+def native_faults(binary, ours):
+    """Functions the sidecars fault in when run natively (not under valgrind: other CPU
+    features, other code), from `perf record -e page-faults` during the same exercise.
+    The kernel maps 64 KiB around each fault, so one run shows the first function of each
+    window only: enough to pull the strays into the packed block over a few regenerations."""
+    work = tempfile.mkdtemp(prefix="warden-symbol-order-native-")
+    bench = mesh.Bench(work)
+    c = "warden"
+    bases = []
+    try:
+        bench.certificates()
+        bench.app()
+        bench.warden(c)
+        commands = bench.setups[c](1)
+        bench.kill(bench.procs.pop(c))
+        procs = [bench.spawn(["perf", "record", "-q", "-e", "page-faults", "-c", "1", "-d",
+                              "-o", f"{work}/faults-{i}.data", "--", *cmd], f"perf-{i}.log", env=env)
+                 for i, (cmd, _, env) in enumerate(commands)]
+        bench.procs[c] = procs
+        bench.wait_ready(c, mesh.PORTS[c][0], deadline=60)
+        for p in procs:
+            (sidecar,) = bench.pids(p)[1:]  # perf's one child
+            with open(f"/proc/{sidecar}/maps") as f:
+                bases.append(next(int(line.split("-")[0], 16) for line in f
+                                  if line.split()[2] == "00000000" and line.rstrip().endswith(binary)))
+        exercise(work, c)
+    finally:
+        bench.stop()
+    starts, named = [], []
+    for line in mesh.run(["nm", "-n", binary]).stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tT":
+            starts.append(int(parts[0], 16))
+            named.append(parts[2])
+    out = []
+    for i, base in enumerate(bases):
+        faults = mesh.run(["perf", "script", "-i", f"{work}/faults-{i}.data", "-F", "addr"]).stdout.split()
+        for address in faults:
+            j = bisect.bisect_right(starts, int(address, 16) - base) - 1
+            if j >= 0 and named[j] in ours and named[j] not in out:
+                out.append(named[j])
+    return out
 
 
 # What a sidecar runs in Kubernetes and this bench cannot (no control plane, no interception):

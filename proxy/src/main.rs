@@ -10,6 +10,19 @@ use warden_proxy::cli;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    /// mimalloc's own: frees what its heaps hold unused and returns it to the system.
+    fn mi_collect(force: bool);
+}
+
+/// Start-up (configuration, certificates, policies) leaves freed memory in the allocator's
+/// pages; handed back once the proxy is ready, an idle sidecar keeps ~0.25 MB less.
+fn release_start_up_memory() {
+    // SAFETY: mimalloc, linked as the global allocator above, defines mi_collect; it takes
+    // no pointers and may be called from any thread at any time.
+    unsafe { mi_collect(true) }
+}
+
 /// Warden's sidecar: the per-pod proxy and its interception rules.
 #[derive(Parser)]
 #[command(name = "warden-proxy", version, about, propagate_version = true)]
@@ -32,7 +45,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     cli.log.init()?;
     warden_identity::tls::install_crypto_provider();
     match cli.command {
-        Command::Proxy(args) => cli::proxy::run(args),
+        Command::Proxy(args) => {
+            warden_proxy::proxy::on_first_ready(release_start_up_memory);
+            cli::proxy::run(args)
+        }
         Command::Init(args) => cli::init::run(args),
     }
 }

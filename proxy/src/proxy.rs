@@ -281,6 +281,15 @@ fn control_plane_client(config: &ProxyConfig) -> crate::control_plane::ControlPl
     }
 }
 
+/// What the binary runs once the proxy is first ready; process-wide, like the allocator it
+/// is for (`warden-proxy` hands its allocator's free start-up memory back to the system).
+static FIRST_READY: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Sets what runs once the proxy is first ready (the first call wins).
+pub fn on_first_ready(hook: fn()) {
+    let _ = FIRST_READY.set(hook);
+}
+
 /// Runs the proxy until `shutdown`, then stops accepting, lets in-flight work finish within
 /// `timeouts.shutdown_grace`, and returns.
 pub async fn run(
@@ -440,6 +449,9 @@ pub async fn run(
     };
     ready_tx.send_replace(readiness(&credentials.borrow()));
     tracing::info!(id = %credentials.borrow().svid.id(), inbound = inbound_count, outbound = outbound_count, "proxy ready");
+    if let Some(hook) = FIRST_READY.get() {
+        hook();
+    }
 
     // Keep /ready's detail current as certificates rotate and policies reload.
     let mut watch = credentials.clone();
