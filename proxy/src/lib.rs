@@ -20,6 +20,7 @@ pub mod config;
 pub mod control_plane;
 pub mod detect;
 pub mod discovery;
+pub mod drain;
 pub mod grpc_client;
 #[cfg(feature = "hop-timing")]
 pub mod hop_timing;

@@ -20,6 +20,7 @@ use super::InboundConn;
 use crate::authz::{AuthzContext, AuthzRequest, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
+use crate::drain::DrainOnDrop;
 use crate::http::{
     access_log, access_log_enabled, boxed, check_target, empty, error_chain, is_grpc, request_id,
     strip_hop_by_hop, ProxyBody, ProxyError,
@@ -217,6 +218,8 @@ async fn forward(
     let timeout = shared.config.timeouts.response;
     #[cfg(feature = "hop-timing")]
     let to_app = crate::hop_timing::now_ns();
+    // The app may answer before reading all of it (see `drain`).
+    let body = DrainOnDrop::new(body);
     let sent = shared
         .apps
         .send(app, use_http1, Request::from_parts(parts, boxed(body)));

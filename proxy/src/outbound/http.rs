@@ -168,7 +168,8 @@ async fn forward_inner(
                 .insert(hyper::ext::Protocol::from(protocol.as_str()));
             empty()
         }
-        None => boxed(body),
+        // The peer may answer before it has all of it (see `drain`).
+        None => boxed(crate::drain::DrainOnDrop::new(body)),
     };
 
     #[cfg(feature = "hop-timing")]
