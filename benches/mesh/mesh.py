@@ -396,6 +396,16 @@ sslVersionMin = TLSv1.3
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         return [proc.pid] + [int(c) for c in children]
 
+    def failures_logged(self, name):
+        """Requests a Warden pair has logged as failed so far (0 for the other contestants)."""
+        count = 0
+        for side in ("client", "server"):
+            path = self.path(f"{name}-{side}.log")
+            if name.startswith("warden") and os.path.exists(path):
+                with open(path, errors="replace") as f:
+                    count += sum("request failed" in line for line in f)
+        return count
+
     def cpu_seconds(self, name):
         """User and system CPU seconds of both sidecars so far."""
         user = system = 0
@@ -493,6 +503,7 @@ sslVersionMin = TLSv1.3
         shape = ["-c16", "-m8", "-t1", "-d", message, "-H", "content-type: application/grpc",
                  "-H", "te: trailers"]
         run(pinned(0, ["h2load", "-D", "2", *shape, url]))  # warm-up
+        failed_before = self.failures_logged(name)
         before = self.cpu_seconds(name)
         log = self.path(f"h2load-{name}.tsv")
         out = run(pinned(0, ["h2load", "-D", str(seconds), "--log-file", log, *shape, url])).stdout
@@ -500,6 +511,11 @@ sslVersionMin = TLSv1.3
         codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
         if not done or not codes or int(done.group(3)) or int(done.group(4)) or sum(int(c) for c in codes.groups()[1:]):
             sys.exit(f"{name}: h2load saw failures:\n{out}")
+        # A proxy's own gRPC errors are 200s with grpc-status in the trailers, which h2load
+        # does not read: Warden logs each one, so its logs tell.
+        failed = self.failures_logged(name) - failed_before
+        if failed:
+            sys.exit(f"{name}: {failed} calls failed in the proxies (see {self.work}/{name}-*.log)")
         calls = int(done.group(2))
         with open(log) as f:
             latencies = sorted(int(line.split()[2]) / 1000 for line in f if line.strip())
