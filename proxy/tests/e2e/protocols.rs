@@ -365,3 +365,46 @@ async fn websocket_upgrade_exchanges_messages() {
     }
     ws.close(None).await.unwrap();
 }
+
+/// An app that answers before it has read the request (a gRPC error from an interceptor, a
+/// 413): the caller's stream is not reset under it, the proxies read the rest of its body
+/// (`drain`). Reset, the caller's late DATA frames would be protocol errors that h2 counts
+/// until it closes the connection (GOAWAY) with every call on it.
+#[tokio::test]
+async fn a_request_answered_before_its_body_ends_is_read_on_not_reset() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let mut client = h2c_client(pair.outbound).await;
+    let (tx, mut rx) =
+        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+    let body = BodyExt::boxed(StreamBody::new(futures_util::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+    })));
+    // `/headers` answers at once, without reading the body.
+    let req = Request::post("http://server.test/headers")
+        .body(body)
+        .unwrap();
+    let resp = client.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    text(resp).await;
+    // The whole response is in and not a byte of the body was sent. A reset stream drops
+    // the body (closing this channel) within milliseconds; read on, it stays open until
+    // the body ends or the proxy's drain time (5 s) runs out.
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), tx.closed())
+            .await
+            .is_err(),
+        "the caller's stream was reset under a body still being sent"
+    );
+    tx.send(Ok(Frame::data(Bytes::from_static(b"late"))))
+        .await
+        .expect("the late part of the body is taken");
+}
