@@ -7,12 +7,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use http::uri::{PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use warden_core::contract::headers;
 use warden_core::policy::path::normalize;
 
 use super::app::AppError;
@@ -22,8 +22,8 @@ use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::drain::DrainOnDrop;
 use crate::http::{
-    access_log, access_log_enabled, boxed, check_target, empty, error_chain, is_grpc, request_id,
-    strip_hop_by_hop, ProxyBody, ProxyError,
+    access_log, access_log_enabled, boxed, check_target, empty, error_chain, is_grpc, names,
+    request_id, strip_hop_by_hop, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -168,31 +168,37 @@ async fn forward(
         Verdict::Deny { policy } => return Err(ProxyError::Denied { policy }),
         Verdict::Unrecorded(_) => return Err(ProxyError::AuditUnavailable),
     }
-    let path_and_query = match req.uri().query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path,
+    // A path normalization left as it was (the usual case) is passed on as parsed.
+    let path_and_query = match req.uri().path_and_query() {
+        Some(parsed) if parsed.path() == path => parsed.clone(),
+        parsed => {
+            let text = match parsed.and_then(|p| p.query()) {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            PathAndQuery::try_from(text).map_err(|e| ProxyError::BadRequest(e.to_string()))?
+        }
     };
     let peer_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let orig_proto = parts.headers.remove(headers::ORIG_PROTO);
+    let orig_proto = parts.headers.remove(names::ORIG_PROTO);
     // The caller's identity is the one we verified, whatever the request claims, under any
     // spelling an app could read as ours (`x_warden_client_id` is the same header to CGI).
     strip_warden_headers(&mut parts.headers);
     if let Some(v) = &conn.headers.client_id {
-        parts.headers.insert(headers::CLIENT_ID, v.clone());
+        parts.headers.insert(names::CLIENT_ID, v.clone());
     }
     if let Some(v) = &conn.headers.tls {
-        parts.headers.insert(headers::TLS, v.clone());
+        parts.headers.insert(names::TLS, v.clone());
     }
     let authority = parts.uri.authority().cloned();
     let app = conn.target.app;
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(conn.app_authority.clone())
-        .path_and_query(path_and_query.as_str())
-        .build()
-        .map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(conn.app_authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let use_http1 = match conn.target.protocol {
         AppProtocol::Http1 => true,
         AppProtocol::H2c => false,

@@ -6,17 +6,17 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use warden_core::contract::headers;
 
 use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::detect::Protocol;
 use crate::http::{
-    access_log, access_log_enabled, boxed, check_target, empty, is_grpc, request_id,
+    access_log, access_log_enabled, boxed, check_target, empty, is_grpc, names, request_id,
     strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
@@ -126,39 +126,43 @@ async fn forward_inner(
     };
     let app_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
-    let authority = req
-        .uri()
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| key.addr.to_string());
-    let path = req
+    // The URI is assembled from the parts already parsed, not re-parsed from strings.
+    let authority = match req.uri().authority() {
+        Some(authority) => authority.clone(),
+        None => match req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+        {
+            Some(host) => Authority::try_from(host).map_err(|e| {
+                ProxyError::BadRequest(format!("cannot forward to Host {host:?}: {e}"))
+            })?,
+            None => Authority::try_from(key.addr.to_string()).map_err(|e| {
+                ProxyError::BadRequest(format!("cannot forward to {}: {e}", key.addr))
+            })?,
+        },
+    };
+    let path_and_query = req
         .uri()
         .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (mut parts, body) = req.into_parts();
-    parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(authority.as_str())
-        .path_and_query(path.as_str())
-        .build()
-        .map_err(|e| ProxyError::BadRequest(format!("cannot forward {authority}{path}: {e}")))?;
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     parts.version = Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
     if from_http1 {
         parts
             .headers
-            .insert(headers::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
+            .insert(names::ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
     } else {
         // Only this proxy says how the app spoke.
-        parts.headers.remove(headers::ORIG_PROTO);
+        parts.headers.remove(names::ORIG_PROTO);
     }
     let body = match &upgrade {
         Some(protocol) => {

@@ -61,8 +61,9 @@ fn grpc_trailers(status: &str) -> http::HeaderMap {
 
 async fn route(req: Request<Incoming>) -> Response<AppBody> {
     let path = req.uri().path().to_string();
+    let target = req.uri().path_and_query().map_or("", |p| p.as_str());
     let mut lines = format!(
-        "version: {:?}\nmethod: {}\npath: {}\n",
+        "version: {:?}\nmethod: {}\npath: {}\ntarget: {target}\n",
         req.version(),
         req.method(),
         path

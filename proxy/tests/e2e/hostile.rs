@@ -371,6 +371,10 @@ async fn malformed_and_smuggling_requests_get_400_and_never_reach_the_app() {
             "an unknown HTTP version",
             "GET / HTTP/1.7\r\nhost: s\r\n\r\n",
         ),
+        (
+            "a Host that is no authority",
+            "GET / HTTP/1.1\r\nhost: a b\r\n\r\n",
+        ),
     ];
     for (case, request) in cases {
         let answer = raw_http(pair.outbound, request).await;

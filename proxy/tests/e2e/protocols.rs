@@ -16,6 +16,53 @@ use crate::apps::{self, checksum, grpc_frame, grpc_messages, pattern};
 use crate::fixture::{counting_relay, id, Mesh};
 use crate::{empty, full, h1_client, h2c_client, text};
 
+/// The app gets the path the policy judged (dot segments resolved) with the query as the
+/// caller sent it, from HTTP/1.1 and HTTP/2 callers alike; a path with nothing to resolve
+/// passes as it was.
+#[tokio::test]
+async fn the_app_gets_the_normalized_path_and_the_query_as_sent() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let cases = [
+        ("/headers", "/headers"),
+        ("/headers?a=1&b=%2F", "/headers?a=1&b=%2F"),
+        ("/x/../headers?a=1&b=%2F", "/headers?a=1&b=%2F"),
+        ("/./x/%2e%2e/headers", "/headers"),
+    ];
+    let mut h1 = h1_client(pair.outbound).await;
+    let mut h2 = h2c_client(pair.outbound).await;
+    for (sent, expected) in cases {
+        h1.ready().await.unwrap();
+        let req = Request::get(sent)
+            .header("host", "server.test")
+            .body(empty())
+            .unwrap();
+        let seen = text(h1.send_request(req).await.unwrap()).await;
+        assert!(
+            seen.contains(&format!("target: {expected}\n")),
+            "HTTP/1.1 {sent}: {seen}"
+        );
+        assert!(seen.contains("version: HTTP/1.1\n"), "{seen}");
+        let req = Request::get(format!("http://server.test{sent}"))
+            .body(empty())
+            .unwrap();
+        let seen = text(h2.send_request(req).await.unwrap()).await;
+        assert!(
+            seen.contains(&format!("target: {expected}\n")),
+            "HTTP/2 {sent}: {seen}"
+        );
+        assert!(seen.contains("version: HTTP/2.0\n"), "{seen}");
+    }
+}
+
 #[tokio::test]
 async fn http1_keep_alive_chunked_bodies_and_identity_headers() {
     let mesh = Mesh::start().await;
