@@ -968,7 +968,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="interleaved repetitions (default 3)")
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per run (default 10)")
-    parser.add_argument("--only", nargs="*", default=list(PORTS), help="contestants to run")
+    # warden-b only when there is another build to run
+    everyone = [c for c in PORTS if c != "warden-b" or WARDEN_PROXY_B]
+    parser.add_argument("--only", nargs="*", default=everyone, help="contestants to run (default: all; warden-b with WARDEN_PROXY_B_BIN)")
     parser.add_argument("--scenarios", nargs="*", default=SCENARIOS, choices=SCENARIOS, help="scenarios to run")
     args = parser.parse_args()
     contestants = [c for c in PORTS if c in args.only]
