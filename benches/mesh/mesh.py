@@ -327,17 +327,22 @@ stream {{{in_servers}}}
   }}
 """
 
-    def nginx_in_server(self, in_port, app_port):
-        return f"""
-  server {{
-    listen 127.0.0.1:{in_port} ssl;
-    ssl_protocols TLSv1.3;
+    def nginx_server_tls(self):
+        """The inbound nginx's TLS: the server's SVID, a client certificate required and
+        verified against the trust bundle (stream and http servers alike)."""
+        return f"""    ssl_protocols TLSv1.3;
     ssl_certificate {self.path('server.crt')};
     ssl_certificate_key {self.path('server.key')};
     ssl_verify_client on;
     ssl_verify_depth 2;
     ssl_client_certificate {self.path('ca', 'bundle.crt')};
-    proxy_pass 127.0.0.1:{app_port};
+"""
+
+    def nginx_in_server(self, in_port, app_port):
+        return f"""
+  server {{
+    listen 127.0.0.1:{in_port} ssl;
+{self.nginx_server_tls()}    proxy_pass 127.0.0.1:{app_port};
   }}
 """
 
@@ -355,13 +360,7 @@ stream {{{in_servers}}}
       {kind}_ssl_verify off;
       {kind}_ssl_session_reuse on;
 """  # noqa: E731
-        server_tls = f"""    ssl_protocols TLSv1.3;
-    ssl_certificate {self.path('server.crt')};
-    ssl_certificate_key {self.path('server.key')};
-    ssl_verify_client on;
-    ssl_verify_depth 2;
-    ssl_client_certificate {self.path('ca', 'bundle.crt')};
-"""
+        server_tls = self.nginx_server_tls()
         http_common = """  access_log off;
   keepalive_requests 100000000;
   keepalive_timeout 300s;

@@ -90,12 +90,9 @@ pub fn initialize() {
                 .increment(0);
         }
         counter!("warden_connections_refused_total", "direction" => d).increment(0);
-        counter!("warden_tcp_connections_opened_total", "direction" => d).increment(0);
-        gauge!("warden_tcp_connections_active", "direction" => d).increment(0.0);
     }
-    for tls in ["true", "false"] {
-        counter!("warden_outbound_connections_total", "tls" => tls).increment(0);
-    }
+    // The per-connection series, registered (at zero) on this thread.
+    CONNECTION_SERIES.with(|_| {});
 }
 
 /// An HTTP request's outcome.

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -22,8 +22,8 @@ use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::drain::DrainOnDrop;
 use crate::http::{
-    access_log, access_log_enabled, boxed, check_target, empty, error_chain, is_grpc, names,
-    request_id, strip_hop_by_hop, ProxyBody, ProxyError,
+    access_log, access_log_enabled, boxed, check_target, empty, error_chain, forwarded_uri,
+    is_grpc, names, request_id, strip_hop_by_hop, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -194,11 +194,7 @@ async fn forward(
     }
     let authority = parts.uri.authority().cloned();
     let app = conn.target.app;
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(conn.app_authority.clone());
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    parts.uri = forwarded_uri(conn.app_authority.clone(), path_and_query)?;
     let use_http1 = match conn.target.protocol {
         AppProtocol::Http1 => true,
         AppProtocol::H2c => false,

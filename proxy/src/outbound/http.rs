@@ -6,8 +6,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -16,8 +16,8 @@ use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::detect::Protocol;
 use crate::http::{
-    access_log, access_log_enabled, boxed, check_target, empty, is_grpc, names, request_id,
-    strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError,
+    access_log, access_log_enabled, boxed, check_target, empty, forwarded_uri, is_grpc, names,
+    request_id, strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -148,11 +148,7 @@ async fn forward_inner(
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (mut parts, body) = req.into_parts();
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Some(authority);
-    uri.path_and_query = Some(path_and_query);
-    parts.uri = Uri::from_parts(uri).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    parts.uri = forwarded_uri(authority, path_and_query)?;
     parts.version = Version::HTTP_2;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(header::HOST);
