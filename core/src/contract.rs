@@ -127,7 +127,8 @@ pub mod env {
     pub const TRUST_ANCHORS: &str = "WARDEN_TRUST_ANCHORS";
     /// `log`: the log filter, e.g. `warn`.
     pub const LOG: &str = "WARDEN_LOG";
-    /// `worker_threads`: the proxy's runtime threads.
+    /// `worker_threads`: the proxy's worker threads (the injector sets it from the proxy's
+    /// CPU limit).
     pub const WORKER_THREADS: &str = "WARDEN_WORKER_THREADS";
     /// The controller's `host:port` addresses, comma-separated (policies come from it).
     pub const CONTROL_PLANE: &str = "WARDEN_CONTROL_PLANE";

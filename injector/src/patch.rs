@@ -232,6 +232,29 @@ impl Overrides {
     }
 }
 
+/// Worker threads without a CPU limit: Istio's sidecar default. The pod's CPU is its app's
+/// first, and each worker pools connections of its own, so a sidecar on a large node must
+/// not start one per node CPU.
+pub const DEFAULT_WORKER_THREADS: u32 = 2;
+
+/// The proxy's worker threads for its CPU limit (a Kubernetes quantity: cores, or `m`
+/// millicores): the limit rounded up, as Linkerd sizes its proxy, at least one; without a
+/// limit, or one that is no CPU quantity, [`DEFAULT_WORKER_THREADS`].
+pub fn worker_threads(cpu_limit: Option<&str>) -> u32 {
+    let cores = cpu_limit.and_then(|limit| match limit.strip_suffix('m') {
+        Some(millis) => millis.parse::<u64>().ok().map(|m| m.div_ceil(1000)),
+        None => limit
+            .parse::<f64>()
+            .ok()
+            .filter(|c| c.is_finite() && *c >= 0.0)
+            .map(|c| c.ceil() as u64),
+    });
+    match cores {
+        Some(cores) => u32::try_from(cores.max(1)).unwrap_or(u32::MAX),
+        None => DEFAULT_WORKER_THREADS,
+    }
+}
+
 fn resources(r: &Resources) -> ResourceRequirements {
     let mut requests = BTreeMap::new();
     requests.insert("cpu".to_string(), Quantity(r.cpu_request.clone()));
@@ -353,6 +376,10 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
         value_env(env::TRANSPARENT, "true"),
         value_env(env::CONTROL_PLANE, config.control_plane.clone()),
         value_env(env::LOG, o.log_level.clone()),
+        value_env(
+            env::WORKER_THREADS,
+            worker_threads(o.resources.cpu_limit.as_deref()).to_string(),
+        ),
     ];
     if !o.opaque_ports.is_empty() {
         env.push(value_env(env::OPAQUE_PORTS, join(&o.opaque_ports)));
@@ -901,6 +928,30 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn worker_threads_follow_the_cpu_limit_rounded_up() {
+        let cases = [
+            (None, 2),
+            (Some("1"), 1),
+            (Some("2"), 2),
+            (Some("1.5"), 2),
+            (Some("0.1"), 1),
+            (Some("500m"), 1),
+            (Some("1000m"), 1),
+            (Some("1001m"), 2),
+            (Some("2500m"), 3),
+            (Some("0"), 1),
+            (Some("0m"), 1),
+            (Some("8"), 8),
+            (Some("2Ki"), 2),
+            (Some("lots"), 2),
+            (Some("1e400"), 2),
+        ];
+        for (limit, want) in cases {
+            assert_eq!(worker_threads(limit), want, "{limit:?}");
+        }
+    }
 
     #[test]
     fn covers_tolerates_only_api_server_defaults() {

@@ -1031,6 +1031,7 @@ fn security_annotations_are_ignored_with_a_warning_unless_the_operator_allows_th
             "warden.dev/opaque-ports": "6379",
             "warden.dev/log-level": "info",
             "warden.dev/proxy-memory-limit": "64Mi",
+            "warden.dev/proxy-cpu-limit": "2500m",
         }),
     );
     let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
@@ -1041,6 +1042,8 @@ fn security_annotations_are_ignored_with_a_warning_unless_the_operator_allows_th
         ("WARDEN_INBOUND_MODE", "strict"),
         ("WARDEN_OPAQUE_PORTS", "6379"),
         ("WARDEN_LOG", "info"),
+        // The CPU limit rounded up (2 without one: the golden patches).
+        ("WARDEN_WORKER_THREADS", "3"),
     ] {
         assert_eq!(proxy_env(&patched, env), Some(json!(want)), "{env}");
     }

@@ -71,8 +71,9 @@ pub struct ProxyConfig {
     pub transparent: TransparentConfig,
     /// Whether inbound listeners accept plaintext from callers without a sidecar.
     pub inbound_mode: InboundMode,
-    /// Runtime worker threads (default: one per CPU the process may use). A sidecar sharing
-    /// a pod's CPU limit, or a benchmark, sets 1 or 2; 1 runs a single-threaded runtime.
+    /// Worker threads (default: one per CPU the process may use), each a single-threaded
+    /// runtime that owns the connections given to it. A sidecar sharing a pod's CPU limit,
+    /// or a benchmark, sets 1 or 2.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
     /// Authorization policies and the audit log.
@@ -555,6 +556,14 @@ impl ProxyConfig {
             Some(ns) => format!("{ns}/{name}"),
             None => name,
         }
+    }
+
+    /// How many workers the proxy runs: `worker_threads`, or one per CPU the process may
+    /// use.
+    pub fn workers(&self) -> usize {
+        self.worker_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
     }
 
     /// Checks what types alone cannot: positive limits, no address used twice, a usable URL,

@@ -24,6 +24,7 @@ use crate::io::{read_preface, PrefixedIo};
 use crate::metrics::{self, Direction};
 use crate::original_dst::original_dst;
 use crate::shared::{Accounting, RunControl, Shared};
+use crate::workers::Workers;
 
 /// Where traffic accepted on an inbound listener goes.
 #[derive(Debug, Clone)]
@@ -107,13 +108,21 @@ impl InboundConn {
 }
 
 /// Serves one inbound listener until shutdown.
-pub async fn serve(listener: TcpListener, target: AppTarget, shared: Arc<Shared>, run: RunControl) {
+pub async fn serve(
+    listener: TcpListener,
+    target: AppTarget,
+    workers: Arc<Workers>,
+    run: RunControl,
+) {
     let target = Arc::new(target);
-    let max = shared.config.limits.max_connections;
     let control = run.clone();
-    crate::listener::accept_loop(listener, Direction::Inbound, max, run, move |tcp, peer| {
-        handle(tcp, peer, target.clone(), shared.clone(), control.clone())
-    })
+    crate::listener::accept_loop(
+        listener,
+        Direction::Inbound,
+        workers,
+        run,
+        move |tcp, peer, shared| handle(tcp, peer, target.clone(), shared, control.clone()),
+    )
     .await;
 }
 

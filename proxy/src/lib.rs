@@ -8,7 +8,8 @@
 //! - [`policy_dir`], [`control_plane`]: where policies come from (files, or the controller);
 //!   [`discovery`]: who must answer at each destination; [`grpc_client`]: gRPC without tonic;
 //! - [`authz`]: the authorization hook; [`detect`], [`io`], [`http`], [`mesh`],
-//!   [`listener`], [`metrics`], [`shared`]: the parts both directions share.
+//!   [`listener`], [`metrics`], [`shared`]: the parts both directions share; [`workers`]:
+//!   one single-threaded runtime per worker thread, each connection on one of them.
 
 #![warn(missing_docs)]
 
@@ -38,3 +39,4 @@ pub mod policy_dir;
 pub mod proxy;
 pub mod shared;
 pub mod stall;
+pub mod workers;

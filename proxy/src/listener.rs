@@ -10,21 +10,24 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::metrics::{self, Direction};
-use crate::shared::RunControl;
+use crate::shared::{RunControl, Shared};
+use crate::workers::Workers;
 
-/// Accepts on `listener` until shutdown, running `handle` for each connection while fewer
-/// than `max_connections` are open (others are closed at once and counted). `handle`
-/// returns `Err(())` when the connection ended in an error (for the metrics).
+/// Accepts on `listener` until shutdown, running `handle` for each connection on the
+/// least-loaded of `workers`, with that worker's shared state, while fewer than
+/// `limits.max_connections` are open (others are closed at once and counted). `handle` returns
+/// `Err(())` when the connection ended in an error (for the metrics).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     direction: Direction,
-    max_connections: usize,
+    workers: Arc<Workers>,
     run: RunControl,
     handle: F,
 ) where
-    F: Fn(TcpStream, SocketAddr) -> Fut,
+    F: Fn(TcpStream, SocketAddr, Arc<Shared>) -> Fut,
     Fut: Future<Output = Result<(), ()>> + Send + 'static,
 {
+    let max_connections = workers.first().config.limits.max_connections;
     let limit = Arc::new(Semaphore::new(max_connections));
     loop {
         let (tcp, peer) = tokio::select! {
@@ -45,11 +48,18 @@ pub async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        let assigned = match workers.assign(tcp) {
+            Ok(assigned) => assigned,
+            Err(e) => {
+                tracing::warn!(direction = direction.as_str(), %peer, error = %e, "could not hand the connection to a worker; closing");
+                continue;
+            }
+        };
         metrics::tcp_opened(direction);
         // Boxed: a connection's future is kilobytes (4 KB outbound, 8.5 KB inbound), and the
         // task below would otherwise hold it by value, copied at each step of spawning.
-        let connection = Box::pin(handle(tcp, peer));
-        run.tasks.spawn(async move {
+        let connection = Box::pin(handle(assigned.tcp, peer, assigned.shared));
+        assigned.placement.spawn(&run.tasks, async move {
             let result = connection.await;
             metrics::tcp_closed(direction, result.is_err());
             drop(permit);

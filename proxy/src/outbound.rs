@@ -21,6 +21,7 @@ use crate::mesh::Expected;
 use crate::metrics::{self, Direction};
 use crate::original_dst::original_dst;
 use crate::shared::{Accounting, RunControl, Shared};
+use crate::workers::Workers;
 
 /// Where an app connection accepted on an outbound listener goes.
 #[derive(Debug, Clone)]
@@ -46,18 +47,17 @@ pub enum Destination {
 pub async fn serve(
     listener: TcpListener,
     destination: Destination,
-    shared: Arc<Shared>,
+    workers: Arc<Workers>,
     run: RunControl,
 ) {
     let destination = Arc::new(destination);
-    let max = shared.config.limits.max_connections;
     let control = run.clone();
     crate::listener::accept_loop(
         listener,
         Direction::Outbound,
-        max,
+        workers,
         run,
-        move |tcp, _peer| dispatch(tcp, destination.clone(), shared.clone(), control.clone()),
+        move |tcp, _peer, shared| dispatch(tcp, destination.clone(), shared, control.clone()),
     )
     .await;
 }

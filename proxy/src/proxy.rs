@@ -21,6 +21,7 @@ use crate::inbound::{self, app::AppClients, AppTarget, InboundTarget};
 use crate::mesh::MeshConnector;
 use crate::outbound::{self, pool::Pool, Destination, OutboundTarget};
 use crate::shared::{RunControl, Shared};
+use crate::workers::{WorkerThreads, Workers};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -366,7 +367,15 @@ pub async fn run(
             tokio::spawn(discovery.clone().run(shutdown.clone()));
             discovery
         });
-    let shared = Arc::new(Shared {
+    let (runtimes, worker_threads) = match WorkerThreads::start(config.workers()) {
+        Ok(started) => started,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the worker threads");
+            admin_stop.cancel();
+            return;
+        }
+    };
+    let workers = Arc::new(Workers::new(runtimes, || Shared {
         mesh: MeshConnector::new(
             credentials.clone(),
             config.timeouts.connect,
@@ -376,20 +385,23 @@ pub async fn run(
         apps: AppClients::new(config.timeouts.connect, config.timeouts.idle),
         credentials: credentials.clone(),
         config: config.clone(),
-        authz,
-        discovery,
-        outbound_rules,
+        authz: authz.clone(),
+        discovery: discovery.clone(),
+        outbound_rules: outbound_rules.clone(),
         #[cfg(feature = "hop-timing")]
-        hops,
-    });
+        hops: hops.clone(),
+    }));
+    let shared = workers.first().clone();
     let run = RunControl::new(shutdown.clone());
-    tokio::spawn(sweep_idle(shared.clone(), shutdown.clone()));
+    for (runtime, shared) in workers.each() {
+        runtime.spawn(sweep_idle(shared.clone(), shutdown.clone()));
+    }
     let (inbound_count, outbound_count) = (listeners.inbound.len(), listeners.outbound.len());
     for (listener, target) in listeners.inbound {
         tokio::spawn(inbound::serve(
             listener,
             target,
-            shared.clone(),
+            workers.clone(),
             run.clone(),
         ));
     }
@@ -397,7 +409,7 @@ pub async fn run(
         tokio::spawn(outbound::serve(
             listener,
             target,
-            shared.clone(),
+            workers.clone(),
             run.clone(),
         ));
     }
@@ -527,6 +539,7 @@ pub async fn run(
         // The final checkpoint: the chain ends here, signed.
         audit.close(Duration::from_secs(5)).await;
     }
+    worker_threads.stop().await;
     admin_stop.cancel();
     tracing::info!("proxy stopped");
 }

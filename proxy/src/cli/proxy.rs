@@ -41,18 +41,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let admin = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config.admin.listen.port());
         return wait_ready(admin, args.wait_timeout);
     }
-    // One worker means one thread doing everything: a current-thread runtime skips the
-    // work-stealing scheduler's cross-thread wake-ups and atomics (as linkerd2-proxy does).
-    let mut runtime = match config.worker_threads {
-        Some(1) => tokio::runtime::Builder::new_current_thread(),
-        Some(threads) => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            builder.worker_threads(threads);
-            builder
-        }
-        None => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = runtime.enable_all().build()?;
+    // This thread's runtime is the first worker; `proxy::run` starts the others, each a
+    // single-threaded runtime of its own (see `workers`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         warden_identity::telemetry::prometheus(); // installed before anything is counted
         let listeners = Listeners::bind(&config).await?;

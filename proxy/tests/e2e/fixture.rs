@@ -159,6 +159,9 @@ impl Mesh {
         config.timeouts.detect = Duration::from_millis(300);
         config.timeouts.response = Duration::from_secs(5);
         config.timeouts.shutdown_grace = Duration::from_secs(3);
+        // Two workers whatever the machine: connections are handed between threads in
+        // every test, as in a sidecar with two CPUs.
+        config.worker_threads = Some(2);
         config
     }
 
@@ -266,6 +269,17 @@ impl Mesh {
         identity: Option<SpiffeId>,
         protocol: RouteProtocol,
     ) -> Proxy {
+        let client = self.client_config(destination, identity, protocol);
+        self.proxy(client, Authorizer::allow_all()).await
+    }
+
+    /// The configuration `client_to` starts its proxy with.
+    pub fn client_config(
+        &self,
+        destination: SocketAddr,
+        identity: Option<SpiffeId>,
+        protocol: RouteProtocol,
+    ) -> ProxyConfig {
         let mut client = self.workload("client");
         client.outbound = vec![OutboundRoute {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -273,7 +287,7 @@ impl Mesh {
             identity,
             protocol,
         }];
-        self.proxy(client, Authorizer::allow_all()).await
+        client
     }
 }
 

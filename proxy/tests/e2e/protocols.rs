@@ -188,7 +188,7 @@ async fn ten_mib_upload_and_download() {
 }
 
 #[tokio::test]
-async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
+async fn each_worker_serves_its_connections_over_a_mesh_connection_of_its_own() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
     let mut server = mesh.workload("server");
@@ -202,6 +202,46 @@ async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
     let client = mesh
         .client_to(relay, Some(id("server")), RouteProtocol::Detect)
         .await;
+    let outbound = client.addrs.outbound[0];
+
+    // Two app connections open at once go to the two workers (the least loaded first);
+    // each worker's requests share its one pooled connection.
+    let mut first = h1_client(outbound).await;
+    let mut second = h1_client(outbound).await;
+    for _ in 0..10 {
+        for h1 in [&mut first, &mut second] {
+            h1.ready().await.unwrap();
+            let resp = h1
+                .send_request(Request::get("/").header("host", "s").body(empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(text(resp).await, "hello from app");
+        }
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 20);
+    assert_eq!(
+        mesh_connections.load(Ordering::SeqCst),
+        2,
+        "one pooled mTLS connection per worker"
+    );
+}
+
+#[tokio::test]
+async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let mut server = mesh.workload("server");
+    server.inbound = vec![warden_proxy::config::InboundListener {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        app,
+        protocol: AppProtocol::Auto,
+    }];
+    let server = mesh.proxy(server, Authorizer::allow_all()).await;
+    let (relay, mesh_connections) = counting_relay(server.addrs.inbound[0]).await;
+    // One worker: each worker pools connections of its own (see the next test).
+    let mut client = mesh.client_config(relay, Some(id("server")), RouteProtocol::Detect);
+    client.worker_threads = Some(1);
+    let client = mesh.proxy(client, Authorizer::allow_all()).await;
     let outbound = client.addrs.outbound[0];
 
     // 200 concurrent streams on one HTTP/2 app connection.

@@ -1,0 +1,227 @@
+//! The proxy's workers. Each is a single-threaded runtime with its own pools (proxy-to-proxy
+//! HTTP/2 connections, app connections); an accepted connection is handed to the worker with
+//! the fewest open connections and stays there, with every task it spawns and every pooled
+//! connection it uses, as Envoy's and HAProxy's threads own theirs. A work-stealing runtime
+//! moved a request's tasks between threads instead: with two threads under keep-alive load
+//! the sidecars made ~1.1 context switches per request against ~0.2 with one thread, and
+//! spent 40-60% more CPU per request (benches/README.md).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use crate::shared::Shared;
+
+/// One worker: where its connections run, and what they share.
+#[derive(Debug)]
+pub struct Worker {
+    handle: Handle,
+    /// Whether the worker runs on another thread than the accept loops (all but the first).
+    remote: bool,
+    shared: Arc<Shared>,
+    open: Arc<AtomicUsize>,
+}
+
+/// A connection accepted for a worker.
+#[derive(Debug)]
+pub struct Assigned<'a> {
+    /// The connection, registered with the worker's runtime.
+    pub tcp: TcpStream,
+    /// The state the worker's connections share.
+    pub shared: Arc<Shared>,
+    /// Where its task runs.
+    pub placement: Placement<'a>,
+}
+
+/// Where a connection's task runs, counted as open there until the task ends.
+#[derive(Debug)]
+pub struct Placement<'a> {
+    handle: &'a Handle,
+    open: OpenConnection,
+}
+
+impl Placement<'_> {
+    /// Runs the connection's `task` on its worker (tracked by `tasks`, for shutdown).
+    pub fn spawn<F>(self, tasks: &tokio_util::task::TaskTracker, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let open = self.open;
+        tasks.spawn_on(
+            async move {
+                task.await;
+                drop(open);
+            },
+            self.handle,
+        );
+    }
+}
+
+/// Counts a worker's open connection until dropped.
+#[derive(Debug)]
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Every worker of a proxy; the first runs on the runtime that accepts.
+#[derive(Debug)]
+pub struct Workers {
+    workers: Vec<Worker>,
+    /// Where the search for the least-loaded worker starts, so ties rotate.
+    next: AtomicUsize,
+}
+
+impl Workers {
+    /// Workers on `runtimes` (the first: the current one), each with the state `shared`
+    /// makes for it.
+    pub fn new(runtimes: Vec<Handle>, mut shared: impl FnMut() -> Shared) -> Self {
+        let workers = runtimes
+            .into_iter()
+            .enumerate()
+            .map(|(i, handle)| Worker {
+                handle,
+                remote: i > 0,
+                shared: Arc::new(shared()),
+                open: Arc::default(),
+            })
+            .collect();
+        Self {
+            workers,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Each worker's runtime and shared state, in worker order.
+    pub fn each(&self) -> impl Iterator<Item = (&Handle, &Arc<Shared>)> {
+        self.workers.iter().map(|w| (&w.handle, &w.shared))
+    }
+
+    /// The first worker's state (configuration and limits are the same in every worker).
+    pub fn first(&self) -> &Arc<Shared> {
+        &self.workers[0].shared
+    }
+
+    /// Hands `tcp`, accepted on the first worker's runtime, to the least-loaded worker.
+    pub fn assign(&self, tcp: TcpStream) -> std::io::Result<Assigned<'_>> {
+        let worker = match self.workers.as_slice() {
+            [only] => only,
+            workers => {
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                &workers[least_loaded(workers.len(), start, |i| {
+                    workers[i].open.load(Ordering::Relaxed)
+                })]
+            }
+        };
+        let tcp = if worker.remote {
+            // A socket is registered with one runtime's poller: move it to the worker's.
+            let std = tcp.into_std()?;
+            let _runtime = worker.handle.enter();
+            TcpStream::from_std(std)?
+        } else {
+            tcp
+        };
+        worker.open.fetch_add(1, Ordering::Relaxed);
+        Ok(Assigned {
+            tcp,
+            shared: worker.shared.clone(),
+            placement: Placement {
+                handle: &worker.handle,
+                open: OpenConnection(worker.open.clone()),
+            },
+        })
+    }
+}
+
+/// Which of `n` workers has the fewest open connections (`open(i)`), searching from `start`
+/// (modulo `n`) so that ties go round-robin.
+pub fn least_loaded(n: usize, start: usize, open: impl Fn(usize) -> usize) -> usize {
+    (0..n)
+        .map(|i| (start + i) % n)
+        .min_by_key(|&i| open(i))
+        .unwrap_or(0)
+}
+
+/// The worker threads beyond the current one; they stop when this is dropped or stopped.
+#[derive(Debug)]
+pub struct WorkerThreads {
+    stop: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl WorkerThreads {
+    /// Starts `count - 1` threads, each running a single-threaded runtime until stopped;
+    /// returns every worker's runtime, the current one first.
+    pub fn start(count: usize) -> std::io::Result<(Vec<Handle>, Self)> {
+        let stop = CancellationToken::new();
+        let mut handles = vec![Handle::current()];
+        let mut threads = Vec::new();
+        for i in 1..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            handles.push(runtime.handle().clone());
+            let stopped = stop.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("warden-worker-{i}"))
+                    .spawn(move || runtime.block_on(stopped.cancelled()))?,
+            );
+        }
+        Ok((handles, Self { stop, threads }))
+    }
+
+    /// Stops the threads (dropping what their runtimes still run) and waits for them.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let threads = std::mem::take(&mut self.threads);
+        let _ = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Drop for WorkerThreads {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_loaded_worker_wins_and_ties_rotate() {
+        let cases: &[(&[usize], usize, usize)] = &[
+            (&[0], 0, 0),
+            (&[0], 7, 0),
+            (&[0, 0], 0, 0),
+            (&[0, 0], 1, 1),
+            (&[0, 0], 2, 0),
+            (&[1, 0], 0, 1),
+            (&[0, 1], 1, 0),
+            (&[3, 2, 2], 0, 1),
+            (&[3, 2, 2], 2, 2),
+            (&[5, 9, 1, 1], 3, 3),
+            (&[], 4, 0),
+        ];
+        for &(counts, start, want) in cases {
+            let open = |i: usize| counts[i];
+            assert_eq!(
+                least_loaded(counts.len(), start, open),
+                want,
+                "{counts:?} from {start}"
+            );
+        }
+    }
+}
