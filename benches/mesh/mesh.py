@@ -182,19 +182,19 @@ http {{
         self.others.append(self.spawn(["nginx", "-c", conf, "-p", self.work], "app.log"))
         self.others.append(self.spawn([LOADGEN, "sink", f"127.0.0.1:{SINK_PORT}"], "sink.log"))
 
-    def sidecars(self, name, setup, threads=1):
-        """Starts a contestant's two sidecars with `threads` workers each (one: on CPU 1;
-        more: on any CPU), remembering how for restart()."""
+    def sidecars(self, name, setup, threads=1, unpinned=False):
+        """Starts a contestant's two sidecars with `threads` workers each (one: on CPU 1
+        unless `unpinned`; more: on any CPU), remembering how for restart()."""
         self.setups[name] = setup
         self.threads[name] = threads
-        cpu = 1 if threads == 1 else None
+        cpu = 1 if threads == 1 and not unpinned else None
         self.procs[name] = [self.spawn(cmd, log, cpu=cpu, env=env) for cmd, log, env in setup(threads)]
 
-    def restart(self, name, threads=1):
+    def restart(self, name, threads=1, unpinned=False):
         """Fresh sidecar processes (for memory figures untouched by earlier load), with
         `threads` workers each."""
         self.kill(self.procs.pop(name))
-        self.sidecars(name, self.setups[name], threads)
+        self.sidecars(name, self.setups[name], threads, unpinned)
         self.wait_ready(name, PORTS[name][0])
 
     # --- contestants ------------------------------------------------------------------------
