@@ -1,6 +1,7 @@
 //! HTTP through a proxy pair: HTTP/1.1, HTTP/2, gRPC, WebSocket.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use warden_proxy::authz::Authorizer;
 use warden_proxy::config::{AppProtocol, RouteProtocol};
 
 use crate::apps::{self, checksum, grpc_frame, grpc_messages, pattern};
-use crate::fixture::{counting_relay, id, Mesh};
+use crate::fixture::{counting_relay, id, Mesh, Proxy};
 use crate::{empty, full, h1_client, h2c_client, text};
 
 /// The app gets the path the policy judged (dot segments resolved) with the query as the
@@ -187,22 +188,52 @@ async fn ten_mib_upload_and_download() {
     assert_eq!(checksum(&body), checksum(&data));
 }
 
+/// A server proxy in front of the test app, and a client proxy with `workers` workers whose
+/// route reaches it through a relay that counts the mesh connections.
+struct CountedPair {
+    client: Proxy,
+    hits: Arc<AtomicUsize>,
+    mesh_connections: Arc<AtomicUsize>,
+    _server: Proxy,
+}
+
+impl CountedPair {
+    async fn start(mesh: &Mesh, workers: usize) -> Self {
+        let (app, hits) = apps::http_app().await;
+        let mut server = mesh.workload("server");
+        server.inbound = vec![warden_proxy::config::InboundListener {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            app,
+            protocol: AppProtocol::Auto,
+        }];
+        let server = mesh.proxy(server, Authorizer::allow_all()).await;
+        let (relay, mesh_connections) = counting_relay(server.addrs.inbound[0]).await;
+        let mut client = mesh.client_config(relay, Some(id("server")), RouteProtocol::Detect);
+        client.worker_threads = Some(workers);
+        let client = mesh.proxy(client, Authorizer::allow_all()).await;
+        Self {
+            client,
+            hits,
+            mesh_connections,
+            _server: server,
+        }
+    }
+}
+
+/// One GET on `h1`, answered by the test app.
+async fn get_hello(h1: &mut hyper::client::conn::http1::SendRequest<crate::ClientBody>) {
+    let resp = h1
+        .send_request(Request::get("/").header("host", "s").body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(text(resp).await, "hello from app");
+}
+
 #[tokio::test]
 async fn each_worker_serves_its_connections_over_a_mesh_connection_of_its_own() {
     let mesh = Mesh::start().await;
-    let (app, hits) = apps::http_app().await;
-    let mut server = mesh.workload("server");
-    server.inbound = vec![warden_proxy::config::InboundListener {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        app,
-        protocol: AppProtocol::Auto,
-    }];
-    let server = mesh.proxy(server, Authorizer::allow_all()).await;
-    let (relay, mesh_connections) = counting_relay(server.addrs.inbound[0]).await;
-    let client = mesh
-        .client_to(relay, Some(id("server")), RouteProtocol::Detect)
-        .await;
-    let outbound = client.addrs.outbound[0];
+    let counted = CountedPair::start(&mesh, 2).await;
+    let outbound = counted.client.addrs.outbound[0];
 
     // Two app connections open at once go to the two workers (the least loaded first);
     // each worker's requests share its one pooled connection.
@@ -211,16 +242,12 @@ async fn each_worker_serves_its_connections_over_a_mesh_connection_of_its_own() 
     for _ in 0..10 {
         for h1 in [&mut first, &mut second] {
             h1.ready().await.unwrap();
-            let resp = h1
-                .send_request(Request::get("/").header("host", "s").body(empty()).unwrap())
-                .await
-                .unwrap();
-            assert_eq!(text(resp).await, "hello from app");
+            get_hello(h1).await;
         }
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 20);
+    assert_eq!(counted.hits.load(Ordering::SeqCst), 20);
     assert_eq!(
-        mesh_connections.load(Ordering::SeqCst),
+        counted.mesh_connections.load(Ordering::SeqCst),
         2,
         "one pooled mTLS connection per worker"
     );
@@ -229,20 +256,9 @@ async fn each_worker_serves_its_connections_over_a_mesh_connection_of_its_own() 
 #[tokio::test]
 async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
     let mesh = Mesh::start().await;
-    let (app, hits) = apps::http_app().await;
-    let mut server = mesh.workload("server");
-    server.inbound = vec![warden_proxy::config::InboundListener {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        app,
-        protocol: AppProtocol::Auto,
-    }];
-    let server = mesh.proxy(server, Authorizer::allow_all()).await;
-    let (relay, mesh_connections) = counting_relay(server.addrs.inbound[0]).await;
-    // One worker: each worker pools connections of its own (see the next test).
-    let mut client = mesh.client_config(relay, Some(id("server")), RouteProtocol::Detect);
-    client.worker_threads = Some(1);
-    let client = mesh.proxy(client, Authorizer::allow_all()).await;
-    let outbound = client.addrs.outbound[0];
+    // One worker: each worker pools connections of its own (the test above).
+    let counted = CountedPair::start(&mesh, 1).await;
+    let outbound = counted.client.addrs.outbound[0];
 
     // 200 concurrent streams on one HTTP/2 app connection.
     let h2 = h2c_client(outbound).await;
@@ -265,16 +281,11 @@ async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
 
     // 20 separate HTTP/1.1 app connections.
     for _ in 0..20 {
-        let mut h1 = h1_client(outbound).await;
-        let resp = h1
-            .send_request(Request::get("/").header("host", "s").body(empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(text(resp).await, "hello from app");
+        get_hello(&mut h1_client(outbound).await).await;
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 220);
+    assert_eq!(counted.hits.load(Ordering::SeqCst), 220);
     assert_eq!(
-        mesh_connections.load(Ordering::SeqCst),
+        counted.mesh_connections.load(Ordering::SeqCst),
         1,
         "all of it over one pooled mTLS connection"
     );
