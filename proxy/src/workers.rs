@@ -159,22 +159,30 @@ impl WorkerThreads {
     /// Starts `count - 1` threads, each running a single-threaded runtime until stopped;
     /// returns every worker's runtime, the current one first.
     pub fn start(count: usize) -> std::io::Result<(Vec<Handle>, Self)> {
-        let stop = CancellationToken::new();
+        // Built first, so that threads already started stop if a later one cannot start.
+        let mut started = Self {
+            stop: CancellationToken::new(),
+            threads: Vec::new(),
+        };
         let mut handles = vec![Handle::current()];
-        let mut threads = Vec::new();
         for i in 1..count.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
-            let stopped = stop.clone();
-            threads.push(
+            let stopped = started.stop.clone();
+            started.threads.push(
                 std::thread::Builder::new()
                     .name(format!("warden-worker-{i}"))
-                    .spawn(move || runtime.block_on(stopped.cancelled()))?,
+                    .spawn(move || {
+                        runtime.block_on(stopped.cancelled());
+                        // Whatever still runs there is dropped; a blocking task gets a
+                        // second to end, not a say in when the proxy exits.
+                        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+                    })?,
             );
         }
-        Ok((handles, Self { stop, threads }))
+        Ok((handles, started))
     }
 
     /// Stops the threads (dropping what their runtimes still run) and waits for them.
@@ -223,5 +231,22 @@ mod tests {
                 "{counts:?} from {start}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn worker_threads_run_their_tasks_and_stop() {
+        let (runtimes, threads) = WorkerThreads::start(3).unwrap();
+        assert_eq!(runtimes.len(), 3);
+        for (i, runtime) in runtimes.iter().enumerate().skip(1) {
+            let name = runtime
+                .spawn(async { std::thread::current().name().map(str::to_string) })
+                .await
+                .unwrap();
+            assert_eq!(name, Some(format!("warden-worker-{i}")));
+        }
+        let pending = runtimes[1].spawn(std::future::pending::<()>());
+        threads.stop().await;
+        // The worker's runtime is gone, and what it still ran with it.
+        assert!(pending.await.unwrap_err().is_cancelled());
     }
 }
