@@ -3,12 +3,12 @@
 keep-alive load, counted by `perf stat` (software events and tracepoints, which work where
 this VM exposes no hardware counters); with CPU per request and req/s from the same run.
 
-    python3 benches/mesh/switches.py [--workers 2] [--connections 64] [--unpinned]
+    python3 benches/mesh/switches.py [--workers 2] [--connections 64] [--unpinned] [--close]
         [--runs 2] [--seconds 6] [--only warden haproxy-l7]
 
 The load is wrk with as many threads as sidecar workers, unpinned when the sidecars have
 more than one worker or with --unpinned (which also leaves one-worker sidecars unpinned),
-as mesh.py's threads2 scenario runs it. Needs perf (Debian `linux-perf`) and what
+as mesh.py's threads2 scenario runs it; --close: a new connection per request. Needs perf (Debian `linux-perf`) and what
 benches/mesh/run.sh installs and builds (run it once first).
 """
 import argparse
@@ -31,6 +31,7 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="workers per sidecar (default 2)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--unpinned", action="store_true", help="one-worker sidecars on any CPU too")
+    parser.add_argument("--close", action="store_true", help="a new app connection per request")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--only", nargs="*", default=["warden", "haproxy-l7"])
@@ -55,6 +56,8 @@ def main():
 def measure(bench, c, args, cpu):
     url = f"http://127.0.0.1:{mesh.PORTS[c][0]}/"
     shape = [f"-t{args.workers}", f"-c{args.connections}"]
+    if args.close:
+        shape += ["-H", "Connection: close"]
     mesh.run(mesh.pinned(cpu, ["wrk", *shape, "-d2s", url]))  # warm-up
     pids = [pid for proc in bench.procs[c] for pid in bench.pids(proc)]
     counts = bench.path(f"perf-{c}.csv")
@@ -72,7 +75,8 @@ def measure(bench, c, args, cpu):
         if len(fields) > 2 and fields[0].replace(".", "").isdigit():
             per_request[fields[2].split(":")[-1]] = float(fields[0]) / requests
     figures = "  ".join(f"{k} {v:.2f}" for k, v in per_request.items())
-    return (f"{c:12} {args.workers} worker(s), {args.connections} connections: {requests / args.seconds:8,.0f} req/s, "
+    kind = "connection per request" if args.close else "keep-alive"
+    return (f"{c:12} {args.workers} worker(s), {args.connections} connections, {kind}: {requests / args.seconds:8,.0f} req/s, "
             f"{cpu_us:5.1f} µs CPU/request; per request: {figures}")
 
 
