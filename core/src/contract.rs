@@ -8,6 +8,14 @@ pub const INBOUND_PORT: u16 = 7143;
 /// Admin listener: `/metrics`, `/ready`, `/live` and app-probe passthrough.
 pub const ADMIN_PORT: u16 = 7191;
 
+/// The most worker threads a proxy runs (`worker_threads`; the injector caps what it
+/// derives from a CPU limit to it).
+pub const MAX_WORKER_THREADS: usize = 64;
+/// Worker threads when none are configured: the CPUs the process may use, at most this
+/// (Istio's sidecar default; a pod's CPU is its app's first, and each worker pools
+/// connections of its own).
+pub const DEFAULT_MAX_WORKER_THREADS: usize = 2;
+
 /// The UID the proxy runs as; interception skips it so the proxy's own traffic is not looped.
 pub const PROXY_UID: u32 = 2626;
 /// The GID the proxy runs as.

@@ -232,27 +232,42 @@ impl Overrides {
     }
 }
 
-/// Worker threads without a CPU limit: Istio's sidecar default. The pod's CPU is its app's
-/// first, and each worker pools connections of its own, so a sidecar on a large node must
-/// not start one per node CPU.
-pub const DEFAULT_WORKER_THREADS: u32 = 2;
+/// The proxy's worker threads for its CPU limit (a Kubernetes quantity): the limit in cores
+/// rounded up, as Linkerd sizes its proxy, from 1 to [`contract::MAX_WORKER_THREADS`]. None
+/// without a limit, or for one that is no CPU quantity: the proxy then runs one worker per
+/// CPU its container may use, at most two (a limit a LimitRange adds later counts there).
+pub fn worker_threads(cpu_limit: Option<&str>) -> Option<usize> {
+    let cores = cpu_cores(cpu_limit?)?;
+    // In range before the conversion, so it cannot saturate or wrap.
+    let max = contract::MAX_WORKER_THREADS as f64;
+    Some(cores.ceil().clamp(1.0, max) as usize)
+}
 
-/// The proxy's worker threads for its CPU limit (a Kubernetes quantity: cores, or `m`
-/// millicores): the limit rounded up, as Linkerd sizes its proxy, at least one; without a
-/// limit, or one that is no CPU quantity, [`DEFAULT_WORKER_THREADS`].
-pub fn worker_threads(cpu_limit: Option<&str>) -> u32 {
-    let cores = cpu_limit.and_then(|limit| match limit.strip_suffix('m') {
-        Some(millis) => millis.parse::<u64>().ok().map(|m| m.div_ceil(1000)),
-        None => limit
-            .parse::<f64>()
-            .ok()
-            .filter(|c| c.is_finite() && *c >= 0.0)
-            .map(|c| c.ceil() as u64),
-    });
-    match cores {
-        Some(cores) => u32::try_from(cores.max(1)).unwrap_or(u32::MAX),
-        None => DEFAULT_WORKER_THREADS,
-    }
+/// The cores a CPU quantity stands for: a decimal number, an exponent (`1e3`), or a
+/// decimal (`n`, `u`, `m`, `k`, `M`, `G`) or binary (`Ki`, `Mi`, `Gi`) suffix.
+fn cpu_cores(quantity: &str) -> Option<f64> {
+    let split = quantity
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(quantity.len());
+    let (number, suffix) = quantity.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        exponent => {
+            let digits = exponent.strip_prefix(['e', 'E'])?;
+            10f64.powi(digits.parse::<i32>().ok()?.clamp(-30, 30))
+        }
+    };
+    Some(number * scale).filter(|c| c.is_finite() && *c >= 0.0)
 }
 
 fn resources(r: &Resources) -> ResourceRequirements {
@@ -376,11 +391,10 @@ fn proxy_container(config: &InjectorConfig, o: &Overrides, probes: &AppProbes) -
         value_env(env::TRANSPARENT, "true"),
         value_env(env::CONTROL_PLANE, config.control_plane.clone()),
         value_env(env::LOG, o.log_level.clone()),
-        value_env(
-            env::WORKER_THREADS,
-            worker_threads(o.resources.cpu_limit.as_deref()).to_string(),
-        ),
     ];
+    if let Some(workers) = worker_threads(o.resources.cpu_limit.as_deref()) {
+        env.push(value_env(env::WORKER_THREADS, workers.to_string()));
+    }
     if !o.opaque_ports.is_empty() {
         env.push(value_env(env::OPAQUE_PORTS, join(&o.opaque_ports)));
     }
@@ -932,21 +946,33 @@ mod tests {
     #[test]
     fn worker_threads_follow_the_cpu_limit_rounded_up() {
         let cases = [
-            (None, 2),
-            (Some("1"), 1),
-            (Some("2"), 2),
-            (Some("1.5"), 2),
-            (Some("0.1"), 1),
-            (Some("500m"), 1),
-            (Some("1000m"), 1),
-            (Some("1001m"), 2),
-            (Some("2500m"), 3),
-            (Some("0"), 1),
-            (Some("0m"), 1),
-            (Some("8"), 8),
-            (Some("2Ki"), 2),
-            (Some("lots"), 2),
-            (Some("1e400"), 2),
+            (None, None),
+            (Some("1"), Some(1)),
+            (Some("2"), Some(2)),
+            (Some("1.5"), Some(2)),
+            (Some("0.1"), Some(1)),
+            (Some("500m"), Some(1)),
+            (Some("1000m"), Some(1)),
+            (Some("1001m"), Some(2)),
+            (Some("2500m"), Some(3)),
+            (Some("0.5m"), Some(1)),
+            (Some("500000u"), Some(1)),
+            (Some("2500000000n"), Some(3)),
+            (Some("1e1"), Some(10)),
+            (Some("2E0"), Some(2)),
+            (Some("0"), Some(1)),
+            (Some("8"), Some(8)),
+            (Some("64"), Some(64)),
+            (Some("65"), Some(64)),
+            (Some("1e3"), Some(64)),
+            (Some("1k"), Some(64)),
+            (Some("2Ki"), Some(64)),
+            (Some("99999999999999999999"), Some(64)),
+            (Some("1e400"), Some(64)),
+            (Some("lots"), None),
+            (Some("1x"), None),
+            (Some("."), None),
+            (Some(""), None),
         ];
         for (limit, want) in cases {
             assert_eq!(worker_threads(limit), want, "{limit:?}");

@@ -1042,7 +1042,7 @@ fn security_annotations_are_ignored_with_a_warning_unless_the_operator_allows_th
         ("WARDEN_INBOUND_MODE", "strict"),
         ("WARDEN_OPAQUE_PORTS", "6379"),
         ("WARDEN_LOG", "info"),
-        // The CPU limit rounded up (2 without one: the golden patches).
+        // The CPU limit rounded up (none without one: the golden patches).
         ("WARDEN_WORKER_THREADS", "3"),
     ] {
         assert_eq!(proxy_env(&patched, env), Some(json!(want)), "{env}");

@@ -71,9 +71,8 @@ pub struct ProxyConfig {
     pub transparent: TransparentConfig,
     /// Whether inbound listeners accept plaintext from callers without a sidecar.
     pub inbound_mode: InboundMode,
-    /// Worker threads (default: one per CPU the process may use), each a single-threaded
-    /// runtime that owns the connections given to it. A sidecar sharing a pod's CPU limit,
-    /// or a benchmark, sets 1 or 2.
+    /// Worker threads (default: one per CPU the process may use, at most 2), each a
+    /// single-threaded runtime that owns the connections given to it; at most 64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
     /// Authorization policies and the audit log.
@@ -558,11 +557,13 @@ impl ProxyConfig {
         }
     }
 
-    /// How many workers the proxy runs: `worker_threads`, or one per CPU the process may
-    /// use.
+    /// How many workers the proxy runs: `worker_threads`, or one per CPU the process may use
+    /// (its cgroup's CPU limit counts) up to [`contract::DEFAULT_MAX_WORKER_THREADS`].
     pub fn workers(&self) -> usize {
         self.worker_threads.unwrap_or_else(|| {
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            std::thread::available_parallelism()
+                .map_or(1, std::num::NonZeroUsize::get)
+                .min(contract::DEFAULT_MAX_WORKER_THREADS)
         })
     }
 
@@ -588,6 +589,15 @@ impl ProxyConfig {
         }
         if self.worker_threads == Some(0) {
             return Err(invalid("worker_threads", "must be at least 1".into()));
+        }
+        if self
+            .worker_threads
+            .is_some_and(|n| n > contract::MAX_WORKER_THREADS)
+        {
+            return Err(invalid(
+                "worker_threads",
+                format!("must be at most {}", contract::MAX_WORKER_THREADS),
+            ));
         }
         if self.authorization.reload_interval.is_zero() {
             return Err(invalid(
@@ -887,6 +897,7 @@ limits:
             ("limits: {max_header_bytes: 10}", "config field limits.max_header_bytes"),
             ("opaque_ports: [0]", "config field opaque_ports[0]"),
             ("worker_threads: 0", "config field worker_threads: must be at least 1"),
+            ("worker_threads: 65", "config field worker_threads: must be at most 64"),
             ("identity: {url: 'http://x'}", "config field identity.url"),
             (
                 "admin: {listen: '127.0.0.1:9000'}\noutbound: [{listen: '127.0.0.1:9000', destination: '127.0.0.1:1'}]",

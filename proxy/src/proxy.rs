@@ -367,20 +367,16 @@ pub async fn run(
             tokio::spawn(discovery.clone().run(shutdown.clone()));
             discovery
         });
-    let (runtimes, worker_threads) = match WorkerThreads::start(config.workers()) {
-        Ok(started) => started,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the worker threads");
-            admin_stop.cancel();
-            return;
-        }
-    };
+    let (runtimes, worker_threads) = WorkerThreads::start(config.workers()).await;
+    // One connector for all workers: its TLS configurations and their session caches are
+    // built once per certificate and resume across workers (it is used only to connect).
+    let mesh = Arc::new(MeshConnector::new(
+        credentials.clone(),
+        config.timeouts.connect,
+        config.timeouts.handshake,
+    ));
     let workers = Arc::new(Workers::new(runtimes, || Shared {
-        mesh: MeshConnector::new(
-            credentials.clone(),
-            config.timeouts.connect,
-            config.timeouts.handshake,
-        ),
+        mesh: mesh.clone(),
         pool: Pool::new(config.limits.max_header_bytes),
         apps: AppClients::new(config.timeouts.connect, config.timeouts.idle),
         credentials: credentials.clone(),
@@ -535,11 +531,12 @@ pub async fn run(
         run.hard_stop.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), run.tasks.wait()).await;
     }
+    // Before the final checkpoint: nothing still running there can decide (and record) after it.
+    worker_threads.stop().await;
     if let Some(audit) = shared.authz.audit() {
         // The final checkpoint: the chain ends here, signed.
         audit.close(Duration::from_secs(5)).await;
     }
-    worker_threads.stop().await;
     admin_stop.cancel();
     tracing::info!("proxy stopped");
 }

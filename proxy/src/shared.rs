@@ -22,8 +22,8 @@ pub struct Shared {
     pub credentials: watch::Receiver<Arc<Credentials>>,
     /// The resolved configuration (timeouts, limits, opaque ports).
     pub config: Arc<ProxyConfig>,
-    /// Originates mTLS to peer proxies.
-    pub mesh: MeshConnector,
+    /// Originates mTLS to peer proxies (one for all workers).
+    pub mesh: Arc<MeshConnector>,
     /// Pooled proxy-to-proxy HTTP/2 connections.
     pub pool: Pool,
     /// HTTP clients towards the local app.

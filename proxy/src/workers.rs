@@ -156,33 +156,56 @@ pub struct WorkerThreads {
 }
 
 impl WorkerThreads {
-    /// Starts `count - 1` threads, each running a single-threaded runtime until stopped;
-    /// returns every worker's runtime, the current one first.
-    pub fn start(count: usize) -> std::io::Result<(Vec<Handle>, Self)> {
-        // Built first, so that threads already started stop if a later one cannot start.
+    /// Starts up to `count - 1` threads, each running a single-threaded runtime until
+    /// stopped; returns every started worker's runtime, the current one first. A thread
+    /// that cannot start (a pids limit, say) is logged and the proxy runs with fewer.
+    pub async fn start(count: usize) -> (Vec<Handle>, Self) {
         let mut started = Self {
             stop: CancellationToken::new(),
             threads: Vec::new(),
         };
         let mut handles = vec![Handle::current()];
         for i in 1..count.max(1) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            handles.push(runtime.handle().clone());
-            let stopped = started.stop.clone();
-            started.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("warden-worker-{i}"))
-                    .spawn(move || {
-                        runtime.block_on(stopped.cancelled());
-                        // Whatever still runs there is dropped; a blocking task gets a
-                        // second to end, not a say in when the proxy exits.
-                        runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-                    })?,
-            );
+            match started.spawn(i).await {
+                Ok(handle) => handles.push(handle),
+                Err(e) => {
+                    tracing::warn!(error = %e, workers = handles.len(), wanted = count, "cannot start another worker thread; running with fewer");
+                    break;
+                }
+            }
         }
-        Ok((handles, started))
+        (handles, started)
+    }
+
+    /// Starts worker thread `i`; its runtime is built (and dropped) on that thread.
+    async fn spawn(&mut self, i: usize) -> std::io::Result<Handle> {
+        let (handle_tx, handle_rx) = tokio::sync::oneshot::channel();
+        let stopped = self.stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("warden-worker-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = handle_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if handle_tx.send(Ok(runtime.handle().clone())).is_err() {
+                    return;
+                }
+                runtime.block_on(stopped.cancelled());
+                // Whatever still runs there is dropped; a blocking task gets a second to
+                // end, not a say in when the proxy exits.
+                runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            })?;
+        self.threads.push(thread);
+        handle_rx
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the worker thread ended at start")))
     }
 
     /// Stops the threads (dropping what their runtimes still run) and waits for them.
@@ -235,7 +258,7 @@ mod tests {
 
     #[tokio::test]
     async fn worker_threads_run_their_tasks_and_stop() {
-        let (runtimes, threads) = WorkerThreads::start(3).unwrap();
+        let (runtimes, threads) = WorkerThreads::start(3).await;
         assert_eq!(runtimes.len(), 3);
         for (i, runtime) in runtimes.iter().enumerate().skip(1) {
             let name = runtime

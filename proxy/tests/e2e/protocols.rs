@@ -356,15 +356,9 @@ async fn grpc_unary_and_server_streaming_keep_their_trailers() {
 #[tokio::test]
 async fn a_slow_reader_of_tiny_messages_does_not_break_the_shared_connection() {
     let mesh = Mesh::start().await;
-    let (app, _) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    // One worker, so that both app connections share one pooled connection.
+    let counted = CountedPair::start(&mesh, 1).await;
+    let outbound = counted.client.addrs.outbound[0];
     let call = |path: &str| {
         Request::post(format!("http://server.test{path}"))
             .header("content-type", "application/grpc")
@@ -373,7 +367,7 @@ async fn a_slow_reader_of_tiny_messages_does_not_break_the_shared_connection() {
             .unwrap()
     };
     // A client that lets through 1 KiB at a time and reads nothing yet.
-    let tcp = tokio::net::TcpStream::connect(pair.outbound).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
     let (mut slow, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .initial_stream_window_size(1024)
         .handshake(TokioIo::new(tcp))
@@ -390,7 +384,7 @@ async fn a_slow_reader_of_tiny_messages_does_not_break_the_shared_connection() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Meanwhile another call on the same pooled connection is answered...
-    let mut other = h2c_client(pair.outbound).await;
+    let mut other = h2c_client(outbound).await;
     let unary = other
         .send_request(call("/grpc.test.Echo/Unary"))
         .await
@@ -405,6 +399,11 @@ async fn a_slow_reader_of_tiny_messages_does_not_break_the_shared_connection() {
         .await
         .expect("the stream completes");
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(
+        counted.mesh_connections.load(Ordering::SeqCst),
+        1,
+        "both calls on one pooled connection"
+    );
     assert_eq!(grpc_messages(&collected.to_bytes()).len(), messages);
 
     // The other way: a client stream of tiny messages the app reads late piles up at the
@@ -426,6 +425,11 @@ async fn a_slow_reader_of_tiny_messages_does_not_break_the_shared_connection() {
         .await
         .expect("the call completes");
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+    assert_eq!(
+        counted.mesh_connections.load(Ordering::SeqCst),
+        1,
+        "both calls on one pooled connection"
+    );
     assert_eq!(
         grpc_messages(&collected.to_bytes()),
         vec![messages.to_string().into_bytes()]
