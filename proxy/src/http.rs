@@ -393,26 +393,24 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Joins two sides of an HTTP upgrade once both have switched protocols, relaying bytes
-/// until both finish or the connection idles out. Runs in the background.
-pub fn bridge_upgrades(
+/// until both finish or the connection idles out (the caller runs it as a task).
+pub async fn bridge_upgrades(
     first: hyper::upgrade::OnUpgrade,
     second: hyper::upgrade::OnUpgrade,
     idle: std::time::Duration,
     what: &'static str,
 ) {
     use hyper_util::rt::TokioIo;
-    tokio::spawn(async move {
-        match tokio::try_join!(first, second) {
-            Ok((a, b)) => {
-                if let Err((e, _)) =
-                    crate::io::copy_bidirectional(TokioIo::new(a), TokioIo::new(b), idle).await
-                {
-                    tracing::debug!(error = %e, "{what} upgraded connection ended");
-                }
+    match tokio::try_join!(first, second) {
+        Ok((a, b)) => {
+            if let Err((e, _)) =
+                crate::io::copy_bidirectional(TokioIo::new(a), TokioIo::new(b), idle).await
+            {
+                tracing::debug!(error = %e, "{what} upgraded connection ended");
             }
-            Err(e) => tracing::debug!(error = %e, "{what} upgrade failed"),
         }
-    });
+        Err(e) => tracing::debug!(error = %e, "{what} upgrade failed"),
+    }
 }
 
 /// A body that runs `on_end` once when its end is handed on (polled, or known ended when

@@ -352,6 +352,12 @@ async fn upgrade_to_app(
     *ok.headers_mut() = response.headers().clone();
     strip_hop_by_hop(ok.headers_mut());
     let idle = shared.config.timeouts.idle;
-    crate::http::bridge_upgrades(peer_upgrade, app_upgrade, idle, "inbound");
+    // The peer's connection stays open (and counted) while this stream of it lives.
+    tokio::spawn(crate::http::bridge_upgrades(
+        peer_upgrade,
+        app_upgrade,
+        idle,
+        "inbound",
+    ));
     Ok(ok)
 }

@@ -11,6 +11,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::task::TaskTracker;
 
 use super::pool::PoolKey;
 use super::OutboundTarget;
@@ -38,11 +39,16 @@ where
         addr: target.addr,
         expected: target.expected.clone(),
     });
+    // An upgraded HTTP/1.1 connection (WebSocket) is relayed by a task of its own after
+    // hyper lets go of it; the connection is open until that ends.
+    let tunnels = TaskTracker::new();
     let service_shared = shared.clone();
+    let service_tunnels = tunnels.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = service_shared.clone();
         let key = key.clone();
-        async move { Ok::<_, Infallible>(forward(req, &key, &shared).await) }
+        let tunnels = service_tunnels.clone();
+        async move { Ok::<_, Infallible>(forward(req, &key, &shared, &tunnels).await) }
     });
     let limits = &shared.config.limits;
     let timeouts = &shared.config.timeouts;
@@ -71,17 +77,28 @@ where
             .with_upgrades();
         run.serve_http(conn, |c| c.graceful_shutdown()).await
     };
+    // Counted, limited and waited for at shutdown as the connection it still is.
+    tunnels.close();
+    tokio::select! {
+        () = tunnels.wait() => {}
+        () = run.hard_stop.cancelled() => {}
+    }
     result.map_err(|e| tracing::debug!(error = %e, "outbound HTTP connection ended"))
 }
 
 /// Forwards one request; errors become the proxy's own response.
-async fn forward(req: Request<Incoming>, key: &PoolKey, shared: &Shared) -> Response<ProxyBody> {
+async fn forward(
+    req: Request<Incoming>,
+    key: &PoolKey,
+    shared: &Shared,
+    tunnels: &TaskTracker,
+) -> Response<ProxyBody> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let access =
         access_log_enabled().then(|| (req.method().to_string(), req.uri().path().to_string()));
     let mut id = None;
-    let (response, peer) = match forward_inner(req, key, shared).await {
+    let (response, peer) = match forward_inner(req, key, shared, tunnels).await {
         Ok(pair) => pair,
         Err(e) => {
             let id = id.insert(request_id());
@@ -116,6 +133,7 @@ async fn forward_inner(
     mut req: Request<Incoming>,
     key: &PoolKey,
     shared: &Shared,
+    tunnels: &TaskTracker,
 ) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
     let from_http1 = req.version() < Version::HTTP_2;
     check_target(&req)?;
@@ -199,7 +217,7 @@ async fn forward_inner(
 
     if let (Some(app_upgrade), Some(protocol)) = (app_upgrade, upgrade) {
         return Ok((
-            tunnel(response, app_upgrade, &protocol, shared),
+            tunnel(response, app_upgrade, &protocol, shared, tunnels),
             pooled.peer,
         ));
     }
@@ -214,12 +232,14 @@ async fn forward_inner(
 }
 
 /// Completes an upgrade: on the peer's 200 to the extended CONNECT, answers the app 101 and
-/// joins the two upgraded streams; any other answer goes back to the app as it is.
+/// joins the two upgraded streams (a task in `tunnels`); any other answer goes back to the
+/// app as it is.
 fn tunnel(
     mut response: Response<Incoming>,
     app_upgrade: hyper::upgrade::OnUpgrade,
     protocol: &str,
     shared: &Shared,
+    tunnels: &TaskTracker,
 ) -> Response<ProxyBody> {
     if response.status() != StatusCode::OK {
         return response.map(boxed);
@@ -234,6 +254,11 @@ fn tunnel(
         h.insert(header::UPGRADE, v);
     }
     let idle = shared.config.timeouts.idle;
-    crate::http::bridge_upgrades(app_upgrade, peer_upgrade, idle, "outbound");
+    tunnels.spawn(crate::http::bridge_upgrades(
+        app_upgrade,
+        peer_upgrade,
+        idle,
+        "outbound",
+    ));
     switching
 }

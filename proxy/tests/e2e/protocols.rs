@@ -468,6 +468,75 @@ async fn websocket_upgrade_exchanges_messages() {
     ws.close(None).await.unwrap();
 }
 
+/// An upgraded connection is relayed after hyper lets go of it: it still counts as the open
+/// connection it is (here against the listener's connection limit) until it closes.
+#[tokio::test]
+async fn a_websocket_holds_its_connection_until_it_closes() {
+    let mesh = Mesh::start().await;
+    let app = apps::websocket_app().await;
+    let mut server = mesh.workload("server");
+    server.inbound = vec![warden_proxy::config::InboundListener {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        app,
+        protocol: AppProtocol::Auto,
+    }];
+    let server = mesh.proxy(server, Authorizer::allow_all()).await;
+    let mut client = mesh.client_config(
+        server.addrs.inbound[0],
+        Some(id("server")),
+        RouteProtocol::Detect,
+    );
+    client.limits.max_connections = 1;
+    let client = mesh.proxy(client, Authorizer::allow_all()).await;
+    let outbound = client.addrs.outbound[0];
+
+    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://server.test/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send("one".into()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reply.to_text().unwrap(),
+        format!("{} said one", id("client"))
+    );
+
+    // The WebSocket holds the one connection allowed: another is closed at once.
+    let mut other = h1_client(outbound).await;
+    let refused = other
+        .send_request(Request::get("/").header("host", "s").body(empty()).unwrap())
+        .await;
+    assert!(
+        refused.is_err(),
+        "a second connection was served: {refused:?}"
+    );
+
+    // Closed, it frees its place.
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut h1 = h1_client(outbound).await;
+        let sent = h1
+            .send_request(Request::get("/").header("host", "s").body(empty()).unwrap())
+            .await;
+        if sent.is_ok() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no connection served after the WebSocket closed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// An app that answers before it has read the request (a gRPC error from an interceptor, a
 /// 413): the caller's stream is not reset under it, the proxies read the rest of its body
 /// (`drain`). Reset, the caller's late DATA frames would be protocol errors that h2 counts
