@@ -223,6 +223,17 @@ impl Mesh {
         self.proxy(client, Authorizer::allow_all()).await
     }
 
+    /// A server proxy (identity `server`, allowing everyone) in front of `app`.
+    pub async fn server(&self, app: SocketAddr) -> Proxy {
+        let mut server = self.workload("server");
+        server.inbound = vec![InboundListener {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            app,
+            protocol: AppProtocol::Auto,
+        }];
+        self.proxy(server, Authorizer::allow_all()).await
+    }
+
     /// A server proxy in front of `app` and a client proxy with one route to it.
     pub async fn pair(
         &self,

@@ -200,13 +200,7 @@ struct CountedPair {
 impl CountedPair {
     async fn start(mesh: &Mesh, workers: usize) -> Self {
         let (app, hits) = apps::http_app().await;
-        let mut server = mesh.workload("server");
-        server.inbound = vec![warden_proxy::config::InboundListener {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            app,
-            protocol: AppProtocol::Auto,
-        }];
-        let server = mesh.proxy(server, Authorizer::allow_all()).await;
+        let server = mesh.server(app).await;
         let (relay, mesh_connections) = counting_relay(server.addrs.inbound[0]).await;
         let mut client = mesh.client_config(relay, Some(id("server")), RouteProtocol::Detect);
         client.worker_threads = Some(workers);
@@ -448,24 +442,37 @@ async fn websocket_upgrade_exchanges_messages() {
             Authorizer::allow_all(),
         )
         .await;
-    let tcp = tokio::net::TcpStream::connect(pair.outbound).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("ws://server.test/chat", tcp)
+    let mut ws = websocket(pair.outbound).await;
+    for word in ["one", "two", "three"] {
+        chat(&mut ws, word).await;
+    }
+    ws.close(None).await.unwrap();
+}
+
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// A WebSocket to the test app's `/chat` through the client proxy at `outbound`.
+async fn websocket(outbound: std::net::SocketAddr) -> WebSocket {
+    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async("ws://server.test/chat", tcp)
         .await
         .unwrap();
     assert_eq!(resp.status(), 101);
-    for word in ["one", "two", "three"] {
-        ws.send(word.into()).await.unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            reply.to_text().unwrap(),
-            format!("{} said {word}", id("client"))
-        );
-    }
-    ws.close(None).await.unwrap();
+    ws
+}
+
+/// Sends `word` and checks the app's answer: it names the caller the proxies verified.
+async fn chat(ws: &mut WebSocket, word: &str) {
+    ws.send(word.into()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reply.to_text().unwrap(),
+        format!("{} said {word}", id("client"))
+    );
 }
 
 /// An upgraded connection is relayed after hyper lets go of it: it still counts as the open
@@ -473,14 +480,7 @@ async fn websocket_upgrade_exchanges_messages() {
 #[tokio::test]
 async fn a_websocket_holds_its_connection_until_it_closes() {
     let mesh = Mesh::start().await;
-    let app = apps::websocket_app().await;
-    let mut server = mesh.workload("server");
-    server.inbound = vec![warden_proxy::config::InboundListener {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        app,
-        protocol: AppProtocol::Auto,
-    }];
-    let server = mesh.proxy(server, Authorizer::allow_all()).await;
+    let server = mesh.server(apps::websocket_app().await).await;
     let mut client = mesh.client_config(
         server.addrs.inbound[0],
         Some(id("server")),
@@ -490,21 +490,8 @@ async fn a_websocket_holds_its_connection_until_it_closes() {
     let client = mesh.proxy(client, Authorizer::allow_all()).await;
     let outbound = client.addrs.outbound[0];
 
-    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("ws://server.test/chat", tcp)
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 101);
-    ws.send("one".into()).await.unwrap();
-    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        reply.to_text().unwrap(),
-        format!("{} said one", id("client"))
-    );
+    let mut ws = websocket(outbound).await;
+    chat(&mut ws, "one").await;
 
     // The WebSocket holds the one connection allowed: another is closed at once.
     let mut other = h1_client(outbound).await;
