@@ -131,14 +131,7 @@ async fn an_app_that_is_down_is_502_and_a_slow_one_504() {
 async fn peers_failing_verification_are_refused_and_the_app_gets_nothing() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let inbound = pair.server.addrs.inbound[0];
 
     // A workload with a certificate from another CA, claiming to be the client.
@@ -254,14 +247,7 @@ async fn the_authorization_hook_denies_requests_and_connections() {
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
-    let mut pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let mut pair = mesh.open_pair(app).await;
     let outbound = pair.outbound;
     let in_flight = tokio::spawn(async move { get(outbound, "/slow/800").await });
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -292,14 +278,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
 async fn admin_reports_readiness_and_metrics() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let (status, _, _) = get(pair.outbound, "/").await;
     assert_eq!(status, 200);
     assert!(pair.server.admin("/live").await.starts_with("HTTP/1.1 200"));
@@ -373,14 +352,7 @@ async fn connections_over_the_limit_are_refused_and_counted() {
 async fn oversized_headers_are_refused_before_reaching_anyone() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     // 100 KiB of headers against the default 64 KiB limit.
     let mut tcp = TcpStream::connect(pair.outbound).await.unwrap();
     let big = "x".repeat(100 * 1024);
@@ -506,14 +478,7 @@ async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
     // SVIDs of 4 s: renewal is due at ~2.5-2.8 s, expiry at 4 s.
     let mesh = Mesh::start_with_ttl(Duration::from_secs(4)).await;
     let (app, _) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let inbound = pair.server.addrs.inbound[0];
     let store = Arc::new(TrustStore::single(mesh.ca.get().bundle().clone()));
     // A fresh mTLS handshake with the server proxy, as a new peer would make.

@@ -246,6 +246,18 @@ impl Mesh {
             .await
     }
 
+    /// The usual pair: an app speaking what its caller speaks, detected routes, every caller
+    /// allowed.
+    pub async fn open_pair(&self, app: SocketAddr) -> Pair {
+        self.pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await
+    }
+
     /// Like [`pair`](Self::pair), with the server's config adjusted by `tweak`.
     pub async fn pair_with(
         &self,

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use warden_proxy::authz::Authorizer;
-use warden_proxy::config::{AppProtocol, RouteProtocol};
+use warden_proxy::config::RouteProtocol;
 
 use crate::apps::{self, checksum, grpc_frame, grpc_messages, pattern};
 use crate::fixture::{counting_relay, id, Mesh, Proxy};
@@ -24,14 +24,7 @@ use crate::{empty, full, h1_client, h2c_client, text};
 async fn the_app_gets_the_normalized_path_and_the_query_as_sent() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let cases = [
         ("/headers", "/headers"),
         ("/headers?a=1&b=%2F", "/headers?a=1&b=%2F"),
@@ -68,14 +61,7 @@ async fn the_app_gets_the_normalized_path_and_the_query_as_sent() {
 async fn http1_keep_alive_chunked_bodies_and_identity_headers() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let mut client = h1_client(pair.outbound).await;
 
     // The app sees the verified caller, whatever the caller claimed.
@@ -152,14 +138,7 @@ async fn http1_keep_alive_chunked_bodies_and_identity_headers() {
 async fn ten_mib_upload_and_download() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let mut client = h1_client(pair.outbound).await;
     let size = 10 * 1024 * 1024;
     let data = pattern(size);
@@ -289,14 +268,7 @@ async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
 async fn grpc_unary_and_server_streaming_keep_their_trailers() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let mut grpc = h2c_client(pair.outbound).await;
     let call = |path: &str, payload: &[u8]| {
         Request::post(format!("http://server.test{path}"))
@@ -434,14 +406,7 @@ async fn a_slow_reader_of_tiny_messages_does_not_break_the_shared_connection() {
 async fn websocket_upgrade_exchanges_messages() {
     let mesh = Mesh::start().await;
     let app = apps::websocket_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let mut ws = websocket(pair.outbound).await;
     for word in ["one", "two", "three"] {
         chat(&mut ws, word).await;
@@ -532,14 +497,7 @@ async fn a_websocket_holds_its_connection_until_it_closes() {
 async fn a_request_answered_before_its_body_ends_is_read_on_not_reset() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let mut client = h2c_client(pair.outbound).await;
     let (tx, mut rx) =
         tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);

@@ -26,14 +26,7 @@ async fn opaque_tcp_echo_detected_and_configured() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::tcp_app(None).await;
     // Not HTTP: detected as opaque from its first bytes.
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     assert_eq!(echo_round(pair.outbound, &binary).await, binary);
     // Declared opaque: no detection at all, even for HTTP-looking bytes.
@@ -51,14 +44,7 @@ async fn opaque_tcp_echo_detected_and_configured() {
 async fn a_server_speaks_first_protocol_works() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::tcp_app(Some("220 smtp.test ESMTP ready\r\n")).await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Detect,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.open_pair(app).await;
     let mut tcp = TcpStream::connect(pair.outbound).await.unwrap();
     // The client waits for the banner; detection gives up after its timeout and goes opaque.
     let mut banner = vec![0u8; 27];
