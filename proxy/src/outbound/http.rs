@@ -35,20 +35,25 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let key = Arc::new(PoolKey {
-        addr: target.addr,
-        expected: target.expected.clone(),
-    });
     // An upgraded HTTP/1.1 connection (WebSocket) is relayed by a task of its own after
     // hyper lets go of it; the connection is open until that ends.
     let tunnels = TaskTracker::new();
+    // One clone per request for both (it is on the request path).
+    let route = Arc::new((
+        PoolKey {
+            addr: target.addr,
+            expected: target.expected.clone(),
+        },
+        tunnels.clone(),
+    ));
     let service_shared = shared.clone();
-    let service_tunnels = tunnels.clone();
     let service = hyper::service::service_fn(move |req| {
         let shared = service_shared.clone();
-        let key = key.clone();
-        let tunnels = service_tunnels.clone();
-        async move { Ok::<_, Infallible>(forward(req, &key, &shared, &tunnels).await) }
+        let route = route.clone();
+        async move {
+            let (key, tunnels) = &*route;
+            Ok::<_, Infallible>(forward(req, key, &shared, tunnels).await)
+        }
     });
     let limits = &shared.config.limits;
     let timeouts = &shared.config.timeouts;
