@@ -4,7 +4,11 @@
 //!   coordinated-omission correction (each latency runs from the request's scheduled time, so a
 //!   stall counts against every request it delays, as wrk2 does). One busy-polling thread with
 //!   non-blocking sockets keeps the schedule to microseconds, which tokio's millisecond timer
-//!   cannot. Requests scheduled in the first second are sent but not counted.
+//!   cannot. Requests scheduled in the first second are sent but not counted. Beside the
+//!   generator, a hiccup meter per CPU (a real-time thread that sleeps 1 ms at a time and
+//!   notes every wake-up more than 0.5 ms late, as jHiccup and cyclictest do) records when the
+//!   machine itself stalled; the `clean_*` percentiles leave out the requests scheduled in or
+//!   near such a stall (below), so a proxy's tail can be told from the platform's.
 //! - `loadgen sink ADDR`: a TCP app that reads an 8-byte big-endian length, then that many
 //!   bytes, and answers with the count it read (no half-close, so every proxy can carry it).
 //! - `loadgen bulk ADDR BYTES`: sends BYTES through to a sink and reports the throughput.
@@ -15,6 +19,9 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::exit;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 fn main() {
@@ -83,7 +90,9 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
     let measured_from = start + WARM_UP;
     let deadline = start + Duration::from_secs(seconds + 10);
     let (mut scheduled, mut errors, mut late_at_end) = (0u64, 0u64, 0u64);
-    let mut latencies: Vec<u64> = Vec::with_capacity(total as usize);
+    // (latency, scheduled offset from the start), both in nanoseconds
+    let mut latencies: Vec<(u64, u64)> = Vec::with_capacity(total as usize);
+    let meter = HiccupMeter::start(start);
     // The slowest requests and when they were scheduled (seconds from the start), to tell a
     // periodic stall from noise.
     let mut worst: Vec<(u64, f64)> = Vec::new();
@@ -125,7 +134,7 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
                             errors += 1;
                         } else if scheduled_at >= measured_from {
                             let latency = (done - scheduled_at).as_nanos() as u64;
-                            latencies.push(latency);
+                            latencies.push((latency, (scheduled_at - start).as_nanos() as u64));
                             worst.push((latency, (scheduled_at - start).as_secs_f64()));
                             if worst.len() > 64 {
                                 worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
@@ -153,13 +162,46 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
             break;
         }
     }
-    latencies.sort_unstable();
+    let stalls = meter.stop();
     worst.sort_unstable_by_key(|w| std::cmp::Reverse(w.0));
     worst.truncate(5);
     let worst: Vec<String> = worst
         .iter()
         .map(|(ns, at)| format!("[{at:.3}, {:.3}]", *ns as f64 / 1e6))
         .collect();
+    let all: Vec<u64> = latencies.iter().map(|l| l.0).collect();
+    let clean = match &stalls {
+        Ok(stalls) => {
+            let windows = set_aside(stalls);
+            let kept: Vec<u64> = latencies.iter().filter(|l| !inside(&windows, l.1)).map(|l| l.0).collect();
+            let longest = stalls.iter().map(|s| s.1 - s.0).max().unwrap_or(0);
+            let aside: u64 = windows.iter().map(|w| w.1 - w.0).sum();
+            format!(
+                "\"stalls\": {}, \"longest_stall_ms\": {:.3}, \"set_aside_ms\": {:.1}, \"clean_measured\": {}, {}",
+                stalls.len(),
+                longest as f64 / 1e6,
+                aside as f64 / 1e6,
+                kept.len(),
+                percentiles("clean_", kept)
+            )
+        }
+        Err(e) => {
+            eprintln!("loadgen: no hiccup meter, so no clean percentiles: {e}");
+            "\"stalls\": null".to_string()
+        }
+    };
+    println!(
+        "{{\"rate\": {rate}, \"seconds\": {seconds}, \"connections\": {connections}, \"measured\": {}, \"errors\": {errors}, \"unfinished\": {late_at_end}, {}, \"worst_at_s_ms\": [{}], {clean}}}",
+        latencies.len(),
+        percentiles("", all),
+        worst.join(", ")
+    );
+}
+
+/// `"{prefix}p50_ms": .., "{prefix}p99_ms": .., "{prefix}p999_ms": .., "{prefix}max_ms": ..` of
+/// `latencies` (nanoseconds).
+fn percentiles(prefix: &str, mut latencies: Vec<u64>) -> String {
+    latencies.sort_unstable();
     let pct = |q: f64| -> f64 {
         if latencies.is_empty() {
             return 0.0;
@@ -167,15 +209,121 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
         let rank = ((q * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
         latencies[rank - 1] as f64 / 1e6
     };
-    println!(
-        "{{\"rate\": {rate}, \"seconds\": {seconds}, \"connections\": {connections}, \"measured\": {}, \"errors\": {errors}, \"unfinished\": {late_at_end}, \"p50_ms\": {:.4}, \"p99_ms\": {:.4}, \"p999_ms\": {:.4}, \"max_ms\": {:.4}, \"worst_at_s_ms\": [{}]}}",
-        latencies.len(),
+    format!(
+        "\"{prefix}p50_ms\": {:.4}, \"{prefix}p99_ms\": {:.4}, \"{prefix}p999_ms\": {:.4}, \"{prefix}max_ms\": {:.4}",
         pct(0.50),
         pct(0.99),
         pct(0.999),
-        pct(1.0),
-        worst.join(", ")
-    );
+        pct(1.0)
+    )
+}
+
+/// How long the meter sleeps at a time.
+const METER_TICK: Duration = Duration::from_millis(1);
+/// A wake-up later than this after its tick is a stall of the machine.
+const STALL: Duration = Duration::from_micros(500);
+/// Requests scheduled this long before a stall may be in flight when it starts.
+const BEFORE_STALL: Duration = Duration::from_millis(2);
+
+/// One real-time thread per CPU, noting when the machine stalled: a thread of the highest
+/// FIFO priority preempts every process at once, so a wake-up that comes late means the CPU
+/// itself did not run (the hypervisor took it, or the kernel had interrupts off), not that
+/// a proxy was busy.
+struct HiccupMeter {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Result<Vec<(u64, u64)>, String>>>,
+}
+
+impl HiccupMeter {
+    /// Starts one meter thread per online CPU; stall times are nanoseconds from `origin`.
+    fn start(origin: Instant) -> HiccupMeter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..online_cpus())
+            .map(|cpu| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    realtime_on(cpu)?;
+                    let mut stalls = Vec::new();
+                    let mut last = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(METER_TICK);
+                        let now = Instant::now();
+                        if now - last > METER_TICK + STALL {
+                            let at = |t: Instant| t.saturating_duration_since(origin).as_nanos() as u64;
+                            stalls.push((at(last), at(now)));
+                        }
+                        last = now;
+                    }
+                    Ok(stalls)
+                })
+            })
+            .collect();
+        HiccupMeter { stop, threads }
+    }
+
+    /// Stops the meters: every stall seen on any CPU, as (start, end) nanoseconds.
+    fn stop(self) -> Result<Vec<(u64, u64)>, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Vec::new();
+        for thread in self.threads {
+            all.extend(thread.join().map_err(|_| "a meter thread panicked".to_string())??);
+        }
+        all.sort_unstable();
+        Ok(all)
+    }
+}
+
+/// The schedule times set aside for `stalls`: from `BEFORE_STALL` before each to as long
+/// again after it as it lasted plus `BEFORE_STALL` (the backlog it left drains at least as
+/// fast as it built up while a proxy is at most half busy), merged and sorted.
+fn set_aside(stalls: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let margin = BEFORE_STALL.as_nanos() as u64;
+    let mut windows: Vec<(u64, u64)> = Vec::new();
+    for &(from, to) in stalls {
+        let window = (from.saturating_sub(margin), to + (to - from) + margin);
+        match windows.last_mut() {
+            Some(last) if window.0 <= last.1 => last.1 = last.1.max(window.1),
+            _ => windows.push(window),
+        }
+    }
+    windows
+}
+
+/// Whether `at` falls in one of the sorted, disjoint `windows`.
+fn inside(windows: &[(u64, u64)], at: u64) -> bool {
+    let after = windows.partition_point(|w| w.0 <= at);
+    after > 0 && at < windows[after - 1].1
+}
+
+unsafe extern "C" {
+    fn sysconf(name: i32) -> i64;
+    fn sched_setaffinity(pid: i32, size: usize, mask: *const u64) -> i32;
+    fn sched_setscheduler(pid: i32, policy: i32, param: *const i32) -> i32;
+}
+
+/// CPUs online (not only those this process may use: the generator itself is pinned).
+fn online_cpus() -> usize {
+    const SC_NPROCESSORS_ONLN: i32 = 84;
+    // SAFETY: sysconf reads a system value.
+    unsafe { sysconf(SC_NPROCESSORS_ONLN) }.clamp(1, 1024) as usize
+}
+
+/// Pins the calling thread to `cpu` at the highest FIFO priority.
+fn realtime_on(cpu: usize) -> Result<(), String> {
+    const SCHED_FIFO: i32 = 1;
+    let mut mask = [0u64; 16];
+    mask[cpu / 64] |= 1 << (cpu % 64);
+    let priority: i32 = 99;
+    // SAFETY: pid 0 is the calling thread; the mask and the parameter outlive the calls.
+    unsafe {
+        if sched_setaffinity(0, std::mem::size_of_val(&mask), mask.as_ptr()) != 0 {
+            return Err(format!("cannot run on CPU {cpu}: {}", std::io::Error::last_os_error()));
+        }
+        if sched_setscheduler(0, SCHED_FIFO, &priority) != 0 {
+            return Err(format!("no real-time priority (needs root): {}", std::io::Error::last_os_error()));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `response` holds a whole HTTP/1.1 response yet, and if so whether it was a 200.
