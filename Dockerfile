@@ -8,20 +8,22 @@
 # (`identity`, `controller`, `injector`, `cni`, `install`, ...).
 
 # --- build -------------------------------------------------------------------------------
-# The toolchain the list in proxy/symbol-order.txt was made with (its mangled names carry
-# the compiler version; another build still works, with more of its code resident).
+# The toolchain the list in proxy/symbol-order.txt and the profile in proxy/pgo were made
+# with (the list's mangled names carry the compiler version, and the profile's format is
+# LLVM's; another build still works, with more of its code resident and less optimized).
 FROM rust:1.95.0-bookworm AS build
 WORKDIR /src
 COPY . .
 # aws-lc-rs (the only crypto provider) builds with the image's C compiler; no cmake needed.
 # The caches speed up rebuilds; the binary is copied out of the cached target/ in the same step.
+# The sidecar is optimized with its profile (scripts/build-sidecar.sh: target/sidecar).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin warden \
- && cargo build --release --locked -p warden-proxy --bin warden-proxy \
+ && scripts/build-sidecar.sh \
  && install -D -m 0755 target/release/warden /out/warden \
- && install -D -m 0755 target/release/warden-proxy /out/warden-proxy
+ && install -D -m 0755 target/sidecar/release/warden-proxy /out/warden-proxy
 
 # --- runtime base --------------------------------------------------------------------------
 # Same Debian release as the build stage, so the binary's glibc matches.

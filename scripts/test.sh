@@ -54,6 +54,10 @@ fi
 # cached in target/testenv; DESIGN section 10).
 ./scripts/testenv.sh
 
+# The sidecar image is optimized with proxy/pgo's profile: this toolchain must be able to
+# read it (rustc would only warn and build without it).
+./scripts/build-sidecar.sh --check-profile
+
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -2,7 +2,7 @@
 """Instructions per call through a Warden pair, counted by callgrind: repeatable where wall
 time and CPU time on a shared 2-vCPU machine are not (see benches/README.md).
 
-    python3 benches/mesh/callgrind.py [--binary target/release/warden-proxy] [--calls 3000]
+    python3 benches/mesh/callgrind.py [--binary target/sidecar/release/warden-proxy] [--calls 3000]
         [--contestant warden|warden-audit-all] grpc|http|close|rate
 
 Both sidecars run under `valgrind --tool=callgrind`; 500 warm-up calls, counters zeroed, then

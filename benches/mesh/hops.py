@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Where a request's latency goes through a Warden pair, hop by hop, at a fixed rate.
 
-    cargo build --release -p warden-proxy --features hop-timing
-    cp target/release/warden-proxy target/release/warden-proxy-hops
-    python3 benches/mesh/hops.py [--binary target/release/warden-proxy-hops] [--seconds 10]
+    scripts/build-sidecar.sh --features hop-timing
+    cp target/sidecar/release/warden-proxy target/sidecar/release/warden-proxy-hops
+    python3 benches/mesh/hops.py [--binary target/sidecar/release/warden-proxy-hops] [--seconds 10]
         [--rates 2000 5000]
 
 The pair runs a build with the bench-only `hop-timing` feature (proxy/src/hop_timing.rs):
@@ -33,7 +33,7 @@ ADMIN = "http://127.0.0.1:17191"
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--binary", default=os.path.join(mesh.ROOT, "target", "release", "warden-proxy-hops"),
+    parser.add_argument("--binary", default=os.path.join(mesh.ROOT, "target", "sidecar", "release", "warden-proxy-hops"),
                         help="a warden-proxy built with --features hop-timing")
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per rate (default 10)")
     parser.add_argument("--rates", type=int, nargs="+", default=[2000, 5000], help="req/s (default 2000 5000)")

@@ -30,8 +30,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cargo build --release --locked --bin warden
-# The sidecars' binary, built on its own so that nothing of the full CLI's features is in it.
-cargo build --release --locked -p warden-proxy --bin warden-proxy
+# The sidecars' binary as the image ships it (on its own, so that nothing of the full CLI's
+# features is in it; optimized with proxy/pgo's profile): target/sidecar/release/warden-proxy.
+scripts/build-sidecar.sh
 # Its code layout (proxy/build.rs): a stale list costs memory, not correctness, so warn only.
 python3 benches/mesh/symbol_order.py --check || true
 # The open-loop generator and byte sink: std only, so plain rustc.

@@ -2,7 +2,7 @@
 """Writes proxy/symbol-order.txt: the functions a sidecar runs, hottest first, which the
 linker places together at the start of warden-proxy's code (proxy/build.rs).
 
-    python3 benches/mesh/symbol_order.py [--binary target/release/warden-proxy] [--check]
+    python3 benches/mesh/symbol_order.py [--binary target/sidecar/release/warden-proxy] [--check]
 
 Why: the kernel maps a binary's code into a process 64 KiB around each page it touches
 (fault-around), so code used at start-up and per request, scattered over 8 MB of text, kept
@@ -18,7 +18,9 @@ natively (`perf record -e page-faults`); then what runs only in Kubernetes (the
 control-plane client, discovery, interception: KUBERNETES_MODE below), by module. A function missing from the list (changed
 since, or never run here) is placed after the listed ones, so a stale list costs memory,
 never correctness. The names carry cargo's hash of the package, its dependencies and their
-versions: regenerate after a dependency or version change, then build again (`--check`
+versions, and the optimized build's inlining decides which functions exist: regenerate after a
+dependency, version or profile (benches/mesh/pgo.py) change, then build again with
+scripts/build-sidecar.sh (`--check`
 says how much of the list a build has; mesh.py prints it with the memory figures). Needs
 valgrind, perf, h2load and what benches/mesh/run.sh installs and builds.
 """
