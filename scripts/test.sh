@@ -54,9 +54,13 @@ fi
 # cached in target/testenv; DESIGN section 10).
 ./scripts/testenv.sh
 
-# The sidecar image is optimized with proxy/pgo's profile: this toolchain must be able to
-# read it (rustc would only warn and build without it).
-./scripts/build-sidecar.sh --check-profile
+# The sidecar image is optimized with proxy/pgo's profile: CI's toolchain (the Dockerfile's)
+# must be able to read it (rustc would only warn and build without it). An older local
+# toolchain (an older LLVM) cannot, which only matters for the image: a note, not a failure.
+if ! ./scripts/build-sidecar.sh --check-profile; then
+  [ "${CI:-}" = true ] && exit 1
+  echo "scripts/test.sh: note: this toolchain cannot read the sidecar's profile; the image's (Rust 1.95) can"
+fi
 
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
