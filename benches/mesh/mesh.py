@@ -63,9 +63,8 @@ from datetime import datetime, timezone
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 WARDEN = os.path.join(ROOT, "target", "release", "warden")
-# The sidecars run the sidecar image's slim binary (`cargo build --release -p warden-proxy`).
-# The sidecar as the image ships it (scripts/build-sidecar.sh: release, profile-guided);
-# WARDEN_PROXY_BIN runs another build of it instead (before/after comparisons).
+# The sidecars run the slim binary as the sidecar image ships it (scripts/build-sidecar.sh:
+# release, profile-guided); WARDEN_PROXY_BIN runs another build instead (before/after).
 WARDEN_PROXY = os.environ.get("WARDEN_PROXY_BIN") or os.path.join(ROOT, "target", "sidecar", "release", "warden-proxy")
 # contestant warden-b: another build, for before/after comparisons within one run
 WARDEN_PROXY_B = os.environ.get("WARDEN_PROXY_B_BIN")
