@@ -9,7 +9,7 @@ Why: a sidecar's request path runs through hyper, h2, http, tokio and rustls, an
 rate each request finds the CPU's caches emptied by the other processes, so the code it
 touches matters as much as the instructions. With a profile LLVM inlines where calls are hot,
 lays out each function's likely branches together and moves cold ones aside: callgrind counted
-25% fewer instructions per HTTP request and 30% fewer code cache lines touched (benches/README.md).
+a quarter fewer instructions per request and 26-29% fewer lines of code run per request (benches/README.md).
 
 How: warden-proxy built with `-Cprofile-generate` (in target/pgo-generate), both sidecars of
 mesh.py's `warden` pair run natively through the exercise of symbol_order.py (HTTP/1.1
