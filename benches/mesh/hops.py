@@ -3,6 +3,7 @@
 
     scripts/build-sidecar.sh --features hop-timing
     cp target/sidecar/release/warden-proxy target/sidecar/release/warden-proxy-hops
+    scripts/build-sidecar.sh    # the sidecar the other benches run, without the feature again
     python3 benches/mesh/hops.py [--binary target/sidecar/release/warden-proxy-hops] [--seconds 10]
         [--rates 2000 5000]
 
