@@ -7,7 +7,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -187,19 +186,9 @@ pub async fn serve_with_limits(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) {
-    // Histograms are drained into their buckets by upkeep; run it even between scrapes so
-    // memory stays flat.
-    let upkeep = telemetry.metrics.clone();
-    let upkeep_stop = shutdown.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = upkeep_stop.cancelled() => return,
-                _ = tick.tick() => upkeep.run_upkeep(),
-            }
-        }
-    });
+    // Histogram samples are folded into their buckets by the recorder's own upkeep thread
+    // (`telemetry::prometheus`) and by each scrape, never here: on a proxy this task would
+    // share the first worker's thread with requests.
     let cap = ConnectionCap::new(limits.max_connections, "admin");
     while let Some((tcp, peer, permit)) = cap.accept(&listener, &shutdown).await {
         let readiness = readiness.clone();
