@@ -36,9 +36,10 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="workers per sidecar (default 2)")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections (default 64)")
     parser.add_argument("--unpinned", action="store_true", help="one-worker sidecars on any CPU too")
-    parser.add_argument("--close", action="store_true", help="a new app connection per request")
-    parser.add_argument("--rate", type=int, help="open loop at this many req/s (loadgen rate, 32 "
-                        "connections, as mesh.py's rate scenarios) instead of wrk's closed loop")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--close", action="store_true", help="a new app connection per request")
+    shape.add_argument("--rate", type=int, help="open loop at this many req/s (mesh.py's rate "
+                       "scenario: loadgen rate, 32 connections) instead of wrk's closed loop")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--only", nargs="*", default=["warden", "haproxy-l7"])
@@ -71,8 +72,8 @@ def measure(bench, c, args, cpu):
     def load(seconds):
         """Runs the load for `seconds`; returns the requests it sent."""
         if args.rate:
-            cmd = [mesh.LOADGEN, "rate", f"127.0.0.1:{mesh.PORTS[c][0]}", str(args.rate), str(seconds), "32"]
-            mesh.run(mesh.pinned(0, cmd))
+            # mesh.py's own run (it exits on failed requests); it sends its first second too.
+            bench.rate(c, args.rate, seconds - 1)
             return args.rate * seconds
         out = mesh.run(mesh.pinned(cpu, ["wrk", *shape, f"-d{seconds}s", url])).stdout
         return int(re.search(r"(\d+) requests in", out).group(1))
