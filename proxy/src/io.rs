@@ -175,6 +175,10 @@ where
     }
 }
 
+/// Copies `reader` to `writer` until end of stream, then shuts `writer` down. Whenever the
+/// reader has nothing more for now, the writer is flushed: a TLS stream accepts bytes it cannot
+/// send yet (its socket is full) and sends them only on a later write or a flush, so a sender
+/// that waits for an answer after its last bytes would otherwise wait forever.
 async fn copy_half<R, W>(
     reader: &mut R,
     writer: &mut W,
@@ -187,14 +191,30 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; COPY_BUF];
+    let mut unflushed = false;
     loop {
-        let n = reader.read(&mut buf).await?;
+        let n = std::future::poll_fn(|cx| {
+            let mut read = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *reader).poll_read(cx, &mut read) {
+                Poll::Ready(result) => Poll::Ready(result.map(|()| read.filled().len())),
+                Poll::Pending => {
+                    if unflushed {
+                        std::task::ready!(Pin::new(&mut *writer).poll_flush(cx))?;
+                        unflushed = false;
+                    }
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
         if n == 0 {
-            // The sender is done: pass the half-close on, keep the other direction open.
+            // The sender is done: pass the half-close on (shutting down flushes), keep the
+            // other direction open.
             writer.shutdown().await?;
             return Ok(());
         }
         writer.write_all(&buf[..n]).await?;
+        unflushed = true;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -238,6 +258,76 @@ mod tests {
                 b_to_a: 10
             }
         );
+    }
+
+    /// A writer like a TLS stream whose socket is full: it takes every byte written and hands
+    /// them on to `out` only when flushed.
+    struct HoldsUntilFlushed {
+        held: Vec<u8>,
+        out: tokio::io::DuplexStream,
+    }
+
+    impl AsyncRead for HoldsUntilFlushed {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.out).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for HoldsUntilFlushed {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = std::task::ready!(Pin::new(&mut this.out).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Pin::new(&mut this.out).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            std::task::ready!(self.as_mut().poll_flush(cx))?;
+            Pin::new(&mut self.out).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_writer_holds_is_flushed_when_the_sender_pauses() {
+        // The sender's last bytes, then it waits for an answer without closing: the bytes
+        // must reach the upstream, not stay in the writer (a stalled bulk transfer).
+        let (app, mut app_peer) = tokio::io::duplex(1024);
+        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
+        let upstream = HoldsUntilFlushed {
+            held: Vec::new(),
+            out: upstream,
+        };
+        let copy = tokio::spawn(copy_bidirectional(app, upstream, Duration::from_secs(300)));
+        for chunk in [&b"first "[..], b"and last"] {
+            app_peer.write_all(chunk).await.unwrap();
+        }
+        let mut got = [0u8; 14];
+        tokio::time::timeout(Duration::from_secs(60), upstream_peer.read_exact(&mut got))
+            .await
+            .expect("the copied bytes were never flushed to the upstream")
+            .unwrap();
+        assert_eq!(&got, b"first and last");
+        // The answer comes back the same way.
+        upstream_peer.write_all(b"14").await.unwrap();
+        let mut answer = [0u8; 2];
+        app_peer.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"14");
+        copy.abort();
     }
 
     #[tokio::test(start_paused = true)]
