@@ -16,7 +16,7 @@ WORKDIR /src
 COPY . .
 # aws-lc-rs (the only crypto provider) builds with the image's C compiler; no cmake needed.
 # The caches speed up rebuilds; the binary is copied out of the cached target/ in the same step.
-# The sidecar is optimized with its profile (scripts/build-sidecar.sh: target/sidecar).
+# The sidecar is optimized with its profile and static (scripts/build-sidecar.sh: target/sidecar).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
@@ -26,7 +26,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D -m 0755 target/sidecar/release/warden-proxy /out/warden-proxy
 
 # --- runtime base --------------------------------------------------------------------------
-# Same Debian release as the build stage, so the binary's glibc matches.
+# Same Debian release as the build stage, so the control plane's binary finds the glibc it was
+# linked against (the sidecar's links its C library in statically: scripts/build-sidecar.sh).
 FROM debian:bookworm-slim AS base
 
 ARG VERSION=0.1.0

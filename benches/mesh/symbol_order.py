@@ -67,7 +67,7 @@ def main():
             costs.update(function_costs(path))
     finally:
         bench.stop()
-    ours = symbols(args.binary)  # not libc's and the loader's
+    ours = symbols(args.binary)  # with the C library's: the sidecar links it statically
     measured = [name for name, cost in sorted(costs.items(), key=lambda kv: (-kv[1], kv[0]))
                 if cost > 0 and name in ours]
     names = []
@@ -154,9 +154,10 @@ def kubernetes_mode(binary):
 
 
 def symbols(binary):
-    """The function symbols (mangled) of `binary`."""
+    """The function symbols (mangled) of `binary`; `i`: glibc's CPU-dispatched functions,
+    whose resolvers run at every start."""
     out = mesh.run(["nm", binary]).stdout
-    return {p[2] for p in (line.split() for line in out.splitlines()) if len(p) == 3 and p[1] in "tTwW"}
+    return {p[2] for p in (line.split() for line in out.splitlines()) if len(p) == 3 and p[1] in "tTwWi"}
 
 
 def coverage(binary):
