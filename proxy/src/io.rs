@@ -260,73 +260,75 @@ mod tests {
         );
     }
 
-    /// A writer like a TLS stream whose socket is full: it takes every byte written and hands
-    /// them on to `out` only when flushed.
-    struct HoldsUntilFlushed {
-        held: Vec<u8>,
-        out: tokio::io::DuplexStream,
-    }
-
-    impl AsyncRead for HoldsUntilFlushed {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.out).poll_read(cx, buf)
-        }
-    }
-
-    impl AsyncWrite for HoldsUntilFlushed {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            self.held.extend_from_slice(buf);
-            Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            let this = &mut *self;
-            while !this.held.is_empty() {
-                let n = std::task::ready!(Pin::new(&mut this.out).poll_write(cx, &this.held))?;
-                this.held.drain(..n);
-            }
-            Pin::new(&mut this.out).poll_flush(cx)
-        }
-
-        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            std::task::ready!(self.as_mut().poll_flush(cx))?;
-            Pin::new(&mut self.out).poll_shutdown(cx)
-        }
+    /// Both ends of a mesh connection: mutual TLS 1.3 with SVIDs from our CA, as between two
+    /// sidecars, over a pipe that holds only `capacity` bytes. The server's side is ready once
+    /// the client's has been read from (its session tickets come after the handshake).
+    async fn mtls_over_pipe(
+        capacity: usize,
+    ) -> (
+        tokio_rustls::client::TlsStream<tokio::io::DuplexStream>,
+        tokio::task::JoinHandle<tokio_rustls::server::TlsStream<tokio::io::DuplexStream>>,
+    ) {
+        use warden_core::{SpiffeId, TrustDomain};
+        use warden_identity::ca::{self, InitOptions};
+        use warden_identity::tls::{self, ClientAuth};
+        use warden_identity::{ExpectedPeer, TrustStore};
+        let authority = ca::generate(&InitOptions::new(TrustDomain::default()))
+            .unwrap()
+            .authority()
+            .unwrap();
+        let store = Arc::new(TrustStore::single(authority.bundle().clone()));
+        let id = |sa: &str| SpiffeId::parse(&format!("spiffe://cluster.local/ns/t/sa/{sa}"));
+        let (client_id, server_id) = (id("client").unwrap(), id("server").unwrap());
+        let hour = Duration::from_secs(3600);
+        let server = tls::server_config(
+            &authority.issue(&server_id, hour).unwrap(),
+            store.clone(),
+            &[],
+            ClientAuth::Required,
+        )
+        .unwrap();
+        let client = tls::client_config(
+            &authority.issue(&client_id, hour).unwrap(),
+            store,
+            ExpectedPeer::Exact(server_id),
+            &[],
+        )
+        .unwrap();
+        let (client_io, server_io) = tokio::io::duplex(capacity);
+        let accept = tokio::spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+            acceptor.accept(server_io).await.unwrap()
+        });
+        let name = rustls::pki_types::ServerName::try_from("server.mesh").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        (connector.connect(name, client_io).await.unwrap(), accept)
     }
 
     #[tokio::test(start_paused = true)]
-    async fn what_the_writer_holds_is_flushed_when_the_sender_pauses() {
-        // The sender's last bytes, then it waits for an answer without closing: the bytes
-        // must reach the upstream, not stay in the writer (a stalled bulk transfer).
-        let (app, mut app_peer) = tokio::io::duplex(1024);
-        let (upstream, mut upstream_peer) = tokio::io::duplex(1024);
-        let upstream = HoldsUntilFlushed {
-            held: Vec::new(),
-            out: upstream,
-        };
+    async fn what_the_tls_stream_holds_is_flushed_when_the_sender_pauses() {
+        // Over a 64-byte pipe the TLS stream sends a piece of each record and keeps the rest
+        // (as with a full socket), sending it only when written to or flushed again. The
+        // sender's bytes, then it waits for an answer without closing: they must all reach
+        // the other sidecar, not stay in the stream (a bulk transfer stalled so).
+        let (upstream, accept) = mtls_over_pipe(64).await;
+        let (app, mut app_peer) = tokio::io::duplex(1 << 16);
         let copy = tokio::spawn(copy_bidirectional(app, upstream, Duration::from_secs(300)));
-        for chunk in [&b"first "[..], b"and last"] {
-            app_peer.write_all(chunk).await.unwrap();
-        }
-        let mut got = [0u8; 14];
+        let mut upstream_peer = accept.await.unwrap();
+        let request: Vec<u8> = (0..=255u8).cycle().take(20_000).collect();
+        app_peer.write_all(&request).await.unwrap();
+        let mut got = vec![0u8; request.len()];
         tokio::time::timeout(Duration::from_secs(60), upstream_peer.read_exact(&mut got))
             .await
-            .expect("the copied bytes were never flushed to the upstream")
+            .expect("the copied bytes stayed in the TLS stream")
             .unwrap();
-        assert_eq!(&got, b"first and last");
+        assert_eq!(got, request);
         // The answer comes back the same way.
-        upstream_peer.write_all(b"14").await.unwrap();
-        let mut answer = [0u8; 2];
+        upstream_peer.write_all(b"20000").await.unwrap();
+        upstream_peer.flush().await.unwrap();
+        let mut answer = [0u8; 5];
         app_peer.read_exact(&mut answer).await.unwrap();
-        assert_eq!(&answer, b"14");
+        assert_eq!(&answer, b"20000");
         copy.abort();
     }
 
