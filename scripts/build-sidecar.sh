@@ -44,8 +44,9 @@ fi
 # A function changed since the profile was made is optimized without one, as before: a stale
 # profile costs speed, never correctness.
 # The C library is linked in statically (`crt-static`, a static PIE): a dynamically linked
-# sidecar maps ~2 MB of libc, libm, libgcc_s and the loader into every pod, where the static
-# one holds only the C functions it calls, laid out with its own code by symbol-order.txt.
+# sidecar keeps ~2 MB of libc, libm, libgcc_s and the loader resident (pages every process on
+# the node shares: its RSS drops by that, its PSS does not), where the static one holds only
+# the C functions it calls, laid out with its own code by symbol-order.txt.
 # glibc 2.34+ has its `files` and `dns` name lookups built in, so the control-plane and
 # identity addresses still resolve, with no NSS module loaded. `cargo rustc` passes the flag
 # to the final link only: a RUSTFLAGS crt-static would also reach the build scripts and
