@@ -7,10 +7,12 @@ through, and memory and file descriptors stay flat.
 
 Mesh: an identity service issuing 90 s SVIDs (proxies renew at ~70%: about every minute),
 an app, a server proxy ("api") with a policy directory, and two client proxies ("web",
-"intruder"). Three steady callers, each with a fixed expected answer:
+"intruder"). Four steady callers, each with a fixed expected answer:
   web GET /api/items      -> 200 (an ALLOW policy)
   web GET /admin/users    -> 403 (a DENY policy wins over the ALLOW)
   intruder GET /api/items -> 403 (no policy allows it; zero trust)
+  web opaque TCP upload   -> ok  (64 KiB to 4 MiB sent, then the app's byte count awaited:
+                                  every byte must arrive, none may wait in a proxy)
 Every 15 s the policy directory gets a rewritten file of unrelated policies (other
 ServiceAccounts), and once a minute a broken file that must be refused while the last good
 set stays in force. Meanwhile a hostile peer keeps hitting the server proxy's mTLS port with
@@ -29,6 +31,7 @@ import os
 import random
 import signal
 import socket
+import socketserver
 import ssl
 import statistics
 import subprocess
@@ -73,7 +76,25 @@ class App(BaseHTTPRequestHandler):
         pass
 
 
-ALLOW = f"""apiVersion: warden.dev/v1alpha1
+class ByteCounter(socketserver.BaseRequestHandler):
+    """The opaque app: reads an 8-byte length, then that many bytes, and answers how many came."""
+
+    def handle(self):
+        header = self.request.recv(8, socket.MSG_WAITALL)
+        if len(header) < 8:
+            return
+        left = got = int.from_bytes(header, "big")
+        while left:
+            chunk = self.request.recv(min(left, 1 << 16))
+            if not chunk:
+                break
+            left -= len(chunk)
+        self.request.sendall((got - left).to_bytes(8, "big"))
+
+
+def policies(http_app_port):
+    """web may call api; nobody may call api's /admin/* on the HTTP app's port."""
+    return f"""apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {{name: api-allow-web, namespace: shop}}
 spec:
@@ -87,7 +108,7 @@ metadata: {{name: api-deny-admin, namespace: shop}}
 spec:
   selector: {{serviceAccounts: [api]}}
   action: DENY
-  rules: [{{to: {{paths: ["/admin/*"]}}}}]
+  rules: [{{to: {{ports: [{http_app_port}], paths: ["/admin/*"]}}}}]
 """
 
 
@@ -142,6 +163,32 @@ class Caller(threading.Thread):
             if status != self.expected and len(self.unexpected) < 50:
                 self.unexpected.append((round(time.time(), 3), status))
             time.sleep(0.002)
+
+
+class Uploader(Caller):
+    """A steady opaque-TCP caller: sends a random 64 KiB-4 MiB payload, then waits for the
+    app's count of what arrived (a sender that waits after its last bytes, as a database
+    client does): "ok" when all of it did."""
+
+    def __init__(self, name, port, stop):
+        super().__init__(name, port, None, "ok", stop)
+
+    def run(self):
+        payload = os.urandom(4 << 20)
+        while not self.stop.is_set():
+            size = random.randrange(64 << 10, 4 << 20)
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=30) as conn:
+                    conn.sendall(size.to_bytes(8, "big") + payload[:size])
+                    answer = conn.recv(8, socket.MSG_WAITALL)
+                got = int.from_bytes(answer, "big") if len(answer) == 8 else None
+                status = "ok" if got == size else f"sent {size} bytes, the app counted {got}"
+            except OSError as e:
+                status = f"error: {type(e).__name__}: {e}"
+            self.counts[status] = self.counts.get(status, 0) + 1
+            if status != self.expected and len(self.unexpected) < 50:
+                self.unexpected.append((round(time.time(), 3), status))
+            time.sleep(0.05)
 
 
 def h2_frame(kind, flags, stream, payload=b""):
@@ -284,21 +331,29 @@ def main():
         app = ThreadingHTTPServer(("127.0.0.1", 0), App)
         threading.Thread(target=app.serve_forever, daemon=True).start()
         os.mkdir(os.path.join(work, "policies"))
-        write_atomically(os.path.join(work, "policies", "allow.yaml"), ALLOW)
+        write_atomically(os.path.join(work, "policies", "allow.yaml"), policies(app.server_port))
+        counter = socketserver.ThreadingTCPServer(("127.0.0.1", 0), ByteCounter)
+        counter.daemon_threads = True
+        threading.Thread(target=counter.serve_forever, daemon=True).start()
 
-        inbound, admin = free_port(), {sa: free_port() for sa in ("api", "web", "intruder")}
+        inbound, inbound_tcp = free_port(), free_port()
+        admin = {sa: free_port() for sa in ("api", "web", "intruder")}
         outbound = {sa: free_port() for sa in ("web", "intruder")}
+        outbound_tcp = free_port()
         common = lambda sa: (f"identity:\n  url: https://127.0.0.1:{identity_port}\n"
                              f"  trust_bundle: ca/bundle.crt\n  namespace: shop\n"
                              f"  service_account: {sa}\n  token_file: {sa}.token\n"
                              f"admin: {{listen: 127.0.0.1:{admin[sa]}}}\n")
         configs = {
             "api": common("api") + f"inbound:\n  - {{listen: 127.0.0.1:{inbound}, app: 127.0.0.1:{app.server_port}}}\n"
+                   f"  - {{listen: 127.0.0.1:{inbound_tcp}, app: 127.0.0.1:{counter.server_address[1]}}}\n"
                    "authorization: {policy_dir: policies, audit_log: 'off'}\n",
         }
         for sa in ("web", "intruder"):
             configs[sa] = common(sa) + (f"outbound:\n  - {{listen: 127.0.0.1:{outbound[sa]}, "
                                         f"destination: 127.0.0.1:{inbound}, identity: {spiffe('api')}}}\n")
+        configs["web"] += (f"  - {{listen: 127.0.0.1:{outbound_tcp}, destination: 127.0.0.1:{inbound_tcp}, "
+                           f"identity: {spiffe('api')}, protocol: opaque}}\n")
         proxies = {}
         for sa, text in configs.items():
             write_atomically(os.path.join(work, f"{sa}.yaml"), text)
@@ -316,6 +371,7 @@ def main():
             Caller("web GET /api/items", outbound["web"], "/api/items", 200, stop),
             Caller("web GET /admin/users", outbound["web"], "/admin/users", 403, stop),
             Caller("intruder GET /api/items", outbound["intruder"], "/api/items", 403, stop),
+            Uploader("web opaque TCP upload", outbound_tcp, stop),
         ]
         for c in callers:
             c.start()
