@@ -159,10 +159,14 @@ class Caller(threading.Thread):
             except (OSError, http.client.HTTPException) as e:
                 status = f"error: {type(e).__name__}: {e}"
                 conn = None
-            self.counts[status] = self.counts.get(status, 0) + 1
-            if status != self.expected and len(self.unexpected) < 50:
-                self.unexpected.append((round(time.time(), 3), status))
+            self.record(status)
             time.sleep(0.002)
+
+    def record(self, status):
+        """Counts one answer, keeping the first unexpected ones with their time."""
+        self.counts[status] = self.counts.get(status, 0) + 1
+        if status != self.expected and len(self.unexpected) < 50:
+            self.unexpected.append((round(time.time(), 3), status))
 
 
 class Uploader(Caller):
@@ -185,9 +189,7 @@ class Uploader(Caller):
                 status = "ok" if got == size else f"sent {size} bytes, the app counted {got}"
             except OSError as e:
                 status = f"error: {type(e).__name__}: {e}"
-            self.counts[status] = self.counts.get(status, 0) + 1
-            if status != self.expected and len(self.unexpected) < 50:
-                self.unexpected.append((round(time.time(), 3), status))
+            self.record(status)
             time.sleep(0.05)
 
 
