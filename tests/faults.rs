@@ -2,6 +2,9 @@
 //! started again. Clients see errors only while it is down, and the client proxy's pooled
 //! mesh connection recovers by itself as soon as it is back.
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -9,6 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use ports::reserved_port;
 
 fn warden(args: &[&str], cwd: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_warden"))
@@ -18,15 +23,6 @@ fn warden(args: &[&str], cwd: &Path) -> String {
         .unwrap();
     assert!(out.status.success(), "warden {args:?}: {out:?}");
     String::from_utf8(out.stdout).unwrap()
-}
-
-/// A port free right now on 127.0.0.1 (the restarted proxy must come back on the same one).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// An app answering every request with 200 and closing; `GET /slow` takes a second.
@@ -148,7 +144,7 @@ impl Mesh {
             );
             std::fs::write(dir.join(format!("{name}.token")), token.trim()).unwrap();
         }
-        let identity_port = free_port();
+        let identity_port = reserved_port();
         let identity = Reaped(
             Command::new(env!("CARGO_BIN_EXE_warden"))
                 .args(["identity", "--ca-dir", "ca", "--auth", "join-tokens"])
@@ -160,14 +156,14 @@ impl Mesh {
                 .unwrap(),
         );
         let app = app();
-        let (inbound, outbound) = (free_port(), free_port());
+        let (inbound, outbound) = (reserved_port(), reserved_port());
         let common = |name: &str, sa: &str| {
             format!(
                 "identity:\n  url: https://127.0.0.1:{identity_port}\n  trust_bundle: ca/bundle.crt\n  \
                  namespace: shop\n  service_account: {sa}\n  token_file: {name}.token\n\
                  admin: {{listen: 127.0.0.1:{}}}\nworker_threads: 1\n\
                  timeouts: {{shutdown_grace: 5s}}\n",
-                free_port()
+                reserved_port()
             )
         };
         std::fs::write(

@@ -9,16 +9,8 @@ mod apiserver;
 #[path = "support/mesh.rs"]
 mod mesh;
 
+use apiserver::ports::reserved_port;
 use mesh::{allow, call, eventually, pod, until_calls_get, until_ready_says, Identity, Proxy};
-
-/// A free port on 127.0.0.1 (the controllers are restarted on the same address).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[test]
 fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_controller_failures() {
@@ -30,7 +22,8 @@ fn policies_applied_with_kubectl_are_enforced_by_running_proxies_through_control
     let ns = api.namespace("cp", &[("team", "shop")]);
     pod(api, &ns, "backend-0", "backend", "127.0.0.1");
     let identity = Identity::start();
-    let (port_a, port_b) = (free_port(), free_port());
+    // The controllers are restarted on the same addresses while the proxies retry them.
+    let (port_a, port_b) = (reserved_port(), reserved_port());
     let (a, b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
     let mut replica_a = mesh::controller(&api.kubeconfig, &identity, "replica-a", &ns, &a);
 

@@ -13,12 +13,13 @@
 mod apiserver;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use apiserver::ports::reserved_port;
 use apiserver::ApiServer;
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, Issuer, KeyPair, SanType};
 use serde_json::{json, Value};
@@ -172,14 +173,6 @@ fn serving_certificate(ca: &Path, cert: &Path, key: &Path) {
 // The injector process.
 // ---------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A running `warden injector`; killed when dropped.
 struct Injector {
     child: Option<Child>,
@@ -199,7 +192,7 @@ impl Injector {
         let mut last = String::new();
         // A port free a moment ago may be taken by the time the injector binds it.
         for _ in 0..3 {
-            let (port, admin) = (free_port(), free_port());
+            let (port, admin) = (reserved_port(), reserved_port());
             let file = std::fs::File::create(&log).unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
             cmd.args(&mesh.injector_args)

@@ -2,10 +2,15 @@
 //! proxies; its query API must return request rates, a latency quantile and denial counts
 //! with the labels dashboards use.
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use ports::reserved_port;
 
 /// Fails under CI=true when Prometheus is missing; elsewhere says so and skips.
 fn prometheus_available() -> bool {
@@ -79,14 +84,6 @@ fn value(sample: &serde_json::Value) -> f64 {
     sample["value"][1].as_str().unwrap().parse().unwrap()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn prometheus_scrapes_the_demo_and_answers_dashboard_queries() {
     if !prometheus_available() {
@@ -116,7 +113,7 @@ fn prometheus_scrapes_the_demo_and_answers_dashboard_queries() {
     assert_eq!(admins.len(), 3, "the demo printed its admin endpoints");
     let (frontend, intruder) = (outbound[0].clone(), outbound[1].clone());
 
-    let port = free_port();
+    let port = reserved_port();
     let prometheus_addr = format!("127.0.0.1:{port}");
     let targets: Vec<String> = admins.iter().map(|a| format!("'{a}'")).collect();
     let config = format!(

@@ -2,7 +2,7 @@
 //! the release pinned in `testenv/go.mod`, with etcd 3.6 embedded, built into
 //! `target/testenv/bin` by `scripts/testenv.sh`.
 //!
-//! One server per test binary, started on first use: a free port on 127.0.0.1, etcd data in
+//! One server per test binary, started on first use: a reserved port on 127.0.0.1, etcd data in
 //! a temp dir, its own CA, serving certificate, admin client certificate (`system:masters`)
 //! and ServiceAccount signing key, and the admission plugins of a real cluster. Each test
 //! takes its own namespaces. Everything stops when the test binary exits, also when a test
@@ -15,8 +15,12 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the fixture
 
+/// Ports picked before their server starts; one copy per test binary, here, because every
+/// test binary that needs them also runs this server.
+#[path = "ports.rs"]
+pub mod ports;
+
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -129,11 +133,12 @@ fn start() -> Result<ApiServer, String> {
         .tempdir()
         .map_err(|e| format!("temp dir: {e}"))?;
     let pki = Pki::generate(dir.path())?;
-    // A port that was free a moment ago; if another process takes it first the server
-    // fails to bind, and we try another.
+    // A port outside the ephemeral range (the server restarts on it while clients retry),
+    // free a moment ago; if another process takes it first the server fails to bind, and
+    // we try another.
     let mut last_error = String::new();
     for _ in 0..3 {
-        let port = free_port()?;
+        let port = ports::reserved_port();
         let started = Instant::now();
         let child = spawn(dir.path(), port)?;
         *RUNNING.lock().unwrap() = Some(Running { child, dir: None });
@@ -172,11 +177,6 @@ fn start() -> Result<ApiServer, String> {
         }
     }
     Err(last_error)
-}
-
-fn free_port() -> Result<u16, String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 /// Spawns the server from a thread that lives as long as the process, so that
