@@ -36,9 +36,10 @@ HTTP/1.1 request and gRPC call, keep their proxy-to-proxy connections alive (HAP
 HTTP/2, multiplexed like Warden's; nginx over HTTP/1.1, and over HTTP/2 with `grpc_pass` one
 call per connection at a time) and relay opaque TCP at layer 4.
 
-Contestant warden-b is Warden's pair run from another build (`WARDEN_PROXY_B_BIN`), interleaved
-with warden in the same runs: a before/after comparison that the machine's drift between runs
-does not blur.
+Contestant warden-b is Warden's pair run from another build (`WARDEN_PROXY_B_BIN`) or with more
+configuration (`WARDEN_PROXY_B_CONFIG`, YAML lines put first in both its sidecars' files, e.g.
+`cpu_slice: 100us`), interleaved with warden in the same runs: a before/after comparison that
+the machine's drift between runs does not blur.
 
 Contestant warden-audit-all is Warden's pair with every decision audited (allows included,
 JSON lines on the server sidecar's stdout, signed checkpoints every 1,000 records or 10 s), to
@@ -66,8 +67,10 @@ WARDEN = os.path.join(ROOT, "target", "release", "warden")
 # The sidecars run the slim binary as the sidecar image ships it (scripts/build-sidecar.sh:
 # release, profile-guided); WARDEN_PROXY_BIN runs another build instead (before/after).
 WARDEN_PROXY = os.environ.get("WARDEN_PROXY_BIN") or os.path.join(ROOT, "target", "sidecar", "release", "warden-proxy")
-# contestant warden-b: another build, for before/after comparisons within one run
-WARDEN_PROXY_B = os.environ.get("WARDEN_PROXY_B_BIN")
+# contestant warden-b: another build, or the same with more configuration, for before/after
+# comparisons within one run
+WARDEN_PROXY_B_CONFIG = os.environ.get("WARDEN_PROXY_B_CONFIG", "")
+WARDEN_PROXY_B = os.environ.get("WARDEN_PROXY_B_BIN") or (WARDEN_PROXY_B_CONFIG and WARDEN_PROXY)
 TD = "cluster.local"
 CLIENT_ID = f"spiffe://{TD}/ns/bench/sa/client"
 SERVER_ID = f"spiffe://{TD}/ns/bench/sa/server"
@@ -221,7 +224,8 @@ http {{
 
     def warden_b(self):
         if not WARDEN_PROXY_B:
-            sys.exit("contestant warden-b needs WARDEN_PROXY_B_BIN: the other warden-proxy build")
+            sys.exit("contestant warden-b needs WARDEN_PROXY_B_BIN (the other warden-proxy build) "
+                     "or WARDEN_PROXY_B_CONFIG (its other configuration)")
         self.warden("warden-b")
 
     def warden(self, contestant="warden"):
@@ -233,6 +237,7 @@ http {{
         audit_all = contestant == "warden-audit-all"
         admin = {"warden-audit-all": 17193, "warden-b": 17195}.get(contestant, 17191)
         binary = WARDEN_PROXY_B if contestant == "warden-b" else WARDEN_PROXY
+        extra = WARDEN_PROXY_B_CONFIG.rstrip("\n") + "\n" if contestant == "warden-b" and WARDEN_PROXY_B_CONFIG else ""
         self.identity()
         os.makedirs(self.path("policies"), exist_ok=True)
         self.write("policies/allow.yaml", f"""apiVersion: warden.dev/v1alpha1
@@ -288,7 +293,7 @@ authorization:
             for name, config in (("client", client), ("server", server)):
                 with open(config) as f:
                     text = f.read()
-                configs.append(self.write(f"{contestant}-{name}-{threads}.yaml", f"worker_threads: {threads}\n" + text))
+                configs.append(self.write(f"{contestant}-{name}-{threads}.yaml", f"worker_threads: {threads}\n" + extra + text))
             return [([binary, "proxy", "--config", configs[0]], f"{contestant}-client.log", env),
                     ([binary, "proxy", "--config", configs[1]], f"{contestant}-server.log", env)]
         self.sidecars(contestant, setup)
@@ -968,7 +973,7 @@ def versions():
         return lines[0] if lines else "?"
     return {
         "warden": first([WARDEN_PROXY, "--version"]) + " (slim warden-proxy binary; rustls 0.23, aws-lc-rs; X25519MLKEM768 preferred)",
-        "warden-b": WARDEN_PROXY_B or "-",
+        "warden-b": (WARDEN_PROXY_B or "-") + (f" with {WARDEN_PROXY_B_CONFIG.strip()!r}" if WARDEN_PROXY_B_CONFIG else ""),
         "nginx": first(["nginx", "-v"]),
         "haproxy": first(["haproxy", "-v"]),
         "nginx-l7": "the nginx above, as an HTTP proxy (proxy_pass, grpc_pass)",
@@ -998,7 +1003,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per run (default 10)")
     # warden-b only when there is another build to run
     everyone = [c for c in PORTS if c != "warden-b" or WARDEN_PROXY_B]
-    parser.add_argument("--only", nargs="*", default=everyone, help="contestants to run (default: all; warden-b with WARDEN_PROXY_B_BIN)")
+    parser.add_argument("--only", nargs="*", default=everyone, help="contestants to run (default: all; warden-b with WARDEN_PROXY_B_BIN or _CONFIG)")
     parser.add_argument("--scenarios", nargs="*", default=SCENARIOS, choices=SCENARIOS, help="scenarios to run")
     args = parser.parse_args()
     contestants = [c for c in PORTS if c in args.only]
