@@ -38,8 +38,9 @@ call per connection at a time) and relay opaque TCP at layer 4.
 
 Contestant warden-b is Warden's pair run from another build (`WARDEN_PROXY_B_BIN`) or with more
 configuration (`WARDEN_PROXY_B_CONFIG`, YAML lines put first in both its sidecars' files, e.g.
-`cpu_slice: 100us`), interleaved with warden in the same runs: a before/after comparison that
-the machine's drift between runs does not blur.
+`limits: {max_concurrent_streams: 100}`; not a key the harness writes), interleaved with warden
+in the same runs: a before/after comparison that the machine's drift between runs does not
+blur.
 
 Contestant warden-audit-all is Warden's pair with every decision audited (allows included,
 JSON lines on the server sidecar's stdout, signed checkpoints every 1,000 records or 10 s), to

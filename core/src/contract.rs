@@ -138,8 +138,6 @@ pub mod env {
     /// `worker_threads`: the proxy's worker threads (the injector sets it from the proxy's
     /// CPU limit).
     pub const WORKER_THREADS: &str = "WARDEN_WORKER_THREADS";
-    /// `cpu_slice`: the CPU slice of the proxy's threads, e.g. `100us` (Linux 6.12+).
-    pub const CPU_SLICE: &str = "WARDEN_CPU_SLICE";
     /// The controller's `host:port` addresses, comma-separated (policies come from it).
     pub const CONTROL_PLANE: &str = "WARDEN_CONTROL_PLANE";
     /// The controller's SPIFFE ID, when not the default.

@@ -1,11 +1,10 @@
-//! Human durations such as `30s`, `15m`, `24h`, `7d`, `1h30m` or `100us`, as written in flags and
-//! config.
+//! Human durations such as `30s`, `15m`, `24h`, `7d` or `1h30m`, as written in flags and config.
 
 use std::time::Duration;
 
 /// Why a duration string could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid duration {input:?}: {reason} (write e.g. 90s, 15m, 24h, 7d, 1h30m or 250ms)")]
+#[error("invalid duration {input:?}: {reason} (write e.g. 90s, 15m, 24h, 7d or 1h30m)")]
 pub struct InvalidDuration {
     /// The offending input.
     pub input: String,
@@ -13,7 +12,7 @@ pub struct InvalidDuration {
     pub reason: &'static str,
 }
 
-/// Parses a sequence of `<number><unit>` groups with units `us`, `ms`, `s`, `m`, `h`, `d`.
+/// Parses a sequence of `<number><unit>` groups with units `ms`, `s`, `m`, `h`, `d`.
 pub fn parse_duration(input: &str) -> Result<Duration, InvalidDuration> {
     let err = |reason| InvalidDuration {
         input: input.to_string(),
@@ -37,7 +36,6 @@ pub fn parse_duration(input: &str) -> Result<Duration, InvalidDuration> {
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let (unit, tail) = rest.split_at(unit_len);
         let part = match unit {
-            "us" => Duration::from_micros(value),
             "ms" => Duration::from_millis(value),
             "s" => Duration::from_secs(value),
             "m" => Duration::from_secs(value.saturating_mul(60)),
@@ -56,10 +54,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, InvalidDuration> {
 pub fn format_duration(d: Duration) -> String {
     let mut secs = d.as_secs();
     if secs == 0 {
-        return match d.subsec_micros() {
-            micros if micros % 1000 != 0 => format!("{micros}us"),
-            _ => format!("{}ms", d.as_millis()),
-        };
+        return format!("{}ms", d.as_millis());
     }
     let mut out = String::new();
     for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
@@ -93,7 +88,6 @@ mod tests {
             );
         }
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("100us"), Ok(Duration::from_micros(100)));
         for bad in ["", "h", "10", "10x", "1.5h", "-1h", "99999999999999999999s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should fail");
         }
@@ -110,14 +104,5 @@ mod tests {
             assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
-        for (d, text) in [
-            (Duration::from_millis(250), "250ms"),
-            (Duration::from_micros(100), "100us"),
-            (Duration::from_micros(1500), "1500us"),
-            (Duration::ZERO, "0ms"),
-        ] {
-            assert_eq!(format_duration(d), text);
-            assert_eq!(parse_duration(text), Ok(d));
-        }
     }
 }

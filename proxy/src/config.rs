@@ -75,14 +75,6 @@ pub struct ProxyConfig {
     /// single-threaded runtime that owns the connections given to it; at most 64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
-    /// The CPU slice the kernel's scheduler gives the proxy's threads, 100us to 100ms (Linux
-    /// 6.12+; default: the kernel's): a short one lets a woken proxy run before a busy
-    /// neighbour's slice ends (see [`crate::cpu_slice`]).
-    #[serde(
-        with = "human_duration_option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cpu_slice: Option<Duration>,
     /// Authorization policies and the audit log.
     pub authorization: AuthorizationConfig,
     /// The control plane (`warden controller`) the policies come from, in Kubernetes.
@@ -402,23 +394,6 @@ mod human_duration {
     }
 }
 
-mod human_duration_option {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => super::human_duration::serialize(d, s),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        super::human_duration::deserialize(d).map(Some)
-    }
-}
-
 impl ProxyConfig {
     /// The ports the proxy itself serves in transparent mode (inbound, outbound, admin):
     /// never an app's original destination.
@@ -555,13 +530,6 @@ impl ProxyConfig {
                     self.worker_threads =
                         Some(parsed(env::WORKER_THREADS, value, str::parse::<usize>)?)
                 }
-                env::CPU_SLICE => {
-                    self.cpu_slice = Some(parsed(
-                        env::CPU_SLICE,
-                        value,
-                        warden_core::duration::parse_duration,
-                    )?)
-                }
                 env::INBOUND_MODE => {
                     self.inbound_mode = parsed(env::INBOUND_MODE, value, |v| match v {
                         "strict" => Ok(InboundMode::Strict),
@@ -630,14 +598,6 @@ impl ProxyConfig {
                 "worker_threads",
                 format!("must be at most {}", contract::MAX_WORKER_THREADS),
             ));
-        }
-        if let Some(slice) = self.cpu_slice {
-            if !(crate::cpu_slice::MIN..=crate::cpu_slice::MAX).contains(&slice) {
-                return Err(invalid(
-                    "cpu_slice",
-                    "must be between 100us and 100ms (what the kernel takes)".into(),
-                ));
-            }
         }
         if self.authorization.reload_interval.is_zero() {
             return Err(invalid(
@@ -864,7 +824,6 @@ outbound:
     destination: 10.0.0.3:7143
     protocol: opaque
 opaque_ports: [3306, 5432]
-cpu_slice: 100us
 timeouts:
   detect: 500ms
   response: 30s
@@ -883,12 +842,6 @@ limits:
         assert_eq!(c.timeouts.detect, Duration::from_millis(500));
         assert_eq!(c.timeouts.connect, Duration::from_secs(3), "default kept");
         assert_eq!(c.limits.max_header_bytes, 64 * 1024, "default kept");
-        assert_eq!(c.cpu_slice, Some(Duration::from_micros(100)));
-        assert_eq!(
-            ProxyConfig::default().cpu_slice,
-            None,
-            "the kernel's by default"
-        );
         assert_eq!(
             c.expected_id().unwrap().as_str(),
             "spiffe://example.org/ns/shop/sa/web"
@@ -945,8 +898,6 @@ limits:
             ("opaque_ports: [0]", "config field opaque_ports[0]"),
             ("worker_threads: 0", "config field worker_threads: must be at least 1"),
             ("worker_threads: 65", "config field worker_threads: must be at most 64"),
-            ("cpu_slice: 50us", "config field cpu_slice: must be between 100us and 100ms"),
-            ("cpu_slice: 101ms", "config field cpu_slice: must be between 100us and 100ms"),
             ("identity: {url: 'http://x'}", "config field identity.url"),
             (
                 "admin: {listen: '127.0.0.1:9000'}\noutbound: [{listen: '127.0.0.1:9000', destination: '127.0.0.1:1'}]",
@@ -996,7 +947,6 @@ limits:
             (env::TRANSPARENT, "true"),
             (env::MESH_NETWORKS, "10.213.0.0/16,fd00:213::/64"),
             (env::INBOUND_MODE, "permissive"),
-            (env::CPU_SLICE, "250us"),
             ("UNRELATED", "ignored"),
         ]);
         let c = ProxyConfig::load(Some(&path), &env).unwrap();
@@ -1012,7 +962,6 @@ limits:
         assert!(c.transparent.is_mesh("10.213.0.2".parse().unwrap()));
         assert!(!c.transparent.is_mesh("10.214.0.2".parse().unwrap()));
         assert_eq!(c.inbound_mode, InboundMode::Permissive);
-        assert_eq!(c.cpu_slice, Some(Duration::from_micros(250)));
         let err = ProxyConfig::load(None, &vars(&[(env::INBOUND_MODE, "lax")])).unwrap_err();
         assert!(
             err.to_string().contains("expected strict or permissive"),

@@ -9,8 +9,7 @@
 //!   [`discovery`]: who must answer at each destination; [`grpc_client`]: gRPC without tonic;
 //! - [`authz`]: the authorization hook; [`detect`], [`io`], [`http`], [`mesh`],
 //!   [`listener`], [`metrics`], [`shared`]: the parts both directions share; [`workers`]:
-//!   one single-threaded runtime per worker thread, each connection on one of them;
-//!   [`cpu_slice`]: the scheduler's slice for those threads.
+//!   one single-threaded runtime per worker thread, each connection on one of them.
 
 #![warn(missing_docs)]
 
@@ -20,7 +19,6 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod control_plane;
-pub mod cpu_slice;
 pub mod detect;
 pub mod discovery;
 pub mod drain;

@@ -41,15 +41,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let admin = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), config.admin.listen.port());
         return wait_ready(admin, args.wait_timeout);
     }
-    // Before any thread starts: they all inherit it.
-    if let Some(slice) = config.cpu_slice {
-        match crate::cpu_slice::set(slice) {
-            Ok(()) => tracing::info!(slice = ?slice, "CPU slice set for the proxy's threads"),
-            Err(e) => {
-                tracing::warn!(error = %e, slice = ?slice, "cpu_slice not set; the kernel's default slice stays")
-            }
-        }
-    }
     // This thread's runtime is the first worker; `proxy::run` starts the others, each a
     // single-threaded runtime of its own (see `workers`).
     let runtime = tokio::runtime::Builder::new_current_thread()
