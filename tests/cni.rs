@@ -635,9 +635,10 @@ fn the_add_fails_closed_when_the_pod_cannot_be_read_or_ipv6_would_stay_open() {
     );
 
     // An API server that does not answer: refused within the plugin's timeout.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // A socket bound there and not listening: refused, and the port stays unused meanwhile.
+    let closed = tokio::net::TcpSocket::new_v4().unwrap();
+    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let port = closed.local_addr().unwrap().port();
-    drop(closed);
     let text = std::fs::read_to_string(&plugin.kubeconfig).unwrap();
     let unreachable = plugin.api.dir.join("cni/unreachable-kubeconfig");
     std::fs::write(

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,12 +25,16 @@ fn warden(args: &[&str], cwd: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// An app answering every request with 200 and closing; `GET /slow` takes a second.
-fn app() -> SocketAddr {
+/// An app answering every request with 200 and closing; `GET /slow` takes a second. Also
+/// how many `GET /slow` requests have arrived.
+fn app() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    let slow = Arc::new(AtomicUsize::new(0));
+    let arrived = slow.clone();
     std::thread::spawn(move || {
         for mut tcp in listener.incoming().flatten() {
+            let arrived = arrived.clone();
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
                 let mut seen = Vec::new();
@@ -41,6 +45,7 @@ fn app() -> SocketAddr {
                     }
                 }
                 if seen.starts_with(b"GET /slow ") {
+                    arrived.fetch_add(1, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_secs(1));
                 }
                 let _ = tcp.write_all(
@@ -49,7 +54,7 @@ fn app() -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, slow)
 }
 
 /// One GET / through `addr`: the status, or 0 when the connection failed.
@@ -127,6 +132,8 @@ struct Mesh {
     _client: Reaped,
     /// The client proxy's outbound listener.
     outbound: SocketAddr,
+    /// How many `GET /slow` requests reached the app.
+    slow_arrived: Arc<AtomicUsize>,
 }
 
 impl Mesh {
@@ -155,7 +162,7 @@ impl Mesh {
                 .spawn()
                 .unwrap(),
         );
-        let app = app();
+        let (app, slow_arrived) = app();
         let (inbound, outbound) = (reserved_port(), reserved_port());
         let common = |name: &str, sa: &str| {
             format!(
@@ -203,6 +210,7 @@ impl Mesh {
             server,
             _client: client,
             outbound: format!("127.0.0.1:{outbound}").parse().unwrap(),
+            slow_arrived,
         }
     }
 }
@@ -281,7 +289,15 @@ fn sigterm_under_load_lets_in_flight_requests_finish_then_exits() {
     let in_flight: Vec<_> = (0..8)
         .map(|_| std::thread::spawn(move || get_path(outbound, "/slow")))
         .collect();
-    std::thread::sleep(Duration::from_millis(300));
+    // All eight are at the app (it answers each a second after it arrives).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mesh.slow_arrived.load(Ordering::SeqCst) < 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the requests never reached the app"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let term = Instant::now();
     let kill = Command::new("kill")
         .args(["-TERM", &mesh.server.0.id().to_string()])
@@ -292,9 +308,11 @@ fn sigterm_under_load_lets_in_flight_requests_finish_then_exits() {
     assert_eq!(statuses, vec![200; 8], "every in-flight request completes");
     let exit = mesh.server.0.wait().unwrap();
     assert!(exit.success(), "a clean exit after SIGTERM: {exit:?}");
+    // The grace period is 5 s; the app answers within a second, so the proxy stops well
+    // before the grace period would have cut the requests short.
     assert!(
         term.elapsed() < Duration::from_secs(5),
-        "within the 5 s grace period ({:?})",
+        "before the 5 s grace period ran out ({:?})",
         term.elapsed()
     );
     // Gone: new requests are answered by the client proxy, not left hanging.

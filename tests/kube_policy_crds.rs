@@ -151,6 +151,16 @@ fn a_namespace_user_may_edit_authorization_policies_but_not_mesh_policies() {
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: policy-editor, namespace: {ns}}}\nrules:\n- apiGroups: [warden.dev]\n  resources: [authorizationpolicies]\n  verbs: [get, list, watch, create, update, patch, delete]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: alice-edits-policies, namespace: {ns}}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: policy-editor}}\nsubjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n"
     );
     api.kubectl_ok(&["apply", "-f", "-"], Some(&rbac));
+    api.until_can_i(
+        &[
+            "create",
+            "authorizationpolicies.warden.dev",
+            "--as=alice",
+            "-n",
+            &ns,
+        ],
+        "yes",
+    );
     let as_alice = |args: &[&str], stdin: Option<&str>| {
         let mut all = vec!["--as=alice"];
         all.extend_from_slice(args);

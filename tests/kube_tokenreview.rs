@@ -144,6 +144,20 @@ impl Identity {
             .map(|v| v.trim().parse().unwrap())
             .unwrap_or(0)
     }
+
+    /// Its logs (colours removed) once `wanted` holds for them, for at most 30 s: lines
+    /// reach the reader thread a moment after they are written.
+    fn logs_once(&self, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = without_colours(&self.logs.lock().unwrap());
+            if wanted(&logs) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "{}: {what}: {logs}", self.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 /// What one certify call got.
@@ -364,11 +378,7 @@ fn token_review_against_a_real_api_server_with_the_installed_rbac() {
     );
     // Those rights and no others: what the test runs with is what a cluster gives it.
     let sa = "--as=system:serviceaccount:warden-system:warden-identity";
-    assert_eq!(
-        api.kubectl_ok(&["auth", "can-i", sa, "create", "tokenreviews"], None)
-            .trim(),
-        "yes"
-    );
+    api.until_can_i(&[sa, "create", "tokenreviews"], "yes");
     for (verb, resource) in [
         ("get", "secrets"),
         ("list", "pods"),
@@ -554,12 +564,9 @@ fn token_review_against_a_real_api_server_with_the_installed_rbac() {
         other => panic!("without RBAC: expected a 503, got {other:?}"),
     }
     assert_eq!(without_rbac.counted("unavailable"), 1);
-    std::thread::sleep(Duration::from_millis(100)); // the line reaches the reader
-    let logs = without_colours(&without_rbac.logs.lock().unwrap());
-    assert!(
-        logs.contains("cannot create resource \"tokenreviews\""),
-        "the operator learns why: {logs}"
-    );
+    without_rbac.logs_once("the operator learns why", |logs| {
+        logs.contains("cannot create resource \"tokenreviews\"")
+    });
     harness.services.push(without_rbac);
 
     for svc in &harness.services[..2] {
@@ -569,14 +576,10 @@ fn token_review_against_a_real_api_server_with_the_installed_rbac() {
     }
 
     // No token, nor any 20 characters of one, in any line either service wrote.
-    std::thread::sleep(Duration::from_millis(200)); // the last lines reach the readers
     for svc in &harness.services {
-        let logs = without_colours(&svc.logs.lock().unwrap());
-        assert!(
-            logs.contains("certify refused") || logs.contains("certify failed"),
-            "{}: the refusals were logged: {logs}",
-            svc.name
-        );
+        let logs = svc.logs_once("the refusals were logged", |logs| {
+            logs.contains("certify refused") || logs.contains("certify failed")
+        });
         for token in &harness.tokens {
             let bytes = token.as_bytes();
             for window in bytes.windows(20) {

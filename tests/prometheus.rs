@@ -8,6 +8,8 @@ mod ports;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ports::reserved_port;
@@ -80,6 +82,26 @@ fn query(prometheus: &str, promql: &str) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// Runs `promql` until `check` accepts its result (Prometheus scrapes every second; a
+/// scrape can come late on a busy machine), for at most 30 s.
+fn until_query<T>(
+    prometheus: &str,
+    promql: &str,
+    check: impl Fn(&[serde_json::Value]) -> Result<T, &'static str>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let result = query(prometheus, promql);
+        match check(&result) {
+            Ok(found) => return found,
+            Err(missing) if Instant::now() > deadline => {
+                panic!("{promql}: still missing after 30 s: {missing}: {result:?}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+}
+
 fn value(sample: &serde_json::Value) -> f64 {
     sample["value"][1].as_str().unwrap().parse().unwrap()
 }
@@ -145,86 +167,116 @@ fn prometheus_scrapes_the_demo_and_answers_dashboard_queries() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // Steady traffic for a few scrapes: the frontend is allowed, the intruder denied.
-    let until = Instant::now() + Duration::from_secs(6);
-    let (mut ok, mut denied) = (0, 0);
-    while Instant::now() < until {
-        ok += usize::from(http_get(&frontend, "/").0 == 200);
-        denied += usize::from(http_get(&intruder, "/").0 == 403);
-        std::thread::sleep(Duration::from_millis(20));
+    // Steady traffic, the frontend allowed and the intruder denied, until the queries below
+    // have seen it: rates over the last seconds need traffic in those seconds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, denied) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let traffic = {
+        let (stop, ok, denied) = (stop.clone(), ok.clone(), denied.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                if http_get(&frontend, "/").0 == 200 {
+                    ok.fetch_add(1, Ordering::SeqCst);
+                }
+                if http_get(&intruder, "/").0 == 403 {
+                    denied.fetch_add(1, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    // A few scrapes' worth, and enough requests of each kind.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(6)
+        || ok.load(Ordering::SeqCst) < 50
+        || denied.load(Ordering::SeqCst) < 50
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "traffic flowed: {ok:?} allowed, {denied:?} denied"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        ok > 50 && denied > 50,
-        "traffic flowed: {ok} allowed, {denied} denied"
-    );
-    std::thread::sleep(Duration::from_millis(2500)); // two more scrapes
+    let denied_so_far = denied.load(Ordering::SeqCst) as f64;
 
-    let up = query(&prometheus_addr, "up{job=\"warden\"}");
-    assert_eq!(up.len(), 3);
-    assert!(
-        up.iter().all(|s| value(s) == 1.0),
-        "every proxy scraped: {up:?}"
-    );
+    until_query(&prometheus_addr, "up{job=\"warden\"}", |up| {
+        (up.len() == 3 && up.iter().all(|s| value(s) == 1.0))
+            .then_some(())
+            .ok_or("every proxy scraped")
+    });
 
     // Request rate per caller/callee pair, as the dashboard asks for it.
-    let rates = query(
+    until_query(
         &prometheus_addr,
         "max by (client_id, server_id, status_code) (rate(warden_requests_total{direction=\"inbound\"}[5s]))",
-    );
-    let allowed = rates
-        .iter()
-        .find(|s| {
-            s["metric"]["client_id"] == "spiffe://cluster.local/ns/demo/sa/frontend"
-                && s["metric"]["status_code"] == "200"
-        })
-        .unwrap_or_else(|| panic!("no frontend->backend rate: {rates:?}"));
-    assert_eq!(
-        allowed["metric"]["server_id"],
-        "spiffe://cluster.local/ns/demo/sa/backend"
-    );
-    assert!(value(allowed) > 1.0, "a real rate: {allowed}");
-    assert!(
-        rates.iter().any(|s| s["metric"]["client_id"]
-            == "spiffe://cluster.local/ns/demo/sa/intruder"
-            && s["metric"]["status_code"] == "403"),
-        "{rates:?}"
+        |rates| {
+            let allowed = rates
+                .iter()
+                .find(|s| {
+                    s["metric"]["client_id"] == "spiffe://cluster.local/ns/demo/sa/frontend"
+                        && s["metric"]["status_code"] == "200"
+                })
+                .ok_or("a frontend->backend rate")?;
+            assert_eq!(
+                allowed["metric"]["server_id"],
+                "spiffe://cluster.local/ns/demo/sa/backend"
+            );
+            if value(allowed) <= 1.0 {
+                return Err("a real frontend->backend rate");
+            }
+            rates
+                .iter()
+                .any(|s| {
+                    s["metric"]["client_id"] == "spiffe://cluster.local/ns/demo/sa/intruder"
+                        && s["metric"]["status_code"] == "403"
+                })
+                .then_some(())
+                .ok_or("an intruder->backend rate of 403s")
+        },
     );
 
     // A latency quantile from the histogram.
-    let p99 = query(
+    let seconds = until_query(
         &prometheus_addr,
         "histogram_quantile(0.99, max by (le, server_id) (rate(warden_request_duration_seconds_bucket{direction=\"inbound\"}[5s])))",
+        |p99| {
+            p99.iter()
+                .find(|s| s["metric"]["server_id"] == "spiffe://cluster.local/ns/demo/sa/backend")
+                .map(value)
+                .filter(|seconds| !seconds.is_nan())
+                .ok_or("a p99 for the backend")
+        },
     );
-    let backend = p99
-        .iter()
-        .find(|s| s["metric"]["server_id"] == "spiffe://cluster.local/ns/demo/sa/backend")
-        .unwrap_or_else(|| panic!("no p99 for the backend: {p99:?}"));
-    let seconds = value(backend);
     assert!(seconds > 0.0 && seconds < 1.0, "a plausible p99: {seconds}");
 
-    // Denials by policy.
-    let denials = query(
+    // Denials by policy: at least the denials counted before the queries began (one scrape
+    // behind at most), and allows by the policy that allowed them.
+    until_query(
         &prometheus_addr,
         "max by (policy) (warden_authz_decisions_total{decision=\"deny\"})",
+        |denials| {
+            let no_match = denials
+                .iter()
+                .find(|s| s["metric"]["policy"] == "no-match")
+                .ok_or("a denial count")?;
+            (value(no_match) >= denied_so_far * 0.5)
+                .then_some(())
+                .ok_or("the denials counted")
+        },
     );
-    let no_match = denials
-        .iter()
-        .find(|s| s["metric"]["policy"] == "no-match")
-        .unwrap_or_else(|| panic!("no denial count: {denials:?}"));
-    assert!(
-        value(no_match) >= denied as f64 * 0.5,
-        "{no_match} vs {denied} denied"
-    );
-    let allows = query(
+    until_query(
         &prometheus_addr,
         "max by (policy) (warden_authz_decisions_total{decision=\"allow\"})",
+        |allows| {
+            allows
+                .iter()
+                .any(|s| s["metric"]["policy"] == "demo/backend-allow-frontend")
+                .then_some(())
+                .ok_or("an allow count by the frontend's policy")
+        },
     );
-    assert!(
-        allows
-            .iter()
-            .any(|s| s["metric"]["policy"] == "demo/backend-allow-frontend"),
-        "{allows:?}"
-    );
+    stop.store(true, Ordering::SeqCst);
+    traffic.join().unwrap();
     drop(demo);
 }
 

@@ -690,10 +690,13 @@ async fn kubernetes_tokens_are_checked_with_token_review() {
 #[tokio::test]
 async fn an_unreachable_or_failing_api_server_means_503_and_no_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    // Down: nothing listens there any more.
-    let (api, ca_file, stop) = api_server(dir.path(), false).await;
+    // Down: nothing listens at its address (a socket bound there, not listening, holds the
+    // port so that nothing else can take it).
+    let (_, ca_file, stop) = api_server(dir.path(), false).await;
     stop.cancel();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let down = tokio::net::TcpSocket::new_v4().unwrap();
+    down.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let api = down.local_addr().unwrap();
     let svc = start(reviewer(dir.path(), api, ca_file), ServiceConfig::default()).await;
     let (status, body) = post(&svc, CERTIFY_PATH, "web-token", csr_json(&good_csr())).await;
     assert_eq!(status, 503, "{body}");

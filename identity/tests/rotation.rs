@@ -267,10 +267,17 @@ async fn a_ca_outage_longer_than_a_renewal_period_is_ridden_out() {
     let mut cluster = Cluster::new(dir.path(), Duration::from_secs(6)).await;
     let (mut a, _stop) = cluster.workload(dir.path(), "a").await;
     let first = a.borrow_and_update().clone();
+    let got_at = SystemTime::now();
 
     cluster.down().await;
-    // Renewal is due at 3.6-4.2 s; wait past it while the CA is down.
-    tokio::time::sleep(Duration::from_millis(4800)).await;
+    // Renewal is due at 60-70% of the certificate's life from when it was obtained (at or
+    // before `got_at`; its notAfter is whole seconds, so that life is 5-6 s): wait past the
+    // latest such moment while the CA is down, which leaves a second and more before expiry.
+    let life = first.svid.not_after().duration_since(got_at).unwrap();
+    let due_by = got_at + life.mul_f64(0.7) + Duration::from_millis(300);
+    if let Ok(wait) = due_by.duration_since(SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
     assert!(!a.has_changed().unwrap(), "no new certificate without a CA");
     assert_eq!(
         a.borrow().svid.chain()[0],

@@ -264,6 +264,14 @@ mod tests {
         );
     }
 
+    /// Replaces `path` with `contents` in one step (written beside it, then renamed), as a
+    /// ConfigMap volume changes: the watcher never reads it half-written.
+    fn replace(path: &Path, contents: &str) {
+        let staged = path.with_extension("staged");
+        std::fs::write(&staged, contents).unwrap();
+        std::fs::rename(&staged, path).unwrap();
+    }
+
     #[tokio::test]
     async fn a_bad_edit_keeps_the_last_good_set_and_says_so() {
         let dir = tempfile::tempdir().unwrap();
@@ -276,7 +284,7 @@ mod tests {
         );
         assert_eq!(watched.policies.borrow().policies().len(), 1);
 
-        std::fs::write(dir.path().join("a.yaml"), "spec: [broken").unwrap();
+        replace(&dir.path().join("a.yaml"), "spec: [broken");
         tokio::time::timeout(Duration::from_secs(5), watched.status.changed())
             .await
             .unwrap()
@@ -292,11 +300,10 @@ mod tests {
         );
         assert_eq!(watched.policies.borrow().policies().len(), 1);
 
-        std::fs::write(
-            dir.path().join("a.yaml"),
-            format!("{ALLOW}---\n{}", ALLOW.replace("name: a", "name: z")),
-        )
-        .unwrap();
+        replace(
+            &dir.path().join("a.yaml"),
+            &format!("{ALLOW}---\n{}", ALLOW.replace("name: a", "name: z")),
+        );
         tokio::time::timeout(Duration::from_secs(5), watched.policies.changed())
             .await
             .unwrap()

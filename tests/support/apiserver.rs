@@ -410,6 +410,28 @@ impl ApiServer {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl auth can-i <args>` until it answers `want` (`yes` or `no`), for at most 30 s:
+    /// the API server's authorizer reads Roles and bindings from a cache, so a grant just
+    /// applied takes a moment to count.
+    pub fn until_can_i(&self, args: &[&str], want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        loop {
+            let out = self.kubectl_with(&all, None);
+            let got = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if got == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kubectl {all:?}: {got:?}, not {want:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A `kube::Client` with admin rights.
     pub async fn client(&self) -> kube::Client {
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();

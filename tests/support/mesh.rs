@@ -222,7 +222,10 @@ pub fn controller(
         .arg(kubeconfig)
         .args(["--admin-listen", "127.0.0.1:0", "--listen", listen])
         .args(["--identity", name, "--lease-namespace", lease_namespace])
-        .args(["--lease-duration", "2s", "--identity-url", &identity.url])
+        // Long enough that a renewal delayed by a busy machine does not hand the Lease to
+        // another live replica (renew times are whole seconds); a takeover still comes
+        // well within `eventually`'s 30 s.
+        .args(["--lease-duration", "6s", "--identity-url", &identity.url])
         .arg("--identity-token-file")
         .arg(&token)
         .arg("--trust-bundle")

@@ -88,7 +88,9 @@ fn current_rules(family: Family) -> anyhow::Result<String> {
 fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     let (_, restore) = tools(family);
     let mut child = Command::new(restore)
-        .arg("--noflush")
+        // With the legacy backend a busy xtables lock (another pod's init on the node, kube-
+        // proxy) would fail the restore instead of waiting for it.
+        .args(["--noflush", "--wait"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -102,7 +104,7 @@ fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr).replace('\n', " ");
         anyhow::bail!(
-            "{restore} --noflush failed (nothing was changed): {}",
+            "{restore} --noflush --wait failed (nothing was changed): {}",
             err.trim()
         );
     }
@@ -302,7 +304,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let (_, restore) = tools(family);
         if args.dry_run {
-            super::print(&format!("# {restore} --noflush <<EOF\n{plan}# EOF\n"));
+            super::print(&format!(
+                "# {restore} --noflush --wait <<EOF\n{plan}# EOF\n"
+            ));
             continue;
         }
         apply(family, &plan)?;

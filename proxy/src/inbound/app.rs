@@ -422,9 +422,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_app_not_listening_is_a_connect_error() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
+        // Bound and not listening: connections are refused, and the port stays ours.
+        let closed = tokio::net::TcpSocket::new_v4().unwrap();
+        closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = closed.local_addr().unwrap();
         let clients = clients(Duration::from_secs(60));
         for http1 in [true, false] {
             let error = clients

@@ -97,7 +97,7 @@ async fn no_spelling_or_framing_of_a_denied_request_reaches_the_app() {
     // HTTP fields, so the server's proxy refuses opaque TCP there: closed, nothing served.
     let slow = raw(
         out,
-        Duration::from_millis(600),
+        Duration::from_millis(1500),
         &request("GET /admin HTTP/1.1"),
     )
     .await;
@@ -257,7 +257,7 @@ async fn a_proxy_that_never_loaded_a_good_policy_set_is_not_ready_and_denies() {
     let authz = warden_proxy::proxy::authorizer(&config, stop.clone()).unwrap();
     let server = mesh.spawn_proxy(config, authz).await;
     let mut ready = String::new();
-    for _ in 0..200 {
+    for _ in 0..1200 {
         ready = server.admin("/ready").await;
         if ready.contains("no good policy set") {
             break;
@@ -281,7 +281,7 @@ async fn a_proxy_that_never_loaded_a_good_policy_set_is_not_ready_and_denies() {
 
     // Fixed: ready, and the policies decide.
     std::fs::write(dir.join("p.yaml"), policies(app.port())).unwrap();
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if server.admin("/ready").await.starts_with("HTTP/1.1 200") {
             break;
         }

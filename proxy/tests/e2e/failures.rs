@@ -14,14 +14,8 @@ use warden_proxy::authz::{Authorizer, Verdict};
 use warden_proxy::config::{AppProtocol, RouteProtocol};
 
 use crate::apps;
-use crate::fixture::{id, raw_get, Mesh};
+use crate::fixture::{closed_port, id, raw_get, Mesh};
 use crate::{empty, full, h1_client, h2c_client, text};
-
-/// An address where nothing listens.
-async fn closed_port() -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    l.local_addr().unwrap()
-}
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
     let mut client = h1_client(addr).await;
@@ -41,7 +35,8 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, http::HeaderMap, S
 #[tokio::test]
 async fn an_unreachable_destination_is_502_for_http_and_a_reset_for_tcp() {
     let mesh = Mesh::start().await;
-    let nowhere = closed_port().await;
+    let closed = closed_port();
+    let nowhere = closed.addr;
     let client = mesh.client_to(nowhere, None, RouteProtocol::Detect).await;
     let (status, headers, body) = get(client.addrs.outbound[0], "/").await;
     assert_eq!(status, 502, "{body}");
@@ -50,24 +45,30 @@ async fn an_unreachable_destination_is_502_for_http_and_a_reset_for_tcp() {
 
     let opaque = mesh.client_to(nowhere, None, RouteProtocol::Opaque).await;
     let mut tcp = TcpStream::connect(opaque.addrs.outbound[0]).await.unwrap();
-    let _ = tcp.write_all(b"hello").await;
+    let wrote = tcp.write_all(b"hello").await;
     let mut buf = [0u8; 8];
     let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
         .await
         .unwrap();
-    match read {
-        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
-        Ok(n) => panic!("expected a reset, read {n} bytes"),
+    let reset = |e: &std::io::Error| {
+        use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+        matches!(e.kind(), ConnectionReset | BrokenPipe)
+    };
+    match (wrote, read) {
+        // The reset arrived before the write, which reported it.
+        (Err(e), Ok(0)) if reset(&e) => {}
+        (_, Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        (wrote, Ok(n)) => panic!("expected a reset; the write gave {wrote:?}, the read {n} bytes"),
     }
 }
 
 #[tokio::test]
 async fn an_app_that_is_down_is_502_and_a_slow_one_504() {
     let mesh = Mesh::start().await;
-    let nowhere = closed_port().await;
+    let closed = closed_port();
     let pair = mesh
         .pair(
-            nowhere,
+            closed.addr,
             AppProtocol::Auto,
             RouteProtocol::Detect,
             Authorizer::allow_all(),
@@ -88,29 +89,31 @@ async fn an_app_that_is_down_is_502_and_a_slow_one_504() {
             },
         )
         .await;
+    // The app would answer after 30 s: an answer well before that is the timeout's.
     let started = Instant::now();
-    let (status, headers, body) = get(pair.outbound, "/slow/3000").await;
+    let (status, headers, body) = get(pair.outbound, "/slow/30000").await;
     assert_eq!(status, 504, "{body}");
     assert!(headers.contains_key("x-warden-request-id"));
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_secs(10),
         "bounded by the response timeout"
     );
 
     // A burst of 300 at once against the slow app: each is answered 504 within the response
-    // timeout (nothing queues behind them), and a fast request is served right after.
+    // timeout (nothing queues behind them: one after another would take 90 s), and a fast
+    // request is served right after.
     let started = Instant::now();
     let burst: Vec<_> = (0..300)
         .map(|_| {
             let addr = pair.outbound;
-            tokio::spawn(async move { get(addr, "/slow/3000").await.0 })
+            tokio::spawn(async move { get(addr, "/slow/30000").await.0 })
         })
         .collect();
     for request in burst {
         assert_eq!(request.await.unwrap(), 504);
     }
     assert!(
-        started.elapsed() < Duration::from_secs(3),
+        started.elapsed() < Duration::from_secs(20),
         "the burst is bounded by the response timeout ({:?})",
         started.elapsed()
     );
@@ -246,11 +249,19 @@ async fn the_authorization_hook_denies_requests_and_connections() {
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let mesh = Mesh::start().await;
-    let (app, _) = apps::http_app().await;
+    let (app, hits) = apps::http_app().await;
     let mut pair = mesh.open_pair(app).await;
     let outbound = pair.outbound;
     let in_flight = tokio::spawn(async move { get(outbound, "/slow/800").await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The request is at the app (which answers it 800 ms later) when shutdown begins.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while hits.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     pair.server.shutdown.cancel();
     pair.client.shutdown.cancel();
     let (status, _, body) = in_flight.await.unwrap();
@@ -373,7 +384,8 @@ async fn nothing_is_served_before_the_proxy_has_a_certificate() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
     let mut config = mesh.workload("early");
-    config.identity.url = format!("https://{}", closed_port().await); // the CA is down
+    let ca_down = closed_port();
+    config.identity.url = format!("https://{}", ca_down.addr);
     config.inbound = vec![warden_proxy::config::InboundListener {
         listen: "127.0.0.1:0".parse().unwrap(),
         app,
@@ -475,13 +487,14 @@ async fn permissive_mode_accepts_plaintext_as_unauthenticated_subject_to_the_hoo
 
 #[tokio::test]
 async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
-    // SVIDs of 4 s: renewal is due at ~2.5-2.8 s, expiry at 4 s.
-    let mesh = Mesh::start_with_ttl(Duration::from_secs(4)).await;
+    // SVIDs of 6 s: renewal is due at ~3.7-4.2 s, expiry at 6 s.
+    let mesh = Mesh::start_with_ttl(Duration::from_secs(6)).await;
     let (app, _) = apps::http_app().await;
     let pair = mesh.open_pair(app).await;
     let inbound = pair.server.addrs.inbound[0];
     let store = Arc::new(TrustStore::single(mesh.ca.get().bundle().clone()));
-    // A fresh mTLS handshake with the server proxy, as a new peer would make.
+    // A fresh mTLS handshake with the server proxy, as a new peer would make: the
+    // certificate it presented (its validity, Unix seconds), or the handshake's error.
     let handshake = || {
         let config = tls::client_config(
             &mesh
@@ -496,11 +509,17 @@ async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
         .unwrap();
         async move {
             let tcp = TcpStream::connect(inbound).await.unwrap();
-            tokio_rustls::TlsConnector::from(Arc::new(config))
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
                 .connect(tls::mesh_server_name(), tcp)
-                .await
-                .map(|_| ())
+                .await?;
+            let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+            Ok::<_, std::io::Error>(warden_identity::inspect::validity_unix(leaf).unwrap())
         }
+    };
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
     };
     assert!(raw_get(pair.outbound, "/")
         .await
@@ -511,9 +530,22 @@ async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
         .await
         .starts_with("HTTP/1.1 200"));
 
-    // The CA goes away for longer than the certificates live.
+    // The outage starts right after a renewal, so that the certificate in force has most of
+    // its life left however long the set-up took.
+    let (first, _) = handshake().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handshake().await.unwrap().0 == first {
+        assert!(Instant::now() < deadline, "the server proxy never renewed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     mesh.identity_down().await;
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // No renewal can succeed from here on: this certificate is the last one.
+    let (_, expiry) = handshake().await.unwrap();
+    let expiry = Duration::from_secs(u64::try_from(expiry).unwrap());
+
+    // Past the renewal time, the renewal failing, before expiry: still serving.
+    let check_at = expiry - Duration::from_millis(1500);
+    tokio::time::sleep(check_at.saturating_sub(unix_now())).await;
     assert!(
         pair.server
             .admin("/ready")
@@ -522,10 +554,27 @@ async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
         "still serving on the current certificate before it expires"
     );
     handshake().await.expect("handshakes work until expiry");
-    tokio::time::sleep(Duration::from_millis(3000)).await;
-    let ready = pair.server.admin("/ready").await;
+    assert!(
+        unix_now() < expiry,
+        "the checks above ran before the certificate expired"
+    );
+
+    // Expired: not ready, and new peers refuse it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let ready = pair.server.admin("/ready").await;
+        if ready.starts_with("HTTP/1.1 503") || Instant::now() > deadline {
+            break ready;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(unix_now() >= expiry, "not before expiry: {ready}");
     assert!(ready.starts_with("HTTP/1.1 503"), "{ready}");
     assert!(ready.contains("expired"), "{ready}");
+    // notAfter is a whole second and counts as valid through it (RFC 5280): a verifier
+    // refuses the certificate from the next second on.
+    let refused_from = expiry + Duration::from_secs(1);
+    tokio::time::sleep(refused_from.saturating_sub(unix_now())).await;
     let err = handshake().await.unwrap_err();
     assert!(
         err.to_string().contains("xpired"),
@@ -589,7 +638,7 @@ async fn exhausting_the_admin_port_leaves_the_mesh_listeners_serving() {
     // A slot freed is a slot served.
     drop(held.pop());
     let mut served = String::new();
-    for _ in 0..100 {
+    for _ in 0..1500 {
         served = raw_get(admin, "/live").await;
         if !served.is_empty() {
             break;

@@ -24,6 +24,35 @@ use warden_proxy::proxy::{self, BoundAddrs, Listeners};
 mod front;
 use front::Front;
 
+/// An address where nothing listens, kept so while this lives: a socket bound there that
+/// does not listen refuses every connection, and no other socket (a listener bound to port 0
+/// by a test running alongside, a client's source port) can take the port meanwhile.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    /// The address.
+    pub addr: SocketAddr,
+}
+
+/// A fresh [`ClosedPort`] on 127.0.0.1.
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    ClosedPort {
+        _socket: socket,
+        addr,
+    }
+}
+
+/// Replaces the file at `path` with `contents` in one step (a sibling written, then renamed
+/// over it), as a ConfigMap volume changes: a watcher never reads it half-written.
+pub fn replace_file(path: &std::path::Path, contents: &str) {
+    let mut staged = path.as_os_str().to_owned();
+    staged.push(".staged");
+    std::fs::write(&staged, contents).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
 /// The identity of workload `name`.
 pub fn id(name: &str) -> SpiffeId {
     SpiffeId::parse(&format!("spiffe://cluster.local/ns/test/sa/{name}")).unwrap()
@@ -156,7 +185,9 @@ impl Mesh {
         config.identity.namespace = Some("test".into());
         config.identity.service_account = Some(name.into());
         config.admin.listen = "127.0.0.1:0".parse().unwrap();
-        config.timeouts.detect = Duration::from_millis(300);
+        // Short, for the tests of what comes after it, and long enough that a test client's
+        // first write is never late for it on a busy machine.
+        config.timeouts.detect = Duration::from_secs(1);
         config.timeouts.response = Duration::from_secs(5);
         config.timeouts.shutdown_grace = Duration::from_secs(3);
         // Two workers whatever the machine: connections are handed between threads in
@@ -168,7 +199,7 @@ impl Mesh {
     /// Starts a proxy and waits until it is ready.
     pub async fn proxy(&self, config: ProxyConfig, authz: Authorizer) -> Proxy {
         let proxy = self.spawn_proxy(config, authz).await;
-        for _ in 0..200 {
+        for _ in 0..1200 {
             if proxy.admin("/ready").await.starts_with("HTTP/1.1 200") {
                 return proxy;
             }

@@ -83,10 +83,8 @@ async fn the_exposition_passes_promtool_and_feeds_every_dashboard_query() {
     )
     .unwrap();
     let (tcp_app, _) = apps::tcp_app(None).await;
-    let nowhere = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        l.local_addr().unwrap()
-    };
+    let closed = crate::fixture::closed_port();
+    let nowhere = closed.addr;
     let mut server = mesh.workload("server");
     server.inbound = [http_app, tcp_app, nowhere]
         .into_iter()

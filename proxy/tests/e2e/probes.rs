@@ -31,10 +31,8 @@ async fn app_probes_run_against_the_app_and_anchors_come_from_the_environment() 
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
     let (tcp_app, _) = apps::tcp_app(None).await;
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed_app = crate::fixture::closed_port();
+    let closed = closed_app.addr.port();
     let identity: SocketAddr = mesh
         .identity_url
         .trim_start_matches("https://")

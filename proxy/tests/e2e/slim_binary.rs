@@ -84,7 +84,7 @@ async fn the_slim_binary_runs_a_proxy_that_gets_its_identity_and_stops_on_sigter
     .parse()
     .unwrap();
     let mut ready = String::new();
-    for _ in 0..200 {
+    for _ in 0..1200 {
         ready = raw_get(admin, "/ready").await;
         if ready.starts_with("HTTP/1.1 200") {
             break;
