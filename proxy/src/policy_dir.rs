@@ -96,9 +96,29 @@ pub fn load(dir: &Path) -> Result<Vec<AuthorizationPolicy>, String> {
     Ok(all)
 }
 
+/// A file modified this recently may be half-written (an editor or `cp` truncates, then
+/// writes): its directory is read on a later check. Read half-written, a file of DENY
+/// rules could parse as no rules and drop them until the next check.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// One version of the directory (see [`fingerprint`]).
+type Fingerprint = Option<Vec<(PathBuf, u64, Option<SystemTime>)>>;
+
+/// Whether no file of `fingerprint` was modified within [`SETTLE`] of `now` (either way: a
+/// clock a little ahead of the file system's counts too; a file dated far in the future
+/// does not hold reloads back).
+fn settled(fingerprint: &Fingerprint, now: SystemTime) -> bool {
+    fingerprint.iter().flatten().all(|(_, _, modified)| {
+        modified.is_none_or(|m| {
+            let apart = now.duration_since(m).unwrap_or_else(|e| e.duration());
+            apart >= SETTLE
+        })
+    })
+}
+
 /// What identifies a version of the directory: each file's resolved path, size and mtime;
 /// `None` while the directory cannot be read (so its appearing, even empty, is a change).
-fn fingerprint(dir: &Path) -> Option<Vec<(PathBuf, u64, Option<SystemTime>)>> {
+fn fingerprint(dir: &Path) -> Fingerprint {
     let entries = std::fs::read_dir(dir).ok()?;
     let mut files: Vec<_> = entries
         .flatten()
@@ -168,7 +188,7 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
                 _ = tokio::time::sleep(interval) => {}
             }
             let now = fingerprint(&dir);
-            if now == seen {
+            if now == seen || !settled(&now, SystemTime::now()) {
                 continue;
             }
             seen = now;
@@ -270,6 +290,48 @@ mod tests {
         let staged = path.with_extension("staged");
         std::fs::write(&staged, contents).unwrap();
         std::fs::rename(&staged, path).unwrap();
+    }
+
+    #[test]
+    fn a_directory_is_read_once_its_files_have_settled() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let file = |modified: Option<SystemTime>| (PathBuf::from("/p/a.yaml"), 10, modified);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("no directory", None, true),
+            ("an empty directory", Some(vec![]), true),
+            (
+                "written a second ago",
+                Some(vec![file(Some(now - ms(1000)))]),
+                true,
+            ),
+            (
+                "written just now",
+                Some(vec![file(Some(now - ms(20)))]),
+                false,
+            ),
+            ("99 ms ago", Some(vec![file(Some(now - ms(99)))]), false),
+            ("100 ms ago", Some(vec![file(Some(now - ms(100)))]), true),
+            (
+                "one of two just now",
+                Some(vec![file(Some(now - ms(5000))), file(Some(now))]),
+                false,
+            ),
+            (
+                "a clock just behind the file's",
+                Some(vec![file(Some(now + ms(3)))]),
+                false,
+            ),
+            (
+                "dated far in the future",
+                Some(vec![file(Some(now + ms(60_000)))]),
+                true,
+            ),
+            ("no mtime", Some(vec![file(None)]), true),
+        ];
+        for (name, fingerprint, want) in cases {
+            assert_eq!(settled(&fingerprint, now), want, "{name}");
+        }
     }
 
     #[tokio::test]
