@@ -129,6 +129,7 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     // Each sidecar has an inbound listener for its app (default deny, the demo policy,
     // every decision audited); the callers also get an outbound route to the backend.
     let mut workloads = Vec::new();
+    let mut sidecars = Vec::new();
     let mut backend_inbound = None;
     for name in WORKLOADS {
         let app_addr = app(name).await?;
@@ -164,14 +165,14 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         backend_inbound.get_or_insert(sidecar.inbound[0]);
         let source = proxy::cert_source(&config)?;
         let authz = proxy::authorizer(&config, shutdown.clone())?;
-        tokio::spawn(proxy::run(
+        sidecars.push(tokio::spawn(proxy::run(
             config,
             bound,
             source,
             authz,
             warden_proxy::logging::telemetry(),
             shutdown.clone(),
-        ));
+        )));
         workloads.push(Workload {
             name,
             app: app_addr,
@@ -215,6 +216,12 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
         warden_proxy::cli::terminated().await;
     }
     shutdown.cancel();
+    // Each sidecar ends its audit chain with a signed checkpoint as it stops: the process
+    // must not exit while one is signing (exit tears down the crypto library's random
+    // number state under that thread, and the process aborts).
+    for sidecar in sidecars {
+        let _ = sidecar.await;
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {

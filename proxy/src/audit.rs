@@ -274,25 +274,8 @@ impl AuditLog {
 
     /// Writes what is queued and the final checkpoint, waiting at most `timeout`.
     pub async fn close(&self, timeout: Duration) {
-        let (ack, done) = std::sync::mpsc::channel();
         let queue = self.queue.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            // Never blocks past the deadline, even if the writer is stuck in a write.
-            let deadline = Instant::now() + timeout;
-            let mut message = Message::Close(ack);
-            loop {
-                match queue.try_send(message) {
-                    Ok(()) => break,
-                    Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                        message = m;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => return,
-                }
-            }
-            let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || close_writer(&queue, timeout)).await;
     }
 
     /// The writer's state, as it changes.
@@ -313,6 +296,43 @@ impl AuditLog {
         })
     }
 }
+
+/// Asks the writer behind `queue` to write what is queued and the final checkpoint, and
+/// waits until it has or `timeout` passes (never longer, even if the writer is stuck in a
+/// write). Returns at once when the writer has already stopped.
+fn close_writer(queue: &SyncSender<Message>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let (ack, done) = std::sync::mpsc::channel();
+    let mut message = Message::Close(ack);
+    loop {
+        match queue.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                message = m;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = done.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+}
+
+impl Drop for AuditLog {
+    /// A log dropped without [`AuditLog::close`] (a proxy task dropped with its runtime, a
+    /// program that stops without closing it) is closed here, before the drop returns: the
+    /// writer signs its final checkpoint now, not on its own thread while the process
+    /// exits, where aws-lc's exit-time zeroizing of its random-number state makes a
+    /// signature in progress abort the process.
+    fn drop(&mut self) {
+        let started = self.pending.get_mut().map_or(true, |p| p.is_none());
+        if started {
+            close_writer(&self.queue, CLOSE_ON_DROP);
+        }
+    }
+}
+
+/// How long dropping an unclosed log waits for its final checkpoint, at most.
+const CLOSE_ON_DROP: Duration = Duration::from_secs(5);
 
 /// Whether a file's last byte is not a newline (a line left half written).
 fn ends_mid_line(file: &std::fs::File) -> std::io::Result<bool> {
@@ -759,6 +779,33 @@ mod tests {
             .filter(|l| l.starts_with("{\"type\":\"decision\",\"chain\":\"shop/"))
             .count();
         assert_eq!(decisions, 14);
+    }
+
+    #[test]
+    fn a_log_dropped_unclosed_is_closed_before_the_drop_returns() {
+        let (creds, store) = credentials();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let log = AuditLog::open(&AuditTarget::File(path.clone()), options()).unwrap();
+        log.start("shop/backend-1", creds);
+        log.record(&record("/dropped")).unwrap();
+        drop(log);
+        // No waiting: the final checkpoint was written by the time the drop returned.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let last = text.lines().last().unwrap();
+        assert!(
+            last.contains("\"type\":\"checkpoint\"") && last.contains("\"final\":true"),
+            "{text}"
+        );
+        let report = verify(&[("audit.log".into(), text.clone())], &check(&store));
+        assert_eq!(report.status, Status::Verified, "{report:#?}\n{text}");
+        assert!(report.chains[0].closed);
+
+        // A log never started has no writer to wait for.
+        let unstarted = AuditLog::open(&AuditTarget::File(path), options()).unwrap();
+        let dropped_at = Instant::now();
+        drop(unstarted);
+        assert!(dropped_at.elapsed() < CLOSE_ON_DROP, "no wait for a writer");
     }
 
     #[tokio::test]

@@ -222,8 +222,18 @@ impl WorkerThreads {
 }
 
 impl Drop for WorkerThreads {
+    /// Dropped without [`WorkerThreads::stop`] (the proxy's task dropped with its
+    /// runtime): the threads are stopped and waited for all the same (each takes a second
+    /// at most, and what its runtime drops, such as the audit log's last handle, is closed
+    /// before the process can exit).
     fn drop(&mut self) {
         self.stop.cancel();
+        let me = std::thread::current().id();
+        for thread in std::mem::take(&mut self.threads) {
+            if thread.thread().id() != me {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
@@ -271,5 +281,31 @@ mod tests {
         threads.stop().await;
         // The worker's runtime is gone, and what it still ran with it.
         assert!(pending.await.unwrap_err().is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn dropped_worker_threads_are_stopped_before_the_drop_returns() {
+        /// Notes when what a worker still ran is dropped.
+        struct Held(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Held {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let (runtimes, threads) = WorkerThreads::start(2).await;
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let held = Held(dropped.clone());
+        let (running_tx, running_rx) = tokio::sync::oneshot::channel();
+        let _task = runtimes[1].spawn(async move {
+            let _held = held;
+            let _ = running_tx.send(());
+            std::future::pending::<()>().await;
+        });
+        running_rx.await.unwrap();
+        drop(threads);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "what the worker ran was dropped before the drop returned"
+        );
     }
 }
