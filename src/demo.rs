@@ -45,6 +45,10 @@ pub struct Args {
 /// The demo's namespace.
 const NAMESPACE: &str = "demo";
 
+/// How long the demo waits for its sidecars to stop, at most (their shutdown grace, then
+/// the audit log's final checkpoint).
+const SIDECARS_STOP: Duration = Duration::from_secs(20);
+
 /// The policy the demo installs: the backend accepts GETs from the frontend only.
 const POLICY: &str = r#"apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -219,8 +223,12 @@ async fn demo(args: Args) -> anyhow::Result<ExitCode> {
     // Each sidecar ends its audit chain with a signed checkpoint as it stops: the process
     // must not exit while one is signing (exit tears down the crypto library's random
     // number state under that thread, and the process aborts).
+    let deadline = tokio::time::Instant::now() + SIDECARS_STOP;
     for sidecar in sidecars {
-        let _ = sidecar.await;
+        if tokio::time::timeout_at(deadline, sidecar).await.is_err() {
+            eprintln!("warden demo: the sidecars did not stop within {SIDECARS_STOP:?}");
+            break;
+        }
     }
     Ok(if ok {
         ExitCode::SUCCESS

@@ -1,5 +1,8 @@
 //! The `warden` binary as an operator runs it: `ca init|issue`, `cert inspect|verify`, `demo`.
 
+#[path = "support/ports.rs"]
+mod ports;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -1196,9 +1199,8 @@ fn proxy_wait_ready_polls_the_admin_port_until_ready() {
 
     // Nothing listening: a clear failure once the timeout passes. (A socket bound there and
     // not listening refuses connections and keeps the port from anyone else meanwhile.)
-    let held = tokio::net::TcpSocket::new_v4().unwrap();
-    held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let closed = held.local_addr().unwrap().port();
+    let held = ports::closed_port();
+    let closed = held.addr.port();
     let o = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["proxy", "--wait-ready", "--wait-timeout", "1s"])
         .env("WARDEN_ADMIN_LISTEN", format!("0.0.0.0:{closed}"))

@@ -636,9 +636,8 @@ fn the_add_fails_closed_when_the_pod_cannot_be_read_or_ipv6_would_stay_open() {
 
     // An API server that does not answer: refused within the plugin's timeout.
     // A socket bound there and not listening: refused, and the port stays unused meanwhile.
-    let closed = tokio::net::TcpSocket::new_v4().unwrap();
-    closed.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let port = closed.local_addr().unwrap().port();
+    let closed = apiserver::ports::closed_port();
+    let port = closed.addr.port();
     let text = std::fs::read_to_string(&plugin.kubeconfig).unwrap();
     let unreachable = plugin.api.dir.join("cni/unreachable-kubeconfig");
     std::fs::write(

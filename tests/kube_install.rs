@@ -124,13 +124,14 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
     // The controller's RBAC: what it watches (policies; pods, Services and EndpointSlices
     // for discovery) and writes, and nothing more (never Secrets: the CA key is the
     // identity service's alone).
+    // Every "yes" first: once the authorizer's cache shows the install's grants, a "no" is
+    // the install's answer, not a cache behind.
     let controller = "--as=system:serviceaccount:warden-system:warden-controller";
     for (verb, resource, ns, want) in [
         ("watch", "pods", None, "yes"),
         ("list", "namespaces", None, "yes"),
         ("watch", "services", None, "yes"),
         ("watch", "endpointslices.discovery.k8s.io", None, "yes"),
-        ("update", "services", None, "no"),
         ("watch", "authorizationpolicies.warden.dev", None, "yes"),
         ("watch", "meshpolicies.warden.dev", None, "yes"),
         (
@@ -146,6 +147,7 @@ fn install_applies_cleanly_twice_server_side_too_and_uninstalls_completely() {
             Some("warden-system"),
             "yes",
         ),
+        ("update", "services", None, "no"),
         ("update", "authorizationpolicies.warden.dev", None, "no"),
         ("get", "secrets", Some("warden-system"), "no"),
         ("create", "pods", None, "no"),

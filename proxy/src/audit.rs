@@ -116,6 +116,8 @@ pub struct AuditLog {
     queue: SyncSender<Message>,
     /// The queue's other end and the sink, until [`AuditLog::start`] hands them to the writer.
     pending: Mutex<Option<(Receiver<Message>, Sink)>>,
+    /// Whether [`AuditLog::close`] has run (the drop then has nothing left to wait for).
+    closed: AtomicBool,
     options: AuditOptions,
     health: Arc<Health>,
     /// Whether allowed decisions are recorded too.
@@ -188,6 +190,7 @@ impl AuditLog {
         Self {
             queue,
             pending: Mutex::new(Some((rx, sink))),
+            closed: AtomicBool::new(false),
             log_allowed: options.log_allowed,
             options,
             health: Arc::new(Health {
@@ -274,6 +277,7 @@ impl AuditLog {
 
     /// Writes what is queued and the final checkpoint, waiting at most `timeout`.
     pub async fn close(&self, timeout: Duration) {
+        self.closed.store(true, Ordering::Relaxed);
         let queue = self.queue.clone();
         let _ = tokio::task::spawn_blocking(move || close_writer(&queue, timeout)).await;
     }
@@ -319,13 +323,19 @@ fn close_writer(queue: &SyncSender<Message>, timeout: Duration) {
 
 impl Drop for AuditLog {
     /// A log dropped without [`AuditLog::close`] (a proxy task dropped with its runtime, a
-    /// program that stops without closing it) is closed here, before the drop returns: the
+    /// program that stops without closing it) is closed here, at most [`CLOSE_ON_DROP`],
+    /// before the drop returns (after `close`, even one that timed out, it is not waited for
+    /// again): the
     /// writer signs its final checkpoint now, not on its own thread while the process
     /// exits, where aws-lc's exit-time zeroizing of its random-number state makes a
     /// signature in progress abort the process.
     fn drop(&mut self) {
-        let started = self.pending.get_mut().map_or(true, |p| p.is_none());
-        if started {
+        let closed = *self.closed.get_mut();
+        let started = match self.pending.get_mut() {
+            Ok(pending) => pending.is_none(),
+            Err(poisoned) => poisoned.into_inner().is_none(),
+        };
+        if started && !closed {
             close_writer(&self.queue, CLOSE_ON_DROP);
         }
     }

@@ -40,6 +40,12 @@ pub struct SnapshotStatus {
     pub connected_to: Option<String>,
 }
 
+/// Whether a directory entry named `name` is a policy file: `*.yaml` or `*.yml`, not hidden
+/// (a ConfigMap volume's `..data` and editors' swap files are not).
+fn is_policy_file(name: &str) -> bool {
+    !name.starts_with('.') && (name.ends_with(".yaml") || name.ends_with(".yml"))
+}
+
 /// The files to read, in name order.
 fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let root = dir
@@ -49,8 +55,7 @@ fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| format!("{}: {e}", dir.display()))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+        if !is_policy_file(&entry.file_name().to_string_lossy()) {
             continue;
         }
         let path = entry.path();
@@ -96,32 +101,26 @@ pub fn load(dir: &Path) -> Result<Vec<AuthorizationPolicy>, String> {
     Ok(all)
 }
 
-/// A file modified this recently may be half-written (an editor or `cp` truncates, then
-/// writes): its directory is read on a later check. Read half-written, a file of DENY
-/// rules could parse as no rules and drop them until the next check.
-const SETTLE: Duration = Duration::from_millis(100);
-
 /// One version of the directory (see [`fingerprint`]).
 type Fingerprint = Option<Vec<(PathBuf, u64, Option<SystemTime>)>>;
 
-/// Whether no file of `fingerprint` was modified within [`SETTLE`] of `now` (either way: a
-/// clock a little ahead of the file system's counts too; a file dated far in the future
-/// does not hold reloads back).
-fn settled(fingerprint: &Fingerprint, now: SystemTime) -> bool {
-    fingerprint.iter().flatten().all(|(_, _, modified)| {
-        modified.is_none_or(|m| {
-            let apart = now.duration_since(m).unwrap_or_else(|e| e.duration());
-            apart >= SETTLE
-        })
-    })
+/// Whether to read the directory at a check that found it at `now`, the check before at
+/// `last`, with `loaded` in force: when it changed, and the check before saw the same. A
+/// file being written (an editor or `cp` truncates it first, a slow producer writes in
+/// pieces) changes between checks, and read half-written, a file of DENY rules could
+/// parse as none and drop them until the next check.
+fn due(loaded: &Fingerprint, last: &Fingerprint, now: &Fingerprint) -> bool {
+    now != loaded && now == last
 }
 
-/// What identifies a version of the directory: each file's resolved path, size and mtime;
-/// `None` while the directory cannot be read (so its appearing, even empty, is a change).
+/// What identifies a version of the directory: each policy file's resolved path, size and
+/// mtime; `None` while the directory cannot be read (so its appearing, even empty, is a
+/// change).
 fn fingerprint(dir: &Path) -> Fingerprint {
     let entries = std::fs::read_dir(dir).ok()?;
     let mut files: Vec<_> = entries
         .flatten()
+        .filter(|e| is_policy_file(&e.file_name().to_string_lossy()))
         .filter_map(|e| {
             let real = e.path().canonicalize().ok()?;
             let meta = std::fs::metadata(&real).ok()?;
@@ -158,6 +157,7 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
     }
     // The fingerprint is taken with the initial load, so an edit made right after is seen.
     let mut seen = fingerprint(&dir);
+    let mut last = seen.clone();
     let (initial, status) = match load(&dir) {
         Ok(policies) => {
             record("success");
@@ -188,11 +188,17 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
                 _ = tokio::time::sleep(interval) => {}
             }
             let now = fingerprint(&dir);
-            if now == seen || !settled(&now, SystemTime::now()) {
+            let read = due(&seen, &last, &now);
+            last = now;
+            if !read {
                 continue;
             }
-            seen = now;
-            match load(&dir) {
+            let loaded = load(&dir);
+            if fingerprint(&dir) != last {
+                continue; // changed while being read: read again once it has settled
+            }
+            seen = last.clone();
+            match loaded {
                 Ok(policies) => {
                     record("success");
                     tracing::info!(dir = %dir.display(), policies = policies.len(), "policies reloaded");
@@ -293,45 +299,34 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_is_read_once_its_files_have_settled() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let file = |modified: Option<SystemTime>| (PathBuf::from("/p/a.yaml"), 10, modified);
-        let ms = Duration::from_millis;
+    fn a_change_is_read_once_two_checks_in_a_row_see_it() {
+        let version = |size: u64| Some(vec![(PathBuf::from("/p/a.yaml"), size, None)]);
+        let (a, b, c) = (version(10), version(20), version(30));
         let cases = [
-            ("no directory", None, true),
-            ("an empty directory", Some(vec![]), true),
-            (
-                "written a second ago",
-                Some(vec![file(Some(now - ms(1000)))]),
-                true,
-            ),
-            (
-                "written just now",
-                Some(vec![file(Some(now - ms(20)))]),
-                false,
-            ),
-            ("99 ms ago", Some(vec![file(Some(now - ms(99)))]), false),
-            ("100 ms ago", Some(vec![file(Some(now - ms(100)))]), true),
-            (
-                "one of two just now",
-                Some(vec![file(Some(now - ms(5000))), file(Some(now))]),
-                false,
-            ),
-            (
-                "a clock just behind the file's",
-                Some(vec![file(Some(now + ms(3)))]),
-                false,
-            ),
-            (
-                "dated far in the future",
-                Some(vec![file(Some(now + ms(60_000)))]),
-                true,
-            ),
-            ("no mtime", Some(vec![file(None)]), true),
+            ("unchanged", &a, &a, &a, false),
+            ("changed, first seen now", &a, &a, &b, false),
+            ("changed, the same at the check before", &a, &b, &b, true),
+            ("still being written", &a, &b, &c, false),
+            ("changed back before it settled", &a, &b, &a, false),
+            ("the directory appeared", &None, &a, &a, true),
+            ("the directory went away", &a, &None, &None, true),
         ];
-        for (name, fingerprint, want) in cases {
-            assert_eq!(settled(&fingerprint, now), want, "{name}");
+        for (name, loaded, last, now, want) in cases {
+            assert_eq!(due(loaded, last, now), want, "{name}");
         }
+    }
+
+    #[test]
+    fn only_policy_files_count_as_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), ALLOW).unwrap();
+        let before = fingerprint(dir.path());
+        for other in ["notes.txt", ".a.yaml.swp", "a.yaml.staged"] {
+            std::fs::write(dir.path().join(other), "busy").unwrap();
+        }
+        assert_eq!(fingerprint(dir.path()), before);
+        std::fs::write(dir.path().join("b.yml"), ALLOW).unwrap();
+        assert_ne!(fingerprint(dir.path()), before);
     }
 
     #[tokio::test]

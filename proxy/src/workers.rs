@@ -221,16 +221,27 @@ impl WorkerThreads {
     }
 }
 
+/// How long dropped worker threads are waited for, at most.
+const JOIN_ON_DROP: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Drop for WorkerThreads {
     /// Dropped without [`WorkerThreads::stop`] (the proxy's task dropped with its
-    /// runtime): the threads are stopped and waited for all the same (each takes a second
-    /// at most, and what its runtime drops, such as the audit log's last handle, is closed
-    /// before the process can exit).
+    /// runtime): the threads are stopped and waited for all the same, at most
+    /// [`JOIN_ON_DROP`], so that what their runtimes drop (the audit log's last handle,
+    /// which closes the log) is done before the process can exit. A thread that has not
+    /// ended by then is left to end on its own.
     fn drop(&mut self) {
         self.stop.cancel();
         let me = std::thread::current().id();
+        let deadline = std::time::Instant::now() + JOIN_ON_DROP;
         for thread in std::mem::take(&mut self.threads) {
-            if thread.thread().id() != me {
+            if thread.thread().id() == me {
+                continue;
+            }
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if thread.is_finished() {
                 let _ = thread.join();
             }
         }

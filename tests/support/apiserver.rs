@@ -15,8 +15,9 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the fixture
 
-/// Ports picked before their server starts; one copy per test binary, here, because every
-/// test binary that needs them also runs this server.
+/// Ports picked before their server starts. Here for the test binaries that run this
+/// server (one copy per binary: its counter keeps the binary's tests on distinct ports);
+/// the others include `ports.rs` themselves.
 #[path = "ports.rs"]
 pub mod ports;
 
@@ -412,7 +413,8 @@ impl ApiServer {
 
     /// `kubectl auth can-i <args>` until it answers `want` (`yes` or `no`), for at most 30 s:
     /// the API server's authorizer reads Roles and bindings from a cache, so a grant just
-    /// applied takes a moment to count.
+    /// applied takes a moment to count. A `no` is taken at once: check it after a `yes` that
+    /// shows the grants it depends on have arrived.
     pub fn until_can_i(&self, args: &[&str], want: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut all = vec!["auth", "can-i"];

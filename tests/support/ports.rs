@@ -7,6 +7,8 @@
 //! open) and hold it. The server then fails with "address already in use". The kernel hands
 //! out neither kind below the range, so a port there that is free now stays free until the
 //! test's own server binds it; the tests of one binary take distinct ones.
+//!
+//! A port a test expects to be refused is held the other way: [`closed_port`].
 
 #![allow(dead_code)] // each test binary uses its own part
 
@@ -30,6 +32,26 @@ pub fn reserved_port() -> u16 {
         }
     }
     panic!("no free port on 127.0.0.1 in {low}..{high}");
+}
+
+/// An address where nothing listens, kept so while this lives: a socket bound there that
+/// does not listen refuses every connection, and no other socket (a listener bound to port 0
+/// by a test running alongside, a client's source port) can take the port meanwhile.
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    /// The address.
+    pub addr: std::net::SocketAddr,
+}
+
+/// A fresh [`ClosedPort`] on 127.0.0.1.
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    ClosedPort {
+        _socket: socket,
+        addr,
+    }
 }
 
 /// The ports below the kernel's ephemeral range (net.ipv4.ip_local_port_range), above the

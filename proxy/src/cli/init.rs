@@ -88,9 +88,10 @@ fn current_rules(family: Family) -> anyhow::Result<String> {
 fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     let (_, restore) = tools(family);
     let mut child = Command::new(restore)
-        // With the legacy backend a busy xtables lock (another pod's init on the node, kube-
-        // proxy) would fail the restore instead of waiting for it.
-        .args(["--noflush", "--wait"])
+        // With the legacy backend, a held xtables lock (`/run/xtables.lock`: kube-proxy's and
+        // other plugins' when this runs as the CNI plugin on the node) would fail the restore
+        // at once; it is waited for, 10 s at most. The nft backend has no lock.
+        .args(["--noflush", "--wait=10"])
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -104,7 +105,7 @@ fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr).replace('\n', " ");
         anyhow::bail!(
-            "{restore} --noflush --wait failed (nothing was changed): {}",
+            "{restore} --noflush --wait=10 failed (nothing was changed): {}",
             err.trim()
         );
     }
@@ -305,7 +306,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (_, restore) = tools(family);
         if args.dry_run {
             super::print(&format!(
-                "# {restore} --noflush --wait <<EOF\n{plan}# EOF\n"
+                "# {restore} --noflush --wait=10 <<EOF\n{plan}# EOF\n"
             ));
             continue;
         }

@@ -97,7 +97,7 @@ async fn no_spelling_or_framing_of_a_denied_request_reaches_the_app() {
     // HTTP fields, so the server's proxy refuses opaque TCP there: closed, nothing served.
     let slow = raw(
         out,
-        Duration::from_millis(1500),
+        Duration::from_millis(2500),
         &request("GET /admin HTTP/1.1"),
     )
     .await;

@@ -113,7 +113,7 @@ async fn an_app_that_is_down_is_502_and_a_slow_one_504() {
         assert_eq!(request.await.unwrap(), 504);
     }
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(10),
         "the burst is bounded by the response timeout ({:?})",
         started.elapsed()
     );
@@ -584,7 +584,7 @@ async fn an_identity_outage_past_expiry_fails_closed_and_recovers_by_itself() {
     // The CA comes back: the proxy renews by itself and serves again.
     mesh.identity_up().await;
     let mut ready = String::new();
-    for _ in 0..150 {
+    for _ in 0..300 {
         ready = pair.server.admin("/ready").await;
         if ready.starts_with("HTTP/1.1 200") {
             break;

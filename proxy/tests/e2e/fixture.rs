@@ -22,27 +22,10 @@ use warden_proxy::proxy::{self, BoundAddrs, Listeners};
 
 #[path = "../../../identity/tests/support/front.rs"]
 mod front;
+#[path = "../../../tests/support/ports.rs"]
+mod ports;
 use front::Front;
-
-/// An address where nothing listens, kept so while this lives: a socket bound there that
-/// does not listen refuses every connection, and no other socket (a listener bound to port 0
-/// by a test running alongside, a client's source port) can take the port meanwhile.
-pub struct ClosedPort {
-    _socket: tokio::net::TcpSocket,
-    /// The address.
-    pub addr: SocketAddr,
-}
-
-/// A fresh [`ClosedPort`] on 127.0.0.1.
-pub fn closed_port() -> ClosedPort {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = socket.local_addr().unwrap();
-    ClosedPort {
-        _socket: socket,
-        addr,
-    }
-}
+pub use ports::closed_port;
 
 /// Replaces the file at `path` with `contents` in one step (a sibling written, then renamed
 /// over it), as a ConfigMap volume changes: a watcher never reads it half-written.
