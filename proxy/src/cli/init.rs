@@ -85,13 +85,16 @@ fn current_rules(family: Family) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// How `iptables-restore` is run: adding to the nat table, not replacing it. With the legacy
+/// backend, a held xtables lock (`/run/xtables.lock`: kube-proxy's and other plugins' when
+/// this runs as the CNI plugin on the node) would fail the restore at once; it is waited
+/// for, 10 s at most. The nft backend has no lock.
+const RESTORE_ARGS: [&str; 2] = ["--noflush", "--wait=10"];
+
 fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     let (_, restore) = tools(family);
     let mut child = Command::new(restore)
-        // With the legacy backend, a held xtables lock (`/run/xtables.lock`: kube-proxy's and
-        // other plugins' when this runs as the CNI plugin on the node) would fail the restore
-        // at once; it is waited for, 10 s at most. The nft backend has no lock.
-        .args(["--noflush", "--wait=10"])
+        .args(RESTORE_ARGS)
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -105,7 +108,8 @@ fn apply(family: Family, input: &str) -> anyhow::Result<()> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr).replace('\n', " ");
         anyhow::bail!(
-            "{restore} --noflush --wait=10 failed (nothing was changed): {}",
+            "{restore} {} failed (nothing was changed): {}",
+            RESTORE_ARGS.join(" "),
             err.trim()
         );
     }
@@ -306,7 +310,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (_, restore) = tools(family);
         if args.dry_run {
             super::print(&format!(
-                "# {restore} --noflush --wait=10 <<EOF\n{plan}# EOF\n"
+                "# {restore} {} <<EOF\n{plan}# EOF\n",
+                RESTORE_ARGS.join(" ")
             ));
             continue;
         }
