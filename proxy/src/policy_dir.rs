@@ -113,6 +113,33 @@ fn due(loaded: &Fingerprint, last: &Fingerprint, now: &Fingerprint) -> bool {
     now != loaded && now == last
 }
 
+/// The directory's state between checks: the version in force and the one the last check saw.
+#[derive(Debug)]
+struct Versions {
+    loaded: Fingerprint,
+    last: Fingerprint,
+}
+
+impl Versions {
+    /// One check: reads the directory with `read` when it changed and has settled (see
+    /// [`due`]), and returns what was read, unless the directory changed while it was being
+    /// read (that version is read again once it settles).
+    fn check<T>(&mut self, dir: &Path, read: impl FnOnce(&Path) -> T) -> Option<T> {
+        let now = fingerprint(dir);
+        let is_due = due(&self.loaded, &self.last, &now);
+        self.last = now;
+        if !is_due {
+            return None;
+        }
+        let read = read(dir);
+        if fingerprint(dir) != self.last {
+            return None;
+        }
+        self.loaded = self.last.clone();
+        Some(read)
+    }
+}
+
 /// What identifies a version of the directory: each policy file's resolved path, size and
 /// mtime; `None` while the directory cannot be read (so its appearing, even empty, is a
 /// change).
@@ -156,8 +183,11 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
         metrics::counter!("warden_policy_reloads_total", "result" => result).increment(0);
     }
     // The fingerprint is taken with the initial load, so an edit made right after is seen.
-    let mut seen = fingerprint(&dir);
-    let mut last = seen.clone();
+    let loaded = fingerprint(&dir);
+    let mut versions = Versions {
+        last: loaded.clone(),
+        loaded,
+    };
     let (initial, status) = match load(&dir) {
         Ok(policies) => {
             record("success");
@@ -187,17 +217,9 @@ pub fn watch(dir: PathBuf, interval: Duration, shutdown: CancellationToken) -> W
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let now = fingerprint(&dir);
-            let read = due(&seen, &last, &now);
-            last = now;
-            if !read {
+            let Some(loaded) = versions.check(&dir, load) else {
                 continue;
-            }
-            let loaded = load(&dir);
-            if fingerprint(&dir) != last {
-                continue; // changed while being read: read again once it has settled
-            }
-            seen = last.clone();
+            };
             match loaded {
                 Ok(policies) => {
                     record("success");
@@ -314,6 +336,50 @@ mod tests {
         for (name, loaded, last, now, want) in cases {
             assert_eq!(due(loaded, last, now), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_directory_changed_while_being_read_is_read_again_once_settled() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), ALLOW).unwrap();
+        let start = fingerprint(dir.path());
+        let mut versions = Versions {
+            loaded: start.clone(),
+            last: start,
+        };
+        let two = format!("{ALLOW}---\n{}", ALLOW.replace("name: a", "name: z"));
+        replace(&dir.path().join("a.yaml"), &two);
+        assert!(
+            versions.check(dir.path(), load).is_none(),
+            "first seen: not settled yet"
+        );
+        // The second check reads it, and a writer replaces the file during that read (with a
+        // size of its own, as timestamps may not tell versions apart within a clock tick).
+        let last = ALLOW.replace("name: a", "name: last");
+        let during = versions.check(dir.path(), |d| {
+            let read = load(d);
+            replace(&d.join("a.yaml"), &last);
+            read
+        });
+        assert!(
+            during.is_none(),
+            "what was read is already stale: {during:?}"
+        );
+        assert!(
+            versions.check(dir.path(), load).is_none(),
+            "the new version must settle"
+        );
+        let settled = versions.check(dir.path(), load).expect("settled: read");
+        let names: Vec<_> = settled
+            .unwrap()
+            .iter()
+            .map(|p| p.metadata.name.clone())
+            .collect();
+        assert_eq!(names, ["last"], "the version on disk, not the stale read");
+        assert!(
+            versions.check(dir.path(), load).is_none(),
+            "unchanged since"
+        );
     }
 
     #[test]
