@@ -14,7 +14,7 @@ use warden_proxy::authz::{Authorizer, Verdict};
 use warden_proxy::config::{AppProtocol, RouteProtocol};
 
 use crate::apps;
-use crate::fixture::{closed_port, id, raw_get, Mesh};
+use crate::fixture::{closed_port, id, raw_get, reserved_port, Mesh};
 use crate::{empty, full, h1_client, h2c_client, text};
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
@@ -250,8 +250,17 @@ async fn the_authorization_hook_denies_requests_and_connections() {
 async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
     let mesh = Mesh::start().await;
     let (app, hits) = apps::http_app().await;
-    let mut pair = mesh.open_pair(app).await;
-    let outbound = pair.outbound;
+    let mut server = mesh.server(app).await;
+    let mut config = mesh.client_config(
+        server.addrs.inbound[0],
+        Some(id("server")),
+        RouteProtocol::Detect,
+    );
+    // A port the kernel gives no other socket, so that a refused connection after the exit
+    // means this proxy stopped listening, not that a test alongside took its port.
+    let outbound = std::net::SocketAddr::from(([127, 0, 0, 1], reserved_port()));
+    config.outbound[0].listen = outbound;
+    let mut client = mesh.proxy(config, Authorizer::allow_all()).await;
     let in_flight = tokio::spawn(async move { get(outbound, "/slow/800").await });
     // The request is at the app (which answers it 800 ms later) when shutdown begins.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -262,8 +271,8 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    pair.server.shutdown.cancel();
-    pair.client.shutdown.cancel();
+    server.shutdown.cancel();
+    client.shutdown.cancel();
     let (status, _, body) = in_flight.await.unwrap();
     assert_eq!(
         (status, body.as_str()),
@@ -271,7 +280,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_stops_accepting() {
         "the in-flight request completed"
     );
     // Both proxies exit within their grace period...
-    for proxy in [&mut pair.server, &mut pair.client] {
+    for proxy in [&mut server, &mut client] {
         let task = proxy.task.take().unwrap();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

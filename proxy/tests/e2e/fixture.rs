@@ -25,7 +25,7 @@ mod front;
 #[path = "../../../tests/support/ports.rs"]
 mod ports;
 use front::Front;
-pub use ports::closed_port;
+pub use ports::{closed_port, reserved_port};
 
 /// Replaces the file at `path` with `contents` in one step (a sibling written, then renamed
 /// over it), as a ConfigMap volume changes: a watcher never reads it half-written.
@@ -350,6 +350,9 @@ impl Proxy {
 
 /// Two proxies: the client's outbound route leads to the server's inbound listener.
 pub struct Pair {
+    /// Held so that the client proxy runs as long as the pair (only the hop-timing tests
+    /// look inside).
+    #[cfg_attr(not(feature = "hop-timing"), allow(dead_code))]
     pub client: Proxy,
     pub server: Proxy,
     pub outbound: SocketAddr,
