@@ -228,7 +228,8 @@ pub struct NamespaceSelector {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.action) == (has(self.rules) && size(self.rules) > 0)").message("action and rules go together: mesh-wide rules need an action, and an action needs rules"))]
 pub struct MeshPolicySpec {
-    /// The namespaces whose workloads the rules protect (omitted: all).
+    /// The namespaces this MeshPolicy applies to, its rules and every setting below alike
+    /// (omitted: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<NamespaceSelector>,
     /// What the rules do; a mesh DENY cannot be overridden by a namespace ALLOW.

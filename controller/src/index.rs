@@ -50,13 +50,14 @@ struct MeshEntry {
 pub struct Snapshot {
     /// Namespace policies selecting the workload, then mesh policies for its namespace.
     pub policies: Vec<CorePolicy>,
-    /// The mesh default (the strictest any MeshPolicy sets; `deny` when none does).
+    /// The mesh default (the strictest any MeshPolicy for the namespace sets; `deny` when
+    /// none does).
     pub default: MeshDefault,
-    /// Refuse unmeshed destinations outbound.
+    /// Refuse unmeshed destinations outbound (any MeshPolicy for the namespace says so).
     pub mesh_only: bool,
-    /// Refuse destinations the controller does not know, outbound.
+    /// Refuse destinations the controller does not know, outbound (likewise).
     pub refuse_unknown: bool,
-    /// Enforcement-weakening annotations pods may use.
+    /// Enforcement-weakening annotations pods may use (the MeshPolicies for the namespace).
     pub allowed_annotations: Vec<WeakeningAnnotation>,
 }
 
@@ -234,7 +235,13 @@ impl Index {
         let mut mesh_only = false;
         let mut refuse_unknown = false;
         let mut allowed = Vec::new();
-        for mesh in self.mesh.values() {
+        // Everything a MeshPolicy says applies where its selector matches: a default or
+        // outbound setting meant for some namespaces must not reach the others.
+        for mesh in self
+            .mesh
+            .values()
+            .filter(|m| m.namespace_selector.matches(&labels))
+        {
             if let Some(d) = mesh.default {
                 if strictest.is_none_or(|s| d.strictness() > s.strictness()) {
                     strictest = Some(d);
@@ -247,10 +254,8 @@ impl Index {
                     allowed.push(*a);
                 }
             }
-            if mesh.namespace_selector.matches(&labels) {
-                if let Some(p) = &mesh.entry.in_force {
-                    policies.push(p.clone());
-                }
+            if let Some(p) = &mesh.entry.in_force {
+                policies.push(p.clone());
             }
         }
         if let Some(d) = strictest {
@@ -600,6 +605,12 @@ spec:
         assert_eq!(prod.allowed_annotations, [WeakeningAnnotation::InboundMode]);
         let lab = index.snapshot("lab", "x-1").unwrap();
         assert!(lab.policies.is_empty(), "lab is not prod");
+        assert_eq!(
+            lab.default,
+            MeshDefault::Audit,
+            "unscoped MeshPolicies apply everywhere"
+        );
+
         assert_eq!(index.mesh_verdict("no-debug-in-prod").unwrap().workloads, 3);
 
         // A mesh DENY wins over the namespace's ALLOW, in the proxy's own evaluation.
@@ -626,6 +637,38 @@ spec:
         assert_eq!(
             index.snapshot("shop", "frontend-1").unwrap().default,
             MeshDefault::AllAuthenticated
+        );
+
+        // A MeshPolicy's settings reach only the namespaces its selector matches: a looser
+        // default for lab must not open prod, a stricter one for prod must not close lab.
+        index.delete_mesh_policy("adopting");
+        index.apply_namespace("lab", BTreeMap::from([("env".into(), "lab".into())]));
+        index.apply_mesh_policy(&mesh("apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: lab-open}\nspec: {namespaceSelector: {matchLabels: {env: lab}}, default: all-authenticated, allowedAnnotations: [warden.dev/inbound-mode]}\n"));
+        index.apply_mesh_policy(&mesh("apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: prod-closed}\nspec: {namespaceSelector: {matchLabels: {env: prod}}, meshOnly: true, unknownDestinations: refuse}\n"));
+        let prod = index.snapshot("shop", "frontend-1").unwrap();
+        let lab = index.snapshot("lab", "x-1").unwrap();
+        let settings = |s: &Snapshot| {
+            (
+                s.default,
+                s.mesh_only,
+                s.refuse_unknown,
+                s.allowed_annotations.clone(),
+            )
+        };
+        assert_eq!(
+            settings(&prod),
+            (MeshDefault::Deny, true, true, vec![]),
+            "prod"
+        );
+        assert_eq!(
+            settings(&lab),
+            (
+                MeshDefault::AllAuthenticated,
+                false,
+                false,
+                vec![WeakeningAnnotation::InboundMode]
+            ),
+            "lab"
         );
     }
 
