@@ -200,10 +200,10 @@ impl Loaded {
     }
 
     /// What decides in a namespace labelled `labels`, as the controller would push it: the
-    /// namespace policies, the rules of MeshPolicies whose namespace selector matches, and
-    /// the strictest default any MeshPolicy sets (a mesh-wide setting; else `default`).
+    /// namespace policies, and of the MeshPolicies whose namespace selector matches, the
+    /// rules and the strictest default (else `default`).
     fn evaluator(&self, labels: &BTreeMap<String, String>, default: DefaultPolicy) -> Evaluator {
-        let selected: Vec<&str> = self
+        let matching: Vec<_> = self
             .mesh
             .iter()
             .filter(|m| {
@@ -212,6 +212,9 @@ impl Loaded {
                     .as_ref()
                     .is_none_or(|s| s.matches(labels))
             })
+            .collect();
+        let selected: Vec<&str> = matching
+            .iter()
             .filter_map(|m| m.metadata.name.as_deref())
             .collect();
         let policies: Vec<_> = self
@@ -220,8 +223,7 @@ impl Loaded {
             .filter(|p| !p.metadata.mesh || selected.contains(&p.metadata.name.as_str()))
             .cloned()
             .collect();
-        let default = match self
-            .mesh
+        let default = match matching
             .iter()
             .filter_map(|m| m.spec.default)
             .max_by_key(|d| d.strictness())

@@ -828,8 +828,8 @@ fn policy_explain_prints_the_decision_and_what_made_it() {
     assert_one_line_error(&o, 1, "--path \"/api%2fx\"");
 }
 
-/// A MeshPolicy as an operator applies it: prod namespaces refuse /debug, the mesh default
-/// is audit.
+/// A MeshPolicy as an operator applies it: prod namespaces refuse /debug, and their mesh
+/// default is audit.
 const MESH_POLICY: &str = "---
 apiVersion: warden.dev/v1alpha1
 kind: MeshPolicy
@@ -886,9 +886,11 @@ fn policy_check_and_explain_take_the_crd_yaml_mesh_policies_included() {
             "deny",
             "MeshPolicy/prod-no-debug",
         ),
-        // The selector does not match: the mesh rules do not apply; the mesh default does.
-        (frontend, "/debug/vars", &["env=dev"][..], "audit", "-"),
-        (frontend, "/", &[][..], "audit", "-"),
+        (frontend, "/", &["env=prod"][..], "audit", "-"),
+        // The selector does not match: neither the mesh rules nor the mesh default apply,
+        // so the built-in default (deny) decides.
+        (frontend, "/debug/vars", &["env=dev"][..], "deny", "-"),
+        (frontend, "/", &[][..], "deny", "-"),
     ];
     for (from, path, labels, decision, policy) in cases {
         let text = explain(from, path, labels);

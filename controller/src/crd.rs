@@ -164,13 +164,14 @@ pub enum UnknownDestinations {
 }
 
 impl MeshDefault {
-    /// Where several MeshPolicies set a default the strictest wins: deny, then audit, then
-    /// all-authenticated.
+    /// Where several MeshPolicies set a default the strictest wins, the one that lets fewer
+    /// callers through: deny, then all-authenticated (callers of the trust domain), then
+    /// audit (which lets every caller through and records what deny would refuse).
     pub fn strictness(self) -> u8 {
         match self {
             MeshDefault::Deny => 2,
-            MeshDefault::Audit => 1,
-            MeshDefault::AllAuthenticated => 0,
+            MeshDefault::AllAuthenticated => 1,
+            MeshDefault::Audit => 0,
         }
     }
 }

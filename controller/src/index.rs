@@ -591,8 +591,8 @@ spec:
         assert_eq!(names(&prod), ["MeshPolicy/no-debug-in-prod"]);
         assert_eq!(
             prod.default,
-            MeshDefault::Audit,
-            "audit is stricter than all-authenticated"
+            MeshDefault::AllAuthenticated,
+            "all-authenticated lets fewer callers through than audit, which lets all through"
         );
         assert!(prod.mesh_only);
         assert!(
@@ -607,7 +607,7 @@ spec:
         assert!(lab.policies.is_empty(), "lab is not prod");
         assert_eq!(
             lab.default,
-            MeshDefault::Audit,
+            MeshDefault::AllAuthenticated,
             "unscoped MeshPolicies apply everywhere"
         );
 
@@ -633,15 +633,15 @@ spec:
         assert!(!d.allowed);
         assert_eq!(d.policy.as_deref(), Some("MeshPolicy/no-debug-in-prod"));
 
-        index.delete_mesh_policy("auditing");
+        index.delete_mesh_policy("adopting");
         assert_eq!(
             index.snapshot("shop", "frontend-1").unwrap().default,
-            MeshDefault::AllAuthenticated
+            MeshDefault::Audit
         );
 
         // A MeshPolicy's settings reach only the namespaces its selector matches: a looser
         // default for lab must not open prod, a stricter one for prod must not close lab.
-        index.delete_mesh_policy("adopting");
+        index.delete_mesh_policy("auditing");
         index.apply_namespace("lab", BTreeMap::from([("env".into(), "lab".into())]));
         index.apply_mesh_policy(&mesh("apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: lab-open}\nspec: {namespaceSelector: {matchLabels: {env: lab}}, default: all-authenticated, allowedAnnotations: [warden.dev/inbound-mode]}\n"));
         index.apply_mesh_policy(&mesh("apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: prod-closed}\nspec: {namespaceSelector: {matchLabels: {env: prod}}, meshOnly: true, unknownDestinations: refuse}\n"));
