@@ -195,11 +195,7 @@ async fn forward(
     let authority = parts.uri.authority().cloned();
     let app = conn.target.app;
     parts.uri = forwarded_uri(conn.app_authority.clone(), path_and_query)?;
-    let use_http1 = match conn.target.protocol {
-        AppProtocol::Http1 => true,
-        AppProtocol::H2c => false,
-        AppProtocol::Auto => orig_proto.is_some_and(|v| v == "HTTP/1.1"),
-    };
+    let use_http1 = app_speaks_http1(conn.target.protocol, orig_proto.as_ref(), parts.version);
     if use_http1 || tunnel.is_some() {
         parts.version = Version::HTTP_11;
         if let Some(host) = authority
@@ -266,16 +262,32 @@ fn upper_case_method(method: &mut Method) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Whether the request goes to the app as HTTP/1.1 (else h2c): as configured, or in `auto`
+/// as the caller's app sent it. A peer proxy says so in `x-warden-orig-proto`; a plaintext
+/// caller (permissive mode) speaks to us as it speaks to the app.
+fn app_speaks_http1(
+    protocol: AppProtocol,
+    orig_proto: Option<&HeaderValue>,
+    version: Version,
+) -> bool {
+    match (protocol, orig_proto) {
+        (AppProtocol::Http1, _) => true,
+        (AppProtocol::H2c, _) => false,
+        (AppProtocol::Auto, Some(orig)) => orig == "HTTP/1.1",
+        (AppProtocol::Auto, None) => version < Version::HTTP_2,
+    }
+}
+
 /// Whether an app could read `name` as one of Warden's `x-warden-*` headers: CGI, WSGI, PHP
-/// and Rack turn `-` and `_` alike into `_`.
+/// and Rack turn `-` and `_` alike into `_`, and some gateways turn any character that is
+/// not a letter or digit into `_`.
 pub fn is_warden_header(name: &str) -> bool {
     const PREFIX: &[u8] = b"x-warden-";
     let name = name.as_bytes();
     name.len() >= PREFIX.len()
-        && name
-            .iter()
-            .zip(PREFIX)
-            .all(|(n, p)| n.to_ascii_lowercase() == *p || (*p == b'-' && *n == b'_'))
+        && name.iter().zip(PREFIX).all(|(n, p)| {
+            n.to_ascii_lowercase() == *p || (*p == b'-' && !n.is_ascii_alphanumeric())
+        })
 }
 
 /// Removes every header an app could read as one of Warden's.
@@ -360,4 +372,91 @@ async fn upgrade_to_app(
         "inbound",
     ));
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_app_protocol_follows_the_config_then_the_caller() {
+        let h1 = HeaderValue::from_static("HTTP/1.1");
+        let h2 = HeaderValue::from_static("HTTP/2.0");
+        let cases = [
+            (
+                "configured http1",
+                AppProtocol::Http1,
+                None,
+                Version::HTTP_2,
+                true,
+            ),
+            (
+                "configured h2c",
+                AppProtocol::H2c,
+                Some(&h1),
+                Version::HTTP_11,
+                false,
+            ),
+            (
+                "a peer proxy's HTTP/1.1 caller",
+                AppProtocol::Auto,
+                Some(&h1),
+                Version::HTTP_2,
+                true,
+            ),
+            (
+                "a peer proxy's HTTP/2 caller",
+                AppProtocol::Auto,
+                Some(&h2),
+                Version::HTTP_2,
+                false,
+            ),
+            (
+                "a plaintext HTTP/1.1 caller",
+                AppProtocol::Auto,
+                None,
+                Version::HTTP_11,
+                true,
+            ),
+            (
+                "a plaintext HTTP/1.0 caller",
+                AppProtocol::Auto,
+                None,
+                Version::HTTP_10,
+                true,
+            ),
+            (
+                "a plaintext h2c caller",
+                AppProtocol::Auto,
+                None,
+                Version::HTTP_2,
+                false,
+            ),
+        ];
+        for (name, protocol, orig, version, want) in cases {
+            assert_eq!(app_speaks_http1(protocol, orig, version), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn every_spelling_an_app_could_read_as_a_warden_header_is_one() {
+        for name in [
+            "x-warden-client-id",
+            "X-Warden-Client-Id",
+            "x_warden_client_id",
+            "x.warden.client-id",
+            "x-warden-",
+            "x~warden~tls",
+        ] {
+            assert!(is_warden_header(name), "{name}");
+        }
+        for name in [
+            "x-warde",
+            "x-wardenclient-id",
+            "xx-warden-client-id",
+            "x-forwarded-for",
+        ] {
+            assert!(!is_warden_header(name), "{name}");
+        }
+    }
 }
