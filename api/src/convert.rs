@@ -213,8 +213,8 @@ spec:
 ---
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
-metadata: {name: deny-nothing-listed, namespace: shop}
-spec: {action: DENY, rules: [{from: {identities: []}}]}
+metadata: {name: deny-evil, namespace: shop}
+spec: {action: DENY, rules: [{from: {identities: ["spiffe://cluster.local/ns/evil/*"]}}]}
 "#;
 
     #[test]

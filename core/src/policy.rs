@@ -361,6 +361,29 @@ impl AuthorizationPolicy {
         }
         for (r, rule) in self.spec.rules.iter().enumerate() {
             let at = |field: &str| format!("spec.rules[{r}].{field}");
+            // An empty list matches nothing, so its rule could never match: a DENY would deny
+            // nothing. Omitting the field is how a rule matches any value.
+            let listed = [
+                (
+                    "from.identities",
+                    rule.from.identities.as_ref().map(Vec::len),
+                ),
+                (
+                    "from.namespaces",
+                    rule.from.namespaces.as_ref().map(Vec::len),
+                ),
+                ("to.ports", rule.to.ports.as_ref().map(Vec::len)),
+                ("to.methods", rule.to.methods.as_ref().map(Vec::len)),
+                ("to.paths", rule.to.paths.as_ref().map(Vec::len)),
+            ];
+            if let Some((field, _)) = listed.iter().find(|(_, len)| *len == Some(0)) {
+                return bad(
+                    &at(field),
+                    "an empty list matches nothing, so the rule could never match (omit the \
+                     field to match any value)"
+                        .into(),
+                );
+            }
             for (i, id) in rule.from.identities.iter().flatten().enumerate() {
                 let field = at(&format!("from.identities[{i}]"));
                 match Pattern::parse(id) {
@@ -420,7 +443,19 @@ impl AuthorizationPolicy {
                             format!("{path:?} must start with '/' (or be '*' or '*suffix')"),
                         );
                     }
-                    Ok(_) => {}
+                    Ok(pattern) => {
+                        // A DENY that can never match would deny nothing: refuse it.
+                        use path::{literal_problem, LiteralAt};
+                        let problem = match pattern {
+                            Pattern::Exact(p) => literal_problem(LiteralAt::Whole, p),
+                            Pattern::Prefix(p) => literal_problem(LiteralAt::Start, p),
+                            Pattern::Suffix(p) => literal_problem(LiteralAt::End, p),
+                            Pattern::Any => None,
+                        };
+                        if let Some(why) = problem {
+                            return bad(&field, format!("{path:?} can never match: {why}"));
+                        }
+                    }
                 }
             }
         }
@@ -476,6 +511,8 @@ spec:
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{methods: [get]}}}}]}}"), "field spec.rules[0].to.methods[0]: \"get\" is not an upper-case HTTP method"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{paths: [api]}}}}]}}"), "field spec.rules[0].to.paths[0]: \"api\" must start with '/'"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{ports: [0]}}}}]}}"), "field spec.rules[0].to.ports[0]: port 0"),
+            (format!("{head}spec: {{action: DENY, rules: [{{from: {{identities: []}}}}]}}"), "field spec.rules[0].from.identities: an empty list matches nothing"),
+            (format!("{head}spec: {{action: DENY, rules: [{{}}, {{to: {{methods: []}}}}]}}"), "field spec.rules[1].to.methods: an empty list"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{opaque: true, paths: [/a]}}}}]}}"), "field spec.rules[0].to.opaque: a rule for opaque TCP cannot name methods or paths"),
             (format!("{head}spec: {{action: ALLOW, selector: {{serviceAccounts: [Web]}}}}"), "field spec.selector.serviceAccounts[0]"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{from: {{namespaces: [a.b]}}}}]}}"), "field spec.rules[0].from.namespaces[0]"),
@@ -489,6 +526,45 @@ spec:
             let got = parse(&text, "p.yaml").unwrap_err().to_string();
             assert!(got.contains(want), "want {want:?} in {got:?}");
             assert_eq!(got.lines().count(), 1, "{got}");
+        }
+    }
+
+    #[test]
+    fn path_patterns_that_no_normalized_request_path_can_match_are_refused() {
+        let head = "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\n";
+        let policy = |path: &str| {
+            format!("{head}spec: {{action: DENY, rules: [{{to: {{paths: [\"{path}\"]}}}}]}}")
+        };
+        for path in [
+            "/%61dmin*",
+            "/api//admin",
+            "/a/../admin",
+            "/caf%c3%a9",
+            "/x;y",
+            "*/../admin",
+            "*%2e",
+            "//api*",
+            "/a/./b",
+        ] {
+            let got = parse(&policy(path), "p.yaml").unwrap_err().to_string();
+            assert!(
+                got.contains("field spec.rules[0].to.paths[0]") && got.contains("can never match"),
+                "{path}: {got}"
+            );
+        }
+        for path in [
+            "/admin",
+            "/api/*",
+            "/x/.well-known*",
+            "/a/..x*",
+            "*.js",
+            "*/admin",
+            "/caf%C3%A9",
+            "/",
+            "*",
+            "/docs/",
+        ] {
+            assert!(parse(&policy(path), "p.yaml").is_ok(), "{path}");
         }
     }
 

@@ -90,19 +90,9 @@ pub fn lint(policies: &[AuthorizationPolicy]) -> Vec<Warning> {
     warnings
 }
 
+/// Why a valid rule can never match (an empty list is already invalid: see `validate`).
 fn never_matches(rule: &Rule) -> Option<String> {
     let from = &rule.from;
-    let empty = |v: &Option<Vec<String>>| v.as_ref().is_some_and(Vec::is_empty);
-    if empty(&from.identities)
-        || empty(&from.namespaces)
-        || empty(&rule.to.methods)
-        || empty(&rule.to.paths)
-    {
-        return Some("a condition lists no value".into());
-    }
-    if rule.to.ports.as_ref().is_some_and(Vec::is_empty) {
-        return Some("the port list is empty".into());
-    }
     if let (Some(ids), Some(namespaces)) = (&from.identities, &from.namespaces) {
         // Exact identities whose namespace is none of the listed ones.
         let exact: Vec<_> = ids
@@ -186,7 +176,7 @@ spec:
     - from: {namespaces: [shop]}
       to: {ports: [8080], methods: [GET]}
     - from: {identities: ["spiffe://cluster.local/ns/ops/sa/x"], namespaces: [shop]}
-    - to: {methods: []}
+    - to: {ports: [9090]}
     - from: {identities: ["spiffe://cluster.local/ns/a/sa/x"]}
     - from: {identities: ["spiffe://cluster.local/ns/a/*"]}
       to: {paths: ["/api/*"]}
@@ -212,7 +202,6 @@ spec: {action: DENY, rules: [{}]}
             [
                 "shop/p rule 1: is shadowed by rule 0, which matches everything it does",
                 "shop/p rule 2: can never match: none of its identities is in its namespaces",
-                "shop/p rule 3: can never match: a condition lists no value",
                 "shop/p rule 5: HTTP fields without ports make every port of the selected workloads HTTP-only (opaque TCP to them is refused); name the ports to keep others open to TCP",
                 "shop/p rule 6: HTTP fields without ports make every port of the selected workloads HTTP-only (opaque TCP to them is refused); name the ports to keep others open to TCP",
                 "shop/p rule 6: is shadowed by rule 5, which matches everything it does",

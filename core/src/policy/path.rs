@@ -66,6 +66,39 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(format!("/{}", out.join("/")))
 }
 
+/// Why a path pattern's literal part (`Exact`: the whole path; `Prefix`: what a matching path
+/// starts with; `Suffix`: what it ends with) can never match a request path, which is
+/// matched in normal form: `None` when it can.
+pub fn literal_problem(kind: LiteralAt, literal: &str) -> Option<String> {
+    // A prefix may end inside a segment and a suffix start inside one: complete them with a
+    // plain segment, so only what the literal itself holds is judged.
+    let path = match kind {
+        LiteralAt::Whole => literal.to_string(),
+        LiteralAt::Start => format!("{literal}x"),
+        LiteralAt::End => format!("/x{literal}"),
+    };
+    match normalize(&path) {
+        Err(e) => Some(e.to_string()),
+        Ok(normal) if normal != path => Some(
+            "request paths are matched in normal form (percent-encoding of unreserved characters \
+             decoded, other encodings in upper-case hex, no dot segments, no '//'), and this is not"
+                .to_string(),
+        ),
+        Ok(_) => None,
+    }
+}
+
+/// Where a pattern's literal part sits in the paths it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiteralAt {
+    /// The whole path (an exact pattern).
+    Whole,
+    /// Its start (`prefix*`).
+    Start,
+    /// Its end (`*suffix`).
+    End,
+}
+
 /// Whether `path` is already normal: no percent-encoding, backslash, `;` or control
 /// character, no empty segment (`//`) and no dot segment.
 fn is_normal(path: &str) -> bool {
