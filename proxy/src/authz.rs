@@ -272,19 +272,41 @@ impl Authorizer {
     }
 
     /// Resolves when a policy change denies a connection that was allowed (then it must be
-    /// closed); never resolves without policies.
-    pub async fn until_revoked(
+    /// closed); never resolves without policies. Changes count from this call, not from the
+    /// future's first poll: call it before the connection's check, so a change landing
+    /// between the check and the relay is not missed.
+    pub fn until_revoked(
         &self,
         client: Option<SpiffeId>,
         port: u16,
         workload: SpiffeId,
         client_addr: Option<SocketAddr>,
-    ) {
-        let Engine::Policies(engine, _) = &*self.0 else {
-            return std::future::pending().await;
+    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        let changes = match &*self.0 {
+            Engine::Policies(engine, _) => {
+                let mut changes = engine.policies.clone();
+                changes.borrow_and_update();
+                Some((engine, changes))
+            }
+            Engine::Function(_) => None,
         };
-        let mut changes = engine.policies.clone();
-        changes.borrow_and_update();
+        async move {
+            let Some((engine, changes)) = changes else {
+                return std::future::pending().await;
+            };
+            Self::revoked(engine, changes, client, port, workload, client_addr).await
+        }
+    }
+
+    /// The loop of [`until_revoked`](Self::until_revoked).
+    async fn revoked(
+        engine: &PolicyEngine,
+        mut changes: watch::Receiver<Arc<PolicySet>>,
+        client: Option<SpiffeId>,
+        port: u16,
+        workload: SpiffeId,
+        client_addr: Option<SocketAddr>,
+    ) {
         loop {
             if changes.changed().await.is_err() {
                 return std::future::pending().await;
@@ -305,5 +327,42 @@ impl Authorizer {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ALLOW for `ns/shop/sa/frontend` alone (`frontend: true`), or for nobody we use.
+    fn set(frontend: bool) -> Arc<PolicySet> {
+        let caller = if frontend { "frontend" } else { "other" };
+        let text = format!(
+            "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{name: a, namespace: shop}}\nspec: {{action: ALLOW, rules: [{{from: {{identities: [\"spiffe://cluster.local/ns/shop/sa/{caller}\"]}}}}]}}\n"
+        );
+        Arc::new(PolicySet::new(
+            warden_core::policy::parse(&text, "t.yaml").unwrap(),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_policy_change_between_the_check_and_the_relay_still_revokes() {
+        let (set_tx, policies) = watch::channel(set(true));
+        let (_status_tx, status) = watch::channel(PolicyStatus::default());
+        let authz = Authorizer::policies(PolicyEngine {
+            policies,
+            status,
+            default: DefaultPolicy::Deny,
+            audit: None,
+        });
+        let client = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/frontend").unwrap();
+        let workload = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/backend").unwrap();
+        // The connection's watcher is made before its check, as inbound does...
+        let revoked = authz.until_revoked(Some(client), 8080, workload, None);
+        // ...and the change lands before the relay first polls it (the app connect).
+        set_tx.send_replace(set(false));
+        tokio::time::timeout(std::time::Duration::from_secs(5), revoked)
+            .await
+            .expect("the change that denies the connection closes it");
     }
 }

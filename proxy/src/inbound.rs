@@ -251,6 +251,13 @@ where
         client_addr: Some(conn.peer),
         request_id: &request_id,
     };
+    // Watching for policy changes starts before the check, so none is missed in between.
+    let revoked = shared.authz.until_revoked(
+        conn.client.clone(),
+        request.port,
+        workload.clone(),
+        Some(conn.peer),
+    );
     match shared.authz.check(&request, &ctx) {
         Verdict::Allow => {}
         Verdict::Deny { policy } => {
@@ -262,10 +269,6 @@ where
             return Err(());
         }
     }
-    let revoked =
-        shared
-            .authz
-            .until_revoked(conn.client.clone(), request.port, workload, Some(conn.peer));
     let app = match tokio::time::timeout(
         shared.config.timeouts.connect,
         TcpStream::connect(conn.target.app),
