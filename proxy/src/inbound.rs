@@ -239,6 +239,12 @@ async fn forward_tcp<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
+    if conn.target.protocol != AppProtocol::Auto {
+        // The app is declared to speak HTTP: bytes relayed unread could carry an HTTP request
+        // with a forged `x-warden-client-id`, which only the HTTP path removes.
+        tracing::info!(client = conn.client_label(), app = %conn.target.app, "inbound opaque TCP to an app declared HTTP; closing");
+        return Err(());
+    }
     let request = AuthzRequest {
         client: conn.client.as_ref(),
         port: conn.target.app.port(),

@@ -240,6 +240,34 @@ async fn no_spelling_of_the_identity_header_reaches_a_wsgi_app() {
 }
 
 #[tokio::test]
+async fn an_app_declared_http_gets_no_opaque_bytes_a_forged_identity_could_ride() {
+    let mesh = Mesh::start().await;
+    let app = wsgi_style_app().await;
+    let spoofed = "GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\
+        x-warden-client-id: spiffe://cluster.local/ns/test/sa/admin\r\n\r\n";
+    for (protocol, served) in [(AppProtocol::Http1, false), (AppProtocol::Auto, true)] {
+        // The caller's proxy sends the request as opaque TCP (an opaque route), so the
+        // inbound proxy would relay it unread.
+        let pair = mesh
+            .pair(
+                app,
+                protocol,
+                RouteProtocol::Opaque,
+                Authorizer::allow_all(),
+            )
+            .await;
+        let response = raw(pair.outbound, Duration::ZERO, spoofed.as_bytes()).await;
+        if served {
+            // Not declared HTTP: relayed as bytes, as docs/proxy.md says; the app must not
+            // trust the header on such a port.
+            assert_eq!(status(&response), 200, "{response}");
+        } else {
+            assert_eq!(response, "", "closed before any byte reached the app");
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_proxy_that_never_loaded_a_good_policy_set_is_not_ready_and_denies() {
     let mesh = Mesh::start().await;
     let dir = mesh.dir.path().join("policies");
