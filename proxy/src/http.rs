@@ -374,7 +374,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` plus
-/// `Upgrade: <proto>`), e.g. `websocket`.
+/// `Upgrade: <proto>`) when the mesh carries it: only `websocket`. Any other upgrade goes as
+/// a plain request (its `Upgrade` header is hop-by-hop and dropped): carried as a tunnel,
+/// `h2c` above all would let a caller speak HTTP/2 to the app past per-request
+/// authorization and header stripping.
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
     let asks = headers
         .get_all(header::CONNECTION)
@@ -389,8 +392,11 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| !v.is_empty())
+        .filter(|v| v == WEBSOCKET)
 }
+
+/// The one protocol carried through upgrades and extended CONNECT (RFC 8441).
+pub const WEBSOCKET: &str = "websocket";
 
 /// Joins two sides of an HTTP upgrade once both have switched protocols, relaying bytes
 /// until both finish or the connection idles out (the caller runs it as a task).
@@ -547,6 +553,13 @@ mod tests {
             Some("websocket".into())
         );
         assert_eq!(upgrade_protocol(&map(&[("upgrade", "websocket")])), None);
+        for other in ["h2c", "HTTP/2.0", "tls/1.3"] {
+            let asks = map(&[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", other),
+            ]);
+            assert_eq!(upgrade_protocol(&asks), None, "{other} is not carried");
+        }
         assert_eq!(upgrade_protocol(&map(&[("connection", "upgrade")])), None);
     }
 

@@ -23,7 +23,7 @@ use crate::detect::Protocol;
 use crate::drain::DrainOnDrop;
 use crate::http::{
     access_log, access_log_enabled, boxed, check_target, empty, error_chain, forwarded_uri,
-    is_grpc, names, request_id, strip_hop_by_hop, ProxyBody, ProxyError,
+    is_grpc, names, request_id, strip_hop_by_hop, ProxyBody, ProxyError, WEBSOCKET,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -143,8 +143,14 @@ async fn forward(
     let tunnel = req
         .extensions()
         .get::<hyper::ext::Protocol>()
-        .map(|p| p.as_str().to_string())
+        .map(|p| p.as_str().to_ascii_lowercase())
         .filter(|_| req.method() == Method::CONNECT);
+    if tunnel.as_deref().is_some_and(|p| p != WEBSOCKET) {
+        // An h2c tunnel would let the caller speak HTTP/2 to the app unchecked.
+        return Err(ProxyError::BadRequest(
+            "only WebSocket is carried through an extended CONNECT".into(),
+        ));
+    }
     if tunnel.is_some() {
         *req.method_mut() = Method::GET;
     } else {

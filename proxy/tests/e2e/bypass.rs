@@ -267,6 +267,43 @@ async fn an_app_declared_http_gets_no_opaque_bytes_a_forged_identity_could_ride(
     }
 }
 
+/// An HTTP/1.1 app that switches to h2c for any request asking it to (as lenient h2c servers
+/// do) and otherwise answers `no upgrade`.
+async fn h2c_upgrading_app() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && tcp.read(&mut byte).await.unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let answer = if head.contains("\r\nupgrade: h2c") {
+                    "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+                } else {
+                    "HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nno upgrade"
+                };
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_not_carried_so_no_unchecked_http2_reaches_the_app() {
+    let mesh = Mesh::start().await;
+    let pair = mesh.open_pair(h2c_upgrading_app().await).await;
+    let asks = "GET / HTTP/1.1\r\nhost: s\r\nconnection: Upgrade, HTTP2-Settings, close\r\n\
+        upgrade: h2c\r\nhttp2-settings: AAMAAABkAAQAAP__\r\n\r\n";
+    let response = raw(pair.outbound, Duration::ZERO, asks.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert!(response.ends_with("no upgrade"), "{response}");
+}
+
 #[tokio::test]
 async fn a_proxy_that_never_loaded_a_good_policy_set_is_not_ready_and_denies() {
     let mesh = Mesh::start().await;
