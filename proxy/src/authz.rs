@@ -271,61 +271,77 @@ impl Authorizer {
         }
     }
 
-    /// Resolves when a policy change denies a connection that was allowed (then it must be
+    /// Resolves when a policy change denies `live`, which was allowed (then it must be
     /// closed); never resolves without policies. Changes count from this call, not from the
     /// future's first poll: call it before the connection's check, so a change landing
     /// between the check and the relay is not missed.
     pub fn until_revoked(
         &self,
-        client: Option<SpiffeId>,
-        port: u16,
-        workload: SpiffeId,
-        client_addr: Option<SocketAddr>,
-    ) -> impl std::future::Future<Output = ()> + Send + '_ {
+        live: LiveConnection,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
         let changes = match &*self.0 {
             Engine::Policies(engine, _) => {
                 let mut changes = engine.policies.clone();
                 changes.borrow_and_update();
-                Some((engine, changes))
+                Some(changes)
             }
             Engine::Function(_) => None,
         };
+        let this = self.clone();
         async move {
-            let Some((engine, changes)) = changes else {
+            let (Some(changes), Engine::Policies(engine, _)) = (changes, &*this.0) else {
                 return std::future::pending().await;
             };
-            Self::revoked(engine, changes, client, port, workload, client_addr).await
+            revoked(engine, changes, live).await
         }
     }
+}
 
-    /// The loop of [`until_revoked`](Self::until_revoked).
-    async fn revoked(
-        engine: &PolicyEngine,
-        mut changes: watch::Receiver<Arc<PolicySet>>,
-        client: Option<SpiffeId>,
-        port: u16,
-        workload: SpiffeId,
-        client_addr: Option<SocketAddr>,
-    ) {
-        loop {
-            if changes.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-            let request = AuthzRequest {
-                client: client.as_ref(),
-                port,
-                http: None,
+/// A live connection that a policy change may revoke.
+#[derive(Debug, Clone)]
+pub struct LiveConnection {
+    /// The caller (none: unauthenticated).
+    pub client: Option<SpiffeId>,
+    /// The app's port.
+    pub port: u16,
+    /// For an upgraded HTTP request (a WebSocket), the method and path it was authorized as;
+    /// none for opaque TCP.
+    pub http: Option<(String, String)>,
+    /// This workload.
+    pub workload: SpiffeId,
+    /// The caller's address.
+    pub client_addr: Option<SocketAddr>,
+}
+
+/// The loop of [`Authorizer::until_revoked`].
+async fn revoked(
+    engine: &PolicyEngine,
+    mut changes: watch::Receiver<Arc<PolicySet>>,
+    live: LiveConnection,
+) {
+    loop {
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+        let request = AuthzRequest {
+            client: live.client.as_ref(),
+            port: live.port,
+            http: live.http.as_ref().map(|(m, p)| (m.as_str(), p.as_str())),
+        };
+        let id = crate::http::request_id();
+        let ctx = AuthzContext {
+            workload: &live.workload,
+            client_addr: live.client_addr,
+            request_id: &id,
+        };
+        if let Verdict::Deny { policy } = engine.decide(&request, &ctx) {
+            let what = if live.http.is_some() {
+                "upgraded HTTP (WebSocket)"
+            } else {
+                "TCP"
             };
-            let id = crate::http::request_id();
-            let ctx = AuthzContext {
-                workload: &workload,
-                client_addr,
-                request_id: &id,
-            };
-            if let Verdict::Deny { policy } = engine.decide(&request, &ctx) {
-                tracing::info!(client = ?client.as_ref().map(SpiffeId::as_str), port, %policy, "a policy change denies a live TCP connection; closing it");
-                return;
-            }
+            tracing::info!(client = ?live.client.as_ref().map(SpiffeId::as_str), port = live.port, %policy, "a policy change denies a live {what} connection; closing it");
+            return;
         }
     }
 }
@@ -358,7 +374,13 @@ mod tests {
         let client = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/frontend").unwrap();
         let workload = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/backend").unwrap();
         // The connection's watcher is made before its check, as inbound does...
-        let revoked = authz.until_revoked(Some(client), 8080, workload, None);
+        let revoked = authz.until_revoked(LiveConnection {
+            client: Some(client),
+            port: 8080,
+            http: None,
+            workload,
+            client_addr: None,
+        });
         // ...and the change lands before the relay first polls it (the app connect).
         set_tx.send_replace(set(false));
         tokio::time::timeout(std::time::Duration::from_secs(5), revoked)

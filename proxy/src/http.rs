@@ -399,23 +399,31 @@ pub fn upgrade_protocol(headers: &HeaderMap) -> Option<String> {
 pub const WEBSOCKET: &str = "websocket";
 
 /// Joins two sides of an HTTP upgrade once both have switched protocols, relaying bytes
-/// until both finish or the connection idles out (the caller runs it as a task).
+/// until both finish, the connection idles out, or `revoked` resolves (a policy change
+/// denies it: both sides are closed). The caller runs it as a task.
 pub async fn bridge_upgrades(
     first: hyper::upgrade::OnUpgrade,
     second: hyper::upgrade::OnUpgrade,
     idle: std::time::Duration,
+    revoked: impl std::future::Future<Output = ()>,
     what: &'static str,
 ) {
     use hyper_util::rt::TokioIo;
-    match tokio::try_join!(first, second) {
-        Ok((a, b)) => {
-            if let Err((e, _)) =
-                crate::io::copy_bidirectional(TokioIo::new(a), TokioIo::new(b), idle).await
-            {
-                tracing::debug!(error = %e, "{what} upgraded connection ended");
+    let relay = async {
+        match tokio::try_join!(first, second) {
+            Ok((a, b)) => {
+                if let Err((e, _)) =
+                    crate::io::copy_bidirectional(TokioIo::new(a), TokioIo::new(b), idle).await
+                {
+                    tracing::debug!(error = %e, "{what} upgraded connection ended");
+                }
             }
+            Err(e) => tracing::debug!(error = %e, "{what} upgrade failed"),
         }
-        Err(e) => tracing::debug!(error = %e, "{what} upgrade failed"),
+    };
+    tokio::select! {
+        () = relay => {}
+        () = revoked => {}
     }
 }
 

@@ -17,7 +17,7 @@ use warden_core::contract::{ALPN_HTTP2, ALPN_TCP};
 use warden_core::SpiffeId;
 use warden_identity::tls;
 
-use crate::authz::{AuthzContext, AuthzRequest, Verdict};
+use crate::authz::{AuthzContext, AuthzRequest, LiveConnection, Verdict};
 use crate::config::{AppProtocol, InboundMode};
 use crate::detect::Protocol;
 use crate::io::{read_preface, PrefixedIo};
@@ -258,12 +258,13 @@ where
         request_id: &request_id,
     };
     // Watching for policy changes starts before the check, so none is missed in between.
-    let revoked = shared.authz.until_revoked(
-        conn.client.clone(),
-        request.port,
-        workload.clone(),
-        Some(conn.peer),
-    );
+    let revoked = shared.authz.until_revoked(LiveConnection {
+        client: conn.client.clone(),
+        port: request.port,
+        http: None,
+        workload: workload.clone(),
+        client_addr: Some(conn.peer),
+    });
     match shared.authz.check(&request, &ctx) {
         Verdict::Allow => {}
         Verdict::Deny { policy } => {

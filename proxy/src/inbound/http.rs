@@ -17,7 +17,7 @@ use warden_core::policy::path::normalize;
 
 use super::app::AppError;
 use super::InboundConn;
-use crate::authz::{AuthzContext, AuthzRequest, Verdict};
+use crate::authz::{AuthzContext, AuthzRequest, LiveConnection, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::drain::DrainOnDrop;
@@ -158,12 +158,23 @@ async fn forward(
     }
     // Policies see, and the app gets, the normalized path (no dot-segment tricks).
     let path = normalize(req.uri().path()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    let workload = shared.credentials.borrow().svid.id().clone();
+    // A tunnel outlives this request: a policy change that denies its GET closes it, counted
+    // from before the check (boxed, so other requests' futures do not carry its state).
+    let revoked = tunnel.is_some().then(|| {
+        Box::pin(shared.authz.until_revoked(LiveConnection {
+            client: conn.client.clone(),
+            port: conn.target.app.port(),
+            http: Some((Method::GET.to_string(), path.clone())),
+            workload: workload.clone(),
+            client_addr: Some(conn.peer),
+        }))
+    });
     let request = AuthzRequest {
         client: conn.client.as_ref(),
         port: conn.target.app.port(),
         http: Some((req.method().as_str(), &path)),
     };
-    let workload = shared.credentials.borrow().svid.id().clone();
     let ctx = AuthzContext {
         workload: &workload,
         client_addr: Some(conn.peer),
@@ -214,9 +225,17 @@ async fn forward(
         parts.version = Version::HTTP_2;
     }
 
-    if let (Some(protocol), Some(peer_upgrade)) = (tunnel, peer_upgrade) {
+    if let (Some(protocol), Some(peer_upgrade), Some(revoked)) = (tunnel, peer_upgrade, revoked) {
         // Boxed: rare, and its state would otherwise enlarge every request's future.
-        return Box::pin(upgrade_to_app(parts, &protocol, peer_upgrade, conn, shared)).await;
+        return Box::pin(upgrade_to_app(
+            parts,
+            &protocol,
+            peer_upgrade,
+            revoked,
+            conn,
+            shared,
+        ))
+        .await;
     }
 
     let timeout = shared.config.timeouts.response;
@@ -314,6 +333,7 @@ async fn upgrade_to_app(
     mut parts: http::request::Parts,
     protocol: &str,
     peer_upgrade: hyper::upgrade::OnUpgrade,
+    revoked: impl std::future::Future<Output = ()> + Send + 'static,
     conn: &InboundConn,
     shared: &Shared,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -375,6 +395,7 @@ async fn upgrade_to_app(
         peer_upgrade,
         app_upgrade,
         idle,
+        revoked,
         "inbound",
     ));
     Ok(ok)

@@ -263,6 +263,7 @@ fn tunnel(
         app_upgrade,
         peer_upgrade,
         idle,
+        std::future::pending(), // the inbound proxy enforces policy on it
         "outbound",
     ));
     switching

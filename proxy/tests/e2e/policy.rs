@@ -1,5 +1,6 @@
 //! Authorization policies enforced by the inbound proxy: decisions, immediate effect of
-//! changes (live TCP connections included), last-good on bad files, and the audit log.
+//! changes (live TCP connections and WebSockets included), last-good on bad files, and the
+//! audit log.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -265,6 +266,51 @@ async fn a_live_tcp_connection_that_a_new_policy_denies_is_closed() {
     assert!(
         closed.is_ok(),
         "the connection was closed after the policy change"
+    );
+}
+
+#[tokio::test]
+async fn a_live_websocket_that_a_new_policy_denies_is_closed() {
+    use futures_util::{SinkExt, StreamExt};
+    let mesh = Mesh::start().await;
+    let policies = mesh.dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(policies.join("allow.yaml"), ALLOW_TCP).unwrap();
+    let server = server(&mesh, apps::websocket_app().await, &policies).await;
+    let client = mesh
+        .client_named("client", &server, RouteProtocol::Detect)
+        .await;
+    let tcp = TcpStream::connect(client.addrs.outbound[0]).await.unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://server.test/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    ws.send("before".into()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    assert!(
+        matches!(reply, Ok(Some(Ok(ref m))) if m.to_text().is_ok_and(|t| t.ends_with("said before"))),
+        "{reply:?}"
+    );
+
+    // Written beside, then renamed in: the watcher never reads it half-written.
+    std::fs::write(policies.join("deny.staged"), DENY_CLIENT).unwrap();
+    std::fs::rename(policies.join("deny.staged"), policies.join("deny.yaml")).unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if ws.send("x".into()).await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(100), ws.next()).await {
+                Ok(None | Some(Err(_))) => return,
+                Ok(Some(Ok(m))) if m.is_close() => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the WebSocket was closed after the policy change"
     );
 }
 
