@@ -20,8 +20,8 @@ use crate::crd::{
 pub struct PodInfo {
     /// Its ServiceAccount.
     pub service_account: String,
-    /// Its IP, once it has one.
-    pub ip: Option<IpAddr>,
+    /// Its IPs (one per address family), once it has them.
+    pub ips: Vec<IpAddr>,
 }
 
 /// One stored policy: the verdict on its current version and the last good version.
@@ -395,7 +395,7 @@ mod tests {
     fn pod(sa: &str) -> PodInfo {
         PodInfo {
             service_account: sa.into(),
-            ip: None,
+            ips: Vec::new(),
         }
     }
 
@@ -431,7 +431,7 @@ spec:
         let prod = BTreeMap::from([("env".to_string(), "prod".to_string())]);
         let with_ip = PodInfo {
             service_account: "web".into(),
-            ip: Some("10.0.0.7".parse().unwrap()),
+            ips: vec!["10.0.0.7".parse().unwrap()],
         };
         let allow = policy(ALLOW_FRONTEND);
         let mut edited = allow.clone();

@@ -74,7 +74,7 @@ pub enum Refusal {
         pod: String,
         /// The connection's source IP.
         source_ip: IpAddr,
-        /// The pod's IP (`none` before it has one).
+        /// The pod's IPs (`none` before it has one).
         actual: String,
     },
 }
@@ -136,14 +136,17 @@ pub fn admit(
             actual: info.service_account.clone(),
         });
     }
-    if info.ip != Some(source.to_canonical()) {
+    if !info.ips.contains(&source.to_canonical()) {
+        let actual: Vec<String> = info.ips.iter().map(IpAddr::to_string).collect();
         return Err(Refusal::OtherAddress {
             namespace: namespace.to_string(),
             pod: pod.to_string(),
             source_ip: source.to_canonical(),
-            actual: info
-                .ip
-                .map_or_else(|| "none".to_string(), |ip| ip.to_string()),
+            actual: if actual.is_empty() {
+                "none".to_string()
+            } else {
+                actual.join(", ")
+            },
         });
     }
     Ok(namespace.to_string())
@@ -396,7 +399,7 @@ mod tests {
             "web-1",
             PodInfo {
                 service_account: "web".into(),
-                ip: Some(ip("10.0.0.7")),
+                ips: vec![ip("10.0.0.7")],
             },
         );
         index.apply_pod(
@@ -404,7 +407,7 @@ mod tests {
             "db-1",
             PodInfo {
                 service_account: "db".into(),
-                ip: Some(ip("10.0.0.9")),
+                ips: vec![ip("10.0.0.9")],
             },
         );
         index.apply_pod(
@@ -412,13 +415,24 @@ mod tests {
             "web-2",
             PodInfo {
                 service_account: "web".into(),
-                ip: None,
+                ips: Vec::new(),
+            },
+        );
+        index.apply_pod(
+            "shop",
+            "web-3",
+            PodInfo {
+                service_account: "web".into(),
+                ips: vec![ip("10.0.0.11"), ip("fd00::11")],
             },
         );
         let web = id("spiffe://cluster.local/ns/shop/sa/web");
         // (caller, claimed pod, source, outcome: the namespace or the refusal's reason)
-        let cases: [(SpiffeId, &str, &str, Result<&str, &str>); 10] = [
+        let cases: [(SpiffeId, &str, &str, Result<&str, &str>); 12] = [
             (web.clone(), "web-1", "10.0.0.7", Ok("shop")),
+            // A dual-stack pod calls from either family's address.
+            (web.clone(), "web-3", "fd00::11", Ok("shop")),
+            (web.clone(), "web-3", "10.0.0.11", Ok("shop")),
             // IPv4-mapped IPv6 (a dual-stack listener) is the same address.
             (web.clone(), "web-1", "::ffff:10.0.0.7", Ok("shop")),
             (web.clone(), "web-1", "10.0.0.8", Err("other-address")),

@@ -82,11 +82,7 @@ fn pod_entry(pod: &Pod) -> Option<(String, String, PodInfo)> {
         service_account: spec
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".to_string()),
-        ip: pod
-            .status
-            .as_ref()
-            .and_then(|s| s.pod_ip.as_deref())
-            .and_then(|ip| ip.parse().ok()),
+        ips: pod_ips(pod),
     };
     Some((
         pod.metadata.namespace.clone()?,
@@ -95,9 +91,8 @@ fn pod_entry(pod: &Pod) -> Option<(String, String, PodInfo)> {
     ))
 }
 
-/// What discovery keeps of a pod: its IPs, ServiceAccount, sidecar, phase, opaque ports.
-fn pod_endpoint(pod: &Pod) -> PodEndpoint {
-    let spec = pod.spec.as_ref();
+/// A pod's IPs: every family's (`podIPs`), and `podIP` if it is not among them.
+fn pod_ips(pod: &Pod) -> Vec<IpAddr> {
     let status = pod.status.as_ref();
     let mut ips: Vec<IpAddr> = status
         .and_then(|s| s.pod_ips.as_ref())
@@ -113,6 +108,14 @@ fn pod_endpoint(pod: &Pod) -> PodEndpoint {
             ips.push(ip);
         }
     }
+    ips
+}
+
+/// What discovery keeps of a pod: its IPs, ServiceAccount, sidecar, phase, opaque ports.
+fn pod_endpoint(pod: &Pod) -> PodEndpoint {
+    let spec = pod.spec.as_ref();
+    let status = pod.status.as_ref();
+    let ips = pod_ips(pod);
     let has_proxy = |containers: Option<&Vec<k8s_openapi::api::core::v1::Container>>| {
         containers
             .into_iter()

@@ -43,7 +43,7 @@ fn new_ca(trust_domain: &str) -> CertificateAuthority {
 fn web_pod() -> PodInfo {
     PodInfo {
         service_account: "web".into(),
-        ip: Some("127.0.0.1".parse().unwrap()),
+        ips: vec!["127.0.0.1".parse().unwrap()],
     }
 }
 
@@ -287,7 +287,7 @@ async fn a_subscriber_gets_a_snapshot_then_one_per_change_that_concerns_it() {
             "x-1",
             PodInfo {
                 service_account: "x".into(),
-                ip: None,
+                ips: Vec::new(),
             },
         )
     });
@@ -421,7 +421,7 @@ async fn hostile_clients_get_errors_and_everyone_else_is_still_served() {
             "db-1",
             PodInfo {
                 service_account: "db".into(),
-                ip: Some("127.0.0.1".parse().unwrap()),
+                ips: vec!["127.0.0.1".parse().unwrap()],
             },
         )
     });
