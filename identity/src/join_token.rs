@@ -359,6 +359,13 @@ impl JoinTokens {
                         loaded.entries = entries;
                         loaded.stamp = stamp;
                     }
+                    Err(_) if is_missing(&self.path) => {
+                        // Removed: the operator revoked every token (an atomic replace never
+                        // leaves the file missing), so none is accepted until it returns.
+                        tracing::warn!(path = %self.path.display(), "join-token file removed; no join token is accepted until it returns");
+                        loaded.entries.clear();
+                        loaded.stamp = None;
+                    }
                     Err(e) => {
                         // Keep the last good set; try again at the next change.
                         tracing::error!(error = %e, "join-token file invalid; keeping the last good one");
@@ -433,6 +440,11 @@ impl JoinTokens {
     fn lock_used(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
         self.used.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// Whether `path` does not exist (not merely unreadable).
+fn is_missing(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 fn stamp_of(path: &Path) -> Option<(SystemTime, u64)> {
@@ -578,6 +590,12 @@ mod tests {
         assert_eq!(admitted(&token_a), Err(Refusal::Unknown));
         assert!(!tokens.lists(&a));
         assert!(tokens.lists(&b));
+        // Removing the file revokes every token, until it returns.
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(admitted(&token_b), Err(Refusal::Unknown));
+        assert!(!tokens.lists(&b));
+        std::fs::write(&path, &line_a).unwrap();
+        assert_eq!(admitted(&token_a), Ok(a.clone()));
     }
 
     #[test]
