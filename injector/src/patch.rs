@@ -810,6 +810,20 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
             ("startup", "startupProbe", &container.startup_probe),
         ] {
             let Some(probe) = probe else { continue };
+            let names_host = probe
+                .http_get
+                .as_ref()
+                .and_then(|h| h.host.as_deref())
+                .is_some_and(|h| !h.is_empty());
+            if names_host {
+                // Not this pod's app: the kubelet probes it as before (the proxy would reach
+                // it from inside the pod, past the mesh's outbound rules).
+                warnings.push(format!(
+                    "warden: the {kind} probe of container {} names a host; left to the kubelet unchanged",
+                    container.name
+                ));
+                continue;
+            }
             match app_probe(probe, container) {
                 Some(original) => {
                     probes.insert(format!("{}/{kind}", container.name), original);

@@ -557,6 +557,36 @@ fn bad_annotations_warn_and_fall_back_to_defaults() {
 }
 
 #[test]
+fn a_probe_naming_a_host_is_left_to_the_kubelet() {
+    let mut pod = deployment_pod();
+    let probe = json!({"httpGet": {"host": "10.1.2.3", "path": "/healthz", "port": 8080}});
+    pod["spec"]["containers"][0]["livenessProbe"] = probe.clone();
+    let (response, outcome) = answer(&admission_review(pod.clone(), "CREATE", false));
+    assert_eq!(outcome, "injected");
+    assert!(
+        warnings_of(&response)
+            .iter()
+            .any(|w| w.contains("liveness probe") && w.contains("names a host")),
+        "{:?}",
+        warnings_of(&response)
+    );
+    let patched = apply(&pod, &decoded_patch(&response).unwrap());
+    let app = container(&patched["spec"]["containers"], "web");
+    assert_eq!(app["livenessProbe"], probe, "unchanged");
+    let probes = proxy_env(&patched, "WARDEN_APP_PROBES")
+        .unwrap()
+        .to_string();
+    assert!(
+        !probes.contains("liveness"),
+        "the proxy does not run it: {probes}"
+    );
+    assert!(
+        probes.contains("readiness"),
+        "the others still are: {probes}"
+    );
+}
+
+#[test]
 fn malformed_reviews_are_refused_with_the_reason() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (b"{\"apiVersion\": \"admission.k8s.io/v1\", \"kind\": \"AdmissionRev".to_vec(), "malformed AdmissionReview"),

@@ -65,6 +65,24 @@ fn unhealthy(key: &str, e: ProbeError) -> http::Response<warden_identity::http::
     text(StatusCode::SERVICE_UNAVAILABLE, format!("{key}: {e}\n"))
 }
 
+/// Where an HTTP probe goes: this pod's app at `host`, or the probe's own `host` if that is
+/// this pod too (`host` or loopback). The proxy's traffic is never intercepted, so a probe to
+/// anywhere else would reach past the mesh's outbound rules.
+fn probe_target(probe_host: Option<&str>, host: IpAddr) -> Result<IpAddr, ProbeError> {
+    let Some(named) = probe_host else {
+        return Ok(host);
+    };
+    match named.parse::<IpAddr>() {
+        Ok(ip) if ip == host || ip.is_loopback() => Ok(ip),
+        Ok(_) => Err(ProbeError::Unhealthy(format!(
+            "probe host {named:?} is not this pod: the proxy only probes its own app"
+        ))),
+        Err(_) => Err(ProbeError::Unhealthy(format!(
+            "probe host {named:?} is not an IP address"
+        ))),
+    }
+}
+
 /// Runs one probe against the app at `host`; `Ok` carries a one-line description.
 pub async fn run(probe: &AppProbe, host: IpAddr) -> Result<String, ProbeError> {
     match probe {
@@ -79,16 +97,7 @@ pub async fn run(probe: &AppProbe, host: IpAddr) -> Result<String, ProbeError> {
             path,
             headers,
         } => {
-            let target = match probe_host.as_deref().map(str::parse::<IpAddr>) {
-                Some(Ok(ip)) => ip,
-                Some(Err(_)) => {
-                    return Err(ProbeError::Unhealthy(format!(
-                        "probe host {:?} is not an IP address",
-                        probe_host.as_deref().unwrap_or_default()
-                    )))
-                }
-                None => host,
-            };
+            let target = probe_target(probe_host.as_deref(), host)?;
             let addr = SocketAddr::new(target, *port);
             let tcp = connect(addr).await?;
             let status = if scheme.eq_ignore_ascii_case("https") {
@@ -338,6 +347,24 @@ impl ServerCertVerifier for AnyServerCert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_probe_goes_only_to_this_pods_app() {
+        let pod: IpAddr = "10.0.0.7".parse().unwrap();
+        let cases = [
+            (None, Some("10.0.0.7")),
+            (Some("10.0.0.7"), Some("10.0.0.7")),
+            (Some("127.0.0.1"), Some("127.0.0.1")),
+            (Some("::1"), Some("::1")),
+            (Some("10.0.0.8"), None),
+            (Some("169.254.169.254"), None),
+            (Some("db.example"), None),
+        ];
+        for (named, want) in cases {
+            let got = probe_target(named, pod).ok();
+            assert_eq!(got, want.map(|w| w.parse().unwrap()), "{named:?}");
+        }
+    }
 
     #[test]
     fn health_messages_encode_and_decode() {
