@@ -192,7 +192,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         notifier.clone(),
         synced_tx.subscribe(),
         args.trust_domain.to_string(),
-        limits.sync_wait,
+        &limits,
         serving.clone(),
     );
     let server = tokio::spawn(warden_controller::serve::run(

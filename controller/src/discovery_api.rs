@@ -18,7 +18,8 @@ use warden_api::discovery::v1;
 use warden_api::grpc::MAX_WATCHED_DESTINATIONS;
 
 use crate::destinations::{Changes, Destinations, Kind, Protocol, Resolution};
-use crate::serve::{peer_of, until_synced};
+use crate::open_streams::{OpenStream, OpenStreams};
+use crate::serve::{peer_of, until_synced, ServeLimits};
 
 /// The generated server side of `warden.discovery.v1`.
 #[allow(missing_docs, clippy::doc_lazy_continuation)]
@@ -203,18 +204,21 @@ pub struct DiscoveryService {
     synced: watch::Receiver<bool>,
     trust_domain: String,
     sync_wait: Duration,
+    /// Streams open per caller (identity and source address: one pod), each bounded by
+    /// `MAX_WATCHED_DESTINATIONS`, so one workload cannot fill the controller's memory.
+    open: OpenStreams<(String, IpAddr)>,
     shutdown: CancellationToken,
 }
 
 impl DiscoveryService {
-    /// The service over `destinations`, its streams woken by `notifier`; streams end
-    /// (UNAVAILABLE) at `shutdown`.
+    /// The service over `destinations`, its streams woken by `notifier`, within `limits`;
+    /// streams end (UNAVAILABLE) at `shutdown`.
     pub fn new(
         destinations: Arc<Mutex<Destinations>>,
         notifier: Arc<Notifier>,
         synced: watch::Receiver<bool>,
         trust_domain: String,
-        sync_wait: Duration,
+        limits: &ServeLimits,
         shutdown: CancellationToken,
     ) -> Self {
         metrics::describe_gauge!(
@@ -226,7 +230,8 @@ impl DiscoveryService {
             notifier,
             synced,
             trust_domain,
-            sync_wait,
+            sync_wait: limits.sync_wait,
+            open: OpenStreams::new(limits.max_subscriptions_per_pod),
             shutdown,
         }
     }
@@ -236,6 +241,7 @@ impl DiscoveryService {
 /// the updates not sent yet.
 struct Session {
     service: DiscoveryService,
+    _open: OpenStream<(String, IpAddr)>,
     requests: Streaming<v1::Subscription>,
     watched: HashMap<SocketAddr, Resolution>,
     subscriber: Subscriber,
@@ -366,8 +372,18 @@ impl generated::destinations_server::Destinations for DiscoveryService {
             )));
         }
         until_synced(&self.synced, self.sync_wait).await?;
+        let caller = (peer.id.to_string(), peer.addr.ip().to_canonical());
+        let open = self.open.try_open(caller).map_err(|count| {
+            tracing::warn!(caller = %peer.id, source = %peer.addr, open = count, "refused a discovery stream: too many open for this caller");
+            Status::resource_exhausted(format!(
+                "{} already has {count} discovery streams open from {}",
+                peer.id,
+                peer.addr.ip()
+            ))
+        })?;
         let session = Session {
             service: self.clone(),
+            _open: open,
             requests: request.into_inner(),
             watched: HashMap::new(),
             subscriber: self.notifier.subscriber(),

@@ -8,6 +8,7 @@ pub mod destinations;
 pub mod discovery_api;
 pub mod index;
 pub mod lease;
+pub mod open_streams;
 pub mod policy_api;
 pub mod serve;
 pub mod status;

@@ -4,7 +4,6 @@
 //! table-tested), then streams one full snapshot and a new one whenever the index changes
 //! what that pod enforces.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -20,6 +19,7 @@ use warden_core::SpiffeId;
 
 use crate::crd::MeshDefault;
 use crate::index::{Index, Snapshot};
+use crate::open_streams::{OpenStream, OpenStreams};
 use crate::serve::{peer_of, until_synced, ServeLimits};
 
 /// The generated server side of `warden.policy.v1`.
@@ -192,7 +192,8 @@ pub struct PolicyService {
     synced: watch::Receiver<bool>,
     trust_domain: String,
     limits: ServeLimits,
-    open: Arc<Mutex<HashMap<(String, String), usize>>>,
+    /// Subscriptions open per pod (namespace, name).
+    open: OpenStreams<(String, String)>,
     shutdown: CancellationToken,
 }
 
@@ -212,8 +213,8 @@ impl PolicyService {
             revision,
             synced,
             trust_domain,
+            open: OpenStreams::new(limits.max_subscriptions_per_pod),
             limits,
-            open: Arc::default(),
             shutdown,
         }
     }
@@ -238,21 +239,13 @@ fn describe_metrics() {
     );
 }
 
-/// Counts one open subscription of a pod until dropped.
+/// Counts one open subscription of a pod until dropped (and in the gauge).
 struct Subscription {
-    open: Arc<Mutex<HashMap<(String, String), usize>>>,
-    key: (String, String),
+    _open: OpenStream<(String, String)>,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                open.remove(&self.key);
-            }
-        }
         metrics::gauge!("warden_controller_subscriptions").decrement(1.0);
     }
 }
@@ -348,19 +341,16 @@ impl InboundPolicy for PolicyService {
                 return Err(refusal.status());
             }
         };
-        let key = (namespace.clone(), pod.clone());
-        {
-            let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-            let count = open.entry(key.clone()).or_default();
-            if *count >= self.limits.max_subscriptions_per_pod {
-                tracing::warn!(caller = %peer.id, pod = %format!("{namespace}/{pod}"), open = *count, "refused a policy subscription: too many open for this pod");
+        let open = match self.open.try_open((namespace.clone(), pod.clone())) {
+            Ok(open) => open,
+            Err(count) => {
+                tracing::warn!(caller = %peer.id, pod = %format!("{namespace}/{pod}"), open = count, "refused a policy subscription: too many open for this pod");
                 metrics::counter!("warden_controller_subscriptions_refused_total", "reason" => "too-many").increment(1);
                 return Err(Status::resource_exhausted(format!(
                     "pod {namespace}/{pod} already has {count} policy subscriptions open"
                 )));
             }
-            *count += 1;
-        }
+        };
         metrics::gauge!("warden_controller_subscriptions").increment(1.0);
         tracing::debug!(caller = %peer.id, pod = %format!("{namespace}/{pod}"), "policy subscription");
         let state = Watching {
@@ -371,10 +361,7 @@ impl InboundPolicy for PolicyService {
             source: peer.addr.ip(),
             sent: None,
             done: false,
-            _subscription: Subscription {
-                open: self.open.clone(),
-                key,
-            },
+            _subscription: Subscription { _open: open },
         };
         let stream = futures::stream::unfold(state, Watching::next);
         Ok(Response::new(Box::pin(stream)))

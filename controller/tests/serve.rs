@@ -106,7 +106,7 @@ impl Controller {
             notifier.clone(),
             synced_rx,
             "cluster.local".into(),
-            limits.sync_wait,
+            &limits,
             stop.clone(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -601,4 +601,46 @@ async fn a_discovery_stream_follows_pods_services_and_endpoints() {
         Ok(mut stream) => stream.status().await,
     };
     assert_eq!(refused.code, code::UNAUTHENTICATED, "{refused}");
+}
+
+#[tokio::test]
+async fn one_caller_holds_a_bounded_number_of_discovery_streams() {
+    let controller = Controller::start().await;
+    let web = controller.svid("spiffe://cluster.local/ns/shop/sa/web");
+    let mut sender = controller.connect(Some(&web)).await.unwrap();
+    let max = ServeLimits::default().max_subscriptions_per_pod;
+    let mut open = Vec::new();
+    for _ in 0..max {
+        let (requests, updates) = open_discovery(&mut sender).await;
+        open.push((requests, updates.expect("within the caller's share")));
+    }
+    let (_requests, refused) = open_discovery(&mut sender).await;
+    let status = refused.err().expect("one more is refused");
+    assert_eq!(status.code, code::RESOURCE_EXHAUSTED, "{status}");
+    assert!(
+        status.message.contains("discovery streams open"),
+        "{status}"
+    );
+
+    // Another workload is not held back by this one's streams.
+    let db = controller.svid("spiffe://cluster.local/ns/shop/sa/db");
+    let mut other = controller.connect(Some(&db)).await.unwrap();
+    let (_db_requests, db_updates) = open_discovery(&mut other).await;
+    db_updates.expect("another caller's stream");
+
+    // A stream the caller ends frees its place.
+    drop(open.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (requests, updates) = open_discovery(&mut sender).await;
+        if let Ok(updates) = updates {
+            open.push((requests, updates));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ended stream's place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
