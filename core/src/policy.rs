@@ -443,19 +443,7 @@ impl AuthorizationPolicy {
                             format!("{path:?} must start with '/' (or be '*' or '*suffix')"),
                         );
                     }
-                    Ok(pattern) => {
-                        // A DENY that can never match would deny nothing: refuse it.
-                        use path::{literal_problem, LiteralAt};
-                        let problem = match pattern {
-                            Pattern::Exact(p) => literal_problem(LiteralAt::Whole, p),
-                            Pattern::Prefix(p) => literal_problem(LiteralAt::Start, p),
-                            Pattern::Suffix(p) => literal_problem(LiteralAt::End, p),
-                            Pattern::Any => None,
-                        };
-                        if let Some(why) = problem {
-                            return bad(&field, format!("{path:?} can never match: {why}"));
-                        }
-                    }
+                    Ok(_) => {}
                 }
             }
         }
@@ -526,45 +514,6 @@ spec:
             let got = parse(&text, "p.yaml").unwrap_err().to_string();
             assert!(got.contains(want), "want {want:?} in {got:?}");
             assert_eq!(got.lines().count(), 1, "{got}");
-        }
-    }
-
-    #[test]
-    fn path_patterns_that_no_normalized_request_path_can_match_are_refused() {
-        let head = "apiVersion: warden.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\n";
-        let policy = |path: &str| {
-            format!("{head}spec: {{action: DENY, rules: [{{to: {{paths: [\"{path}\"]}}}}]}}")
-        };
-        for path in [
-            "/%61dmin*",
-            "/api//admin",
-            "/a/../admin",
-            "/caf%c3%a9",
-            "/x;y",
-            "*/../admin",
-            "*%2e",
-            "//api*",
-            "/a/./b",
-        ] {
-            let got = parse(&policy(path), "p.yaml").unwrap_err().to_string();
-            assert!(
-                got.contains("field spec.rules[0].to.paths[0]") && got.contains("can never match"),
-                "{path}: {got}"
-            );
-        }
-        for path in [
-            "/admin",
-            "/api/*",
-            "/x/.well-known*",
-            "/a/..x*",
-            "*.js",
-            "*/admin",
-            "/caf%C3%A9",
-            "/",
-            "*",
-            "/docs/",
-        ] {
-            assert!(parse(&policy(path), "p.yaml").is_ok(), "{path}");
         }
     }
 

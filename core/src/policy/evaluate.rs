@@ -193,8 +193,16 @@ struct NamespaceIndex {
 }
 
 impl PolicySet {
-    /// Indexes `policies`.
-    pub fn new(policies: Vec<AuthorizationPolicy>) -> Self {
+    /// Indexes `policies`, their path patterns in the form request paths are matched in
+    /// (see [`normal_pattern`](super::path::normal_pattern)).
+    pub fn new(mut policies: Vec<AuthorizationPolicy>) -> Self {
+        for rule in policies.iter_mut().flat_map(|p| p.spec.rules.iter_mut()) {
+            for path in rule.to.paths.iter_mut().flatten() {
+                if let Some(normal) = super::path::normal_pattern(path) {
+                    *path = normal;
+                }
+            }
+        }
         let mut by_namespace: HashMap<String, NamespaceIndex, _> = HashMap::default();
         let mut mesh_wide = Vec::new();
         for (i, p) in policies.iter().enumerate() {
@@ -1423,6 +1431,33 @@ spec:
             denies_seen > 200,
             "the generator exercised DENY ({denies_seen})"
         );
+    }
+
+    #[test]
+    fn a_deny_written_in_another_spelling_still_denies_the_path_it_names() {
+        let text = r#"
+apiVersion: warden.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec: {action: DENY, rules: [{to: {paths: ["/%61dmin*", "/api//internal", "/a/../debug"]}}]}
+"#;
+        let set = PolicySet::new(parse(text, "t").unwrap());
+        let workload = Workload::from_id(&id("spiffe://cluster.local/ns/shop/sa/web"));
+        let client = id("spiffe://cluster.local/ns/shop/sa/frontend");
+        for (path, denied) in [
+            ("/admin/users", true),
+            ("/api/internal", true),
+            ("/debug", true),
+            ("/api", false),
+        ] {
+            let request = Request {
+                client: Some(&client),
+                port: 8080,
+                http: Some(("GET", path)),
+            };
+            let d = set.evaluate(&workload, &request, DefaultPolicy::AllAuthenticated);
+            assert_eq!(!d.allowed, denied, "{path}");
+        }
     }
 
     #[test]

@@ -66,37 +66,39 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(format!("/{}", out.join("/")))
 }
 
-/// Why a path pattern's literal part (`Exact`: the whole path; `Prefix`: what a matching path
-/// starts with; `Suffix`: what it ends with) can never match a request path, which is
-/// matched in normal form: `None` when it can.
-pub fn literal_problem(kind: LiteralAt, literal: &str) -> Option<String> {
-    // A prefix may end inside a segment and a suffix start inside one: complete them with a
-    // plain segment, so only what the literal itself holds is judged.
-    let path = match kind {
-        LiteralAt::Whole => literal.to_string(),
-        LiteralAt::Start => format!("{literal}x"),
-        LiteralAt::End => format!("/x{literal}"),
+/// A path pattern in the form request paths are matched in: `/%61dmin*` is `/admin*`,
+/// `/api//x` is `/api/x`, `*/a/./b` is `*/a/b`. Written in another spelling, a pattern could
+/// never match (a DENY would deny nothing); normalized, it matches what it names. A pattern
+/// whose literal does not normalize (`;`, `%2f`, a broken or partial `%`) is left as written:
+/// requests spelled so are refused with 400 before any policy, and a prefix may end inside
+/// an encoding (`/file%2*` matches `/file%20a`).
+pub fn normal_pattern(pattern: &str) -> Option<String> {
+    let (literal, at_start, at_end) = if let Some(prefix) = pattern.strip_suffix('*') {
+        (prefix, true, false)
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        (suffix, false, true)
+    } else {
+        (pattern, false, false)
     };
-    match normalize(&path) {
-        Err(e) => Some(e.to_string()),
-        Ok(normal) if normal != path => Some(
-            "request paths are matched in normal form (percent-encoding of unreserved characters \
-             decoded, other encodings in upper-case hex, no dot segments, no '//'), and this is not"
-                .to_string(),
-        ),
-        Ok(_) => None,
+    if literal.is_empty() || literal.contains('*') {
+        return None;
     }
-}
-
-/// Where a pattern's literal part sits in the paths it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LiteralAt {
-    /// The whole path (an exact pattern).
-    Whole,
-    /// Its start (`prefix*`).
-    Start,
-    /// Its end (`*suffix`).
-    End,
+    // A prefix may end inside a segment and a suffix start inside one: complete them with a
+    // plain segment, so only what the literal itself holds is normalized.
+    let path = match (at_start, at_end) {
+        (true, _) => format!("{literal}x"),
+        (_, true) => format!("/x{literal}"),
+        _ => literal.to_string(),
+    };
+    let normal = normalize(&path).ok()?;
+    if normal == path {
+        return None;
+    }
+    match (at_start, at_end) {
+        (true, _) => normal.strip_suffix('x').map(|p| format!("{p}*")),
+        (_, true) => normal.strip_prefix("/x").map(|s| format!("*{s}")),
+        _ => Some(normal),
+    }
 }
 
 /// Whether `path` is already normal: no percent-encoding, backslash, `;` or control
@@ -261,6 +263,30 @@ mod tests {
         ] {
             let once = normalize(input).unwrap();
             assert_eq!(normalize(&once).unwrap(), once, "{input}");
+        }
+    }
+
+    #[test]
+    fn path_patterns_are_matched_in_normal_form() {
+        let cases = [
+            ("/%61dmin*", Some("/admin*")),
+            ("/api//admin", Some("/api/admin")),
+            ("/a/../admin", Some("/admin")),
+            ("/caf%c3%a9", Some("/caf%C3%A9")),
+            ("/api/./*", Some("/api/*")),
+            ("*/a/./b", Some("*/a/b")),
+            // Already normal, or left as written.
+            ("/admin*", None),
+            ("/x/.well-known*", None),
+            ("/a/..x*", None),
+            ("/file%2*", None),
+            ("/x;y", None),
+            ("*.js", None),
+            ("*", None),
+            ("*/../admin", None),
+        ];
+        for (pattern, want) in cases {
+            assert_eq!(normal_pattern(pattern).as_deref(), want, "{pattern}");
         }
     }
 }
