@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """How long each process on the sidecars' CPU waits to run once woken, and how long it then
 runs, under mesh.py's open-loop load: the scheduler's view of a latency tail. For each
-contestant in turn, `perf record` takes every `sched_waking` and `sched_switch` on CPU 1
-(both sidecars and the app) during one `loadgen rate` run; the script then prints, per
-process, its wake-ups' delays and its runs' lengths (p50 / p99 / p99.9 / max, and the count
+contestant in turn, `perf record` takes every `sched_waking` and `sched_switch` on every
+CPU during one `loadgen rate` run (a wake-up is recorded on the waker's CPU: the load
+generator's on CPU 0); the script then prints, for each process on CPU 1 (both sidecars and
+the app), its wake-ups' delays and its runs' lengths (p50 / p99 / p99.9 / max, and the count
 over 0.5 ms).
 
     python3 benches/mesh/sched_trace.py [--rate 5000] [--seconds 8] [--only warden nginx]
@@ -39,7 +40,7 @@ def trace(bench, c, rate, seconds):
     """One rate run of contestant `c` under perf; returns loadgen's result and the `perf
     script` lines."""
     data = bench.path(f"sched-{c}.data")
-    perf = subprocess.Popen(["perf", "record", "-q", "-C", "1", "-e", "sched:sched_switch",
+    perf = subprocess.Popen(["perf", "record", "-q", "-a", "-e", "sched:sched_switch",
                              "-e", "sched:sched_waking", "-o", data], stderr=subprocess.DEVNULL)
     try:
         result = bench.rate(c, rate, seconds)
