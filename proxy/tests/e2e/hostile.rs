@@ -641,3 +641,59 @@ async fn a_stream_whose_window_never_opens_is_reset_after_the_idle_timeout() {
     );
     good.finish().await;
 }
+
+/// The first header block the server sends on `stream_id` (or none within `within`).
+async fn response_block(
+    stream: &mut (impl AsyncRead + Unpin),
+    stream_id: u32,
+    within: Duration,
+) -> Option<Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let id = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            if buf[3] == HEADERS && id == stream_id {
+                return Some(buf[9..9 + len].to_vec());
+            }
+            buf.drain(..9 + len);
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn an_extended_connect_for_anything_but_websocket_is_refused() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let pair = pair(&mesh, app, |_| {}).await;
+    let mut peer = h2_peer(&mesh, pair.server.addrs.inbound[0]).await;
+    // A peer proxy's extended CONNECT (RFC 8441) for h2c: were it carried, the caller would
+    // speak HTTP/2 to the app behind one authorized GET. HPACK: `:method CONNECT` and
+    // `:protocol h2c` as literals, `:scheme https` and `:path /` indexed, `:authority s`.
+    let mut block = vec![0x02, 7];
+    block.extend_from_slice(b"CONNECT");
+    block.extend_from_slice(&[0x00, 9]);
+    block.extend_from_slice(b":protocol");
+    block.push(3);
+    block.extend_from_slice(b"h2c");
+    block.extend_from_slice(&[0x87, 0x84, 0x01, 0x01, b's']);
+    peer.write_all(&frame(HEADERS, END_HEADERS, 1, &block))
+        .await
+        .unwrap();
+    let response = response_block(&mut peer, 1, Duration::from_secs(10))
+        .await
+        .expect("an answer on the stream");
+    // `:status 400` is entry 12 of HPACK's static table.
+    assert_eq!(response.first(), Some(&0x8c), "400: {response:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing reached the app");
+}
