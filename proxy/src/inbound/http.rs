@@ -199,6 +199,12 @@ async fn forward(
     let peer_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
+    if parts.version < Version::HTTP_2 {
+        // A plaintext caller's HTTP/1 request (permissive mode): its hop-by-hop headers
+        // (`Connection`, `Upgrade`: an h2c upgrade above all) are for this hop, not the app.
+        // Peer proxies speak HTTP/2, which carries none.
+        strip_hop_by_hop(&mut parts.headers);
+    }
     let orig_proto = parts.headers.remove(names::ORIG_PROTO);
     // The caller's identity is the one we verified, whatever the request claims, under any
     // spelling an app could read as ours (`x_warden_client_id` is the same header to CGI).

@@ -462,6 +462,9 @@ async fn permissive_mode_accepts_plaintext_as_unauthenticated_subject_to_the_hoo
             "x-warden-client-id",
             "spiffe://cluster.local/ns/test/sa/client",
         )
+        .header("connection", "keep-alive, upgrade, http2-settings")
+        .header("upgrade", "h2c")
+        .header("http2-settings", "AAMAAABkAAQAAP__")
         .body(empty())
         .unwrap();
     let resp = plain.send_request(req).await.unwrap();
@@ -471,6 +474,14 @@ async fn permissive_mode_accepts_plaintext_as_unauthenticated_subject_to_the_hoo
         !seen.contains("x-warden-client-id"),
         "no identity for plaintext, and no spoofing: {seen}"
     );
+    // It reaches the app as it was sent (HTTP/1.1), without this hop's upgrade headers.
+    assert!(seen.starts_with("version: HTTP/1.1\n"), "{seen}");
+    for hop in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            !seen.contains(&format!("\n{hop}:")),
+            "{hop} reached the app: {seen}"
+        );
+    }
     plain.ready().await.unwrap();
     let resp = plain
         .send_request(
