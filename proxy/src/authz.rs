@@ -328,6 +328,20 @@ async fn revoked(
             port: live.port,
             http: live.http.as_ref().map(|(m, p)| (m.as_str(), p.as_str())),
         };
+        // Still allowed: nothing was decided for anyone, so nothing is recorded or counted.
+        let set = changes.borrow_and_update().clone();
+        let eval = Request {
+            client: request.client,
+            port: request.port,
+            http: request.http,
+        };
+        if set
+            .evaluate(&own_workload(&live.workload), &eval, engine.default)
+            .allowed
+        {
+            continue;
+        }
+        // Denied now: decided (and audited) as the enforcement it is.
         let id = crate::http::request_id();
         let ctx = AuthzContext {
             workload: &live.workload,
