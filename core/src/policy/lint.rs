@@ -53,6 +53,14 @@ pub fn lint(policies: &[AuthorizationPolicy]) -> Vec<Warning> {
             ));
         }
         for (i, rule) in policy.spec.rules.iter().enumerate() {
+            for pattern in rule.to.paths.iter().flatten() {
+                if let Some(why) = super::path::unmatchable(pattern) {
+                    warnings.push(warn(
+                        Some(i),
+                        format!("path {pattern:?} can never match a request: {why}"),
+                    ));
+                }
+            }
             if let Some(why) = never_matches(rule) {
                 warnings.push(warn(Some(i), format!("can never match: {why}")));
                 continue;

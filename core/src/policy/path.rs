@@ -66,12 +66,13 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(format!("/{}", out.join("/")))
 }
 
-/// A path pattern in the form request paths are matched in: `/%61dmin*` is `/admin*`,
-/// `/api//x` is `/api/x`, `*/a/./b` is `*/a/b`. Written in another spelling, a pattern could
-/// never match (a DENY would deny nothing); normalized, it matches what it names. A pattern
-/// whose literal does not normalize (`;`, `%2f`, a broken or partial `%`) is left as written:
-/// requests spelled so are refused with 400 before any policy, and a prefix may end inside
-/// an encoding (`/file%2*` matches `/file%20a`).
+/// A path pattern in the form request paths are matched in, if that differs from how it is
+/// written: `/%61dmin*` is `/admin*`, `/api//x` is `/api/x`, `*/a/./b` is `*/a/b`, and a
+/// prefix ending inside an encoding keeps it, in upper-case hex (`/caf%c3%a*` is
+/// `/caf%C3%A*`). Written in another spelling, a pattern could never match (a DENY would deny
+/// nothing); normalized, it matches what it names. A pattern whose literal does not
+/// normalize (`;`, `%2f`, a broken `%`) or cannot be written normalized (`*/../admin`) is
+/// left as written, and [`unmatchable`] names it for `warden policy check`.
 pub fn normal_pattern(pattern: &str) -> Option<String> {
     let (literal, at_start, at_end) = if let Some(prefix) = pattern.strip_suffix('*') {
         (prefix, true, false)
@@ -83,6 +84,13 @@ pub fn normal_pattern(pattern: &str) -> Option<String> {
     if literal.is_empty() || literal.contains('*') {
         return None;
     }
+    // A prefix may end inside an encoding (`/caf%c3%a*`): that part is kept aside, in
+    // upper-case hex.
+    let (literal, open) = if at_start {
+        split_open_encoding(literal)
+    } else {
+        (literal, "")
+    };
     // A prefix may end inside a segment and a suffix start inside one: complete them with a
     // plain segment, so only what the literal itself holds is normalized.
     let path = match (at_start, at_end) {
@@ -91,13 +99,49 @@ pub fn normal_pattern(pattern: &str) -> Option<String> {
         _ => literal.to_string(),
     };
     let normal = normalize(&path).ok()?;
-    if normal == path {
-        return None;
-    }
-    match (at_start, at_end) {
-        (true, _) => normal.strip_suffix('x').map(|p| format!("{p}*")),
+    let open = open.to_ascii_uppercase();
+    let normal = match (at_start, at_end) {
+        (true, _) => normal.strip_suffix('x').map(|p| format!("{p}{open}*")),
         (_, true) => normal.strip_prefix("/x").map(|s| format!("*{s}")),
         _ => Some(normal),
+    }?;
+    (normal != pattern).then_some(normal)
+}
+
+/// `prefix` without a percent-encoding it ends inside of (`%` or `%` and one digit), and
+/// that unfinished part.
+fn split_open_encoding(prefix: &str) -> (&str, &str) {
+    match prefix.rfind('%') {
+        Some(i) if prefix.len() - i < 3 => prefix.split_at(i),
+        _ => (prefix, ""),
+    }
+}
+
+/// Why path pattern `pattern` (after [`normal_pattern`]) can match no request path, if it
+/// cannot: request paths are matched in normal form, hold no query, and a spelling that
+/// does not normalize (`;`, `%2f`, a broken `%`) is refused with 400 before any policy.
+pub fn unmatchable(pattern: &str) -> Option<&'static str> {
+    let pattern = normal_pattern(pattern).unwrap_or_else(|| pattern.to_string());
+    if pattern.contains(['?', '#']) {
+        return Some("a request path never holds '?' or '#' (the query is not part of it)");
+    }
+    let (literal, completed) = if let Some(prefix) = pattern.strip_suffix('*') {
+        // A prefix may end inside an encoding (`/file%2*` matches `/file%20a`).
+        let (whole, _) = split_open_encoding(prefix);
+        (whole, format!("{whole}x"))
+    } else if let Some(suffix) = pattern.strip_prefix('*') {
+        (suffix, format!("/x{suffix}"))
+    } else {
+        (pattern.as_str(), pattern.clone())
+    };
+    if literal.is_empty() {
+        return None;
+    }
+    match normalize(&completed) {
+        Ok(normal) if normal == completed => None,
+        Ok(_) => Some("it is not in the normal form request paths are matched in (no dot segments, no '//', unreserved characters not encoded, upper-case hex)"),
+        Err(PathError::NotAbsolute) => None,
+        Err(_) => Some("requests spelled so are refused with 400 before any policy is asked"),
     }
 }
 
@@ -275,6 +319,8 @@ mod tests {
             ("/caf%c3%a9", Some("/caf%C3%A9")),
             ("/api/./*", Some("/api/*")),
             ("*/a/./b", Some("*/a/b")),
+            ("/caf%c3%a*", Some("/caf%C3%A*")),
+            ("/%61dmin%2*", Some("/admin%2*")),
             // Already normal, or left as written.
             ("/admin*", None),
             ("/x/.well-known*", None),
@@ -287,6 +333,38 @@ mod tests {
         ];
         for (pattern, want) in cases {
             assert_eq!(normal_pattern(pattern).as_deref(), want, "{pattern}");
+        }
+    }
+
+    #[test]
+    fn patterns_no_request_path_can_match_are_named() {
+        for pattern in [
+            "*/../admin",
+            "*/..",
+            "/%61dmin%2x*",
+            "/b%zz*",
+            "/admin?debug=1",
+            "*#top",
+            "/x;y",
+            "/a%2fb",
+        ] {
+            assert!(unmatchable(pattern).is_some(), "{pattern}");
+        }
+        for pattern in [
+            "/admin*",
+            "/%61dmin*",
+            "/%61dmin%2*",
+            "/caf%c3%a*",
+            "/api//x",
+            "/file%2*",
+            "/file%*",
+            "/caf%C3%A9",
+            "*.js",
+            "*",
+            "/x/.well-known*",
+            "/a/..x*",
+        ] {
+            assert_eq!(unmatchable(pattern), None, "{pattern}");
         }
     }
 }
