@@ -350,6 +350,15 @@ impl AuthorizationPolicy {
             );
         }
         if let Some(selector) = &self.spec.selector {
+            if selector.service_accounts.is_empty() {
+                // It would apply to no workload: a DENY would deny nothing.
+                return bad(
+                    "spec.selector.serviceAccounts",
+                    "an empty list selects no workload (omit the selector to select every \
+                     workload of the namespace)"
+                        .into(),
+                );
+            }
             for (i, sa) in selector.service_accounts.iter().enumerate() {
                 if !kubernetes_name(sa) {
                     return bad(
@@ -503,6 +512,7 @@ spec:
             (format!("{head}spec: {{action: DENY, rules: [{{}}, {{to: {{methods: []}}}}]}}"), "field spec.rules[1].to.methods: an empty list"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{to: {{opaque: true, paths: [/a]}}}}]}}"), "field spec.rules[0].to.opaque: a rule for opaque TCP cannot name methods or paths"),
             (format!("{head}spec: {{action: ALLOW, selector: {{serviceAccounts: [Web]}}}}"), "field spec.selector.serviceAccounts[0]"),
+            (format!("{head}spec: {{action: DENY, selector: {{serviceAccounts: []}}, rules: [{{}}]}}"), "field spec.selector.serviceAccounts: an empty list selects no workload"),
             (format!("{head}spec: {{action: ALLOW, rules: [{{from: {{namespaces: [a.b]}}}}]}}"), "field spec.rules[0].from.namespaces[0]"),
             ("apiVersion: v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec: {action: ALLOW}".to_string(), "field apiVersion: \"v1\" is not"),
             ("apiVersion: warden.dev/v1alpha1\nkind: ConfigMap\nmetadata: {name: p, namespace: shop}\nspec: {action: ALLOW}".to_string(), "field kind: "),

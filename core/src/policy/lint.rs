@@ -32,17 +32,6 @@ pub fn lint(policies: &[AuthorizationPolicy]) -> Vec<Warning> {
             rule,
             message,
         };
-        if policy
-            .spec
-            .selector
-            .as_ref()
-            .is_some_and(|s| s.service_accounts.is_empty())
-        {
-            warnings.push(warn(
-                None,
-                "the selector lists no ServiceAccount, so the policy applies to nothing".into(),
-            ));
-        }
         if policy.spec.rules.is_empty() {
             warnings.push(warn(
                 None,
@@ -194,7 +183,7 @@ spec:
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
 metadata: {name: empty, namespace: shop}
-spec: {action: DENY, selector: {serviceAccounts: []}}
+spec: {action: DENY, selector: {serviceAccounts: [nobody]}}
 ---
 apiVersion: warden.dev/v1alpha1
 kind: AuthorizationPolicy
@@ -213,7 +202,6 @@ spec: {action: DENY, rules: [{}]}
                 "shop/p rule 5: HTTP fields without ports make every port of the selected workloads HTTP-only (opaque TCP to them is refused); name the ports to keep others open to TCP",
                 "shop/p rule 6: HTTP fields without ports make every port of the selected workloads HTTP-only (opaque TCP to them is refused); name the ports to keep others open to TCP",
                 "shop/p rule 6: is shadowed by rule 5, which matches everything it does",
-                "shop/empty: the selector lists no ServiceAccount, so the policy applies to nothing",
                 "shop/empty: no rules: this DENY policy matches nothing",
                 "shop/empty: defined more than once; every definition applies",
             ]
