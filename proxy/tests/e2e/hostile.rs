@@ -550,16 +550,16 @@ async fn http2_rapid_reset_and_continuation_floods_end_only_their_connection() {
     );
 }
 
-/// Reads HTTP/2 frames for `within` and counts `RST_STREAM`s with `reason`.
-async fn count_resets(
+/// Reads the server's frames for `within` (or until it closes), handing each to `on_frame`
+/// as (type, stream, payload); stops early with what `on_frame` returns.
+async fn read_frames<T>(
     stream: &mut (impl AsyncRead + Unpin),
-    reason: u32,
     within: Duration,
-) -> usize {
+    mut on_frame: impl FnMut(u8, u32, &[u8]) -> Option<T>,
+) -> Option<T> {
     let deadline = tokio::time::Instant::now() + within;
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
-    let mut resets = 0;
     while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
         if n == 0 {
             break;
@@ -570,12 +570,30 @@ async fn count_resets(
             if buf.len() < 9 + len {
                 break;
             }
-            if buf[3] == RST_STREAM && len == 4 {
-                resets += usize::from(u32::from_be_bytes(buf[9..13].try_into().unwrap()) == reason);
+            let id = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
+            if let Some(found) = on_frame(buf[3], id, &buf[9..9 + len]) {
+                return Some(found);
             }
             buf.drain(..9 + len);
         }
     }
+    None
+}
+
+/// How many `RST_STREAM` frames with error code `reason` arrive within `within`.
+async fn count_resets(
+    stream: &mut (impl AsyncRead + Unpin),
+    reason: u32,
+    within: Duration,
+) -> usize {
+    let mut resets = 0;
+    read_frames(stream, within, |kind, _, payload| {
+        if kind == RST_STREAM && payload.len() == 4 {
+            resets += usize::from(u32::from_be_bytes(payload.try_into().unwrap()) == reason);
+        }
+        None::<()>
+    })
+    .await;
     resets
 }
 
@@ -648,27 +666,10 @@ async fn response_block(
     stream_id: u32,
     within: Duration,
 ) -> Option<Vec<u8>> {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut buf = Vec::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        while buf.len() >= 9 {
-            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
-            if buf.len() < 9 + len {
-                break;
-            }
-            let id = u32::from_be_bytes(buf[5..9].try_into().unwrap()) & 0x7fff_ffff;
-            if buf[3] == HEADERS && id == stream_id {
-                return Some(buf[9..9 + len].to_vec());
-            }
-            buf.drain(..9 + len);
-        }
-    }
-    None
+    read_frames(stream, within, |kind, id, payload| {
+        (kind == HEADERS && id == stream_id).then(|| payload.to_vec())
+    })
+    .await
 }
 
 #[tokio::test]
