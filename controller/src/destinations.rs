@@ -9,10 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use warden_core::{SpiffeId, TrustDomain};
 
-/// Ports proxied as opaque TCP unless a pod says otherwise: protocols where the server
-/// speaks first or detection cannot work (SMTP, MySQL, Galera, PostgreSQL, Elasticsearch
-/// transport, Redis, memcached), as Linkerd's defaults.
-pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+pub use warden_core::contract::DEFAULT_OPAQUE_PORTS;
 
 /// What discovery keeps of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -435,10 +432,11 @@ fn is_opaque(pod: &PodEndpoint, port: u16) -> bool {
 fn app_protocol(value: Option<&str>) -> Protocol {
     match value.map(str::to_ascii_lowercase).as_deref() {
         Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2") => Protocol::Http2,
-        Some("http" | "kubernetes.io/http") => Protocol::Http1,
-        Some("kubernetes.io/ws" | "kubernetes.io/wss" | "https" | "tls" | "mysql" | "redis") => {
-            Protocol::Opaque
-        }
+        // A WebSocket opens with an HTTP/1.1 upgrade, which the proxies carry as HTTP (with
+        // its policy and the caller's identity); sent as opaque TCP it would be refused by
+        // the server's proxy, which relays no HTTP request unread.
+        Some("http" | "kubernetes.io/http" | "kubernetes.io/ws") => Protocol::Http1,
+        Some("kubernetes.io/wss" | "https" | "tls" | "mysql" | "redis") => Protocol::Opaque,
         _ => Protocol::Detect,
     }
 }
@@ -819,5 +817,25 @@ mod tests {
             d.resolve("10.96.0.10:80".parse().unwrap()).kind,
             Kind::Unknown
         );
+    }
+
+    #[test]
+    fn service_app_protocols_map_to_how_callers_send() {
+        let rows = [
+            (None, Protocol::Detect),
+            (Some("kubernetes.io/h2c"), Protocol::Http2),
+            (Some("GRPC"), Protocol::Http2),
+            (Some("http"), Protocol::Http1),
+            // A WebSocket's upgrade is HTTP: sent as opaque TCP, the server's proxy would
+            // refuse its request line.
+            (Some("kubernetes.io/ws"), Protocol::Http1),
+            (Some("kubernetes.io/wss"), Protocol::Opaque),
+            (Some("tls"), Protocol::Opaque),
+            (Some("mysql"), Protocol::Opaque),
+            (Some("example.com/custom"), Protocol::Detect),
+        ];
+        for (value, want) in rows {
+            assert_eq!(app_protocol(value), want, "{value:?}");
+        }
     }
 }

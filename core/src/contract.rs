@@ -26,6 +26,13 @@ pub const ALPN_HTTP2: &[u8] = b"warden/h2";
 /// ALPN for opaque TCP: one mTLS connection per app connection.
 pub const ALPN_TCP: &[u8] = b"warden/tcp";
 
+/// Ports proxied as opaque TCP unless a pod's `warden.dev/opaque-ports` says otherwise:
+/// protocols where the server speaks first or detection cannot work (SMTP, MySQL, Galera,
+/// PostgreSQL, Elasticsearch transport, Redis, memcached), as Linkerd's defaults. Callers'
+/// proxies send them as opaque TCP (discovery says so) and the pod's own proxy relays them
+/// unread.
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+
 /// The audience of the projected ServiceAccount token the proxy presents to the CA.
 pub const IDENTITY_TOKEN_AUDIENCE: &str = "warden-identity";
 

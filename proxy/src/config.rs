@@ -60,8 +60,10 @@ pub struct ProxyConfig {
     pub inbound: Vec<InboundListener>,
     /// Outbound routes: the app connects here to reach another workload (explicit mode).
     pub outbound: Vec<OutboundRoute>,
-    /// Destination ports always proxied as opaque TCP (server-speaks-first protocols, TLS
-    /// the app does itself, databases).
+    /// Ports always proxied as opaque TCP (server-speaks-first protocols, TLS the app does
+    /// itself, databases): this workload's connections to them, and its own app's ports of
+    /// these numbers, whose inbound bytes are relayed unread (none: the defaults, see
+    /// [`is_opaque_app_port`](Self::is_opaque_app_port)).
     pub opaque_ports: Vec<u16>,
     /// Time limits.
     pub timeouts: Timeouts,
@@ -403,6 +405,17 @@ impl ProxyConfig {
             self.transparent.outbound_port,
             self.admin.listen.port(),
         ]
+    }
+
+    /// Whether the app's `port` takes opaque TCP relayed unread: the ports this pod declares
+    /// opaque (`opaque_ports`, its `warden.dev/opaque-ports`), or if it declares none the
+    /// defaults, as discovery tells callers.
+    pub fn is_opaque_app_port(&self, port: u16) -> bool {
+        if self.opaque_ports.is_empty() {
+            warden_core::contract::DEFAULT_OPAQUE_PORTS.contains(&port)
+        } else {
+            self.opaque_ports.contains(&port)
+        }
     }
 
     /// Parses YAML text; `source_name` names it in errors. Unknown fields are errors.

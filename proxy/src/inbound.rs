@@ -6,6 +6,7 @@
 
 pub mod app;
 pub mod http;
+pub mod opaque_guard;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::metrics::{self, Direction};
 use crate::original_dst::original_dst;
 use crate::shared::{Accounting, RunControl, Shared};
 use crate::workers::Workers;
+use opaque_guard::OpaqueGuard;
 
 /// Where traffic accepted on an inbound listener goes.
 #[derive(Debug, Clone)]
@@ -299,8 +301,11 @@ where
         client_id: conn.client_label(),
         server_id: &own,
     };
+    // An app left at `auto` may speak HTTP: unless the port is opaque, an HTTP request in
+    // these bytes (a forged `x-warden-client-id` in it) ends the connection.
+    let guarded = !shared.config.is_opaque_app_port(conn.target.app.port());
     run.relay(
-        stream,
+        OpaqueGuard::new(stream, guarded),
         app,
         shared.config.timeouts.idle,
         accounting,

@@ -114,7 +114,11 @@ impl RunControl {
         let (moved, outcome) = match result {
             Ok(moved) => (moved, Ok(())),
             Err((e, moved)) => {
-                tracing::debug!(?accounting, error = %e, "TCP relay ended");
+                if refused_http(&e) {
+                    tracing::info!(?accounting, error = %e, "TCP relay closed");
+                } else {
+                    tracing::debug!(?accounting, error = %e, "TCP relay ended");
+                }
                 (moved, Err(()))
             }
         };
@@ -160,4 +164,11 @@ impl RunControl {
             _ = self.hard_stop.cancelled() => Ok(()),
         }
     }
+}
+
+/// Whether a relay ended because the inbound guard refused an HTTP request sent as opaque
+/// TCP (logged where operators look, unlike a peer's ordinary reset).
+fn refused_http(error: &crate::io::CopyError) -> bool {
+    matches!(error, crate::io::CopyError::Io(e)
+        if e.get_ref().is_some_and(|inner| inner.is::<crate::inbound::opaque_guard::HttpOverOpaque>()))
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use warden_core::policy::evaluate::DefaultPolicy;
 use warden_proxy::authz::Authorizer;
-use warden_proxy::config::{AppProtocol, RouteProtocol};
+use warden_proxy::config::{AppProtocol, InboundMode, ProxyConfig, RouteProtocol};
 
 use crate::apps;
 use crate::fixture::{id, Mesh};
@@ -240,31 +240,92 @@ async fn no_spelling_of_the_identity_header_reaches_a_wsgi_app() {
 }
 
 #[tokio::test]
-async fn an_app_declared_http_gets_no_opaque_bytes_a_forged_identity_could_ride() {
+async fn no_http_request_reaches_the_app_as_opaque_bytes_with_a_forged_identity() {
     let mesh = Mesh::start().await;
     let app = wsgi_style_app().await;
-    let spoofed = "GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\
-        x-warden-client-id: spiffe://cluster.local/ns/test/sa/admin\r\n\r\n";
-    for (protocol, served) in [(AppProtocol::Http1, false), (AppProtocol::Auto, true)] {
-        // The caller's proxy sends the request as opaque TCP (an opaque route), so the
-        // inbound proxy would relay it unread.
+    let forged = "x-warden-client-id: spiffe://cluster.local/ns/test/sa/admin\r\n";
+    let spoofed = format!("GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n{forged}\r\n");
+    // A request line over the proxies' 8 KiB detection limit: the caller's proxy sends it as
+    // opaque TCP, and hyper (as Go) still parses it.
+    let long = format!(
+        "GET /{} HTTP/1.1\r\nhost: s\r\nconnection: close\r\n{forged}\r\n",
+        "a".repeat(9 * 1024)
+    );
+    let permissive = |c: &mut ProxyConfig| c.inbound_mode = InboundMode::Permissive;
+    let opaque_app_port = [app.port()];
+    // (case, app protocol, route, ports the server declares opaque, bytes sent, served)
+    let cases = [
+        (
+            "app declared HTTP, opaque route",
+            AppProtocol::Http1,
+            RouteProtocol::Opaque,
+            &[][..],
+            &spoofed,
+            false,
+        ),
+        (
+            "auto app, opaque route",
+            AppProtocol::Auto,
+            RouteProtocol::Opaque,
+            &[],
+            &spoofed,
+            false,
+        ),
+        (
+            "auto app, too long to detect",
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            &[],
+            &long,
+            false,
+        ),
+        // The port is declared opaque on the server's side: relayed unread, as documented
+        // (the app must not trust the header there).
+        (
+            "auto app, port declared opaque",
+            AppProtocol::Auto,
+            RouteProtocol::Opaque,
+            &opaque_app_port,
+            &spoofed,
+            true,
+        ),
+    ];
+    for (case, protocol, route, opaque_ports, sent, served) in cases {
         let pair = mesh
-            .pair(
-                app,
-                protocol,
-                RouteProtocol::Opaque,
-                Authorizer::allow_all(),
-            )
+            .pair_with(app, protocol, route, Authorizer::allow_all(), |c| {
+                c.opaque_ports = opaque_ports.to_vec()
+            })
             .await;
-        let response = raw(pair.outbound, Duration::ZERO, spoofed.as_bytes()).await;
+        let response = raw(pair.outbound, Duration::ZERO, sent.as_bytes()).await;
         if served {
-            // Not declared HTTP: relayed as bytes, as docs/proxy.md says; the app must not
-            // trust the header on such a port.
-            assert_eq!(status(&response), 200, "{response}");
+            assert_eq!(status(&response), 200, "{case}: {response}");
+            assert!(response.ends_with("/sa/admin"), "{case}: {response}");
         } else {
-            assert_eq!(response, "", "closed before any byte reached the app");
+            assert_eq!(
+                response, "",
+                "{case}: closed before any byte reached the app"
+            );
         }
     }
+    // A caller without a sidecar (permissive mode) is read the same way.
+    let pair = mesh
+        .pair_with(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+            permissive,
+        )
+        .await;
+    let inbound = pair.server.addrs.inbound[0];
+    assert_eq!(raw(inbound, Duration::ZERO, long.as_bytes()).await, "");
+    // What is HTTP still gets through, with the caller's real identity (none here).
+    let response = raw(inbound, Duration::ZERO, spoofed.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert!(
+        response.ends_with("\r\n\r\n"),
+        "no identity header: {response}"
+    );
 }
 
 /// An HTTP/1.1 app that switches to h2c for any request asking it to (as lenient h2c servers
