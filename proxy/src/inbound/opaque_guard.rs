@@ -25,14 +25,27 @@ pub const MAX_SCANNED: usize = 1024 * 1024;
 /// HTTP/2 preface's `PRI * HTTP/2.0`), in any case.
 const VERSION_MARK: &[u8] = b"HTTP/";
 
+/// The start of a PROXY protocol v1 header (HAProxy's): a text line before the request.
+const PROXY_V1: &[u8] = b"PROXY ";
+/// The signature of a PROXY protocol v2 header, followed by 4 bytes (version and command,
+/// family, and the big-endian length of the addresses that follow).
+const PROXY_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
 /// Reads a stream's first line, byte by byte, as a lenient HTTP/1 server would: leading
 /// whitespace skipped, any token as the method, spaces or tabs after it, and a request line
-/// that names an `HTTP/` version before its end. Each byte is looked at once, however the
-/// bytes are split, so a caller dribbling bytes costs no more than one sending them at once.
+/// that names an `HTTP/` version before its end. A PROXY protocol header (v1 or v2) first is
+/// skipped, as servers that accept one do, and the line after it read instead. Each byte is
+/// looked at once, however the bytes are split, so a caller dribbling bytes costs no more
+/// than one sending them at once.
 #[derive(Debug, Default)]
 pub struct FirstLine {
     state: LineState,
     seen: usize,
+    /// How many of the first bytes match [`PROXY_V1`] and [`PROXY_V2`].
+    proxy_v1: usize,
+    proxy_v2: usize,
+    /// A PROXY header was skipped: no other may follow.
+    proxy_done: bool,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,8 +55,15 @@ enum LineState {
     Leading,
     /// In the method token.
     Method,
-    /// After the method; `matched` bytes of [`VERSION_MARK`] seen last.
-    Rest { matched: usize },
+    /// After the method; `matched` bytes of [`VERSION_MARK`] seen last; `proxy` for the
+    /// line of a PROXY v1 header.
+    Rest { matched: usize, proxy: bool },
+    /// In a PROXY v2 signature.
+    ProxyV2Signature,
+    /// In the 4 bytes after it: `got` of them, `length` from the last two.
+    ProxyV2Fixed { got: u8, length: usize },
+    /// In its addresses: `left` bytes to skip.
+    ProxyV2Addresses { left: usize },
 }
 
 impl FirstLine {
@@ -51,21 +71,60 @@ impl FirstLine {
     /// still be one after [`MAX_SCANNED`] bytes), `Known(Opaque)` once it cannot be one.
     pub fn feed(&mut self, bytes: &[u8]) -> Detection {
         for &b in bytes {
+            let at = self.seen;
             self.seen += 1;
+            if self.proxy_v1 == at && PROXY_V1.get(at) == Some(&b) {
+                self.proxy_v1 += 1;
+            }
+            if self.proxy_v2 == at && PROXY_V2.get(at) == Some(&b) {
+                self.proxy_v2 += 1;
+            }
+            let v2_so_far = !self.proxy_done && self.proxy_v2 == self.seen;
             self.state = match self.state {
                 LineState::Leading if b.is_ascii_whitespace() => LineState::Leading,
+                LineState::Leading | LineState::ProxyV2Signature if v2_so_far => {
+                    if self.proxy_v2 == PROXY_V2.len() {
+                        LineState::ProxyV2Fixed { got: 0, length: 0 }
+                    } else {
+                        LineState::ProxyV2Signature
+                    }
+                }
+                LineState::ProxyV2Signature => return Detection::Known(Protocol::Opaque),
+                LineState::ProxyV2Fixed { got, length } => {
+                    let length = if got >= 2 {
+                        length << 8 | usize::from(b)
+                    } else {
+                        0
+                    };
+                    match (got, length) {
+                        (3, 0) => self.header_skipped(),
+                        (3, left) => LineState::ProxyV2Addresses { left },
+                        _ => LineState::ProxyV2Fixed {
+                            got: got + 1,
+                            length,
+                        },
+                    }
+                }
+                LineState::ProxyV2Addresses { left: 1 } => self.header_skipped(),
+                LineState::ProxyV2Addresses { left } => {
+                    LineState::ProxyV2Addresses { left: left - 1 }
+                }
                 LineState::Leading | LineState::Method if is_tchar(b) => LineState::Method,
-                LineState::Method if b == b' ' || b == b'\t' => LineState::Rest { matched: 0 },
+                LineState::Method if b == b' ' || b == b'\t' => LineState::Rest {
+                    matched: 0,
+                    proxy: !self.proxy_done && self.proxy_v1 == PROXY_V1.len() && self.seen == 6,
+                },
                 LineState::Leading | LineState::Method => {
                     return Detection::Known(Protocol::Opaque)
                 }
+                LineState::Rest { proxy: true, .. } if b == b'\n' => self.header_skipped(),
                 // HTTP/0.9's `GET /` has no headers, so a line without a version is harmless.
                 LineState::Rest { .. } if b == b'\n' => return Detection::Known(Protocol::Opaque),
                 // Servers refuse control bytes in a request line (tab and CR aside).
                 LineState::Rest { .. } if b.is_ascii_control() && b != b'\t' && b != b'\r' => {
                     return Detection::Known(Protocol::Opaque)
                 }
-                LineState::Rest { matched } => {
+                LineState::Rest { matched, proxy } => {
                     let upper = b.to_ascii_uppercase();
                     // No proper prefix of `HTTP/` is also its suffix, so a mismatch restarts
                     // the match at this byte.
@@ -77,7 +136,7 @@ impl FirstLine {
                     if matched == VERSION_MARK.len() {
                         return Detection::Known(Protocol::Http1);
                     }
-                    LineState::Rest { matched }
+                    LineState::Rest { matched, proxy }
                 }
             };
         }
@@ -86,6 +145,12 @@ impl FirstLine {
         } else {
             Detection::NeedMore
         }
+    }
+
+    /// After a PROXY header: the request line, if any, comes next.
+    fn header_skipped(&mut self) -> LineState {
+        self.proxy_done = true;
+        LineState::Leading
     }
 }
 
@@ -169,6 +234,19 @@ mod tests {
     #[test]
     fn first_line_table() {
         let long_target = format!("GET /{} HTTP/1.1\r\n", "a".repeat(9 * 1024));
+        let v2 = |addresses: &[u8], then: &[u8]| {
+            let mut header = PROXY_V2.to_vec();
+            header.extend_from_slice(&[0x21, 0x11]); // PROXY, TCP over IPv4
+            header.extend_from_slice(&(addresses.len() as u16).to_be_bytes());
+            header.extend_from_slice(addresses);
+            header.extend_from_slice(then);
+            header
+        };
+        // The addresses hold bytes that would end a line or a method, and `HTTP/`.
+        let addresses = b"\n\x00 HTTP/\r\n\x0a\x0b\x0c";
+        let proxy_v2_then_request = v2(addresses, b"GET / HTTP/1.1\r\n");
+        let proxy_v2_local = v2(b"", b"GET / HTTP/1.1\r\n");
+        let proxy_v2_then_redis = v2(addresses, b"*1\r\n$4\r\nPING\r\n");
         let cases: Vec<(&[u8], Detection)> = vec![
             (b"", MORE),
             (b"GET", MORE),
@@ -205,6 +283,24 @@ mod tests {
             (b"GET /\x00 HTTP/1.1\r\n", OPAQUE),
             (b"GET/ HTTP/1.1\r\n", OPAQUE),
             (b"{\"op\": \"HTTP/1.1\"}", OPAQUE),
+            // a PROXY protocol header is skipped, as servers that take one do
+            (
+                b"PROXY TCP4 10.0.0.1 10.0.0.2 5000 80\r\nGET / HTTP/1.1\r\n",
+                HTTP,
+            ),
+            (b"PROXY UNKNOWN\r\n\r\nGET / HTTP/1.1\r\n", HTTP),
+            (
+                b"PROXY TCP4 10.0.0.1 10.0.0.2 5000 80\r\nEHLO x\r\n",
+                OPAQUE,
+            ),
+            (b"PROXY / HTTP/1.1\r\n", HTTP), // a request whose method is PROXY
+            (b"PROXY x\r\nPROXY y\r\nGET / HTTP/1.1\r\n", OPAQUE), // one header only
+            (b" PROXY x\r\nGET / HTTP/1.1\r\n", OPAQUE), // not at the start: a line
+            (&proxy_v2_then_request, HTTP),
+            (&proxy_v2_local, HTTP),
+            (&proxy_v2_then_redis, OPAQUE),
+            (b"\r\n\r\n\0\r\nQUIX\n", OPAQUE),
+            (b"\r\n\r\nGET / HTTP/1.1\r\n", HTTP),
         ];
         for (input, want) in cases {
             let shown = String::from_utf8_lossy(&input[..input.len().min(60)]).into_owned();
