@@ -432,9 +432,8 @@ fn is_opaque(pod: &PodEndpoint, port: u16) -> bool {
 fn app_protocol(value: Option<&str>) -> Protocol {
     match value.map(str::to_ascii_lowercase).as_deref() {
         Some("kubernetes.io/h2c" | "h2c" | "grpc" | "http2") => Protocol::Http2,
-        // A WebSocket opens with an HTTP/1.1 upgrade, which the proxies carry as HTTP (with
-        // its policy and the caller's identity); sent as opaque TCP it would be refused by
-        // the server's proxy, which relays no HTTP request unread.
+        // A WebSocket opens with an HTTP/1.1 upgrade, which the proxies carry as HTTP: its
+        // request is authorized with its path, and the app gets the caller's identity.
         Some("http" | "kubernetes.io/http" | "kubernetes.io/ws") => Protocol::Http1,
         Some("kubernetes.io/wss" | "https" | "tls" | "mysql" | "redis") => Protocol::Opaque,
         _ => Protocol::Detect,
@@ -826,8 +825,7 @@ mod tests {
             (Some("kubernetes.io/h2c"), Protocol::Http2),
             (Some("GRPC"), Protocol::Http2),
             (Some("http"), Protocol::Http1),
-            // A WebSocket's upgrade is HTTP: sent as opaque TCP, the server's proxy would
-            // refuse its request line.
+            // A WebSocket's upgrade is HTTP, authorized by path with the caller's identity.
             (Some("kubernetes.io/ws"), Protocol::Http1),
             (Some("kubernetes.io/wss"), Protocol::Opaque),
             (Some("tls"), Protocol::Opaque),

@@ -116,7 +116,7 @@ fn request_line(line: &[u8], complete: bool) -> Option<bool> {
 }
 
 /// RFC 9110 `tchar`.
-pub fn is_tchar(b: u8) -> bool {
+fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -246,7 +246,7 @@ async fn no_http_request_reaches_the_app_as_opaque_bytes_with_a_forged_identity(
     let forged = "x-warden-client-id: spiffe://cluster.local/ns/test/sa/admin\r\n";
     let spoofed = format!("GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n{forged}\r\n");
     // A request line over the proxies' 8 KiB detection limit: the caller's proxy sends it as
-    // opaque TCP, and hyper (as Go) still parses it.
+    // opaque TCP, and hyper (as Go) still parses it, headers and all.
     let long = format!(
         "GET /{} HTTP/1.1\r\nhost: s\r\nconnection: close\r\n{forged}\r\n",
         "a".repeat(9 * 1024)
@@ -307,6 +307,22 @@ async fn no_http_request_reaches_the_app_as_opaque_bytes_with_a_forged_identity(
             );
         }
     }
+    // HTTP sent as opaque TCP without a header of ours is relayed, as any bytes are.
+    let pair = mesh
+        .pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Opaque,
+            Authorizer::allow_all(),
+        )
+        .await;
+    let plain = "GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n";
+    let response = raw(pair.outbound, Duration::ZERO, plain.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert!(
+        response.ends_with("\r\n\r\n"),
+        "no identity header: {response}"
+    );
     // A caller without a sidecar (permissive mode) is read the same way.
     let pair = mesh
         .pair_with(

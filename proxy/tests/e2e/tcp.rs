@@ -29,19 +29,15 @@ async fn opaque_tcp_echo_detected_and_configured() {
     let pair = mesh.open_pair(app).await;
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     assert_eq!(echo_round(pair.outbound, &binary).await, binary);
-    // Declared opaque on both sides (the caller's route, the app's port): no detection at
-    // all, even for HTTP-looking bytes.
-    let pair = mesh
-        .pair_with(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Opaque,
-            Authorizer::allow_all(),
-            |c| c.opaque_ports = vec![app.port()],
-        )
+    // Declared opaque: no detection at all, even for HTTP-looking bytes.
+    let client = mesh
+        .client_to(pair.server.addrs.inbound[0], None, RouteProtocol::Opaque)
         .await;
     let http_like = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n".to_vec();
-    assert_eq!(echo_round(pair.outbound, &http_like).await, http_like);
+    assert_eq!(
+        echo_round(client.addrs.outbound[0], &http_like).await,
+        http_like
+    );
 }
 
 #[tokio::test]
