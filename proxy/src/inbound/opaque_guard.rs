@@ -5,63 +5,125 @@
 //! takes `RTSP/1.0` for a version, Netty skips control bytes before a request, some servers
 //! take a PROXY protocol header first). So the guard looks for what the attack needs instead:
 //! a line, anywhere in the caller's bytes, that starts with a header name an app could read
-//! as Warden's (`is_warden_header`'s folding: any case, any separators), or with what would
-//! turn the connection into HTTP/2, whose compressed headers no scan can read (the h2c
-//! preface, an `HTTP2-Settings` upgrade header). The read holding the byte that completes one
+//! as Warden's (`is_warden_header`'s folding: any case, any separators), or what would turn
+//! the connection into HTTP/2, whose compressed headers no scan can read: the preface
+//! `PRI * HTTP/2.0` anywhere (Go takes it as any request on a connection, not only the first),
+//! or an h2c `HTTP2-Settings` upgrade header. The read holding the byte that completes one
 //! ends the connection instead, those bytes not passed on: the app never gets a complete
 //! header block with it. Nothing is held back, so a server-speaks-first protocol goes on and
-//! a short first message is passed on at once; each byte is looked at once (`memchr` finds
-//! the line ends), so a large transfer costs little.
+//! a short first message is passed on at once; `memchr` finds the line ends and the preface,
+//! and at most [`MAX_START`] bytes of a line's start are looked at one by one, so a large
+//! transfer costs little.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{ready, Context, Poll};
 
+use memchr::memmem::Finder;
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// The line starts refused, letters and digits only (other bytes are skipped, as an app's
-/// header-name folding would): `x-warden-*`, the HTTP/2 preface `PRI * HTTP/2.0`, and h2c's
-/// `HTTP2-Settings` upgrade header.
-const REFUSED_LINE_STARTS: [&[u8]; 3] = [b"xwarden", b"prihttp20", b"http2settings"];
+/// How many bytes of a line's start are looked at: enough for indentation and the
+/// separators of a folded name, so a line of bytes that are not letters (binary data) is
+/// not walked byte by byte.
+const MAX_START: u8 = 64;
 
-/// Looks at the start of every line of a byte stream (after a CR or a LF, and the stream's
-/// start) for [`REFUSED_LINE_STARTS`]. Pure, so it is tested without sockets; bytes may be
-/// split anywhere.
+/// The line starts refused, letters and digits only (other bytes are skipped, as an app's
+/// header-name folding would): `x-warden-*`, and h2c's `HTTP2-Settings` upgrade header.
+const REFUSED_LINE_STARTS: [&[u8]; 2] = [b"xwarden", b"http2settings"];
+
+/// The HTTP/2 preface's request line, refused wherever it is.
+const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0";
+
+/// Finds [`H2_PREFACE_LINE`] (built once: its searcher's tables are not free).
+static H2_PREFACE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(H2_PREFACE_LINE));
+
+/// Looks at a byte stream for what [`OpaqueGuard`] refuses: the start of every line (after a
+/// CR or a LF, and the stream's start) for [`REFUSED_LINE_STARTS`], and every byte for
+/// [`H2_PREFACE_LINE`]. Pure, so it is tested without sockets; bytes may be split anywhere.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct LineStarts {
-    state: ScanState,
+pub struct HeaderScan {
+    line: LineState,
+    /// The last bytes seen, for a preface split between two reads.
+    tail: [u8; H2_PREFACE_LINE.len() - 1],
+    tail_len: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
-enum ScanState {
-    /// At a line's start: `matched` letters of `candidate` seen so far.
+enum LineState {
+    /// At a line's start: `matched` letters of `candidate` seen so far, in `examined` bytes.
     Start {
         candidate: Option<&'static [u8]>,
         matched: usize,
+        examined: u8,
     },
     /// Past the start: nothing to look at until the line ends.
     Rest,
 }
 
-impl Default for ScanState {
+impl Default for LineState {
     fn default() -> Self {
-        ScanState::Start {
+        LineState::Start {
             candidate: None,
             matched: 0,
+            examined: 0,
         }
     }
 }
 
-impl LineStarts {
-    /// Takes the next bytes; `true` once a line starts with one of [`REFUSED_LINE_STARTS`].
+impl HeaderScan {
+    /// Takes the next bytes; `true` once they hold something refused.
     pub fn feed(&mut self, bytes: &[u8]) -> bool {
+        self.preface(bytes) || self.line_starts(bytes)
+    }
+
+    /// Whether [`H2_PREFACE_LINE`] ends in `bytes` (it may have begun in earlier ones).
+    fn preface(&mut self, bytes: &[u8]) -> bool {
+        let keep = self.tail.len();
+        if self.tail_len > 0 {
+            let mut joint = [0u8; 2 * H2_PREFACE_LINE.len()];
+            let head = &bytes[..bytes.len().min(keep)];
+            joint[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            joint[self.tail_len..self.tail_len + head.len()].copy_from_slice(head);
+            if H2_PREFACE
+                .find(&joint[..self.tail_len + head.len()])
+                .is_some()
+            {
+                return true;
+            }
+        }
+        if H2_PREFACE.find(bytes).is_some() {
+            return true;
+        }
+        // Keep the last `keep` bytes of what was seen, for the next read.
+        if bytes.len() >= keep {
+            self.tail.copy_from_slice(&bytes[bytes.len() - keep..]);
+            self.tail_len = keep;
+        } else {
+            let kept = (self.tail_len + bytes.len()).min(keep);
+            let from_old = kept - bytes.len();
+            self.tail
+                .copy_within(self.tail_len - from_old..self.tail_len, 0);
+            self.tail[from_old..kept].copy_from_slice(bytes);
+            self.tail_len = kept;
+        }
+        false
+    }
+
+    /// Whether a line in `bytes` starts with one of [`REFUSED_LINE_STARTS`].
+    fn line_starts(&mut self, bytes: &[u8]) -> bool {
         let mut i = 0;
         while i < bytes.len() {
-            let ScanState::Start { candidate, matched } = self.state else {
+            let LineState::Start {
+                candidate,
+                matched,
+                examined,
+            } = self.line
+            else {
                 match memchr::memchr2(b'\n', b'\r', &bytes[i..]) {
                     Some(end) => {
                         i += end + 1;
-                        self.state = ScanState::default();
+                        self.line = LineState::default();
                         continue;
                     }
                     None => return false,
@@ -70,11 +132,27 @@ impl LineStarts {
             let b = bytes[i].to_ascii_lowercase();
             i += 1;
             if b == b'\n' || b == b'\r' {
-                self.state = ScanState::default();
+                self.line = LineState::default();
+                continue;
+            }
+            if examined == MAX_START {
+                self.line = LineState::Rest;
                 continue;
             }
             if !b.is_ascii_alphanumeric() {
-                continue; // indentation, separators
+                // Before the name, whitespace and control bytes (which some servers skip);
+                // within it, separators (which apps fold). Anything else starts no name.
+                let skipped = candidate.is_some() || b <= b' ' || b == 0x7f;
+                self.line = if skipped {
+                    LineState::Start {
+                        candidate,
+                        matched,
+                        examined: examined + 1,
+                    }
+                } else {
+                    LineState::Rest
+                };
+                continue;
             }
             let candidate = candidate.or_else(|| {
                 REFUSED_LINE_STARTS
@@ -82,17 +160,18 @@ impl LineStarts {
                     .copied()
                     .find(|start| start[0] == b)
             });
-            self.state = match candidate {
+            self.line = match candidate {
                 Some(start) if start[matched] == b => {
                     if matched + 1 == start.len() {
                         return true;
                     }
-                    ScanState::Start {
+                    LineState::Start {
                         candidate: Some(start),
                         matched: matched + 1,
+                        examined: examined + 1,
                     }
                 }
-                _ => ScanState::Rest,
+                _ => LineState::Rest,
             };
         }
         false
@@ -104,13 +183,13 @@ impl LineStarts {
 #[error("the caller's opaque TCP carries a header line an app could take for Warden's (x-warden-*), or HTTP/2")]
 pub struct HttpOverOpaque;
 
-/// A caller's stream whose bytes [`LineStarts`] looks at as they are read; the read that
-/// completes a refused line start fails with [`HttpOverOpaque`] instead, its bytes not
+/// A caller's stream whose bytes [`HeaderScan`] looks at as they are read; the read that
+/// completes something refused fails with [`HttpOverOpaque`] instead, its bytes not
 /// passed on, and so does every read after it. Writes (the app's bytes) pass through.
 #[derive(Debug)]
 pub struct OpaqueGuard<T> {
     io: T,
-    scan: Option<LineStarts>,
+    scan: Option<HeaderScan>,
     refused: bool,
 }
 
@@ -119,7 +198,7 @@ impl<T> OpaqueGuard<T> {
     pub fn new(inner: T, enabled: bool) -> Self {
         Self {
             io: inner,
-            scan: enabled.then(LineStarts::default),
+            scan: enabled.then(HeaderScan::default),
             refused: false,
         }
     }
@@ -162,8 +241,8 @@ mod tests {
     /// Whether the scan refuses `input`, checked fed whole, byte by byte, and (up to 1 KiB)
     /// split in two at every position: all must agree.
     fn refused(input: &[u8]) -> bool {
-        let whole = LineStarts::default().feed(input);
-        let mut bytewise = LineStarts::default();
+        let whole = HeaderScan::default().feed(input);
+        let mut bytewise = HeaderScan::default();
         assert_eq!(
             input.chunks(1).any(|b| bytewise.feed(b)),
             whole,
@@ -171,7 +250,7 @@ mod tests {
             String::from_utf8_lossy(input)
         );
         for at in (0..input.len()).filter(|_| input.len() <= 1024) {
-            let mut split = LineStarts::default();
+            let mut split = HeaderScan::default();
             let (a, b) = input.split_at(at);
             assert_eq!(split.feed(a) || split.feed(b), whole, "split at {at}");
         }
@@ -209,6 +288,10 @@ mod tests {
             b"GET / HTTP/1.1\r\nhost: a\r\n\r\nGET /2 HTTP/1.1\r\nx-warden-client-id: late\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"\r\nPRI * HTTP/2.0\r\n",
+            // Found by review: Go takes the preface as any request of a connection, here
+            // after a body byte; and after a PROXY v2 header's addresses.
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nzPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0cAAAA\x01\x02\x03\x04\x01\x01\x01\x01PRI * HTTP/2.0\r\n",
             b"GET / HTTP/1.1\r\nupgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
             b"\x00\x00\n\x01x\x02warden",
         ];
@@ -216,6 +299,11 @@ mod tests {
             assert!(refused(input), "{:?}", String::from_utf8_lossy(input));
         }
         let long = format!("GET /{} HTTP/1.1\r\nhost: a\r\n\r\n", "a".repeat(70_000));
+        let padded = [&[b' '; 60][..], b"x-warden-client-id: forged\r\n"].concat();
+        assert!(
+            refused(&padded[4..]),
+            "60 bytes of indentation and name are looked at"
+        );
         let passed: Vec<&[u8]> = vec![
             b"",
             b"GET / HTTP/1.1\r\nhost: a\r\nx-request-id: 1\r\n\r\n", // no header of ours
@@ -227,8 +315,10 @@ mod tests {
             b"*1\r\n$4\r\nPING\r\n",
             b"EHLO mail\r\nMAIL FROM:<a@b>\r\nDATA\r\nsubject: hi\r\n",
             b"\x16\x03\x01\x02\x00\x01", // TLS the app terminates itself
-            b"PRIORITY: high\r\nhttp2: no\r\n",
+            b"PRIORITY: high\r\nhttp2: no\r\nPRI * HTTP/1.1\r\n",
+            b"> x-warden-client-id: a curl -v dump\r\n<13>x-warden-client-id in syslog\n",
             &[0xa5; 300],
+            &padded, // more than a folded name's separators
         ];
         for input in passed {
             assert!(!refused(input), "{:?}", String::from_utf8_lossy(input));
