@@ -308,14 +308,7 @@ async fn no_http_request_reaches_the_app_as_opaque_bytes_with_a_forged_identity(
         }
     }
     // HTTP sent as opaque TCP without a header of ours is relayed, as any bytes are.
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Opaque,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.opaque_pair(app).await;
     let plain = "GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n";
     let response = raw(pair.outbound, Duration::ZERO, plain.as_bytes()).await;
     assert_eq!(status(&response), 200, "{response}");

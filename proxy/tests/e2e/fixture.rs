@@ -272,6 +272,18 @@ impl Mesh {
         .await
     }
 
+    /// A pair whose client sends everything as opaque TCP (an opaque route), every caller
+    /// allowed.
+    pub async fn opaque_pair(&self, app: SocketAddr) -> Pair {
+        self.pair(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Opaque,
+            Authorizer::allow_all(),
+        )
+        .await
+    }
+
     /// Like [`pair`](Self::pair), with the server's config adjusted by `tweak`.
     pub async fn pair_with(
         &self,

@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use warden_proxy::authz::Authorizer;
-use warden_proxy::config::{AppProtocol, RouteProtocol};
+use warden_proxy::config::RouteProtocol;
 
 use crate::apps;
 use crate::fixture::Mesh;
@@ -63,14 +62,7 @@ async fn a_server_speaks_first_protocol_works() {
 async fn a_client_that_half_closes_still_gets_its_answer() {
     let mesh = Mesh::start().await;
     let app = apps::half_close_app().await;
-    let pair = mesh
-        .pair(
-            app,
-            AppProtocol::Auto,
-            RouteProtocol::Opaque,
-            Authorizer::allow_all(),
-        )
-        .await;
+    let pair = mesh.opaque_pair(app).await;
     let mut tcp = TcpStream::connect(pair.outbound).await.unwrap();
     tcp.write_all(&vec![7u8; 100_000]).await.unwrap();
     tcp.shutdown().await.unwrap(); // done sending, still listening
