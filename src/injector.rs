@@ -95,6 +95,11 @@ pub struct Args {
     /// privileged container, so pods meet Pod Security `restricted`).
     #[arg(long, value_parser = ["init", "cni"], default_value = "init")]
     interception: String,
+    /// A kubeconfig for runs outside the cluster, to read MeshPolicies' `allowedAnnotations`
+    /// and Namespaces' labels; in a pod, the ServiceAccount's in-cluster credentials are
+    /// used. With neither, only --allow-pod-annotation applies.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
 }
 
 /// Runs the webhook until SIGTERM or Ctrl-C.
@@ -165,6 +170,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let trust_domain = config.trust_domain.clone();
     let (config_tx, config) = tokio::sync::watch::channel(Arc::new(config));
+    let grants_synced = watch_mesh_policies(&args, config_tx.clone(), &shutdown).await?;
     if let Some(path) = anchors_file {
         server::watch_trust_anchors(
             path,
@@ -221,6 +227,17 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("give --tls-cert and --tls-key, --ca-dir, or --identity-token-file"),
     };
+    if let Some(mut synced) = grants_synced {
+        // Until both are listed a pod could lose an annotation a MeshPolicy allows.
+        ready_tx.send_replace(Readiness {
+            ready: false,
+            detail: "waiting for the first list of MeshPolicies and Namespaces".into(),
+        });
+        tokio::select! {
+            _ = synced.wait_for(|s| *s) => {}
+            () = warden_proxy::cli::terminated() => return Ok(()),
+        }
+    }
     ready_tx.send_replace(Readiness {
         ready: true,
         detail: format!(
@@ -242,6 +259,35 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     });
     server.await?;
     Ok(())
+}
+
+/// Starts the MeshPolicy and Namespace watches that keep `config`'s grants current, with
+/// the kubeconfig or in-cluster credentials; `None` (logged) without either. The receiver
+/// turns true once both have listed.
+async fn watch_mesh_policies(
+    args: &Args,
+    config: tokio::sync::watch::Sender<Arc<InjectorConfig>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<tokio::sync::watch::Receiver<bool>>> {
+    let kube_config = match &args.kubeconfig {
+        Some(path) => crate::controller::kubeconfig_file(path).await?,
+        None => match kube::Config::incluster() {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::warn!(error = %e, "no cluster credentials: MeshPolicies' allowedAnnotations are not read; only --{ALLOW_ANNOTATION_FLAG} applies");
+                return Ok(None);
+            }
+        },
+    };
+    let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
+    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    tokio::spawn(crate::mesh_grants::run(
+        client,
+        config,
+        synced_tx,
+        shutdown.clone(),
+    ));
+    Ok(Some(synced))
 }
 
 /// Serves the webhook with a certificate from `source`, renewed before it expires (from the

@@ -12,6 +12,7 @@ mod demo;
 mod identity;
 mod injector;
 mod install;
+mod mesh_grants;
 mod policy;
 mod uninstall;
 

@@ -1,9 +1,12 @@
 //! What the injector puts into pods, with defaults.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use warden_core::contract::{self, annotations};
 use warden_core::TrustDomain;
+
+use crate::grants::NamespaceGrants;
 
 /// The `warden injector` flag (without its dashes) that allows a [`SecurityAnnotation`].
 pub const ALLOW_ANNOTATION_FLAG: &str = "allow-pod-annotation";
@@ -154,9 +157,11 @@ pub struct InjectorConfig {
     pub init_resources: Resources,
     /// Recorded in the `warden.dev/injected-version` annotation.
     pub version: String,
-    /// The security-relevant annotations pods may use (default: none; others are ignored
-    /// with a warning).
+    /// The security-relevant annotations pods may use anywhere (`--allow-pod-annotation`;
+    /// default: none; others are ignored with a warning unless `grants` allow them).
     pub allowed_annotations: BTreeSet<SecurityAnnotation>,
+    /// What MeshPolicies' `allowedAnnotations` allow, namespace by namespace.
+    pub grants: Arc<NamespaceGrants>,
     /// Who installs the interception rules (default: the `warden-init` container).
     pub interception: Interception,
 }
@@ -190,13 +195,16 @@ impl InjectorConfig {
             },
             version: env!("CARGO_PKG_VERSION").into(),
             allowed_annotations: BTreeSet::new(),
+            grants: Arc::default(),
             interception: Interception::Init,
         }
     }
 
-    /// Whether pods may use `annotation`.
-    pub fn allows(&self, annotation: SecurityAnnotation) -> bool {
+    /// Whether pods of `namespace` may use `annotation`: allowed everywhere, or by a
+    /// MeshPolicy for that namespace.
+    pub fn allows(&self, annotation: SecurityAnnotation, namespace: &str) -> bool {
         self.allowed_annotations.contains(&annotation)
+            || self.grants.granted_by(namespace, annotation).is_some()
     }
 }
 
@@ -220,7 +228,9 @@ mod tests {
         }
         let config = InjectorConfig::new("img", "");
         assert!(
-            SecurityAnnotation::ALL.iter().all(|a| !config.allows(*a)),
+            SecurityAnnotation::ALL
+                .iter()
+                .all(|a| !config.allows(*a, "default")),
             "none by default"
         );
     }

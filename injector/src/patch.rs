@@ -134,6 +134,7 @@ fn quantity(value: &str) -> Result<String, String> {
 /// of those is ignored and reported in `warnings`.
 fn permitted<'a>(
     pod_annotations: Option<&'a BTreeMap<String, String>>,
+    namespace: &str,
     config: &InjectorConfig,
     warnings: &mut Vec<String>,
 ) -> BTreeMap<&'a str, &'a str> {
@@ -145,12 +146,13 @@ fn permitted<'a>(
     for annotation in SecurityAnnotation::ALL {
         let key = annotation.key();
         let weakens = permitted.get(key).is_some_and(|v| annotation.weakens(v));
-        if weakens && !config.allows(annotation) {
+        if weakens && !config.allows(annotation, namespace) {
             permitted.remove(key);
             warnings.push(format!(
-                "warden: annotation {key} ignored: it weakens enforcement and the injector's \
-                 configuration does not allow it (an operator can, with the injector's \
-                 --{ALLOW_ANNOTATION_FLAG} {key})"
+                "warden: annotation {key} ignored: it weakens enforcement and neither a \
+                 MeshPolicy for namespace {namespace} nor the injector's configuration allows \
+                 it (an operator can, with a MeshPolicy's allowedAnnotations or the \
+                 injector's --{ALLOW_ANNOTATION_FLAG} {key})"
             ));
         }
     }
@@ -785,7 +787,9 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
     }
 
     let mut warnings = Vec::new();
-    let permitted = permitted(meta.annotations.as_ref(), config, &mut warnings);
+    // The webhook fills in the request's namespace when the pod does not name one.
+    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    let permitted = permitted(meta.annotations.as_ref(), namespace, config, &mut warnings);
     let overrides = Overrides::read(&permitted, config, &mut warnings);
     // Only the containers are trusted, never the injected-version annotation alone (it is
     // overwritten below).
@@ -1042,18 +1046,45 @@ mod tests {
         .collect();
         let mut config = InjectorConfig::new("img", "");
         let mut warnings = Vec::new();
-        let kept = permitted(Some(&pod), &config, &mut warnings);
+        let kept = permitted(Some(&pod), "lab", &config, &mut warnings);
         assert_eq!(
             kept.keys().copied().collect::<Vec<_>>(),
             ["warden.dev/inbound-mode", "warden.dev/log-level"],
             "strict weakens nothing"
         );
         assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("namespace lab"), "{warnings:?}");
+        // A MeshPolicy for the namespace allows it there, and only there.
+        let mut grants = crate::grants::NamespaceGrants::default();
+        grants.set_namespace("lab", [("env".into(), "lab".into())].into());
+        grants.set_mesh_policy(
+            "lab",
+            crate::grants::MeshGrant {
+                match_labels: [("env".into(), "lab".into())].into(),
+                allowed: [SecurityAnnotation::SkipInboundPorts].into(),
+            },
+        );
+        config.grants = std::sync::Arc::new(grants);
+        let mut warnings = Vec::new();
+        assert_eq!(
+            permitted(Some(&pod), "lab", &config, &mut warnings).len(),
+            3
+        );
+        assert!(warnings.is_empty());
+        assert_eq!(
+            permitted(Some(&pod), "prod", &config, &mut warnings).len(),
+            2
+        );
+        // The injector's flag allows it everywhere.
+        config.grants = Default::default();
         config
             .allowed_annotations
             .insert(SecurityAnnotation::SkipInboundPorts);
         let mut warnings = Vec::new();
-        assert_eq!(permitted(Some(&pod), &config, &mut warnings).len(), 3);
+        assert_eq!(
+            permitted(Some(&pod), "prod", &config, &mut warnings).len(),
+            3
+        );
         assert!(warnings.is_empty());
     }
 }

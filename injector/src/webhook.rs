@@ -125,13 +125,18 @@ pub fn review(body: &[u8], config: &InjectorConfig) -> Result<Answer, ReviewErro
         .ok_or_else(|| "the request carries no object".to_string())
         .and_then(|o| serde_json::to_value(o).map_err(|e| e.to_string()))
         .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()));
-    let pod = match pod {
+    let mut pod = match pod {
         Ok(pod) => pod,
         Err(e) => {
             let warning = format!("warden: not injected: the object is not a valid Pod ({e})");
             return Ok(answer(None, vec![warning], "invalid_pod"));
         }
     };
+    // A pod created without `metadata.namespace` goes to the request's namespace, whose
+    // MeshPolicies decide which annotations it may use.
+    if pod.metadata.namespace.is_none() {
+        pod.metadata.namespace = request.namespace.clone();
+    }
     Ok(match inject(&pod, config) {
         Ok(injection) => answer(Some(&injection.patch), injection.warnings, "injected"),
         Err(skip @ NotInjected::Skipped(_)) => {
