@@ -45,6 +45,9 @@ struct Mesh {
     injector_args: Vec<String>,
     /// The Deployment's container environment.
     injector_env: Vec<(String, String)>,
+    /// The install's `warden-system` Namespace and the injector's ServiceAccount, ClusterRole
+    /// and ClusterRoleBinding, as one YAML stream.
+    injector_rbac: String,
 }
 
 fn warden(args: &[&str]) -> String {
@@ -81,6 +84,14 @@ impl Mesh {
                 .clone()
         };
         let webhook = of_kind("MutatingWebhookConfiguration", "warden-injector");
+        let injector_rbac = [
+            ("Namespace", contract::SYSTEM_NAMESPACE),
+            ("ServiceAccount", "warden-injector"),
+            ("ClusterRole", "warden-injector"),
+            ("ClusterRoleBinding", "warden-injector"),
+        ]
+        .map(|(kind, name)| of_kind(kind, name).to_string())
+        .join("\n---\n");
         let deployment = of_kind("Deployment", "warden-injector");
         let container = deployment["spec"]["template"]["spec"]["containers"]
             .as_array()
@@ -138,6 +149,7 @@ impl Mesh {
             webhook,
             injector_args: args,
             injector_env: env,
+            injector_rbac,
         }
     }
 }
@@ -189,6 +201,9 @@ impl Injector {
     /// Starts the install's injector with `extra` arguments after the install's.
     fn start_with(mesh: &Mesh, extra: &[&str]) -> Self {
         let log = mesh.dir.path().join("injector.log");
+        // In a cluster its ServiceAccount's in-cluster credentials; here the same account's
+        // token in a kubeconfig.
+        let kubeconfig = injector_kubeconfig(apiserver::get(), mesh);
         let mut last = String::new();
         // A port free a moment ago may be taken by the time the injector binds it.
         for _ in 0..3 {
@@ -196,6 +211,7 @@ impl Injector {
             let file = std::fs::File::create(&log).unwrap();
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_warden"));
             cmd.args(&mesh.injector_args)
+                .arg(format!("--kubeconfig={}", kubeconfig.display()))
                 .args(extra)
                 .arg(format!("--listen=127.0.0.1:{port}"))
                 .arg(format!("--admin-listen=127.0.0.1:{admin}"))
@@ -278,6 +294,38 @@ impl Drop for Injector {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A kubeconfig for the injector's ServiceAccount with the install's RBAC, so that its
+/// MeshPolicy and Namespace watches get exactly what the ClusterRole grants (made once per
+/// test binary, with Warden's CRDs).
+fn injector_kubeconfig(api: &ApiServer, mesh: &Mesh) -> &'static Path {
+    static KUBECONFIG: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    KUBECONFIG.get_or_init(|| {
+        api.install_crds();
+        api.kubectl_ok(&["apply", "-f", "-"], Some(&mesh.injector_rbac));
+        let token = api.kubectl_ok(
+            &[
+                "create",
+                "token",
+                "warden-injector",
+                "-n",
+                contract::SYSTEM_NAMESPACE,
+                "--duration",
+                "2h",
+            ],
+            None,
+        );
+        let admin = std::fs::read_to_string(&api.kubeconfig).unwrap();
+        let cluster = admin.split("users:").next().unwrap();
+        let config = format!(
+            "{cluster}users:\n- name: injector\n  user:\n    token: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: injector}}\ncurrent-context: test\n",
+            token.trim()
+        );
+        let path = api.dir.join("injector.kubeconfig");
+        std::fs::write(&path, config).unwrap();
+        path
+    })
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1 (no chunked encoding): status and body.
@@ -1218,4 +1266,83 @@ fn a_pod_through_the_injector_twice_is_injected_once() {
         "the copy went through both webhooks"
     );
     eprintln!("twice: {:?}", started.elapsed());
+}
+
+#[test]
+fn a_mesh_policy_allows_a_weakening_annotation_only_in_the_namespaces_it_selects() {
+    let Some(api) = api() else { return };
+    let started = Instant::now();
+    let scope = "mesh-grants";
+    let mesh = Mesh::new();
+    // Both namespaces and the MeshPolicy exist before the injector starts: it is ready only
+    // once it has listed them, so what follows does not race its watches.
+    let lab = api.namespace(
+        "webhook-lab",
+        &labels(scope, Some("enabled"), &[("env", "lab")]),
+    );
+    let prod = api.namespace(
+        "webhook-prod",
+        &labels(scope, Some("enabled"), &[("env", "prod")]),
+    );
+    api.install_crds();
+    let policy = format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{name: webhook-lab-grants}}\n\
+         spec:\n  namespaceSelector: {{matchLabels: {{{SCOPE_LABEL}: {scope}, env: lab}}}}\n  \
+         allowedAnnotations: [{}]\n",
+        annotations::INBOUND_MODE
+    );
+    api.kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    let injector = Injector::start(&mesh);
+    let _webhook = register(api, &mesh, &injector, scope, |_| {});
+    wait_called(api, &injector, &lab);
+    wait_called(api, &injector, &prod);
+
+    let annotated = pod(
+        "permissive",
+        json!({"metadata": {"annotations": {
+            annotations::INBOUND_MODE: "permissive",
+            annotations::SKIP_INBOUND_PORTS: "22",
+        }}}),
+    );
+    // In lab the MeshPolicy allows inbound-mode, and only that.
+    let (stored, warnings) = create(api, &lab, &annotated);
+    assert_injected(&stored, &[], &["app"]);
+    let proxy = container(&stored["spec"]["initContainers"], contract::PROXY_CONTAINER);
+    assert_eq!(
+        env_value(proxy, contract::env::INBOUND_MODE),
+        Some("permissive"),
+        "{proxy}"
+    );
+    let init = container(&stored["spec"]["initContainers"], contract::INIT_CONTAINER);
+    assert_eq!(
+        init["args"],
+        json!(["init"]),
+        "skip-inbound-ports ignored: {init}"
+    );
+    assert!(
+        warnings.contains(&format!(
+            "annotation {} ignored: it weakens enforcement and neither a MeshPolicy for namespace {lab}",
+            annotations::SKIP_INBOUND_PORTS
+        )),
+        "{warnings}"
+    );
+    assert!(!warnings.contains(annotations::INBOUND_MODE), "{warnings}");
+    // In prod nothing allows it.
+    let (stored, warnings) = create(api, &prod, &annotated);
+    assert_injected(&stored, &[], &["app"]);
+    let proxy = container(&stored["spec"]["initContainers"], contract::PROXY_CONTAINER);
+    assert_eq!(
+        env_value(proxy, contract::env::INBOUND_MODE),
+        None,
+        "{proxy}"
+    );
+    assert!(
+        warnings.contains(&format!(
+            "annotation {} ignored: it weakens enforcement and neither a MeshPolicy for namespace {prod}",
+            annotations::INBOUND_MODE
+        )),
+        "{warnings}"
+    );
+    api.kubectl_ok(&["delete", "meshpolicy", "webhook-lab-grants"], None);
+    eprintln!("mesh grants test took {:?}", started.elapsed());
 }
