@@ -519,11 +519,16 @@ fn start_injector(args: &[&str]) -> (Killed, SocketAddr) {
             .spawn()
             .unwrap(),
     );
+    // "warden injector: serving https://127.0.0.1:PORT/mutate (admin http://...)", after
+    // any log lines (outside a cluster it warns that it reads no MeshPolicies).
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
     let mut banner = String::new();
-    BufReader::new(child.0.stderr.take().unwrap())
-        .read_line(&mut banner)
-        .unwrap();
-    // "warden injector: serving https://127.0.0.1:PORT/mutate (admin http://...)"
+    loop {
+        banner.clear();
+        if stderr.read_line(&mut banner).unwrap() == 0 || banner.starts_with("warden injector:") {
+            break;
+        }
+    }
     let addr = banner
         .split("https://")
         .nth(1)
