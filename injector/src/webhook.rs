@@ -132,9 +132,9 @@ pub fn review(body: &[u8], config: &InjectorConfig) -> Result<Answer, ReviewErro
             return Ok(answer(None, vec![warning], "invalid_pod"));
         }
     };
-    // A pod created without `metadata.namespace` goes to the request's namespace, whose
-    // MeshPolicies decide which annotations it may use.
-    if pod.metadata.namespace.is_none() {
+    // The request's namespace is where the pod goes (the object may not name one), and its
+    // MeshPolicies decide which annotations the pod may use: never what the object claims.
+    if request.namespace.is_some() {
         pod.metadata.namespace = request.namespace.clone();
     }
     Ok(match inject(&pod, config) {

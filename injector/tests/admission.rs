@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 use warden_injector::cni::{self, CniSettings, PodInterception};
 use warden_injector::config::{InjectorConfig, Interception, SecurityAnnotation};
+use warden_injector::grants::{MeshGrant, NamespaceGrants};
 use warden_injector::webhook::{review, ReviewError};
 
 fn config() -> InjectorConfig {
@@ -1352,4 +1353,62 @@ fn cni_mode_pods_are_genuine_only_to_an_injector_in_cni_mode() {
         outcome,
         "volume name warden-run is reserved",
     );
+}
+
+#[test]
+fn mesh_policy_grants_follow_the_requests_namespace_not_the_objects() {
+    // A MeshPolicy allows permissive inbound in namespace `lab` only.
+    let mut grants = NamespaceGrants::default();
+    grants.set_namespace("lab", [("env".into(), "lab".into())].into());
+    grants.set_namespace("prod", [("env".into(), "prod".into())].into());
+    grants.set_mesh_policy(
+        "lab",
+        MeshGrant {
+            match_labels: [("env".into(), "lab".into())].into(),
+            allowed: [SecurityAnnotation::PermissiveInbound].into(),
+        },
+    );
+    let mut config = config();
+    config.grants = std::sync::Arc::new(grants);
+    let mut pod = deployment_pod();
+    pod["metadata"]["annotations"] = json!({"warden.dev/inbound-mode": "permissive"});
+    pod["metadata"]["namespace"] = json!("lab");
+    let inbound_mode = |review: Value| {
+        let (response, outcome) = answer_with(&review, &config);
+        assert_eq!(outcome, "injected");
+        let patched = apply(
+            &review["request"]["object"],
+            &decoded_patch(&response).unwrap(),
+        );
+        let proxy = patched["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "warden-proxy")
+            .unwrap()
+            .clone();
+        proxy["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "WARDEN_INBOUND_MODE")
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        inbound_mode(admission_review(pod.clone(), "CREATE", false)),
+        Some(json!("permissive"))
+    );
+    // The object claims `lab`, the request is for `prod`: prod's (no) grants apply.
+    let mut review = admission_review(pod.clone(), "CREATE", false);
+    review["request"]["namespace"] = json!("prod");
+    assert_eq!(inbound_mode(review), None);
+    // The object names no namespace: the request's decides.
+    let mut unnamed = pod.clone();
+    unnamed["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("namespace");
+    let mut review = admission_review(unnamed, "CREATE", false);
+    review["request"]["namespace"] = json!("lab");
+    assert_eq!(inbound_mode(review), Some(json!("permissive")));
 }
