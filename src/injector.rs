@@ -24,6 +24,8 @@ use warden_injector::config::{
 };
 use warden_injector::{server, webhook};
 
+use crate::mesh_grants::GrantsSync;
+
 /// `warden injector` options.
 #[derive(clap::Args)]
 pub struct Args {
@@ -227,15 +229,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         }
         _ => anyhow::bail!("give --tls-cert and --tls-key, --ca-dir, or --identity-token-file"),
     };
-    if let Some(mut synced) = grants_synced {
+    if let Some(mut sync) = grants_synced {
         // Until both are listed a pod could lose an annotation a MeshPolicy allows.
-        ready_tx.send_replace(Readiness {
-            ready: false,
-            detail: "waiting for the first list of MeshPolicies and Namespaces".into(),
-        });
-        tokio::select! {
-            _ = synced.wait_for(|s| *s) => {}
-            () = warden_proxy::cli::terminated() => return Ok(()),
+        loop {
+            let waiting = match &*sync.borrow_and_update() {
+                GrantsSync::Listed => break,
+                GrantsSync::Waiting(None) => {
+                    "waiting for the first list of MeshPolicies and Namespaces".to_string()
+                }
+                GrantsSync::Waiting(Some(e)) => format!(
+                    "waiting for the first list of MeshPolicies and Namespaces; last error: {e}"
+                ),
+            };
+            ready_tx.send_replace(Readiness {
+                ready: false,
+                detail: waiting,
+            });
+            tokio::select! {
+                changed = sync.changed() => changed.context("the MeshPolicy and Namespace watches ended")?,
+                () = warden_proxy::cli::terminated() => return Ok(()),
+            }
         }
     }
     ready_tx.send_replace(Readiness {
@@ -263,12 +276,12 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 
 /// Starts the MeshPolicy and Namespace watches that keep `config`'s grants current, with
 /// the kubeconfig or in-cluster credentials; `None` (logged) without either. The receiver
-/// turns true once both have listed.
+/// says when both have listed, or what they last failed with.
 async fn watch_mesh_policies(
     args: &Args,
     config: tokio::sync::watch::Sender<Arc<InjectorConfig>>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Option<tokio::sync::watch::Receiver<bool>>> {
+) -> anyhow::Result<Option<tokio::sync::watch::Receiver<GrantsSync>>> {
     let kube_config = match &args.kubeconfig {
         Some(path) => crate::controller::kubeconfig_file(path).await?,
         None => match kube::Config::incluster() {
@@ -280,14 +293,14 @@ async fn watch_mesh_policies(
         },
     };
     let client = kube::Client::try_from(kube_config).context("building the Kubernetes client")?;
-    let (synced_tx, synced) = tokio::sync::watch::channel(false);
+    let (sync_tx, sync) = tokio::sync::watch::channel(GrantsSync::Waiting(None));
     tokio::spawn(crate::mesh_grants::run(
         client,
         config,
-        synced_tx,
+        sync_tx,
         shutdown.clone(),
     ));
-    Ok(Some(synced))
+    Ok(Some(sync))
 }
 
 /// Serves the webhook with a certificate from `source`, renewed before it expires (from the

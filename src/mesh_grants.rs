@@ -7,33 +7,51 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ApiResource, DynamicObject};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use warden_controller::crd::{MeshPolicy, WeakeningAnnotation};
+use warden_controller::crd::MeshPolicy;
 use warden_injector::config::{InjectorConfig, SecurityAnnotation};
 use warden_injector::grants::{MeshGrant, NamespaceGrants};
 
 /// One change from either watch.
 enum Change {
-    Mesh(Event<MeshPolicy>),
+    Mesh(Event<DynamicObject>),
     Namespace(Event<PartialObjectMeta<Namespace>>),
 }
 
-/// Watches until `shutdown`, publishing every change of the grants into `config`; `synced`
-/// turns true once both watches have listed everything once.
+/// Where the watches are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantsSync {
+    /// Not everything listed yet; the last error, if any (a missing CRD, a 403).
+    Waiting(Option<String>),
+    /// Both listed once: the grants are in force.
+    Listed,
+}
+
+/// Watches until `shutdown`, publishing every change of the grants into `config`; `sync`
+/// says whether both watches have listed everything once, or what they last failed with.
 pub async fn run(
     client: Client,
     config: watch::Sender<Arc<InjectorConfig>>,
-    synced: watch::Sender<bool>,
+    sync: watch::Sender<GrantsSync>,
     shutdown: CancellationToken,
 ) {
-    let mesh = watcher::watcher(Api::<MeshPolicy>::all(client.clone()), Default::default())
-        .default_backoff()
-        .map_ok(Change::Mesh);
+    // Read as JSON, not as the controller's types: a MeshPolicy of a newer release (an
+    // annotation this one does not know) must not fail the whole list; what is not
+    // understood grants nothing.
+    let resource = ApiResource::erase::<MeshPolicy>(&());
+    let mesh = watcher::watcher(
+        Api::<DynamicObject>::all_with(client.clone(), &resource),
+        Default::default(),
+    )
+    .default_backoff()
+    .map_ok(Change::Mesh);
     // Labels are all it needs: metadata-only requests.
     let namespaces = Api::<PartialObjectMeta<Namespace>>::all(client);
     let namespaces = watcher::watcher(namespaces, Default::default())
@@ -54,6 +72,10 @@ pub async fn run(
             Some(Err(e)) => {
                 // Retried with backoff; until then the last grants stay.
                 tracing::warn!(error = %e, "watching MeshPolicies and Namespaces for allowedAnnotations");
+                warden_injector::webhook::count_grant_watch_error();
+                if *sync.borrow() != GrantsSync::Listed {
+                    sync.send_replace(GrantsSync::Waiting(Some(e.to_string())));
+                }
                 continue;
             }
             None => return,
@@ -124,31 +146,48 @@ pub async fn run(
                 *c = Arc::new(updated);
             });
         }
-        if mesh_listed && namespaces_listed && !*synced.borrow() {
+        if mesh_listed && namespaces_listed && *sync.borrow() != GrantsSync::Listed {
             tracing::info!("MeshPolicies and Namespaces listed: allowedAnnotations in force");
-            synced.send_replace(true);
+            sync.send_replace(GrantsSync::Listed);
         }
     }
 }
 
-/// A MeshPolicy's name and grant.
-fn mesh_grant(m: &MeshPolicy) -> Option<(String, MeshGrant)> {
+/// A MeshPolicy's name and grant, from its JSON. What this release does not understand
+/// grants nothing (logged): an annotation it does not know, or a selector with more than
+/// `matchLabels` (ignoring a part of it would widen the grant).
+fn mesh_grant(m: &DynamicObject) -> Option<(String, MeshGrant)> {
     let name = m.metadata.name.clone()?;
-    let match_labels = m
-        .spec
-        .namespace_selector
-        .as_ref()
-        .map(|s| s.match_labels.clone())
-        .unwrap_or_default();
-    let allowed = m
-        .spec
-        .allowed_annotations
-        .iter()
-        .map(|a| match a {
-            WeakeningAnnotation::SkipInboundPorts => SecurityAnnotation::SkipInboundPorts,
-            WeakeningAnnotation::SkipOutboundPorts => SecurityAnnotation::SkipOutboundPorts,
-            WeakeningAnnotation::SkipOutboundCidrs => SecurityAnnotation::SkipOutboundCidrs,
-            WeakeningAnnotation::InboundMode => SecurityAnnotation::PermissiveInbound,
+    let spec = &m.data["spec"];
+    let selector = &spec["namespaceSelector"];
+    let match_labels: Option<BTreeMap<String, String>> = match &selector["matchLabels"] {
+        _ if !selector.is_null()
+            && !selector
+                .as_object()
+                .is_some_and(|o| o.keys().all(|k| k == "matchLabels")) =>
+        {
+            None
+        }
+        Value::Null => Some(BTreeMap::new()),
+        Value::Object(labels) => labels
+            .iter()
+            .map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect(),
+        _ => None,
+    };
+    let Some(match_labels) = match_labels else {
+        tracing::warn!(mesh_policy = %name, "namespaceSelector not understood; its allowedAnnotations grant nothing");
+        return Some((name, MeshGrant::default()));
+    };
+    let allowed = spec["allowedAnnotations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .filter_map(|key| {
+            SecurityAnnotation::parse(key)
+                .map_err(|e| tracing::warn!(mesh_policy = %name, error = %e, "allowedAnnotations entry not understood; it grants nothing"))
+                .ok()
         })
         .collect();
     Some((
@@ -168,4 +207,60 @@ fn namespace_labels(
         ns.metadata.name.clone()?,
         ns.metadata.labels.clone().unwrap_or_default(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn grant(spec: Value) -> MeshGrant {
+        let object = DynamicObject::new("p", &ApiResource::erase::<MeshPolicy>(&())).data(json!({
+            "spec": spec
+        }));
+        mesh_grant(&object).unwrap().1
+    }
+
+    #[test]
+    fn what_is_not_understood_grants_nothing() {
+        let inbound = SecurityAnnotation::PermissiveInbound;
+        let rows = [
+            (
+                json!({"allowedAnnotations": ["warden.dev/inbound-mode"]}),
+                true,
+            ),
+            (
+                json!({"namespaceSelector": {"matchLabels": {"env": "lab"}},
+                       "allowedAnnotations": ["warden.dev/inbound-mode", "warden.dev/new-thing"]}),
+                true,
+            ),
+            // A selector part this release would ignore would widen the grant.
+            (
+                json!({"namespaceSelector": {"matchLabels": {"env": "lab"},
+                                             "matchExpressions": [{"key": "tier", "operator": "Exists"}]},
+                       "allowedAnnotations": ["warden.dev/inbound-mode"]}),
+                false,
+            ),
+            (
+                json!({"namespaceSelector": {"matchLabels": {"env": 1}},
+                       "allowedAnnotations": ["warden.dev/inbound-mode"]}),
+                false,
+            ),
+            (
+                json!({"allowedAnnotations": ["warden.dev/new-thing"]}),
+                false,
+            ),
+            (json!({}), false),
+        ];
+        for (spec, grants) in rows {
+            let g = grant(spec.clone());
+            assert_eq!(g.allowed.contains(&inbound), grants, "{spec}");
+        }
+        let g = grant(json!({"namespaceSelector": {"matchLabels": {"env": "lab"}},
+                             "allowedAnnotations": ["warden.dev/inbound-mode"]}));
+        assert_eq!(
+            g.match_labels,
+            BTreeMap::from([("env".to_string(), "lab".to_string())])
+        );
+    }
 }

@@ -787,8 +787,9 @@ pub fn inject(pod: &Pod, config: &InjectorConfig) -> Result<Injection, NotInject
     }
 
     let mut warnings = Vec::new();
-    // The webhook fills in the request's namespace when the pod does not name one.
-    let namespace = meta.namespace.as_deref().unwrap_or("default");
+    // The webhook sets the request's namespace; without one, a name no namespace has (only
+    // MeshPolicies for every namespace apply).
+    let namespace = meta.namespace.as_deref().unwrap_or("");
     let permitted = permitted(meta.annotations.as_ref(), namespace, config, &mut warnings);
     let overrides = Overrides::read(&permitted, config, &mut warnings);
     // Only the containers are trusted, never the injected-version annotation alone (it is

@@ -157,9 +157,9 @@ pub fn watch_trust_anchors(
             match loaded {
                 Ok(pem) if pem == config.borrow().trust_anchors_pem => {}
                 Ok(pem) => {
-                    let mut next = (**config.borrow()).clone();
-                    next.trust_anchors_pem = pem;
-                    config.send_replace(Arc::new(next));
+                    // In place: the MeshPolicy watch changes the same config, and a copy
+                    // written back could undo a change it made in between.
+                    config.send_modify(|c| Arc::make_mut(c).trust_anchors_pem = pem);
                     tracing::info!(path = %path.display(), "trust anchors reloaded");
                     metrics::counter!("warden_injector_trust_anchor_reloads_total", "result" => "success").increment(1);
                 }

@@ -188,6 +188,11 @@ pub async fn handle(req: Request<Incoming>, config: Arc<InjectorConfig>) -> Resp
     }
 }
 
+/// Counts an error of the MeshPolicy or Namespace watch (retried; the last grants stay).
+pub fn count_grant_watch_error() {
+    metrics::counter!("warden_injector_grant_watch_errors_total").increment(1);
+}
+
 fn count(result: &'static str) {
     metrics::counter!("warden_injector_reviews_total", "result" => result).increment(1);
 }
@@ -206,6 +211,11 @@ pub fn describe() {
         "warden_injector_trust_anchor_reloads_total",
         "Reloads of the trust anchors handed to proxies after the file changed, by result."
     );
+    metrics::describe_counter!(
+        "warden_injector_grant_watch_errors_total",
+        "Errors of the MeshPolicy and Namespace watches behind allowedAnnotations (retried; the last grants stay in force meanwhile)."
+    );
+    metrics::counter!("warden_injector_grant_watch_errors_total").increment(0);
     metrics::describe_counter!(
         "warden_injector_reviews_total",
         "AdmissionReviews answered, by result (injected, skipped, refused, ignored, dry_run, invalid_pod, malformed, too_large)."
