@@ -1346,3 +1346,52 @@ fn a_mesh_policy_allows_a_weakening_annotation_only_in_the_namespaces_it_selects
     api.kubectl_ok(&["delete", "meshpolicy", "webhook-lab-grants"], None);
     eprintln!("mesh grants test took {:?}", started.elapsed());
 }
+
+#[test]
+fn a_debug_container_running_as_the_proxy_uid_is_refused_by_the_real_api_server() {
+    let Some(api) = api() else { return };
+    let scope = "debug-uid";
+    let mesh = Mesh::new();
+    let injector = Injector::start(&mesh);
+    let _webhook = register(api, &mesh, &injector, scope, |_| {});
+    let ns = api.namespace("webhook-debug", &labels(scope, Some("enabled"), &[]));
+    wait_called(api, &injector, &ns);
+    let (stored, _) = create(api, &ns, &pod("debugged", json!({})));
+    assert_injected(&stored, &[], &["app"]);
+
+    // What `kubectl debug` sends: the pod's ephemeralcontainers subresource, updated.
+    let debug = |name: &str, uid: u32| {
+        let patch = json!({"spec": {"ephemeralContainers": [{
+            "name": name,
+            "image": "registry.example/debug:1",
+            "securityContext": {"runAsUser": uid},
+        }]}});
+        kubectl(
+            api,
+            &[
+                "patch",
+                "pod",
+                "debugged",
+                "-n",
+                &ns,
+                "--subresource=ephemeralcontainers",
+                "--type=strategic",
+                "-p",
+                &patch.to_string(),
+            ],
+            None,
+        )
+    };
+    let refused = debug("sneaky", contract::PROXY_UID);
+    assert!(!refused.status.success(), "refused");
+    assert!(
+        stderr(&refused).contains("ephemeral container sneaky runs as UID 2626"),
+        "{}",
+        stderr(&refused)
+    );
+    let allowed = debug("debugger", 1000);
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+    let stored = get_pod(api, &ns, "debugged");
+    assert_eq!(names(&stored["spec"]["ephemeralContainers"]), ["debugger"]);
+    assert_eq!(injector.reviews("refused"), 1);
+}

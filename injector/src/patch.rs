@@ -747,21 +747,57 @@ fn already_injected(
 /// Why the pod is refused if one of its own containers runs as the proxy's UID (its own
 /// `runAsUser`, or the pod's): that container's traffic would never be intercepted.
 fn runs_as_proxy_uid(spec: &PodSpec) -> Option<NotInjected> {
-    let proxy_uid = i64::from(contract::PROXY_UID);
-    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
     all_containers(spec)
         .filter(|(name, _)| !reserved(name))
         .find_map(|(name, sc)| {
-            let source = match sc.and_then(|s| s.run_as_user) {
-                Some(uid) if uid == proxy_uid => "its securityContext.runAsUser",
-                None if pod_uid == Some(proxy_uid) => "the pod's securityContext.runAsUser",
-                _ => return None,
-            };
-            Some(NotInjected::Refused(format!(
-                "container {name} runs as UID {proxy_uid} ({source}), the proxy's UID, whose \
-                 traffic is never intercepted: it would bypass the mesh; run it as another UID"
-            )))
+            proxy_uid_refusal("container", name, sc, spec).map(NotInjected::Refused)
         })
+}
+
+/// Why a container (`kind` `name`, its securityContext `sc`) of `spec` may not run: it runs
+/// as the proxy's UID, by its own `runAsUser` or the pod's.
+fn proxy_uid_refusal(
+    kind: &str,
+    name: &str,
+    sc: Option<&SecurityContext>,
+    spec: &PodSpec,
+) -> Option<String> {
+    let proxy_uid = i64::from(contract::PROXY_UID);
+    let pod_uid = spec.security_context.as_ref().and_then(|s| s.run_as_user);
+    let source = match sc.and_then(|s| s.run_as_user) {
+        Some(uid) if uid == proxy_uid => "its securityContext.runAsUser",
+        None if pod_uid == Some(proxy_uid) => "the pod's securityContext.runAsUser",
+        _ => return None,
+    };
+    Some(format!(
+        "{kind} {name} runs as UID {proxy_uid} ({source}), the proxy's UID, whose traffic is \
+         never intercepted: it would bypass the mesh; run it as another UID"
+    ))
+}
+
+/// Why an ephemeral container may not join `pod` (an update of its `ephemeralcontainers`):
+/// in an injected pod, one running as the proxy's UID would bypass the mesh. A pod
+/// without Warden's proxy is not the mesh's concern.
+pub fn debug_container_refusal(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let injected = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(&spec.containers)
+        .any(|c| c.name == contract::PROXY_CONTAINER);
+    if !injected {
+        return None;
+    }
+    // Every ephemeral container, whatever its name: none of them is Warden's.
+    spec.ephemeral_containers.iter().flatten().find_map(|c| {
+        proxy_uid_refusal(
+            "ephemeral container",
+            &c.name,
+            c.security_context.as_ref(),
+            spec,
+        )
+    })
 }
 
 /// The patch for `pod`, or why it gets none.

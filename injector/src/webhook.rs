@@ -3,7 +3,8 @@
 //! It answers with the request's `uid`, `allowed: true`, and a base64 JSON patch with
 //! `patchType: JSONPatch` only when there is one; skipped pods get a warning saying why. A pod
 //! that would get around the mesh (a fake Warden container, an app running as the proxy's
-//! UID) is refused: `allowed: false` with a 403 status saying why. A malformed body or the
+//! UID) is refused: `allowed: false` with a 403 status saying why, and so is an ephemeral
+//! (debug) container added to an injected pod that would run as the proxy's UID. A malformed body or the
 //! wrong apiVersion is 400, an oversized body 413; a non-Pod object, another operation or a
 //! dry run is allowed unchanged.
 
@@ -20,7 +21,7 @@ use serde_json::{json, Value};
 use warden_identity::http::{json as json_response, read_body, text, Body, BodyError};
 
 use crate::config::InjectorConfig;
-use crate::patch::{inject, NotInjected};
+use crate::patch::{debug_container_refusal, inject, NotInjected};
 
 /// The admission API version served.
 pub const API_VERSION: &str = "admission.k8s.io/v1";
@@ -110,9 +111,12 @@ pub fn review(body: &[u8], config: &InjectorConfig) -> Result<Answer, ReviewErro
         outcome,
     };
     let kind = &request.kind;
+    let ephemeral = request.sub_resource.as_deref() == Some("ephemeralcontainers")
+        && matches!(request.operation, Operation::Update);
     if !kind.group.is_empty()
         || kind.kind != "Pod"
-        || !matches!(request.operation, Operation::Create)
+        || !(ephemeral || matches!(request.operation, Operation::Create))
+        || (request.sub_resource.is_some() && !ephemeral)
     {
         return Ok(answer(None, vec![], "ignored"));
     }
@@ -132,6 +136,17 @@ pub fn review(body: &[u8], config: &InjectorConfig) -> Result<Answer, ReviewErro
             return Ok(answer(None, vec![warning], "invalid_pod"));
         }
     };
+    if ephemeral {
+        // `kubectl debug` adds a container to a running pod, past pod creation: one running
+        // as the proxy's UID would bypass the mesh in an injected pod.
+        return Ok(match debug_container_refusal(&pod) {
+            Some(reason) => Answer {
+                review: denial(&request.uid, format!("warden: {reason}")),
+                outcome: "refused",
+            },
+            None => answer(None, vec![], "ignored"),
+        });
+    }
     // The request's namespace is where the pod goes (the object may not name one), and its
     // MeshPolicies decide which annotations the pod may use: never what the object claims.
     if request.namespace.is_some() {

@@ -1412,3 +1412,46 @@ fn mesh_policy_grants_follow_the_requests_namespace_not_the_objects() {
     review["request"]["namespace"] = json!("lab");
     assert_eq!(inbound_mode(review), Some(json!("permissive")));
 }
+
+#[test]
+fn a_debug_container_running_as_the_proxy_uid_is_refused_in_an_injected_pod() {
+    let pod = deployment_pod();
+    let (response, _) = answer(&admission_review(pod.clone(), "CREATE", false));
+    let injected = apply(&pod, &decoded_patch(&response).unwrap());
+    let debug = |pod: &Value, security_context: Value| {
+        let mut pod = pod.clone();
+        pod["spec"]["ephemeralContainers"] = json!([{
+            "name": "debugger", "image": "busybox", "securityContext": security_context,
+        }]);
+        let mut review = admission_review(pod, "UPDATE", false);
+        review["request"]["subResource"] = json!("ephemeralcontainers");
+        answer(&review)
+    };
+    let (refused, outcome) = debug(&injected, json!({"runAsUser": 2626}));
+    assert_eq!(outcome, "refused");
+    assert_eq!(refused["response"]["allowed"], false);
+    assert_eq!(refused["response"]["status"]["code"], 403);
+    let message = refused["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("ephemeral container debugger runs as UID 2626"),
+        "{message}"
+    );
+    // By the pod's runAsUser too.
+    let mut pod_uid = injected.clone();
+    pod_uid["spec"]["securityContext"] = json!({"runAsUser": 2626});
+    assert_eq!(debug(&pod_uid, json!({})).1, "refused");
+    // Another UID, or a pod without Warden's proxy: allowed, unchanged.
+    for (pod, sc) in [
+        (&injected, json!({"runAsUser": 1000})),
+        (&pod, json!({"runAsUser": 2626})),
+    ] {
+        let (allowed, outcome) = debug(pod, sc);
+        assert_eq!(outcome, "ignored");
+        assert_eq!(allowed["response"]["allowed"], true);
+        assert!(allowed["response"].get("patch").is_none(), "{allowed}");
+    }
+    // Other subresources and updates are none of the injector's business.
+    let mut status = admission_review(injected, "UPDATE", false);
+    status["request"]["subResource"] = json!("status");
+    assert_eq!(answer(&status).1, "ignored");
+}
