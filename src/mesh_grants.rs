@@ -59,9 +59,8 @@ pub async fn run(
         .map_ok(Change::Namespace);
     let mut changes = std::pin::pin!(futures::stream::select(mesh.boxed(), namespaces.boxed()));
     let mut grants = NamespaceGrants::default();
-    let mut mesh_relist: Option<Vec<(String, MeshGrant)>> = None;
-    let mut namespace_relist: Option<Vec<(String, BTreeMap<String, String>)>> = None;
-    let (mut mesh_listed, mut namespaces_listed) = (false, false);
+    let mut mesh_policies = Watched::default();
+    let mut namespaces = Watched::default();
     loop {
         let change = tokio::select! {
             change = changes.next() => change,
@@ -81,59 +80,33 @@ pub async fn run(
             None => return,
         };
         let changed = match change {
-            Change::Mesh(event) => match event {
-                Event::Init => {
-                    mesh_relist = Some(Vec::new());
-                    false
-                }
-                Event::InitApply(m) | Event::Apply(m) if mesh_relist.is_some() => {
-                    mesh_relist.get_or_insert_default().extend(mesh_grant(&m));
-                    false
-                }
-                Event::InitApply(m) | Event::Apply(m) => {
-                    if let Some((name, grant)) = mesh_grant(&m) {
-                        grants.set_mesh_policy(&name, grant);
-                    }
+            Change::Mesh(event) => match mesh_policies.step(event, mesh_grant) {
+                Step::Nothing => false,
+                Step::Set(name, grant) => {
+                    grants.set_mesh_policy(&name, grant);
                     true
                 }
-                Event::Delete(m) => {
-                    if let Some(name) = &m.metadata.name {
-                        grants.remove_mesh_policy(name);
-                    }
+                Step::Remove(name) => {
+                    grants.remove_mesh_policy(&name);
                     true
                 }
-                Event::InitDone => {
-                    grants.replace_mesh_policies(mesh_relist.take().unwrap_or_default());
-                    mesh_listed = true;
+                Step::Replace(all) => {
+                    grants.replace_mesh_policies(all);
                     true
                 }
             },
-            Change::Namespace(event) => match event {
-                Event::Init => {
-                    namespace_relist = Some(Vec::new());
-                    false
-                }
-                Event::InitApply(ns) | Event::Apply(ns) if namespace_relist.is_some() => {
-                    namespace_relist
-                        .get_or_insert_default()
-                        .extend(namespace_labels(&ns));
-                    false
-                }
-                Event::InitApply(ns) | Event::Apply(ns) => {
-                    if let Some((name, labels)) = namespace_labels(&ns) {
-                        grants.set_namespace(&name, labels);
-                    }
+            Change::Namespace(event) => match namespaces.step(event, namespace_labels) {
+                Step::Nothing => false,
+                Step::Set(name, labels) => {
+                    grants.set_namespace(&name, labels);
                     true
                 }
-                Event::Delete(ns) => {
-                    if let Some(name) = &ns.metadata.name {
-                        grants.remove_namespace(name);
-                    }
+                Step::Remove(name) => {
+                    grants.remove_namespace(&name);
                     true
                 }
-                Event::InitDone => {
-                    grants.replace_namespaces(namespace_relist.take().unwrap_or_default());
-                    namespaces_listed = true;
+                Step::Replace(all) => {
+                    grants.replace_namespaces(all);
                     true
                 }
             },
@@ -146,9 +119,65 @@ pub async fn run(
                 *c = Arc::new(updated);
             });
         }
-        if mesh_listed && namespaces_listed && *sync.borrow() != GrantsSync::Listed {
+        if mesh_policies.listed && namespaces.listed && *sync.borrow() != GrantsSync::Listed {
             tracing::info!("MeshPolicies and Namespaces listed: allowedAnnotations in force");
             sync.send_replace(GrantsSync::Listed);
+        }
+    }
+}
+
+/// One watch's state: what a re-list has sent so far, and whether it has listed once.
+struct Watched<T> {
+    relist: Option<Vec<(String, T)>>,
+    listed: bool,
+}
+
+impl<T> Default for Watched<T> {
+    fn default() -> Self {
+        Self {
+            relist: None,
+            listed: false,
+        }
+    }
+}
+
+/// What one event asks of the grants.
+enum Step<T> {
+    Nothing,
+    Set(String, T),
+    Remove(String),
+    Replace(Vec<(String, T)>),
+}
+
+impl<T> Watched<T> {
+    /// The step for `event`, whose object `entry` reads: a re-list is buffered until it is
+    /// complete, then replaces everything (what it did not list is gone).
+    fn step<K: kube::Resource>(
+        &mut self,
+        event: Event<K>,
+        entry: impl Fn(&K) -> Option<(String, T)>,
+    ) -> Step<T> {
+        match event {
+            Event::Init => {
+                self.relist = Some(Vec::new());
+                Step::Nothing
+            }
+            Event::InitApply(object) | Event::Apply(object) => match &mut self.relist {
+                Some(buffer) => {
+                    buffer.extend(entry(&object));
+                    Step::Nothing
+                }
+                None => entry(&object).map_or(Step::Nothing, |(name, t)| Step::Set(name, t)),
+            },
+            Event::Delete(object) => object
+                .meta()
+                .name
+                .clone()
+                .map_or(Step::Nothing, Step::Remove),
+            Event::InitDone => {
+                self.listed = true;
+                Step::Replace(self.relist.take().unwrap_or_default())
+            }
         }
     }
 }
@@ -262,5 +291,41 @@ mod tests {
             g.match_labels,
             BTreeMap::from([("env".to_string(), "lab".to_string())])
         );
+    }
+
+    #[test]
+    fn a_relist_is_buffered_then_replaces_everything() {
+        let object = |name: &str| DynamicObject::new(name, &ApiResource::erase::<MeshPolicy>(&()));
+        let entry = |o: &DynamicObject| o.metadata.name.clone().map(|n| (n, ()));
+        let names = |step: Step<()>| match step {
+            Step::Nothing => "nothing".to_string(),
+            Step::Set(n, ()) => format!("set {n}"),
+            Step::Remove(n) => format!("remove {n}"),
+            Step::Replace(all) => format!(
+                "replace {}",
+                all.into_iter()
+                    .map(|(n, ())| n)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
+        let mut watched = Watched::default();
+        let events = [
+            (Event::Init, "nothing"),
+            (Event::InitApply(object("a")), "nothing"),
+            (Event::InitApply(object("b")), "nothing"),
+            (Event::InitDone, "replace a,b"),
+            (Event::Apply(object("c")), "set c"),
+            (Event::Delete(object("a")), "remove a"),
+            // A re-list after a watch error: nothing changes until it is complete.
+            (Event::Init, "nothing"),
+            (Event::InitApply(object("c")), "nothing"),
+            (Event::InitDone, "replace c"),
+        ];
+        assert!(!watched.listed);
+        for (event, want) in events {
+            assert_eq!(names(watched.step(event, entry)), want);
+        }
+        assert!(watched.listed);
     }
 }
