@@ -12,7 +12,8 @@ use anyhow::Context;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec, SubjectAccessReview,
+    SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
@@ -291,6 +292,7 @@ async fn gather(args: &Args) -> anyhow::Result<Facts> {
             });
         }
     }
+    injector_access(&client, &mut facts).await;
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     if let Some(config) = readable(
         "mutatingwebhookconfigurations",
@@ -403,6 +405,50 @@ async fn gather(args: &Args) -> anyhow::Result<Facts> {
         Err(e) => facts.unreadable.push(("pods".into(), e.to_string())),
     }
     Ok(facts)
+}
+
+/// Asks the API server whether the injector's ServiceAccount may do what it needs
+/// ([`evaluate::INJECTOR_PERMISSIONS`]).
+async fn injector_access(client: &Client, facts: &mut Facts) {
+    let system = contract::SYSTEM_NAMESPACE;
+    let reviews: Api<SubjectAccessReview> = Api::all(client.clone());
+    for (verb, resource) in evaluate::INJECTOR_PERMISSIONS {
+        let (group, name) = resource.rsplit_once('/').unwrap_or(("", resource));
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(format!(
+                    "system:serviceaccount:{system}:{}",
+                    contract::INJECTOR_SERVICE
+                )),
+                groups: Some(vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{system}"),
+                    "system:authenticated".into(),
+                ]),
+                resource_attributes: Some(ResourceAttributes {
+                    verb: Some(verb.into()),
+                    group: Some(group.into()),
+                    resource: Some(name.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match reviews.create(&PostParams::default(), &review).await {
+            Ok(answer) => facts.injector_access.push(Access {
+                verb: verb.into(),
+                resource: resource.into(),
+                allowed: answer.status.is_some_and(|s| s.allowed),
+            }),
+            Err(e) => {
+                facts
+                    .unreadable
+                    .push(("subjectaccessreviews".into(), e.to_string()));
+                return;
+            }
+        }
+    }
 }
 
 /// Runs the futures concurrently, answers in order.

@@ -171,6 +171,12 @@ fn check_before_and_after_install_healthy_and_broken_each_way() {
             "FAIL warden-injector: 0 of 2 replicas available",
         ),
         (
+            Box::new(|| {
+                api.kubectl_ok(&["delete", "clusterrolebinding", "warden-injector"], None);
+            }),
+            "FAIL the injector may read MeshPolicies and Namespaces: missing: list namespaces, watch namespaces, list warden.dev/meshpolicies, watch warden.dev/meshpolicies",
+        ),
+        (
             Box::new(|| running(api, &[], 600)),
             "FAIL a controller writes policy status: the Lease held by warden-controller-7d9f-abcde was last renewed 60",
         ),

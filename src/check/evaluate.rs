@@ -37,6 +37,15 @@ pub struct Access {
     pub allowed: bool,
 }
 
+/// What the injector's ServiceAccount needs: `(verb, apiGroup/resource)` (its MeshPolicy
+/// and Namespace watches).
+pub const INJECTOR_PERMISSIONS: [(&str, &str); 4] = [
+    ("list", "namespaces"),
+    ("watch", "namespaces"),
+    ("list", "warden.dev/meshpolicies"),
+    ("watch", "warden.dev/meshpolicies"),
+];
+
 /// A Deployment as read.
 #[derive(Debug, Clone, Default)]
 pub struct DeploymentFact {
@@ -110,6 +119,8 @@ pub struct Facts {
     pub planned_interception: String,
     /// Meshed pods.
     pub proxies: Vec<ProxyFact>,
+    /// What the injector's ServiceAccount may do of what it needs (SubjectAccessReviews).
+    pub injector_access: Vec<Access>,
     /// What could not be read (`what`, why); each is a failed check.
     pub unreadable: Vec<(String, String)>,
 }
@@ -382,6 +393,30 @@ pub fn evaluate(facts: &Facts) -> Vec<Check> {
             ),
         ));
     }
+    let missing: Vec<String> = facts
+        .injector_access
+        .iter()
+        .filter(|a| !a.allowed)
+        .map(|a| format!("{} {}", a.verb, a.resource))
+        .collect();
+    out.push(check(
+        "rbac",
+        "the injector may read MeshPolicies and Namespaces",
+        if missing.is_empty() {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
+        if missing.is_empty() {
+            format!("{} permissions granted", facts.injector_access.len())
+        } else {
+            format!(
+                "missing: {} (it stays unready without them)",
+                missing.join(", ")
+            )
+        },
+        "apply the install again: ClusterRole and ClusterRoleBinding warden-injector",
+    ));
     let lease = match &facts.lease {
         None => check(
             "control-plane",
@@ -667,6 +702,14 @@ mod tests {
                 version: "1.0.0".into(),
                 ready: None,
             }],
+            injector_access: super::INJECTOR_PERMISSIONS
+                .iter()
+                .map(|(verb, resource)| Access {
+                    verb: verb.to_string(),
+                    resource: resource.to_string(),
+                    allowed: true,
+                })
+                .collect(),
             ..Facts::default()
         }
     }
@@ -698,6 +741,7 @@ mod tests {
             (|f, _| { f.crds.pop(); }, "Fail meshpolicies.warden.dev: not found"),
             (|f, _| f.crds[0].1 = false, "Fail authorizationpolicies.warden.dev: not established"),
             (|f, _| f.deployments[1].available = 0, "Fail warden-injector: 0 of 2 replicas available"),
+            (|f, _| f.injector_access[2].allowed = false, "Fail the injector may read MeshPolicies and Namespaces: missing: list warden.dev/meshpolicies (it stays unready without them)"),
             (|f, _| { f.deployments[0].desired = 1; f.deployments[0].available = 1; }, "Warn warden-identity: 1 replica available: no redundancy"),
             (|f, _| f.lease = Some(("x".into(), 60, 15)), "Fail a controller writes policy status: the Lease held by x was last renewed 60s ago"),
             (|f, _| f.lease = None, "Fail a controller writes policy status: no Lease warden-controller"),
