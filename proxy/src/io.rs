@@ -28,12 +28,6 @@ impl<T> PrefixedIo<T> {
     pub fn new(prefix: Bytes, inner: T) -> Self {
         Self { prefix, inner }
     }
-
-    /// Replays `prefix` before the stream's next bytes (the earlier prefix, if any, is
-    /// dropped: only call this once it has been read).
-    pub fn replay(&mut self, prefix: Bytes) {
-        self.prefix = prefix;
-    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
