@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use warden_controller::crd::MeshPolicy;
 use warden_injector::config::{InjectorConfig, SecurityAnnotation};
-use warden_injector::grants::{MeshGrant, NamespaceGrants};
+use warden_injector::grants::{MeshGrant, NamespaceGrants, Update};
 
 /// One change from either watch.
 enum Change {
@@ -80,37 +80,14 @@ pub async fn run(
             None => return,
         };
         let changed = match change {
-            Change::Mesh(event) => match mesh_policies.step(event, mesh_grant) {
-                Step::Nothing => false,
-                Step::Set(name, grant) => {
-                    grants.set_mesh_policy(&name, grant);
-                    true
-                }
-                Step::Remove(name) => {
-                    grants.remove_mesh_policy(&name);
-                    true
-                }
-                Step::Replace(all) => {
-                    grants.replace_mesh_policies(all);
-                    true
-                }
-            },
-            Change::Namespace(event) => match namespaces.step(event, namespace_labels) {
-                Step::Nothing => false,
-                Step::Set(name, labels) => {
-                    grants.set_namespace(&name, labels);
-                    true
-                }
-                Step::Remove(name) => {
-                    grants.remove_namespace(&name);
-                    true
-                }
-                Step::Replace(all) => {
-                    grants.replace_namespaces(all);
-                    true
-                }
-            },
-        };
+            Change::Mesh(event) => mesh_policies
+                .step(event, mesh_grant)
+                .map(|update| grants.update_mesh_policies(update)),
+            Change::Namespace(event) => namespaces
+                .step(event, namespace_labels)
+                .map(|update| grants.update_namespaces(update)),
+        }
+        .is_some();
         if changed {
             let next = Arc::new(grants.clone());
             config.send_modify(|c| {
@@ -141,42 +118,30 @@ impl<T> Default for Watched<T> {
     }
 }
 
-/// What one event asks of the grants.
-enum Step<T> {
-    Nothing,
-    Set(String, T),
-    Remove(String),
-    Replace(Vec<(String, T)>),
-}
-
 impl<T> Watched<T> {
-    /// The step for `event`, whose object `entry` reads: a re-list is buffered until it is
-    /// complete, then replaces everything (what it did not list is gone).
+    /// The update `event` makes, if any, its object read by `entry`: a re-list is buffered
+    /// until it is complete, then replaces everything (what it did not list is gone).
     fn step<K: kube::Resource>(
         &mut self,
         event: Event<K>,
         entry: impl Fn(&K) -> Option<(String, T)>,
-    ) -> Step<T> {
+    ) -> Option<Update<T>> {
         match event {
             Event::Init => {
                 self.relist = Some(Vec::new());
-                Step::Nothing
+                None
             }
             Event::InitApply(object) | Event::Apply(object) => match &mut self.relist {
                 Some(buffer) => {
                     buffer.extend(entry(&object));
-                    Step::Nothing
+                    None
                 }
-                None => entry(&object).map_or(Step::Nothing, |(name, t)| Step::Set(name, t)),
+                None => entry(&object).map(|(name, t)| Update::Set(name, t)),
             },
-            Event::Delete(object) => object
-                .meta()
-                .name
-                .clone()
-                .map_or(Step::Nothing, Step::Remove),
+            Event::Delete(object) => object.meta().name.clone().map(Update::Remove),
             Event::InitDone => {
                 self.listed = true;
-                Step::Replace(self.relist.take().unwrap_or_default())
+                Some(Update::Replace(self.relist.take().unwrap_or_default()))
             }
         }
     }
@@ -297,11 +262,11 @@ mod tests {
     fn a_relist_is_buffered_then_replaces_everything() {
         let object = |name: &str| DynamicObject::new(name, &ApiResource::erase::<MeshPolicy>(&()));
         let entry = |o: &DynamicObject| o.metadata.name.clone().map(|n| (n, ()));
-        let names = |step: Step<()>| match step {
-            Step::Nothing => "nothing".to_string(),
-            Step::Set(n, ()) => format!("set {n}"),
-            Step::Remove(n) => format!("remove {n}"),
-            Step::Replace(all) => format!(
+        let names = |step: Option<Update<()>>| match step {
+            None => "nothing".to_string(),
+            Some(Update::Set(n, ())) => format!("set {n}"),
+            Some(Update::Remove(n)) => format!("remove {n}"),
+            Some(Update::Replace(all)) => format!(
                 "replace {}",
                 all.into_iter()
                     .map(|(n, ())| n)

@@ -3,7 +3,7 @@
 //! the controller computes it for the proxies). A plain data structure fed by `warden
 //! injector`'s watches of MeshPolicies and Namespaces and read by the webhook; no I/O here.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::config::SecurityAnnotation;
 
@@ -20,38 +20,53 @@ pub struct MeshGrant {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NamespaceGrants {
     mesh: BTreeMap<String, MeshGrant>,
-    namespaces: HashMap<String, BTreeMap<String, String>>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One change of a watched kind, by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update<T> {
+    /// Added or changed.
+    Set(String, T),
+    /// Deleted.
+    Remove(String),
+    /// Everything, after a re-list: what is not here is gone.
+    Replace(Vec<(String, T)>),
+}
+
+impl<T> Update<T> {
+    fn apply(self, map: &mut BTreeMap<String, T>) {
+        match self {
+            Update::Set(name, value) => {
+                map.insert(name, value);
+            }
+            Update::Remove(name) => {
+                map.remove(&name);
+            }
+            Update::Replace(all) => *map = all.into_iter().collect(),
+        }
+    }
 }
 
 impl NamespaceGrants {
+    /// Applies a change of the MeshPolicies.
+    pub fn update_mesh_policies(&mut self, update: Update<MeshGrant>) {
+        update.apply(&mut self.mesh);
+    }
+
+    /// Applies a change of the namespaces' labels.
+    pub fn update_namespaces(&mut self, update: Update<BTreeMap<String, String>>) {
+        update.apply(&mut self.namespaces);
+    }
+
     /// Adds or replaces MeshPolicy `name`'s grant.
     pub fn set_mesh_policy(&mut self, name: &str, grant: MeshGrant) {
-        self.mesh.insert(name.to_string(), grant);
-    }
-
-    /// Forgets MeshPolicy `name`.
-    pub fn remove_mesh_policy(&mut self, name: &str) {
-        self.mesh.remove(name);
-    }
-
-    /// Replaces every MeshPolicy (after a re-list: what was not listed is gone).
-    pub fn replace_mesh_policies(&mut self, all: Vec<(String, MeshGrant)>) {
-        self.mesh = all.into_iter().collect();
+        self.update_mesh_policies(Update::Set(name.to_string(), grant));
     }
 
     /// Adds or replaces namespace `name`'s labels.
     pub fn set_namespace(&mut self, name: &str, labels: BTreeMap<String, String>) {
-        self.namespaces.insert(name.to_string(), labels);
-    }
-
-    /// Forgets namespace `name`.
-    pub fn remove_namespace(&mut self, name: &str) {
-        self.namespaces.remove(name);
-    }
-
-    /// Replaces every namespace (after a re-list).
-    pub fn replace_namespaces(&mut self, all: Vec<(String, BTreeMap<String, String>)>) {
-        self.namespaces = all.into_iter().collect();
+        self.update_namespaces(Update::Set(name.to_string(), labels));
     }
 
     /// The MeshPolicy that lets pods of `namespace` use `annotation`, if one does. A
@@ -126,16 +141,22 @@ mod tests {
         grants.set_namespace("a", labels(&[]));
         assert_eq!(grants.granted_by("a", PermissiveInbound), None);
         grants.set_namespace("a", labels(&[("env", "lab")]));
-        grants.remove_mesh_policy("lab");
+        grants.update_mesh_policies(Update::Remove("lab".into()));
         assert_eq!(grants.granted_by("a", PermissiveInbound), None);
-        grants.replace_mesh_policies(vec![("new".into(), grant(&[], &[PermissiveInbound]))]);
+        grants.update_mesh_policies(Update::Replace(vec![(
+            "new".into(),
+            grant(&[], &[PermissiveInbound]),
+        )]));
         assert_eq!(grants.granted_by("a", PermissiveInbound), Some("new"));
-        grants.replace_mesh_policies(vec![]);
+        grants.update_mesh_policies(Update::Replace(vec![]));
         assert_eq!(grants.granted_by("a", PermissiveInbound), None);
         grants.set_mesh_policy("lab", grant(&[("env", "lab")], &[PermissiveInbound]));
-        grants.remove_namespace("a");
+        grants.update_namespaces(Update::Remove("a".into()));
         assert_eq!(grants.granted_by("a", PermissiveInbound), None);
-        grants.replace_namespaces(vec![("a".into(), labels(&[("env", "lab")]))]);
+        grants.update_namespaces(Update::Replace(vec![(
+            "a".into(),
+            labels(&[("env", "lab")]),
+        )]));
         assert_eq!(grants.granted_by("a", PermissiveInbound), Some("lab"));
     }
 }

@@ -152,6 +152,27 @@ pub struct Check {
     pub hint: String,
 }
 
+/// An `rbac` check of `access`: it fails naming what is not granted (then `consequence`).
+fn permissions(name: &str, access: &[Access], consequence: &str, hint: &str) -> Check {
+    let missing: Vec<String> = access
+        .iter()
+        .filter(|a| !a.allowed)
+        .map(|a| format!("{} {}", a.verb, a.resource))
+        .collect();
+    let (status, message) = if missing.is_empty() {
+        (
+            Status::Pass,
+            format!("all {} permissions granted", access.len()),
+        )
+    } else {
+        (
+            Status::Fail,
+            format!("missing: {}{consequence}", missing.join(", ")),
+        )
+    };
+    check("rbac", name, status, message, hint)
+}
+
 fn check(
     category: &'static str,
     name: impl Into<String>,
@@ -304,25 +325,10 @@ pub fn evaluate(facts: &Facts) -> Vec<Check> {
         ));
     }
     if facts.pre {
-        let missing: Vec<String> = facts
-            .access
-            .iter()
-            .filter(|a| !a.allowed)
-            .map(|a| format!("{} {}", a.verb, a.resource))
-            .collect();
-        out.push(check(
-            "rbac",
+        out.push(permissions(
             "permissions to install",
-            if missing.is_empty() {
-                Status::Pass
-            } else {
-                Status::Fail
-            },
-            if missing.is_empty() {
-                format!("all {} permissions granted", facts.access.len())
-            } else {
-                format!("missing: {}", missing.join(", "))
-            },
+            &facts.access,
+            "",
             "install as a cluster admin (cluster-admin or equivalent)",
         ));
         out.push(check(
@@ -393,28 +399,10 @@ pub fn evaluate(facts: &Facts) -> Vec<Check> {
             ),
         ));
     }
-    let missing: Vec<String> = facts
-        .injector_access
-        .iter()
-        .filter(|a| !a.allowed)
-        .map(|a| format!("{} {}", a.verb, a.resource))
-        .collect();
-    out.push(check(
-        "rbac",
+    out.push(permissions(
         "the injector may read MeshPolicies and Namespaces",
-        if missing.is_empty() {
-            Status::Pass
-        } else {
-            Status::Fail
-        },
-        if missing.is_empty() {
-            format!("{} permissions granted", facts.injector_access.len())
-        } else {
-            format!(
-                "missing: {} (it stays unready without them)",
-                missing.join(", ")
-            )
-        },
+        &facts.injector_access,
+        " (it stays unready without them)",
         "apply the install again: ClusterRole and ClusterRoleBinding warden-injector",
     ));
     let lease = match &facts.lease {
