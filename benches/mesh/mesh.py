@@ -20,7 +20,9 @@ Scenarios, each run for every contestant in turn, repeated --runs times:
   close      a new app connection per request (wrk, `Connection: close`): req/s, CPU/request;
   bulk       1 GiB as opaque TCP through the pair (loadgen bulk): throughput;
   memory     fresh sidecars: idle RSS/PSS, then per-connection memory with 512 idle
-             kept-alive connections (and how much of proxy/symbol-order.txt the Warden
+             kept-alive connections, then with 512 idle opaque TCP connections (to the
+             byte sink) that each sent 64 KiB first, as a pooled database connection
+             idles after a large query (and how much of proxy/symbol-order.txt the Warden
              build has: its idle RSS depends on it);
   grpc       gRPC-shaped unary calls (h2c prior knowledge, `application/grpc`, a 64-byte
              message each way, `grpc-status` trailers from the app) with h2load, 16
@@ -84,6 +86,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 BODY = "x" * 64
 BULK_BYTES = 1 << 30
 IDLE_CONNECTIONS = 512
+OPAQUE_BURST = 64 * 1024  # what each idle opaque connection sent before idling
 
 # contestant -> (outbound port the load generator calls, inbound port), for HTTP to the app
 PORTS = {
@@ -704,10 +707,21 @@ sslVersionMin = TLSv1.3
         time.sleep(1)
         loaded = self.memory_kb(name)
         close_all(conns)
+        # Opaque TCP on fresh sidecars again: what an idle connection keeps after a burst.
+        self.restart(name)
+        time.sleep(1)
+        close_all(open_opaque(TCP_PORTS[name][0], 1))
+        time.sleep(0.5)
+        opaque_base = self.memory_kb(name)
+        conns = open_opaque(TCP_PORTS[name][0], IDLE_CONNECTIONS)
+        time.sleep(2)  # the sink has read every burst
+        opaque_loaded = self.memory_kb(name)
+        close_all(conns)
         return {
             "idle_rss_kb": [r for r, _ in idle], "idle_pss_kb": [p for _, p in idle],
             "rss_per_conn_kb": (sum(r for r, _ in loaded) - sum(r for r, _ in base)) / IDLE_CONNECTIONS,
             "pss_per_conn_kb": (sum(p for _, p in loaded) - sum(p for _, p in base)) / IDLE_CONNECTIONS,
+            "rss_per_opaque_conn_kb": (sum(r for r, _ in opaque_loaded) - sum(r for r, _ in opaque_base)) / IDLE_CONNECTIONS,
         }
 
     def kill(self, procs):
@@ -739,6 +753,16 @@ def open_idle(port, n):
             if not chunk:
                 sys.exit(f"connection {len(conns)} to port {port} closed before its response: {data!r}")
             data += chunk
+        conns.append(s)
+    return conns
+
+
+def open_opaque(port, n):
+    """n opaque TCP connections to the byte sink that each sent OPAQUE_BURST bytes and stay open."""
+    conns = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        s.sendall(b"\xa5" * OPAQUE_BURST)
         conns.append(s)
     return conns
 
@@ -897,16 +921,19 @@ class Summary:
     def memory(self):
         s = "memory"
         best_conn, best = self.best_peer(s, "rss_per_conn_kb")
-        out = ["| contestant | idle RSS per sidecar, out / in | idle PSS per sidecar, out / in | per idle connection, both sidecars: RSS / PSS KiB | per-connection RSS vs best peer |",
-               "|---|---|---|---|---|"]
+        best_opaque, _ = self.best_peer(s, "rss_per_opaque_conn_kb")
+        out = ["| contestant | idle RSS per sidecar, out / in | idle PSS per sidecar, out / in | per idle connection, both sidecars: RSS / PSS KiB | per-connection RSS vs best peer | per idle opaque connection after 64 KiB, both sidecars: RSS KiB | vs best peer |",
+               "|---|---|---|---|---|---|---|"]
         for c in self.contestants:
             if c == "direct":
                 continue
             rss = [self.v(s, c, "idle_rss_kb", pick=lambda v, i=i: v[i]) for i in (0, 1)]
             pss = [self.v(s, c, "idle_pss_kb", pick=lambda v, i=i: v[i]) for i in (0, 1)]
             conn = self.m(s, c, "rss_per_conn_kb")
+            opaque = self.m(s, c, "rss_per_opaque_conn_kb")
             out.append(f"| {c} | {rss[0] / 1024:.1f} / {rss[1] / 1024:.1f} MB | {pss[0] / 1024:.1f} / {pss[1] / 1024:.1f} MB | "
-                       f"{fmt(conn, 1)} / {fmt(self.m(s, c, 'pss_per_conn_kb'), 1)} | {ratio(conn[0], best_conn)} |")
+                       f"{fmt(conn, 1)} / {fmt(self.m(s, c, 'pss_per_conn_kb'), 1)} | {ratio(conn[0], best_conn)} | "
+                       f"{fmt(opaque, 1)} | {ratio(opaque[0], best_opaque)} |")
         if "warden" in self.contestants:
             import symbol_order  # noqa: E402 (it imports this module)
             found, listed = symbol_order.coverage(WARDEN_PROXY)
@@ -992,7 +1019,8 @@ TITLES = {
     "rate5000": "Fixed rate 5,000 req/s, open loop, 32 connections, latency from the scheduled send (loadgen rate), first second excluded",
     "close": "A new app connection per request (wrk -t1 -c16 -H 'Connection: close')",
     "bulk": "Bulk: 1 GiB as opaque TCP through the pair to a byte sink (loadgen bulk)",
-    "memory": f"Memory: fresh sidecars idle, then {IDLE_CONNECTIONS} idle kept-alive connections (one request each)",
+    "memory": f"Memory: fresh sidecars idle, then {IDLE_CONNECTIONS} idle kept-alive connections (one request each), "
+              f"then {IDLE_CONNECTIONS} idle opaque TCP connections ({OPAQUE_BURST // 1024} KiB sent each)",
     "grpc": "gRPC-shaped unary calls over h2c, 64-byte messages, 16 connections x 8 streams, closed loop (h2load -c16 -m8)",
     "threads2": "Keep-alive HTTP/1.1 with 2 workers per sidecar, 64 connections (wrk -t2 -c64), everything unpinned on both CPUs",
 }
