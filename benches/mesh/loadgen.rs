@@ -12,6 +12,11 @@
 //! - `loadgen sink ADDR`: a TCP app that reads an 8-byte big-endian length, then that many
 //!   bytes, and answers with the count it read (no half-close, so every proxy can carry it).
 //! - `loadgen bulk ADDR BYTES`: sends BYTES through to a sink and reports the throughput.
+//! - `loadgen burst ADDR CONNECTIONS ROUNDS PAUSE_MS`: what a relay does with requests that
+//!   arrive together, as after the machine stalled: each round writes one HTTP/1.1 GET on
+//!   every kept-alive connection at once, waits for every response, then pauses. Reports
+//!   each request's latency from the round's start and each round's time to its last
+//!   response (the first 10% of rounds are not counted).
 //!
 //! Each mode prints one JSON object on stdout.
 
@@ -28,7 +33,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, what: &str| -> String {
         args.get(i).cloned().unwrap_or_else(|| {
-            eprintln!("loadgen: missing {what}; usage: rate ADDR RATE SECONDS CONNECTIONS | sink ADDR | bulk ADDR BYTES");
+            eprintln!("loadgen: missing {what}; usage: rate ADDR RATE SECONDS CONNECTIONS | sink ADDR | bulk ADDR BYTES | burst ADDR CONNECTIONS ROUNDS PAUSE_MS");
             exit(2)
         })
     };
@@ -43,6 +48,7 @@ fn main() {
         "rate" => rate(&arg(1, "ADDR"), number(2, "RATE"), number(3, "SECONDS"), number(4, "CONNECTIONS") as usize),
         "sink" => sink(&arg(1, "ADDR")),
         "bulk" => bulk(&arg(1, "ADDR"), number(2, "BYTES")),
+        "burst" => burst(&arg(1, "ADDR"), number(2, "CONNECTIONS") as usize, number(3, "ROUNDS"), number(4, "PAUSE_MS")),
         other => {
             eprintln!("loadgen: unknown mode {other:?}");
             exit(2)
@@ -195,6 +201,72 @@ fn rate(addr: &str, rate: u64, seconds: u64, connections: usize) {
         latencies.len(),
         percentiles("", all),
         worst.join(", ")
+    );
+}
+
+fn burst(addr: &str, connections: usize, rounds: u64, pause_ms: u64) {
+    let request = format!("GET / HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes();
+    let mut conns: Vec<Conn> = (0..connections)
+        .map(|_| Conn { stream: connect(addr), in_flight: None, response: Vec::with_capacity(1024) })
+        .collect();
+    let mut buf = [0u8; 16 * 1024];
+    let (mut latencies, mut lasts) = (Vec::new(), Vec::new());
+    let warm_up = rounds / 10;
+    for round in 0..rounds {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        let start = Instant::now();
+        for conn in conns.iter_mut() {
+            if let Err(e) = conn.stream.write_all(&request) {
+                eprintln!("loadgen: burst write to {addr}: {e}");
+                exit(1)
+            }
+            conn.in_flight = Some(start);
+            conn.response.clear();
+        }
+        let mut open = connections;
+        let deadline = start + Duration::from_secs(10);
+        while open > 0 {
+            for conn in conns.iter_mut().filter(|c| c.in_flight.is_some()) {
+                match conn.stream.read(&mut buf) {
+                    Ok(0) => {
+                        eprintln!("loadgen: {addr} closed a connection mid-burst");
+                        exit(1)
+                    }
+                    Ok(n) => {
+                        conn.response.extend_from_slice(&buf[..n]);
+                        if let Some(ok) = complete(&conn.response) {
+                            if !ok {
+                                eprintln!("loadgen: {addr} answered a burst's request with an error");
+                                exit(1)
+                            }
+                            conn.in_flight = None;
+                            open -= 1;
+                            if round >= warm_up {
+                                latencies.push(start.elapsed().as_nanos() as u64);
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        eprintln!("loadgen: burst read from {addr}: {e}");
+                        exit(1)
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                eprintln!("loadgen: a burst to {addr} was not answered in 10 s");
+                exit(1)
+            }
+        }
+        if round >= warm_up {
+            lasts.push(start.elapsed().as_nanos() as u64);
+        }
+    }
+    println!(
+        "{{\"connections\": {connections}, \"rounds\": {}, {}, {}}}",
+        lasts.len(),
+        percentiles("", latencies),
+        percentiles("last_", lasts)
     );
 }
 

@@ -17,6 +17,9 @@ Scenarios, each run for every contestant in turn, repeated --runs times:
              then the same percentiles with the machine's own stalls set aside (a real-time
              hiccup meter per CPU sees when the VM did not run; on a shared VM those stalls,
              not the proxies, set the raw p99);
+  burst      a GET on each of 32 kept-alive connections at once, as after a stall of the
+             machine, 2,000 rounds 2 ms apart (loadgen burst): each request's latency from
+             the burst's start and the time to a burst's last response, CPU per request;
   close      a new app connection per request (wrk, `Connection: close`): req/s, CPU/request;
   bulk       1 GiB as opaque TCP through the pair (loadgen bulk): throughput;
   memory     fresh sidecars: idle RSS/PSS, then per-connection memory with 512 idle
@@ -53,6 +56,7 @@ Run through benches/mesh/run.sh, which installs the peers and builds Warden and 
 
 import argparse
 import json
+import math
 import os
 import platform
 import re
@@ -87,6 +91,7 @@ BODY = "x" * 64
 BULK_BYTES = 1 << 30
 IDLE_CONNECTIONS = 512
 OPAQUE_BURST = 64 * 1024  # what each idle opaque connection sent before idling
+BURST_CONNECTIONS, BURST_ROUNDS, BURST_PAUSE_MS = 32, 2000, 2
 
 # contestant -> (outbound port the load generator calls, inbound port), for HTTP to the app
 PORTS = {
@@ -685,6 +690,20 @@ sslVersionMin = TLSv1.3
             r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
         return r
 
+    def burst(self, name):
+        """BURST_CONNECTIONS requests at once, one per kept-alive connection, as after a stall
+        of the machine; BURST_ROUNDS rounds BURST_PAUSE_MS apart."""
+        cmd = [LOADGEN, "burst", f"127.0.0.1:{PORTS[name][0]}", str(BURST_CONNECTIONS), str(BURST_ROUNDS),
+               str(BURST_PAUSE_MS)]
+        before = self.cpu_seconds(name) if name != "direct" else None
+        r = json.loads(run(pinned(0, cmd)).stdout)
+        if before is not None:
+            user, system = (after - b for after, b in zip(self.cpu_seconds(name), before))
+            requests = BURST_CONNECTIONS * BURST_ROUNDS
+            r["user_us_per_req"], r["sys_us_per_req"] = user * 1e6 / requests, system * 1e6 / requests
+            r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
+        return r
+
     def bulk(self, name):
         before = self.cpu_seconds(name)
         cmd = [LOADGEN, "bulk", f"127.0.0.1:{TCP_PORTS[name][0]}", str(BULK_BYTES)]
@@ -773,7 +792,7 @@ def close_all(conns):
 
 
 # --- summarising ----------------------------------------------------------------------------------
-SCENARIOS = ["keepalive", "rate2000", "rate5000", "close", "bulk", "memory", "grpc", "threads2"]
+SCENARIOS = ["keepalive", "rate2000", "rate5000", "burst", "close", "bulk", "memory", "grpc", "threads2"]
 PEERS = ["nginx", "haproxy", "stunnel", "nginx-l7", "haproxy-l7"]
 # What a contestant cannot do here, and why: skipped, and said so in the results.
 CANNOT = {
@@ -892,6 +911,23 @@ class Summary:
                        f"{ratio(a['p99_ms'], best_added) if c != 'direct' else '-'} |{tail}")
         return out, added, best, best_added
 
+    def burst(self):
+        s = "burst"
+        out = ["| contestant | per request p50 / p99 ms | last of a burst p50 / p99 ms | added: per request p99, last p50 / p99 ms | sidecar CPU µs/req (user + sys) |",
+               "|---|---|---|---|---|"]
+        direct = {k: self.v(s, "direct", k) for k in ("p99_ms", "last_p50_ms", "last_p99_ms")}
+        for c in self.contestants:
+            v = {k: self.v(s, c, k) for k in direct}
+            adds = "-" if c == "direct" or None in v.values() or None in direct.values() else \
+                " / ".join(f"{v[k] - direct[k]:+.3f}" for k in direct)
+            user, system = self.v(s, c, "user_us_per_req"), self.v(s, c, "sys_us_per_req")
+            split = f" ({user:.1f} + {system:.1f})" if user is not None else ""
+            out.append(f"| {c} | {fmt(self.m(s, c, 'p50_ms'), 3)} / {fmt(self.m(s, c, 'p99_ms'), 3)} | "
+                       f"{fmt(self.m(s, c, 'last_p50_ms'), 3)} / {fmt(self.m(s, c, 'last_p99_ms'), 3)} | {adds} | "
+                       f"{fmt(self.m(s, c, 'cpu_us_per_req'), 1)}{split} |")
+        best_last, best = self.best_peer(s, "last_p50_ms")
+        return out, {"best_peer": best, "best_peer_last_p50_ms": best_last}
+
     def close(self):
         s = "close"
         direct = self.v(s, "direct", "rps")
@@ -946,9 +982,10 @@ class Summary:
         w = "warden"
         checks = []
 
-        def check(what, value, limit, ok):
+        def check(what, value, limit, ok, paired=None):
             checks.append({"target": what, "warden": value, "limit": limit,
-                           "met": None if value is None or limit is None else ok(value, limit)})
+                           "met": None if value is None or limit is None else ok(value, limit),
+                           "paired": paired})
         ka = facts.get("keepalive")
         if ka:
             check("sidecar CPU per request (keep-alive) at most 0.7x the best peer's, µs",
@@ -969,9 +1006,11 @@ class Summary:
                     continue
                 for key, what in (("p99_ms", "p99"), ("p999_ms", "p99.9")):
                     # The best peer of each percentile: the one that adds the least at it.
-                    peers = [r[added][c][key] for c in self.peers if r[added][c][key] is not None]
+                    peers = [(r[added][c][key], c) for c in self.peers if r[added][c][key] is not None]
+                    best = min(peers, default=(None, None))
+                    raw_key = key if added == "added" else f"clean_{key}"
                     check(f"added {what} at {s[4:]} req/s at most the best peer's{how}, ms", r[added][w][key],
-                          min(peers, default=None), lambda v, l: v <= l)
+                          best[0], lambda v, l: v <= l, self.paired(s, raw_key, best[1]))
         cl = facts.get("close")
         if cl:
             direct = self.v("close", "direct", "rps")
@@ -985,13 +1024,30 @@ class Summary:
         bk = facts.get("bulk")
         if bk:
             check("bulk throughput at least 10 Gbit/s", self.v("bulk", w, "gbit_per_s"), 10.0, lambda v, l: v >= l)
-        out = ["| target | warden | limit | met |", "|---|---|---|---|"]
+        out = ["| target | warden | limit | met | runs where Warden's is higher, paired with the best peer's (sign test) |",
+               "|---|---|---|---|---|"]
         for t in checks:
             value = "-" if t["warden"] is None else f"{t['warden']:,.2f}"
             limit = "-" if t["limit"] is None else f"{t['limit']:,.2f}"
             met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
-            out.append(f"| {t['target']} | {value} | {limit} | {met} |")
+            out.append(f"| {t['target']} | {value} | {limit} | {met} | {t['paired'] or '-'} |")
         return out, checks
+
+    def paired(self, s, key, peer):
+        """Warden against `peer` run by run (contestants are interleaved, so each run's pair
+        shares the host's state): in how many runs Warden's `key` is higher, and the two-sided
+        sign test's p-value (below 0.05: a difference the runs' spread does not explain)."""
+        if peer is None:
+            return None
+        pairs = [(a.get(key), b.get(key)) for a, b in zip(self.results[s]["warden"], self.results[s][peer])]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None and a != b]
+        if not pairs:
+            return None
+        n, higher = len(pairs), sum(1 for a, b in pairs if a > b)
+        tail = sum(math.comb(n, k) for k in range(max(higher, n - higher), n + 1)) / 2 ** n
+        # Below 6 runs no outcome reaches p < 0.05 (5 of 5 gives 0.06).
+        few = "; under 6 runs it cannot reach 0.05" if n < 6 else ""
+        return f"{higher}/{n} than {peer} (p {min(1.0, 2 * tail):.2f}{few})"
 
 
 def versions():
@@ -1017,6 +1073,8 @@ TITLES = {
     "keepalive": "Keep-alive HTTP/1.1, 16 connections, closed loop (wrk -t1 -c16)",
     "rate2000": "Fixed rate 2,000 req/s, open loop, 32 connections, latency from the scheduled send (loadgen rate), first second excluded",
     "rate5000": "Fixed rate 5,000 req/s, open loop, 32 connections, latency from the scheduled send (loadgen rate), first second excluded",
+    "burst": f"Bursts: a GET on each of {BURST_CONNECTIONS} kept-alive connections at once, {BURST_ROUNDS:,} rounds "
+             f"{BURST_PAUSE_MS} ms apart (loadgen burst), first 10% not counted",
     "close": "A new app connection per request (wrk -t1 -c16 -H 'Connection: close')",
     "bulk": "Bulk: 1 GiB as opaque TCP through the pair to a byte sink (loadgen bulk)",
     "memory": f"Memory: fresh sidecars idle, then {IDLE_CONNECTIONS} idle kept-alive connections (one request each), "

@@ -287,7 +287,7 @@ mod tests {
     async fn bursts_between_pauses_arrive_whole_and_in_order() {
         // Each pause leaves the reader with nothing, so the copy gives its buffer back and
         // takes a new one for the next burst; one burst is three buffers long and crosses a
-        // pipe smaller than the buffer, so it is read in pieces into a partly filled buffer.
+        // pipe smaller than the buffer, so it arrives in many reads, some after a give-back.
         let (app, mut app_peer) = tokio::io::duplex(4096);
         let (upstream, mut upstream_peer) = tokio::io::duplex(4096);
         let copy = tokio::spawn(copy_bidirectional(app, upstream, Duration::from_secs(60)));
