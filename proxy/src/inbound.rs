@@ -189,9 +189,10 @@ async fn handle(
     let tls_desc = format!("{version}/{}", tls::key_exchange_name(conn));
     let alpn = conn.alpn_protocol().map(<[u8]>::to_vec);
     let inbound = Arc::new(InboundConn::new(client, Some(tls_desc), peer, target).ok_or(())?);
+    // Each branch boxed, as above: opaque connections do not carry the HTTP/2 server's state.
     match alpn.as_deref() {
         Some(p) if p == ALPN_HTTP2 => {
-            http::serve(stream, Protocol::Http2, inbound, shared, run).await
+            Box::pin(http::serve(stream, Protocol::Http2, inbound, shared, run)).await
         }
         Some(p) if p == ALPN_TCP => Box::pin(forward_tcp(stream, &inbound, &shared, &run)).await,
         _ => {

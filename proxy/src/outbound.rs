@@ -161,15 +161,17 @@ async fn handle(
     } else {
         read_preface(&mut tcp, shared.config.timeouts.detect).await?
     };
+    // Each branch boxed: a connection's task is as large as its largest state, and an
+    // opaque connection (a pooled database connection, say) should not carry hyper's.
     match protocol {
         Protocol::Http1 | Protocol::Http2 => {
-            http::serve(
+            Box::pin(http::serve(
                 PrefixedIo::new(prefix, tcp),
                 protocol,
                 Arc::new(target),
                 shared,
                 run,
-            )
+            ))
             .await
         }
         Protocol::Opaque => Box::pin(forward_tcp(tcp, prefix, &target, &shared, &run)).await,
