@@ -682,12 +682,8 @@ sslVersionMin = TLSv1.3
         r = json.loads(run(pinned(0, cmd)).stdout)
         if r["errors"] or r["unfinished"]:
             sys.exit(f"{name}: {r['errors']} failed and {r['unfinished']} unfinished requests at {rps} req/s")
-        if before is not None:
-            # every request sent, the first second's too
-            user, system = (after - b for after, b in zip(self.cpu_seconds(name), before))
-            requests = rps * (seconds + 1)
-            r["user_us_per_req"], r["sys_us_per_req"] = user * 1e6 / requests, system * 1e6 / requests
-            r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
+        # every request sent, the first second's too
+        r.update(self.cpu_per_request(name, before, rps * (seconds + 1)))
         return r
 
     def burst(self, name):
@@ -697,11 +693,7 @@ sslVersionMin = TLSv1.3
                str(BURST_PAUSE_MS)]
         before = self.cpu_seconds(name) if name != "direct" else None
         r = json.loads(run(pinned(0, cmd)).stdout)
-        if before is not None:
-            user, system = (after - b for after, b in zip(self.cpu_seconds(name), before))
-            requests = BURST_CONNECTIONS * BURST_ROUNDS
-            r["user_us_per_req"], r["sys_us_per_req"] = user * 1e6 / requests, system * 1e6 / requests
-            r["cpu_us_per_req"] = r["user_us_per_req"] + r["sys_us_per_req"]
+        r.update(self.cpu_per_request(name, before, BURST_CONNECTIONS * BURST_ROUNDS))
         return r
 
     def bulk(self, name):
