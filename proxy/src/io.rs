@@ -143,8 +143,9 @@ pub enum CopyError {
 }
 
 /// The buffer each direction copies through while bytes are moving: large enough for bulk
-/// throughput. It is allocated when the reader has bytes and given back as soon as it has
-/// none for now, so an idle relay (a pooled database connection, say) holds no buffer at all.
+/// throughput. It is reserved when the direction polls its reader and given back as soon as
+/// the reader has nothing for now, so an idle relay (a pooled database connection, say)
+/// holds no buffer at all.
 const COPY_BUF: usize = 64 * 1024;
 
 /// Copies `a` <-> `b` until both directions reach end of stream, passing each half-close on

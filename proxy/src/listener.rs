@@ -56,8 +56,8 @@ pub async fn accept_loop<F, Fut>(
             }
         };
         metrics::tcp_opened(direction);
-        // Boxed: a connection's future is kilobytes, and the task below would otherwise hold
-        // it by value, copied at each step of spawning.
+        // Boxed: a connection's future is up to a few kilobytes, and the task below would
+        // otherwise hold it by value, copied at each step of spawning.
         let connection = Box::pin(handle(assigned.tcp, peer, assigned.shared));
         assigned.placement.spawn(&run.tasks, async move {
             let result = connection.await;
