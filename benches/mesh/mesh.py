@@ -705,35 +705,35 @@ sslVersionMin = TLSv1.3
         return r
 
     def memory(self, name):
-        """Fresh sidecars: idle memory, then what 512 idle kept-alive connections add."""
+        """Fresh sidecars: idle memory, then what 512 idle kept-alive connections add; fresh
+        again, what 512 idle opaque TCP connections add after OPAQUE_BURST bytes each."""
         if name == "direct":
             return {}
         self.restart(name)
         time.sleep(1)
         idle = self.memory_kb(name)
-        close_all(open_idle(PORTS[name][0], 1))  # first-request set-up is not per connection
-        time.sleep(0.5)
-        base = self.memory_kb(name)
-        conns = open_idle(PORTS[name][0], IDLE_CONNECTIONS)
-        time.sleep(1)
-        loaded = self.memory_kb(name)
-        close_all(conns)
-        # Opaque TCP on fresh sidecars again: what an idle connection keeps after a burst.
+        rss, pss = self.per_connection_kb(name, lambda n: open_idle(PORTS[name][0], n), settle=1)
         self.restart(name)
         time.sleep(1)
-        close_all(open_opaque(TCP_PORTS[name][0], 1))
-        time.sleep(0.5)
-        opaque_base = self.memory_kb(name)
-        conns = open_opaque(TCP_PORTS[name][0], IDLE_CONNECTIONS)
-        time.sleep(2)  # the sink has read every burst
-        opaque_loaded = self.memory_kb(name)
-        close_all(conns)
+        # 2 s: the sink has read every burst
+        opaque_rss, _ = self.per_connection_kb(name, lambda n: open_opaque(TCP_PORTS[name][0], n), settle=2)
         return {
             "idle_rss_kb": [r for r, _ in idle], "idle_pss_kb": [p for _, p in idle],
-            "rss_per_conn_kb": (sum(r for r, _ in loaded) - sum(r for r, _ in base)) / IDLE_CONNECTIONS,
-            "pss_per_conn_kb": (sum(p for _, p in loaded) - sum(p for _, p in base)) / IDLE_CONNECTIONS,
-            "rss_per_opaque_conn_kb": (sum(r for r, _ in opaque_loaded) - sum(r for r, _ in opaque_base)) / IDLE_CONNECTIONS,
+            "rss_per_conn_kb": rss, "pss_per_conn_kb": pss, "rss_per_opaque_conn_kb": opaque_rss,
         }
+
+    def per_connection_kb(self, name, open_conns, settle):
+        """(RSS, PSS) KiB that each of IDLE_CONNECTIONS connections from `open_conns(n)` adds to
+        both sidecars, measured `settle` seconds after they opened; one connection first, so
+        first-use set-up is not counted per connection."""
+        close_all(open_conns(1))
+        time.sleep(0.5)
+        base = self.memory_kb(name)
+        conns = open_conns(IDLE_CONNECTIONS)
+        time.sleep(settle)
+        loaded = self.memory_kb(name)
+        close_all(conns)
+        return tuple((sum(m[i] for m in loaded) - sum(m[i] for m in base)) / IDLE_CONNECTIONS for i in (0, 1))
 
     def kill(self, procs):
         for p in procs:
