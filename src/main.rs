@@ -68,7 +68,9 @@ enum Command {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    cli.log.init()?;
+    // Held to the end of `run`: dropped, it writes the buffered log lines, before `main`
+    // prints an error.
+    let _logs = cli.log.init()?;
     warden_identity::tls::install_crypto_provider();
     match cli.command {
         Command::Demo(args) => demo::run(args),

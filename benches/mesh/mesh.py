@@ -51,6 +51,11 @@ Contestant warden-audit-all is Warden's pair with every decision audited (allows
 JSON lines on the server sidecar's stdout, signed checkpoints every 1,000 records or 10 s), to
 compare with warden (deny-only auditing, the default; nothing is denied in this load).
 
+`--access-log file|pipe` turns on every Warden contestant's access logs (`warden::access`, one
+line per request per sidecar) to stderr: `file` is the log file, as elsewhere here; `pipe` is
+a pipe read by a `cat` of its own (on the sidecars' CPU), as a container runtime reads a
+container's stderr in Kubernetes. The peers log no requests in either case.
+
 Run through benches/mesh/run.sh, which installs the peers and builds Warden and loadgen first.
 """
 
@@ -132,8 +137,9 @@ def pinned(cpu, cmd):
 
 
 class Bench:
-    def __init__(self, work):
+    def __init__(self, work, access_log="off"):
         self.work = work
+        self.access_log = access_log  # off, file or pipe: Warden's access logs (see --access-log)
         self.procs = {}  # name -> list of Popen (sidecar processes, for CPU and memory)
         self.setups = {}  # name -> threads -> [(cmd, log, env)], to start fresh sidecars again
         self.threads = {}  # name -> the worker count its sidecars run with now
@@ -295,7 +301,15 @@ authorization:
   audit_log: stdout
   log_allowed: {'true' if audit_all else 'false'}
 """)
-        env = dict(os.environ, WARDEN_LOG="warn")
+        env = dict(os.environ, WARDEN_LOG="warn" if self.access_log == "off" else "warn,warden::access=info")
+
+        def command(config, name):
+            cmd = [binary, "proxy", "--config", config]
+            if self.access_log != "pipe":
+                return cmd
+            # stderr a pipe read by a process of its own; `exec` keeps the sidecar's PID.
+            collected = self.path(f"{contestant}-{name}.stderr")
+            return ["bash", "-c", f'exec 2> >(exec cat >> "{collected}"); exec "$@"', "sidecar"] + cmd
 
         def setup(threads):
             configs = []
@@ -303,8 +317,8 @@ authorization:
                 with open(config) as f:
                     text = f.read()
                 configs.append(self.write(f"{contestant}-{name}-{threads}.yaml", f"worker_threads: {threads}\n" + extra + text))
-            return [([binary, "proxy", "--config", configs[0]], f"{contestant}-client.log", env),
-                    ([binary, "proxy", "--config", configs[1]], f"{contestant}-server.log", env)]
+            return [(command(configs[0], "client"), f"{contestant}-client.log", env),
+                    (command(configs[1], "server"), f"{contestant}-server.log", env)]
         self.sidecars(contestant, setup)
 
     def nginx(self):
@@ -1084,12 +1098,14 @@ def main():
     everyone = [c for c in PORTS if c != "warden-b" or WARDEN_PROXY_B]
     parser.add_argument("--only", nargs="*", default=everyone, help="contestants to run (default: all; warden-b with WARDEN_PROXY_B_BIN or _CONFIG)")
     parser.add_argument("--scenarios", nargs="*", default=SCENARIOS, choices=SCENARIOS, help="scenarios to run")
+    parser.add_argument("--access-log", choices=["off", "file", "pipe"], default="off",
+                        help="Warden's access logs: off (default), to a file, or to a pipe a reader drains")
     args = parser.parse_args()
     contestants = [c for c in PORTS if c in args.only]
     scenarios = [s for s in SCENARIOS if s in args.scenarios]
 
     work = tempfile.mkdtemp(prefix="warden-mesh-bench-")
-    bench = Bench(work)
+    bench = Bench(work, args.access_log)
     results = {s: {c: [] for c in contestants} for s in scenarios}
     try:
         bench.certificates()

@@ -19,8 +19,9 @@ pub struct LogArgs {
 }
 
 impl LogArgs {
-    /// Installs the process's log subscriber as these options say.
-    pub fn init(&self) -> anyhow::Result<()> {
+    /// Installs the process's log subscriber as these options say; keep the result until
+    /// the process ends (dropping it writes the buffered lines).
+    pub fn init(&self) -> anyhow::Result<crate::log_writer::Flusher> {
         crate::logging::init(&self.log_level, self.log_json)
     }
 }

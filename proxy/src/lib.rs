@@ -30,6 +30,7 @@ pub mod inbound;
 pub mod interception;
 pub mod io;
 pub mod listener;
+pub mod log_writer;
 pub mod logging;
 pub mod mesh;
 pub mod metrics;

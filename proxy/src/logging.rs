@@ -1,5 +1,6 @@
 //! The process's logs: a `tracing` subscriber writing text or JSON lines to stderr, whose
-//! filter can be changed at runtime (the admin endpoint's `PUT /log-level`).
+//! filter can be changed at runtime (the admin endpoint's `PUT /log-level`). Lines reach
+//! stderr through [`crate::log_writer`]: logging never blocks a worker.
 
 use std::sync::{Arc, OnceLock};
 
@@ -9,18 +10,28 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{reload, Registry};
 use warden_identity::admin::LogLevel;
 
+use crate::log_writer::{self, Flusher};
+
 static CONTROL: OnceLock<LogLevel> = OnceLock::new();
 
-/// Installs the subscriber with `filter` (e.g. `info`, `warn,warden::access=info`).
-pub fn init(filter: &str, json: bool) -> anyhow::Result<()> {
+/// Installs the subscriber with `filter` (e.g. `info`, `warn,warden::access=info`). Keep
+/// the returned [`Flusher`] until the process ends: dropping it writes what is buffered.
+pub fn init(filter: &str, json: bool) -> anyhow::Result<Flusher> {
     let initial = parse(filter).map_err(|e| anyhow::anyhow!("--log-level {filter:?}: {e}"))?;
+    let (writer, flusher) = log_writer::spawn(
+        Box::new(std::io::stderr()),
+        log_writer::MAX_BUFFERED,
+        log_writer::OnDropped {
+            each: Box::new(|| metrics::counter!("warden_log_lines_dropped_total").increment(1)),
+            report: Box::new(|lines| {
+                tracing::warn!(lines, "log lines dropped: stderr is not keeping up");
+            }),
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("starting the log writer thread: {e}"))?;
     let (filter_layer, handle) = reload::Layer::<Targets, Registry>::new(initial);
-    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
-    let json = json.then(|| {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_writer(std::io::stderr)
-    });
+    let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(writer.clone()));
+    let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));
     tracing_subscriber::registry()
         .with(filter_layer)
         .with(text)
@@ -38,7 +49,7 @@ pub fn init(filter: &str, json: bool) -> anyhow::Result<()> {
         }
     });
     let _ = CONTROL.set(control);
-    Ok(())
+    Ok(flusher)
 }
 
 /// A filter of comma-separated `level` and `target=level` directives. `Targets`, not

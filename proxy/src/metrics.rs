@@ -78,6 +78,10 @@ pub fn describe() {
         "warden_outbound_connections_total",
         "App connections routed by the outbound, by tls (true: mTLS to a peer proxy; false: plain TCP to a destination without a sidecar or outside the mesh)."
     );
+    describe_counter!(
+        "warden_log_lines_dropped_total",
+        "Log lines dropped because stderr did not take them as fast as they came (1 MiB buffered)."
+    );
 }
 
 /// Creates every series whose label values are known in advance at zero, so dashboards and
@@ -91,6 +95,7 @@ pub fn initialize() {
         }
         counter!("warden_connections_refused_total", "direction" => d).increment(0);
     }
+    counter!("warden_log_lines_dropped_total").increment(0);
     // The per-connection series, registered (at zero) on this thread.
     CONNECTION_SERIES.with(|_| {});
 }

@@ -110,3 +110,145 @@ async fn the_slim_binary_runs_a_proxy_that_gets_its_identity_and_stops_on_sigter
         .unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status}");
 }
+
+/// A child process killed if the test ends without waiting for it (a failed assertion).
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The counter's value in a Prometheus exposition (0 when absent).
+fn counter(exposition: &str, name: &str) -> u64 {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn a_proxy_whose_stderr_nobody_reads_keeps_serving_and_counts_the_log_lines_it_drops() {
+    let mesh = Mesh::start().await;
+    let config = mesh.workload("slim");
+    let file = mesh.dir.path().join("stuck-stderr.yaml");
+    // An inbound listener to refuse plaintext at: one log line per connection.
+    std::fs::write(
+        &file,
+        "inbound:\n  - listen: 127.0.0.1:0\n    app: 127.0.0.1:9\n",
+    )
+    .unwrap();
+    let child = Command::new(BIN)
+        .args(["--log-level", "info", "proxy", "--config"])
+        .arg(&file)
+        .env("WARDEN_IDENTITY_URL", &config.identity.url)
+        .env("WARDEN_IDENTITY_TOKEN_FILE", &config.identity.token_file)
+        .env("WARDEN_TRUST_BUNDLE", &config.identity.trust_bundle)
+        .env("WARDEN_POD_NAMESPACE", "test")
+        .env("WARDEN_POD_SERVICE_ACCOUNT", "slim")
+        .env("WARDEN_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    // Read up to the addresses, then not at all: the pipe fills (64 KiB) and stays full.
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap());
+    let (stderr, line) = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        while !line.starts_with("warden proxy: admin http://") {
+            line.clear();
+            assert!(stderr.read_line(&mut line).unwrap() > 0, "no addresses");
+        }
+        (stderr, line)
+    })
+    .await
+    .unwrap();
+    let admin: std::net::SocketAddr = line["warden proxy: admin http://".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let inbound: std::net::SocketAddr = line
+        .split("inbound [")
+        .nth(1)
+        .and_then(|rest| rest.split([']', ',']).next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    for _ in 0..1200 {
+        if raw_get(admin, "/ready").await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // Plaintext callers, each refused (and logged) until lines no longer fit: every one of
+    // them must still be answered (closed), as a blocked worker would not.
+    let mut refused = 0;
+    let mut dropped = 0;
+    let mut metrics = String::new();
+    while dropped == 0 {
+        assert!(
+            refused < 100_000,
+            "{refused} refusals and no line dropped: {metrics}"
+        );
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            for _ in 0..500 {
+                let mut tcp = std::net::TcpStream::connect(inbound).unwrap();
+                tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let _ = tcp.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n");
+                let mut rest = Vec::new();
+                if let Err(e) = tcp.read_to_end(&mut rest) {
+                    assert_ne!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock,
+                        "the proxy stopped serving while its stderr was full"
+                    );
+                }
+            }
+        })
+        .await
+        .unwrap();
+        refused += 500;
+        metrics = raw_get(admin, "/metrics").await;
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        dropped = counter(&metrics, "warden_log_lines_dropped_total");
+    }
+    assert!(raw_get(admin, "/ready").await.starts_with("HTTP/1.1 200"));
+
+    // Read again: what was kept arrives, whole lines, with the drops reported.
+    let reading =
+        std::thread::spawn(move || stderr.lines().map(Result::unwrap).collect::<Vec<String>>());
+    // SAFETY: kill(2) with a child's pid and a signal number has no memory preconditions.
+    assert_eq!(
+        unsafe { libc::kill(child.0.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let status = tokio::task::spawn_blocking(move || child.0.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    let lines = reading.join().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("log lines dropped: stderr is not keeping up")),
+        "{:?}",
+        &lines[lines.len().saturating_sub(5)..]
+    );
+    let refusals = lines
+        .iter()
+        .filter(|l| l.contains("inbound TLS handshake refused"))
+        .count();
+    assert!(
+        refusals > 0 && (refusals as u64) < refused,
+        "{refusals} of {refused}"
+    );
+}
