@@ -48,18 +48,27 @@ fn the_slim_binary_has_only_the_sidecar_commands() {
     assert!(plan.contains("-j REDIRECT --to-ports 7143"), "{plan}");
 }
 
-#[tokio::test]
-async fn the_slim_binary_runs_a_proxy_that_gets_its_identity_and_stops_on_sigterm() {
-    let mesh = Mesh::start().await;
-    let config = mesh.workload("slim");
-    let mut child = Command::new(BIN)
-        .arg("proxy")
+/// `warden-proxy` with `args`, getting its identity as the workload `config` is for, as the
+/// injector sets a sidecar up (environment variables), its admin server on a free port.
+fn slim_proxy(config: &warden_proxy::config::ProxyConfig, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
         .env("WARDEN_IDENTITY_URL", &config.identity.url)
         .env("WARDEN_IDENTITY_TOKEN_FILE", &config.identity.token_file)
         .env("WARDEN_TRUST_BUNDLE", &config.identity.trust_bundle)
         .env("WARDEN_POD_NAMESPACE", "test")
         .env("WARDEN_POD_SERVICE_ACCOUNT", "slim")
         .env("WARDEN_ADMIN_LISTEN", "127.0.0.1:0")
+        .stdin(Stdio::null());
+    command
+}
+
+#[tokio::test]
+async fn the_slim_binary_runs_a_proxy_that_gets_its_identity_and_stops_on_sigterm() {
+    let mesh = Mesh::start().await;
+    let config = mesh.workload("slim");
+    let mut child = slim_proxy(&config, &["proxy"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -142,15 +151,8 @@ async fn a_proxy_whose_stderr_nobody_reads_keeps_serving_and_counts_the_log_line
         "inbound:\n  - listen: 127.0.0.1:0\n    app: 127.0.0.1:9\n",
     )
     .unwrap();
-    let child = Command::new(BIN)
-        .args(["--log-level", "info", "proxy", "--config"])
+    let child = slim_proxy(&config, &["--log-level", "info", "proxy", "--config"])
         .arg(&file)
-        .env("WARDEN_IDENTITY_URL", &config.identity.url)
-        .env("WARDEN_IDENTITY_TOKEN_FILE", &config.identity.token_file)
-        .env("WARDEN_TRUST_BUNDLE", &config.identity.trust_bundle)
-        .env("WARDEN_POD_NAMESPACE", "test")
-        .env("WARDEN_POD_SERVICE_ACCOUNT", "slim")
-        .env("WARDEN_ADMIN_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
