@@ -11,7 +11,8 @@ use std::io::Write;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// The most bytes of lines held for the writer thread; past it, lines are dropped.
+/// The most bytes of lines waiting for the writer thread (besides the batch it is writing);
+/// past it, lines are dropped.
 pub const MAX_BUFFERED: usize = 1024 * 1024;
 
 /// How long the writer thread lets lines gather after writing a batch: under load one
@@ -84,10 +85,13 @@ pub struct NonBlocking {
 }
 
 /// Stops the writer thread when dropped, after it has written what is buffered (waiting at
-/// most two seconds: a stuck stderr must not hold the process's exit).
+/// most two seconds: a stuck stderr must not hold the process's exit). Lines logged after
+/// that are lost.
+#[must_use = "dropping the Flusher stops the log writer: keep it until the process ends"]
 pub struct Flusher {
     shared: Arc<Shared>,
-    done: mpsc::Receiver<()>,
+    /// Until the writer thread has stopped (or was given up on).
+    done: Option<mpsc::Receiver<()>>,
 }
 
 /// Starts the writer thread, writing to `out`, holding at most `max_buffered` bytes of lines;
@@ -120,7 +124,10 @@ pub fn spawn(
         NonBlocking {
             shared: shared.clone(),
         },
-        Flusher { shared, done },
+        Flusher {
+            shared,
+            done: Some(done),
+        },
     ))
 }
 
@@ -184,11 +191,26 @@ impl Write for LineWriter<'_> {
     }
 }
 
-impl Drop for Flusher {
-    fn drop(&mut self) {
+impl Flusher {
+    /// Stops the writer thread after it has written what is buffered, waiting at most
+    /// `timeout`; whether it stopped in time.
+    pub fn close(mut self, timeout: Duration) -> bool {
+        self.stop(timeout)
+    }
+
+    fn stop(&mut self, timeout: Duration) -> bool {
+        let Some(done) = self.done.take() else {
+            return true;
+        };
         self.shared.lock().closing = true;
         self.shared.wake.notify_one();
-        let _ = self.done.recv_timeout(CLOSE_TIMEOUT);
+        done.recv_timeout(timeout).is_ok()
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop(CLOSE_TIMEOUT);
     }
 }
 
@@ -198,6 +220,10 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use super::*;
+
+    /// How long a test waits for the writer thread: far more than it needs, however busy
+    /// the machine.
+    const TEST_CLOSE: Duration = Duration::from_secs(60);
 
     /// An output that keeps what it is given.
     #[derive(Clone, Default)]
@@ -252,7 +278,7 @@ mod tests {
                 });
             }
         });
-        drop(flusher);
+        assert!(flusher.close(TEST_CLOSE), "the writer thread did not stop");
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(dropped.load(Ordering::SeqCst), 0);
         assert_eq!(text.lines().count(), 4000);
@@ -269,13 +295,18 @@ mod tests {
     }
 
     #[test]
-    fn an_isolated_line_is_written_without_waiting_for_more_or_for_close() {
+    fn an_isolated_line_is_written_while_the_writer_is_open() {
         let out = Memory::default();
         let (_, _, on_dropped) = counting();
         let (writer, _flusher) = spawn(Box::new(out.clone()), MAX_BUFFERED, on_dropped).unwrap();
         log(&writer, "only line\n");
-        // No deadline on speed: the line must arrive while the writer is still open.
+        // Not a speed check: the bound only turns "never written" into a failure.
+        let deadline = std::time::Instant::now() + TEST_CLOSE;
         while out.0.lock().unwrap().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the line was not written"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         assert_eq!(&*out.0.lock().unwrap(), b"only line\n");
@@ -305,7 +336,7 @@ mod tests {
             all
         });
         drop(writer);
-        drop(flusher);
+        assert!(flusher.close(TEST_CLOSE), "the writer thread did not stop");
         let all = reading.join().unwrap();
         let written = all.len() / line.len();
         assert_eq!(all.len() % line.len(), 0, "only whole lines are written");
@@ -339,7 +370,7 @@ mod tests {
         for line in ["0123456789\n", "abc\n", "longer than sixteen\n", "z\n"] {
             log(&writer, line);
         }
-        drop(flusher);
+        assert!(flusher.close(TEST_CLOSE), "the writer thread did not stop");
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines.contains(&"0123456789"), "{text}");
