@@ -1,9 +1,10 @@
 //! A log writer that never blocks the thread that logs. Formatted lines are appended to a
 //! bounded buffer in memory and written to stderr in batches by a thread of their own.
 //!
-//! Why: written from the worker thread, every line cost a system call there (access logs:
-//! two lines per request, +3.8 µs of sidecar CPU per request at keep-alive), and when stderr
-//! is a pipe its reader drains slowly (a busy node's log collector), the write blocked the
+//! Why: written from the worker thread, every line cost a system call there, and on a pipe
+//! (stderr in Kubernetes) a wake-up of its reader: with access logs on (two lines per
+//! request), keep-alive cost 35 µs of sidecar CPU per request against 24.5 with this writer.
+//! And when the reader drained slowly (a busy node's log collector), the write blocked the
 //! worker, and every connection it serves, until the pipe had room. Lines that do not fit
 //! in the buffer are dropped and counted instead, as Envoy's access logs are.
 
@@ -20,8 +21,10 @@ pub const MAX_BUFFERED: usize = 1024 * 1024;
 const LINGER: Duration = Duration::from_millis(10);
 
 /// A batch buffer larger than this is given back after its write: a burst of logs does not
-/// keep its memory for the process's life.
-const KEEP_CAPACITY: usize = 64 * 1024;
+/// keep its memory for the process's life. Large enough for a batch of a busy proxy's access
+/// logs (~70,000 lines/s of ~250 bytes: ~175 KB per 10 ms), which would otherwise be grown
+/// from nothing and freed again on every batch.
+const KEEP_CAPACITY: usize = 256 * 1024;
 
 /// How long closing waits for the buffered lines to be written (stderr may be stuck).
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
