@@ -183,12 +183,15 @@ async fn a_proxy_whose_stderr_nobody_reads_keeps_serving_and_counts_the_log_line
         .unwrap()
         .parse()
         .unwrap();
+    let mut ready = String::new();
     for _ in 0..1200 {
-        if raw_get(admin, "/ready").await.starts_with("HTTP/1.1 200") {
+        ready = raw_get(admin, "/ready").await;
+        if ready.starts_with("HTTP/1.1 200") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert!(ready.starts_with("HTTP/1.1 200"), "never ready: {ready}");
 
     // Plaintext callers, each refused (and logged) until lines no longer fit: every one of
     // them must still be answered (closed), as a blocked worker would not.
@@ -253,4 +256,11 @@ async fn a_proxy_whose_stderr_nobody_reads_keeps_serving_and_counts_the_log_line
         refusals > 0 && (refusals as u64) < refused,
         "{refusals} of {refused}"
     );
+    // Whole lines: each kept one starts with its timestamp (or is the addresses line).
+    let torn: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.starts_with("20") && !l.starts_with("warden proxy:"))
+        .take(3)
+        .collect();
+    assert!(torn.is_empty(), "{torn:?}");
 }
