@@ -64,6 +64,19 @@ fn slim_proxy(config: &warden_proxy::config::ProxyConfig, args: &[&str]) -> Comm
     command
 }
 
+/// The admin `/ready` answer once it is 200, or the last one after 30 s.
+async fn until_ready(admin: std::net::SocketAddr) -> String {
+    let mut ready = String::new();
+    for _ in 0..1200 {
+        ready = raw_get(admin, "/ready").await;
+        if ready.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    ready
+}
+
 #[tokio::test]
 async fn the_slim_binary_runs_a_proxy_that_gets_its_identity_and_stops_on_sigterm() {
     let mesh = Mesh::start().await;
@@ -92,14 +105,7 @@ async fn the_slim_binary_runs_a_proxy_that_gets_its_identity_and_stops_on_sigter
     .unwrap()
     .parse()
     .unwrap();
-    let mut ready = String::new();
-    for _ in 0..1200 {
-        ready = raw_get(admin, "/ready").await;
-        if ready.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ready = until_ready(admin).await;
     assert!(
         ready.contains("ready: spiffe://cluster.local/ns/test/sa/slim"),
         "{ready}"
@@ -183,14 +189,7 @@ async fn a_proxy_whose_stderr_nobody_reads_keeps_serving_and_counts_the_log_line
         .unwrap()
         .parse()
         .unwrap();
-    let mut ready = String::new();
-    for _ in 0..1200 {
-        ready = raw_get(admin, "/ready").await;
-        if ready.starts_with("HTTP/1.1 200") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let ready = until_ready(admin).await;
     assert!(ready.starts_with("HTTP/1.1 200"), "never ready: {ready}");
 
     // Plaintext callers, each refused (and logged) until lines no longer fit: every one of
