@@ -3,7 +3,7 @@
 time and CPU time on a shared 2-vCPU machine are not (see benches/README.md).
 
     python3 benches/mesh/callgrind.py [--binary target/sidecar/release/warden-proxy] [--calls 3000]
-        [--contestant warden|warden-audit-all] grpc|http|close|rate
+        [--contestant warden|warden-audit-all] [--access-log off|file] grpc|http|close|rate
 
 Both sidecars run under `valgrind --tool=callgrind`; 500 warm-up calls, counters zeroed, then
 `--calls` calls with h2load (gRPC-shaped h2c calls, 4 connections x 4 streams; or HTTP/1.1
@@ -31,12 +31,14 @@ def main():
     parser.add_argument("--calls", type=int, default=3000, help="measured calls (default 3000)")
     parser.add_argument("--contestant", default="warden", choices=["warden", "warden-audit-all"],
                         help="warden-audit-all: every decision audited (default: deny-only)")
+    parser.add_argument("--access-log", choices=["off", "file"], default="off",
+                        help="file: both sidecars write access logs, stderr to a file (default: off)")
     parser.add_argument("kind", choices=["grpc", "http", "close", "rate"])
     args = parser.parse_args()
     c = args.contestant
     mesh.WARDEN_PROXY = args.binary
     work = tempfile.mkdtemp(prefix="warden-callgrind-")
-    bench = mesh.Bench(work)
+    bench = mesh.Bench(work, args.access_log)
     try:
         procs = pair_under_callgrind(bench, c)
         if args.kind == "grpc":

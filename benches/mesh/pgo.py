@@ -14,7 +14,8 @@ a quarter fewer instructions per request and 26-29% fewer lines of code run per 
 How: warden-proxy built with `-Cprofile-generate` (in target/pgo-generate), both sidecars of
 mesh.py's `warden` pair run natively through the exercise of symbol_order.py (HTTP/1.1
 keep-alive, gRPC-shaped calls, a connection per request, opaque TCP, admin scrapes), a
-fixed-rate run, and the same again with two workers per sidecar; on SIGTERM each writes its
+fixed-rate run, the same again with two workers per sidecar, and with access logs on (one
+worker); on SIGTERM each writes its
 counts, and `llvm-profdata merge --sparse` (the LLVM major version of this rustc) merges them.
 Regenerate after changes to the request path, then the symbol order (its names follow the
 optimized build's inlining), as the commands above do. A function changed since is built
@@ -64,6 +65,13 @@ def main():
             bench.wait_ready(c, mesh.PORTS[c][0])
             symbol_order.exercise(work, c)
             bench.rate(c, 2000, 2)
+        # Once more with access logs on, so that their code is optimized as hot, not cold.
+        bench.kill(bench.procs.pop(c))
+        bench.access_log = "file"
+        bench.warden(c)
+        bench.wait_ready(c, mesh.PORTS[c][0])
+        symbol_order.exercise(work, c)
+        bench.rate(c, 2000, 2)
     finally:
         bench.stop()
     files = glob.glob(os.path.join(RAW, "*.profraw"))

@@ -3,7 +3,7 @@
 //! - [`outbound`]: the app's connections to other workloads, originating mTLS;
 //! - [`inbound`]: mTLS from peer proxies, terminated and forwarded to the app;
 //! - [`cli`]: the `proxy` and `init` commands (of the slim `warden-proxy` binary and of
-//!   `warden`), [`logging`]: the process's logs;
+//!   `warden`), [`logging`]: the process's logs, [`access_log`]: its access logs;
 //! - [`proxy`]: wiring it all together, [`config`]: the one configuration module;
 //! - [`policy_dir`], [`control_plane`]: where policies come from (files, or the controller);
 //!   [`discovery`]: who must answer at each destination; [`grpc_client`]: gRPC without tonic;
@@ -13,6 +13,7 @@
 
 #![warn(missing_docs)]
 
+pub mod access_log;
 pub mod app_probe;
 pub mod audit;
 pub mod authz;

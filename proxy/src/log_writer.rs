@@ -167,6 +167,13 @@ fn write_batches(shared: &Shared, mut out: Box<dyn Write + Send>, report: &dyn F
     }
 }
 
+impl NonBlocking {
+    /// Buffers one whole line (ending in a newline), or drops and counts it if it does not fit.
+    pub fn push_line(&self, line: &[u8]) {
+        self.shared.push(line);
+    }
+}
+
 impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for NonBlocking {
     type Writer = LineWriter<'a>;
 

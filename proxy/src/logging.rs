@@ -29,6 +29,7 @@ pub fn init(filter: &str, json: bool) -> anyhow::Result<Flusher> {
         },
     )
     .map_err(|e| anyhow::anyhow!("starting the log writer thread: {e}"))?;
+    crate::access_log::install(writer.clone(), json);
     let (filter_layer, handle) = reload::Layer::<Targets, Registry>::new(initial);
     let text = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(writer.clone()));
     let json = json.then(|| tracing_subscriber::fmt::layer().json().with_writer(writer));

@@ -140,8 +140,8 @@ impl RunControl {
             moved.a_to_b,
             moved.b_to_a,
         );
-        if crate::http::access_log_enabled() {
-            crate::http::connection_log(&accounting, &moved, started.elapsed(), outcome.is_ok());
+        if crate::access_log::enabled() {
+            crate::access_log::connection(&accounting, &moved, started.elapsed(), outcome.is_ok());
         }
         outcome
     }

@@ -17,13 +17,14 @@ use warden_core::policy::path::normalize;
 
 use super::app::AppError;
 use super::InboundConn;
+use crate::access_log;
 use crate::authz::{AuthzContext, AuthzRequest, LiveConnection, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::drain::DrainOnDrop;
 use crate::http::{
-    access_log, access_log_enabled, boxed, check_target, empty, error_chain, forwarded_uri,
-    is_grpc, names, request_id, strip_hop_by_hop, ProxyBody, ProxyError, WEBSOCKET,
+    boxed, check_target, empty, error_chain, forwarded_uri, is_grpc, names, request_id,
+    strip_hop_by_hop, ProxyBody, ProxyError, WEBSOCKET,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -89,8 +90,7 @@ async fn handle(
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let id = request_id();
-    let access =
-        access_log_enabled().then(|| (req.method().to_string(), req.uri().path().to_string()));
+    let access = access_log::enabled().then(|| (req.method().clone(), req.uri().clone()));
     let response = match forward(req, conn, shared, &id).await {
         Ok(response) => response,
         Err(e) => {
@@ -114,17 +114,17 @@ async fn handle(
         status,
         started.elapsed(),
     );
-    if let Some((method, path)) = access {
-        access_log(
-            Direction::Inbound,
-            &id,
-            conn.client_label(),
-            &own,
-            &method,
-            &path,
+    if let Some((method, uri)) = access {
+        access_log::request(&access_log::Request {
+            direction: Direction::Inbound,
+            request_id: &id,
+            client_id: conn.client_label(),
+            server_id: &own,
+            method: method.as_str(),
+            path: uri.path(),
             status,
-            started.elapsed(),
-        );
+            elapsed: started.elapsed(),
+        });
     }
     response
 }

@@ -15,10 +15,11 @@ use tokio_util::task::TaskTracker;
 
 use super::pool::PoolKey;
 use super::OutboundTarget;
+use crate::access_log;
 use crate::detect::Protocol;
 use crate::http::{
-    access_log, access_log_enabled, boxed, check_target, empty, forwarded_uri, is_grpc, names,
-    request_id, strip_hop_by_hop, upgrade_protocol, ProxyBody, ProxyError,
+    boxed, check_target, empty, forwarded_uri, is_grpc, names, request_id, strip_hop_by_hop,
+    upgrade_protocol, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
@@ -100,8 +101,7 @@ async fn forward(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
-    let access =
-        access_log_enabled().then(|| (req.method().to_string(), req.uri().path().to_string()));
+    let access = access_log::enabled().then(|| (req.method().clone(), req.uri().clone()));
     let mut id = None;
     let (response, peer) = match forward_inner(req, key, shared, tunnels).await {
         Ok(pair) => pair,
@@ -118,18 +118,17 @@ async fn forward(
     let own = shared.own_id();
     let status = response.status().as_u16();
     metrics::request(Direction::Outbound, &own, &peer, status, started.elapsed());
-    if let Some((method, path)) = access {
-        let id = id.as_deref().unwrap_or("-");
-        access_log(
-            Direction::Outbound,
-            id,
-            &own,
-            &peer,
-            &method,
-            &path,
+    if let Some((method, uri)) = access {
+        access_log::request(&access_log::Request {
+            direction: Direction::Outbound,
+            request_id: id.as_deref().unwrap_or("-"),
+            client_id: &own,
+            server_id: &peer,
+            method: method.as_str(),
+            path: uri.path(),
             status,
-            started.elapsed(),
-        );
+            elapsed: started.elapsed(),
+        });
     }
     response
 }
