@@ -4,13 +4,14 @@
 //! the log writer's buffer, in the shape the fmt layer gives every other line (text, or JSON
 //! with `--log-json`).
 //!
-//! Why not through `tracing`'s fmt layer: it cost about 2.7 µs of a worker's time per line (the
+//! Why not through `tracing`'s fmt layer: it cost about 12,500 instructions per line (the
 //! timestamp's date worked out anew for every line, each string escaped a character at a time
-//! through `Debug`, the duration's shortest float digits), with two lines per proxied request.
+//! through `Debug`, the duration's shortest float digits), with two lines per proxied request;
+//! this costs about 2,500 (benches/README.md).
 //! Here the date is worked out once a second, strings that need no escaping are copied whole,
 //! and the duration is printed in whole microseconds.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt::{Display, Write as _};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -132,28 +133,29 @@ fn connection_line(
 const KEEP_LINE_CAPACITY: usize = 4096;
 
 thread_local! {
-    /// Each worker formats its lines into a buffer of its own, reused line after line.
-    static LINE: RefCell<String> = const { RefCell::new(String::new()) };
-    /// The date and time of day of the last second a line was logged in on this thread.
-    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    /// Each worker formats its lines into a buffer of its own, reused line after line. Taken
+    /// out while a line is written (a `Cell`, not a `RefCell`: whatever happens meanwhile, and
+    /// at the thread's end, there is no borrow to fail, only a new buffer).
+    static LINE: Cell<String> = const { Cell::new(String::new()) };
+    /// The second a line was last logged in on this thread, and its date and time of day.
+    static SECOND: Cell<(u64, String)> = const { Cell::new((0, String::new())) };
 }
 
 fn emit(fill: impl FnOnce(&mut Line<'_>)) {
     let Some(sink) = SINK.get() else { return };
-    LINE.with_borrow_mut(|out| {
-        out.clear();
-        let mut line = Line {
-            out,
-            json: sink.json,
-            now: SystemTime::now(),
-        };
-        fill(&mut line);
-        line.finish();
-        sink.writer.push_line(out.as_bytes());
-        if out.capacity() > KEEP_LINE_CAPACITY {
-            *out = String::new();
-        }
-    });
+    let mut out = LINE.try_with(Cell::take).unwrap_or_default();
+    out.clear();
+    let mut line = Line {
+        out: &mut out,
+        json: sink.json,
+        now: SystemTime::now(),
+    };
+    fill(&mut line);
+    line.finish();
+    sink.writer.push_line(out.as_bytes());
+    if out.capacity() <= KEEP_LINE_CAPACITY {
+        let _ = LINE.try_with(|cell| cell.set(out));
+    }
 }
 
 /// A line being written, as the fmt layer writes an info event of [`TARGET`] with no span:
@@ -248,7 +250,7 @@ impl Line<'_> {
 }
 
 /// `value` in double quotes, escaped as the fmt layer escapes it: as `Debug` does in text
-/// (control characters as `\u{..}`), as JSON does in JSON. Most values need no escaping and
+/// (`\"`, `\n`, `\u{1b}`), as JSON does in JSON: a line stays one line whatever the value. Most values need no escaping and
 /// are copied whole.
 fn quoted(out: &mut String, value: &str, json: bool) {
     // Without an early exit, so that the compiler checks many bytes per instruction.
@@ -289,27 +291,26 @@ fn timestamp(out: &mut String, now: SystemTime) {
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();
     let second = since_epoch.as_secs();
-    SECOND.with_borrow_mut(|(cached, text)| {
-        if *cached != second {
-            text.clear();
-            let t = i64::try_from(second)
-                .ok()
-                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-            let _ = write!(
-                text,
-                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-                t.year(),
-                u8::from(t.month()),
-                t.day(),
-                t.hour(),
-                t.minute(),
-                t.second()
-            );
-            *cached = second;
-        }
-        out.push_str(text);
-    });
+    let (cached, mut text) = SECOND.try_with(Cell::take).unwrap_or_default();
+    if cached != second || text.is_empty() {
+        text.clear();
+        let t = i64::try_from(second)
+            .ok()
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        let _ = write!(
+            text,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+    }
+    out.push_str(&text);
+    let _ = SECOND.try_with(|cell| cell.set((second, text)));
     out.push('.');
     digits(out, u64::from(since_epoch.subsec_micros()), 6);
     out.push('Z');
