@@ -27,6 +27,8 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use warden_core::SpiffeId;
 
+use crate::timestamp::rfc3339_seconds;
+
 /// How long a new token is valid unless told otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -166,20 +168,6 @@ fn token_and_line(id: &SpiffeId, expires: OffsetDateTime, single_use: bool) -> (
         rfc3339_seconds(expires)
     );
     (token, line)
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` in UTC (whole seconds; infallible for years 0 to 9999).
-fn rfc3339_seconds(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
 }
 
 /// The 64 hex digits of a `sha256:<hex>` field, lowercased.

@@ -13,7 +13,7 @@
 //! - [`admin`], [`telemetry`], [`http`], [`server`]: health, metrics, HTTP plumbing and
 //!   the bounds every server here keeps;
 //! - [`bundle`], [`credential`], [`inspect`], [`certify`]: trust bundles, SVID credentials,
-//!   certificate summaries and the issuance wire format.
+//!   certificate summaries and the issuance wire format; [`timestamp`]: RFC 3339 times.
 
 #![warn(missing_docs)]
 
@@ -37,6 +37,7 @@ pub mod server;
 pub mod service;
 pub mod svid;
 pub mod telemetry;
+pub mod timestamp;
 pub mod tls;
 pub mod token_review;
 pub mod verify;

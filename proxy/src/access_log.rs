@@ -293,21 +293,12 @@ fn timestamp(out: &mut String, now: SystemTime) {
     let second = since_epoch.as_secs();
     let (cached, mut text) = SECOND.try_with(Cell::take).unwrap_or_default();
     if cached != second || text.is_empty() {
-        text.clear();
         let t = i64::try_from(second)
             .ok()
             .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
             .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-        let _ = write!(
-            text,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        );
+        text = warden_identity::timestamp::rfc3339_seconds(t);
+        text.pop(); // the `Z`: the fraction comes first
     }
     out.push_str(&text);
     let _ = SECOND.try_with(|cell| cell.set((second, text)));

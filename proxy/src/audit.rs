@@ -370,12 +370,6 @@ fn random_u32() -> u32 {
     h.finish() as u32
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 /// The writer thread's state: the chain as written so far, and a batch not yet written.
 struct Writer {
     sink: Sink,
@@ -466,7 +460,7 @@ impl Writer {
         Entry::Epoch(EpochRecord {
             chain: String::new(),
             seq: 0,
-            time: now_rfc3339(),
+            time: warden_identity::timestamp::now_rfc3339(),
             pod: self.pod.clone(),
             run: self.run.clone(),
             workload: self.credentials.borrow().svid.id().to_string(),
@@ -593,7 +587,7 @@ impl Writer {
         let mut cp = Checkpoint {
             chain: self.chain.clone(),
             seq: self.seq,
-            time: now_rfc3339(),
+            time: warden_identity::timestamp::now_rfc3339(),
             first: self.since,
             dropped,
             last,

@@ -104,12 +104,6 @@ fn own_workload(id: &SpiffeId) -> Rc<Workload> {
     })
 }
 
-fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
-}
-
 impl PolicyEngine {
     fn decide(&self, request: &AuthzRequest<'_>, ctx: &AuthzContext<'_>) -> Verdict {
         let set = self.policies.borrow().clone();
@@ -124,7 +118,7 @@ impl PolicyEngine {
         crate::metrics::authz_decision(label, decision.policy_label());
         if let Some(audit) = &self.audit {
             if label != "allow" || audit.log_allowed {
-                let time = now_rfc3339();
+                let time = warden_identity::timestamp::now_rfc3339();
                 let reason = decision.reason();
                 let recorded = audit.record(&DecisionFields {
                     time: &time,
