@@ -220,9 +220,11 @@ pub fn request_id() -> String {
     id
 }
 
-/// Headers that describe one connection and must not be forwarded (RFC 9110 section 7.6.1;
-/// HTTP/2 forbids them).
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// The hop-by-hop headers: they describe one connection and must not be forwarded (RFC 9110
+/// section 7.6.1, and the legacy ones proxies drop; HTTP/2 forbids them). A `static`, not a
+/// `const`: a `const` array of `HeaderName`s is built and dropped wherever it
+/// is used.
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -231,6 +233,19 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
     header::TRAILER,
 ];
+
+/// Whether a name `len` bytes long may be one of [`HOP_BY_HOP`]: a cheap screen, since most
+/// names are none of them.
+fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 7 | 10 | 16..=18)
+}
+
+/// Whether `token` (a name `Connection` lists, any case) is one of [`HOP_BY_HOP`].
+fn is_hop_by_hop_token(token: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(token))
+}
 
 /// Warden's own headers (`warden_core::contract::headers`) as `HeaderName`s made at compile
 /// time: a header map given a `&str` name parses and validates it again on every insert or
@@ -252,46 +267,85 @@ pub mod names {
 /// Removes hop-by-hop headers, and those the `Connection` header names. `TE: trailers` is
 /// kept (gRPC needs it); other `TE` values are dropped.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the few names present finds what to remove, so only present names are
-    // hashed: most messages carry one hop-by-hop header (`Connection`) or none (this runs on
-    // every message at each proxy).
+    // One pass over the names present, with no allocation and no hashing unless something is
+    // to go: this runs on every message at each proxy, and most carry one hop-by-hop header
+    // (`Connection`) or none.
+    let mut present = 0u8; // bit i: HOP_BY_HOP[i] is present
     let mut te = false;
-    let mut remove: Vec<HeaderName> = Vec::new();
-    {
-        let listed: Vec<&str> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .collect();
-        for name in headers.keys() {
-            if name == header::TE {
-                te = true;
-            } else if HOP_BY_HOP.contains(name)
-                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
-            {
-                remove.push(name.clone());
+    // A header named `close` goes if `Connection: close` lists it, as any other would.
+    let mut close_header = false;
+    for name in headers.keys() {
+        let len = name.as_str().len();
+        if len == 2 {
+            te |= name == header::TE;
+        } else if len == 5 {
+            close_header |= name.as_str() == "close";
+        } else if hop_by_hop_length(len) {
+            if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+                present |= 1 << i;
             }
         }
     }
-    for name in &remove {
-        headers.remove(name);
+    if present & 1 != 0 {
+        // The names `Connection` lists go too: rarely any beyond those above (`TE` is
+        // decided below).
+        let others = |t: &&[u8]| {
+            !t.is_empty()
+                && (close_header || !t.eq_ignore_ascii_case(b"close"))
+                && !t.eq_ignore_ascii_case(b"te")
+                && !is_hop_by_hop_token(t)
+        };
+        // `keep-alive` and `close` (nearly every `Connection` header) are read as they are.
+        let plain = |v: &HeaderValue| {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        };
+        let lists_others = (close_header || !headers.get_all(header::CONNECTION).iter().all(plain))
+            && connection_tokens(headers).any(|t| others(&t));
+        if lists_others {
+            let listed: Vec<HeaderName> = headers
+                .keys()
+                .filter(|name| {
+                    connection_tokens(headers)
+                        .filter(others)
+                        .any(|t| t.eq_ignore_ascii_case(name.as_str().as_bytes()))
+                })
+                .cloned()
+                .collect();
+            for name in &listed {
+                headers.remove(name);
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if !te {
         return;
     }
-    let te_trailers = headers
-        .get(header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
+    // Several `TE` lines read as one list.
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+        })
+    });
     headers.remove(header::TE);
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The tokens of every `Connection` header, trimmed; as bytes, so that a value holding
+/// non-ASCII bytes still names the headers it lists.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
 }
 
 /// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` plus
@@ -466,10 +520,111 @@ mod tests {
         let mut h = map(&[("connection", "TE, X-A"), ("te", "trailers"), ("x-a", "1")]);
         strip_hop_by_hop(&mut h);
         assert_eq!(h.keys().collect::<Vec<_>>(), ["te"]);
+        // Only the fixed names, in any case, and several `Connection` headers.
+        let mut h = map(&[
+            ("connection", "Keep-Alive"),
+            ("connection", "close, X-B"),
+            ("keep-alive", "timeout=5"),
+            ("x-b", "1"),
+            ("x-c", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-c"]);
         let untouched = map(&[("content-type", "text/plain"), ("x-a", "1")]);
         let mut h = untouched.clone();
         strip_hop_by_hop(&mut h);
         assert_eq!(h, untouched);
+    }
+
+    /// The plain reading of the rule, one header at a time, that `strip_hop_by_hop` must agree
+    /// with.
+    fn strip_reference(headers: &mut HeaderMap) {
+        let listed: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|t| t.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+        let names: Vec<HeaderName> = headers.keys().cloned().collect();
+        for name in names {
+            if name == header::TE {
+                headers.remove(&name);
+                if te_trailers {
+                    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+                }
+            } else if HOP_BY_HOP.contains(&name) || listed.iter().any(|t| t == name.as_str()) {
+                headers.remove(&name);
+            }
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_stripping_agrees_with_the_plain_rule() {
+        assert!(HOP_BY_HOP
+            .iter()
+            .all(|h| hop_by_hop_length(h.as_str().len())));
+        let names = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "transfer-encoding",
+            "upgrade",
+            "trailer",
+            "te",
+            "x-a",
+            "x-b",
+            "content-type",
+            "close",
+        ];
+        let values: [&[u8]; 16] = [
+            b"keep-alive",
+            b"close",
+            b"Keep-Alive",
+            b"close, x-a",
+            b"X-A, x-b",
+            b"te",
+            b"TE, x-a",
+            b"upgrade",
+            b"trailers",
+            b"gzip, trailers",
+            b"gzip",
+            b"",
+            b", ,",
+            b"x-b , keep-alive",
+            b"CLOSE",
+            b"x-a, caf\xc3\xa9",
+        ];
+        // xorshift: the same 20,000 header sets on every run.
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut pick = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        for _ in 0..20_000 {
+            let mut headers = HeaderMap::new();
+            for _ in 0..pick(7) {
+                let name = HeaderName::from_static(names[pick(names.len())]);
+                let value = HeaderValue::from_bytes(values[pick(values.len())]).unwrap();
+                headers.append(name, value);
+            }
+            let (mut fast, mut plain) = (headers.clone(), headers.clone());
+            strip_hop_by_hop(&mut fast);
+            strip_reference(&mut plain);
+            assert_eq!(fast, plain, "{headers:?}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod access_log;
+pub mod alloc;
 pub mod app_probe;
 pub mod audit;
 pub mod authz;

@@ -8,20 +8,7 @@ use clap::{Parser, Subcommand};
 use warden_proxy::cli;
 
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-extern "C" {
-    /// mimalloc's own: frees what its heaps hold unused and returns it to the system.
-    fn mi_collect(force: bool);
-}
-
-/// Start-up (configuration, certificates, policies) leaves freed memory in the allocator's
-/// pages; handed back once the proxy is ready, an idle sidecar keeps ~0.25 MB less.
-fn release_start_up_memory() {
-    // SAFETY: mimalloc, linked as the global allocator above, defines mi_collect; it takes
-    // no pointers and may be called from any thread at any time.
-    unsafe { mi_collect(true) }
-}
+static ALLOC: warden_proxy::alloc::Allocator = warden_proxy::alloc::Allocator;
 
 /// Warden's sidecar: the per-pod proxy and its interception rules.
 #[derive(Parser)]
@@ -48,7 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     warden_identity::tls::install_crypto_provider();
     match cli.command {
         Command::Proxy(args) => {
-            warden_proxy::proxy::on_first_ready(release_start_up_memory);
+            warden_proxy::proxy::on_first_ready(warden_proxy::alloc::release_unused);
             cli::proxy::run(args)
         }
         Command::Init(args) => cli::init::run(args),
