@@ -221,9 +221,9 @@ pub fn request_id() -> String {
 }
 
 /// The hop-by-hop headers: they describe one connection and must not be forwarded (RFC 9110
-/// section 7.6.1, and the legacy ones proxies drop; HTTP/2 forbids them). A `static`, not a
-/// `const`: a `const` array of `HeaderName`s is built and dropped wherever it
-/// is used.
+/// section 7.6.1, and the legacy ones proxies drop; HTTP/2 forbids them). A `static`, not
+/// a `const`: a `const` array of `HeaderName`s would be built and dropped again at each
+/// place that uses it.
 static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
