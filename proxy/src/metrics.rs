@@ -108,18 +108,27 @@ pub fn request(
     status: u16,
     elapsed: Duration,
 ) {
-    REQUEST_SERIES.with_borrow_mut(|clients| {
-        let fresh;
-        let (requests, duration) =
-            match request_series(clients, direction, client_id, server_id, status) {
-                Some(series) => series,
-                None => {
-                    fresh = register_request_series(direction, client_id, server_id, status);
-                    &fresh
-                }
-            };
+    let register = || register_request_series(direction, client_id, server_id, status);
+    let record = |(requests, duration): &RequestSeries| {
         requests.increment(1);
         duration.record(elapsed.as_secs_f64());
+    };
+    REQUEST_SERIES.with_borrow_mut(|clients| {
+        // Each identity hashed once when both are known (nearly always); keys are allocated
+        // only for a new one, as `entry` would need owned keys on every call.
+        if let Some(series) = clients
+            .get_mut(client_id)
+            .and_then(|servers| servers.get_mut(server_id))
+        {
+            record(series.entry((direction, status)).or_insert_with(register));
+            return;
+        }
+        let series = clients
+            .entry(client_id.into())
+            .or_default()
+            .entry(server_id.into())
+            .or_default();
+        record(series.entry((direction, status)).or_insert_with(register));
     });
 }
 
@@ -139,30 +148,6 @@ thread_local! {
     /// label strings and two registry lookups (~7,000 instructions, callgrind). Bounded as
     /// the series themselves are: by the identities and status codes seen.
     static REQUEST_SERIES: RefCell<RequestSeriesIndex> = RefCell::default();
-}
-
-/// The cached handles for these labels, registered on first use (keys are allocated only
-/// then).
-fn request_series<'a>(
-    clients: &'a mut RequestSeriesIndex,
-    direction: Direction,
-    client_id: &str,
-    server_id: &str,
-    status: u16,
-) -> Option<&'a RequestSeries> {
-    if !clients.contains_key(client_id) {
-        clients.insert(client_id.into(), FastMap::default());
-    }
-    let servers = clients.get_mut(client_id)?;
-    if !servers.contains_key(server_id) {
-        servers.insert(server_id.into(), FastMap::default());
-    }
-    let series = servers.get_mut(server_id)?;
-    Some(
-        series
-            .entry((direction, status))
-            .or_insert_with(|| register_request_series(direction, client_id, server_id, status)),
-    )
 }
 
 fn register_request_series(
@@ -186,11 +171,10 @@ fn register_request_series(
 /// An authorization decision (`allow`, `deny` or `audit`) and the policy that made it.
 pub fn authz_decision(decision: &'static str, policy: &str) {
     AUTHZ_SERIES.with_borrow_mut(|policies| {
-        if !policies.contains_key(policy) {
-            policies.insert(policy.into(), Vec::new());
-        }
-        let Some(series) = policies.get_mut(policy) else {
-            return;
+        // The policy hashed once when known (nearly always), its key allocated only if new.
+        let series = match policies.get_mut(policy) {
+            Some(series) => series,
+            None => policies.entry(policy.into()).or_default(),
         };
         match series.iter().find(|(d, _)| *d == decision) {
             Some((_, counter)) => counter.increment(1),
@@ -348,5 +332,53 @@ mod tests {
                 "{line} missing in:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn request_and_decision_series_count_under_their_own_labels() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let ms = Duration::from_millis(1);
+        metrics::with_local_recorder(&recorder, || {
+            // New client, new server for a known client, new status, then repeats.
+            request(Direction::Inbound, "spiffe://t/a", "spiffe://t/s", 200, ms);
+            request(Direction::Inbound, "spiffe://t/a", "spiffe://t/s", 200, ms);
+            request(Direction::Inbound, "spiffe://t/a", "spiffe://t/s", 403, ms);
+            request(Direction::Outbound, "spiffe://t/a", "spiffe://t/s", 200, ms);
+            request(
+                Direction::Inbound,
+                "spiffe://t/a",
+                "spiffe://t/other",
+                200,
+                ms,
+            );
+            request(Direction::Inbound, "spiffe://t/b", "spiffe://t/s", 200, ms);
+            authz_decision("allow", "p1");
+            authz_decision("allow", "p1");
+            authz_decision("deny", "p1");
+            authz_decision("allow", "p2");
+        });
+        let text = handle.render();
+        let series = |direction: &str, client: &str, server: &str, status: u16, n: u32| {
+            format!(
+                r#"warden_requests_total{{direction="{direction}",client_id="{client}",server_id="{server}",status_code="{status}"}} {n}"#
+            )
+        };
+        for line in [
+            series("inbound", "spiffe://t/a", "spiffe://t/s", 200, 2),
+            series("inbound", "spiffe://t/a", "spiffe://t/s", 403, 1),
+            series("outbound", "spiffe://t/a", "spiffe://t/s", 200, 1),
+            series("inbound", "spiffe://t/a", "spiffe://t/other", 200, 1),
+            series("inbound", "spiffe://t/b", "spiffe://t/s", 200, 1),
+            r#"warden_authz_decisions_total{decision="allow",policy="p1"} 2"#.to_string(),
+            r#"warden_authz_decisions_total{decision="deny",policy="p1"} 1"#.to_string(),
+            r#"warden_authz_decisions_total{decision="allow",policy="p2"} 1"#.to_string(),
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert_eq!(text.matches("warden_requests_total{").count(), 5, "{text}");
     }
 }
