@@ -426,6 +426,14 @@ pub async fn run(
             // Fail closed: such a proxy denies everything, so it takes no traffic.
             return Readiness::not_ready(format!("not ready: {why}"));
         }
+        // The audit status is read before whether requests are refused: the writer sets
+        // its failing flag before it publishes the error, so a status showing the error is
+        // never paired with a stale "not refusing" (a /ready answering 200 and a failing
+        // audit log under `audit_failure: deny` at once).
+        let audit_detail = audit
+            .as_ref()
+            .map(|a| audit_line(&a.status().borrow()))
+            .unwrap_or_default();
         if let Some(why) = audit.as_ref().and_then(|a| a.refusing()) {
             // Fail closed: it refuses what it cannot record, so it takes no traffic.
             return Readiness::not_ready(format!("not ready: {why}"));
@@ -451,7 +459,7 @@ pub async fn run(
                     .as_ref()
                     .map(|d| format!("\ndiscovery: {}", d.describe()))
                     .unwrap_or_default(),
-                audit.as_ref().map(|a| audit_line(&a.status().borrow())).unwrap_or_default()
+                audit_detail
             ),
         }
     };

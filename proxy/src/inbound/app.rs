@@ -5,7 +5,9 @@
 //! connection; an HTTP/1.1 connection goes back to the pool when its response body ends.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ use http::{header, HeaderValue, Request, Response, Uri};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::http::{boxed, OnEnd, ProxyBody};
 use crate::outbound::pool::BoxingExecutor;
@@ -40,6 +43,9 @@ struct IdleHttp1 {
 
 /// The shared h2c connection to one app (`None` until first used or after it closed).
 type H2cSlot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
+
+/// The send paths that are boxed: connecting, and h2c.
+type BoxedSend = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, AppError>> + Send>>;
 
 /// Hashed with a fast, per-process seeded hasher: looked up on every request.
 type AppMap<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
@@ -72,51 +78,60 @@ impl AppClients {
         }
     }
 
-    /// Sends `req` (absolute URI, as for HTTP/2) to `app` over HTTP/1.1 or h2c.
-    pub async fn send(
+    /// Sends `req` (absolute URI, as for HTTP/2) to `app` over HTTP/1.1 or h2c. A request for
+    /// an idle pooled HTTP/1.1 connection is handed to it here, before the first poll, so the
+    /// future returned holds only the exchange in flight: every HTTP/2 stream's task holds
+    /// it, and copies it as it moves. Connecting (rare) and h2c are boxed.
+    pub fn send(
         &self,
         app: SocketAddr,
         http1: bool,
-        req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, AppError> {
-        if http1 {
-            self.send_http1(app, req).await
-        } else {
-            self.send_h2c(app, req).await
-        }
-    }
-
-    async fn send_http1(
-        &self,
-        app: SocketAddr,
         mut req: Request<ProxyBody>,
-    ) -> Result<Response<ProxyBody>, AppError> {
+    ) -> impl Future<Output = Result<Response<ProxyBody>, AppError>> + Send + 'static {
+        if !http1 {
+            return Either::Right(Box::pin(self.clone().send_h2c(app, req)) as BoxedSend);
+        }
         to_origin_form(&mut req, app);
-        let (mut sender, mut reused) = match self.checkout_http1(app) {
-            Some(sender) => (sender, true),
-            None => (self.connect_http1(app).await?, false),
+        let Some(mut sender) = self.checkout_http1(app) else {
+            return Either::Right(Box::pin(self.clone().send_http1_new(app, req)));
         };
-        loop {
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    // The connection goes back when the response body ends; one dropped
-                    // before its end takes the connection with it (hyper closes it).
-                    let inner = self.inner.clone();
-                    let give_back = move || AppClients::give_back(&inner, app, sender);
-                    return Ok(response.map(|body| boxed(OnEnd::new(body, give_back))));
-                }
+        let sent = sender.try_send_request(req);
+        let clients = self.clone();
+        Either::Left(async move {
+            match sent.await {
+                Ok(response) => Ok(clients.lend_http1(app, sender, response)),
                 Err(mut e) => match e.take_message() {
                     // The pooled connection closed before the request was written (the app
                     // timed it out): the request is intact, so it goes on a new connection.
-                    Some(back) if reused => {
-                        req = back;
-                        sender = self.connect_http1(app).await?;
-                        reused = false;
-                    }
-                    _ => return Err(AppError::Http(e.into_error())),
+                    Some(back) => Box::pin(clients.send_http1_new(app, back)).await,
+                    None => Err(AppError::Http(e.into_error())),
                 },
             }
-        }
+        })
+    }
+
+    /// Sends `req` (in origin form) on a new HTTP/1.1 connection to `app`.
+    async fn send_http1_new(
+        self,
+        app: SocketAddr,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, AppError> {
+        let mut sender = self.connect_http1(app).await?;
+        let response = sender.send_request(req).await?;
+        Ok(self.lend_http1(app, sender, response))
+    }
+
+    /// The app's response; its connection goes back to the pool when the body ends (one
+    /// dropped before its end takes the connection with it: hyper closes it).
+    fn lend_http1(
+        &self,
+        app: SocketAddr,
+        sender: http1::SendRequest<ProxyBody>,
+        response: Response<hyper::body::Incoming>,
+    ) -> Response<ProxyBody> {
+        let inner = self.inner.clone();
+        let give_back = move || AppClients::give_back(&inner, app, sender);
+        response.map(|body| boxed(OnEnd::new(body, give_back)))
     }
 
     /// The newest idle connection to `app` that can take a request now; drops expired and
@@ -169,7 +184,7 @@ impl AppClients {
     }
 
     async fn send_h2c(
-        &self,
+        self,
         app: SocketAddr,
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, AppError> {

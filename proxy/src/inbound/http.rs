@@ -4,7 +4,10 @@
 //! sent is removed first.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::uri::PathAndQuery;
@@ -43,11 +46,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service_shared = shared.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let shared = service_shared.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(handle(req, &conn, &shared).await) }
-    });
+    let service = hyper::service::service_fn(move |req| handle(req, &conn, &service_shared));
     let limits = &shared.config.limits;
     let result = if protocol == Protocol::Http2 {
         let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor::new(
@@ -82,61 +81,207 @@ where
     result.map_err(|e| tracing::debug!(error = %e, "inbound HTTP/2 connection ended"))
 }
 
-async fn handle(
+/// Starts one request. Everything up to the app call runs here, before the first poll, so
+/// the future each HTTP/2 stream's task holds (and copies as it moves) carries the call in
+/// flight and what its accounting needs, not the request as well: an `async fn` keeps its
+/// arguments, and each call it awaits, side by side.
+fn handle(
     req: Request<Incoming>,
-    conn: &InboundConn,
-    shared: &Shared,
-) -> Response<ProxyBody> {
+    conn: &Arc<InboundConn>,
+    shared: &Arc<Shared>,
+) -> Exchange<impl Future<Output = Result<Response<ProxyBody>, AppError>> + Send + 'static> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let id = request_id();
     let access = access_log::enabled().then(|| (req.method().clone(), req.uri().clone()));
-    let response = match forward(req, conn, shared, &id).await {
-        Ok(response) => response,
-        Err(e) => {
-            match &e {
-                ProxyError::Denied { policy } => {
-                    tracing::info!(request_id = %id, client = conn.client_label(), %policy, "inbound request denied")
-                }
-                other => {
-                    tracing::warn!(request_id = %id, client = conn.client_label(), app = %conn.target.app, error = %other, "inbound request failed")
-                }
+    #[cfg(feature = "hop-timing")]
+    let timed = crate::hop_timing::inbound_request(req.headers(), crate::hop_timing::now_ns());
+    let call = match prepare(req, conn, shared, &id) {
+        Ok(Prepared::App { http1, request }) => {
+            let timeout = shared.config.timeouts.response;
+            Call::App {
+                // The app may answer before reading all of the body (see `drain`).
+                sent: tokio::time::timeout(
+                    timeout,
+                    shared.apps.send(conn.target.app, http1, request),
+                ),
+                timeout,
             }
-            e.to_response(grpc, &id)
         }
+        Ok(Prepared::Upgrade(upgrade)) => {
+            let (conn, shared) = (conn.clone(), shared.clone());
+            // Boxed: rare, and its state would otherwise enlarge every request's future.
+            Call::Boxed {
+                call: Box::pin(async move { upgrade.run(&conn, &shared).await }),
+            }
+        }
+        Err(error) => Call::Failed { error: Some(error) },
     };
-    let own = shared.own_id();
-    let status = response.status().as_u16();
-    metrics::request(
-        Direction::Inbound,
-        conn.client_label(),
-        &own,
-        status,
-        started.elapsed(),
-    );
-    if let Some((method, uri)) = access {
-        access_log::request(&access_log::Request {
-            direction: Direction::Inbound,
-            request_id: &id,
-            client_id: conn.client_label(),
-            server_id: &own,
-            method: method.as_str(),
-            path: uri.path(),
-            status,
-            elapsed: started.elapsed(),
-        });
+    Exchange {
+        call,
+        done: Done {
+            started,
+            grpc,
+            id,
+            access,
+            conn: conn.clone(),
+            shared: shared.clone(),
+            #[cfg(feature = "hop-timing")]
+            timed: timed.map(|arrived| (arrived, crate::hop_timing::now_ns())),
+        },
     }
-    response
 }
 
-async fn forward(
+pin_project_lite::pin_project! {
+    /// One request from its app call (or the error that replaced it) to its response, with
+    /// the call's future held in place.
+    struct Exchange<F> {
+        #[pin]
+        call: Call<F>,
+        done: Done,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Where a request stands once it has been checked.
+    #[project = CallProj]
+    enum Call<F> {
+        /// With the app, within the response timeout.
+        App { #[pin] sent: tokio::time::Timeout<F>, timeout: Duration },
+        /// A WebSocket upgrade.
+        Boxed { call: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>> },
+        /// Refused before it reached the app.
+        Failed { error: Option<ProxyError> },
+    }
+}
+
+/// What a request's accounting needs once it is answered.
+struct Done {
+    started: Instant,
+    grpc: bool,
+    id: String,
+    access: Option<(Method, Uri)>,
+    conn: Arc<InboundConn>,
+    shared: Arc<Shared>,
+    /// When the request arrived and when it left for the app (a `hop-timing` build).
+    #[cfg(feature = "hop-timing")]
+    timed: Option<(u64, u64)>,
+}
+
+impl<F> Future for Exchange<F>
+where
+    F: Future<Output = Result<Response<ProxyBody>, AppError>>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = match this.call.project() {
+            CallProj::App { sent, timeout } => match ready!(sent.poll(cx)) {
+                Err(_) => Err(ProxyError::ResponseTimeout(*timeout)),
+                Ok(answer) => from_app(answer, this.done),
+            },
+            CallProj::Boxed { call } => ready!(call.as_mut().poll(cx)),
+            CallProj::Failed { error } => match error.take() {
+                Some(error) => Err(error),
+                // Polled again after it completed.
+                None => return Poll::Pending,
+            },
+        };
+        Poll::Ready(Ok(this.done.finish(result)))
+    }
+}
+
+impl Done {
+    /// The response (the proxy's own, for an error), counted and logged.
+    fn finish(&self, result: Result<Response<ProxyBody>, ProxyError>) -> Response<ProxyBody> {
+        let (conn, id) = (&self.conn, &self.id);
+        let response = match result {
+            Ok(response) => response,
+            Err(e) => {
+                match &e {
+                    ProxyError::Denied { policy } => {
+                        tracing::info!(request_id = %id, client = conn.client_label(), %policy, "inbound request denied")
+                    }
+                    other => {
+                        tracing::warn!(request_id = %id, client = conn.client_label(), app = %conn.target.app, error = %other, "inbound request failed")
+                    }
+                }
+                e.to_response(self.grpc, id)
+            }
+        };
+        let own = self.shared.own_id();
+        let status = response.status().as_u16();
+        metrics::request(
+            Direction::Inbound,
+            conn.client_label(),
+            &own,
+            status,
+            self.started.elapsed(),
+        );
+        if let Some((method, uri)) = &self.access {
+            access_log::request(&access_log::Request {
+                direction: Direction::Inbound,
+                request_id: id,
+                client_id: conn.client_label(),
+                server_id: &own,
+                method: method.as_str(),
+                path: uri.path(),
+                status,
+                elapsed: self.started.elapsed(),
+            });
+        }
+        response
+    }
+}
+
+/// The app's answer as the caller gets it, or why there is none.
+fn from_app(
+    answer: Result<Response<ProxyBody>, AppError>,
+    #[cfg_attr(not(feature = "hop-timing"), allow(unused_variables))] done: &Done,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let app = done.conn.target.app;
+    let response = match answer {
+        Err(AppError::Connect(e)) => {
+            return Err(ProxyError::Unreachable {
+                target: app.to_string(),
+                reason: e.to_string(),
+            })
+        }
+        Err(AppError::ConnectTimeout(_)) => {
+            return Err(ProxyError::ConnectTimeout(app.to_string()))
+        }
+        Err(AppError::Http(e)) => return Err(app_failed(app, &e)),
+        Ok(response) => response,
+    };
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.version = Version::HTTP_2;
+    #[cfg(feature = "hop-timing")]
+    if let Some((arrived, to_app)) = done.timed {
+        crate::hop_timing::inbound_response(arrived, to_app, &mut parts.headers);
+    }
+    Ok(Response::from_parts(parts, body))
+}
+
+/// A checked request, ready to go.
+enum Prepared {
+    /// To the app over HTTP/1.1 (`http1`) or h2c.
+    App {
+        http1: bool,
+        request: Request<ProxyBody>,
+    },
+    /// A WebSocket upgrade (an extended CONNECT from the peer).
+    Upgrade(Upgrade),
+}
+
+/// Checks `req` (target, method, path, policy) and rewrites it for the app.
+fn prepare(
     mut req: Request<Incoming>,
     conn: &InboundConn,
     shared: &Shared,
     request_id: &str,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    #[cfg(feature = "hop-timing")]
-    let timed = crate::hop_timing::inbound_request(req.headers(), crate::hop_timing::now_ns());
+) -> Result<Prepared, ProxyError> {
     check_target(&req)?;
     // An extended CONNECT (RFC 8441) is the caller's WebSocket upgrade: the app receives it
     // as the GET it was, so it is authorized and audited as that GET.
@@ -160,15 +305,17 @@ async fn forward(
     let path = normalize(req.uri().path()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let workload = shared.credentials.borrow().svid.id().clone();
     // A tunnel outlives this request: a policy change that denies its GET closes it, counted
-    // from before the check (boxed, so other requests' futures do not carry its state).
+    // from before the check.
     let revoked = tunnel.is_some().then(|| {
-        Box::pin(shared.authz.until_revoked(LiveConnection {
-            client: conn.client.clone(),
-            port: conn.target.app.port(),
-            http: Some((Method::GET.to_string(), path.clone())),
-            workload: workload.clone(),
-            client_addr: Some(conn.peer),
-        }))
+        let revoked: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(shared.authz.until_revoked(LiveConnection {
+                client: conn.client.clone(),
+                port: conn.target.app.port(),
+                http: Some((Method::GET.to_string(), path.clone())),
+                workload: workload.clone(),
+                client_addr: Some(conn.peer),
+            }));
+        revoked
     });
     let request = AuthzRequest {
         client: conn.client.as_ref(),
@@ -216,10 +363,9 @@ async fn forward(
         parts.headers.insert(names::TLS, v.clone());
     }
     let authority = parts.uri.authority().cloned();
-    let app = conn.target.app;
     parts.uri = forwarded_uri(conn.app_authority.clone(), path_and_query)?;
-    let use_http1 = app_speaks_http1(conn.target.protocol, orig_proto.as_ref(), parts.version);
-    if use_http1 || tunnel.is_some() {
+    let http1 = app_speaks_http1(conn.target.protocol, orig_proto.as_ref(), parts.version);
+    if http1 || tunnel.is_some() {
         parts.version = Version::HTTP_11;
         if let Some(host) = authority
             .as_ref()
@@ -232,48 +378,19 @@ async fn forward(
     }
 
     if let (Some(protocol), Some(peer_upgrade), Some(revoked)) = (tunnel, peer_upgrade, revoked) {
-        // Boxed: rare, and its state would otherwise enlarge every request's future.
-        return Box::pin(upgrade_to_app(
+        return Ok(Prepared::Upgrade(Upgrade {
             parts,
-            &protocol,
+            protocol,
             peer_upgrade,
             revoked,
-            conn,
-            shared,
-        ))
-        .await;
+        }));
     }
-
-    let timeout = shared.config.timeouts.response;
-    #[cfg(feature = "hop-timing")]
-    let to_app = crate::hop_timing::now_ns();
     // The app may answer before reading all of it (see `drain`).
-    let body = DrainOnDrop::new(body);
-    let sent = shared
-        .apps
-        .send(app, use_http1, Request::from_parts(parts, boxed(body)));
-    let response = match tokio::time::timeout(timeout, sent).await {
-        Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
-        Ok(Err(AppError::Connect(e))) => {
-            return Err(ProxyError::Unreachable {
-                target: app.to_string(),
-                reason: e.to_string(),
-            })
-        }
-        Ok(Err(AppError::ConnectTimeout(_))) => {
-            return Err(ProxyError::ConnectTimeout(app.to_string()))
-        }
-        Ok(Err(AppError::Http(e))) => return Err(app_failed(app, &e)),
-        Ok(Ok(response)) => response,
-    };
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    parts.version = Version::HTTP_2;
-    #[cfg(feature = "hop-timing")]
-    if let Some(arrived) = timed {
-        crate::hop_timing::inbound_response(arrived, to_app, &mut parts.headers);
-    }
-    Ok(Response::from_parts(parts, body))
+    let body = boxed(DrainOnDrop::new(body));
+    Ok(Prepared::App {
+        http1,
+        request: Request::from_parts(parts, body),
+    })
 }
 
 /// The app's connection failed after it was reached (it closed or reset it mid-request).
@@ -333,78 +450,95 @@ fn strip_warden_headers(headers: &mut http::HeaderMap) {
     }
 }
 
-/// An extended CONNECT from the peer becomes an HTTP/1.1 upgrade request to the app; on the
-/// app's 101, the peer gets 200 and the two streams are joined.
-async fn upgrade_to_app(
-    mut parts: http::request::Parts,
-    protocol: &str,
+/// A WebSocket upgrade from the peer, checked and on its way to the app.
+struct Upgrade {
+    parts: http::request::Parts,
+    protocol: String,
     peer_upgrade: hyper::upgrade::OnUpgrade,
-    revoked: impl std::future::Future<Output = ()> + Send + 'static,
-    conn: &InboundConn,
-    shared: &Shared,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let app = conn.target.app;
-    parts.method = Method::GET;
-    parts.uri = parts.uri.path_and_query().map_or_else(
-        || Uri::from_static("/"),
-        |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
-    );
-    parts.extensions = http::Extensions::new();
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(protocol) {
-        parts.headers.insert(header::UPGRADE, v);
-    }
-    let tcp =
-        match tokio::time::timeout(shared.config.timeouts.connect, TcpStream::connect(app)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                return Err(ProxyError::Unreachable {
-                    target: app.to_string(),
-                    reason: e.to_string(),
-                })
-            }
-            Err(_) => return Err(ProxyError::ConnectTimeout(app.to_string())),
-        };
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    /// Ends when a policy change denies the tunnel.
+    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Upgrade {
+    /// An extended CONNECT from the peer becomes an HTTP/1.1 upgrade request to the app; on
+    /// the app's 101, the peer gets 200 and the two streams are joined.
+    async fn run(
+        self,
+        conn: &InboundConn,
+        shared: &Shared,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let Upgrade {
+            mut parts,
+            protocol,
+            peer_upgrade,
+            revoked,
+        } = self;
+        let protocol = protocol.as_str();
+        let app = conn.target.app;
+        parts.method = Method::GET;
+        parts.uri = parts.uri.path_and_query().map_or_else(
+            || Uri::from_static("/"),
+            |p| Uri::try_from(p.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
+        );
+        parts.extensions = http::Extensions::new();
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Ok(v) = HeaderValue::from_str(protocol) {
+            parts.headers.insert(header::UPGRADE, v);
+        }
+        let tcp =
+            match tokio::time::timeout(shared.config.timeouts.connect, TcpStream::connect(app))
+                .await
+            {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(e)) => {
+                    return Err(ProxyError::Unreachable {
+                        target: app.to_string(),
+                        reason: e.to_string(),
+                    })
+                }
+                Err(_) => return Err(ProxyError::ConnectTimeout(app.to_string())),
+            };
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| app_failed(app, &e))?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        let timeout = shared.config.timeouts.response;
+        let mut response = match tokio::time::timeout(
+            timeout,
+            sender.send_request(Request::from_parts(parts, empty())),
+        )
         .await
-        .map_err(|e| app_failed(app, &e))?;
-    tokio::spawn(async move {
-        let _ = connection.with_upgrades().await;
-    });
-    let timeout = shared.config.timeouts.response;
-    let mut response = match tokio::time::timeout(
-        timeout,
-        sender.send_request(Request::from_parts(parts, empty())),
-    )
-    .await
-    {
-        Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
-        Ok(Err(e)) => return Err(app_failed(app, &e)),
-        Ok(Ok(response)) => response,
-    };
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = response.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.version = Version::HTTP_2;
-        return Ok(Response::from_parts(parts, boxed(body)));
+        {
+            Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
+            Ok(Err(e)) => return Err(app_failed(app, &e)),
+            Ok(Ok(response)) => response,
+        };
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts.version = Version::HTTP_2;
+            return Ok(Response::from_parts(parts, boxed(body)));
+        }
+        let app_upgrade = hyper::upgrade::on(&mut response);
+        let mut ok = Response::new(empty());
+        *ok.headers_mut() = response.headers().clone();
+        strip_hop_by_hop(ok.headers_mut());
+        let idle = shared.config.timeouts.idle;
+        // The peer's connection stays open (and counted) while this stream of it lives.
+        tokio::spawn(crate::http::bridge_upgrades(
+            peer_upgrade,
+            app_upgrade,
+            idle,
+            revoked,
+            "inbound",
+        ));
+        Ok(ok)
     }
-    let app_upgrade = hyper::upgrade::on(&mut response);
-    let mut ok = Response::new(empty());
-    *ok.headers_mut() = response.headers().clone();
-    strip_hop_by_hop(ok.headers_mut());
-    let idle = shared.config.timeouts.idle;
-    // The peer's connection stays open (and counted) while this stream of it lives.
-    tokio::spawn(crate::http::bridge_upgrades(
-        peer_upgrade,
-        app_upgrade,
-        idle,
-        revoked,
-        "inbound",
-    ));
-    Ok(ok)
 }
 
 #[cfg(test)]

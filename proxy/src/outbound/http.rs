@@ -3,11 +3,14 @@
 //! travel as HTTP/2 extended CONNECT tunnels (RFC 8441).
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery};
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -48,14 +51,7 @@ where
         tunnels.clone(),
     ));
     let service_shared = shared.clone();
-    let service = hyper::service::service_fn(move |req| {
-        let shared = service_shared.clone();
-        let route = route.clone();
-        async move {
-            let (key, tunnels) = &*route;
-            Ok::<_, Infallible>(forward(req, key, &shared, tunnels).await)
-        }
-    });
+    let service = hyper::service::service_fn(move |req| handle(req, &route, &service_shared));
     let limits = &shared.config.limits;
     let timeouts = &shared.config.timeouts;
     let result = if protocol == Protocol::Http2 {
@@ -92,61 +88,258 @@ where
     result.map_err(|e| tracing::debug!(error = %e, "outbound HTTP connection ended"))
 }
 
-/// Forwards one request; errors become the proxy's own response.
-async fn forward(
+/// The pooled connection's key, and the tasks of the connection's upgraded requests.
+type Route = Arc<(PoolKey, TaskTracker)>;
+
+/// Starts one request. Everything up to handing it to the pooled connection runs here,
+/// before the first poll, so the future hyper holds for the request (and copies as it moves)
+/// carries the call in flight and what its accounting needs, not the request as well: an
+/// `async fn` keeps its arguments, and each call it awaits, side by side. Connecting (rare)
+/// is boxed.
+fn handle(
     req: Request<Incoming>,
-    key: &PoolKey,
-    shared: &Shared,
-    tunnels: &TaskTracker,
-) -> Response<ProxyBody> {
+    route: &Route,
+    shared: &Arc<Shared>,
+) -> Exchange<impl Future<Output = Result<Response<Incoming>, hyper::Error>> + Send + 'static> {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let access = access_log::enabled().then(|| (req.method().clone(), req.uri().clone()));
-    let mut id = None;
-    let (response, peer) = match forward_inner(req, key, shared, tunnels).await {
-        Ok(pair) => pair,
-        Err(e) => {
-            let id = id.insert(request_id());
-            tracing::warn!(request_id = %id, destination = %key.addr, status = e.status().as_u16(), error = %e, "outbound request failed");
-            let peer: Arc<str> = match &*key.expected {
-                [id] => Arc::from(id.as_str()),
-                _ => Arc::from("-"),
-            };
-            (e.to_response(grpc, id), peer)
+    let from_http1 = req.version() < Version::HTTP_2;
+    let mut upgrade = None;
+    let prepared = prepare(req, &route.0, &mut upgrade);
+    #[cfg(feature = "hop-timing")]
+    let (prepared, sent) = match prepared {
+        Ok(mut request) => {
+            let sent = crate::hop_timing::outbound_request(request.headers_mut());
+            (Ok(request), sent)
         }
+        Err(e) => (Err(e), 0),
     };
-    let own = shared.own_id();
-    let status = response.status().as_u16();
-    metrics::request(Direction::Outbound, &own, &peer, status, started.elapsed());
-    if let Some((method, uri)) = access {
-        access_log::request(&access_log::Request {
-            direction: Direction::Outbound,
-            request_id: id.as_deref().unwrap_or("-"),
-            client_id: &own,
-            server_id: &peer,
-            method: method.as_str(),
-            path: uri.path(),
-            status,
-            elapsed: started.elapsed(),
-        });
+    let call = match prepared {
+        Err(error) => Call::Failed { error: Some(error) },
+        Ok(request) => match shared.pool.try_get(&route.0) {
+            Some(pooled) => {
+                let timeout = shared.config.timeouts.response;
+                let mut sender = pooled.sender.clone();
+                Call::Sent {
+                    sent: tokio::time::timeout(timeout, sender.send_request(request)),
+                    peer: Some(pooled.peer),
+                    timeout,
+                }
+            }
+            None => Call::Boxed {
+                call: Box::pin(connect_and_send(shared.clone(), route.clone(), request)),
+            },
+        },
+    };
+    Exchange {
+        call,
+        done: Done {
+            started,
+            grpc,
+            access,
+            from_http1,
+            upgrade,
+            route: route.clone(),
+            shared: shared.clone(),
+            #[cfg(feature = "hop-timing")]
+            sent,
+        },
     }
-    response
 }
 
-async fn forward_inner(
+pin_project_lite::pin_project! {
+    /// One request from its hand-over to the pooled connection (or the error that replaced
+    /// it) to its response, with the call's future held in place.
+    struct Exchange<F> {
+        #[pin]
+        call: Call<F>,
+        done: Done,
+    }
+}
+
+/// The connect path: the response and the peer's identity.
+type BoxedCall =
+    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Arc<str>), ProxyError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// Where a request stands once it has been checked.
+    #[project = CallProj]
+    enum Call<F> {
+        /// On the pooled connection to the peer (`peer`: its identity), within the
+        /// response timeout.
+        Sent { #[pin] sent: tokio::time::Timeout<F>, peer: Option<Arc<str>>, timeout: Duration },
+        /// Waiting for the pool to connect first.
+        Boxed { call: BoxedCall },
+        /// Refused before it left.
+        Failed { error: Option<ProxyError> },
+    }
+}
+
+/// What a request's accounting and its response need once the peer has answered.
+struct Done {
+    started: Instant,
+    grpc: bool,
+    access: Option<(Method, Uri)>,
+    from_http1: bool,
+    /// The app's upgrade and its protocol, for an HTTP/1.1 upgrade request.
+    upgrade: Option<(hyper::upgrade::OnUpgrade, String)>,
+    route: Route,
+    shared: Arc<Shared>,
+    /// When the request left (a `hop-timing` build).
+    #[cfg(feature = "hop-timing")]
+    sent: u64,
+}
+
+impl<F> Future for Exchange<F>
+where
+    F: Future<Output = Result<Response<Incoming>, hyper::Error>>,
+{
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answered = match this.call.project() {
+            CallProj::Sent {
+                sent,
+                peer,
+                timeout,
+            } => match ready!(sent.poll(cx)) {
+                Err(_) => Err(ProxyError::ResponseTimeout(*timeout)),
+                Ok(Err(e)) => Err(peer_failed(&this.done.shared, &this.done.route.0, &e)),
+                Ok(Ok(response)) => Ok((response, peer.take().unwrap_or_else(|| Arc::from("-")))),
+            },
+            CallProj::Boxed { call } => ready!(call.as_mut().poll(cx)),
+            CallProj::Failed { error } => match error.take() {
+                Some(error) => Err(error),
+                // Polled again after it completed.
+                None => return Poll::Pending,
+            },
+        };
+        let done = this.done;
+        let result = answered.map(|(response, peer)| (done.respond(response), peer));
+        Poll::Ready(Ok(done.finish(result)))
+    }
+}
+
+impl Done {
+    /// The peer's response as the app gets it (for an upgrade: the app's 101, and the
+    /// tunnel started).
+    fn respond(&mut self, response: Response<Incoming>) -> Response<ProxyBody> {
+        if let Some((app_upgrade, protocol)) = self.upgrade.take() {
+            return tunnel(
+                response,
+                app_upgrade,
+                &protocol,
+                &self.shared,
+                &self.route.1,
+            );
+        }
+        let (mut parts, body) = response.into_parts();
+        if self.from_http1 {
+            parts.version = Version::HTTP_11;
+        }
+        let body = boxed(body);
+        #[cfg(feature = "hop-timing")]
+        let body = crate::hop_timing::outbound_response(
+            &self.shared.hops,
+            self.sent,
+            &mut parts.headers,
+            body,
+        );
+        Response::from_parts(parts, body)
+    }
+
+    /// The response (the proxy's own, for an error), counted and logged.
+    fn finish(
+        &self,
+        result: Result<(Response<ProxyBody>, Arc<str>), ProxyError>,
+    ) -> Response<ProxyBody> {
+        let key = &self.route.0;
+        let mut id = None;
+        let (response, peer) = match result {
+            Ok(pair) => pair,
+            Err(e) => {
+                let id = id.insert(request_id());
+                tracing::warn!(request_id = %id, destination = %key.addr, status = e.status().as_u16(), error = %e, "outbound request failed");
+                let peer: Arc<str> = match &*key.expected {
+                    [id] => Arc::from(id.as_str()),
+                    _ => Arc::from("-"),
+                };
+                (e.to_response(self.grpc, id), peer)
+            }
+        };
+        let own = self.shared.own_id();
+        let status = response.status().as_u16();
+        metrics::request(
+            Direction::Outbound,
+            &own,
+            &peer,
+            status,
+            self.started.elapsed(),
+        );
+        if let Some((method, uri)) = &self.access {
+            access_log::request(&access_log::Request {
+                direction: Direction::Outbound,
+                request_id: id.as_deref().unwrap_or("-"),
+                client_id: &own,
+                server_id: &peer,
+                method: method.as_str(),
+                path: uri.path(),
+                status,
+                elapsed: self.started.elapsed(),
+            });
+        }
+        response
+    }
+}
+
+/// The connect path: a connection from the pool (made now, or by a request before this one
+/// while this one waited), then the request on it.
+async fn connect_and_send(
+    shared: Arc<Shared>,
+    route: Route,
+    request: Request<ProxyBody>,
+) -> Result<(Response<Incoming>, Arc<str>), ProxyError> {
+    let key = &route.0;
+    let pooled = shared.pool.get(key, &shared.mesh).await?;
+    let mut sender = pooled.sender.clone();
+    let timeout = shared.config.timeouts.response;
+    match tokio::time::timeout(timeout, sender.send_request(request)).await {
+        Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
+        Ok(Err(e)) => Err(peer_failed(&shared, key, &e)),
+        Ok(Ok(response)) => Ok((response, pooled.peer)),
+    }
+}
+
+/// The error for a request the pooled connection failed; a connection that closed is
+/// forgotten, so the next request reconnects.
+fn peer_failed(shared: &Arc<Shared>, key: &PoolKey, e: &hyper::Error) -> ProxyError {
+    if e.is_closed() || e.is_canceled() {
+        let (shared, key) = (shared.clone(), key.clone());
+        tokio::spawn(async move { shared.pool.evict(&key).await });
+    }
+    ProxyError::Upstream(format!(
+        "the peer proxy at {} failed mid-request ({}); check its log",
+        key.addr,
+        crate::http::error_chain(e)
+    ))
+}
+
+/// Checks `req` and rewrites it for the peer proxy: an HTTP/2 request (an HTTP/1.1 upgrade
+/// becomes an extended CONNECT, its app side left in `upgrade`).
+fn prepare(
     mut req: Request<Incoming>,
     key: &PoolKey,
-    shared: &Shared,
-    tunnels: &TaskTracker,
-) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
+    upgrade: &mut Option<(hyper::upgrade::OnUpgrade, String)>,
+) -> Result<Request<ProxyBody>, ProxyError> {
     let from_http1 = req.version() < Version::HTTP_2;
     check_target(&req)?;
-    let upgrade = if from_http1 {
+    let protocol = if from_http1 {
         upgrade_protocol(req.headers())
     } else {
         None
     };
-    let app_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
 
     // The URI is assembled from the parts already parsed, not re-parsed from strings.
     let authority = match req.uri().authority() {
@@ -169,6 +362,7 @@ async fn forward_inner(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let app_upgrade = protocol.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     parts.uri = forwarded_uri(authority, path_and_query)?;
     parts.version = Version::HTTP_2;
@@ -182,57 +376,19 @@ async fn forward_inner(
         // Only this proxy says how the app spoke.
         parts.headers.remove(names::ORIG_PROTO);
     }
-    let body = match &upgrade {
-        Some(protocol) => {
+    let body = match (protocol, app_upgrade) {
+        (Some(protocol), Some(app_upgrade)) => {
             parts.method = Method::CONNECT;
             parts
                 .extensions
                 .insert(hyper::ext::Protocol::from(protocol.as_str()));
+            *upgrade = Some((app_upgrade, protocol));
             empty()
         }
         // The peer may answer before it has all of it (see `drain`).
-        None => boxed(crate::drain::DrainOnDrop::new(body)),
+        _ => boxed(crate::drain::DrainOnDrop::new(body)),
     };
-
-    #[cfg(feature = "hop-timing")]
-    let sent = crate::hop_timing::outbound_request(&mut parts.headers);
-    let pooled = shared.pool.get(key, &shared.mesh).await?;
-    let mut sender = pooled.sender.clone();
-    let timeout = shared.config.timeouts.response;
-    let response = match tokio::time::timeout(
-        timeout,
-        sender.send_request(Request::from_parts(parts, body)),
-    )
-    .await
-    {
-        Err(_) => return Err(ProxyError::ResponseTimeout(timeout)),
-        Ok(Err(e)) => {
-            if e.is_closed() || e.is_canceled() {
-                shared.pool.evict(key).await;
-            }
-            return Err(ProxyError::Upstream(format!(
-                "the peer proxy at {} failed mid-request ({}); check its log",
-                key.addr,
-                crate::http::error_chain(&e)
-            )));
-        }
-        Ok(Ok(response)) => response,
-    };
-
-    if let (Some(app_upgrade), Some(protocol)) = (app_upgrade, upgrade) {
-        return Ok((
-            tunnel(response, app_upgrade, &protocol, shared, tunnels),
-            pooled.peer,
-        ));
-    }
-    let (mut parts, body) = response.into_parts();
-    if from_http1 {
-        parts.version = Version::HTTP_11;
-    }
-    let body = boxed(body);
-    #[cfg(feature = "hop-timing")]
-    let body = crate::hop_timing::outbound_response(&shared.hops, sent, &mut parts.headers, body);
-    Ok((Response::from_parts(parts, body), pooled.peer))
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Completes an upgrade: on the peer's 200 to the extended CONNECT, answers the app 101 and

@@ -81,6 +81,16 @@ impl Pool {
         }
     }
 
+    /// A live connection for `key` if there is one now (no wait: none while another request
+    /// connects or checks the slot); the usual case, without `get`'s future.
+    pub fn try_get(&self, key: &PoolKey) -> Option<Pooled> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = slots.get_mut(key)?;
+        entry.last_used = Instant::now();
+        let pooled = entry.slot.try_lock().ok()?;
+        pooled.as_ref().filter(|p| !p.sender.is_closed()).cloned()
+    }
+
     /// A live connection for `key`, connecting if there is none. Concurrent callers for the
     /// same key wait for one connection rather than each opening their own.
     pub async fn get(
