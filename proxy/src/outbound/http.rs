@@ -124,6 +124,7 @@ fn handle(
                 Call::Sent {
                     sent: tokio::time::timeout(timeout, sender.send_request(request)),
                     peer: Some(pooled.peer),
+                    connection: pooled.id,
                     timeout,
                 }
             }
@@ -166,9 +167,15 @@ pin_project_lite::pin_project! {
     /// Where a request stands once it has been checked.
     #[project = CallProj]
     enum Call<F> {
-        /// On the pooled connection to the peer (`peer`: its identity), within the
+        /// On pooled connection `connection` to the peer (`peer`: its identity), within the
         /// response timeout.
-        Sent { #[pin] sent: tokio::time::Timeout<F>, peer: Option<Arc<str>>, timeout: Duration },
+        Sent {
+            #[pin]
+            sent: tokio::time::Timeout<F>,
+            peer: Option<Arc<str>>,
+            connection: u64,
+            timeout: Duration,
+        },
         /// Waiting for the pool to connect first.
         Boxed { call: BoxedCall },
         /// Refused before it left.
@@ -203,10 +210,16 @@ where
             CallProj::Sent {
                 sent,
                 peer,
+                connection,
                 timeout,
             } => match ready!(sent.poll(cx)) {
                 Err(_) => Err(ProxyError::ResponseTimeout(*timeout)),
-                Ok(Err(e)) => Err(peer_failed(&this.done.shared, &this.done.route.0, &e)),
+                Ok(Err(e)) => Err(peer_failed(
+                    &this.done.shared,
+                    &this.done.route.0,
+                    *connection,
+                    &e,
+                )),
                 Ok(Ok(response)) => Ok((response, peer.take().unwrap_or_else(|| Arc::from("-")))),
             },
             CallProj::Boxed { call } => ready!(call.as_mut().poll(cx)),
@@ -307,17 +320,23 @@ async fn connect_and_send(
     let timeout = shared.config.timeouts.response;
     match tokio::time::timeout(timeout, sender.send_request(request)).await {
         Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
-        Ok(Err(e)) => Err(peer_failed(&shared, key, &e)),
+        Ok(Err(e)) => Err(peer_failed(&shared, key, pooled.id, &e)),
         Ok(Ok(response)) => Ok((response, pooled.peer)),
     }
 }
 
-/// The error for a request the pooled connection failed; a connection that closed is
-/// forgotten, so the next request reconnects.
-fn peer_failed(shared: &Arc<Shared>, key: &PoolKey, e: &hyper::Error) -> ProxyError {
+/// The error for a request pooled connection `connection` failed; a connection that closed
+/// is forgotten (by a task: the app gets its answer without waiting for the pool), so the
+/// next request reconnects.
+fn peer_failed(
+    shared: &Arc<Shared>,
+    key: &PoolKey,
+    connection: u64,
+    e: &hyper::Error,
+) -> ProxyError {
     if e.is_closed() || e.is_canceled() {
         let (shared, key) = (shared.clone(), key.clone());
-        tokio::spawn(async move { shared.pool.evict(&key).await });
+        tokio::spawn(async move { shared.pool.evict(&key, connection).await });
     }
     ProxyError::Upstream(format!(
         "the peer proxy at {} failed mid-request ({}); check its log",

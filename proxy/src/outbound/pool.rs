@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ pub struct Pooled {
     pub sender: SendRequest<ProxyBody>,
     /// The peer's SPIFFE ID (for metrics and logs).
     pub peer: Arc<str>,
+    /// Which connection this is: a failed one is forgotten only while it is still the
+    /// pooled one, never the connection that replaced it.
+    pub id: u64,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
@@ -154,14 +158,17 @@ impl Pool {
                 tracing::debug!(%addr, error = %e, "pooled connection ended");
             }
         });
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Pooled {
             sender,
             peer: Arc::from(mesh.peer.as_str()),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
-    /// Forgets the connection for `key` (after it failed), so the next request reconnects.
-    pub async fn evict(&self, key: &PoolKey) {
+    /// Forgets connection `id` for `key` (after it failed), so the next request reconnects;
+    /// a newer connection in its place stays.
+    pub async fn evict(&self, key: &PoolKey, id: u64) {
         let slot = self
             .slots
             .lock()
@@ -169,7 +176,10 @@ impl Pool {
             .get(key)
             .map(|e| e.slot.clone());
         if let Some(slot) = slot {
-            *slot.lock().await = None;
+            let mut pooled = slot.lock().await;
+            if pooled.as_ref().is_some_and(|p| p.id == id) {
+                *pooled = None;
+            }
         }
     }
 
@@ -201,6 +211,41 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             expected: crate::mesh::any_trusted(),
         }
+    }
+
+    #[tokio::test]
+    async fn evicting_a_failed_connection_keeps_the_one_that_replaced_it() {
+        // A real (unpolled) HTTP/2 client over an in-memory pipe: open while it is held.
+        let (io, _server) = tokio::io::duplex(64 * 1024);
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(BoxingExecutor)
+            .handshake::<_, ProxyBody>(TokioIo::new(io))
+            .await
+            .unwrap();
+        let pool = Pool::new(16 * 1024);
+        let slot = Slot::default();
+        *slot.lock().await = Some(Pooled {
+            sender,
+            peer: Arc::from("spiffe://cluster.local/ns/a/sa/b"),
+            id: 2,
+        });
+        pool.slots.lock().unwrap().insert(
+            key(1),
+            Entry {
+                slot: slot.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        pool.evict(&key(1), 1).await;
+        assert_eq!(
+            slot.lock().await.as_ref().map(|p| p.id),
+            Some(2),
+            "a newer connection stays"
+        );
+        assert_eq!(pool.try_get(&key(1)).map(|p| p.id), Some(2));
+        pool.evict(&key(1), 2).await;
+        assert!(slot.lock().await.is_none(), "the failed one goes");
+        assert!(pool.try_get(&key(1)).is_none());
+        drop(connection);
     }
 
     #[tokio::test]
