@@ -97,17 +97,12 @@ fn handle(
     #[cfg(feature = "hop-timing")]
     let timed = crate::hop_timing::inbound_request(req.headers(), crate::hop_timing::now_ns());
     let call = match prepare(req, conn, shared, &id) {
-        Ok(Prepared::App { http1, request }) => {
-            let timeout = shared.config.timeouts.response;
-            Call::App {
-                // The app may answer before reading all of the body (see `drain`).
-                sent: tokio::time::timeout(
-                    timeout,
-                    shared.apps.send(conn.target.app, http1, request),
-                ),
-                timeout,
-            }
-        }
+        Ok(Prepared::App { http1, request }) => Call::App {
+            sent: tokio::time::timeout(
+                shared.config.timeouts.response,
+                shared.apps.send(conn.target.app, http1, request),
+            ),
+        },
         Ok(Prepared::Upgrade(upgrade)) => {
             let (conn, shared) = (conn.clone(), shared.clone());
             // Boxed: rare, and its state would otherwise enlarge every request's future.
@@ -147,7 +142,7 @@ pin_project_lite::pin_project! {
     #[project = CallProj]
     enum Call<F> {
         /// With the app, within the response timeout.
-        App { #[pin] sent: tokio::time::Timeout<F>, timeout: Duration },
+        App { #[pin] sent: tokio::time::Timeout<F> },
         /// A WebSocket upgrade.
         Boxed { call: Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, ProxyError>> + Send>> },
         /// Refused before it reached the app.
@@ -177,8 +172,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = match this.call.project() {
-            CallProj::App { sent, timeout } => match ready!(sent.poll(cx)) {
-                Err(_) => Err(ProxyError::ResponseTimeout(*timeout)),
+            CallProj::App { sent } => match ready!(sent.poll(cx)) {
+                Err(_) => Err(ProxyError::ResponseTimeout(
+                    this.done.shared.config.timeouts.response,
+                )),
                 Ok(answer) => from_app(answer, this.done),
             },
             CallProj::Boxed { call } => ready!(call.as_mut().poll(cx)),

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http::uri::{Authority, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -119,13 +119,14 @@ fn handle(
         Err(error) => Call::Failed { error: Some(error) },
         Ok(request) => match shared.pool.try_get(&route.0) {
             Some(pooled) => {
-                let timeout = shared.config.timeouts.response;
                 let mut sender = pooled.sender.clone();
                 Call::Sent {
-                    sent: tokio::time::timeout(timeout, sender.send_request(request)),
+                    sent: tokio::time::timeout(
+                        shared.config.timeouts.response,
+                        sender.send_request(request),
+                    ),
                     peer: Some(pooled.peer),
                     connection: pooled.id,
-                    timeout,
                 }
             }
             None => Call::Boxed {
@@ -174,7 +175,6 @@ pin_project_lite::pin_project! {
             sent: tokio::time::Timeout<F>,
             peer: Option<Arc<str>>,
             connection: u64,
-            timeout: Duration,
         },
         /// Waiting for the pool to connect first.
         Boxed { call: BoxedCall },
@@ -211,9 +211,10 @@ where
                 sent,
                 peer,
                 connection,
-                timeout,
             } => match ready!(sent.poll(cx)) {
-                Err(_) => Err(ProxyError::ResponseTimeout(*timeout)),
+                Err(_) => Err(ProxyError::ResponseTimeout(
+                    this.done.shared.config.timeouts.response,
+                )),
                 Ok(Err(e)) => Err(peer_failed(
                     &this.done.shared,
                     &this.done.route.0,
