@@ -376,20 +376,20 @@ pub const WEBSOCKET: &str = "websocket";
 /// Joins two sides of an HTTP upgrade once both have switched protocols, relaying bytes
 /// until both finish, the connection idles out, or `revoked` resolves (a policy change
 /// denies it: both sides are closed). The caller runs it as a task.
-pub async fn bridge_upgrades(
+pub async fn bridge_upgrades<S>(
     first: hyper::upgrade::OnUpgrade,
-    second: hyper::upgrade::OnUpgrade,
+    second: impl std::future::Future<Output = Result<S, hyper::Error>>,
     idle: std::time::Duration,
     revoked: impl std::future::Future<Output = ()>,
     what: &'static str,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use hyper_util::rt::TokioIo;
     let relay = async {
         match tokio::try_join!(first, second) {
             Ok((a, b)) => {
-                if let Err((e, _)) =
-                    crate::io::copy_bidirectional(TokioIo::new(a), TokioIo::new(b), idle).await
-                {
+                if let Err((e, _)) = crate::io::copy_bidirectional(TokioIo::new(a), b, idle).await {
                     tracing::debug!(error = %e, "{what} upgraded connection ended");
                 }
             }
@@ -400,6 +400,13 @@ pub async fn bridge_upgrades(
         () = relay => {}
         () = revoked => {}
     }
+}
+
+/// The connection an upgrade hands over, once it has.
+pub async fn upgraded(
+    upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>, hyper::Error> {
+    upgrade.await.map(hyper_util::rt::TokioIo::new)
 }
 
 /// A body that runs `on_end` once when its end is handed on (polled, or known ended when

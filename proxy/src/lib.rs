@@ -25,6 +25,7 @@ pub mod detect;
 pub mod discovery;
 pub mod drain;
 pub mod grpc_client;
+pub mod h2_client;
 #[cfg(feature = "hop-timing")]
 pub mod hop_timing;
 pub mod http;

@@ -529,7 +529,7 @@ impl Upgrade {
         // The peer's connection stays open (and counted) while this stream of it lives.
         tokio::spawn(crate::http::bridge_upgrades(
             peer_upgrade,
-            app_upgrade,
+            crate::http::upgraded(app_upgrade),
             idle,
             revoked,
             "inbound",

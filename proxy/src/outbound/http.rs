@@ -20,6 +20,7 @@ use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::access_log;
 use crate::detect::Protocol;
+use crate::h2_client::{Responding, Tunnel};
 use crate::http::{
     boxed, check_target, empty, forwarded_uri, is_grpc, names, request_id, strip_hop_by_hop,
     upgrade_protocol, ProxyBody, ProxyError,
@@ -96,11 +97,7 @@ type Route = Arc<(PoolKey, TaskTracker)>;
 /// carries the call in flight and what its accounting needs, not the request as well: an
 /// `async fn` keeps its arguments, and each call it awaits, side by side. Connecting (rare)
 /// is boxed.
-fn handle(
-    req: Request<Incoming>,
-    route: &Route,
-    shared: &Arc<Shared>,
-) -> Exchange<impl Future<Output = Result<Response<Incoming>, hyper::Error>> + Send + 'static> {
+fn handle(req: Request<Incoming>, route: &Route, shared: &Arc<Shared>) -> Exchange {
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let access = access_log::enabled().then(|| (req.method().clone(), req.uri().clone()));
@@ -118,17 +115,16 @@ fn handle(
     let call = match prepared {
         Err(error) => Call::Failed { error: Some(error) },
         Ok(request) => match shared.pool.try_get(&route.0) {
-            Some(pooled) => {
-                let mut sender = pooled.sender.clone();
-                Call::Sent {
-                    sent: tokio::time::timeout(
-                        shared.config.timeouts.response,
-                        sender.send_request(request),
-                    ),
+            Some(mut pooled) => match pooled.sender.send(request) {
+                Ok(responding) => Call::Sent {
+                    sent: tokio::time::timeout(shared.config.timeouts.response, responding),
                     peer: Some(pooled.peer),
                     connection: pooled.id,
-                }
-            }
+                },
+                Err(e) => Call::Failed {
+                    error: Some(peer_failed(shared, &route.0, pooled.id, &e)),
+                },
+            },
             None => Call::Boxed {
                 call: Box::pin(connect_and_send(shared.clone(), route.clone(), request)),
             },
@@ -153,26 +149,28 @@ fn handle(
 pin_project_lite::pin_project! {
     /// One request from its hand-over to the pooled connection (or the error that replaced
     /// it) to its response, with the call's future held in place.
-    struct Exchange<F> {
+    struct Exchange {
         #[pin]
-        call: Call<F>,
+        call: Call,
         done: Done,
     }
 }
 
-/// The connect path: the response and the peer's identity.
-type BoxedCall =
-    Pin<Box<dyn Future<Output = Result<(Response<Incoming>, Arc<str>), ProxyError>> + Send>>;
+/// The peer's response, and for an upgrade that it accepted, the tunnel.
+type Answer = (Response<ProxyBody>, Option<Tunnel>);
+
+/// The connect path: the answer and the peer's identity.
+type BoxedCall = Pin<Box<dyn Future<Output = Result<(Answer, Arc<str>), ProxyError>> + Send>>;
 
 pin_project_lite::pin_project! {
     /// Where a request stands once it has been checked.
     #[project = CallProj]
-    enum Call<F> {
+    enum Call {
         /// On pooled connection `connection` to the peer (`peer`: its identity), within the
         /// response timeout.
         Sent {
             #[pin]
-            sent: tokio::time::Timeout<F>,
+            sent: tokio::time::Timeout<Responding>,
             peer: Option<Arc<str>>,
             connection: u64,
         },
@@ -198,10 +196,7 @@ struct Done {
     sent: u64,
 }
 
-impl<F> Future for Exchange<F>
-where
-    F: Future<Output = Result<Response<Incoming>, hyper::Error>>,
-{
+impl Future for Exchange {
     type Output = Result<Response<ProxyBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -239,10 +234,11 @@ where
 impl Done {
     /// The peer's response as the app gets it (for an upgrade: the app's 101, and the
     /// tunnel started).
-    fn respond(&mut self, response: Response<Incoming>) -> Response<ProxyBody> {
-        if let Some((app_upgrade, protocol)) = self.upgrade.take() {
-            return tunnel(
-                response,
+    fn respond(&mut self, (response, tunnel): Answer) -> Response<ProxyBody> {
+        if let (Some((app_upgrade, protocol)), Some(tunnel)) = (self.upgrade.take(), tunnel) {
+            return join_tunnel(
+                &response,
+                tunnel,
                 app_upgrade,
                 &protocol,
                 &self.shared,
@@ -253,7 +249,6 @@ impl Done {
         if self.from_http1 {
             parts.version = Version::HTTP_11;
         }
-        let body = boxed(body);
         #[cfg(feature = "hop-timing")]
         let body = crate::hop_timing::outbound_response(
             &self.shared.hops,
@@ -314,28 +309,26 @@ async fn connect_and_send(
     shared: Arc<Shared>,
     route: Route,
     request: Request<ProxyBody>,
-) -> Result<(Response<Incoming>, Arc<str>), ProxyError> {
+) -> Result<(Answer, Arc<str>), ProxyError> {
     let key = &route.0;
-    let pooled = shared.pool.get(key, &shared.mesh).await?;
-    let mut sender = pooled.sender.clone();
+    let mut pooled = shared.pool.get(key, &shared.mesh).await?;
+    let responding = pooled
+        .sender
+        .send(request)
+        .map_err(|e| peer_failed(&shared, key, pooled.id, &e))?;
     let timeout = shared.config.timeouts.response;
-    match tokio::time::timeout(timeout, sender.send_request(request)).await {
+    match tokio::time::timeout(timeout, responding).await {
         Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
         Ok(Err(e)) => Err(peer_failed(&shared, key, pooled.id, &e)),
         Ok(Ok(response)) => Ok((response, pooled.peer)),
     }
 }
 
-/// The error for a request pooled connection `connection` failed; a connection that closed
-/// is forgotten (by a task: the app gets its answer without waiting for the pool), so the
-/// next request reconnects.
-fn peer_failed(
-    shared: &Arc<Shared>,
-    key: &PoolKey,
-    connection: u64,
-    e: &hyper::Error,
-) -> ProxyError {
-    if e.is_closed() || e.is_canceled() {
+/// The error for a request pooled connection `connection` failed; a connection that failed
+/// as a whole (not just the request's stream) is forgotten (by a task: the app gets its
+/// answer without waiting for the pool), so the next request reconnects.
+fn peer_failed(shared: &Arc<Shared>, key: &PoolKey, connection: u64, e: &h2::Error) -> ProxyError {
+    if e.is_go_away() || e.is_io() {
         let (shared, key) = (shared.clone(), key.clone());
         tokio::spawn(async move { shared.pool.evict(&key, connection).await });
     }
@@ -401,7 +394,7 @@ fn prepare(
             parts.method = Method::CONNECT;
             parts
                 .extensions
-                .insert(hyper::ext::Protocol::from(protocol.as_str()));
+                .insert(h2::ext::Protocol::from(protocol.as_str()));
             *upgrade = Some((app_upgrade, protocol));
             empty()
         }
@@ -411,20 +404,16 @@ fn prepare(
     Ok(Request::from_parts(parts, body))
 }
 
-/// Completes an upgrade: on the peer's 200 to the extended CONNECT, answers the app 101 and
-/// joins the two upgraded streams (a task in `tunnels`); any other answer goes back to the
-/// app as it is.
-fn tunnel(
-    mut response: Response<Incoming>,
+/// Completes an upgrade the peer accepted (its 200 to the extended CONNECT): answers the
+/// app 101 and joins the app's upgraded connection to the tunnel (a task in `tunnels`).
+fn join_tunnel(
+    response: &Response<ProxyBody>,
+    tunnel: Tunnel,
     app_upgrade: hyper::upgrade::OnUpgrade,
     protocol: &str,
     shared: &Shared,
     tunnels: &TaskTracker,
 ) -> Response<ProxyBody> {
-    if response.status() != StatusCode::OK {
-        return response.map(boxed);
-    }
-    let peer_upgrade = hyper::upgrade::on(&mut response);
     let mut switching = Response::new(empty());
     *switching.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *switching.headers_mut() = response.headers().clone();
@@ -436,7 +425,7 @@ fn tunnel(
     let idle = shared.config.timeouts.idle;
     tunnels.spawn(crate::http::bridge_upgrades(
         app_upgrade,
-        peer_upgrade,
+        std::future::ready(Ok(tunnel)),
         idle,
         std::future::pending(), // the inbound proxy enforces policy on it
         "outbound",

@@ -9,11 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use warden_core::contract::ALPN_HTTP2;
 
-use crate::http::{ProxyBody, ProxyError};
+use crate::h2_client::{self, Sender};
+use crate::http::ProxyError;
 use crate::mesh::{Expected, MeshConnector};
 
 /// Where a pooled connection goes.
@@ -29,8 +28,8 @@ pub struct PoolKey {
 /// A usable pooled connection and the peer's verified identity.
 #[derive(Debug, Clone)]
 pub struct Pooled {
-    /// Sends requests on the shared connection.
-    pub sender: SendRequest<ProxyBody>,
+    /// Opens streams on the shared connection.
+    pub sender: Sender,
     /// The peer's SPIFFE ID (for metrics and logs).
     pub peer: Arc<str>,
     /// Which connection this is: a failed one is forgotten only while it is still the
@@ -40,26 +39,14 @@ pub struct Pooled {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Pooled>>>;
 
-/// Spawns hyper's HTTP/2 client tasks boxed. hyper hands over one task per request with a
-/// body, typed as an enum as large as the whole connection's state; spawned as it is, tokio
-/// copies kilobytes on every spawn and again when the task completes (callgrind: a third of
-/// the client proxy's memcpy under gRPC load).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BoxingExecutor;
-
-impl<F> hyper::rt::Executor<F> for BoxingExecutor
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, future: F) {
-        let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-            Box::pin(future);
-        tokio::spawn(boxed);
-    }
-}
-
 /// The receive window of a pooled connection (bytes); each stream gets a quarter of it.
 pub const CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// How often a pooled connection is pinged, idle or not.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How long a ping may go unanswered before its connection is closed.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A destination's slot and when it was last asked for.
 #[derive(Debug)]
@@ -91,8 +78,9 @@ impl Pool {
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let entry = slots.get_mut(key)?;
         entry.last_used = Instant::now();
-        let pooled = entry.slot.try_lock().ok()?;
-        pooled.as_ref().filter(|p| !p.sender.is_closed()).cloned()
+        let mut pooled = entry.slot.try_lock().ok()?;
+        let pooled = pooled.as_mut()?;
+        pooled.sender.is_open().then(|| pooled.clone())
     }
 
     /// A live connection for `key`, connecting if there is none. Concurrent callers for the
@@ -112,8 +100,8 @@ impl Pool {
             entry.slot.clone()
         };
         let mut guard = slot.lock().await;
-        if let Some(pooled) = guard.as_ref() {
-            if !pooled.sender.is_closed() {
+        if let Some(pooled) = guard.as_mut() {
+            if pooled.sender.is_open() {
                 return Ok(pooled.clone());
             }
         }
@@ -134,30 +122,24 @@ impl Pool {
         let mesh = connector
             .connect(key.addr, &key.expected, ALPN_HTTP2)
             .await?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(BoxingExecutor)
-            .timer(TokioTimer::new())
+        let settings = h2_client::Settings {
             // Fixed windows, not adaptive ones starting at 64 KiB: h2 closes a connection
             // on which more small DATA frames sit unread than a budget of half the
             // connection window allows (~130 frames at 64 KiB). One slow reader of a
             // stream of small gRPC messages would otherwise fail every call sharing the
             // connection. 4 MiB: ~8,000 such frames; memory is only used while a reader lags.
-            .initial_stream_window_size(CONNECTION_WINDOW / 4)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_header_list_size(self.max_header_bytes)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(mesh.stream))
+            stream_window: CONNECTION_WINDOW / 4,
+            connection_window: CONNECTION_WINDOW,
+            max_header_list_size: self.max_header_bytes,
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            keepalive_timeout: KEEPALIVE_TIMEOUT,
+        };
+        let sender = h2_client::handshake(mesh.stream, &settings, key.addr)
             .await
             .map_err(|e| ProxyError::Tls {
                 target: key.addr.to_string(),
                 reason: format!("HTTP/2 handshake: {e}"),
             })?;
-        let addr = key.addr;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%addr, error = %e, "pooled connection ended");
-            }
-        });
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Pooled {
             sender,
@@ -194,7 +176,7 @@ impl Pool {
             }
             // A slot in use (connecting or being read) stays.
             match entry.slot.try_lock() {
-                Ok(pooled) => pooled.as_ref().is_some_and(|p| !p.sender.is_closed()),
+                Ok(mut pooled) => pooled.as_mut().is_some_and(|p| p.sender.is_open()),
                 Err(_) => true,
             }
         });
@@ -215,12 +197,17 @@ mod tests {
 
     #[tokio::test]
     async fn evicting_a_failed_connection_keeps_the_one_that_replaced_it() {
-        // A real (unpolled) HTTP/2 client over an in-memory pipe: open while it is held.
+        // A real HTTP/2 client over an in-memory pipe whose server end is never read: open
+        // while that end is held.
         let (io, _server) = tokio::io::duplex(64 * 1024);
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(BoxingExecutor)
-            .handshake::<_, ProxyBody>(TokioIo::new(io))
-            .await
-            .unwrap();
+        let settings = h2_client::Settings {
+            stream_window: 65_535,
+            connection_window: 65_535,
+            max_header_list_size: 16 * 1024,
+            keepalive_interval: Duration::from_secs(3600),
+            keepalive_timeout: Duration::from_secs(3600),
+        };
+        let sender = h2_client::handshake(io, &settings, "test").await.unwrap();
         let pool = Pool::new(16 * 1024);
         let slot = Slot::default();
         *slot.lock().await = Some(Pooled {
@@ -245,7 +232,6 @@ mod tests {
         pool.evict(&key(1), 2).await;
         assert!(slot.lock().await.is_none(), "the failed one goes");
         assert!(pool.try_get(&key(1)).is_none());
-        drop(connection);
     }
 
     #[tokio::test]

@@ -1,0 +1,740 @@
+//! An HTTP/2 client on `h2` itself, for the pooled proxy-to-proxy connections.
+//!
+//! A request is opened on the connection by the task that serves it, and its response is
+//! polled there. hyper's client instead hands each request to the connection's task through
+//! a channel, and spawns a task per request to wait for the response, boxed (hyper types it
+//! as large as the whole connection's state: kilobytes copied per request), which answers
+//! through one more channel; callgrind counted that at about 8% of the client proxy's
+//! instructions per request. A request body is piped by a task of its own only when it is
+//! not all there once the request is sent.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Ping, Reason, RecvStream, SendStream};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::oneshot;
+
+use crate::http::{boxed, empty, BoxError, ProxyBody};
+
+/// A connection's settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The receive window of each stream (bytes).
+    pub stream_window: u32,
+    /// The receive window of the whole connection (bytes).
+    pub connection_window: u32,
+    /// The largest response header list accepted (bytes).
+    pub max_header_list_size: u32,
+    /// How often the connection is checked with a ping.
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+}
+
+/// Opens an HTTP/2 connection on `io` and runs it in a task of its own (which ends when the
+/// peer closes it, a ping goes unanswered, or every [`Sender`] and stream is gone); `peer`
+/// names it in the log.
+pub async fn handshake<T>(
+    io: T,
+    settings: &Settings,
+    peer: impl Display + Send + 'static,
+) -> Result<Sender, h2::Error>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, mut connection) = h2::client::Builder::new()
+        // At most this many streams until the peer's settings say otherwise (as hyper).
+        .initial_max_send_streams(100)
+        .initial_window_size(settings.stream_window)
+        .initial_connection_window_size(settings.connection_window)
+        .max_header_list_size(settings.max_header_list_size)
+        .max_send_buffer_size(1024 * 1024)
+        .max_local_error_reset_streams(Some(1024))
+        .enable_push(false)
+        .handshake::<_, Bytes>(io)
+        .await?;
+    let ping_pong = connection.ping_pong();
+    let (interval, timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
+    tokio::spawn(async move {
+        if let Err(e) = drive(connection, ping_pong, interval, timeout).await {
+            tracing::debug!(%peer, error = %e, "pooled connection ended");
+        }
+    });
+    Ok(Sender { send })
+}
+
+/// Runs the connection, pinging the peer every `interval` (a peer that stops answering is
+/// otherwise noticed only by the requests that then wait on it).
+async fn drive<T>(
+    connection: h2::client::Connection<T, Bytes>,
+    ping_pong: Option<h2::PingPong>,
+    interval: Duration,
+    timeout: Duration,
+) -> Result<(), String>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut connection = std::pin::pin!(connection);
+    let Some(mut ping_pong) = ping_pong else {
+        return connection.await.map_err(|e| e.to_string());
+    };
+    loop {
+        tokio::select! {
+            biased;
+            ended = &mut connection => return ended.map_err(|e| e.to_string()),
+            () = tokio::time::sleep(interval) => {}
+        }
+        tokio::select! {
+            biased;
+            ended = &mut connection => return ended.map_err(|e| e.to_string()),
+            pong = tokio::time::timeout(timeout, ping_pong.ping(Ping::opaque())) => match pong {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(format!("keepalive ping: {e}")),
+                Err(_) => return Err(format!("no answer to a ping within {timeout:?}")),
+            },
+        }
+    }
+}
+
+/// Opens streams on a connection (cheap to clone; clones share it).
+#[derive(Debug, Clone)]
+pub struct Sender {
+    send: SendRequest<Bytes>,
+}
+
+impl Sender {
+    /// Whether the connection takes new streams: neither closed nor told to go away.
+    pub fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    /// Opens a stream for `request` now (its HEADERS queued on the connection); its body, if
+    /// it has one, follows from the returned future, which resolves to the response. A
+    /// `CONNECT` request's stream is kept for the tunnel a 200 opens.
+    pub fn send(&mut self, request: Request<ProxyBody>) -> Result<Responding, h2::Error> {
+        let (parts, body) = request.into_parts();
+        let connect = parts.method == Method::CONNECT;
+        let end = !connect && body.is_end_stream();
+        let (response, stream) = self
+            .send
+            .send_request(Request::from_parts(parts, ()), end)?;
+        let outgoing = if connect {
+            Outgoing::Tunnel(stream)
+        } else if end {
+            Outgoing::Sent
+        } else {
+            Outgoing::Body(BodyPipe {
+                body,
+                stream,
+                held: None,
+            })
+        };
+        Ok(Responding { response, outgoing })
+    }
+}
+
+/// A request sent, until its response.
+pub struct Responding {
+    response: ResponseFuture,
+    outgoing: Outgoing,
+}
+
+/// What is left to send of a request.
+enum Outgoing {
+    /// Nothing.
+    Sent,
+    /// Its body, not yet polled.
+    Body(BodyPipe),
+    /// Its body, by a task of its own, which resets the stream if the sender is dropped
+    /// before the response.
+    Piping(oneshot::Sender<()>),
+    /// A `CONNECT` request's stream, for the tunnel.
+    Tunnel(SendStream<Bytes>),
+}
+
+impl Future for Responding {
+    /// The response, and for a `CONNECT` answered 200, the tunnel (the response's body is
+    /// then empty).
+    type Output = Result<(Response<ProxyBody>, Option<Tunnel>), h2::Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Outgoing::Body(pipe) = &mut this.outgoing {
+            // Most bodies are all there by now: sent here, with no task for them.
+            match Pin::new(&mut *pipe).poll(cx) {
+                Poll::Ready(result) => {
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "request body not sent");
+                    }
+                    this.outgoing = Outgoing::Sent;
+                }
+                Poll::Pending => {
+                    let Outgoing::Body(pipe) =
+                        std::mem::replace(&mut this.outgoing, Outgoing::Sent)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let (cancel, cancelled) = oneshot::channel();
+                    tokio::spawn(pipe.unless_cancelled(cancelled));
+                    this.outgoing = Outgoing::Piping(cancel);
+                }
+            }
+        }
+        let response = ready!(Pin::new(&mut this.response).poll(cx))?;
+        let (parts, recv) = response.into_parts();
+        let answer = match std::mem::replace(&mut this.outgoing, Outgoing::Sent) {
+            Outgoing::Tunnel(send) if parts.status == StatusCode::OK => (
+                Response::from_parts(parts, empty()),
+                Some(Tunnel {
+                    send,
+                    recv,
+                    unread: Bytes::new(),
+                }),
+            ),
+            // A body still piping goes on: the peer answered before it had all of it.
+            _ => {
+                let body = RecvBody::new(&parts.headers, recv);
+                (Response::from_parts(parts, boxed(body)), None)
+            }
+        };
+        Poll::Ready(Ok(answer))
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        if let Outgoing::Piping(cancel) = std::mem::replace(&mut self.outgoing, Outgoing::Sent) {
+            let _ = cancel.send(());
+        }
+    }
+}
+
+/// Sends a request's body on its stream, within the stream's flow control.
+struct BodyPipe {
+    body: ProxyBody,
+    stream: SendStream<Bytes>,
+    /// A chunk waiting for the peer's window, and whether it is the last.
+    held: Option<(Bytes, bool)>,
+}
+
+impl BodyPipe {
+    /// Pipes the body until its end, or resets the stream when `cancelled` fires.
+    async fn unless_cancelled(mut self, cancelled: oneshot::Receiver<()>) {
+        tokio::select! {
+            result = &mut self => if let Err(e) = result {
+                tracing::debug!(error = %e, "request body not sent");
+            },
+            Ok(()) = cancelled => self.stream.send_reset(Reason::CANCEL),
+        }
+    }
+}
+
+impl Future for BodyPipe {
+    type Output = Result<(), BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            // Also registers for the peer's reset while waiting for the body or the window.
+            if let Poll::Ready(reason) = this.stream.poll_reset(cx)? {
+                return Poll::Ready(Err(h2::Error::from(reason).into()));
+            }
+            if let Some((data, last)) = this.held.take() {
+                while this.stream.capacity() == 0 {
+                    match this.stream.poll_capacity(cx) {
+                        Poll::Pending => {
+                            this.held = Some((data, last));
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(Some(Ok(_))) => {}
+                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
+                        Poll::Ready(None) => {
+                            return Poll::Ready(Err("the stream closed before its body".into()))
+                        }
+                    }
+                }
+                this.stream.send_data(data, last)?;
+                if last {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            // The next frame is polled before any window is claimed: a claim held while
+            // the body has nothing to send would starve other streams (hyper#4003).
+            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        let last = this.body.is_end_stream();
+                        if data.is_empty() {
+                            if last {
+                                this.stream.send_data(data, true)?;
+                                return Poll::Ready(Ok(()));
+                            }
+                            continue;
+                        }
+                        // A minimal claim: h2 raises it to what is buffered when sent.
+                        this.stream.reserve_capacity(1);
+                        this.held = Some((data, last));
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            this.stream.reserve_capacity(0);
+                            this.stream.send_trailers(trailers)?;
+                            return Poll::Ready(Ok(()));
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    this.stream.send_reset(Reason::INTERNAL_ERROR);
+                    return Poll::Ready(Err(e));
+                }
+                None => {
+                    this.stream.send_data(Bytes::new(), true)?;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// A response's body as it arrives on its stream; what is read is handed back to the
+/// peer's window at once (the reader is the one that waits).
+struct RecvBody {
+    recv: RecvStream,
+    data_done: bool,
+    /// What `Content-Length` says is still to come: an exact size, so an HTTP/1.1 app gets
+    /// the response framed by its length rather than chunked.
+    remaining: Option<u64>,
+}
+
+impl RecvBody {
+    fn new(headers: &HeaderMap, recv: RecvStream) -> Self {
+        let remaining = if recv.is_end_stream() {
+            Some(0)
+        } else {
+            headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        Self {
+            recv,
+            data_done: false,
+            remaining,
+        }
+    }
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = h2::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(remaining) = &mut this.remaining {
+                        *remaining = remaining.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.remaining
+            .map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// The two directions of an extended `CONNECT` stream (RFC 8441) as one byte stream.
+pub struct Tunnel {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received, not yet read.
+    unread: Bytes,
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while this.unread.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Ok(data)) => this.unread = data,
+                Some(Err(e)) => {
+                    return Poll::Ready(match e.reason() {
+                        // The peer closed its side, or cancelled: the end of the stream.
+                        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
+                        _ => Err(h2_io_error(e)),
+                    });
+                }
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        this.unread.advance(n);
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let send = &mut self.send;
+        send.reserve_capacity(buf.len());
+        loop {
+            if send.capacity() > 0 {
+                let n = send.capacity().min(buf.len());
+                send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                    .map_err(h2_io_error)?;
+                return Poll::Ready(Ok(n));
+            }
+            if let Poll::Ready(reason) = send.poll_reset(cx).map_err(h2_io_error)? {
+                return Poll::Ready(Err(h2_io_error(h2::Error::from(reason))));
+            }
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // h2 writes out what it has as soon as its connection task runs.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.send.reserve_capacity(0);
+        Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(h2_io_error))
+    }
+}
+
+/// `e` as an I/O error (the I/O error itself when it is one).
+fn h2_io_error(e: h2::Error) -> io::Error {
+    if e.is_io() {
+        e.into_io()
+            .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
+    } else {
+        io::Error::other(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use hyper::body::Incoming;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::mpsc;
+
+    fn settings() -> Settings {
+        Settings {
+            stream_window: 65_535,
+            connection_window: 65_535,
+            max_header_list_size: 16 * 1024,
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A client connected to a hyper HTTP/2 server (extended CONNECT on) that answers with
+    /// `answer`, over an in-memory pipe.
+    async fn client_of<F, R>(answer: F) -> Sender
+    where
+        F: Fn(Request<Incoming>) -> R + Send + Sync + 'static,
+        R: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+        let answer = std::sync::Arc::new(answer);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let answer = answer.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(req).await) }
+            });
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .enable_connect_protocol()
+                .serve_connection(TokioIo::new(server_io), service)
+                .await
+                .unwrap();
+        });
+        handshake(client_io, &settings(), "test").await.unwrap()
+    }
+
+    fn get(path: &str) -> Request<ProxyBody> {
+        Request::get(format!("http://peer{path}"))
+            .body(empty())
+            .unwrap()
+    }
+
+    /// A request body fed through a channel, one chunk per message.
+    struct ChannelBody(mpsc::Receiver<Bytes>);
+
+    impl Body for ChannelBody {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0
+                .poll_recv(cx)
+                .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_larger_than_the_window_and_its_trailers_arrive_whole() {
+        let mut sender = client_of(|_| async {
+            let data = Bytes::from(vec![7u8; 300_000]);
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let body =
+                http_body_util::Full::new(data).with_trailers(async move { Some(Ok(trailers)) });
+            Response::builder()
+                .header(header::CONTENT_LENGTH, "300000")
+                .body(boxed(body))
+                .unwrap()
+        })
+        .await;
+        let (response, tunnel) = sender.send(get("/big")).unwrap().await.unwrap();
+        assert!(tunnel.is_none());
+        assert_eq!(response.body().size_hint().exact(), Some(300_000));
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(
+            collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .unwrap(),
+            "0"
+        );
+        let data = collected.to_bytes();
+        assert_eq!(data.len(), 300_000, "five times the stream's window");
+        assert!(data.iter().all(|b| *b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_response_ended_with_its_headers_has_an_empty_exact_body() {
+        let mut sender = client_of(|_| async {
+            Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(empty())
+                .unwrap()
+        })
+        .await;
+        let (response, _) = sender.send(get("/")).unwrap().await.unwrap();
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        assert!(response.body().is_end_stream());
+        assert_eq!(response.body().size_hint().exact(), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_request_body_sent_after_the_request_is_piped_to_its_end() {
+        let mut sender = client_of(|req: Request<Incoming>| async move {
+            let received = req.into_body().collect().await.unwrap().to_bytes();
+            Response::new(boxed(http_body_util::Full::new(Bytes::from(
+                received.len().to_string(),
+            ))))
+        })
+        .await;
+        let (chunks, body) = mpsc::channel(4);
+        let request = Request::post("http://peer/upload")
+            .body(boxed(ChannelBody(body)))
+            .unwrap();
+        let responding = sender.send(request).unwrap();
+        // The body is not all there when first polled: a task pipes the rest, within the
+        // stream's window (a quarter of what is sent).
+        let writer = tokio::spawn(async move {
+            for _ in 0..25 {
+                chunks.send(Bytes::from(vec![1u8; 10_000])).await.unwrap();
+            }
+        });
+        let (response, _) = responding.await.unwrap();
+        writer.await.unwrap();
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(answer, "250000");
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_answer_resets_the_body_still_piping() {
+        let (seen, mut outcome) = mpsc::channel::<String>(1);
+        let mut sender = client_of(move |req: Request<Incoming>| {
+            let seen = seen.clone();
+            async move {
+                let result = req.into_body().collect().await;
+                let _ = seen
+                    .send(match result {
+                        Ok(_) => "ended".to_string(),
+                        Err(e) => format!("failed: {e}"),
+                    })
+                    .await;
+                Response::new(empty())
+            }
+        })
+        .await;
+        let (chunks, body) = mpsc::channel(1);
+        let request = Request::post("http://peer/stream")
+            .body(boxed(ChannelBody(body)))
+            .unwrap();
+        let mut responding = sender.send(request).unwrap();
+        chunks.send(Bytes::from_static(b"first")).await.unwrap();
+        // Polled once: the body's first chunk goes out and the pipe becomes a task.
+        assert!(futures_poll_once(&mut responding).await.is_none());
+        drop(responding);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), outcome.recv())
+            .await
+            .expect("the stream is reset, not left open")
+            .unwrap();
+        assert!(outcome.starts_with("failed"), "{outcome}");
+        drop(chunks);
+    }
+
+    /// Polls `f` once.
+    async fn futures_poll_once<F: Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *f).poll(cx) {
+                Poll::Ready(out) => Some(out),
+                Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_200_to_an_extended_connect_is_a_tunnel_both_ways() {
+        let mut sender = client_of(|mut req: Request<Incoming>| async move {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut io = crate::http::upgraded(upgrade).await.unwrap();
+                let mut buf = Vec::new();
+                io.read_to_end(&mut buf).await.unwrap();
+                io.write_all(&buf).await.unwrap();
+                io.write_all(b" back").await.unwrap();
+                io.shutdown().await.unwrap();
+            });
+            Response::new(empty())
+        })
+        .await;
+        let mut request = Request::connect("http://peer/chat").body(empty()).unwrap();
+        request
+            .extensions_mut()
+            .insert(h2::ext::Protocol::from("websocket"));
+        let (response, tunnel) = sender.send(request).unwrap().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut tunnel = tunnel.expect("a 200 to CONNECT opens a tunnel");
+        tunnel.write_all(b"hello").await.unwrap();
+        tunnel.shutdown().await.unwrap();
+        let mut back = String::new();
+        tunnel.read_to_string(&mut back).await.unwrap();
+        assert_eq!(back, "hello back");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_an_answer_with_no_tunnel() {
+        let mut sender = client_of(|_| async {
+            Response::builder()
+                .status(StatusCode::FORBIDDEN)
+                .body(boxed(http_body_util::Full::new(Bytes::from_static(b"no"))))
+                .unwrap()
+        })
+        .await;
+        let mut request = Request::connect("http://peer/chat").body(empty()).unwrap();
+        request
+            .extensions_mut()
+            .insert(h2::ext::Protocol::from("websocket"));
+        let (response, tunnel) = sender.send(request).unwrap().await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert!(tunnel.is_none());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "no");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_stops_answering_pings_is_closed() {
+        // The server end is never read: the handshake's frames and the ping wait unread.
+        let (client_io, _server_io) = tokio::io::duplex(64 * 1024);
+        let mut sender = handshake(client_io, &settings(), "test").await.unwrap();
+        assert!(sender.is_open());
+        // Time only moves while every task waits, so this is a wait for the ping's
+        // interval and timeout, whatever the machine's speed.
+        tokio::time::sleep(Duration::from_secs(39)).await;
+        assert!(sender.is_open(), "the ping has 10 s to be answered");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(!sender.is_open());
+        assert!(sender.send(get("/")).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_goes_away_closes_the_sender() {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                Ok::<_, std::convert::Infallible>(Response::new(empty()))
+            });
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(server_io), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = &mut conn => {}
+                _ = stopped => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+        let mut sender = handshake(client_io, &settings(), "test").await.unwrap();
+        let (response, _) = sender.send(get("/")).unwrap().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        stop.send(()).unwrap();
+        for _ in 0..1000 {
+            if !sender.is_open() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the sender is still open after the peer's GOAWAY");
+    }
+}
