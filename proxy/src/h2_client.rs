@@ -12,16 +12,17 @@ use std::fmt::Display;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Ping, Reason, RecvStream, SendStream};
-use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 
 use crate::http::{boxed, empty, BoxError, ProxyBody};
 
@@ -69,7 +70,9 @@ where
             tracing::debug!(%peer, error = %e, "pooled connection ended");
         }
     });
-    Ok(Sender { send })
+    Ok(Sender {
+        send: Arc::new(Mutex::new(send)),
+    })
 }
 
 /// Runs the connection, pinging the peer every `interval` (a peer that stops answering is
@@ -105,47 +108,115 @@ where
     }
 }
 
-/// Opens streams on a connection (cheap to clone; clones share it).
+/// Opens streams on a connection (cheap to clone; clones share it), one request at a time:
+/// a request that finds the connection at the peer's stream limit holds the others back
+/// until its stream opens, as hyper's client does. Left to h2, every request over the limit
+/// would wait inside it with its HEADERS built, and a request given up there (its response
+/// timed out, or its app left) would still go out once a stream closes, followed by its
+/// reset; a burst of those makes an h2 server close the connection every request to the
+/// destination shares (more than 20 streams reset before it accepted them).
 #[derive(Debug, Clone)]
 pub struct Sender {
-    send: SendRequest<Bytes>,
+    send: Arc<Mutex<SendRequest<Bytes>>>,
+}
+
+/// What [`Sender::try_send`] did with a request.
+pub enum TrySend {
+    /// Sent; the future resolves to the response.
+    Sent(Responding),
+    /// Refused by h2 (a malformed request): nothing was sent.
+    Refused(h2::Error),
+    /// Not sent, and handed back: the connection is closed, or others wait for a stream.
+    NotNow(Request<ProxyBody>),
 }
 
 impl Sender {
     /// Whether the connection takes new streams: neither closed nor told to go away.
-    pub fn is_open(&mut self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        matches!(self.send.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    pub fn is_open(&self) -> bool {
+        match self.send.try_lock() {
+            Ok(mut send) => !matches!(poll_ready_now(&mut send), Poll::Ready(Err(_))),
+            // A request waiting for a stream holds it: open, and busy.
+            Err(_) => true,
+        }
     }
 
-    /// Opens a stream for `request` now (its HEADERS queued on the connection); its body, if
-    /// it has one, follows from the returned future, which resolves to the response. A
-    /// `CONNECT` request's stream is kept for the tunnel a 200 opens.
-    pub fn send(&mut self, request: Request<ProxyBody>) -> Result<Responding, h2::Error> {
-        let (parts, body) = request.into_parts();
-        let connect = parts.method == Method::CONNECT;
-        let end = !connect && body.is_end_stream();
-        let (response, stream) = self
-            .send
-            .send_request(Request::from_parts(parts, ()), end)?;
-        let outgoing = if connect {
-            Outgoing::Tunnel(stream)
-        } else if end {
-            Outgoing::Sent
-        } else {
-            Outgoing::Body(BodyPipe {
-                body,
-                stream,
-                held: None,
-            })
+    /// Sends `request` now if the connection takes a stream now (the usual case, with no
+    /// future to wait on); otherwise hands it back.
+    pub fn try_send(&self, request: Request<ProxyBody>) -> TrySend {
+        let Ok(mut send) = self.send.clone().try_lock_owned() else {
+            return TrySend::NotNow(request);
         };
-        Ok(Responding { response, outgoing })
+        match poll_ready_now(&mut send) {
+            Poll::Ready(Ok(())) => match open(send, request) {
+                Ok(responding) => TrySend::Sent(responding),
+                Err(e) => TrySend::Refused(e),
+            },
+            _ => TrySend::NotNow(request),
+        }
     }
+
+    /// Sends `request` once the connection takes a stream, in turn with other requests
+    /// waiting for one; fails if the connection closes first.
+    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Responding, h2::Error> {
+        let mut send = self.send.clone().lock_owned().await;
+        std::future::poll_fn(|cx| send.poll_ready(cx)).await?;
+        open(send, request)
+    }
+}
+
+/// Whether the connection takes a stream now. Only the holder of the sender's lock polls
+/// it: h2 keeps one waker per stream, shared with that stream's body, so the body of a
+/// stream waiting to open is not polled until it has (see [`Responding`]).
+fn poll_ready_now(send: &mut SendRequest<Bytes>) -> Poll<Result<(), h2::Error>> {
+    send.poll_ready(&mut Context::from_waker(Waker::noop()))
+}
+
+/// Opens a stream for `request` (its HEADERS queued on the connection). If the stream has
+/// to wait for one of the peer's to close, the sender stays locked until it opens.
+fn open(
+    mut send: OwnedMutexGuard<SendRequest<Bytes>>,
+    request: Request<ProxyBody>,
+) -> Result<Responding, h2::Error> {
+    let (mut parts, body) = request.into_parts();
+    let connect = parts.method == Method::CONNECT;
+    let end = !connect && body.is_end_stream();
+    // As hyper: a body of known length says so (an empty POST included).
+    if let Some(len) = body.size_hint().exact() {
+        let payload = !matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT
+        );
+        if (len != 0 || payload) && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        }
+    }
+    let (response, stream) = send.send_request(Request::from_parts(parts, ()), end)?;
+    let outgoing = if connect {
+        Outgoing::Tunnel(stream)
+    } else if end {
+        Outgoing::Sent
+    } else {
+        Outgoing::Body(BodyPipe {
+            body,
+            stream,
+            held: None,
+        })
+    };
+    let opening = poll_ready_now(&mut send).is_pending().then_some(send);
+    Ok(Responding {
+        response,
+        opening,
+        outgoing,
+    })
 }
 
 /// A request sent, until its response.
 pub struct Responding {
     response: ResponseFuture,
+    /// The sender, while the request's stream waits for one of the peer's to close.
+    opening: Option<OwnedMutexGuard<SendRequest<Bytes>>>,
     outgoing: Outgoing,
 }
 
@@ -169,6 +240,11 @@ impl Future for Responding {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        if let Some(send) = &mut this.opening {
+            // Open (or the connection failed, which the response reports).
+            let _ = ready!(send.poll_ready(cx));
+            this.opening = None;
+        }
         if let Outgoing::Body(pipe) = &mut this.outgoing {
             // Most bodies are all there by now: sent here, with no task for them.
             match Pin::new(&mut *pipe).poll(cx) {
@@ -479,9 +555,18 @@ mod tests {
         }
     }
 
-    /// A client connected to a hyper HTTP/2 server (extended CONNECT on) that answers with
-    /// `answer`, over an in-memory pipe.
+    /// A client connected to a hyper HTTP/2 server (extended CONNECT on, the smallest
+    /// windows) that answers with `answer`, over an in-memory pipe.
     async fn client_of<F, R>(answer: F) -> Sender
+    where
+        F: Fn(Request<Incoming>) -> R + Send + Sync + 'static,
+        R: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        client_with(u32::MAX, answer).await
+    }
+
+    /// As `client_of`, with a server that allows `max_streams` streams at once.
+    async fn client_with<F, R>(max_streams: u32, answer: F) -> Sender
     where
         F: Fn(Request<Incoming>) -> R + Send + Sync + 'static,
         R: Future<Output = Response<ProxyBody>> + Send + 'static,
@@ -495,6 +580,9 @@ mod tests {
             });
             hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .enable_connect_protocol()
+                .initial_stream_window_size(65_535)
+                .initial_connection_window_size(65_535)
+                .max_concurrent_streams(max_streams)
                 .serve_connection(TokioIo::new(server_io), service)
                 .await
                 .unwrap();
@@ -527,7 +615,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_larger_than_the_window_and_its_trailers_arrive_whole() {
-        let mut sender = client_of(|_| async {
+        let sender = client_of(|_| async {
             let data = Bytes::from(vec![7u8; 300_000]);
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());
@@ -539,10 +627,14 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let (response, tunnel) = sender.send(get("/big")).unwrap().await.unwrap();
+        let (response, tunnel) = sender.send(get("/big")).await.unwrap().await.unwrap();
         assert!(tunnel.is_none());
         assert_eq!(response.body().size_hint().exact(), Some(300_000));
-        let collected = response.into_body().collect().await.unwrap();
+        // A window not handed back would stall it: fail rather than hang.
+        let collected = tokio::time::timeout(Duration::from_secs(10), response.collect())
+            .await
+            .expect("the whole body within the windows given back")
+            .unwrap();
         assert_eq!(
             collected
                 .trailers()
@@ -557,14 +649,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_ended_with_its_headers_has_an_empty_exact_body() {
-        let mut sender = client_of(|_| async {
+        let sender = client_of(|_| async {
             Response::builder()
                 .status(StatusCode::NO_CONTENT)
                 .body(empty())
                 .unwrap()
         })
         .await;
-        let (response, _) = sender.send(get("/")).unwrap().await.unwrap();
+        let (response, _) = sender.send(get("/")).await.unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         assert!(response.body().is_end_stream());
         assert_eq!(response.body().size_hint().exact(), Some(0));
@@ -572,7 +664,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_body_sent_after_the_request_is_piped_to_its_end() {
-        let mut sender = client_of(|req: Request<Incoming>| async move {
+        let sender = client_of(|req: Request<Incoming>| async move {
             let received = req.into_body().collect().await.unwrap().to_bytes();
             Response::new(boxed(http_body_util::Full::new(Bytes::from(
                 received.len().to_string(),
@@ -583,15 +675,18 @@ mod tests {
         let request = Request::post("http://peer/upload")
             .body(boxed(ChannelBody(body)))
             .unwrap();
-        let responding = sender.send(request).unwrap();
+        let responding = sender.send(request).await.unwrap();
         // The body is not all there when first polled: a task pipes the rest, within the
-        // stream's window (a quarter of what is sent).
+        // server's stream window (a quarter of what is sent).
         let writer = tokio::spawn(async move {
             for _ in 0..25 {
                 chunks.send(Bytes::from(vec![1u8; 10_000])).await.unwrap();
             }
         });
-        let (response, _) = responding.await.unwrap();
+        let (response, _) = tokio::time::timeout(Duration::from_secs(10), responding)
+            .await
+            .expect("the body sent as the server's window allows")
+            .unwrap();
         writer.await.unwrap();
         let answer = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(answer, "250000");
@@ -600,7 +695,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_dropped_before_its_answer_resets_the_body_still_piping() {
         let (seen, mut outcome) = mpsc::channel::<String>(1);
-        let mut sender = client_of(move |req: Request<Incoming>| {
+        let sender = client_of(move |req: Request<Incoming>| {
             let seen = seen.clone();
             async move {
                 let result = req.into_body().collect().await;
@@ -618,7 +713,7 @@ mod tests {
         let request = Request::post("http://peer/stream")
             .body(boxed(ChannelBody(body)))
             .unwrap();
-        let mut responding = sender.send(request).unwrap();
+        let mut responding = sender.send(request).await.unwrap();
         chunks.send(Bytes::from_static(b"first")).await.unwrap();
         // Polled once: the body's first chunk goes out and the pipe becomes a task.
         assert!(futures_poll_once(&mut responding).await.is_none());
@@ -644,14 +739,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_200_to_an_extended_connect_is_a_tunnel_both_ways() {
-        let mut sender = client_of(|mut req: Request<Incoming>| async move {
+        let sender = client_of(|mut req: Request<Incoming>| async move {
             let upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 let mut io = crate::http::upgraded(upgrade).await.unwrap();
                 let mut buf = Vec::new();
                 io.read_to_end(&mut buf).await.unwrap();
                 io.write_all(&buf).await.unwrap();
-                io.write_all(b" back").await.unwrap();
                 io.shutdown().await.unwrap();
             });
             Response::new(empty())
@@ -661,19 +755,26 @@ mod tests {
         request
             .extensions_mut()
             .insert(h2::ext::Protocol::from("websocket"));
-        let (response, tunnel) = sender.send(request).unwrap().await.unwrap();
+        let (response, tunnel) = sender.send(request).await.unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let mut tunnel = tunnel.expect("a 200 to CONNECT opens a tunnel");
-        tunnel.write_all(b"hello").await.unwrap();
-        tunnel.shutdown().await.unwrap();
-        let mut back = String::new();
-        tunnel.read_to_string(&mut back).await.unwrap();
-        assert_eq!(back, "hello back");
+        // Five times the windows each way: the tunnel waits for them and hands them back.
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let echoed = tokio::time::timeout(Duration::from_secs(10), async {
+            tunnel.write_all(&sent).await.unwrap();
+            tunnel.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            tunnel.read_to_end(&mut back).await.unwrap();
+            back
+        })
+        .await
+        .expect("both directions within the windows");
+        assert!(echoed == sent, "the echo differs");
     }
 
     #[tokio::test]
     async fn a_refused_connect_is_an_answer_with_no_tunnel() {
-        let mut sender = client_of(|_| async {
+        let sender = client_of(|_| async {
             Response::builder()
                 .status(StatusCode::FORBIDDEN)
                 .body(boxed(http_body_util::Full::new(Bytes::from_static(b"no"))))
@@ -684,18 +785,79 @@ mod tests {
         request
             .extensions_mut()
             .insert(h2::ext::Protocol::from("websocket"));
-        let (response, tunnel) = sender.send(request).unwrap().await.unwrap();
+        let (response, tunnel) = sender.send(request).await.unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(tunnel.is_none());
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "no");
     }
 
+    #[tokio::test]
+    async fn at_the_peers_stream_limit_requests_wait_in_turn_and_one_given_up_is_never_sent() {
+        let (seen, mut arrivals) = mpsc::unbounded_channel::<String>();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let sender = client_with(1, move |req: Request<Incoming>| {
+            let (seen, mut released) = (seen.clone(), released.clone());
+            async move {
+                let path = req.uri().path().to_string();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                seen.send(format!("{path} {}", String::from_utf8_lossy(&body)))
+                    .unwrap();
+                if path == "/a" {
+                    released.wait_for(|r| *r).await.unwrap();
+                }
+                Response::new(empty())
+            }
+        })
+        .await;
+        // The server's settings (one stream at a time) arrive with the first exchange.
+        sender.send(get("/warm")).await.unwrap().await.unwrap();
+        assert_eq!(arrivals.recv().await.unwrap(), "/warm ");
+        let TrySend::Sent(a) = sender.try_send(get("/a")) else {
+            panic!("a stream is free")
+        };
+        let a = tokio::spawn(a);
+        assert_eq!(
+            arrivals.recv().await.unwrap(),
+            "/a ",
+            "/a holds the only stream"
+        );
+        // /b waits for /a's stream to close, its body too, and holds back those after it.
+        let b = Request::post("http://peer/b")
+            .body(boxed(http_body_util::Full::new(Bytes::from_static(
+                b"b-body",
+            ))))
+            .unwrap();
+        let TrySend::Sent(b) = sender.try_send(b) else {
+            panic!("the first to wait is sent")
+        };
+        let TrySend::NotNow(c) = sender.try_send(get("/c")) else {
+            panic!("/b waits for a stream")
+        };
+        let mut c = Box::pin(sender.send(c));
+        assert!(
+            futures_poll_once(&mut c).await.is_none(),
+            "/c waits in turn"
+        );
+        drop(c); // given up (its response timed out, or its app left)
+        let b = tokio::spawn(b);
+        release.send(true).unwrap();
+        a.await.unwrap().unwrap();
+        b.await.unwrap().unwrap();
+        sender.send(get("/d")).await.unwrap().await.unwrap();
+        let rest: Vec<String> = [
+            arrivals.recv().await.unwrap(),
+            arrivals.recv().await.unwrap(),
+        ]
+        .into();
+        assert_eq!(rest, ["/b b-body", "/d "], "/c never reached the peer");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_answering_pings_is_closed() {
         // The server end is never read: the handshake's frames and the ping wait unread.
         let (client_io, _server_io) = tokio::io::duplex(64 * 1024);
-        let mut sender = handshake(client_io, &settings(), "test").await.unwrap();
+        let sender = handshake(client_io, &settings(), "test").await.unwrap();
         assert!(sender.is_open());
         // Time only moves while every task waits, so this is a wait for the ping's
         // interval and timeout, whatever the machine's speed.
@@ -703,7 +865,8 @@ mod tests {
         assert!(sender.is_open(), "the ping has 10 s to be answered");
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(!sender.is_open());
-        assert!(sender.send(get("/")).is_err());
+        assert!(matches!(sender.try_send(get("/")), TrySend::NotNow(_)));
+        assert!(sender.send(get("/")).await.is_err());
     }
 
     #[tokio::test]
@@ -725,9 +888,10 @@ mod tests {
                 }
             }
         });
-        let mut sender = handshake(client_io, &settings(), "test").await.unwrap();
-        let (response, _) = sender.send(get("/")).unwrap().await.unwrap();
+        let sender = handshake(client_io, &settings(), "test").await.unwrap();
+        let (response, _) = sender.send(get("/")).await.unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        assert!(sender.is_open());
         stop.send(()).unwrap();
         for _ in 0..1000 {
             if !sender.is_open() {

@@ -20,7 +20,7 @@ use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::access_log;
 use crate::detect::Protocol;
-use crate::h2_client::{Responding, Tunnel};
+use crate::h2_client::{Responding, TrySend, Tunnel};
 use crate::http::{
     boxed, check_target, empty, forwarded_uri, is_grpc, names, request_id, strip_hop_by_hop,
     upgrade_protocol, ProxyBody, ProxyError,
@@ -115,14 +115,17 @@ fn handle(req: Request<Incoming>, route: &Route, shared: &Arc<Shared>) -> Exchan
     let call = match prepared {
         Err(error) => Call::Failed { error: Some(error) },
         Ok(request) => match shared.pool.try_get(&route.0) {
-            Some(mut pooled) => match pooled.sender.send(request) {
-                Ok(responding) => Call::Sent {
+            Some(pooled) => match pooled.sender.try_send(request) {
+                TrySend::Sent(responding) => Call::Sent {
                     sent: tokio::time::timeout(shared.config.timeouts.response, responding),
                     peer: Some(pooled.peer),
                     connection: pooled.id,
                 },
-                Err(e) => Call::Failed {
-                    error: Some(peer_failed(shared, &route.0, pooled.id, &e)),
+                TrySend::Refused(e) => Call::Failed {
+                    error: Some(refused(&route.0, &e)),
+                },
+                TrySend::NotNow(request) => Call::Boxed {
+                    call: Box::pin(connect_and_send(shared.clone(), route.clone(), request)),
                 },
             },
             None => Call::Boxed {
@@ -311,13 +314,11 @@ async fn connect_and_send(
     request: Request<ProxyBody>,
 ) -> Result<(Answer, Arc<str>), ProxyError> {
     let key = &route.0;
-    let mut pooled = shared.pool.get(key, &shared.mesh).await?;
-    let responding = pooled
-        .sender
-        .send(request)
-        .map_err(|e| peer_failed(&shared, key, pooled.id, &e))?;
+    let pooled = shared.pool.get(key, &shared.mesh).await?;
     let timeout = shared.config.timeouts.response;
-    match tokio::time::timeout(timeout, responding).await {
+    // Given up within the timeout, a request waiting for a stream is never sent.
+    let sent = async { pooled.sender.send(request).await?.await };
+    match tokio::time::timeout(timeout, sent).await {
         Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
         Ok(Err(e)) => Err(peer_failed(&shared, key, pooled.id, &e)),
         Ok(Ok(response)) => Ok((response, pooled.peer)),
@@ -332,8 +333,25 @@ fn peer_failed(shared: &Arc<Shared>, key: &PoolKey, connection: u64, e: &h2::Err
         let (shared, key) = (shared.clone(), key.clone());
         tokio::spawn(async move { shared.pool.evict(&key, connection).await });
     }
+    if e.is_reset() && !e.is_remote() {
+        // This proxy reset the stream: the app's request body failed before its end.
+        return ProxyError::Upstream(format!(
+            "the request to {} ended before its body did ({})",
+            key.addr,
+            crate::http::error_chain(e)
+        ));
+    }
     ProxyError::Upstream(format!(
         "the peer proxy at {} failed mid-request ({}); check its log",
+        key.addr,
+        crate::http::error_chain(e)
+    ))
+}
+
+/// The error for a request h2 would not send (a header HTTP/2 does not allow).
+fn refused(key: &PoolKey, e: &h2::Error) -> ProxyError {
+    ProxyError::Upstream(format!(
+        "cannot send the request to the peer proxy at {} ({})",
         key.addr,
         crate::http::error_chain(e)
     ))

@@ -72,15 +72,19 @@ impl Pool {
         }
     }
 
-    /// A live connection for `key` if there is one now (no wait: none while another request
-    /// connects or checks the slot); the usual case, without `get`'s future.
+    /// The connection for `key` if there is one now (no wait: none while another request
+    /// connects or checks the slot), open or not (sending says); the usual case, without
+    /// `get`'s future.
     pub fn try_get(&self, key: &PoolKey) -> Option<Pooled> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = slots.get_mut(key)?;
-        entry.last_used = Instant::now();
-        let mut pooled = entry.slot.try_lock().ok()?;
-        let pooled = pooled.as_mut()?;
-        pooled.sender.is_open().then(|| pooled.clone())
+        // The map's lock is not held while the slot is looked at.
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let entry = slots.get_mut(key)?;
+            entry.last_used = Instant::now();
+            entry.slot.clone()
+        };
+        let pooled = slot.try_lock().ok()?;
+        pooled.clone()
     }
 
     /// A live connection for `key`, connecting if there is none. Concurrent callers for the
@@ -100,7 +104,7 @@ impl Pool {
             entry.slot.clone()
         };
         let mut guard = slot.lock().await;
-        if let Some(pooled) = guard.as_mut() {
+        if let Some(pooled) = guard.as_ref() {
             if pooled.sender.is_open() {
                 return Ok(pooled.clone());
             }
@@ -176,7 +180,7 @@ impl Pool {
             }
             // A slot in use (connecting or being read) stays.
             match entry.slot.try_lock() {
-                Ok(mut pooled) => pooled.as_mut().is_some_and(|p| p.sender.is_open()),
+                Ok(pooled) => pooled.as_ref().is_some_and(|p| p.sender.is_open()),
                 Err(_) => true,
             }
         });
