@@ -1,4 +1,5 @@
-//! An HTTP/2 client on `h2` itself, for the pooled proxy-to-proxy connections.
+//! An HTTP/2 client on `h2` itself, for the pooled proxy-to-proxy connections and the
+//! shared h2c connection to an app.
 //!
 //! A request is opened on the connection by the task that serves it, and its response is
 //! polled there. hyper's client instead hands each request to the connection's task through
@@ -35,15 +36,22 @@ pub struct Settings {
     pub connection_window: u32,
     /// The largest response header list accepted (bytes).
     pub max_header_list_size: u32,
-    /// How often the connection is checked with a ping.
-    pub keepalive_interval: Duration,
+    /// Pings that check the peer, if any.
+    pub keepalive: Option<Keepalive>,
+}
+
+/// How a connection checks that its peer still answers.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    /// How often the peer is pinged, idle or not.
+    pub interval: Duration,
     /// How long a ping may go unanswered before the connection is closed.
-    pub keepalive_timeout: Duration,
+    pub timeout: Duration,
 }
 
 /// Opens an HTTP/2 connection on `io` and runs it in a task of its own (which ends when the
-/// peer closes it, a ping goes unanswered, or every [`Sender`] and stream is gone); `peer`
-/// names it in the log.
+/// peer closes it, a keepalive ping goes unanswered, or every [`Sender`] and stream is
+/// gone); `peer` names it in the log.
 pub async fn handshake<T>(
     io: T,
     settings: &Settings,
@@ -63,10 +71,9 @@ where
         .enable_push(false)
         .handshake::<_, Bytes>(io)
         .await?;
-    let ping_pong = connection.ping_pong();
-    let (interval, timeout) = (settings.keepalive_interval, settings.keepalive_timeout);
+    let keepalive = settings.keepalive.zip(connection.ping_pong());
     tokio::spawn(async move {
-        if let Err(e) = drive(connection, ping_pong, interval, timeout).await {
+        if let Err(e) = drive(connection, keepalive).await {
             tracing::debug!(%peer, error = %e, "pooled connection ended");
         }
     });
@@ -75,19 +82,17 @@ where
     })
 }
 
-/// Runs the connection, pinging the peer every `interval` (a peer that stops answering is
+/// Runs the connection, with keepalive pings if asked (a peer that stops answering is
 /// otherwise noticed only by the requests that then wait on it).
 async fn drive<T>(
     connection: h2::client::Connection<T, Bytes>,
-    ping_pong: Option<h2::PingPong>,
-    interval: Duration,
-    timeout: Duration,
+    keepalive: Option<(Keepalive, h2::PingPong)>,
 ) -> Result<(), String>
 where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut connection = std::pin::pin!(connection);
-    let Some(mut ping_pong) = ping_pong else {
+    let Some((Keepalive { interval, timeout }, mut ping_pong)) = keepalive else {
         return connection.await.map_err(|e| e.to_string());
     };
     loop {
@@ -550,8 +555,10 @@ mod tests {
             stream_window: 65_535,
             connection_window: 65_535,
             max_header_list_size: 16 * 1024,
-            keepalive_interval: Duration::from_secs(30),
-            keepalive_timeout: Duration::from_secs(10),
+            keepalive: Some(Keepalive {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(10),
+            }),
         }
     }
 

@@ -1,8 +1,9 @@
 //! Pooled connections to the local app: HTTP/1.1 connections reused one request at a time
-//! (newest first), one shared h2c connection per app. Built on hyper's connection API
-//! rather than hyper-util's general client: the app is one known address, so there is no
-//! resolver, no per-request pool key to hash, and no task per request to return a
-//! connection; an HTTP/1.1 connection goes back to the pool when its response body ends.
+//! (newest first), one shared h2c connection per app. HTTP/1.1 is built on hyper's
+//! connection API rather than hyper-util's general client: the app is one known address, so
+//! there is no resolver, no per-request pool key to hash, and no task per request to return
+//! a connection; an HTTP/1.1 connection goes back to the pool when its response body ends.
+//! h2c uses [`crate::h2_client`], as the proxy-to-proxy connections do.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -12,11 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::{header, HeaderValue, Request, Response, Uri};
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use crate::h2_client::{self, TrySend};
 use crate::http::{boxed, OnEnd, ProxyBody};
 
 /// Why a request could not be answered by the app.
@@ -31,6 +33,9 @@ pub enum AppError {
     /// The connection failed after it was made (HTTP handshake, request or response).
     #[error(transparent)]
     Http(#[from] hyper::Error),
+    /// The h2c connection failed after it was made.
+    #[error(transparent)]
+    H2c(#[from] h2::Error),
 }
 
 /// An HTTP/1.1 connection waiting for its next request.
@@ -41,28 +46,19 @@ struct IdleHttp1 {
 }
 
 /// The shared h2c connection to one app (`None` until first used or after it closed).
-type H2cSlot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<ProxyBody>>>>;
+type H2cSlot = Arc<tokio::sync::Mutex<Option<h2_client::Sender>>>;
 
 /// The send paths that are boxed: connecting, and h2c.
 type BoxedSend = Pin<Box<dyn Future<Output = Result<Response<ProxyBody>, AppError>> + Send>>;
 
-/// Spawns hyper's HTTP/2 client tasks boxed. hyper hands over one task per request with a
-/// body, typed as an enum as large as the whole connection's state; spawned as it is, tokio
-/// copies kilobytes on every spawn and again when the task completes (callgrind: a third of
-/// the proxy's memcpy under gRPC load).
-#[derive(Debug, Clone, Copy)]
-struct BoxingExecutor;
-
-impl<F> hyper::rt::Executor<F> for BoxingExecutor
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, future: F) {
-        let boxed: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
-            Box::pin(future);
-        tokio::spawn(boxed);
-    }
-}
+/// The shared h2c connection's settings: hyper's defaults, which it had before; no pings
+/// (the app is on the same host, and a busy app is not a dead one).
+const H2C: h2_client::Settings = h2_client::Settings {
+    stream_window: 2 * 1024 * 1024,
+    connection_window: 5 * 1024 * 1024,
+    max_header_list_size: 16 * 1024,
+    keepalive: None,
+};
 
 /// Hashed with a fast, per-process seeded hasher: looked up on every request.
 type AppMap<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
@@ -206,9 +202,9 @@ impl AppClients {
         req: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, AppError> {
         let slot = lock(&self.inner.h2c).entry(app).or_default().clone();
-        let (mut sender, reused) = {
+        let (sender, reused) = {
             let mut guard = slot.lock().await;
-            match guard.as_ref().filter(|s| !s.is_closed()) {
+            match guard.as_ref().filter(|s| s.is_open()) {
                 Some(sender) => (sender.clone(), true),
                 None => {
                     // Boxed: connecting is rare, and would enlarge every request's future.
@@ -218,41 +214,29 @@ impl AppClients {
                 }
             }
         };
-        let response = match sender.try_send_request(req).await {
-            Ok(response) => response,
-            Err(mut e) => match e.take_message() {
-                // The shared connection went away before the request was sent: reconnect once.
-                Some(back) if reused => {
-                    let sender = {
-                        let mut guard = slot.lock().await;
-                        let sender = Box::pin(self.connect_h2c(app)).await?;
-                        *guard = Some(sender.clone());
-                        sender
-                    };
-                    let mut sender = sender;
-                    sender.send_request(back).await?
-                }
-                _ => return Err(AppError::Http(e.into_error())),
-            },
+        let responding = match sender.try_send(req) {
+            TrySend::Sent(responding) => responding,
+            TrySend::Refused(e) => return Err(e.into()),
+            // The shared connection went away before the request was sent: reconnect once.
+            TrySend::NotNow(back) if reused && !sender.is_open() => {
+                let sender = {
+                    let mut guard = slot.lock().await;
+                    let sender = Box::pin(self.connect_h2c(app)).await?;
+                    *guard = Some(sender.clone());
+                    sender
+                };
+                sender.send(back).await?
+            }
+            // Others wait for a stream: in turn.
+            TrySend::NotNow(back) => sender.send(back).await?,
         };
-        Ok(response.map(boxed))
+        let (response, _) = responding.await?;
+        Ok(response)
     }
 
-    async fn connect_h2c(
-        &self,
-        app: SocketAddr,
-    ) -> Result<http2::SendRequest<ProxyBody>, AppError> {
+    async fn connect_h2c(&self, app: SocketAddr) -> Result<h2_client::Sender, AppError> {
         let tcp = self.connect(app).await?;
-        let (sender, connection) = http2::Builder::new(BoxingExecutor)
-            .timer(TokioTimer::new())
-            .handshake(TokioIo::new(tcp))
-            .await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%app, error = %e, "app h2c connection ended");
-            }
-        });
-        Ok(sender)
+        Ok(h2_client::handshake(tcp, &H2C, app).await?)
     }
 
     async fn connect(&self, app: SocketAddr) -> Result<TcpStream, AppError> {
@@ -278,7 +262,7 @@ impl AppClients {
         });
         lock(&self.inner.h2c).retain(|_, slot| match slot.try_lock() {
             Ok(sender) => {
-                let open = sender.as_ref().is_some_and(|s| !s.is_closed());
+                let open = sender.as_ref().is_some_and(h2_client::Sender::is_open);
                 remaining += usize::from(open);
                 open
             }
@@ -430,6 +414,63 @@ mod tests {
         text(response).await;
         assert_eq!(clients.sweep(), 0);
         assert!(lock(&clients.inner.http1).is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_h2c_connection_the_app_closed_is_replaced() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let (answered_tx, answered) = tokio::sync::oneshot::channel::<()>();
+                    let answered_tx = std::sync::Mutex::new(Some(answered_tx));
+                    let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        if let Some(tx) = answered_tx.lock().unwrap().take() {
+                            let _ = tx.send(());
+                        }
+                        async move {
+                            let text = format!("connection {n}");
+                            Ok::<_, std::convert::Infallible>(Response::new(
+                                http_body_util::Full::new(Bytes::from(text)),
+                            ))
+                        }
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tcp), service);
+                    let mut conn = std::pin::pin!(conn);
+                    // Each connection serves one request, then goes away (GOAWAY, then close).
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = answered => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                    let _ = closed_tx.send(n);
+                });
+            }
+        });
+        let clients = clients(Duration::from_secs(60));
+        let response = clients.send(addr, false, request(addr, "/")).await.unwrap();
+        assert_eq!(text(response).await, "connection 1");
+        assert_eq!(closed.recv().await, Some(1));
+        // Once this side has seen it go (its task reads the GOAWAY and the close).
+        let slot = lock(&clients.inner.h2c).get(&addr).unwrap().clone();
+        for _ in 0..1000 {
+            if !slot.lock().await.as_ref().unwrap().is_open() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!slot.lock().await.as_ref().unwrap().is_open());
+        let response = clients.send(addr, false, request(addr, "/")).await.unwrap();
+        assert_eq!(text(response).await, "connection 2");
     }
 
     #[tokio::test]

@@ -249,6 +249,7 @@ fn from_app(
             return Err(ProxyError::ConnectTimeout(app.to_string()))
         }
         Err(AppError::Http(e)) => return Err(app_failed(app, &e)),
+        Err(AppError::H2c(e)) => return Err(app_failed(app, &e)),
         Ok(response) => response,
     };
     let (mut parts, body) = response.into_parts();

@@ -135,8 +135,10 @@ impl Pool {
             stream_window: CONNECTION_WINDOW / 4,
             connection_window: CONNECTION_WINDOW,
             max_header_list_size: self.max_header_bytes,
-            keepalive_interval: KEEPALIVE_INTERVAL,
-            keepalive_timeout: KEEPALIVE_TIMEOUT,
+            keepalive: Some(h2_client::Keepalive {
+                interval: KEEPALIVE_INTERVAL,
+                timeout: KEEPALIVE_TIMEOUT,
+            }),
         };
         let sender = h2_client::handshake(mesh.stream, &settings, key.addr)
             .await
@@ -208,8 +210,7 @@ mod tests {
             stream_window: 65_535,
             connection_window: 65_535,
             max_header_list_size: 16 * 1024,
-            keepalive_interval: Duration::from_secs(3600),
-            keepalive_timeout: Duration::from_secs(3600),
+            keepalive: None,
         };
         let sender = h2_client::handshake(io, &settings, "test").await.unwrap();
         let pool = Pool::new(16 * 1024);
