@@ -114,15 +114,29 @@ where
 }
 
 /// Opens streams on a connection (cheap to clone; clones share it), one request at a time:
-/// a request that finds the connection at the peer's stream limit holds the others back
-/// until its stream opens, as hyper's client does. Left to h2, every request over the limit
-/// would wait inside it with its HEADERS built, and a request given up there (its response
-/// timed out, or its app left) would still go out once a stream closes, followed by its
-/// reset; a burst of those makes an h2 server close the connection every request to the
-/// destination shares (more than 20 streams reset before it accepted them).
+/// a request whose stream must wait for one of the peer's to close holds the others back
+/// until it opens, as hyper's client does. Left to h2, every request over the peer's limit
+/// would wait inside it with its HEADERS built, and one given up there (its response timed
+/// out, or its app left) would still go out once a stream closes, followed by its reset; a
+/// run of those makes an h2 server close the connection every request to the destination
+/// shares (more than 20 streams reset before it accepted them). What h2 still queues, as
+/// under hyper: the request that waits first, and a burst sent before the connection's task
+/// has run (h2 counts a stream against the limit only once that task opens it).
+///
+/// A [`Responding`] that waits for its stream holds the sender until it is polled: a task
+/// must not hold one and then wait on [`Sender::send`] itself.
 #[derive(Debug, Clone)]
 pub struct Sender {
     send: Arc<Mutex<SendRequest<Bytes>>>,
+}
+
+/// A request [`Sender::send`] did not send, and why.
+pub struct Unsent {
+    /// Why.
+    pub error: h2::Error,
+    /// The request, when none of it was sent (the connection closed while it waited): it
+    /// may go on another connection.
+    pub request: Option<Request<ProxyBody>>,
 }
 
 /// What [`Sender::try_send`] did with a request.
@@ -131,7 +145,7 @@ pub enum TrySend {
     Sent(Responding),
     /// Refused by h2 (a malformed request): nothing was sent.
     Refused(h2::Error),
-    /// Not sent, and handed back: the connection is closed, or others wait for a stream.
+    /// Not sent, and handed back: the connection is closed, or a request waits for a stream.
     NotNow(Request<ProxyBody>),
 }
 
@@ -161,11 +175,20 @@ impl Sender {
     }
 
     /// Sends `request` once the connection takes a stream, in turn with other requests
-    /// waiting for one; fails if the connection closes first.
-    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Responding, h2::Error> {
+    /// waiting for one; hands it back if the connection closes first. Dropped while it
+    /// waits, nothing of the request is sent.
+    pub async fn send(&self, request: Request<ProxyBody>) -> Result<Responding, Unsent> {
         let mut send = self.send.clone().lock_owned().await;
-        std::future::poll_fn(|cx| send.poll_ready(cx)).await?;
-        open(send, request)
+        if let Err(error) = std::future::poll_fn(|cx| send.poll_ready(cx)).await {
+            return Err(Unsent {
+                error,
+                request: Some(request),
+            });
+        }
+        open(send, request).map_err(|error| Unsent {
+            error,
+            request: None,
+        })
     }
 }
 
@@ -296,6 +319,15 @@ impl Drop for Responding {
     fn drop(&mut self) {
         if let Outgoing::Piping(cancel) = std::mem::replace(&mut self.outgoing, Outgoing::Sent) {
             let _ = cancel.send(());
+        }
+        if let Some(mut send) = self.opening.take() {
+            // The sender refers to the stream until it opens (h2 queued its HEADERS): a task
+            // waits for that, so its reset follows at once rather than with the next request.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = std::future::poll_fn(|cx| send.poll_ready(cx)).await;
+                });
+            }
         }
     }
 }
@@ -634,7 +666,7 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let (response, tunnel) = sender.send(get("/big")).await.unwrap().await.unwrap();
+        let (response, tunnel) = sender.send(get("/big")).await.ok().unwrap().await.unwrap();
         assert!(tunnel.is_none());
         assert_eq!(response.body().size_hint().exact(), Some(300_000));
         // A window not handed back would stall it: fail rather than hang.
@@ -663,7 +695,7 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let (response, _) = sender.send(get("/")).await.unwrap().await.unwrap();
+        let (response, _) = sender.send(get("/")).await.ok().unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         assert!(response.body().is_end_stream());
         assert_eq!(response.body().size_hint().exact(), Some(0));
@@ -682,7 +714,7 @@ mod tests {
         let request = Request::post("http://peer/upload")
             .body(boxed(ChannelBody(body)))
             .unwrap();
-        let responding = sender.send(request).await.unwrap();
+        let responding = sender.send(request).await.ok().unwrap();
         // The body is not all there when first polled: a task pipes the rest, within the
         // server's stream window (a quarter of what is sent).
         let writer = tokio::spawn(async move {
@@ -720,7 +752,7 @@ mod tests {
         let request = Request::post("http://peer/stream")
             .body(boxed(ChannelBody(body)))
             .unwrap();
-        let mut responding = sender.send(request).await.unwrap();
+        let mut responding = sender.send(request).await.ok().unwrap();
         chunks.send(Bytes::from_static(b"first")).await.unwrap();
         // Polled once: the body's first chunk goes out and the pipe becomes a task.
         assert!(futures_poll_once(&mut responding).await.is_none());
@@ -762,7 +794,7 @@ mod tests {
         request
             .extensions_mut()
             .insert(h2::ext::Protocol::from("websocket"));
-        let (response, tunnel) = sender.send(request).await.unwrap().await.unwrap();
+        let (response, tunnel) = sender.send(request).await.ok().unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let mut tunnel = tunnel.expect("a 200 to CONNECT opens a tunnel");
         // Five times the windows each way: the tunnel waits for them and hands them back.
@@ -792,7 +824,7 @@ mod tests {
         request
             .extensions_mut()
             .insert(h2::ext::Protocol::from("websocket"));
-        let (response, tunnel) = sender.send(request).await.unwrap().await.unwrap();
+        let (response, tunnel) = sender.send(request).await.ok().unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(tunnel.is_none());
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -818,7 +850,7 @@ mod tests {
         })
         .await;
         // The server's settings (one stream at a time) arrive with the first exchange.
-        sender.send(get("/warm")).await.unwrap().await.unwrap();
+        sender.send(get("/warm")).await.ok().unwrap().await.unwrap();
         assert_eq!(arrivals.recv().await.unwrap(), "/warm ");
         let TrySend::Sent(a) = sender.try_send(get("/a")) else {
             panic!("a stream is free")
@@ -830,10 +862,9 @@ mod tests {
             "/a holds the only stream"
         );
         // /b waits for /a's stream to close, its body too, and holds back those after it.
+        let (b_chunks, b_body) = mpsc::channel(1);
         let b = Request::post("http://peer/b")
-            .body(boxed(http_body_util::Full::new(Bytes::from_static(
-                b"b-body",
-            ))))
+            .body(boxed(ChannelBody(b_body)))
             .unwrap();
         let TrySend::Sent(b) = sender.try_send(b) else {
             panic!("the first to wait is sent")
@@ -848,10 +879,26 @@ mod tests {
         );
         drop(c); // given up (its response timed out, or its app left)
         let b = tokio::spawn(b);
+        let d = tokio::spawn({
+            let sender = sender.clone();
+            async move { sender.send(get("/d")).await.ok().unwrap().await }
+        });
+        // /b's task waits for its stream and /d's for its turn (this runtime runs them in
+        // order before coming back here); /b's body has data before its stream opens.
+        tokio::task::yield_now().await;
+        b_chunks.send(Bytes::from_static(b"b-body")).await.unwrap();
         release.send(true).unwrap();
         a.await.unwrap().unwrap();
-        b.await.unwrap().unwrap();
-        sender.send(get("/d")).await.unwrap().await.unwrap();
+        drop(b_chunks);
+        // One waker per stream in h2: were /b's body polled before its stream opened, /d's
+        // wait would take its wake-up, and /b's body would never be sent.
+        let (b, d) = tokio::time::timeout(Duration::from_secs(10), async {
+            (b.await.unwrap(), d.await.unwrap())
+        })
+        .await
+        .expect("/b and /d answered");
+        b.unwrap();
+        d.unwrap();
         let rest: Vec<String> = [
             arrivals.recv().await.unwrap(),
             arrivals.recv().await.unwrap(),
@@ -896,7 +943,7 @@ mod tests {
             }
         });
         let sender = handshake(client_io, &settings(), "test").await.unwrap();
-        let (response, _) = sender.send(get("/")).await.unwrap().await.unwrap();
+        let (response, _) = sender.send(get("/")).await.ok().unwrap().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert!(sender.is_open());
         stop.send(()).unwrap();

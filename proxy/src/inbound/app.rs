@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use crate::h2_client::{self, TrySend};
+use crate::h2_client::{self, TrySend, Unsent};
 use crate::http::{boxed, OnEnd, ProxyBody};
 
 /// Why a request could not be answered by the app.
@@ -217,18 +217,30 @@ impl AppClients {
         let responding = match sender.try_send(req) {
             TrySend::Sent(responding) => responding,
             TrySend::Refused(e) => return Err(e.into()),
-            // The shared connection went away before the request was sent: reconnect once.
-            TrySend::NotNow(back) if reused && !sender.is_open() => {
-                let sender = {
-                    let mut guard = slot.lock().await;
-                    let sender = Box::pin(self.connect_h2c(app)).await?;
-                    *guard = Some(sender.clone());
-                    sender
-                };
-                sender.send(back).await?
-            }
-            // Others wait for a stream: in turn.
-            TrySend::NotNow(back) => sender.send(back).await?,
+            // Closed, or a request waits for a stream: in turn.
+            TrySend::NotNow(back) => match sender.send(back).await {
+                Ok(responding) => responding,
+                // The shared connection went away before the request was sent: once more,
+                // on its replacement.
+                Err(Unsent {
+                    request: Some(back),
+                    ..
+                }) if reused => {
+                    let sender = {
+                        let mut guard = slot.lock().await;
+                        match guard.as_ref().filter(|s| s.is_open()) {
+                            Some(sender) => sender.clone(),
+                            None => {
+                                let sender = Box::pin(self.connect_h2c(app)).await?;
+                                *guard = Some(sender.clone());
+                                sender
+                            }
+                        }
+                    };
+                    sender.send(back).await.map_err(|unsent| unsent.error)?
+                }
+                Err(unsent) => return Err(unsent.error.into()),
+            },
         };
         let (response, _) = responding.await?;
         Ok(response)

@@ -122,7 +122,7 @@ fn handle(req: Request<Incoming>, route: &Route, shared: &Arc<Shared>) -> Exchan
                     connection: pooled.id,
                 },
                 TrySend::Refused(e) => Call::Failed {
-                    error: Some(refused(&route.0, &e)),
+                    error: Some(refused(shared, &route.0, pooled.id, &e)),
                 },
                 TrySend::NotNow(request) => Call::Boxed {
                     call: Box::pin(connect_and_send(shared.clone(), route.clone(), request)),
@@ -317,7 +317,12 @@ async fn connect_and_send(
     let pooled = shared.pool.get(key, &shared.mesh).await?;
     let timeout = shared.config.timeouts.response;
     // Given up within the timeout, a request waiting for a stream is never sent.
-    let sent = async { pooled.sender.send(request).await?.await };
+    let sent = async {
+        match pooled.sender.send(request).await {
+            Ok(responding) => responding.await,
+            Err(unsent) => Err(unsent.error),
+        }
+    };
     match tokio::time::timeout(timeout, sent).await {
         Err(_) => Err(ProxyError::ResponseTimeout(timeout)),
         Ok(Err(e)) => Err(peer_failed(&shared, key, pooled.id, &e)),
@@ -333,7 +338,7 @@ fn peer_failed(shared: &Arc<Shared>, key: &PoolKey, connection: u64, e: &h2::Err
         let (shared, key) = (shared.clone(), key.clone());
         tokio::spawn(async move { shared.pool.evict(&key, connection).await });
     }
-    if e.is_reset() && !e.is_remote() {
+    if e.is_reset() && !e.is_remote() && !e.is_library() {
         // This proxy reset the stream: the app's request body failed before its end.
         return ProxyError::Upstream(format!(
             "the request to {} ended before its body did ({})",
@@ -348,10 +353,14 @@ fn peer_failed(shared: &Arc<Shared>, key: &PoolKey, connection: u64, e: &h2::Err
     ))
 }
 
-/// The error for a request h2 would not send (a header HTTP/2 does not allow).
-fn refused(key: &PoolKey, e: &h2::Error) -> ProxyError {
-    ProxyError::Upstream(format!(
-        "cannot send the request to the peer proxy at {} ({})",
+/// The error for a request h2 would not send: one HTTP/2 cannot carry (a 400), or, if the
+/// connection failed just then, as [`peer_failed`].
+fn refused(shared: &Arc<Shared>, key: &PoolKey, connection: u64, e: &h2::Error) -> ProxyError {
+    if e.is_go_away() || e.is_io() {
+        return peer_failed(shared, key, connection, e);
+    }
+    ProxyError::BadRequest(format!(
+        "HTTP/2 cannot carry this request to {} ({})",
         key.addr,
         crate::http::error_chain(e)
     ))
