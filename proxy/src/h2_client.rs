@@ -635,6 +635,15 @@ mod tests {
             .unwrap()
     }
 
+    /// An extended CONNECT for a WebSocket (RFC 8441).
+    fn websocket_connect() -> Request<ProxyBody> {
+        let mut request = Request::connect("http://peer/chat").body(empty()).unwrap();
+        request
+            .extensions_mut()
+            .insert(h2::ext::Protocol::from("websocket"));
+        request
+    }
+
     /// A request body fed through a channel, one chunk per message.
     struct ChannelBody(mpsc::Receiver<Bytes>);
 
@@ -790,11 +799,13 @@ mod tests {
             Response::new(empty())
         })
         .await;
-        let mut request = Request::connect("http://peer/chat").body(empty()).unwrap();
-        request
-            .extensions_mut()
-            .insert(h2::ext::Protocol::from("websocket"));
-        let (response, tunnel) = sender.send(request).await.ok().unwrap().await.unwrap();
+        let (response, tunnel) = sender
+            .send(websocket_connect())
+            .await
+            .ok()
+            .unwrap()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let mut tunnel = tunnel.expect("a 200 to CONNECT opens a tunnel");
         // Five times the windows each way: the tunnel waits for them and hands them back.
@@ -820,11 +831,13 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let mut request = Request::connect("http://peer/chat").body(empty()).unwrap();
-        request
-            .extensions_mut()
-            .insert(h2::ext::Protocol::from("websocket"));
-        let (response, tunnel) = sender.send(request).await.ok().unwrap().await.unwrap();
+        let (response, tunnel) = sender
+            .send(websocket_connect())
+            .await
+            .ok()
+            .unwrap()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(tunnel.is_none());
         let body = response.into_body().collect().await.unwrap().to_bytes();
