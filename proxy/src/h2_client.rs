@@ -635,6 +635,17 @@ mod tests {
             .unwrap()
     }
 
+    /// `request`'s answer, sent when its turn comes.
+    async fn answer(
+        sender: &Sender,
+        request: Request<ProxyBody>,
+    ) -> (Response<ProxyBody>, Option<Tunnel>) {
+        let Ok(responding) = sender.send(request).await else {
+            panic!("the connection closed before the request was sent")
+        };
+        responding.await.unwrap()
+    }
+
     /// An extended CONNECT for a WebSocket (RFC 8441).
     fn websocket_connect() -> Request<ProxyBody> {
         let mut request = Request::connect("http://peer/chat").body(empty()).unwrap();
@@ -675,7 +686,7 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let (response, tunnel) = sender.send(get("/big")).await.ok().unwrap().await.unwrap();
+        let (response, tunnel) = answer(&sender, get("/big")).await;
         assert!(tunnel.is_none());
         assert_eq!(response.body().size_hint().exact(), Some(300_000));
         // A window not handed back would stall it: fail rather than hang.
@@ -704,7 +715,7 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let (response, _) = sender.send(get("/")).await.ok().unwrap().await.unwrap();
+        let (response, _) = answer(&sender, get("/")).await;
         assert_eq!(response.status(), StatusCode::NO_CONTENT);
         assert!(response.body().is_end_stream());
         assert_eq!(response.body().size_hint().exact(), Some(0));
@@ -799,13 +810,7 @@ mod tests {
             Response::new(empty())
         })
         .await;
-        let (response, tunnel) = sender
-            .send(websocket_connect())
-            .await
-            .ok()
-            .unwrap()
-            .await
-            .unwrap();
+        let (response, tunnel) = answer(&sender, websocket_connect()).await;
         assert_eq!(response.status(), StatusCode::OK);
         let mut tunnel = tunnel.expect("a 200 to CONNECT opens a tunnel");
         // Five times the windows each way: the tunnel waits for them and hands them back.
@@ -831,13 +836,7 @@ mod tests {
                 .unwrap()
         })
         .await;
-        let (response, tunnel) = sender
-            .send(websocket_connect())
-            .await
-            .ok()
-            .unwrap()
-            .await
-            .unwrap();
+        let (response, tunnel) = answer(&sender, websocket_connect()).await;
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert!(tunnel.is_none());
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -863,7 +862,7 @@ mod tests {
         })
         .await;
         // The server's settings (one stream at a time) arrive with the first exchange.
-        sender.send(get("/warm")).await.ok().unwrap().await.unwrap();
+        answer(&sender, get("/warm")).await;
         assert_eq!(arrivals.recv().await.unwrap(), "/warm ");
         let TrySend::Sent(a) = sender.try_send(get("/a")) else {
             panic!("a stream is free")
@@ -956,7 +955,7 @@ mod tests {
             }
         });
         let sender = handshake(client_io, &settings(), "test").await.unwrap();
-        let (response, _) = sender.send(get("/")).await.ok().unwrap().await.unwrap();
+        let (response, _) = answer(&sender, get("/")).await;
         assert_eq!(response.status(), StatusCode::OK);
         assert!(sender.is_open());
         stop.send(()).unwrap();
