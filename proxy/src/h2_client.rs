@@ -919,6 +919,56 @@ mod tests {
         assert_eq!(rest, ["/b b-body", "/d "], "/c never reached the peer");
     }
 
+    #[tokio::test]
+    async fn a_request_dropped_while_its_stream_waits_to_open_is_reset_once_it_opens() {
+        let (seen, mut arrivals) = mpsc::unbounded_channel::<String>();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let sender = client_with(1, move |req: Request<Incoming>| {
+            let (seen, mut released) = (seen.clone(), released.clone());
+            async move {
+                let path = req.uri().path().to_string();
+                if path == "/a" {
+                    seen.send("/a".into()).unwrap();
+                    released.wait_for(|r| *r).await.unwrap();
+                } else {
+                    let body = req.into_body().collect().await;
+                    seen.send(format!(
+                        "{path} {}",
+                        if body.is_ok() { "ended" } else { "reset" }
+                    ))
+                    .unwrap();
+                }
+                Response::new(empty())
+            }
+        })
+        .await;
+        answer(&sender, get("/warm")).await;
+        assert_eq!(arrivals.recv().await.unwrap(), "/warm ended");
+        let TrySend::Sent(a) = sender.try_send(get("/a")) else {
+            panic!("a stream is free")
+        };
+        let a = tokio::spawn(a);
+        assert_eq!(arrivals.recv().await.unwrap(), "/a");
+        // /b's HEADERS are queued in h2 when it is dropped, its body not yet begun.
+        let (b_chunks, b_body) = mpsc::channel::<Bytes>(1);
+        let b = Request::post("http://peer/b")
+            .body(boxed(ChannelBody(b_body)))
+            .unwrap();
+        let TrySend::Sent(b) = sender.try_send(b) else {
+            panic!("the first to wait is sent")
+        };
+        drop(b);
+        release.send(true).unwrap();
+        a.await.unwrap().unwrap();
+        // With no request after it: the reset follows /b's HEADERS as soon as they go out.
+        let outcome = tokio::time::timeout(Duration::from_secs(10), arrivals.recv())
+            .await
+            .expect("the stream is reset, not left open")
+            .unwrap();
+        assert_eq!(outcome, "/b reset");
+        drop(b_chunks);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_peer_that_stops_answering_pings_is_closed() {
         // The server end is never read: the handshake's frames and the ping wait unread.
