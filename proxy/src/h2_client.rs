@@ -11,21 +11,22 @@
 
 use std::fmt::Display;
 use std::future::Future;
-use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
-use h2::{Ping, Reason, RecvStream, SendStream};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use h2::{Ping, SendStream};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Body;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 
-use crate::http::{boxed, empty, BoxError, ProxyBody};
+pub use crate::h2_stream::Tunnel;
+use crate::h2_stream::{BodyPipe, RecvBody};
+use crate::http::{boxed, empty, ProxyBody};
 
 /// A connection's settings.
 #[derive(Debug, Clone, Copy)]
@@ -226,11 +227,7 @@ fn open(
     } else if end {
         Outgoing::Sent
     } else {
-        Outgoing::Body(BodyPipe {
-            body,
-            stream,
-            held: None,
-        })
+        Outgoing::Body(BodyPipe::new(body, stream))
     };
     let opening = poll_ready_now(&mut send).is_pending().then_some(send);
     Ok(Responding {
@@ -299,11 +296,7 @@ impl Future for Responding {
         let answer = match std::mem::replace(&mut this.outgoing, Outgoing::Sent) {
             Outgoing::Tunnel(send) if parts.status == StatusCode::OK => (
                 Response::from_parts(parts, empty()),
-                Some(Tunnel {
-                    send,
-                    recv,
-                    unread: Bytes::new(),
-                }),
+                Some(Tunnel::new(send, recv)),
             ),
             // A body still piping goes on: the peer answered before it had all of it.
             _ => {
@@ -332,252 +325,12 @@ impl Drop for Responding {
     }
 }
 
-/// Sends a request's body on its stream, within the stream's flow control.
-struct BodyPipe {
-    body: ProxyBody,
-    stream: SendStream<Bytes>,
-    /// A chunk waiting for the peer's window, and whether it is the last.
-    held: Option<(Bytes, bool)>,
-}
-
-impl BodyPipe {
-    /// Pipes the body until its end, or resets the stream when `cancelled` fires.
-    async fn unless_cancelled(mut self, cancelled: oneshot::Receiver<()>) {
-        tokio::select! {
-            result = &mut self => if let Err(e) = result {
-                tracing::debug!(error = %e, "request body not sent");
-            },
-            Ok(()) = cancelled => self.stream.send_reset(Reason::CANCEL),
-        }
-    }
-}
-
-impl Future for BodyPipe {
-    type Output = Result<(), BoxError>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
-        loop {
-            // Also registers for the peer's reset while waiting for the body or the window.
-            if let Poll::Ready(reason) = this.stream.poll_reset(cx)? {
-                return Poll::Ready(Err(h2::Error::from(reason).into()));
-            }
-            if let Some((data, last)) = this.held.take() {
-                while this.stream.capacity() == 0 {
-                    match this.stream.poll_capacity(cx) {
-                        Poll::Pending => {
-                            this.held = Some((data, last));
-                            return Poll::Pending;
-                        }
-                        Poll::Ready(Some(Ok(_))) => {}
-                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into())),
-                        Poll::Ready(None) => {
-                            return Poll::Ready(Err("the stream closed before its body".into()))
-                        }
-                    }
-                }
-                this.stream.send_data(data, last)?;
-                if last {
-                    return Poll::Ready(Ok(()));
-                }
-                continue;
-            }
-            // The next frame is polled before any window is claimed: a claim held while
-            // the body has nothing to send would starve other streams (hyper#4003).
-            match ready!(Pin::new(&mut this.body).poll_frame(cx)) {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        let last = this.body.is_end_stream();
-                        if data.is_empty() {
-                            if last {
-                                this.stream.send_data(data, true)?;
-                                return Poll::Ready(Ok(()));
-                            }
-                            continue;
-                        }
-                        // A minimal claim: h2 raises it to what is buffered when sent.
-                        this.stream.reserve_capacity(1);
-                        this.held = Some((data, last));
-                    }
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            this.stream.reserve_capacity(0);
-                            this.stream.send_trailers(trailers)?;
-                            return Poll::Ready(Ok(()));
-                        }
-                    }
-                },
-                Some(Err(e)) => {
-                    this.stream.send_reset(Reason::INTERNAL_ERROR);
-                    return Poll::Ready(Err(e));
-                }
-                None => {
-                    this.stream.send_data(Bytes::new(), true)?;
-                    return Poll::Ready(Ok(()));
-                }
-            }
-        }
-    }
-}
-
-/// A response's body as it arrives on its stream; what is read is handed back to the
-/// peer's window at once (the reader is the one that waits).
-struct RecvBody {
-    recv: RecvStream,
-    data_done: bool,
-    /// What `Content-Length` says is still to come: an exact size, so an HTTP/1.1 app gets
-    /// the response framed by its length rather than chunked.
-    remaining: Option<u64>,
-}
-
-impl RecvBody {
-    fn new(headers: &HeaderMap, recv: RecvStream) -> Self {
-        let remaining = if recv.is_end_stream() {
-            Some(0)
-        } else {
-            headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok())
-        };
-        Self {
-            recv,
-            data_done: false,
-            remaining,
-        }
-    }
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = h2::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, h2::Error>>> {
-        let this = &mut *self;
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(remaining) = &mut this.remaining {
-                        *remaining = remaining.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.remaining
-            .map_or_else(SizeHint::default, SizeHint::with_exact)
-    }
-}
-
-/// The two directions of an extended `CONNECT` stream (RFC 8441) as one byte stream.
-pub struct Tunnel {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    /// Received, not yet read.
-    unread: Bytes,
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        while this.unread.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                None => return Poll::Ready(Ok(())),
-                Some(Ok(data)) => this.unread = data,
-                Some(Err(e)) => {
-                    return Poll::Ready(match e.reason() {
-                        // The peer closed its side, or cancelled: the end of the stream.
-                        Some(Reason::NO_ERROR | Reason::CANCEL) => Ok(()),
-                        _ => Err(h2_io_error(e)),
-                    });
-                }
-            }
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        this.unread.advance(n);
-        let _ = this.recv.flow_control().release_capacity(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let send = &mut self.send;
-        send.reserve_capacity(buf.len());
-        loop {
-            if send.capacity() > 0 {
-                let n = send.capacity().min(buf.len());
-                send.send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                    .map_err(h2_io_error)?;
-                return Poll::Ready(Ok(n));
-            }
-            if let Poll::Ready(reason) = send.poll_reset(cx).map_err(h2_io_error)? {
-                return Poll::Ready(Err(h2_io_error(h2::Error::from(reason))));
-            }
-            match ready!(send.poll_capacity(cx)) {
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Poll::Ready(Err(h2_io_error(e))),
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // h2 writes out what it has as soon as its connection task runs.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.send.reserve_capacity(0);
-        Poll::Ready(self.send.send_data(Bytes::new(), true).map_err(h2_io_error))
-    }
-}
-
-/// `e` as an I/O error (the I/O error itself when it is one).
-fn h2_io_error(e: h2::Error) -> io::Error {
-    if e.is_io() {
-        e.into_io()
-            .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
-    } else {
-        io::Error::other(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
     use http_body_util::BodyExt;
-    use hyper::body::Incoming;
+    use hyper::body::{Frame, Incoming};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;

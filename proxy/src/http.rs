@@ -376,20 +376,24 @@ pub const WEBSOCKET: &str = "websocket";
 /// Joins two sides of an HTTP upgrade once both have switched protocols, relaying bytes
 /// until both finish, the connection idles out, or `revoked` resolves (a policy change
 /// denies it: both sides are closed). The caller runs it as a task.
-pub async fn bridge_upgrades<S>(
-    first: hyper::upgrade::OnUpgrade,
-    second: impl std::future::Future<Output = Result<S, hyper::Error>>,
+pub async fn bridge_upgrades<A, B, EA, EB>(
+    first: impl std::future::Future<Output = Result<A, EA>>,
+    second: impl std::future::Future<Output = Result<B, EB>>,
     idle: std::time::Duration,
     revoked: impl std::future::Future<Output = ()>,
     what: &'static str,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    EA: std::fmt::Display,
+    EB: std::fmt::Display,
 {
-    use hyper_util::rt::TokioIo;
+    let first = async { first.await.map_err(|e| e.to_string()) };
+    let second = async { second.await.map_err(|e| e.to_string()) };
     let relay = async {
         match tokio::try_join!(first, second) {
             Ok((a, b)) => {
-                if let Err((e, _)) = crate::io::copy_bidirectional(TokioIo::new(a), b, idle).await {
+                if let Err((e, _)) = crate::io::copy_bidirectional(a, b, idle).await {
                     tracing::debug!(error = %e, "{what} upgraded connection ended");
                 }
             }

@@ -26,6 +26,8 @@ pub mod discovery;
 pub mod drain;
 pub mod grpc_client;
 pub mod h2_client;
+pub mod h2_server;
+pub mod h2_stream;
 #[cfg(feature = "hop-timing")]
 pub mod hop_timing;
 pub mod http;

@@ -1,5 +1,5 @@
-//! The HTTP/2 stream idle timeout: an executor for hyper's HTTP/2 servers that resets a
-//! stream with no activity in either direction for the idle timeout (as Envoy's
+//! The HTTP/2 stream idle timeout: a guard around each stream's task (`h2_server`) that
+//! resets a stream with no activity in either direction for the idle timeout (as Envoy's
 //! `stream_idle_timeout`). Without it, a peer that never opens its flow-control window holds
 //! each of its streams, and the app connection behind it, forever.
 //!
@@ -15,28 +15,6 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
-
-/// Spawns each HTTP/2 stream on tokio behind a [`StallGuard`].
-#[derive(Clone, Copy, Debug)]
-pub struct StreamExecutor {
-    idle: Duration,
-}
-
-impl StreamExecutor {
-    /// Streams idle for longer than `idle` are reset.
-    pub fn new(idle: Duration) -> Self {
-        Self { idle }
-    }
-}
-
-impl<F> hyper::rt::Executor<F> for StreamExecutor
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(StallGuard::new(fut, self.idle));
-    }
-}
 
 /// Notes that the guarded future was woken, then wakes the task.
 struct Activity {
@@ -57,17 +35,22 @@ impl Wake for Activity {
     }
 }
 
-/// A future that is dropped once nothing but its idle timer has woken it for `idle`.
-pub struct StallGuard<F> {
-    fut: Pin<Box<F>>,
-    idle: Duration,
-    /// When the guarded future last ran because something it waits on woke it.
-    last_activity: Instant,
-    /// Fires at `last_activity + idle` at the earliest; moved on only when it fires, so a
-    /// busy stream costs one timer registration, not one per wake-up.
-    timer: Pin<Box<Sleep>>,
-    activity: Arc<Activity>,
-    waker: Waker,
+pin_project_lite::pin_project! {
+    /// A future that is dropped once nothing but its idle timer has woken it for `idle`.
+    /// The future and the timer are held in place (one allocation per stream: its task's).
+    pub struct StallGuard<F> {
+        #[pin]
+        fut: F,
+        idle: Duration,
+        // When the guarded future last ran because something it waits on woke it.
+        last_activity: Instant,
+        // Fires at `last_activity + idle` at the earliest; moved on only when it fires, so a
+        // busy stream costs one timer registration, not one per wake-up.
+        #[pin]
+        timer: Sleep,
+        activity: Arc<Activity>,
+        waker: Waker,
+    }
 }
 
 impl<F: Future<Output = ()>> StallGuard<F> {
@@ -79,10 +62,10 @@ impl<F: Future<Output = ()>> StallGuard<F> {
         });
         let now = Instant::now();
         Self {
-            fut: Box::pin(fut),
+            fut,
             idle,
             last_activity: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            timer: tokio::time::sleep_until(now + idle),
             waker: Waker::from(activity.clone()),
             activity,
         }
@@ -92,23 +75,23 @@ impl<F: Future<Output = ()>> StallGuard<F> {
 impl<F: Future<Output = ()>> Future for StallGuard<F> {
     type Output = ();
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
         {
-            let mut task = self.activity.task.lock().unwrap_or_else(|p| p.into_inner());
+            let mut task = this.activity.task.lock().unwrap_or_else(|p| p.into_inner());
             if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
                 *task = Some(cx.waker().clone());
             }
         }
-        let this = &mut *self;
         if this.activity.woken.swap(false, Ordering::AcqRel) {
-            let mut inner = Context::from_waker(&this.waker);
-            if this.fut.as_mut().poll(&mut inner).is_ready() {
+            let mut inner = Context::from_waker(this.waker);
+            if this.fut.poll(&mut inner).is_ready() {
                 return Poll::Ready(());
             }
-            this.last_activity = Instant::now();
+            *this.last_activity = Instant::now();
         }
         while this.timer.as_mut().poll(cx).is_ready() {
-            let deadline = this.last_activity + this.idle;
+            let deadline = *this.last_activity + *this.idle;
             if deadline <= Instant::now() {
                 tracing::debug!(idle_s = this.idle.as_secs(), "HTTP/2 stream idle; reset");
                 return Poll::Ready(());

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -25,13 +26,14 @@ use crate::authz::{AuthzContext, AuthzRequest, LiveConnection, Verdict};
 use crate::config::AppProtocol;
 use crate::detect::Protocol;
 use crate::drain::DrainOnDrop;
+use crate::h2_client::Keepalive;
+use crate::h2_server::{self, OnTunnel};
 use crate::http::{
     boxed, check_target, empty, error_chain, forwarded_uri, is_grpc, names, request_id,
-    strip_hop_by_hop, ProxyBody, ProxyError, WEBSOCKET,
+    strip_hop_by_hop, BoxError, ProxyBody, ProxyError, WEBSOCKET,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
-use crate::stall::StreamExecutor;
 
 /// Serves one inbound HTTP connection: proxy-to-proxy HTTP/2 over mTLS, or (permissive
 /// mode) a plaintext caller's HTTP/1.1 or HTTP/2.
@@ -45,51 +47,57 @@ pub async fn serve<I>(
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service_shared = shared.clone();
-    let service = hyper::service::service_fn(move |req| handle(req, &conn, &service_shared));
     let limits = &shared.config.limits;
-    let result = if protocol == Protocol::Http2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor::new(
-            shared.config.timeouts.idle,
-        ));
-        builder
-            .timer(TokioTimer::new())
-            .enable_connect_protocol()
+    if protocol == Protocol::Http2 {
+        let settings = h2_server::Settings {
             // As on the client side of the pooled connection (see `outbound::pool`): a larger
             // window raises h2's budget for unread small DATA frames, so a slow app reading
             // a client stream of small messages does not close the connection other calls
             // from the same peer proxy share.
-            .initial_connection_window_size(crate::outbound::pool::CONNECTION_WINDOW)
-            .initial_stream_window_size(crate::outbound::pool::CONNECTION_WINDOW / 4)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        run.serve_http(conn, |c| c.graceful_shutdown()).await
-    } else {
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(shared.config.timeouts.idle)
-            .max_buf_size(limits.max_header_bytes.max(8192));
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        run.serve_http(conn, |c| c.graceful_shutdown()).await
-    };
-    result.map_err(|e| tracing::debug!(error = %e, "inbound HTTP/2 connection ended"))
+            stream_window: crate::outbound::pool::CONNECTION_WINDOW / 4,
+            connection_window: crate::outbound::pool::CONNECTION_WINDOW,
+            max_header_list_size: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+            max_concurrent_streams: limits.max_concurrent_streams,
+            connect_protocol: true,
+            keepalive: Some(Keepalive {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(10),
+            }),
+            stream_idle: shared.config.timeouts.idle,
+        };
+        let served = h2_server::serve(io, &settings, &run, |req| handle(req, &conn, &shared));
+        return served
+            .await
+            .map_err(|e| tracing::debug!(error = %e, "inbound HTTP/2 connection ended"));
+    }
+    let service_shared = shared.clone();
+    let service = hyper::service::service_fn(move |req| handle(req, &conn, &service_shared));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.config.timeouts.idle)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    run.serve_http(conn, |c| c.graceful_shutdown())
+        .await
+        .map_err(|e| tracing::debug!(error = %e, "inbound HTTP/1 connection ended"))
 }
 
 /// Starts one request. Everything up to the app call runs here, before the first poll, so
 /// the future each HTTP/2 stream's task holds (and copies as it moves) carries the call in
 /// flight and what its accounting needs, not the request as well: an `async fn` keeps its
 /// arguments, and each call it awaits, side by side.
-fn handle(
-    req: Request<Incoming>,
+fn handle<B>(
+    req: Request<B>,
     conn: &Arc<InboundConn>,
     shared: &Arc<Shared>,
-) -> Exchange<impl Future<Output = Result<Response<ProxyBody>, AppError>> + Send + 'static> {
+) -> Exchange<impl Future<Output = Result<Response<ProxyBody>, AppError>> + Send + 'static>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let id = request_id();
@@ -274,18 +282,22 @@ enum Prepared {
 }
 
 /// Checks `req` (target, method, path, policy) and rewrites it for the app.
-fn prepare(
-    mut req: Request<Incoming>,
+fn prepare<B>(
+    mut req: Request<B>,
     conn: &InboundConn,
     shared: &Shared,
     request_id: &str,
-) -> Result<Prepared, ProxyError> {
+) -> Result<Prepared, ProxyError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     check_target(&req)?;
     // An extended CONNECT (RFC 8441) is the caller's WebSocket upgrade: the app receives it
     // as the GET it was, so it is authorized and audited as that GET.
     let tunnel = req
         .extensions()
-        .get::<hyper::ext::Protocol>()
+        .get::<h2::ext::Protocol>()
         .map(|p| p.as_str().to_ascii_lowercase())
         .filter(|_| req.method() == Method::CONNECT);
     if tunnel.as_deref().is_some_and(|p| p != WEBSOCKET) {
@@ -341,7 +353,14 @@ fn prepare(
             PathAndQuery::try_from(text).map_err(|e| ProxyError::BadRequest(e.to_string()))?
         }
     };
-    let peer_upgrade = tunnel.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    // Only the HTTP/2 server takes extended CONNECT, and it hands each one's stream over.
+    let peer_upgrade =
+        match tunnel {
+            Some(_) => Some(req.extensions_mut().remove::<OnTunnel>().ok_or_else(|| {
+                ProxyError::BadRequest("an extended CONNECT outside HTTP/2".into())
+            })?),
+            None => None,
+        };
 
     let (mut parts, body) = req.into_parts();
     if parts.version < Version::HTTP_2 {
@@ -452,7 +471,7 @@ fn strip_warden_headers(headers: &mut http::HeaderMap) {
 struct Upgrade {
     parts: http::request::Parts,
     protocol: String,
-    peer_upgrade: hyper::upgrade::OnUpgrade,
+    peer_upgrade: OnTunnel,
     /// Ends when a policy change denies the tunnel.
     revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
@@ -529,7 +548,7 @@ impl Upgrade {
         let idle = shared.config.timeouts.idle;
         // The peer's connection stays open (and counted) while this stream of it lives.
         tokio::spawn(crate::http::bridge_upgrades(
-            peer_upgrade,
+            peer_upgrade.tunnel(),
             crate::http::upgraded(app_upgrade),
             idle,
             revoked,

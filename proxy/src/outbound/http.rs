@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
@@ -21,13 +22,13 @@ use super::OutboundTarget;
 use crate::access_log;
 use crate::detect::Protocol;
 use crate::h2_client::{Responding, TrySend, Tunnel};
+use crate::h2_server;
 use crate::http::{
     boxed, check_target, empty, forwarded_uri, is_grpc, names, request_id, strip_hop_by_hop,
-    upgrade_protocol, ProxyBody, ProxyError,
+    upgrade_protocol, BoxError, ProxyBody, ProxyError,
 };
 use crate::metrics::{self, Direction};
 use crate::shared::{RunControl, Shared};
-use crate::stall::StreamExecutor;
 
 /// Serves the app's HTTP connection (already detected as `protocol`).
 pub async fn serve<I>(
@@ -51,25 +52,26 @@ where
         },
         tunnels.clone(),
     ));
-    let service_shared = shared.clone();
-    let service = hyper::service::service_fn(move |req| handle(req, &route, &service_shared));
     let limits = &shared.config.limits;
     let timeouts = &shared.config.timeouts;
     let result = if protocol == Protocol::Http2 {
-        let mut builder = hyper::server::conn::http2::Builder::new(StreamExecutor::new(
-            shared.config.timeouts.idle,
-        ));
-        builder
-            .timer(TokioTimer::new())
+        let settings = h2_server::Settings {
             // The app's small messages, read late, must not close its connection (see
             // `pool::CONNECTION_WINDOW`).
-            .initial_connection_window_size(super::pool::CONNECTION_WINDOW)
-            .initial_stream_window_size(super::pool::CONNECTION_WINDOW / 4)
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.max_concurrent_streams);
-        let conn = builder.serve_connection(TokioIo::new(io), service);
-        run.serve_http(conn, |c| c.graceful_shutdown()).await
+            stream_window: super::pool::CONNECTION_WINDOW / 4,
+            connection_window: super::pool::CONNECTION_WINDOW,
+            max_header_list_size: u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+            max_concurrent_streams: limits.max_concurrent_streams,
+            connect_protocol: false,
+            keepalive: None,
+            stream_idle: timeouts.idle,
+        };
+        h2_server::serve(io, &settings, &run, |req| handle(req, &route, &shared))
+            .await
+            .map_err(|e| e.to_string())
     } else {
+        let service_shared = shared.clone();
+        let service = hyper::service::service_fn(move |req| handle(req, &route, &service_shared));
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
@@ -78,7 +80,9 @@ where
         let conn = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        run.serve_http(conn, |c| c.graceful_shutdown()).await
+        run.serve_http(conn, |c| c.graceful_shutdown())
+            .await
+            .map_err(|e| e.to_string())
     };
     // Counted, limited and waited for at shutdown as the connection it still is.
     tunnels.close();
@@ -97,7 +101,11 @@ type Route = Arc<(PoolKey, TaskTracker)>;
 /// carries the call in flight and what its accounting needs, not the request as well: an
 /// `async fn` keeps its arguments, and each call it awaits, side by side. Connecting (rare)
 /// is boxed.
-fn handle(req: Request<Incoming>, route: &Route, shared: &Arc<Shared>) -> Exchange {
+fn handle<B>(req: Request<B>, route: &Route, shared: &Arc<Shared>) -> Exchange
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let started = Instant::now();
     let grpc = is_grpc(req.headers());
     let access = access_log::enabled().then(|| (req.method().clone(), req.uri().clone()));
@@ -368,11 +376,15 @@ fn refused(shared: &Arc<Shared>, key: &PoolKey, connection: u64, e: &h2::Error) 
 
 /// Checks `req` and rewrites it for the peer proxy: an HTTP/2 request (an HTTP/1.1 upgrade
 /// becomes an extended CONNECT, its app side left in `upgrade`).
-fn prepare(
-    mut req: Request<Incoming>,
+fn prepare<B>(
+    mut req: Request<B>,
     key: &PoolKey,
     upgrade: &mut Option<(hyper::upgrade::OnUpgrade, String)>,
-) -> Result<Request<ProxyBody>, ProxyError> {
+) -> Result<Request<ProxyBody>, ProxyError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
     let from_http1 = req.version() < Version::HTTP_2;
     check_target(&req)?;
     let protocol = if from_http1 {
@@ -451,8 +463,8 @@ fn join_tunnel(
     }
     let idle = shared.config.timeouts.idle;
     tunnels.spawn(crate::http::bridge_upgrades(
-        app_upgrade,
-        std::future::ready(Ok(tunnel)),
+        crate::http::upgraded(app_upgrade),
+        std::future::ready(Ok::<_, std::convert::Infallible>(tunnel)),
         idle,
         std::future::pending(), // the inbound proxy enforces policy on it
         "outbound",
