@@ -35,22 +35,20 @@ impl Wake for Activity {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A future that is dropped once nothing but its idle timer has woken it for `idle`.
-    /// The future and the timer are held in place (one allocation per stream: its task's).
-    pub struct StallGuard<F> {
-        #[pin]
-        fut: F,
-        idle: Duration,
-        // When the guarded future last ran because something it waits on woke it.
-        last_activity: Instant,
-        // Fires at `last_activity + idle` at the earliest; moved on only when it fires, so a
-        // busy stream costs one timer registration, not one per wake-up.
-        #[pin]
-        timer: Sleep,
-        activity: Arc<Activity>,
-        waker: Waker,
-    }
+/// A future that is dropped once nothing but its idle timer has woken it for `idle`. The
+/// future is boxed: a task's whole state is copied as it starts and ends (tokio moves a
+/// task's stage by value), so a small one with the stream's state behind a pointer costs
+/// less than an allocation saved.
+pub struct StallGuard<F> {
+    fut: Pin<Box<F>>,
+    idle: Duration,
+    /// When the guarded future last ran because something it waits on woke it.
+    last_activity: Instant,
+    /// Fires at `last_activity + idle` at the earliest; moved on only when it fires, so a
+    /// busy stream costs one timer registration, not one per wake-up.
+    timer: Pin<Box<Sleep>>,
+    activity: Arc<Activity>,
+    waker: Waker,
 }
 
 impl<F: Future<Output = ()>> StallGuard<F> {
@@ -62,10 +60,10 @@ impl<F: Future<Output = ()>> StallGuard<F> {
         });
         let now = Instant::now();
         Self {
-            fut,
+            fut: Box::pin(fut),
             idle,
             last_activity: now,
-            timer: tokio::time::sleep_until(now + idle),
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
             waker: Waker::from(activity.clone()),
             activity,
         }
@@ -75,23 +73,23 @@ impl<F: Future<Output = ()>> StallGuard<F> {
 impl<F: Future<Output = ()>> Future for StallGuard<F> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         {
-            let mut task = this.activity.task.lock().unwrap_or_else(|p| p.into_inner());
+            let mut task = self.activity.task.lock().unwrap_or_else(|p| p.into_inner());
             if !task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
                 *task = Some(cx.waker().clone());
             }
         }
+        let this = &mut *self;
         if this.activity.woken.swap(false, Ordering::AcqRel) {
-            let mut inner = Context::from_waker(this.waker);
-            if this.fut.poll(&mut inner).is_ready() {
+            let mut inner = Context::from_waker(&this.waker);
+            if this.fut.as_mut().poll(&mut inner).is_ready() {
                 return Poll::Ready(());
             }
-            *this.last_activity = Instant::now();
+            this.last_activity = Instant::now();
         }
         while this.timer.as_mut().poll(cx).is_ready() {
-            let deadline = *this.last_activity + *this.idle;
+            let deadline = this.last_activity + this.idle;
             if deadline <= Instant::now() {
                 tracing::debug!(idle_s = this.idle.as_secs(), "HTTP/2 stream idle; reset");
                 return Poll::Ready(());
