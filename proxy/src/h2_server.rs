@@ -98,9 +98,12 @@ where
     if settings.connect_protocol {
         builder.enable_connect_protocol();
     }
+    // A shutdown during the handshake is handled after it, as any other: GOAWAY, and the
+    // streams the caller already sent are served (dropping the connection instead would fail
+    // them where a GOAWAY tells the caller they can go elsewhere).
     let mut connection = tokio::select! {
         handshake = builder.handshake::<_, Bytes>(io) => handshake?,
-        () = run.shutdown.cancelled() => return Ok(()),
+        () = run.hard_stop.cancelled() => return Ok(()),
     };
     let mut keepalive = settings
         .keepalive
@@ -143,10 +146,9 @@ fn start_stream<H, F>(
     let (mut parts, recv) = request.into_parts();
     let (body, tunnel) = if parts.method == Method::CONNECT {
         // Its stream is the tunnel's, not a body's.
-        if parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .is_some_and(|len| len != "0")
+        let length = parts.headers.get(header::CONTENT_LENGTH);
+        if length
+            .is_some_and(|len| len.to_str().ok().and_then(|v| v.parse::<u64>().ok()) != Some(0))
         {
             tracing::debug!("HTTP/2 CONNECT request with a body; reset");
             respond.send_reset(Reason::PROTOCOL_ERROR);
@@ -243,8 +245,14 @@ fn send_head(
     }
     if let Some((handed, recv)) = tunnel {
         if parts.status.is_success() {
-            // The stream stays open as the tunnel; a 2xx to CONNECT has no content.
-            parts.headers.remove(header::CONTENT_LENGTH);
+            // The stream stays open as the tunnel: a 2xx to CONNECT has no content, and one
+            // that claims some is not a tunnel the caller could use.
+            let length = parts.headers.remove(header::CONTENT_LENGTH);
+            if !body.is_end_stream() || length.is_some_and(|len| len != "0") {
+                tracing::warn!(status = %parts.status, "a 2xx answer to CONNECT with content; stream reset");
+                respond.send_reset(Reason::INTERNAL_ERROR);
+                return None;
+            }
             match respond.send_response(Response::from_parts(parts, ()), false) {
                 // The handler's side may have gone: the stream is then reset.
                 Ok(send) => drop(handed.send(Tunnel::new(send, recv))),
@@ -271,9 +279,17 @@ fn send_head(
     }
 }
 
-/// A response h2 would not send (one with a connection-specific header): nothing of it
-/// went out, and the stream is reset.
+/// A response h2 would not send: the caller reset the stream as it was answered, or the
+/// response is malformed (a connection-specific header), and then the stream is reset.
 fn refused(respond: &mut SendResponse<Bytes>, error: &h2::Error) {
+    let noop = &mut Context::from_waker(std::task::Waker::noop());
+    if let Poll::Ready(reason) = respond.poll_reset(noop) {
+        tracing::debug!(
+            ?reason,
+            "HTTP/2 stream reset by the caller as it was answered"
+        );
+        return;
+    }
     tracing::warn!(%error, "HTTP/2 response refused; stream reset");
     respond.send_reset(Reason::INTERNAL_ERROR);
 }
@@ -612,6 +628,11 @@ mod tests {
                 "a CONNECT's stream is not a body"
             );
             let refuse = req.uri().path() == "/refused";
+            if req.uri().path() == "/content" {
+                // A 2xx with content is no tunnel: the stream is reset before any answer.
+                return Box::pin(async { ok("content") })
+                    as Pin<Box<dyn Future<Output = _> + Send>>;
+            }
             if refuse {
                 let tx = refused_tx.take().unwrap();
                 tokio::spawn(async move {
@@ -626,19 +647,19 @@ mod tests {
                     io.shutdown().await.unwrap();
                 });
             }
-            async move {
+            Box::pin(async move {
                 if refuse {
                     return Ok(Response::builder()
                         .status(StatusCode::FORBIDDEN)
                         .body(boxed(http_body_util::Full::new(Bytes::from_static(b"no"))))
                         .unwrap());
                 }
-                // A length on a 2xx to CONNECT is dropped: the stream is the tunnel's.
+                // A length of 0 on a 2xx to CONNECT is dropped: the stream is the tunnel's.
                 Ok(Response::builder()
                     .header(header::CONTENT_LENGTH, "0")
                     .body(empty())
                     .unwrap())
-            }
+            })
         });
         let sender = client(io).await;
 
@@ -666,6 +687,12 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "no");
         assert!(refused.await.unwrap(), "no tunnel for a 403");
+
+        let e = answer(&sender, websocket_connect("/content"))
+            .await
+            .err()
+            .expect("a reset");
+        assert_eq!(e.reason(), Some(Reason::INTERNAL_ERROR), "{e}");
     }
 
     #[tokio::test]
@@ -704,7 +731,13 @@ mod tests {
         let sender = client(io).await;
         let started = Instant::now();
         let request = Request::get("http://peer/").body(empty()).unwrap();
-        let e = answer(&sender, request).await.err().expect("a reset");
+        // The paused clock jumps ahead when all is idle: a guard that never fires fails here.
+        let answered = tokio::time::timeout(Duration::from_secs(3600), answer(&sender, request));
+        let e = answered
+            .await
+            .expect("reset within the hour")
+            .err()
+            .expect("a reset");
         assert!(e.is_reset(), "{e}");
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
@@ -733,9 +766,13 @@ mod tests {
         // The server holds the request, then is told to stop: GOAWAY.
         called.await.unwrap();
         run.shutdown.cancel();
-        while sender.is_open() {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while sender.is_open() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("a GOAWAY");
         let late = Request::get("http://peer/late").body(empty()).unwrap();
         assert!(sender.send(late).await.is_err(), "refused after GOAWAY");
         if task.is_finished() {
@@ -750,6 +787,42 @@ mod tests {
             .expect("the connection closes once its streams are done")
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_arrived_before_shutdown_is_served_then_told_to_go_away() {
+        // Sixteen times: a server that dropped such a connection would still serve it when
+        // its handshake happened to be polled before the shutdown (the two are both ready).
+        for _ in 0..16 {
+            let (client_io, server_io) = tokio::io::duplex(256 * 1024);
+            // The caller's preface and first request are in the pipe before the server reads.
+            let (send, connection) = h2::client::handshake(client_io).await.unwrap();
+            let mut send = send.ready().await.unwrap();
+            let request = Request::get("http://peer/").body(()).unwrap();
+            let (response, _) = send.send_request(request, true).unwrap();
+            let connection = tokio::spawn(connection);
+            tokio::task::yield_now().await;
+            // The proxy is told to stop before its handshake.
+            let run = RunControl::new(CancellationToken::new());
+            run.shutdown.cancel();
+            let control = run.clone();
+            let task = tokio::spawn(async move {
+                serve(server_io, &settings(), &control, |_| async { ok("served") }).await
+            });
+            let response = response.await.expect("served, not dropped");
+            let body = response.into_body().data().await.unwrap().unwrap();
+            assert_eq!(body, "served");
+            drop(send);
+            let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+                .await
+                .expect("the connection closes")
+                .unwrap();
+            assert!(
+                ended.is_ok(),
+                "a GOAWAY, not a dropped connection: {ended:?}"
+            );
+            task.await.unwrap().unwrap();
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -771,7 +844,10 @@ mod tests {
             .await
             .unwrap();
         let started = Instant::now();
-        let ended = task.await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(3600), task)
+            .await
+            .expect("dropped within the hour")
+            .unwrap();
         assert!(ended.is_err(), "a missed ping is an error");
         assert_eq!(
             started.elapsed(),

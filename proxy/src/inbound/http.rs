@@ -535,6 +535,13 @@ impl Upgrade {
             Ok(Err(e)) => return Err(app_failed(app, &e)),
             Ok(Ok(response)) => response,
         };
+        if response.status().is_success() {
+            // A 2xx to the peer's CONNECT would say the tunnel is open; it is not.
+            return Err(ProxyError::Upstream(format!(
+                "the app at {app} answered a WebSocket upgrade with {} instead of 101",
+                response.status()
+            )));
+        }
         if response.status() != StatusCode::SWITCHING_PROTOCOLS {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);

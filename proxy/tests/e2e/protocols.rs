@@ -414,6 +414,23 @@ async fn websocket_upgrade_exchanges_messages() {
     ws.close(None).await.unwrap();
 }
 
+/// An app that answers a WebSocket upgrade 200 (one that ignores the upgrade) gives the
+/// caller a 502: a 2xx to the peer's extended CONNECT would say a tunnel is open.
+#[tokio::test]
+async fn a_websocket_upgrade_the_app_answers_200_is_a_502() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh.open_pair(app).await;
+    let tcp = tokio::net::TcpStream::connect(pair.outbound).await.unwrap();
+    match tokio_tungstenite::client_async("ws://server.test/chat", tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 502);
+        }
+        Err(other) => panic!("expected a 502, got {other}"),
+        Ok((_, response)) => panic!("expected a 502, got {}", response.status()),
+    }
+}
+
 type WebSocket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// A WebSocket to the test app's `/chat` through the client proxy at `outbound`.
