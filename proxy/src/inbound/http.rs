@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use warden_core::policy::path::normalize;
@@ -72,12 +72,7 @@ where
     }
     let service_shared = shared.clone();
     let service = hyper::service::service_fn(move |req| handle(req, &conn, &service_shared));
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.config.timeouts.idle)
-        .max_buf_size(limits.max_header_bytes.max(8192));
-    let conn = builder
+    let conn = crate::http::http1_server(&shared.config)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     run.serve_http(conn, |c| c.graceful_shutdown())

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
 
@@ -72,12 +72,7 @@ where
     } else {
         let service_shared = shared.clone();
         let service = hyper::service::service_fn(move |req| handle(req, &route, &service_shared));
-        let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(timeouts.idle)
-            .max_buf_size(limits.max_header_bytes.max(8192));
-        let conn = builder
+        let conn = crate::http::http1_server(&shared.config)
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         run.serve_http(conn, |c| c.graceful_shutdown())
