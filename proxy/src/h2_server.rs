@@ -743,7 +743,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn at_shutdown_open_streams_finish_and_no_new_one_starts() {
+    async fn at_shutdown_the_caller_is_told_to_go_away_and_open_streams_finish() {
         let (release_tx, release) = oneshot::channel::<()>();
         let (called_tx, called) = oneshot::channel::<()>();
         let mut first = Some((called_tx, release));
@@ -773,6 +773,8 @@ mod tests {
         })
         .await
         .expect("a GOAWAY");
+        // The caller, told to go away, opens no new stream here (the server would refuse one
+        // above the GOAWAY's last stream all the same: h2's own behaviour).
         let late = Request::get("http://peer/late").body(empty()).unwrap();
         assert!(sender.send(late).await.is_err(), "refused after GOAWAY");
         if task.is_finished() {
