@@ -5,6 +5,7 @@
 //! unauthenticated (still subject to the hook); in strict mode it is refused.
 
 pub mod app;
+pub mod app_http1;
 pub mod http;
 pub mod opaque_guard;
 

@@ -378,7 +378,11 @@ pub async fn run(
     let workers = Arc::new(Workers::new(runtimes, || Shared {
         mesh: mesh.clone(),
         pool: Pool::new(config.limits.max_header_bytes),
-        apps: AppClients::new(config.timeouts.connect, config.timeouts.idle),
+        apps: AppClients::new(
+            config.timeouts.connect,
+            config.timeouts.idle,
+            config.limits.max_header_bytes,
+        ),
         credentials: credentials.clone(),
         config: config.clone(),
         authz: authz.clone(),

@@ -1,8 +1,7 @@
 //! Pooled connections to the local app: HTTP/1.1 connections reused one request at a time
-//! (newest first), one shared h2c connection per app. HTTP/1.1 is built on hyper's
-//! connection API rather than hyper-util's general client: the app is one known address, so
-//! there is no resolver, no per-request pool key to hash, and no task per request to return
-//! a connection; an HTTP/1.1 connection goes back to the pool when its response body ends.
+//! (newest first), one shared h2c connection per app. HTTP/1.1 is [`super::app_http1`]: the
+//! app is one known address, so there is no resolver, no per-request pool key to hash, and
+//! no task per connection; a connection goes back to the pool when its response body ends.
 //! h2c uses [`crate::h2_client`], as the proxy-to-proxy connections do.
 
 use std::collections::HashMap;
@@ -12,14 +11,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use http::{header, HeaderValue, Request, Response, Uri};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{Request, Response};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use super::app_http1::{self, Conn, Encoded, Http1Error};
 use crate::h2_client::{self, TrySend, Unsent};
-use crate::http::{boxed, OnEnd, ProxyBody};
+use crate::http::{boxed, ProxyBody};
 
 /// Why a request could not be answered by the app.
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +28,9 @@ pub enum AppError {
     /// The app did not accept the connection in time.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
-    /// The connection failed after it was made (HTTP handshake, request or response).
+    /// The HTTP/1.1 exchange failed after the connection was made.
     #[error(transparent)]
-    Http(#[from] hyper::Error),
+    Http1(#[from] Http1Error),
     /// The h2c connection failed after it was made.
     #[error(transparent)]
     H2c(#[from] h2::Error),
@@ -41,7 +39,7 @@ pub enum AppError {
 /// An HTTP/1.1 connection waiting for its next request.
 #[derive(Debug)]
 struct IdleHttp1 {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -67,6 +65,8 @@ type AppMap<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 struct Inner {
     connect_timeout: Duration,
     idle: Duration,
+    /// The most bytes of a response head.
+    max_head: usize,
     /// Per app, newest last.
     http1: Mutex<AppMap<Vec<IdleHttp1>>>,
     h2c: Mutex<AppMap<H2cSlot>>,
@@ -79,12 +79,14 @@ pub struct AppClients {
 }
 
 impl AppClients {
-    /// Clients that connect within `connect_timeout` and keep idle connections for `idle`.
-    pub fn new(connect_timeout: Duration, idle: Duration) -> Self {
+    /// Clients that connect within `connect_timeout`, keep idle connections for `idle`, and
+    /// take response heads of at most `max_head` bytes.
+    pub fn new(connect_timeout: Duration, idle: Duration, max_head: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connect_timeout,
                 idle,
+                max_head,
                 http1: Mutex::new(AppMap::default()),
                 h2c: Mutex::new(AppMap::default()),
             }),
@@ -99,101 +101,73 @@ impl AppClients {
         &self,
         app: SocketAddr,
         http1: bool,
-        mut req: Request<ProxyBody>,
+        req: Request<ProxyBody>,
     ) -> impl Future<Output = Result<Response<ProxyBody>, AppError>> + Send + 'static {
         if !http1 {
             return Either::Right(Box::pin(self.clone().send_h2c(app, req)) as BoxedSend);
         }
-        to_origin_form(&mut req, app);
-        let Some(mut sender) = self.checkout_http1(app) else {
-            return Either::Right(Box::pin(self.clone().send_http1_new(app, req)));
+        let request = app_http1::encode(req, app);
+        let Some(conn) = self.checkout_http1(app) else {
+            return Either::Right(Box::pin(self.clone().send_http1_new(app, request)));
         };
-        let sent = sender.try_send_request(req);
+        let mut sending = app_http1::send(conn, request, self.inner.max_head, self.on_idle(app));
         let clients = self.clone();
         Either::Left(async move {
-            match sent.await {
-                Ok(response) => Ok(clients.lend_http1(app, sender, response)),
-                Err(mut e) => match e.take_message() {
-                    // The pooled connection closed before the request was written (the app
-                    // timed it out): the request is intact, so it goes on a new connection.
-                    Some(back) => Box::pin(clients.send_http1_new(app, back)).await,
-                    None => Err(AppError::Http(e.into_error())),
-                },
+            match (&mut sending).await {
+                Ok(response) => Ok(response.map(boxed)),
+                // The app closed the pooled connection as the request went out (it timed the
+                // connection out): a request that can go twice goes on a new connection.
+                Err(Http1Error::ClosedBeforeResponse) if sending.again().is_some() => {
+                    let again = sending.again().expect("checked above");
+                    Box::pin(clients.send_http1_new(app, again)).await
+                }
+                Err(e) => Err(e.into()),
             }
         })
     }
 
-    /// Sends `req` (in origin form) on a new HTTP/1.1 connection to `app`.
+    /// Sends `request` on a new HTTP/1.1 connection to `app`.
     async fn send_http1_new(
         self,
         app: SocketAddr,
-        req: Request<ProxyBody>,
+        request: Encoded,
     ) -> Result<Response<ProxyBody>, AppError> {
-        let mut sender = self.connect_http1(app).await?;
-        let response = sender.send_request(req).await?;
-        Ok(self.lend_http1(app, sender, response))
+        let conn = Conn::new(self.connect(app).await?);
+        let sending = app_http1::send(conn, request, self.inner.max_head, self.on_idle(app));
+        Ok(sending.await?.map(boxed))
     }
 
-    /// The app's response; its connection goes back to the pool when the body ends (one
-    /// dropped before its end takes the connection with it: hyper closes it).
-    fn lend_http1(
-        &self,
-        app: SocketAddr,
-        sender: http1::SendRequest<ProxyBody>,
-        response: Response<hyper::body::Incoming>,
-    ) -> Response<ProxyBody> {
+    /// What a response body calls when it has ended and its connection can go again.
+    fn on_idle(&self, app: SocketAddr) -> impl FnOnce(Conn) + Send + Unpin + 'static {
         let inner = self.inner.clone();
-        let give_back = move || AppClients::give_back(&inner, app, sender);
-        response.map(|body| boxed(OnEnd::new(body, give_back)))
+        move |conn| AppClients::give_back(&inner, app, conn)
     }
 
-    /// The newest idle connection to `app` that can take a request now; drops expired and
-    /// closed ones on the way. One still finishing its last exchange is left for later.
-    fn checkout_http1(&self, app: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+    /// The newest idle connection to `app` that can take a request now; drops expired ones
+    /// and ones the app closed on the way.
+    fn checkout_http1(&self, app: SocketAddr) -> Option<Conn> {
         let mut pools = lock(&self.inner.http1);
         let idle = pools.get_mut(&app)?;
         let now = Instant::now();
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            if now.duration_since(idle[i].since) >= self.inner.idle {
+        while let Some(newest) = idle.pop() {
+            if now.duration_since(newest.since) >= self.inner.idle {
                 // Older entries are older still.
-                idle.drain(..=i);
+                idle.clear();
                 break;
             }
-            if idle[i].sender.is_ready() {
-                return Some(idle.remove(i).sender);
-            }
-            if idle[i].sender.is_closed() {
-                idle.remove(i);
+            if newest.conn.is_usable() {
+                return Some(newest.conn);
             }
         }
         None
     }
 
     /// Returns a connection whose exchange has ended to the pool.
-    fn give_back(inner: &Inner, app: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(inner: &Inner, app: SocketAddr, conn: Conn) {
         lock(&inner.http1).entry(app).or_default().push(IdleHttp1 {
-            sender,
+            conn,
             since: Instant::now(),
         });
-    }
-
-    async fn connect_http1(
-        &self,
-        app: SocketAddr,
-    ) -> Result<http1::SendRequest<ProxyBody>, AppError> {
-        let tcp = self.connect(app).await?;
-        let (sender, connection) = http1::handshake(TokioIo::new(tcp)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%app, error = %e, "app connection ended");
-            }
-        });
-        Ok(sender)
     }
 
     async fn send_h2c(
@@ -268,7 +242,7 @@ impl AppClients {
         let idle = self.inner.idle;
         let mut remaining = 0;
         lock(&self.inner.http1).retain(|_, conns| {
-            conns.retain(|c| c.since.elapsed() < idle && !c.sender.is_closed());
+            conns.retain(|c| c.since.elapsed() < idle && c.conn.is_usable());
             remaining += conns.len();
             !conns.is_empty()
         });
@@ -285,20 +259,6 @@ impl AppClients {
     }
 }
 
-/// HTTP/1.1 requests carry the origin form (`/path?query`) and a Host header.
-fn to_origin_form(req: &mut Request<ProxyBody>, app: SocketAddr) {
-    if !req.headers().contains_key(header::HOST) {
-        if let Ok(host) = HeaderValue::from_str(&app.to_string()) {
-            req.headers_mut().insert(header::HOST, host);
-        }
-    }
-    let origin = match req.uri().path_and_query() {
-        Some(p) if !p.as_str().is_empty() => Uri::try_from(p.as_str()).ok(),
-        _ => None,
-    };
-    *req.uri_mut() = origin.unwrap_or_else(|| Uri::from_static("/"));
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -308,8 +268,10 @@ mod tests {
     use super::*;
     use crate::http::empty;
     use bytes::Bytes;
+    use http::{header, HeaderValue};
     use http_body_util::BodyExt;
     use hyper::body::{Body, Incoming};
+    use hyper_util::rt::TokioIo;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::net::TcpListener;
 
@@ -376,7 +338,7 @@ mod tests {
     }
 
     fn clients(idle: Duration) -> AppClients {
-        AppClients::new(Duration::from_secs(5), idle)
+        AppClients::new(Duration::from_secs(5), idle, 64 * 1024)
     }
 
     #[tokio::test]
@@ -503,6 +465,62 @@ mod tests {
         futures_util::future::join_all(calls).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(clients.sweep(), 1);
+    }
+
+    /// An app whose first connection answers one request, then closes as the next comes
+    /// in, unanswered (as an app that timed the idle connection out just then); later
+    /// connections answer with their number.
+    async fn app_closing_its_first_connection() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn read_head(tcp: &mut TcpStream) {
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                head.push(tcp.read_u8().await.unwrap());
+            }
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 1.. {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    read_head(&mut tcp).await;
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n{n}");
+                    tcp.write_all(answer.as_bytes()).await.unwrap();
+                    if n == 1 {
+                        read_head(&mut tcp).await;
+                        return;
+                    }
+                    let _ = tcp.read_u8().await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_request_that_can_go_twice_is_retried_when_its_pooled_connection_closes() {
+        let addr = app_closing_its_first_connection().await;
+        let clients = clients(Duration::from_secs(60));
+        let first = clients.send(addr, true, request(addr, "/")).await.unwrap();
+        assert_eq!(text(first).await, "1");
+        let second = clients.send(addr, true, request(addr, "/")).await.unwrap();
+        assert_eq!(text(second).await, "2");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_go_twice_is_not_retried() {
+        let addr = app_closing_its_first_connection().await;
+        let clients = clients(Duration::from_secs(60));
+        let first = clients.send(addr, true, request(addr, "/")).await.unwrap();
+        assert_eq!(text(first).await, "1");
+        let mut post = request(addr, "/");
+        *post.method_mut() = http::Method::POST;
+        let error = clients.send(addr, true, post).await.unwrap_err();
+        assert!(
+            matches!(error, AppError::Http1(Http1Error::ClosedBeforeResponse)),
+            "{error:?}"
+        );
     }
 
     #[tokio::test]

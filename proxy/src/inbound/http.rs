@@ -251,7 +251,7 @@ fn from_app(
         Err(AppError::ConnectTimeout(_)) => {
             return Err(ProxyError::ConnectTimeout(app.to_string()))
         }
-        Err(AppError::Http(e)) => return Err(app_failed(app, &e)),
+        Err(AppError::Http1(e)) => return Err(app_failed(app, &e)),
         Err(AppError::H2c(e)) => return Err(app_failed(app, &e)),
         Ok(response) => response,
     };
