@@ -65,8 +65,8 @@ type AppMap<T> = HashMap<SocketAddr, T, foldhash::fast::RandomState>;
 struct Inner {
     connect_timeout: Duration,
     idle: Duration,
-    /// The most bytes of a response head.
-    max_head: usize,
+    /// What each HTTP/1.1 exchange is allowed.
+    http1_options: app_http1::Options,
     /// Per app, newest last.
     http1: Mutex<AppMap<Vec<IdleHttp1>>>,
     h2c: Mutex<AppMap<H2cSlot>>,
@@ -86,7 +86,10 @@ impl AppClients {
             inner: Arc::new(Inner {
                 connect_timeout,
                 idle,
-                max_head,
+                http1_options: app_http1::Options {
+                    max_head,
+                    finish_within: idle,
+                },
                 http1: Mutex::new(AppMap::default()),
                 h2c: Mutex::new(AppMap::default()),
             }),
@@ -110,7 +113,8 @@ impl AppClients {
         let Some(conn) = self.checkout_http1(app) else {
             return Either::Right(Box::pin(self.clone().send_http1_new(app, request)));
         };
-        let mut sending = app_http1::send(conn, request, self.inner.max_head, self.on_idle(app));
+        let mut sending =
+            app_http1::send(conn, request, self.inner.http1_options, self.on_idle(app));
         let clients = self.clone();
         Either::Left(async move {
             match (&mut sending).await {
@@ -133,7 +137,7 @@ impl AppClients {
         request: Encoded,
     ) -> Result<Response<ProxyBody>, AppError> {
         let conn = Conn::new(self.connect(app).await?);
-        let sending = app_http1::send(conn, request, self.inner.max_head, self.on_idle(app));
+        let sending = app_http1::send(conn, request, self.inner.http1_options, self.on_idle(app));
         Ok(sending.await?.map(boxed))
     }
 

@@ -7,12 +7,14 @@
 //! so one response can never be read as part of the next.
 
 use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
@@ -74,21 +76,26 @@ impl Conn {
         Self { io }
     }
 
-    /// Whether the connection can take a request now: the app has not closed it or sent
-    /// anything unasked. A system call only when the socket has something to read.
+    /// Whether the connection can take a request now: as far as the runtime has seen, the app
+    /// has not closed it or sent anything unasked. No system call unless the socket is
+    /// readable; and no poll, which a task that used its budget would see as not ready.
     pub fn is_usable(&self) -> bool {
-        let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // Readable: an end, bytes nobody asked for, or readiness left from the last
-            // response's read. Only the last is fine.
-            Poll::Ready(Ok(())) => matches!(
-                self.io.try_read(&mut [0u8; 1]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
+        // Readable: an end, bytes nobody asked for, or readiness left from the last
+        // response's read. Only the last is fine (and the read clears it).
+        matches!(
+            self.io.try_read(&mut [0u8; 1]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
+}
+
+/// What an exchange is allowed.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// The most bytes of a response head, or of a chunked body's trailers.
+    pub max_head: usize,
+    /// How long the rest of a request may take to go out once its response has ended.
+    pub finish_within: Duration,
 }
 
 /// How a request's body is framed on the wire.
@@ -109,7 +116,7 @@ pub struct Encoded {
     body: Option<(ProxyBody, Framing)>,
     head_request: bool,
     /// The request can go again on another connection as it is: it has no body to resend,
-    /// and its method is idempotent (RFC 9110, 9.2.2).
+    /// and its method is safe (RFC 9110, 9.2.1).
     pub retryable: bool,
 }
 
@@ -160,6 +167,9 @@ pub fn encode(req: Request<ProxyBody>, app: SocketAddr) -> Encoded {
         Framing::Empty
     } else if let Some(n) = declared.or(body.size_hint().exact()) {
         Framing::Length(n)
+    } else if matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT) {
+        // These almost never have a body: none rather than a chunked one, as hyper does.
+        Framing::Empty
     } else {
         Framing::Chunked
     };
@@ -183,15 +193,17 @@ pub fn encode(req: Request<ProxyBody>, app: SocketAddr) -> Encoded {
         Framing::Chunked => head.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     head.put_slice(b"\r\n");
-    let idempotent = matches!(
+    // Safe methods only (RFC 9110, 9.2.1): a PUT or DELETE the app may have carried out
+    // already does not go twice.
+    let safe = matches!(
         parts.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
     Encoded {
         head: head.freeze(),
         body: (framing != Framing::Empty).then_some((body, framing)),
         head_request: parts.method == Method::HEAD,
-        retryable: idempotent && framing == Framing::Empty,
+        retryable: safe && framing == Framing::Empty,
     }
 }
 
@@ -296,6 +308,20 @@ impl RequestWriter {
         }
     }
 
+    /// The body has ended: its length is checked, or its last chunk queued.
+    fn finish_body(&mut self) -> Result<(), WriteError> {
+        match self.body.take().map(|(_, framing)| framing) {
+            Some(Framing::Length(left)) if left > 0 => Err(WriteError::Request(
+                Http1Error::RequestLength(self.declared),
+            )),
+            Some(Framing::Chunked) => {
+                self.out.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn is_done(&self) -> bool {
         self.head_sent == self.head.len() && self.out.is_empty() && self.body.is_none()
     }
@@ -361,34 +387,18 @@ impl RequestWriter {
                         }
                         Framing::Empty => {}
                     },
-                    Err(frame) => {
-                        // Trailers go only where the framing can carry them.
-                        if let (Ok(trailers), Framing::Chunked) = (frame.into_trailers(), *framing)
-                        {
-                            let mut last = BytesMut::from(&b"0\r\n"[..]);
-                            for (name, value) in &trailers {
-                                put_field(&mut last, name, value);
-                            }
-                            last.put_slice(b"\r\n");
-                            self.out.push_back(last.freeze());
-                            self.body = None;
-                        }
+                    Err(_) => {
+                        // Trailers end the body. They are not passed on: a caller's trailers
+                        // are checked by nothing (an `x-warden-*` one included), and hyper
+                        // sent only those a `Trailer` header named, a hop-by-hop header
+                        // removed before this.
+                        self.finish_body()?;
                     }
                 },
                 Some(Err(e)) => {
                     return Poll::Ready(Err(WriteError::Request(Http1Error::RequestBody(e))))
                 }
-                None => {
-                    match *framing {
-                        Framing::Length(0) | Framing::Empty => {}
-                        Framing::Length(_) => {
-                            let short = Http1Error::RequestLength(self.declared);
-                            return Poll::Ready(Err(WriteError::Request(short)));
-                        }
-                        Framing::Chunked => self.out.push_back(Bytes::from_static(b"0\r\n\r\n")),
-                    }
-                    self.body = None;
-                }
+                None => self.finish_body()?,
             }
         }
     }
@@ -565,7 +575,7 @@ fn response_framing(
 
 /// Sends `request` on `conn`; ready with the response once its head is in. `on_idle` gets the
 /// connection back when the response has ended and the connection can take another request.
-pub fn send<F>(conn: Conn, request: Encoded, max_head: usize, on_idle: F) -> Sending<F>
+pub fn send<F>(conn: Conn, request: Encoded, options: Options, on_idle: F) -> Sending<F>
 where
     F: FnOnce(Conn) + Send + Unpin + 'static,
 {
@@ -577,7 +587,7 @@ where
         informational: 0,
         head_request: request.head_request,
         retryable: request.retryable,
-        max_head,
+        options,
         on_idle: Some(on_idle),
     }
 }
@@ -592,7 +602,7 @@ pub struct Sending<F> {
     informational: u8,
     head_request: bool,
     retryable: bool,
-    max_head: usize,
+    options: Options,
     on_idle: Option<F>,
 }
 
@@ -627,7 +637,7 @@ where
         }
         loop {
             if !this.buf.is_empty() {
-                match parse_head(&mut this.buf, this.max_head)? {
+                match parse_head(&mut this.buf, this.options.max_head)? {
                     Some(Parsed::Informational) => {
                         this.informational += 1;
                         if this.informational > MAX_INFORMATIONAL {
@@ -679,7 +689,7 @@ where
             writer: writing.then(|| std::mem::replace(&mut self.writer, RequestWriter::done())),
             on_idle: self.on_idle.take(),
             next_read: MIN_READ,
-            max_head: self.max_head,
+            options: self.options,
         };
         if matches!(framing, BodyFraming::Ended | BodyFraming::Length(0)) {
             body.end();
@@ -712,7 +722,7 @@ pub struct ResponseBody<F> {
     writer: Option<RequestWriter>,
     on_idle: Option<F>,
     next_read: usize,
-    max_head: usize,
+    options: Options,
 }
 
 impl<F> std::fmt::Debug for ResponseBody<F> {
@@ -725,32 +735,61 @@ impl<F> std::fmt::Debug for ResponseBody<F> {
     }
 }
 
-impl<F: FnOnce(Conn)> ResponseBody<F> {
-    /// The body has ended: its connection goes back if nothing about it is in doubt.
+/// Writes the rest of a request whose response has ended, then hands its connection on.
+async fn finish<F: FnOnce(Conn)>(
+    mut io: TcpStream,
+    mut writer: RequestWriter,
+    within: Duration,
+    on_idle: Option<F>,
+) {
+    let written = poll_fn(|cx| writer.poll_write(&mut io, cx));
+    if let (Ok(Ok(())), Some(on_idle)) = (tokio::time::timeout(within, written).await, on_idle) {
+        on_idle(Conn { io });
+    }
+}
+
+impl<F: FnOnce(Conn) + Send + 'static> ResponseBody<F> {
+    /// The body has ended: its connection goes back if nothing about it is in doubt. A
+    /// request the app answered before its end still goes out (the app may read it, as
+    /// hyper's client let it), within `finish_within`; the connection goes back after.
     fn end(&mut self) {
         self.framing = BodyFraming::Ended;
-        let io = self.io.take();
-        if self.reusable && self.buf.is_empty() && self.writer.is_none() {
-            if let (Some(io), Some(on_idle)) = (io, self.on_idle.take()) {
-                on_idle(Conn { io });
+        let Some(io) = self.io.take() else {
+            return;
+        };
+        let on_idle = self
+            .on_idle
+            .take()
+            .filter(|_| self.reusable && self.buf.is_empty());
+        match (self.writer.take(), on_idle) {
+            (None, Some(on_idle)) => on_idle(Conn { io }),
+            (None, None) => {}
+            (Some(writer), on_idle) => {
+                tokio::spawn(finish(io, writer, self.options.finish_within, on_idle));
             }
         }
     }
 
-    /// Writes what it can of a request still going out.
-    fn drive_writer(&mut self, cx: &mut Context<'_>) {
+    /// Writes what it can of a request still going out; an error if the request itself
+    /// failed (the app would wait for the rest of it).
+    fn drive_writer(&mut self, cx: &mut Context<'_>) -> Result<(), Http1Error> {
         let (Some(writer), Some(io)) = (self.writer.as_mut(), self.io.as_mut()) else {
-            return;
+            return Ok(());
         };
         match writer.poll_write(io, cx) {
-            Poll::Pending => {}
-            Poll::Ready(Ok(())) => self.writer = None,
-            // The app answered already; the rest of the request is dropped, and the
-            // connection with it.
-            Poll::Ready(Err(_)) => {
+            Poll::Pending => Ok(()),
+            Poll::Ready(Ok(())) => {
+                self.writer = None;
+                Ok(())
+            }
+            // The app stopped reading, and answered already: the rest of the request is
+            // dropped, and the connection with it once the answer is in.
+            Poll::Ready(Err(WriteError::Io)) => {
                 self.writer = None;
                 self.reusable = false;
+                Ok(())
             }
+            Poll::Ready(Err(WriteError::Request(e))) => Err(e),
         }
     }
 
@@ -868,8 +907,11 @@ impl<F: FnOnce(Conn)> ResponseBody<F> {
                                 (!trailers.is_empty()).then(|| Ok(Frame::trailers(trailers))),
                             );
                         }
-                        Ok(httparse::Status::Partial) if self.buf.len() >= self.max_head => {
-                            return Poll::Ready(Some(Err(Http1Error::HeadTooLarge(self.max_head))))
+                        Ok(httparse::Status::Partial)
+                            if self.buf.len() >= self.options.max_head =>
+                        {
+                            let max = self.options.max_head;
+                            return Poll::Ready(Some(Err(Http1Error::HeadTooLarge(max))));
                         }
                         Ok(httparse::Status::Partial) => {
                             ready!(self.poll_more(cx))?;
@@ -882,7 +924,7 @@ impl<F: FnOnce(Conn)> ResponseBody<F> {
     }
 }
 
-impl<F: FnOnce(Conn) + Unpin> Body for ResponseBody<F> {
+impl<F: FnOnce(Conn) + Send + Unpin + 'static> Body for ResponseBody<F> {
     type Data = Bytes;
     type Error = Http1Error;
 
@@ -891,8 +933,10 @@ impl<F: FnOnce(Conn) + Unpin> Body for ResponseBody<F> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Http1Error>>> {
         let this = self.get_mut();
-        this.drive_writer(cx);
-        let frame = ready!(this.poll_next(cx));
+        let frame = match this.drive_writer(cx) {
+            Ok(()) => ready!(this.poll_next(cx)),
+            Err(e) => Some(Err(e)),
+        };
         if let Some(Err(_)) = frame {
             // Where the response stands is unknown: the connection closes.
             this.io = None;
@@ -915,22 +959,32 @@ impl<F: FnOnce(Conn) + Unpin> Body for ResponseBody<F> {
 }
 
 /// The size of a chunk from its line (`\n` included): hex digits, then nothing or
-/// extensions (ignored) after a `;`; the line must end with CRLF.
+/// extensions (ignored) after a `;`, spaces or tabs allowed before it; the line must end
+/// with CRLF, and hold no other CR.
 fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
     let invalid = Http1Error::Invalid("a chunk-size line");
-    let line = line.strip_suffix(b"\r\n").ok_or(Http1Error::Invalid(
-        "a chunk-size line does not end with CRLF",
-    ))?;
+    if line.len() > MAX_CHUNK_LINE {
+        return Err(Http1Error::Invalid("a chunk-size line is too long"));
+    }
+    let line = line
+        .strip_suffix(b"\r\n")
+        .filter(|l| !l.contains(&b'\r'))
+        .ok_or(Http1Error::Invalid(
+            "a chunk-size line does not end with CRLF",
+        ))?;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
     if digits == 0 || digits > 16 {
         return Err(invalid);
     }
-    let rest = line[digits..].trim_ascii_start();
-    if !rest.is_empty() && rest[0] != b';' {
+    let rest = &line[digits..];
+    let blanks = rest
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    if !(rest.len() == blanks || rest[blanks] == b';') {
         return Err(invalid);
     }
-    let hex =
-        std::str::from_utf8(&line[..digits]).map_err(|_| Http1Error::Invalid("a chunk size"))?;
+    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| invalid)?;
     u64::from_str_radix(hex, 16).map_err(|_| Http1Error::Invalid("a chunk size"))
 }
 
@@ -1018,7 +1072,11 @@ mod tests {
         let returned = Returned::default();
         let back = returned.clone();
         let on_idle = move |conn| *back.lock().unwrap() = Some(conn);
-        let sending = send(conn, encode(req, addr), 64 * 1024, on_idle);
+        let options = Options {
+            max_head: 64 * 1024,
+            finish_within: std::time::Duration::from_secs(60),
+        };
+        let sending = send(conn, encode(req, addr), options, on_idle);
         (sending.await, returned)
     }
 
@@ -1047,7 +1105,7 @@ mod tests {
             ("HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello", "GET", "hello", None, true),
             ("HTTP/1.1 200 OK\r\ncontent-length: 5, 5\r\n\r\nhello", "GET", "hello", None, true),
             (
-                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 ;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
                 "GET",
                 "hello world",
                 None,
@@ -1155,6 +1213,16 @@ mod tests {
                 false,
             ),
             (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\r\nok\r\n",
+                "CRLF",
+                false,
+            ),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2 x\r\nok\r\n",
+                "chunk-size line",
+                false,
+            ),
+            (
                 "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nokXX",
                 "CRLF",
                 false,
@@ -1250,6 +1318,16 @@ mod tests {
                 false,
             ),
             (
+                with("GET", "/g", &[("host", "svc")], channel_body().1),
+                "GET /g HTTP/1.1\r\nhost: svc\r\n\r\n",
+                true,
+            ),
+            (
+                with("DELETE", "/d", &[("host", "svc")], empty()),
+                "DELETE /d HTTP/1.1\r\nhost: svc\r\n\r\n",
+                false,
+            ),
+            (
                 with("POST", "/p", &[("host", "svc")], channel_body().1),
                 "POST /p HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n",
                 false,
@@ -1262,7 +1340,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_chunked_request_body_and_its_trailers_reach_the_app() {
+    async fn a_chunked_request_body_reaches_the_app_and_its_trailers_do_not() {
         let (seen_tx, seen) = tokio::sync::oneshot::channel();
         let addr = app(|mut tcp, head| async move {
             let mut body = Vec::new();
@@ -1280,7 +1358,10 @@ mod tests {
         tx.send(Frame::data(Bytes::from("hello"))).await.unwrap();
         tx.send(Frame::data(Bytes::from(" world!"))).await.unwrap();
         let mut trailers = HeaderMap::new();
-        trailers.insert("x-sum", HeaderValue::from_static("12"));
+        trailers.insert(
+            "x-warden-client-id",
+            HeaderValue::from_static("spiffe://forged"),
+        );
         tx.send(Frame::trailers(trailers)).await.unwrap();
         drop(tx);
         let req = Request::post(format!("http://{addr}/up"))
@@ -1292,8 +1373,41 @@ mod tests {
         assert!(response.body().is_end_stream());
         let (head, body) = seen.await.unwrap();
         assert!(head.contains("transfer-encoding: chunked\r\n"), "{head}");
-        assert_eq!(body, "5\r\nhello\r\n7\r\n world!\r\n0\r\nx-sum: 12\r\n\r\n");
+        assert_eq!(body, "5\r\nhello\r\n7\r\n world!\r\n0\r\n\r\n");
         assert!(returned.lock().unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_request_answered_before_its_end_still_goes_out_then_its_connection_goes_back() {
+        let (seen_tx, seen) = tokio::sync::oneshot::channel();
+        let addr = app(|mut tcp, _| async move {
+            // Answers at once, then reads the upload.
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let mut body = Vec::new();
+            while !body.ends_with(b"0\r\n\r\n") {
+                body.push(tcp.read_u8().await.unwrap());
+            }
+            let _ = seen_tx.send(String::from_utf8(body).unwrap());
+            let _ = tcp.read_u8().await;
+        })
+        .await;
+        let (tx, body) = channel_body();
+        let req = Request::post(format!("http://{addr}/up"))
+            .body(body)
+            .unwrap();
+        let (response, returned) = exchange(addr, req).await;
+        let (data, _) = collect(response.unwrap().into_body()).await.unwrap();
+        assert_eq!(data, "ok");
+        assert!(
+            returned.lock().unwrap().is_none(),
+            "the request has not ended"
+        );
+        tx.send(Frame::data(Bytes::from("rest"))).await.unwrap();
+        drop(tx);
+        assert_eq!(seen.await.unwrap(), "4\r\nrest\r\n0\r\n\r\n");
+        assert!(returned.lock().unwrap().is_some(), "both ended cleanly");
     }
 
     #[tokio::test]
