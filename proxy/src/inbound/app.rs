@@ -121,10 +121,10 @@ impl AppClients {
                 Ok(response) => Ok(response.map(boxed)),
                 // The app closed the pooled connection as the request went out (it timed the
                 // connection out): a request that can go twice goes on a new connection.
-                Err(Http1Error::ClosedBeforeResponse) if sending.again().is_some() => {
-                    let again = sending.again().expect("checked above");
-                    Box::pin(clients.send_http1_new(app, again)).await
-                }
+                Err(Http1Error::ClosedBeforeResponse) => match sending.again() {
+                    Some(again) => Box::pin(clients.send_http1_new(app, again)).await,
+                    None => Err(Http1Error::ClosedBeforeResponse.into()),
+                },
                 Err(e) => Err(e.into()),
             }
         })

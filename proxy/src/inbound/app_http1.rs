@@ -2,8 +2,8 @@
 //! request's own future writes the request and reads the response head; the response body
 //! then carries the connection and hands it back (`on_idle`) when the body ends cleanly.
 //! hyper's client ran a task per connection and passed each request and response through
-//! channels to it: about 6,000 instructions a request more (`benches/README.md`,
-//! "2026-11-28 (evening)"). Anything that leaves a connection's framing in doubt closes it,
+//! channels to it: about 4,500 instructions a request more (`benches/README.md`,
+//! "2026-11-28 (morning)"). Anything that leaves a connection's framing in doubt closes it,
 //! so one response can never be read as part of the next.
 
 use std::collections::VecDeque;
@@ -630,7 +630,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let io = this.io.as_mut().expect("Sending polled after it completed");
+        let Some(io) = this.io.as_mut() else {
+            return Poll::Ready(Err(Http1Error::Invalid("an exchange polled after its end")));
+        };
         if !this.write_failed && !this.writer.is_done() {
             match this.writer.poll_write(io, cx) {
                 Poll::Ready(Err(WriteError::Request(e))) => return Poll::Ready(Err(e)),
@@ -656,7 +658,10 @@ where
             }
             let nothing_yet = this.buf.is_empty() && this.informational == 0;
             this.buf.reserve(MIN_READ);
-            let io = this.io.as_mut().expect("held until the head is in");
+            // Held until the head is in.
+            let Some(io) = this.io.as_mut() else {
+                return Poll::Ready(Err(Http1Error::Invalid("an exchange polled after its end")));
+            };
             match ready!(tokio_util::io::poll_read_buf(
                 Pin::new(io),
                 cx,
