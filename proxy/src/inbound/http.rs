@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::uri::PathAndQuery;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::Body;
+use hyper::body::{Body, Frame};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -398,7 +398,16 @@ where
         }));
     }
     // The app may answer before reading all of it (see `drain`).
-    let body = boxed(DrainOnDrop::new(body));
+    let body = if http1 {
+        // The HTTP/1.1 client passes no request trailers on (`app_http1`).
+        boxed(DrainOnDrop::new(body))
+    } else {
+        // Over h2c a caller's trailers reach the app: no `x-warden-*` among them either.
+        boxed(http_body_util::BodyExt::map_frame(
+            DrainOnDrop::new(body),
+            strip_warden_trailers,
+        ))
+    };
     Ok(Prepared::App {
         http1,
         request: Request::from_parts(parts, body),
@@ -460,6 +469,14 @@ fn strip_warden_headers(headers: &mut http::HeaderMap) {
     for name in spoofed {
         headers.remove(&name);
     }
+}
+
+/// A body frame with every trailer an app could read as one of Warden's removed.
+fn strip_warden_trailers(mut frame: Frame<Bytes>) -> Frame<Bytes> {
+    if let Some(trailers) = frame.trailers_mut() {
+        strip_warden_headers(trailers);
+    }
+    frame
 }
 
 /// A WebSocket upgrade from the peer, checked and on its way to the app.

@@ -91,6 +91,15 @@ async fn route(req: Request<Incoming>) -> Response<AppBody> {
                 Ok(Frame::trailers(grpc_trailers("0"))),
             ])
         }
+        "/trailers" => {
+            // The request's trailers, one per line.
+            let collected = req.into_body().collect().await.unwrap();
+            let mut seen = String::new();
+            for (k, v) in collected.trailers().into_iter().flatten() {
+                seen.push_str(&format!("{k}: {}\n", v.to_str().unwrap_or("?")));
+            }
+            Response::new(full(seen))
+        }
         "/upload" => {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             Response::new(full(format!("{} {}", body.len(), checksum(&body))))

@@ -265,6 +265,40 @@ async fn http2_streams_and_many_app_connections_share_one_mesh_connection() {
 }
 
 #[tokio::test]
+async fn request_trailers_reach_an_h2c_app_without_any_warden_header() {
+    let mesh = Mesh::start().await;
+    let (app, _) = apps::http_app().await;
+    let pair = mesh.open_pair(app).await;
+    let mut h2 = h2c_client(pair.outbound).await;
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(
+        "x-warden-client-id",
+        "spiffe://cluster.local/ns/x/sa/forged".parse().unwrap(),
+    );
+    trailers.insert("x_warden_tls", "forged".parse().unwrap());
+    trailers.insert("x-checksum", "42".parse().unwrap());
+    let frames = [
+        Ok(Frame::data(Bytes::from_static(b"body"))),
+        Ok(Frame::trailers(trailers)),
+    ];
+    let body = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames)));
+    let resp = h2
+        .send_request(
+            Request::post("http://server.test/trailers")
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = text(resp).await;
+    assert_eq!(
+        seen, "x-checksum: 42\n",
+        "only the caller's own trailer arrives"
+    );
+}
+
+#[tokio::test]
 async fn grpc_unary_and_server_streaming_keep_their_trailers() {
     let mesh = Mesh::start().await;
     let (app, _) = apps::http_app().await;
