@@ -112,12 +112,12 @@ enum Framing {
 /// A request ready to go: its head as bytes, and its body if it has one.
 pub struct Encoded {
     /// The request line and header fields, blank line included.
-    pub head: Bytes,
+    head: Bytes,
     body: Option<(ProxyBody, Framing)>,
     head_request: bool,
     /// The request can go again on another connection as it is: it has no body to resend,
     /// and its method is safe (RFC 9110, 9.2.1).
-    pub retryable: bool,
+    retryable: bool,
 }
 
 /// Encodes `req` (its URI absolute, as for HTTP/2) for the app at `app`: origin-form target,
