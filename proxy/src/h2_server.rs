@@ -7,13 +7,12 @@
 //! did the same through a generic service and executor, with a second check of the stream's
 //! state on every poll and its upgrade machinery for each extended `CONNECT`.
 
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use h2::server::SendResponse;
@@ -241,7 +240,9 @@ fn send_head(
     let (mut parts, body) = response.into_parts();
     // A proxy forwards a response with no date dated (RFC 9110, section 6.6.1).
     if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, http_date());
+        parts
+            .headers
+            .insert(header::DATE, crate::http1::http_date());
     }
     if let Some((handed, recv)) = tunnel {
         if parts.status.is_success() {
@@ -351,24 +352,6 @@ fn poll_pinger(pinger: Option<&mut Pinger>, cx: &mut Context<'_>) -> Poll<Result
         Some(pinger) => pinger.poll(cx),
         None => Poll::Pending,
     }
-}
-
-/// The `Date` header for now, made at most once a second per thread.
-fn http_date() -> HeaderValue {
-    thread_local! {
-        static CACHED: RefCell<Option<(u64, HeaderValue)>> = const { RefCell::new(None) };
-    }
-    let now = SystemTime::now();
-    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    CACHED.with_borrow_mut(|cached| match cached {
-        Some((at, value)) if *at == second => value.clone(),
-        _ => {
-            let value = HeaderValue::from_str(&httpdate::fmt_http_date(now))
-                .unwrap_or_else(|_| HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"));
-            *cached = Some((second, value.clone()));
-            value
-        }
-    })
 }
 
 #[cfg(test)]

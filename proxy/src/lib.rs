@@ -31,6 +31,7 @@ pub mod h2_stream;
 #[cfg(feature = "hop-timing")]
 pub mod hop_timing;
 pub mod http;
+pub mod http1;
 pub mod inbound;
 pub mod interception;
 pub mod io;

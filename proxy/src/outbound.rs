@@ -6,6 +6,7 @@
 //! destinations without a sidecar pass through as plain TCP (`tls="false"`).
 
 pub mod http;
+pub mod http1;
 pub mod pool;
 
 use std::net::SocketAddr;

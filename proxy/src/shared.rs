@@ -154,7 +154,11 @@ impl RunControl {
         C: Future<Output = Result<(), E>>,
     {
         let mut conn = std::pin::pin!(conn);
+        // The connection first: one handed over with a request already read (by the
+        // outbound proxy's own HTTP/1.1 path) must take that request in before it is told
+        // to shut down, or hyper, having read nothing yet, closes it unanswered.
         tokio::select! {
+            biased;
             result = conn.as_mut() => return result,
             _ = self.shutdown.cancelled() => {}
         }
@@ -171,4 +175,40 @@ impl RunControl {
 fn refused_http(error: &crate::io::CopyError) -> bool {
     matches!(error, crate::io::CopyError::Io(e)
         if e.get_ref().is_some_and(|inner| inner.is::<crate::inbound::opaque_guard::HttpOverOpaque>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[tokio::test]
+    async fn a_connection_handed_over_with_a_request_read_answers_it_even_after_shutdown() {
+        // What the outbound proxy's own HTTP/1.1 path hands hyper: the connection, and the
+        // request it already read. Shutdown began before hyper first ran.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let run = RunControl::new(CancellationToken::new());
+        run.shutdown.cancel();
+        let read = Bytes::from_static(b"POST / HTTP/1.1\r\nhost: s\r\ncontent-length: 2\r\n\r\nhi");
+        let io = hyper_util::rt::TokioIo::new(crate::io::PrefixedIo::new(read, tcp));
+        let service = hyper::service::service_fn(|_req| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+        });
+        let conn = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+        run.serve_http(conn, |c| c.graceful_shutdown())
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+        assert!(answer.ends_with("\r\n\r\nok"), "{answer:?}");
+    }
 }

@@ -23,9 +23,8 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::http::{BoxError, ProxyBody};
+use crate::http1::{field, field_offsets, lists, put_field, Lengths, MAX_HEADERS};
 
-/// The most header fields a response head (or a chunked body's trailers) may have, as hyper.
-const MAX_HEADERS: usize = 100;
 /// The most bytes of one chunk-size line, extensions included.
 const MAX_CHUNK_LINE: usize = 4096;
 /// The most informational (1xx) responses skipped before the final one.
@@ -207,61 +206,6 @@ pub fn encode(req: Request<ProxyBody>, app: SocketAddr) -> Encoded {
     }
 }
 
-fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
-    out.put_slice(name.as_str().as_bytes());
-    out.put_slice(b": ");
-    out.put_slice(value.as_bytes());
-    out.put_slice(b"\r\n");
-}
-
-/// The `Content-Length` fields of a message as they are read: one value, however often
-/// repeated (RFC 9112, 6.3).
-#[derive(Debug, Default)]
-struct Lengths {
-    value: Option<u64>,
-    /// Values seen, each item of a list counted.
-    seen: usize,
-    invalid: Option<&'static str>,
-}
-
-impl Lengths {
-    fn add(&mut self, field: &HeaderValue) {
-        for item in field.as_bytes().split(|&b| b == b',') {
-            self.seen += 1;
-            match parse_decimal(item.trim_ascii()) {
-                None => self.invalid = Some("a Content-Length is not a number"),
-                Some(n) if self.value.is_some_and(|v| v != n) => {
-                    self.invalid = Some("two different Content-Lengths");
-                }
-                Some(n) => self.value = Some(n),
-            }
-        }
-    }
-
-    /// The length, if any was given.
-    fn get(&self) -> Result<Option<u64>, Http1Error> {
-        match self.invalid {
-            Some(why) => Err(Http1Error::Invalid(why)),
-            None => Ok(self.value),
-        }
-    }
-}
-
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Whether a comma-separated header field lists `token` (case-insensitive).
-fn lists(field: &HeaderValue, token: &str) -> bool {
-    field
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// Writes the request's head and body, in pieces as the body yields them.
 struct RequestWriter {
     /// The head, kept whole (a retry sends it again); `head_sent` of it is written.
@@ -439,21 +383,7 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Http1Err
         );
         match parsed {
             Ok(httparse::Status::Complete(len)) => {
-                let base = buf.as_ptr() as usize;
-                let at: Vec<_> = response
-                    .headers
-                    .iter()
-                    .map(|field| {
-                        let name = field.name.as_ptr() as usize - base;
-                        let value = field.value.as_ptr() as usize - base;
-                        (
-                            name,
-                            name + field.name.len(),
-                            value,
-                            value + field.value.len(),
-                        )
-                    })
-                    .collect();
+                let at = field_offsets(buf, response.headers);
                 let http11 = response.version == Some(1);
                 (len, http11, response.code.unwrap_or(0), at)
             }
@@ -480,14 +410,8 @@ fn parse_head(buf: &mut BytesMut, max: usize) -> Result<Option<Parsed>, Http1Err
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(at.len());
     let (mut lengths, mut chunked, mut close) = (Lengths::default(), None, false);
-    for (name_start, name_end, value_start, value_end) in at {
-        let name = HeaderName::from_bytes(&head[name_start..name_end])
-            .map_err(|_| Http1Error::Invalid("a header field name"))?;
-        // SAFETY: httparse accepted these bytes as a field value: tab, 0x20-0x7e, 0x80-0xff,
-        // no other control byte, exactly what `HeaderValue` allows (checked again in debug
-        // builds). Checking each byte a second time cost ~500 instructions a response.
-        let value =
-            unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(value_start..value_end)) };
+    for at in at {
+        let (name, value) = field(&head, at).ok_or(Http1Error::Invalid("a header field name"))?;
         // What the framing needs, noted on the way: no lookups by name afterwards.
         if name == header::CONTENT_LENGTH {
             lengths.add(&value);
@@ -564,7 +488,7 @@ fn response_framing(
             (BodyFraming::UntilClose, false)
         });
     }
-    match head.lengths.get()? {
+    match head.lengths.get().map_err(Http1Error::Invalid)? {
         Some(n) => {
             if head.lengths.seen > 1 {
                 head.headers

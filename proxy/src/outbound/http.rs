@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::task::TaskTracker;
 
+use super::http1::Served;
 use super::pool::PoolKey;
 use super::OutboundTarget;
 use crate::access_log;
@@ -70,14 +71,33 @@ where
             .await
             .map_err(|e| e.to_string())
     } else {
-        let service_shared = shared.clone();
-        let service = hyper::service::service_fn(move |req| handle(req, &route, &service_shared));
-        let conn = crate::http::http1_server(&shared.config)
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        run.serve_http(conn, |c| c.graceful_shutdown())
-            .await
-            .map_err(|e| e.to_string())
+        let http1_limits = super::http1::Limits {
+            max_head: limits.max_header_bytes,
+            head_within: timeouts.idle,
+        };
+        let fast = super::http1::serve(io, &http1_limits, &run.shutdown, |req| {
+            handle(req, &route, &shared)
+        });
+        let served = tokio::select! {
+            biased;
+            served = fast => served,
+            () = run.hard_stop.cancelled() => Ok(Served::Closed),
+        };
+        match served {
+            Ok(Served::Closed) => Ok(()),
+            Err(e) => Err(e.to_string()),
+            Ok(Served::Handover(io)) => {
+                let service_shared = shared.clone();
+                let service =
+                    hyper::service::service_fn(move |req| handle(req, &route, &service_shared));
+                let conn = crate::http::http1_server(&shared.config)
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades();
+                run.serve_http(conn, |c| c.graceful_shutdown())
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
     };
     // Counted, limited and waited for at shutdown as the connection it still is.
     tunnels.close();

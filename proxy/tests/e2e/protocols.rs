@@ -10,6 +10,7 @@ use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden_proxy::authz::Authorizer;
 use warden_proxy::config::RouteProtocol;
 
@@ -132,6 +133,84 @@ async fn http1_keep_alive_chunked_bodies_and_identity_headers() {
     assert!(resp.headers().get("content-length").is_none());
     assert_eq!(text(resp).await, "first,second,third");
     assert_eq!(hits.load(Ordering::SeqCst), 3);
+}
+
+/// Splits `raw` (HTTP/1.1 responses back to back, bodies framed by `content-length` or
+/// absent) into (head lines but `date`, joined by `|`; body) pairs; `bodiless` says which have no body whatever
+/// their length says (a response to HEAD, a 204).
+fn split_responses(mut raw: &[u8], bodiless: &[bool]) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for &no_body in bodiless {
+        let end = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a head")
+            + 4;
+        let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+        let length = if no_body { 0 } else { length };
+        // The head as sent, but its `date` (the clock's) and the app's own `date`.
+        let head: Vec<_> = head
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.starts_with("date: "))
+            .collect();
+        out.push((head.join("|"), raw[end..end + length].to_vec()));
+        raw = &raw[end + length..];
+    }
+    assert!(raw.is_empty(), "nothing after the last response");
+    out
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_each_framed_as_its_status_says() {
+    let mesh = Mesh::start().await;
+    let (app, hits) = apps::http_app().await;
+    let pair = mesh.open_pair(app).await;
+    let mut tcp = tokio::net::TcpStream::connect(pair.outbound).await.unwrap();
+    // All at once: no body (the outbound proxy serves these itself), a 204, a HEAD, a body
+    // larger than one write, one with a body (which hyper's server takes over), and a last
+    // one asking to close.
+    let requests = [
+        "GET /status/204 HTTP/1.1\r\nhost: s\r\n\r\n",
+        "GET /status/304 HTTP/1.1\r\nhost: s\r\n\r\n",
+        "HEAD /download/5 HTTP/1.1\r\nhost: s\r\n\r\n",
+        "GET /download/70000 HTTP/1.1\r\nhost: s\r\n\r\n",
+        "POST /upload HTTP/1.1\r\nhost: s\r\ncontent-length: 3\r\n\r\nabc",
+        "GET /status/404 HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n",
+    ]
+    .concat();
+    tcp.write_all(requests.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut raw))
+        .await
+        .expect("the proxy closes after the last answer")
+        .unwrap();
+    let answers = split_responses(&raw, &[true, true, true, false, false, false]);
+    let heads: Vec<_> = answers.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(
+        heads[..5],
+        [
+            "HTTP/1.1 204 No Content",
+            "HTTP/1.1 304 Not Modified",
+            "HTTP/1.1 200 OK|content-length: 5",
+            "HTTP/1.1 200 OK|content-length: 70000",
+            "HTTP/1.1 200 OK|content-length: 22",
+        ]
+    );
+    // The app's 404 echoes the request it saw: its length is the app's business.
+    assert!(
+        heads[5].starts_with("HTTP/1.1 404 Not Found|content-length: ")
+            && heads[5].ends_with("|connection: close"),
+        "{}",
+        heads[5]
+    );
+    assert!(!answers[5].1.is_empty());
+    assert_eq!(answers[3].1, pattern(70_000));
+    assert_eq!(answers[4].1, format!("3 {}", checksum(b"abc")).as_bytes());
+    assert_eq!(hits.load(Ordering::SeqCst), 6);
 }
 
 #[tokio::test]
