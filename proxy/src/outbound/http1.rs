@@ -44,7 +44,8 @@ const KEEP_IDLE: usize = 16 * 1024;
 /// What bounds a request head.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// The most bytes a head may have; a longer one goes to hyper, which answers 431.
+    /// The most bytes a head may have; a longer one goes to hyper, which answers 431 (above
+    /// its floor of 8 KiB).
     pub max_head: usize,
     /// How long the next request's head may take to arrive, idle time included (hyper's
     /// `header_read_timeout`).
@@ -76,14 +77,17 @@ where
         io,
         buf: BytesMut::new(),
         out: BytesMut::new(),
-        max_head: limits.max_head,
+        grown: false,
     };
     let mut stop = pin!(shutdown.cancelled());
     // Moved on only when it fires early: a connection costs one timer registration per
     // `head_within`, not one per request.
     let mut timer = pin!(tokio::time::sleep(limits.head_within));
     loop {
-        let deadline = Instant::now() + limits.head_within;
+        // Saturated, as tokio's own timers are, for an idle timeout of years.
+        let deadline = Instant::now()
+            .checked_add(limits.head_within)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86_400 * 365));
         // Where a partial head was last looked at: it is parsed again only once a blank line
         // may have arrived (so a head sent a byte at a time costs linear time, not square).
         let mut partial_at = None;
@@ -127,7 +131,7 @@ where
             .await;
             match waited {
                 Some(Ok(0)) | None => return Ok(Served::Closed),
-                Some(Ok(_)) => {}
+                Some(Ok(_)) => conn.grown |= conn.buf.len() > KEEP_IDLE,
                 Some(Err(e)) => return Err(e),
             }
         };
@@ -144,8 +148,9 @@ where
             let _ = conn.io.shutdown().await;
             return Ok(Served::Closed);
         }
-        if conn.buf.is_empty() && conn.buf.capacity() > KEEP_IDLE {
+        if conn.buf.is_empty() && conn.grown {
             conn.buf = BytesMut::new();
+            conn.grown = false;
         }
         if conn.out.capacity() > KEEP_IDLE {
             conn.out = BytesMut::new();
@@ -168,8 +173,9 @@ struct Conn<I> {
     io: I,
     buf: BytesMut,
     out: BytesMut,
-    /// Pipelined bytes are read ahead (so a hang-up is noticed) only up to this.
-    max_head: usize,
+    /// The read buffer grew past [`KEEP_IDLE`] for a large head: let go once idle (its
+    /// capacity no longer shows it once the head is split off).
+    grown: bool,
 }
 
 /// What the start of the read buffer holds.
@@ -457,25 +463,26 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
         }
     }
 
-    /// `fut`'s output, or `None` if the app closed its connection first. Bytes it sends
-    /// meanwhile (pipelined requests) are kept, up to a head's limit.
+    /// `fut`'s output, or `None` if the app closed its connection first. As hyper, the
+    /// socket is watched only while nothing is buffered: bytes that arrive meanwhile (a
+    /// pipelined request) stop the watch, so a request already read is never dropped for a
+    /// half-close that follows it.
     async fn unless_closed<F: Future>(&mut self, fut: F) -> io::Result<Option<F::Output>> {
         let mut fut = pin!(fut);
         poll_fn(|cx| {
             if let Poll::Ready(output) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Ok(Some(output)));
             }
-            // No system call while nothing arrived: the last read emptied the socket, so
-            // tokio polls readiness only.
-            while self.buf.len() < self.max_head {
-                if self.buf.capacity() == self.buf.len() {
+            if self.buf.is_empty() {
+                if self.buf.capacity() < MIN_READ {
                     self.buf.reserve(MIN_READ);
                 }
+                // No system call while nothing arrived: the last read emptied the socket,
+                // so tokio polls readiness only.
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(None)),
-                    Poll::Ready(Ok(_)) => {}
+                    Poll::Ready(Ok(_)) | Poll::Pending => {}
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
                 }
             }
             Poll::Pending
@@ -1064,6 +1071,46 @@ mod tests {
         assert!(
             cancelled.is_ok_and(|r| r.is_err()),
             "the request's future was dropped"
+        );
+        assert!(matches!(server.await.unwrap(), Ok(Served::Closed)));
+    }
+
+    #[tokio::test]
+    async fn a_half_close_after_pipelined_requests_drops_none_of_them() {
+        let (mut client, tcp) = socket_pair().await;
+        // The first answer waits until after the app's FIN.
+        let (asked, asked_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut first = Some((asked, released));
+        let server = tokio::spawn(async move {
+            serve(tcp, &LIMITS, &CancellationToken::new(), move |request| {
+                let hooks = first.take();
+                async move {
+                    if let Some((asked, released)) = hooks {
+                        asked.send(()).unwrap();
+                        released.await.unwrap();
+                    }
+                    Ok::<_, Infallible>(answer(&request))
+                }
+            })
+            .await
+        });
+        client
+            .write_all(b"GET /len HTTP/1.1\r\n\r\nGET /len HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        asked_rx.await.unwrap();
+        client.shutdown().await.unwrap();
+        // Time for the FIN to reach the server first (which must not matter).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        release.send(()).unwrap();
+        assert_eq!(
+            transcript(&mut client).await,
+            [
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
+            ]
+            .concat()
         );
         assert!(matches!(server.await.unwrap(), Ok(Served::Closed)));
     }
