@@ -144,7 +144,7 @@ where
             return Ok(Served::Closed);
         }
         // An idle connection holds no buffer (most connections idle far longer than they
-        // work): an allocation a request, for 4 KiB less per idle connection.
+        // work): two allocations a request, for 4 KiB less per idle connection.
         if conn.buf.is_empty() {
             conn.buf = BytesMut::new();
         }
