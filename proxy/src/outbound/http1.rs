@@ -861,6 +861,40 @@ mod tests {
         (app, listener.accept().await.unwrap().0)
     }
 
+    /// A client connection to `serve` whose first request is held: `asked` says it reached
+    /// the handler, and its answer waits for `release` (never sent: the handler's future is
+    /// pending until dropped, which closes `release`). Later requests are answered at once.
+    async fn first_held(
+        limits: Limits,
+        shutdown: CancellationToken,
+    ) -> (
+        TcpStream,
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<io::Result<Served<TcpStream>>>,
+    ) {
+        let (client, tcp) = socket_pair().await;
+        let (asked, asked_rx) = tokio::sync::oneshot::channel::<()>();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let mut first = Some((asked, released));
+        let server = tokio::spawn(async move {
+            serve(tcp, &limits, &shutdown, move |request| {
+                let hooks = first.take();
+                async move {
+                    if let Some((asked, released)) = hooks {
+                        asked.send(()).unwrap();
+                        if released.await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    Ok::<_, Infallible>(answer(&request))
+                }
+            })
+            .await
+        });
+        (client, asked_rx, release, server)
+    }
+
     /// A client connection to `serve` (with `answer`, `limits` and `shutdown`) and the
     /// server's task.
     async fn connection(
@@ -960,22 +994,7 @@ mod tests {
         assert!(idle.read(&mut first).await.unwrap() > 0);
 
         // A request whose answer waits until after the shutdown.
-        let (mut busy, tcp) = socket_pair().await;
-        let (asked, asked_rx) = tokio::sync::oneshot::channel::<()>();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let mut hooks = Some((asked, released));
-        let token = shutdown.clone();
-        let busy_server = tokio::spawn(async move {
-            serve(tcp, &limits, &token, move |request| {
-                let (asked, released) = hooks.take().expect("one request");
-                async move {
-                    asked.send(()).unwrap();
-                    released.await.unwrap();
-                    Ok::<_, Infallible>(answer(&request))
-                }
-            })
-            .await
-        });
+        let (mut busy, asked_rx, release, busy_server) = first_held(limits, shutdown.clone()).await;
         busy.write_all(b"GET /len HTTP/1.1\r\n\r\n").await.unwrap();
         asked_rx.await.unwrap();
 
@@ -1055,56 +1074,25 @@ mod tests {
 
     #[tokio::test]
     async fn an_app_that_hangs_up_cancels_its_request() {
-        let (mut client, tcp) = socket_pair().await;
-        // The handler's future holds `dropped`'s sender: it is dropped when cancelled.
-        let (asked, asked_rx) = tokio::sync::oneshot::channel::<()>();
-        let (keep, dropped) = tokio::sync::oneshot::channel::<()>();
-        let mut hooks = Some((asked, keep));
-        let server = tokio::spawn(async move {
-            serve(tcp, &LIMITS, &CancellationToken::new(), move |_request| {
-                let (asked, keep) = hooks.take().expect("one request");
-                async move {
-                    asked.send(()).unwrap();
-                    let _keep = keep;
-                    std::future::pending::<Result<Response<ProxyBody>, Infallible>>().await
-                }
-            })
-            .await
-        });
+        let (mut client, asked_rx, mut release, server) =
+            first_held(LIMITS, CancellationToken::new()).await;
         client
             .write_all(b"GET /len HTTP/1.1\r\n\r\n")
             .await
             .unwrap();
         asked_rx.await.unwrap();
         drop(client);
-        let cancelled = tokio::time::timeout(Duration::from_secs(10), dropped).await;
-        assert!(
-            cancelled.is_ok_and(|r| r.is_err()),
-            "the request's future was dropped"
-        );
+        // The handler's future holds `release`'s receiver: dropped when cancelled.
+        let cancelled = tokio::time::timeout(Duration::from_secs(10), release.closed()).await;
+        assert!(cancelled.is_ok(), "the request's future was dropped");
         assert!(matches!(server.await.unwrap(), Ok(Served::Closed)));
     }
 
     #[tokio::test]
     async fn a_half_close_after_pipelined_requests_drops_none_of_them() {
-        let (mut client, tcp) = socket_pair().await;
         // The first answer waits until after the app's FIN.
-        let (asked, asked_rx) = tokio::sync::oneshot::channel::<()>();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let mut first = Some((asked, released));
-        let server = tokio::spawn(async move {
-            serve(tcp, &LIMITS, &CancellationToken::new(), move |request| {
-                let hooks = first.take();
-                async move {
-                    if let Some((asked, released)) = hooks {
-                        asked.send(()).unwrap();
-                        released.await.unwrap();
-                    }
-                    Ok::<_, Infallible>(answer(&request))
-                }
-            })
-            .await
-        });
+        let (mut client, asked_rx, release, server) =
+            first_held(LIMITS, CancellationToken::new()).await;
         client
             .write_all(b"GET /len HTTP/1.1\r\n\r\nGET /len HTTP/1.1\r\nconnection: close\r\n\r\n")
             .await
