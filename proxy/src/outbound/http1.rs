@@ -21,7 +21,7 @@ use std::pin::{pin, Pin};
 use std::task::{ready, Poll};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame};
@@ -205,6 +205,9 @@ enum Next {
 
 /// Takes the request at the start of `buf` if this path serves it (see the module's doc).
 fn parse_request(buf: &mut BytesMut, max_head: usize) -> Next {
+    // Empty lines before a request are ignored (RFC 9112, 2.2), as httparse and hyper do.
+    // Dropped here, so the method starts the buffer and a run of them is looked at once.
+    skip_empty_lines(buf);
     let (len, method_len, path, at, close) = {
         let mut fields = [MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
         let mut request = httparse::Request::new(&mut []);
@@ -221,11 +224,13 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Next {
         if request.version != Some(1) || request.method == Some("CONNECT") {
             return Next::Hyper;
         }
-        let mut close = false;
+        let (mut close, mut length) = (false, false);
         for field in request.headers.iter() {
             let name = field.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
-                if field.value != b"0" {
+                // A repeated length is hyper's to fold into one, as it does for the body
+                // it reads.
+                if field.value != b"0" || std::mem::replace(&mut length, true) {
                     return Next::Hyper;
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding")
@@ -260,6 +265,20 @@ fn parse_request(buf: &mut BytesMut, max_head: usize) -> Next {
             Next::Hyper
         }
     }
+}
+
+/// Drops the empty lines (`CRLF` or `LF`) at the start of `buf`; a `CR` not yet followed by
+/// its `LF` stays.
+fn skip_empty_lines(buf: &mut BytesMut) {
+    let mut at = 0;
+    loop {
+        match buf[at..] {
+            [b'\n', ..] => at += 1,
+            [b'\r', b'\n', ..] => at += 2,
+            _ => break,
+        }
+    }
+    buf.advance(at);
 }
 
 /// The request in `head`; `None` if `http` refuses its method, target or a field name.
@@ -418,6 +437,12 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
             // Whatever the body has ready now goes out with the head, in one write.
             let frame = match poll_now(&mut body).await {
                 Some(frame) => frame,
+                // Its length is all there: the response is whole and the connection free for
+                // the next request, whenever the peer ends its stream (as hyper).
+                None if left == Some(0) => {
+                    self.write_out().await?;
+                    return Ok(true);
+                }
                 None => {
                     self.write_out().await?;
                     match self.unless_closed(body.frame()).await? {
@@ -477,9 +502,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> Conn<I> {
     }
 
     /// `fut`'s output, or `None` if the app closed its connection first. As hyper, the
-    /// socket is watched only while nothing is buffered: bytes that arrive meanwhile (a
-    /// pipelined request) stop the watch, so a request already read is never dropped for a
-    /// half-close that follows it.
+    /// socket is watched only while nothing is buffered: requests pipelined behind this one
+    /// stop the watch, so a half-close after them cancels none of those before the last
+    /// (which, if its answer is not ready when the FIN arrives, is cancelled as a hang-up).
     async fn unless_closed<F: Future>(&mut self, fut: F) -> io::Result<Option<F::Output>> {
         let mut fut = pin!(fut);
         poll_fn(|cx| {
@@ -548,7 +573,10 @@ mod tests {
                 )))
             }
             Next::Hyper => {
-                assert_eq!(&buf[..], raw, "hyper gets every byte");
+                // Every byte but the empty lines before the request, which hyper skips too.
+                let mut skipped = BytesMut::from(raw);
+                skip_empty_lines(&mut skipped);
+                assert_eq!(buf, skipped, "hyper gets every byte");
                 Ok(None)
             }
             Next::Partial => Err(()),
@@ -564,7 +592,8 @@ mod tests {
             ("no Host", b"GET / HTTP/1.1\r\n\r\n", fast("GET", "/", false)),
             ("absolute form", b"GET http://s:8/x HTTP/1.1\r\n\r\n", fast("GET", "http://s:8/x", false)),
             ("a DELETE with Content-Length 0", b"DELETE /x HTTP/1.1\r\ncontent-length: 0\r\n\r\n", fast("DELETE", "/x", false)),
-            ("two Content-Lengths of 0", b"POST / HTTP/1.1\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n", fast("POST", "/", false)),
+            ("empty lines before the request", b"\r\n\nGET / HTTP/1.1\r\n\r\n", fast("GET", "/", false)),
+            ("two Content-Lengths of 0", b"POST / HTTP/1.1\r\nContent-Length: 0\r\ncontent-length: 0\r\n\r\n", hyper.clone()),
             ("Connection: close", b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", fast("GET", "/", true)),
             ("close among other tokens", b"GET / HTTP/1.1\r\nconnection: keep-alive , CLOSE\r\n\r\n", fast("GET", "/", true)),
             ("Connection: keep-alive", b"GET / HTTP/1.1\r\nconnection: keep-alive\r\n\r\n", fast("GET", "/", false)),
@@ -589,6 +618,9 @@ mod tests {
             ("HTTP/2's preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", hyper.clone()),
             ("a head over the limit", b"GET / HTTP/1.1\r\nx-a: 01234567890123456789012345678901234567890123456789\r\n\r\n", hyper.clone()),
             ("an unfinished head", b"GET / HTTP/1.1\r\nhost: s\r\n", Err(())),
+            ("empty lines only", b"\r\n\n\r", Err(())),
+            ("a CR with no LF before the request", b"\r\n\rGET / HTTP/1.1\r\n\r\n", hyper.clone()),
+            ("empty lines before a request hyper takes", b"\n\r\nGET / HTTP/1.0\r\n\r\n", hyper.clone()),
             ("an unfinished head over the limit", b"GET / HTTP/1.1\r\nx-a: 01234567890123456789012345678901234567890123456789\r\n", hyper.clone()),
         ];
         for (case, raw, expected) in cases {
@@ -614,6 +646,25 @@ mod tests {
         assert_eq!(two, ["a", "b"]);
         assert_eq!(&buf[..], b"GET /two HTTP/1.1\r\n");
         assert!(matches!(parse_request(&mut buf, 1024), Next::Partial));
+    }
+
+    #[test]
+    fn empty_lines_before_a_request_are_dropped_once_looked_at() {
+        // A run of them, as an app could send a byte at a time, is not kept to be looked at
+        // again; a CR waiting for its LF is.
+        let mut buf = BytesMut::from("\r\n".repeat(1000).as_str());
+        buf.extend_from_slice(b"\n\r");
+        assert!(matches!(parse_request(&mut buf, 64), Next::Partial));
+        assert_eq!(&buf[..], b"\r");
+        buf.extend_from_slice(b"\nGET /a HTTP/1.1\r\n\r\n");
+        let Next::Request(request, false) = parse_request(&mut buf, 64) else {
+            panic!("a request of the fast path");
+        };
+        assert_eq!(
+            (request.method(), request.uri().path()),
+            (&Method::GET, "/a")
+        );
+        assert!(buf.is_empty());
     }
 
     /// A head as `head` shows it, and its framing.
@@ -780,11 +831,13 @@ mod tests {
         }
     }
 
-    /// A body of `chunks`, then an error if `fail`, with no size known; each chunk comes
-    /// after one `Pending` (waking its task at once), so each is written on its own.
+    /// A body of `chunks`, then an error if `fail`, or no end ever if `endless`, with no
+    /// size known; each chunk comes after one `Pending` (waking its task at once), so each
+    /// is written on its own.
     struct Streamed {
         chunks: std::collections::VecDeque<&'static str>,
         fail: bool,
+        endless: bool,
         ready: bool,
     }
 
@@ -806,6 +859,7 @@ mod tests {
                     Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(chunk.as_bytes())))))
                 }
                 None if self.fail => Poll::Ready(Some(Err("the peer reset the stream".into()))),
+                None if self.endless => Poll::Pending,
                 None => Poll::Ready(None),
             }
         }
@@ -815,6 +869,7 @@ mod tests {
         boxed(Streamed {
             chunks: chunks.iter().copied().collect(),
             fail,
+            endless: false,
             ready: false,
         })
     }
@@ -843,6 +898,16 @@ mod tests {
             "/fail" => Response::new(streamed(&["ab"], true)),
             "/short" => with_length("10", text("abc")),
             "/long" => with_length("2", text("abc")),
+            // All of its length, then a stream the peer never ends.
+            "/never-ends" => with_length(
+                "5",
+                boxed(Streamed {
+                    chunks: ["hel", "lo"].into(),
+                    fail: false,
+                    endless: true,
+                    ready: false,
+                }),
+            ),
             "/early-hints" => {
                 let mut response = Response::new(text(""));
                 *response.status_mut() = StatusCode::EARLY_HINTS;
@@ -1090,7 +1155,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_half_close_after_pipelined_requests_drops_none_of_them() {
-        // The first answer waits until after the app's FIN.
+        // The first answer waits until after the app's FIN; the second, read with it, is
+        // answered too (it is ready at once: one still waiting when the FIN is seen with
+        // nothing behind it is cancelled as a hang-up, as with hyper).
         let (mut client, asked_rx, release, server) =
             first_held(LIMITS, CancellationToken::new()).await;
         client
@@ -1135,6 +1202,30 @@ mod tests {
                 String::from_utf8_lossy(buf)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_response_whose_length_has_all_come_frees_the_connection_before_its_stream_ends() {
+        let (mut client, server) = connection(LIMITS, CancellationToken::new()).await;
+        client
+            .write_all(
+                b"GET /never-ends HTTP/1.1\r\n\r\nGET /len HTTP/1.1\r\nconnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        // Bounded: before the fix, the second request waited for the first's stream to end.
+        let answers = tokio::time::timeout(Duration::from_secs(10), transcript(&mut client))
+            .await
+            .expect("the next request answered");
+        assert_eq!(
+            answers,
+            [
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nhello"
+            ]
+            .concat()
+        );
+        assert!(matches!(server.await.unwrap(), Ok(Served::Closed)));
     }
 
     #[tokio::test]
