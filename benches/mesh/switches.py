@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mesh  # noqa: E402
 
 EVENTS = "raw_syscalls:sys_enter,context-switches,cpu-migrations"
-# --by-syscall: the system calls a relay makes, each counted on its own, and page faults.
+# --by-syscall: the system calls a relay makes, each counted on its own, page faults, and the
+# packets it puts on the loopback device (`net_dev_xmit`: TCP segments, pure ACKs included).
 SYSCALLS = ["epoll_wait", "epoll_pwait", "epoll_ctl", "read", "recvfrom", "recvmsg", "readv",
             "write", "writev", "sendto", "sendmsg", "futex", "madvise", "mmap", "munmap",
             "getrandom", "clock_nanosleep", "sched_yield", "accept4", "close", "setsockopt"]
@@ -44,7 +45,7 @@ def main():
     parser.add_argument("--seconds", type=int, default=6)
     parser.add_argument("--only", nargs="*", default=["warden", "haproxy-l7"])
     parser.add_argument("--by-syscall", action="store_true",
-                        help="count each system call (and page faults) on its own")
+                        help="count each system call (and page faults and packets sent) on its own")
     args = parser.parse_args()
     unpinned = args.unpinned or args.workers > 1
     cpu = None if unpinned else 0
@@ -84,7 +85,7 @@ def measure(bench, c, args, cpu):
     before = bench.cpu_seconds(c)
     events = EVENTS
     if args.by_syscall:
-        events += ",page-faults," + ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS)
+        events += ",page-faults,net:net_dev_xmit," + ",".join(f"syscalls:sys_enter_{s}" for s in SYSCALLS)
     perf = subprocess.Popen(["perf", "stat", "-x,", "-e", events, "-p", ",".join(map(str, pids)), "-o", counts])
     time.sleep(0.3)
     requests = load(args.seconds)
