@@ -186,8 +186,12 @@ fn incoming(
                         return;
                     }
                 };
-                let Some(id) = warden_identity::tls::peer_identity(tls.get_ref().1) else {
-                    return;
+                let id = match warden_identity::tls::peer_identity(tls.get_ref().1) {
+                    Ok(id) => id,
+                    Err(error) => {
+                        tracing::info!(%addr, %error, "mTLS connection refused");
+                        return;
+                    }
                 };
                 let peer = Peer { id, addr };
                 let _ = tx

@@ -283,7 +283,16 @@ pub async fn serve_tls<T, H, F>(
                         return;
                     }
                 };
-            let verified = crate::tls::peer_identity(stream.get_ref().1).map(VerifiedPeer);
+            // A caller without a valid SVID (none, or a session resumed past its validity)
+            // is unauthenticated: it may still bootstrap with a token.
+            let verified = match crate::tls::peer_identity(stream.get_ref().1) {
+                Ok(id) => Some(VerifiedPeer(id)),
+                Err(crate::tls::PeerError::NoCertificate) => None,
+                Err(error) => {
+                    tracing::info!(%peer, %error, "caller's certificate not accepted");
+                    None
+                }
+            };
             let handler = move |mut req: http::Request<Incoming>| {
                 if let Some(verified) = &verified {
                     req.extensions_mut().insert(verified.clone());

@@ -5,7 +5,7 @@
 
 use rustls_pki_types::CertificateDer;
 use warden_core::{InvalidSpiffeId, SpiffeId};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::prelude::{ASN1Time, FromDer, GeneralName, X509Certificate};
 
 /// Which SVID rule a certificate breaks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +57,18 @@ pub enum SvidError {
     /// A signing certificate carries a workload SPIFFE ID (only `spiffe://<td>` is allowed).
     #[error("chain certificate {0} carries a SPIFFE ID with a path; signing certificates may not")]
     SigningCertHasPath(usize),
+    /// A certificate is outside its validity period.
+    #[error("certificate {index} is not valid at {at}: valid from {not_before} to {not_after}")]
+    OutsideValidity {
+        /// Position in the chain (0 = leaf).
+        index: usize,
+        /// When it was checked.
+        at: String,
+        /// Its `notBefore`.
+        not_before: String,
+        /// Its `notAfter`.
+        not_after: String,
+    },
 }
 
 fn parse<'a>(der: &'a CertificateDer<'_>, index: usize) -> Result<X509Certificate<'a>, SvidError> {
@@ -105,6 +117,30 @@ fn leaf_identity_of(cert: &X509Certificate<'_>) -> Result<SpiffeId, SvidError> {
         return Err(SvidError::NotSpiffe(uri.to_string()));
     }
     SpiffeId::parse(uri).map_err(SvidError::InvalidId)
+}
+
+/// Checks that every certificate of `chain` (leaf first) is within its validity period at
+/// `now` (seconds since the Unix epoch), `notBefore` and `notAfter` included.
+pub fn check_validity(chain: &[CertificateDer<'_>], now: i64) -> Result<(), SvidError> {
+    for (index, der) in chain.iter().enumerate() {
+        let cert = parse(der, index)?;
+        let validity = cert.validity();
+        let (from, to) = (
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        );
+        if now < from || now > to {
+            let at =
+                ASN1Time::from_timestamp(now).map_or_else(|_| now.to_string(), |t| t.to_string());
+            return Err(SvidError::OutsideValidity {
+                index,
+                at,
+                not_before: validity.not_before.to_string(),
+                not_after: validity.not_after.to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The SPIFFE ID of a leaf certificate (exactly one URI SAN, a valid workload SPIFFE ID).

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, CommonState, ServerConfig};
+use rustls::{ClientConfig, CommonState, HandshakeKind, ServerConfig};
 use warden_core::SpiffeId;
 
 use crate::bundle::TrustStore;
@@ -154,11 +154,40 @@ pub fn mesh_server_name() -> ServerName<'static> {
     ServerName::try_from("warden.mesh.invalid").expect("a valid DNS name")
 }
 
-/// The peer's SPIFFE ID on an established connection (the verifier already checked it).
-pub fn peer_identity(conn: &CommonState) -> Option<SpiffeId> {
-    conn.peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(|leaf| svid::identity_of(leaf).ok())
+/// Why an established connection's peer has no identity to act on.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    /// No certificate was presented (a server that does not ask for one).
+    #[error("the peer presented no certificate")]
+    NoCertificate,
+    /// The leaf carries no valid SPIFFE ID.
+    #[error("the peer's certificate: {0}")]
+    Svid(svid::SvidError),
+    /// A resumed TLS session whose certificates are no longer valid.
+    #[error("the peer resumed a TLS session its certificate no longer covers: {0}")]
+    ResumedPastValidity(svid::SvidError),
+}
+
+/// The peer's SPIFFE ID on an established connection. The verifier checked the chain of a
+/// full handshake a moment ago; a resumed session's chain was checked when the session began,
+/// perhaps hours ago, and rustls does not check it again, so its validity is checked here:
+/// a session ticket is not a way to outlive an expired (unrenewed) SVID.
+pub fn peer_identity(conn: &CommonState) -> Result<SpiffeId, PeerError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    peer_identity_at(conn, now)
+}
+
+/// [`peer_identity`], with a resumed session's certificates checked at `now` (seconds since
+/// the Unix epoch).
+pub fn peer_identity_at(conn: &CommonState, now: i64) -> Result<SpiffeId, PeerError> {
+    let chain = conn.peer_certificates().ok_or(PeerError::NoCertificate)?;
+    let leaf = chain.first().ok_or(PeerError::NoCertificate)?;
+    if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
+        svid::check_validity(chain, now).map_err(PeerError::ResumedPastValidity)?;
+    }
+    svid::identity_of(leaf).map_err(PeerError::Svid)
 }
 
 /// A short name for the key exchange group of an established connection, e.g. `X25519MLKEM768`.

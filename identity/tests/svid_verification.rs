@@ -9,6 +9,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use warden_core::contract::ALPN_TCP;
@@ -276,7 +277,7 @@ async fn handshake(
     let server_task = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let mut tls = acceptor.accept(tcp).await.map_err(|e| e.to_string())?;
-        let peer = tls::peer_identity(tls.get_ref().1).ok_or("no peer identity")?;
+        let peer = tls::peer_identity(tls.get_ref().1).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4];
         tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
         tls.write_all(b"pong").await.map_err(|e| e.to_string())?;
@@ -295,7 +296,7 @@ async fn handshake(
         tls.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
         assert_eq!(&buf, b"pong");
         let conn = tls.get_ref().1;
-        let peer = tls::peer_identity(conn).ok_or("no peer identity")?;
+        let peer = tls::peer_identity(conn).map_err(|e| e.to_string())?;
         let version = format!("{:?}", conn.protocol_version().unwrap());
         Ok::<_, String>((peer, version, tls::key_exchange_name(conn)))
     }
@@ -426,4 +427,168 @@ fn bundles_are_per_trust_domain() {
         check(&crossed, &svid_a, PeerRole::Client).unwrap_err(),
         VerifyError::UnknownIssuer("a.example".into())
     );
+}
+
+/// A chain, when it is checked, and `Ok` or the failing certificate's index.
+type ValidityCase<'a> = (
+    &'a str,
+    &'a [CertificateDer<'static>],
+    SystemTime,
+    Result<(), usize>,
+);
+
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+#[test]
+fn validity_is_checked_for_every_certificate_of_a_chain() {
+    let pki = Pki::new("cluster.local");
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    let svid = pki.authority.issue(&id(FRONTEND), day).unwrap();
+    // A leaf signed to outlive its issuer (one year): the CA never issues one.
+    let mut params = good(FRONTEND);
+    params.not_after = ts(now + 2 * 365 * day);
+    let outliving = pki.leaf(params);
+    let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])];
+    let cases: &[ValidityCase] = &[
+        ("a day's SVID, now", svid.chain(), now, Ok(())),
+        (
+            "a minute before its notAfter",
+            svid.chain(),
+            now + day - Duration::from_secs(60),
+            Ok(()),
+        ),
+        (
+            "a minute after its notAfter",
+            svid.chain(),
+            now + day + Duration::from_secs(60),
+            Err(0),
+        ),
+        (
+            "an hour before its notBefore",
+            svid.chain(),
+            now - HOUR,
+            Err(0),
+        ),
+        (
+            "a leaf valid, its issuer expired",
+            outliving.chain(),
+            now + 400 * day,
+            Err(1),
+        ),
+        (
+            "the same leaf and issuer within both",
+            outliving.chain(),
+            now + 300 * day,
+            Ok(()),
+        ),
+    ];
+    for (case, chain, at, expected) in cases {
+        let result = warden_identity::svid::check_validity(chain, unix(*at));
+        match (result, expected) {
+            (Ok(()), Ok(())) => {}
+            (Err(SvidError::OutsideValidity { index, .. }), Err(want)) if index == *want => {}
+            (other, _) => panic!("{case}: {other:?}, expected {expected:?}"),
+        }
+    }
+    let err = warden_identity::svid::check_validity(&garbage, unix(now)).unwrap_err();
+    assert!(
+        matches!(err, SvidError::Unparseable { index: 0, .. }),
+        "{err}"
+    );
+    // The message names the certificate and its period.
+    let err = warden_identity::svid::check_validity(svid.chain(), unix(now + 2 * day));
+    let message = err.unwrap_err().to_string();
+    assert!(
+        message.starts_with("certificate 0 is not valid at") && message.contains("valid from"),
+        "{message}"
+    );
+}
+
+/// What one side of a connection saw: the kind of handshake, and the peer's identity checked
+/// now and two hours on (past both SVIDs' hour).
+type Seen = (
+    Option<HandshakeKind>,
+    Result<SpiffeId, String>,
+    Result<SpiffeId, String>,
+);
+
+fn seen(conn: &rustls::CommonState, now: i64) -> Seen {
+    let at = |t| tls::peer_identity_at(conn, t).map_err(|e| e.to_string());
+    (conn.handshake_kind(), at(now), at(now + 2 * 3600))
+}
+
+#[tokio::test]
+async fn a_session_resumed_after_its_certificates_expired_is_refused_on_both_sides() {
+    let pki = Pki::new("cluster.local");
+    let frontend = pki.authority.issue(&id(FRONTEND), HOUR).unwrap();
+    let backend = pki.authority.issue(&id(BACKEND), HOUR).unwrap();
+    let server_cfg = tls::server_config(
+        &backend,
+        pki.store(),
+        &[ALPN_TCP],
+        tls::ClientAuth::Required,
+    )
+    .unwrap();
+    let client_cfg = tls::client_config(
+        &frontend,
+        pki.store(),
+        ExpectedPeer::Exact(id(BACKEND)),
+        &[ALPN_TCP],
+    )
+    .unwrap();
+    let now = unix(SystemTime::now());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_cfg));
+    let server = tokio::spawn(async move {
+        let mut all = Vec::new();
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            all.push(seen(tls.get_ref().1, now));
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf).await.unwrap();
+            tls.write_all(b"pong").await.unwrap();
+            tls.shutdown().await.ok();
+        }
+        all
+    });
+    // Two connections with the same configurations: the second resumes the first's session.
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_cfg));
+    let mut client = Vec::new();
+    for _ in 0..2 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut tls = connector
+            .connect(tls::mesh_server_name(), tcp)
+            .await
+            .unwrap();
+        tls.write_all(b"ping").await.unwrap();
+        // The server's session tickets are read before its answer.
+        let mut buf = [0u8; 4];
+        tls.read_exact(&mut buf).await.unwrap();
+        client.push(seen(tls.get_ref().1, now));
+    }
+    let server = tokio::time::timeout(Duration::from_secs(10), server)
+        .await
+        .expect("the server side finished")
+        .unwrap();
+    for (side, all, peer) in [("server", server, FRONTEND), ("client", client, BACKEND)] {
+        let [full, resumed] = <[Seen; 2]>::try_from(all).unwrap();
+        assert_eq!(full.0, Some(HandshakeKind::Full), "{side}");
+        assert_eq!(full.1, Ok(id(peer)), "{side}");
+        assert_eq!(resumed.0, Some(HandshakeKind::Resumed), "{side}");
+        assert_eq!(
+            resumed.1,
+            Ok(id(peer)),
+            "{side}: within the certificates' validity"
+        );
+        let err = resumed.2.unwrap_err();
+        assert!(
+            err.contains("resumed a TLS session") && err.contains("certificate 0 is not valid"),
+            "{side}: {err}"
+        );
+    }
 }

@@ -180,10 +180,15 @@ async fn handle(
         };
     metrics::tls_handshake(Direction::Inbound, "success", started.elapsed());
     let (_, conn) = stream.get_ref();
-    let client = tls::peer_identity(conn);
-    if client.is_none() {
-        return Err(()); // unreachable: the verifier requires an SVID
-    }
+    let client = match tls::peer_identity(conn) {
+        Ok(client) => Some(client),
+        Err(error) => {
+            // A session resumed past its certificate's validity (the verifier requires an
+            // SVID of every full handshake).
+            tracing::info!(%peer, %error, "inbound TLS connection refused");
+            return Err(());
+        }
+    };
     let version = conn
         .protocol_version()
         .map_or("-".into(), |v| format!("{v:?}").replace('_', "."));

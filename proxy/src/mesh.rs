@@ -156,9 +156,9 @@ impl MeshConnector {
                 ),
             });
         }
-        let peer = tls::peer_identity(conn).ok_or_else(|| ProxyError::Tls {
+        let peer = tls::peer_identity(conn).map_err(|e| ProxyError::Tls {
             target: addr.to_string(),
-            reason: "peer presented no SPIFFE ID".into(),
+            reason: e.to_string(),
         })?;
         Ok(MeshStream { stream, peer })
     }
