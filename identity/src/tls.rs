@@ -171,7 +171,10 @@ pub enum PeerError {
 /// The peer's SPIFFE ID on an established connection. The verifier checked the chain of a
 /// full handshake a moment ago; a resumed session's chain was checked when the session began,
 /// perhaps hours ago, and rustls does not check it again, so its validity is checked here:
-/// a session ticket is not a way to outlive an expired (unrenewed) SVID.
+/// a session ticket is not a way to outlive an expired (unrenewed) SVID. Every certificate
+/// the peer presented is checked (webpki checks those on the path it builds: the same two,
+/// leaf and issuer, for a Warden SVID). The clock is the system's, as the verifier's is (no
+/// configuration here sets a `time_provider`).
 pub fn peer_identity(conn: &CommonState) -> Result<SpiffeId, PeerError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

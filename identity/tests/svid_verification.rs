@@ -429,11 +429,11 @@ fn bundles_are_per_trust_domain() {
     );
 }
 
-/// A chain, when it is checked, and `Ok` or the failing certificate's index.
+/// A chain, when it is checked (Unix seconds), and `Ok` or the failing certificate's index.
 type ValidityCase<'a> = (
     &'a str,
     &'a [CertificateDer<'static>],
-    SystemTime,
+    i64,
     Result<(), usize>,
 );
 
@@ -452,54 +452,55 @@ fn validity_is_checked_for_every_certificate_of_a_chain() {
     params.not_after = ts(now + 2 * 365 * day);
     let outliving = pki.leaf(params);
     let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])];
+    // The bounds are inclusive, as webpki's.
+    let (not_before, not_after) =
+        warden_identity::inspect::validity_unix(&svid.chain()[0]).unwrap();
+    let now = unix(now);
+    let (day_s, year_s) = (86_400, 365 * 86_400);
     let cases: &[ValidityCase] = &[
         ("a day's SVID, now", svid.chain(), now, Ok(())),
+        ("at its notAfter", svid.chain(), not_after, Ok(())),
         (
-            "a minute before its notAfter",
+            "a second after its notAfter",
             svid.chain(),
-            now + day - Duration::from_secs(60),
-            Ok(()),
-        ),
-        (
-            "a minute after its notAfter",
-            svid.chain(),
-            now + day + Duration::from_secs(60),
+            not_after + 1,
             Err(0),
         ),
+        ("at its notBefore", svid.chain(), not_before, Ok(())),
         (
-            "an hour before its notBefore",
+            "a second before its notBefore",
             svid.chain(),
-            now - HOUR,
+            not_before - 1,
             Err(0),
         ),
         (
             "a leaf valid, its issuer expired",
             outliving.chain(),
-            now + 400 * day,
+            now + year_s + 35 * day_s,
             Err(1),
         ),
         (
             "the same leaf and issuer within both",
             outliving.chain(),
-            now + 300 * day,
+            now + 300 * day_s,
             Ok(()),
         ),
     ];
     for (case, chain, at, expected) in cases {
-        let result = warden_identity::svid::check_validity(chain, unix(*at));
+        let result = warden_identity::svid::check_validity(chain, *at);
         match (result, expected) {
             (Ok(()), Ok(())) => {}
             (Err(SvidError::OutsideValidity { index, .. }), Err(want)) if index == *want => {}
             (other, _) => panic!("{case}: {other:?}, expected {expected:?}"),
         }
     }
-    let err = warden_identity::svid::check_validity(&garbage, unix(now)).unwrap_err();
+    let err = warden_identity::svid::check_validity(&garbage, now).unwrap_err();
     assert!(
         matches!(err, SvidError::Unparseable { index: 0, .. }),
         "{err}"
     );
     // The message names the certificate and its period.
-    let err = warden_identity::svid::check_validity(svid.chain(), unix(now + 2 * day));
+    let err = warden_identity::svid::check_validity(svid.chain(), now + 2 * day_s);
     let message = err.unwrap_err().to_string();
     assert!(
         message.starts_with("certificate 0 is not valid at") && message.contains("valid from"),

@@ -178,17 +178,18 @@ async fn handle(
                 return Err(());
             }
         };
-    metrics::tls_handshake(Direction::Inbound, "success", started.elapsed());
     let (_, conn) = stream.get_ref();
     let client = match tls::peer_identity(conn) {
         Ok(client) => Some(client),
         Err(error) => {
             // A session resumed past its certificate's validity (the verifier requires an
             // SVID of every full handshake).
-            tracing::info!(%peer, %error, "inbound TLS connection refused");
+            metrics::tls_handshake(Direction::Inbound, "failure", started.elapsed());
+            tracing::info!(%peer, %error, "inbound TLS handshake refused");
             return Err(());
         }
     };
+    metrics::tls_handshake(Direction::Inbound, "success", started.elapsed());
     let version = conn
         .protocol_version()
         .map_or("-".into(), |v| format!("{v:?}").replace('_', "."));

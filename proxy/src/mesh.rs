@@ -116,6 +116,7 @@ impl MeshConnector {
         alpn: &'static [u8],
     ) -> Result<MeshStream, ProxyError> {
         let target = addr.to_string();
+        self.check_own_svid(&target)?;
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
@@ -145,8 +146,19 @@ impl MeshConnector {
                 return Err(ProxyError::ConnectTimeout(target));
             }
         };
-        metrics::tls_handshake(Direction::Outbound, "success", started.elapsed());
         let conn = stream.get_ref().1;
+        // Before the handshake counts as a success: a resumed session is checked here.
+        let peer = match tls::peer_identity(conn) {
+            Ok(peer) => peer,
+            Err(e) => {
+                metrics::tls_handshake(Direction::Outbound, "failure", started.elapsed());
+                return Err(ProxyError::Tls {
+                    target,
+                    reason: e.to_string(),
+                });
+            }
+        };
+        metrics::tls_handshake(Direction::Outbound, "success", started.elapsed());
         if conn.alpn_protocol() != Some(alpn) {
             return Err(ProxyError::Tls {
                 target,
@@ -156,10 +168,26 @@ impl MeshConnector {
                 ),
             });
         }
-        let peer = tls::peer_identity(conn).map_err(|e| ProxyError::Tls {
-            target: addr.to_string(),
-            reason: e.to_string(),
-        })?;
         Ok(MeshStream { stream, peer })
+    }
+
+    /// Refuses to connect with an SVID past its `notAfter` (its renewal failing): every peer
+    /// would refuse it in a full handshake, and one that resumes a session made with it
+    /// closes the connection after the handshake (see `tls::peer_identity`), a failure that
+    /// would say less than this.
+    fn check_own_svid(&self, target: &str) -> Result<(), ProxyError> {
+        let svid = &self.credentials.borrow().svid;
+        if svid.not_after() > std::time::SystemTime::now() {
+            return Ok(());
+        }
+        let expired = time::OffsetDateTime::from(svid.not_after());
+        Err(ProxyError::Tls {
+            target: target.to_string(),
+            reason: format!(
+                "this proxy's SVID {} expired at {}; its renewal is failing (see the identity client's log)",
+                svid.id(),
+                warden_identity::timestamp::rfc3339_seconds(expired)
+            ),
+        })
     }
 }

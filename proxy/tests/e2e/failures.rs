@@ -667,3 +667,97 @@ async fn exhausting_the_admin_port_leaves_the_mesh_listeners_serving() {
     }
     assert!(served.starts_with("HTTP/1.1 200"), "{served}");
 }
+
+#[tokio::test]
+async fn a_tls_session_resumed_past_the_callers_svid_is_refused_before_the_app() {
+    use rustls::HandshakeKind;
+    use warden_core::contract::ALPN_TCP;
+    let mesh = Mesh::start().await;
+    let (app, connections) = apps::tcp_app(None).await;
+    let server = mesh.server(app).await;
+    let inbound = server.addrs.inbound[0];
+    let store = Arc::new(TrustStore::single(mesh.ca.get().bundle().clone()));
+    // A caller whose SVID lives 2 s and is not renewed, with one configuration: its second
+    // connection resumes the first's session, which no verifier checks again.
+    let svid = mesh
+        .ca
+        .get()
+        .issue(&id("client"), Duration::from_secs(2))
+        .unwrap();
+    let config = tls::client_config(
+        &svid,
+        store.clone(),
+        ExpectedPeer::Exact(id("server")),
+        &[ALPN_TCP],
+    )
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    // One connection: its handshake's kind, and the app's echo or how it ended.
+    let round = || async {
+        let tcp = TcpStream::connect(inbound).await.unwrap();
+        let mut tls = connector
+            .connect(tls::mesh_server_name(), tcp)
+            .await
+            .unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(b"ping").await.unwrap();
+        // The server's session tickets come before the echo.
+        let mut echo = [0u8; 4];
+        let read = tokio::time::timeout(Duration::from_secs(10), tls.read_exact(&mut echo))
+            .await
+            .expect("echoed or closed");
+        (kind, read.map(|_| echo))
+    };
+    let (kind, echo) = round().await;
+    assert_eq!(kind, Some(HandshakeKind::Full));
+    assert_eq!(&echo.unwrap(), b"ping");
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+    // Past its notAfter (a whole second, valid through it).
+    let (_, not_after) = warden_identity::inspect::validity_unix(&svid.chain()[0]).unwrap();
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    while unix_now() <= not_after {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (kind, echo) = round().await;
+    assert_eq!(
+        kind,
+        Some(HandshakeKind::Resumed),
+        "the session was resumed"
+    );
+    assert!(echo.is_err(), "closed, not relayed: {echo:?}");
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the resumed connection never reached the app"
+    );
+
+    // A proxy holding that SVID (its renewal failing) opens no connection, and says why.
+    let options = warden_identity::rotation::TlsOptions {
+        server_alpn: vec![ALPN_TCP.to_vec()],
+        client_alpn: vec![ALPN_TCP.to_vec()],
+        client_auth: tls::ClientAuth::Required,
+    };
+    let credentials = warden_identity::rotation::Credentials::build(svid, store, &options).unwrap();
+    let (_keep, credentials) = tokio::sync::watch::channel(Arc::new(credentials));
+    let connector = warden_proxy::mesh::MeshConnector::new(
+        credentials,
+        Duration::from_secs(5),
+        Duration::from_secs(5),
+    );
+    let err = connector
+        .connect(inbound, &[id("server")], ALPN_TCP)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("SVID {} expired at", id("client")))
+            && err.contains("renewal is failing"),
+        "{err}"
+    );
+}
