@@ -150,7 +150,10 @@ pub fn encode(req: Request<ProxyBody>, app: SocketAddr) -> Encoded {
             lengths.add(value);
             continue;
         }
-        if name == header::TRANSFER_ENCODING {
+        // `Expect: 100-continue` is this hop's to answer, and it sends the body at once (as
+        // Envoy does): an app told to expect a wait could answer early and take the body
+        // for the next request.
+        if name == header::TRANSFER_ENCODING || name == header::EXPECT {
             continue;
         }
         host |= name == header::HOST;
@@ -268,6 +271,14 @@ impl RequestWriter {
 
     fn is_done(&self) -> bool {
         self.head_sent == self.head.len() && self.out.is_empty() && self.body.is_none()
+    }
+
+    /// Whether every byte of the request is written: a body of known length may still wait
+    /// for its end (an END_STREAM after its last DATA), which adds none.
+    fn all_sent(&self) -> bool {
+        self.head_sent == self.head.len()
+            && self.out.is_empty()
+            && matches!(self.body, None | Some((_, Framing::Length(0))))
     }
 
     /// Writes all it can; ready when the whole request is written.
@@ -469,6 +480,12 @@ fn response_framing(
     let mut reusable = head.http11 && !head.close;
     let status = head.status;
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        // A 204 has no body and says nothing of one (RFC 9110, 8.6 and 15.3.5): one that
+        // gives a length or a coding may send a body after it, so its connection is not
+        // used again.
+        if status == StatusCode::NO_CONTENT && (head.chunked.is_some() || head.lengths.seen > 0) {
+            reusable = false;
+        }
         return Ok((BodyFraming::Ended, reusable));
     }
     if let Some(chunked) = head.chunked {
@@ -615,7 +632,11 @@ where
             io: self.io.take(),
             buf: std::mem::take(&mut self.buf),
             framing,
-            reusable: reusable && !self.write_failed,
+            // A response that came before the whole request was written leaves it unknown
+            // whether the app will read the rest as this request's or as the next one's (an
+            // app that answered early and neither reads on nor closes): its connection is not
+            // used again, whatever the rest of the request does.
+            reusable: reusable && !self.write_failed && self.writer.all_sent(),
             // The rest of the request goes out as the response is read, as a full-duplex app
             // expects.
             writer: writing.then(|| std::mem::replace(&mut self.writer, RequestWriter::done())),
@@ -683,7 +704,8 @@ async fn finish<F: FnOnce(Conn)>(
 impl<F: FnOnce(Conn) + Send + 'static> ResponseBody<F> {
     /// The body has ended: its connection goes back if nothing about it is in doubt. A
     /// request the app answered before its end still goes out (the app may read it, as
-    /// hyper's client let it), within `finish_within`; the connection goes back after.
+    /// hyper's client let it), within `finish_within`; the connection then closes, unless
+    /// all its bytes had gone before the response (only its end was awaited).
     fn end(&mut self) {
         self.framing = BodyFraming::Ended;
         let Some(io) = self.io.take() else {
@@ -905,7 +927,9 @@ fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
             "a chunk-size line does not end with CRLF",
         ))?;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
+    // Leading zeros are allowed however many; at most 16 digits after them fit a u64.
+    let zeros = line[..digits].iter().take_while(|&&b| b == b'0').count();
+    if digits == 0 || digits - zeros > 16 {
         return Err(invalid);
     }
     let rest = &line[digits..];
@@ -916,16 +940,29 @@ fn chunk_size(line: &[u8]) -> Result<u64, Http1Error> {
     if !(rest.len() == blanks || rest[blanks] == b';') {
         return Err(invalid);
     }
-    let hex = std::str::from_utf8(&line[..digits]).map_err(|_| invalid)?;
+    if digits == zeros {
+        return Ok(0);
+    }
+    let hex = std::str::from_utf8(&line[zeros..digits]).map_err(|_| invalid)?;
     u64::from_str_radix(hex, 16).map_err(|_| Http1Error::Invalid("a chunk size"))
 }
 
-/// A chunked body's trailer fields as a header map.
+/// A chunked body's trailer fields as a header map, without the connection-specific ones
+/// HTTP/2 refuses (RFC 9113, 8.2.2), which would reset the caller's stream.
 fn trailers(fields: &[httparse::Header<'_>]) -> Result<HeaderMap, Http1Error> {
     let mut trailers = HeaderMap::with_capacity(fields.len());
     for field in fields {
         let name = HeaderName::from_bytes(field.name.as_bytes())
             .map_err(|_| Http1Error::Invalid("a trailer field name"))?;
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::UPGRADE
+            || name == header::TE
+            || name.as_str() == "keep-alive"
+            || name.as_str() == "proxy-connection"
+        {
+            continue;
+        }
         let value = HeaderValue::from_bytes(field.value)
             .map_err(|_| Http1Error::Invalid("a trailer field value"))?;
         trailers.append(name, value);
@@ -1052,6 +1089,21 @@ mod tests {
             ),
             ("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok", "GET", "ok", None, true),
             ("HTTP/1.1 204 No Content\r\n\r\n", "GET", "", None, true),
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0000000000000000005\r\nhello\r\n0\r\n\r\n",
+                "GET",
+                "hello",
+                None,
+                true,
+            ),
+            // Connection-specific trailers (HTTP/2 refuses them) are dropped, the rest kept.
+            (
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nconnection: x\r\ngrpc-status: 0\r\nkeep-alive: 5\r\nte: gzip\r\n\r\n",
+                "GET",
+                "ok",
+                Some("0"),
+                true,
+            ),
             ("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", "HEAD", "", None, true),
             ("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", "GET", "", None, true),
             // Not reusable: the app says so, an old version, no length, framing in doubt,
@@ -1067,6 +1119,8 @@ mod tests {
                 false,
             ),
             ("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA", "GET", "ok", None, false),
+            // A 204 that speaks of a body may send one after it.
+            ("HTTP/1.1 204 No Content\r\ncontent-length: 7\r\n\r\n", "GET", "", None, false),
         ];
         for &(raw, method, body, trailer, reused) in cases {
             let addr = app(move |mut tcp, _| async move {
@@ -1089,6 +1143,9 @@ mod tests {
             let headers = response.headers().clone();
             let (data, trailers) = collect(response.into_body()).await.unwrap();
             assert_eq!(data, body, "{raw}");
+            if let Some(trailers) = &trailers {
+                assert_eq!(trailers.len(), 1, "{raw}: only grpc-status: {trailers:?}");
+            }
             assert_eq!(
                 trailers
                     .as_ref()
@@ -1310,7 +1367,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_answered_before_its_end_still_goes_out_then_its_connection_goes_back() {
+    async fn a_request_answered_before_its_chunked_end_still_goes_out_then_its_connection_closes() {
         let (seen_tx, seen) = tokio::sync::oneshot::channel();
         let addr = app(|mut tcp, _| async move {
             // Answers at once, then reads the upload.
@@ -1339,7 +1396,9 @@ mod tests {
         tx.send(Frame::data(Bytes::from("rest"))).await.unwrap();
         drop(tx);
         assert_eq!(seen.await.unwrap(), "4\r\nrest\r\n0\r\n\r\n");
-        assert!(returned.lock().unwrap().is_some(), "both ended cleanly");
+        // Both ended cleanly, but the answer came before the request was written: the app
+        // might have taken the rest for a next request.
+        assert!(returned.lock().unwrap().is_none(), "not reused");
     }
 
     #[tokio::test]
@@ -1389,33 +1448,98 @@ mod tests {
         drop(tx);
         let (data, _) = collect(response.into_body()).await.unwrap();
         assert_eq!(data, "ping");
-        assert!(
-            returned.lock().unwrap().is_some(),
-            "the request and response both ended"
-        );
+        // Answered before its request was written: not used for another.
+        assert!(returned.lock().unwrap().is_none(), "not reused");
     }
 
     #[tokio::test]
     async fn an_early_answer_ends_the_exchange_and_closes_the_connection() {
+        // The app answers before the request's body, then reads whatever comes until the
+        // connection closes. Were the connection reused, it would not close, and the body
+        // would be read as the next request (an app that answered early and reads on).
+        let (seen_tx, seen) = tokio::sync::oneshot::channel::<Vec<u8>>();
         let addr = app(|mut tcp, _| async move {
             tcp.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest).await;
+            let _ = seen_tx.send(rest);
+        })
+        .await;
+        let (tx, body) = channel_body();
+        let req = Request::post(format!("http://{addr}/"))
+            .header(header::CONTENT_LENGTH, "4")
+            .body(body)
+            .unwrap();
+        let (response, returned) = exchange(addr, req).await;
+        let response = response.unwrap();
+        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let (data, _) = collect(response.into_body()).await.unwrap();
+        assert_eq!(data, "big");
+        // The rest of the request still goes out (the app may read it), then the connection
+        // closes.
+        tx.send(Frame::data(Bytes::from_static(b"more")))
+            .await
+            .unwrap();
+        drop(tx);
+        let rest = tokio::time::timeout(Duration::from_secs(10), seen)
+            .await
+            .expect("the connection closed")
+            .unwrap();
+        assert_eq!(rest, b"more");
+        assert!(returned.lock().unwrap().is_none(), "not reused");
+    }
+
+    #[tokio::test]
+    async fn a_request_all_written_whose_end_comes_after_the_answer_keeps_its_connection() {
+        // Every byte of the body went before the answer; only its end (an END_STREAM after
+        // the last DATA) came after: nothing is in doubt.
+        let (body_read_tx, body_read) = tokio::sync::oneshot::channel::<()>();
+        let addr = app(|mut tcp, _| async move {
+            let mut body = [0u8; 4];
+            tcp.read_exact(&mut body).await.unwrap();
+            assert_eq!(&body, b"data");
+            let _ = body_read_tx.send(());
+            tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await
                 .unwrap();
             let _ = tcp.read_u8().await;
         })
         .await;
         let (tx, body) = channel_body();
-        let req = Request::post(format!("http://{addr}/")).body(body).unwrap();
+        tx.send(Frame::data(Bytes::from_static(b"data")))
+            .await
+            .unwrap();
+        let req = Request::post(format!("http://{addr}/"))
+            .header(header::CONTENT_LENGTH, "4")
+            .body(body)
+            .unwrap();
         let (response, returned) = exchange(addr, req).await;
-        let response = response.unwrap();
-        assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-        let (data, _) = collect(response.into_body()).await.unwrap();
-        assert_eq!(data, "big");
-        assert!(
-            returned.lock().unwrap().is_none(),
-            "the request never ended"
-        );
+        body_read.await.unwrap();
+        let (data, _) = collect(response.unwrap().into_body()).await.unwrap();
+        assert_eq!(data, "ok");
         drop(tx);
+        let back = tokio::time::timeout(Duration::from_secs(10), async {
+            while returned.lock().unwrap().is_none() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        assert!(back.is_ok(), "the connection came back once the body ended");
+    }
+
+    #[test]
+    fn expect_is_not_passed_to_the_app() {
+        let req = Request::post("http://app.example/up")
+            .header(header::EXPECT, "100-continue")
+            .header("x-kept", "1")
+            .body(empty())
+            .unwrap();
+        let encoded = encode(req, "127.0.0.1:8080".parse().unwrap());
+        let head = String::from_utf8(encoded.head.to_vec()).unwrap();
+        assert!(!head.to_ascii_lowercase().contains("expect"), "{head}");
+        assert!(head.contains("x-kept: 1"), "{head}");
     }
 
     #[tokio::test]
