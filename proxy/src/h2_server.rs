@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -142,6 +142,16 @@ fn start_stream<H, F>(
     H: FnMut(Request<RecvBody>) -> F,
     F: Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static,
 {
+    // A stream its caller reset before it was accepted (h2 hands those over too) goes no
+    // further: its HEADERS and reset, passed on in a burst, would spend the upstream
+    // connection's allowance for such streams (h2 closes a connection after 20), a
+    // connection every caller shares.
+    if respond
+        .poll_reset(&mut Context::from_waker(Waker::noop()))
+        .is_ready()
+    {
+        return;
+    }
     let (mut parts, recv) = request.into_parts();
     let (body, tunnel) = if parts.method == Method::CONNECT {
         // Its stream is the tunnel's, not a body's.
@@ -699,6 +709,35 @@ mod tests {
         let fine = Request::get("http://peer/fine").body(empty()).unwrap();
         let (response, _) = answer(&sender, fine).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn streams_reset_before_they_are_accepted_never_reach_the_handler() {
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let seen = paths.clone();
+        let (io, _run, _task) = server(settings(), move |request: Request<RecvBody>| {
+            seen.lock().unwrap().push(request.uri().path().to_string());
+            async { ok("kept") }
+        });
+        // A raw client: each stream's HEADERS and RST_STREAM go out in one write, as a
+        // rapid-reset burst does (fewer than the 20 h2 itself allows before it closes the
+        // connection).
+        let (mut send, connection) = h2::client::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        for _ in 0..15 {
+            let request = Request::get("http://peer/reset").body(()).unwrap();
+            let (response, mut stream) = send.send_request(request, false).unwrap();
+            stream.send_reset(Reason::CANCEL);
+            drop(response);
+        }
+        let request = Request::get("http://peer/kept").body(()).unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("answered")
+            .expect("the connection survived the burst");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(*paths.lock().unwrap(), ["/kept"], "only the stream not reset");
     }
 
     #[tokio::test(start_paused = true)]
