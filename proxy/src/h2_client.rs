@@ -298,7 +298,12 @@ impl Future for Responding {
                 Response::from_parts(parts, empty()),
                 Some(Tunnel::new(send, recv)),
             ),
-            // A body still piping goes on: the peer answered before it had all of it.
+            // A body still piping goes on: the peer answered before it had all of it. It is
+            // given up with the response, if that is given up before its end.
+            Outgoing::Piping(cancel) => {
+                let body = RecvBody::new(&parts.headers, recv).cancelling(cancel);
+                (Response::from_parts(parts, boxed(body)), None)
+            }
             _ => {
                 let body = RecvBody::new(&parts.headers, recv);
                 (Response::from_parts(parts, boxed(body)), None)
@@ -533,6 +538,49 @@ mod tests {
         let outcome = tokio::time::timeout(Duration::from_secs(10), outcome.recv())
             .await
             .expect("the stream is reset, not left open")
+            .unwrap();
+        assert!(outcome.starts_with("failed"), "{outcome}");
+        drop(chunks);
+    }
+
+    #[tokio::test]
+    async fn a_response_given_up_before_its_end_resets_the_request_body_still_piping() {
+        let (seen, mut outcome) = mpsc::channel::<String>(1);
+        let sender = client_of(move |req: Request<Incoming>| {
+            let seen = seen.clone();
+            async move {
+                // The response starts at once and never ends; the request's body is read on.
+                let (held, never) = mpsc::channel::<Bytes>(1);
+                tokio::spawn(async move {
+                    let result = req.into_body().collect().await;
+                    let _ = seen
+                        .send(match result {
+                            Ok(_) => "ended".to_string(),
+                            Err(e) => format!("failed: {e}"),
+                        })
+                        .await;
+                    drop(held);
+                });
+                Response::new(boxed(ChannelBody(never)))
+            }
+        })
+        .await;
+        let (chunks, body) = mpsc::channel(1);
+        let request = Request::post("http://peer/stream")
+            .body(boxed(ChannelBody(body)))
+            .unwrap();
+        let responding = sender.send(request).await.ok().unwrap();
+        chunks.send(Bytes::from_static(b"first")).await.unwrap();
+        let (response, _) = tokio::time::timeout(Duration::from_secs(10), responding)
+            .await
+            .expect("answered")
+            .unwrap();
+        // The caller gives up on the response before its end (it reset its stream, or the
+        // stream went idle); the request's body has not ended either.
+        drop(response);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), outcome.recv())
+            .await
+            .expect("the request's stream is reset, not left piping")
             .unwrap();
         assert!(outcome.starts_with("failed"), "{outcome}");
         drop(chunks);

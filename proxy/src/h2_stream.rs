@@ -126,6 +126,9 @@ pub struct RecvBody {
     /// What `Content-Length` says is still to come: an exact size, so an HTTP/1.1 app gets
     /// the response framed by its length rather than chunked.
     remaining: Option<u64>,
+    /// Told if the body is dropped before its end: the request still piping on the same
+    /// stream is then given up too (see [`RecvBody::cancelling`]).
+    on_abandon: Option<oneshot::Sender<()>>,
 }
 
 impl RecvBody {
@@ -143,7 +146,17 @@ impl RecvBody {
             recv: Some(recv),
             data_done: false,
             remaining,
+            on_abandon: None,
         }
+    }
+
+    /// A response body whose request still pipes on the same stream, by a task of its own:
+    /// a response given up before its end (its caller reset it, or it went idle) cancels
+    /// that task through `cancel`, which resets the stream; a response that ended leaves
+    /// the request to finish (a full-duplex exchange).
+    pub(crate) fn cancelling(mut self, cancel: oneshot::Sender<()>) -> Self {
+        self.on_abandon = Some(cancel);
+        self
     }
 
     /// A body with nothing in it.
@@ -152,6 +165,17 @@ impl RecvBody {
             recv: None,
             data_done: true,
             remaining: Some(0),
+            on_abandon: None,
+        }
+    }
+}
+
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        if let Some(cancel) = self.on_abandon.take() {
+            if !self.is_end_stream() {
+                let _ = cancel.send(());
+            }
         }
     }
 }
