@@ -286,7 +286,8 @@ impl Future for Responding {
                         unreachable!("matched above")
                     };
                     let (cancel, cancelled) = oneshot::channel();
-                    tokio::spawn(pipe.unless_cancelled(cancelled));
+                    // `cx`'s waker is this exchange's task's (under its stream's idle guard).
+                    tokio::spawn(pipe.unless_cancelled(cancelled, cx.waker().clone()));
                     this.outgoing = Outgoing::Piping(cancel);
                 }
             }
@@ -584,6 +585,67 @@ mod tests {
             .unwrap();
         assert!(outcome.starts_with("failed"), "{outcome}");
         drop(chunks);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_still_streaming_keeps_a_quiet_response_from_going_idle() {
+        // The peer answers at once with a response that stays quiet, and reads the request
+        // body, which comes a chunk every 400 ms for 4 s: four idle timeouts of 1 s.
+        let (seen, mut outcome) = mpsc::channel::<String>(1);
+        let sender = client_of(move |req: Request<Incoming>| {
+            let seen = seen.clone();
+            async move {
+                let (held, quiet) = mpsc::channel::<Bytes>(1);
+                tokio::spawn(async move {
+                    let result = req.into_body().collect().await;
+                    let _ = seen
+                        .send(match result {
+                            Ok(body) => format!("ended after {} bytes", body.to_bytes().len()),
+                            Err(e) => format!("failed: {e}"),
+                        })
+                        .await;
+                    drop(held);
+                });
+                Response::new(boxed(ChannelBody(quiet)))
+            }
+        })
+        .await;
+        let (chunks, body) = mpsc::channel(1);
+        let request = Request::post("http://peer/upload")
+            .body(boxed(ChannelBody(body)))
+            .unwrap();
+        tokio::spawn(async move {
+            for _ in 0..10 {
+                chunks.send(Bytes::from_static(b"chunk")).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+        });
+        // The exchange as a stream's task runs it: under the idle guard, holding the
+        // response (whose body is quiet) until the peer has the whole request.
+        let (done_tx, done) = tokio::sync::oneshot::channel::<()>();
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = finished.clone();
+        let guarded = crate::stall::StallGuard::new(
+            async move {
+                let responding = sender.send(request).await.ok().unwrap();
+                let (_response, _) = responding.await.unwrap();
+                let _ = done.await;
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            },
+            Duration::from_secs(1),
+        );
+        let task = tokio::spawn(guarded);
+        let outcome = outcome.recv().await.unwrap();
+        assert_eq!(
+            outcome, "ended after 50 bytes",
+            "the request streamed to its end"
+        );
+        done_tx.send(()).unwrap();
+        task.await.unwrap();
+        assert!(
+            finished.load(std::sync::atomic::Ordering::SeqCst),
+            "the exchange was not dropped as idle"
+        );
     }
 
     /// Polls `f` once.

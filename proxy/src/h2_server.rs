@@ -737,7 +737,11 @@ mod tests {
             .expect("answered")
             .expect("the connection survived the burst");
         assert_eq!(response.status(), StatusCode::OK);
-        assert_eq!(*paths.lock().unwrap(), ["/kept"], "only the stream not reset");
+        assert_eq!(
+            *paths.lock().unwrap(),
+            ["/kept"],
+            "only the stream not reset"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,8 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
@@ -13,8 +14,15 @@ use http::{header, HeaderMap};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
+// Tokio's clock, so tests with paused time see the body's progress.
+use tokio::time::Instant;
 
 use crate::http::{BoxError, ProxyBody};
+
+/// How often at most a request body piping by a task of its own tells its exchange it
+/// moves: often enough for any idle timeout a person would set, seldom enough to cost
+/// nothing.
+const ACTIVITY_EVERY: Duration = Duration::from_millis(100);
 
 /// Sends a message's body on its stream, within the stream's flow control.
 pub(crate) struct BodyPipe {
@@ -34,10 +42,28 @@ impl BodyPipe {
         }
     }
 
-    /// Pipes the body until its end, or resets the stream when `cancelled` fires.
-    pub(crate) async fn unless_cancelled(mut self, cancelled: oneshot::Receiver<()>) {
+    /// Pipes the body until its end, or resets the stream when `cancelled` fires. Its
+    /// progress wakes `exchange` (the task of the exchange it belongs to, under that
+    /// stream's idle guard, `stall`) at most every [`ACTIVITY_EVERY`]: a request still
+    /// streaming is activity, even while its response is quiet.
+    pub(crate) async fn unless_cancelled(
+        mut self,
+        cancelled: oneshot::Receiver<()>,
+        exchange: Waker,
+    ) {
+        let mut told: Option<Instant> = None;
+        let piped = std::future::poll_fn(|cx| {
+            // This task is woken by nothing but the body's data, the stream's window or a
+            // reset: each poll is progress.
+            let result = Pin::new(&mut self).poll(cx);
+            if told.is_none_or(|at| at.elapsed() >= ACTIVITY_EVERY) {
+                exchange.wake_by_ref();
+                told = Some(Instant::now());
+            }
+            result
+        });
         tokio::select! {
-            result = &mut self => if let Err(e) = result {
+            result = piped => if let Err(e) = result {
                 tracing::debug!(error = %e, "request body not sent");
             },
             Ok(()) = cancelled => self.stream.send_reset(Reason::CANCEL),

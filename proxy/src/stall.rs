@@ -4,8 +4,10 @@
 //! each of its streams, and the app connection behind it, forever.
 //!
 //! Activity is the stream's task being woken by anything it waits on (request or response
-//! body data, flow-control capacity, a reset); when only the timer wakes it, the stream is
-//! dropped, which resets it (`RST_STREAM`) and closes the app side.
+//! body data, flow-control capacity, a reset), a request body that pipes by a task of its
+//! own included (it wakes the stream's task as it moves: `BodyPipe::unless_cancelled`);
+//! when only the timer wakes it, the stream is dropped, which resets it (`RST_STREAM`) and
+//! closes the app side.
 
 use std::future::Future;
 use std::pin::Pin;
