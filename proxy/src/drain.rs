@@ -152,16 +152,19 @@ mod tests {
             .expect("the dropped body is read on");
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn draining_stops_at_the_byte_limit() {
         let (tx, rx) = mpsc::channel(64);
         let body = StreamBody::new(tokio_stream_shim::Receiver(rx));
         for _ in 0..4 {
             tx.send(data(400)).await.unwrap();
         }
+        let started = tokio::time::Instant::now();
         drain(body, 1000, Duration::from_secs(60)).await;
-        // Two frames fit in 1,000 bytes, the third did not: the body was dropped.
+        // Two frames fit in 1,000 bytes, the third did not: the body was dropped at once
+        // (a drain past the limit would have read all four, then waited out the timeout).
         assert!(tx.is_closed());
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
@@ -176,9 +179,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_finished_or_never_started_body_spawns_nothing() {
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
         let body = DrainOnDrop::new(http_body_util::Empty::<Bytes>::new());
         assert!(body.is_end_stream());
         drop(body);
+        assert_eq!(tasks(), before, "no drain task for a body at its end");
+        // One not at its end gets one (what the count above would have seen).
+        let (_tx, body) = channel_body();
+        drop(body);
+        assert_eq!(tasks(), before + 1);
         // Outside a runtime nothing is spawned either (no panic).
         let (tx, body) = channel_body();
         std::thread::spawn(move || drop(body)).join().unwrap();
