@@ -80,14 +80,9 @@ async fn dispatch(
                 tracing::warn!(%orig, "outbound connection to the proxy itself; closing");
                 return Err(());
             }
-            // Another pod's proxy admin port is plaintext by design (its inbound rules skip
-            // it, so Prometheus can scrape it): it passes through, as outside the mesh.
-            if orig.port() == contract::ADMIN_PORT {
-                return Box::pin(plain(tcp, orig, &shared, &run)).await;
-            }
             // Boxed, as the branches below: a connection's task is as large as its largest
             // state, and the HTTP path (most connections) should not carry the others'.
-            match Box::pin(decide(orig, &shared)).await {
+            match admin_port_plain(orig, Box::pin(decide(orig, &shared)).await) {
                 Route::Mesh(target) => target,
                 Route::Plain => return Box::pin(plain(tcp, orig, &shared, &run)).await,
                 Route::Refuse(why) => {
@@ -111,6 +106,17 @@ enum Route {
     Plain,
     /// Refused (reset), with the reason for the metric.
     Refuse(&'static str),
+}
+
+/// Another meshed pod's proxy admin port is plaintext by design (its inbound rules skip it,
+/// so Prometheus can scrape it): a connection the mesh would carry there passes through
+/// plain instead. Only that: one the mesh policy refuses (`meshOnly`, unknown destinations)
+/// stays refused, whatever its port.
+fn admin_port_plain(orig: SocketAddr, route: Route) -> Route {
+    match route {
+        Route::Mesh(_) if orig.port() == contract::ADMIN_PORT => Route::Plain,
+        other => other,
+    }
 }
 
 /// Where a redirected connection to `orig` goes: by discovery when there is a controller
@@ -257,4 +263,59 @@ async fn plain(
         std::future::pending(),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_port_passes_plain_only_where_the_mesh_would_carry_the_connection() {
+        let admin = |ip: &str| SocketAddr::new(ip.parse().unwrap(), contract::ADMIN_PORT);
+        let mesh = || {
+            Route::Mesh(OutboundTarget {
+                addr: admin("10.0.0.7"),
+                expected: crate::mesh::any_trusted(),
+                opaque: false,
+            })
+        };
+        let app_port: SocketAddr = "10.0.0.7:8080".parse().unwrap();
+        // (destination, what the mesh decided, what becomes of it: "mesh", "plain" or the
+        // reason it is refused)
+        let cases = [
+            (
+                "a meshed pod's admin port",
+                admin("10.0.0.7"),
+                mesh(),
+                "plain",
+            ),
+            ("a meshed pod's app port", app_port, mesh(), "mesh"),
+            (
+                "an unmeshed destination",
+                admin("10.0.0.8"),
+                Route::Plain,
+                "plain",
+            ),
+            (
+                "an unknown destination the mesh refuses",
+                admin("169.254.169.254"),
+                Route::Refuse("unknown-destination"),
+                "unknown-destination",
+            ),
+            (
+                "an unmeshed pod in a mesh-only mesh",
+                admin("10.0.0.9"),
+                Route::Refuse("unmeshed-destination"),
+                "unmeshed-destination",
+            ),
+        ];
+        for (case, orig, decided, expected) in cases {
+            let got = match admin_port_plain(orig, decided) {
+                Route::Mesh(_) => "mesh",
+                Route::Plain => "plain",
+                Route::Refuse(why) => why,
+            };
+            assert_eq!(got, expected, "{case}");
+        }
+    }
 }
