@@ -265,6 +265,12 @@ fn from_app(
     Ok(Response::from_parts(parts, body))
 }
 
+/// The path of a request target as it was sent, without its query.
+fn path_as_sent(target: &PathAndQuery) -> &str {
+    let text = target.as_str();
+    text.split_once('?').map_or(text, |(path, _)| path)
+}
+
 /// A checked request, ready to go.
 enum Prepared {
     /// To the app over HTTP/1.1 (`http1`) or h2c.
@@ -337,9 +343,11 @@ where
         Verdict::Deny { policy } => return Err(ProxyError::Denied { policy }),
         Verdict::Unrecorded(_) => return Err(ProxyError::AuditUnavailable),
     }
-    // A path normalization left as it was (the usual case) is passed on as parsed.
+    // A path normalization left as it was (the usual case) is passed on as parsed. Compared
+    // as sent: `PathAndQuery::path` says `/` for a target with none (`?x`), which the app
+    // would otherwise get as it came, not as it was authorized.
     let path_and_query = match req.uri().path_and_query() {
-        Some(parsed) if parsed.path() == path => parsed.clone(),
+        Some(parsed) if path_as_sent(parsed) == path => parsed.clone(),
         parsed => {
             let text = match parsed.and_then(|p| p.query()) {
                 Some(query) => format!("{path}?{query}"),

@@ -58,6 +58,55 @@ async fn the_app_gets_the_normalized_path_and_the_query_as_sent() {
     }
 }
 
+/// A target with no path (`?x=1`) is judged as `/`, and the app gets `/?x=1`, not the target
+/// as it came.
+#[tokio::test]
+async fn a_target_without_a_path_reaches_the_app_as_the_path_that_was_judged() {
+    let mesh = Mesh::start().await;
+    // An app that answers with the request line it read.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let Ok(byte) = tcp.read_u8().await else {
+                        return;
+                    };
+                    head.push(byte);
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{line}",
+                    line.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let pair = mesh
+        .pair(
+            app,
+            warden_proxy::config::AppProtocol::Http1,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+        )
+        .await;
+    // An HTTP/2 caller can send such a target (`:path` is `?x=1`); HTTP/1.1 gets a 400 from
+    // the outbound proxy.
+    let mut h2 = h2c_client(pair.outbound).await;
+    let req = Request::get("http://server.test?x=1")
+        .body(empty())
+        .unwrap();
+    let seen = text(h2.send_request(req).await.unwrap()).await;
+    assert_eq!(seen, "GET /?x=1 HTTP/1.1");
+}
+
 #[tokio::test]
 async fn http1_keep_alive_chunked_bodies_and_identity_headers() {
     let mesh = Mesh::start().await;
