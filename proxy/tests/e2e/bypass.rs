@@ -185,38 +185,44 @@ async fn no_spelling_or_framing_of_a_denied_request_reaches_the_app() {
 
 /// What a WSGI, CGI or PHP app reads as `HTTP_X_WARDEN_CLIENT_ID`: every header whose name,
 /// upper-cased with `-` as `_`, is that, joined with `,` as wsgiref joins repeated headers.
-async fn wsgi_style_app() -> SocketAddr {
+async fn wsgi_style_app() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = requests.clone();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
+            let counted = counted.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| {
-                    let environ: Vec<&str> = req
-                        .headers()
-                        .iter()
-                        .filter(|(name, _)| {
-                            format!("HTTP_{}", name.as_str().to_uppercase().replace('-', "_"))
-                                == "HTTP_X_WARDEN_CLIENT_ID"
-                        })
-                        .map(|(_, v)| v.to_str().unwrap_or("?"))
-                        .collect();
-                    let body = environ.join(",");
-                    async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
-                });
+                let service = hyper::service::service_fn(
+                    move |req: Request<hyper::body::Incoming>| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let environ: Vec<&str> = req
+                            .headers()
+                            .iter()
+                            .filter(|(name, _)| {
+                                format!("HTTP_{}", name.as_str().to_uppercase().replace('-', "_"))
+                                    == "HTTP_X_WARDEN_CLIENT_ID"
+                            })
+                            .map(|(_, v)| v.to_str().unwrap_or("?"))
+                            .collect();
+                        let body = environ.join(",");
+                        async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
+                    },
+                );
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
             });
         }
     });
-    addr
+    (addr, requests)
 }
 
 #[tokio::test]
 async fn no_spelling_of_the_identity_header_reaches_a_wsgi_app() {
     let mesh = Mesh::start().await;
-    let app = wsgi_style_app().await;
+    let (app, _) = wsgi_style_app().await;
     let pair = mesh
         .pair(
             app,
@@ -242,7 +248,7 @@ async fn no_spelling_of_the_identity_header_reaches_a_wsgi_app() {
 #[tokio::test]
 async fn no_http_request_reaches_the_app_as_opaque_bytes_with_a_forged_identity() {
     let mesh = Mesh::start().await;
-    let app = wsgi_style_app().await;
+    let (app, requests) = wsgi_style_app().await;
     let forged = "x-warden-client-id: spiffe://cluster.local/ns/test/sa/admin\r\n";
     let spoofed = format!("GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n{forged}\r\n");
     // A request line over the proxies' 8 KiB detection limit: the caller's proxy sends it as
@@ -296,17 +302,39 @@ async fn no_http_request_reaches_the_app_as_opaque_bytes_with_a_forged_identity(
                 c.opaque_ports = opaque_ports.to_vec()
             })
             .await;
+        let before = requests.load(Ordering::SeqCst);
         let response = raw(pair.outbound, Duration::ZERO, sent.as_bytes()).await;
         if served {
             assert_eq!(status(&response), 200, "{case}: {response}");
             assert!(response.ends_with("/sa/admin"), "{case}: {response}");
         } else {
-            assert_eq!(
-                response, "",
-                "{case}: closed before any byte reached the app"
-            );
+            assert_eq!(response, "", "{case}: closed, not answered");
         }
+        let reached = requests.load(Ordering::SeqCst) - before;
+        assert_eq!(
+            reached,
+            usize::from(served),
+            "{case}: requests the app read"
+        );
     }
+    // The control for the long case: the same line without a header of ours is relayed
+    // and served, so it is the header that was refused, not the length.
+    let pair = mesh
+        .pair_with(
+            app,
+            AppProtocol::Auto,
+            RouteProtocol::Detect,
+            Authorizer::allow_all(),
+            |_| {},
+        )
+        .await;
+    let long_plain = long.replace(forged, "");
+    let response = raw(pair.outbound, Duration::ZERO, long_plain.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert!(
+        response.ends_with("\r\n\r\n"),
+        "no identity header: {response}"
+    );
     // HTTP sent as opaque TCP without a header of ours is relayed, as any bytes are.
     let pair = mesh.opaque_pair(app).await;
     let plain = "GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n";
