@@ -544,28 +544,35 @@ mod tests {
         drop(chunks);
     }
 
-    #[tokio::test]
-    async fn a_response_given_up_before_its_end_resets_the_request_body_still_piping() {
-        let (seen, mut outcome) = mpsc::channel::<String>(1);
+    /// A peer that answers at once with a response that never ends (until the request's
+    /// body does), and reports how the request's body ended: `ended after N bytes`, or
+    /// `failed: ...` if its stream was reset.
+    async fn quiet_peer_reporting_the_request_body() -> (Sender, mpsc::Receiver<String>) {
+        let (seen, outcome) = mpsc::channel::<String>(1);
         let sender = client_of(move |req: Request<Incoming>| {
             let seen = seen.clone();
             async move {
-                // The response starts at once and never ends; the request's body is read on.
-                let (held, never) = mpsc::channel::<Bytes>(1);
+                let (held, quiet) = mpsc::channel::<Bytes>(1);
                 tokio::spawn(async move {
                     let result = req.into_body().collect().await;
                     let _ = seen
                         .send(match result {
-                            Ok(_) => "ended".to_string(),
+                            Ok(body) => format!("ended after {} bytes", body.to_bytes().len()),
                             Err(e) => format!("failed: {e}"),
                         })
                         .await;
                     drop(held);
                 });
-                Response::new(boxed(ChannelBody(never)))
+                Response::new(boxed(ChannelBody(quiet)))
             }
         })
         .await;
+        (sender, outcome)
+    }
+
+    #[tokio::test]
+    async fn a_response_given_up_before_its_end_resets_the_request_body_still_piping() {
+        let (sender, mut outcome) = quiet_peer_reporting_the_request_body().await;
         let (chunks, body) = mpsc::channel(1);
         let request = Request::post("http://peer/stream")
             .body(boxed(ChannelBody(body)))
@@ -591,25 +598,7 @@ mod tests {
     async fn a_request_body_still_streaming_keeps_a_quiet_response_from_going_idle() {
         // The peer answers at once with a response that stays quiet, and reads the request
         // body, which comes a chunk every 400 ms for 4 s: four idle timeouts of 1 s.
-        let (seen, mut outcome) = mpsc::channel::<String>(1);
-        let sender = client_of(move |req: Request<Incoming>| {
-            let seen = seen.clone();
-            async move {
-                let (held, quiet) = mpsc::channel::<Bytes>(1);
-                tokio::spawn(async move {
-                    let result = req.into_body().collect().await;
-                    let _ = seen
-                        .send(match result {
-                            Ok(body) => format!("ended after {} bytes", body.to_bytes().len()),
-                            Err(e) => format!("failed: {e}"),
-                        })
-                        .await;
-                    drop(held);
-                });
-                Response::new(boxed(ChannelBody(quiet)))
-            }
-        })
-        .await;
+        let (sender, mut outcome) = quiet_peer_reporting_the_request_body().await;
         let (chunks, body) = mpsc::channel(1);
         let request = Request::post("http://peer/upload")
             .body(boxed(ChannelBody(body)))
