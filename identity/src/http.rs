@@ -242,10 +242,17 @@ impl From<ServeLimits> for ServerLimits {
     }
 }
 
-/// The SPIFFE ID of the client certificate a TLS handshake verified. [`serve_tls`] puts it in
-/// the extensions of every request of that connection; absent when the client presented none.
+/// The client certificate chain a TLS handshake verified, and its SPIFFE ID. [`serve_tls`]
+/// puts it in the extensions of every request of that connection; absent when the client
+/// presented none. A connection can outlive the certificate, or the trust bundle, it was
+/// verified against: a request that relies on it checks the chain again.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedPeer(pub warden_core::SpiffeId);
+pub struct VerifiedPeer {
+    /// The leaf's SPIFFE ID.
+    pub id: warden_core::SpiffeId,
+    /// The chain as presented, leaf first.
+    pub chain: std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>,
+}
 
 /// Serves HTTPS (HTTP/1.1 and HTTP/2) on `listener` until `shutdown`, within `limits`
 /// (connection cap, handshake, header, idle and request timeouts), then lets in-flight
@@ -285,8 +292,12 @@ pub async fn serve_tls<T, H, F>(
                 };
             // A caller without a valid SVID (none, or a session resumed past its validity)
             // is unauthenticated: it may still bootstrap with a token.
-            let verified = match crate::tls::peer_identity(stream.get_ref().1) {
-                Ok(id) => Some(VerifiedPeer(id)),
+            let conn = stream.get_ref().1;
+            let verified = match crate::tls::peer_identity(conn) {
+                Ok(id) => conn.peer_certificates().map(|chain| VerifiedPeer {
+                    id,
+                    chain: chain.iter().cloned().collect(),
+                }),
                 Err(crate::tls::PeerError::NoCertificate) => None,
                 Err(error) => {
                     tracing::info!(%peer, %error, "caller's certificate not accepted");

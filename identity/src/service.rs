@@ -278,10 +278,28 @@ impl IdentityService {
                 BodyError::TooLarge(n) => CertifyError::TooLarge(n),
                 BodyError::Read(r) => CertifyError::BadRequest(r),
             })?;
-        // A renewal presents the current SVID, which the handshake verified; the bearer token
-        // (maybe expired or used by now) is then not looked at.
+        // A renewal presents the current SVID; the bearer token (maybe expired or used by now)
+        // is then not looked at. The handshake verified the SVID, but a connection can outlive
+        // it, or the root that vouched for it: it is verified again, now, against the CA's
+        // bundle as it is.
         let caller = match parts.extensions.get::<VerifiedPeer>() {
-            Some(VerifiedPeer(id)) => self.authenticator.renewal(id)?,
+            Some(peer) => {
+                let trust = TrustStore::single(self.ca.get().bundle().clone());
+                let algorithms = crate::tls::crypto_provider().signature_verification_algorithms;
+                let (leaf, intermediates) = peer.chain.split_first().ok_or(AuthError::Missing)?;
+                crate::verify::verify_svid(
+                    &trust,
+                    leaf,
+                    intermediates,
+                    rustls::pki_types::UnixTime::now(),
+                    crate::verify::PeerRole::Client,
+                    &algorithms,
+                )
+                .map_err(|e| {
+                    AuthError::Invalid(format!("the certificate this connection presented: {e}"))
+                })?;
+                self.authenticator.renewal(&peer.id)?
+            }
             None => {
                 let token = parts
                     .headers

@@ -1048,6 +1048,64 @@ async fn a_workload_admitted_once_renews_with_its_svid_until_evicted() {
     assert!(err.contains("is no longer in the join-token file"), "{err}");
 }
 
+#[tokio::test]
+async fn a_connection_kept_open_past_its_svids_expiry_renews_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let (token, tokens) = join_tokens(dir.path(), WEB);
+    let config = ServiceConfig {
+        svid_ttl: Duration::from_secs(2),
+        ..ServiceConfig::default()
+    };
+    let svc = start(Authenticator::JoinTokens(tokens), config).await;
+    let first = client(&svc, write_token(dir.path(), &token), Some(WEB))
+        .certify()
+        .await
+        .unwrap();
+    // One HTTP/1.1 connection presenting that SVID, kept open.
+    let tls_config = tls::client_config(
+        &first.svid,
+        Arc::new(svc.trust.clone()),
+        ExpectedPeer::Exact(svc.server_id.clone()),
+        &[b"http/1.1"],
+    )
+    .unwrap();
+    let addr = svc.url.strip_prefix("https://").unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls_config))
+        .connect(tls::mesh_server_name(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut renew = async || {
+        let request = http::Request::post(CERTIFY_PATH)
+            .header(http::header::HOST, "localhost")
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(csr_json(&good_csr()))))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+    let (status, body) = renew().await;
+    assert_eq!(status, 200, "renewed while the SVID is valid: {body}");
+    // Past its notAfter (a whole second, valid through it), on the same connection.
+    let not_after = first.svid.not_after() + Duration::from_secs(1);
+    while std::time::SystemTime::now() <= not_after {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = renew().await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("the certificate this connection presented") && body.contains("xpired"),
+        "{body}"
+    );
+}
+
 // --- Connection limits: cap, header, idle and request timeouts -----------------------------
 
 /// What both servers' connections are: TLS to the issuance endpoint, plain TCP to admin.
