@@ -34,10 +34,18 @@ struct Entry {
     in_force: Option<CorePolicy>,
 }
 
-/// A mesh policy's settings and, if it has rules, its rules as a core policy.
+/// A mesh policy's rules as a core policy (if it has rules), and its settings.
 #[derive(Debug, Clone)]
 struct MeshEntry {
     entry: Entry,
+    /// The last valid version's settings: an invalid edit keeps them, as it keeps the
+    /// rules; none for a policy never valid, which then changes nothing.
+    settings: Option<MeshSettings>,
+}
+
+/// What a MeshPolicy sets for the namespaces it selects.
+#[derive(Debug, Clone)]
+struct MeshSettings {
     namespace_selector: NamespaceSelector,
     default: Option<MeshDefault>,
     mesh_only: bool,
@@ -181,30 +189,36 @@ impl Index {
         let Some(name) = &object.metadata.name else {
             return false;
         };
-        let previous = self.mesh.remove(name).map(|m| m.entry);
+        let (previous, previous_settings) = match self.mesh.remove(name) {
+            Some(m) => (Some(m.entry), m.settings),
+            None => (None, None),
+        };
         let changed = is_new_generation(previous.as_ref(), object.metadata.generation);
         let spec = &object.spec;
-        let entry = match crd::mesh_rules(object) {
-            // Settings only: nothing to enforce as rules.
-            Ok(None) => Entry {
-                generation: object.metadata.generation,
-                current: Ok(()),
-                in_force: None,
-            },
-            Ok(Some(policy)) => judge(previous, object.metadata.generation, Ok(policy)),
-            Err(e) => judge(previous, object.metadata.generation, Err(e)),
+        let settings = MeshSettings {
+            namespace_selector: spec.namespace_selector.clone().unwrap_or_default(),
+            default: spec.default,
+            mesh_only: spec.mesh_only.unwrap_or(false),
+            refuse_unknown: spec.unknown_destinations == Some(crd::UnknownDestinations::Refuse),
+            allowed_annotations: spec.allowed_annotations.clone(),
         };
-        self.mesh.insert(
-            name.clone(),
-            MeshEntry {
-                entry,
-                namespace_selector: spec.namespace_selector.clone().unwrap_or_default(),
-                default: spec.default,
-                mesh_only: spec.mesh_only.unwrap_or(false),
-                refuse_unknown: spec.unknown_destinations == Some(crd::UnknownDestinations::Refuse),
-                allowed_annotations: spec.allowed_annotations.clone(),
-            },
-        );
+        let generation = object.metadata.generation;
+        let (entry, settings) = match crd::mesh_rules(object) {
+            // Settings only: nothing to enforce as rules.
+            Ok(None) => {
+                let entry = Entry {
+                    generation,
+                    current: Ok(()),
+                    in_force: None,
+                };
+                (entry, Some(settings))
+            }
+            Ok(Some(policy)) => (judge(previous, generation, Ok(policy)), Some(settings)),
+            // Invalid: the last valid version stays in force whole, its settings included.
+            Err(e) => (judge(previous, generation, Err(e)), previous_settings),
+        };
+        self.mesh
+            .insert(name.clone(), MeshEntry { entry, settings });
         changed
     }
 
@@ -237,10 +251,11 @@ impl Index {
         let mut allowed = Vec::new();
         // Everything a MeshPolicy says applies where its selector matches: a default or
         // outbound setting meant for some namespaces must not reach the others.
-        for mesh in self
+        for (mesh, in_force) in self
             .mesh
             .values()
-            .filter(|m| m.namespace_selector.matches(&labels))
+            .filter_map(|m| Some((m.settings.as_ref()?, &m.entry.in_force)))
+            .filter(|(settings, _)| settings.namespace_selector.matches(&labels))
         {
             if let Some(d) = mesh.default {
                 if strictest.is_none_or(|s| d.strictness() > s.strictness()) {
@@ -254,7 +269,7 @@ impl Index {
                     allowed.push(*a);
                 }
             }
-            if let Some(p) = &mesh.entry.in_force {
+            if let Some(p) = in_force {
                 policies.push(p.clone());
             }
         }
@@ -348,14 +363,18 @@ impl Index {
     /// The status of MeshPolicy `name`, if stored.
     pub fn mesh_verdict(&self, name: &str) -> Option<Verdict> {
         let mesh = self.mesh.get(name)?;
-        let workloads = if mesh.entry.in_force.is_some() {
-            self.pods
+        let workloads = match (&mesh.entry.in_force, &mesh.settings) {
+            (Some(_), Some(settings)) => self
+                .pods
                 .iter()
-                .filter(|(ns, _)| mesh.namespace_selector.matches(&self.namespace_labels(ns)))
+                .filter(|(ns, _)| {
+                    settings
+                        .namespace_selector
+                        .matches(&self.namespace_labels(ns))
+                })
                 .map(|(_, pods)| pods.len())
-                .sum()
-        } else {
-            0
+                .sum(),
+            _ => 0,
         };
         Some(Verdict {
             generation: mesh.entry.generation,
@@ -565,6 +584,39 @@ spec:
             .unwrap()
             .policies
             .is_empty());
+    }
+
+    #[test]
+    fn an_invalid_mesh_policy_changes_no_setting_and_an_invalid_edit_keeps_the_last_good_ones() {
+        let mut index = index();
+        let settings = |index: &Index| {
+            let s = index.snapshot("lab", "x-1").unwrap();
+            (s.default, s.mesh_only, s.refuse_unknown, names(&s))
+        };
+        let untouched = settings(&index);
+        assert_eq!(untouched, (MeshDefault::Deny, false, false, vec![]));
+        // Never valid (an identity with an empty segment): it changes nothing, its settings
+        // included.
+        let invalid = "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: open, generation: 1}\nspec: {default: all-authenticated, meshOnly: true, action: DENY, rules: [{from: {identities: [\"spiffe://cluster.local/ns/a//b\"]}}]}\n";
+        index.apply_mesh_policy(&mesh(invalid));
+        assert!(index.mesh_verdict("open").unwrap().accepted.is_err());
+        assert_eq!(settings(&index), untouched, "a policy never valid");
+        assert_eq!(index.mesh_verdict("open").unwrap().workloads, 0);
+        // Valid, then edited into an invalid one that would open every namespace: the last
+        // good version stays in force, its settings and its rules.
+        let good = "apiVersion: warden.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {name: open, generation: 2}\nspec: {meshOnly: true, action: DENY, rules: [{to: {paths: [\"/debug*\"]}}]}\n";
+        index.apply_mesh_policy(&mesh(good));
+        let in_force = (
+            MeshDefault::Deny,
+            true,
+            false,
+            vec!["MeshPolicy/open".to_string()],
+        );
+        assert_eq!(settings(&index), in_force);
+        let edited = invalid.replace("generation: 1", "generation: 3");
+        index.apply_mesh_policy(&mesh(&edited));
+        assert!(index.mesh_verdict("open").unwrap().accepted.is_err());
+        assert_eq!(settings(&index), in_force, "the last good version, whole");
     }
 
     #[test]
