@@ -433,6 +433,12 @@ mod tests {
         assert_eq!(one.changed().await, Wakeup::Ips([ip("10.0.0.1")].into()));
         one.remove(ip("10.0.0.1"));
         notifier.notify(&changes(&["10.0.0.1"]));
+        // Looked at directly: `changed` would pick at random between this and the re-list.
+        assert!(!lock(&notifier.by_ip).contains_key(&ip("10.0.0.1")));
+        assert!(
+            lock(&one.inbox.changed).is_empty(),
+            "not woken for 10.0.0.1"
+        );
         notifier.notify(&Changes {
             all: true,
             ips: HashSet::new(),

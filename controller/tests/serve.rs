@@ -281,6 +281,8 @@ async fn a_subscriber_gets_a_snapshot_then_one_per_change_that_concerns_it() {
     assert_eq!(first.default, v1::MeshDefault::Deny as i32);
 
     // A change elsewhere sends nothing; the next message is the change that concerns it.
+    // The stream's task has time to see the first change on its own (were it to answer it,
+    // the next message would be a snapshot without the policy); no time is asserted.
     controller.change(|i| {
         i.apply_pod(
             "other",
@@ -291,6 +293,7 @@ async fn a_subscriber_gets_a_snapshot_then_one_per_change_that_concerns_it() {
             },
         )
     });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     controller.change(|i| i.apply_policy(&serde_saphyr::from_str(ALLOW).unwrap()));
     let second = stream.snapshot().await;
     assert_eq!(second.policies.len(), 1);
