@@ -61,6 +61,17 @@ fn request(line: &str) -> Vec<u8> {
     format!("{line}\r\nhost: s\r\nconnection: close\r\n\r\n").into_bytes()
 }
 
+/// Sends `request` to `addr` and checks that the app answered it, reading no identity
+/// header (the app's answer is the identities it read: none here).
+async fn served_without_an_identity(addr: SocketAddr, request: &str) {
+    let response = raw(addr, Duration::ZERO, request.as_bytes()).await;
+    assert_eq!(status(&response), 200, "{response}");
+    assert!(
+        response.ends_with("\r\n\r\n"),
+        "no identity header: {response}"
+    );
+}
+
 fn status(response: &str) -> u16 {
     response
         .strip_prefix("HTTP/1.1 ")
@@ -328,22 +339,11 @@ async fn no_http_request_reaches_the_app_as_opaque_bytes_with_a_forged_identity(
             |_| {},
         )
         .await;
-    let long_plain = long.replace(forged, "");
-    let response = raw(pair.outbound, Duration::ZERO, long_plain.as_bytes()).await;
-    assert_eq!(status(&response), 200, "{response}");
-    assert!(
-        response.ends_with("\r\n\r\n"),
-        "no identity header: {response}"
-    );
+    served_without_an_identity(pair.outbound, &long.replace(forged, "")).await;
     // HTTP sent as opaque TCP without a header of ours is relayed, as any bytes are.
     let pair = mesh.opaque_pair(app).await;
     let plain = "GET / HTTP/1.1\r\nhost: s\r\nconnection: close\r\n\r\n";
-    let response = raw(pair.outbound, Duration::ZERO, plain.as_bytes()).await;
-    assert_eq!(status(&response), 200, "{response}");
-    assert!(
-        response.ends_with("\r\n\r\n"),
-        "no identity header: {response}"
-    );
+    served_without_an_identity(pair.outbound, plain).await;
     // A caller without a sidecar (permissive mode) is read the same way.
     let pair = mesh
         .pair_with(
